@@ -1,0 +1,213 @@
+"""Handshake, HandshakeAck, Heartbeat and Kick: the control packets' bodies (nano.md §3)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any, Final
+
+import attrs
+
+from ._errors import LocalProtocolError, RemoteProtocolError
+from ._message import RouteDict
+
+__all__ = [
+    "CODE_OK",
+    "CODE_SERVER_ERROR",
+    "CODE_VERSION_MISMATCH",
+    "Handshake",
+    "HandshakeAck",
+    "HandshakeResponse",
+    "Heartbeat",
+    "Kick",
+    "dict_version",
+]
+
+#: Handshake response codes, as pomelo's JS clients read them.
+CODE_OK: Final = 200
+CODE_SERVER_ERROR: Final = 500  # "handshake fail"
+CODE_VERSION_MISMATCH: Final = 501  # "client version not fullfill"
+
+
+def _dumps(value: object) -> bytes:
+    # Go's encoding/json shape: no white space, sorted map keys, UTF-8 output.
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
+
+
+def _loads_object(body: bytes, what: str) -> dict[str, Any]:
+    """Parse a JSON object body; an empty body is an empty object. Raises RemoteProtocolError."""
+    if not body.strip():
+        return {}
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise RemoteProtocolError(f"invalid {what}: {exc}") from None
+    if not isinstance(value, dict):
+        raise RemoteProtocolError(f"invalid {what}: expected a JSON object")
+    return value
+
+
+def _as_str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def dict_version(routes: RouteDict) -> str:
+    """pomelo's ``dictVersion``: base64 of the MD5 of the dictionary's JSON, in code order."""
+    ordered = dict(sorted(routes.items(), key=lambda item: item[1]))
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False)
+    return base64.b64encode(hashlib.md5(text.encode(), usedforsecurity=False).digest()).decode()
+
+
+@attrs.frozen
+class Handshake:
+    """The client's handshake request. nano passes the body opaquely to a validator; trionano
+    also reads pomelo's fields. Unknown keys are tolerated; an empty body is a Handshake with
+    every field None (the Go benchmark client sends one)."""
+
+    type: str | None = None  # sys.type, e.g. "js-websocket"
+    version: str | None = None  # sys.version
+    user: Any = None  # the application's own handshake data
+    raw: bytes = b""  # the body as received, for validators that want nano's view
+
+    @classmethod
+    def parse(cls, body: bytes) -> Handshake:
+        """Raises RemoteProtocolError when the body is neither empty nor a JSON object."""
+        obj = _loads_object(body, "handshake")
+        sys = obj.get("sys")
+        sys = sys if isinstance(sys, dict) else {}
+        return cls(type=_as_str(sys.get("type")), version=_as_str(sys.get("version")), user=obj.get("user"), raw=body)
+
+    def encode(self) -> bytes:
+        """The request body as starx and pomelo's JS clients shape it. Raises LocalProtocolError
+        if ``user`` is not JSON-serializable."""
+        sys: dict[str, object] = {}
+        if self.type is not None:
+            sys["type"] = self.type
+        if self.version is not None:
+            sys["version"] = self.version
+        obj: dict[str, object] = {"sys": sys}
+        if self.user is not None:
+            obj["user"] = self.user
+        try:
+            return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+        except (TypeError, ValueError) as exc:
+            raise LocalProtocolError(f"handshake user data is not JSON: {exc}") from None
+
+
+@attrs.frozen
+class HandshakeResponse:
+    """The server's handshake response.
+
+    ``code`` 200 accepts; anything else refuses (500 "handshake fail", 501 "client version not
+    fullfill") and carries no ``sys``. ``heartbeat`` is in seconds, 0 for none. With ``pomelo``
+    set, the response also carries pomelo's ``useDict``/``routeToCode``/``codeToRoute``/
+    ``dictVersion`` for libpomelo2 clients, which read the heartbeat as a whole number of
+    seconds: a fractional one is then refused (LocalProtocolError from :meth:`encode`).
+    """
+
+    code: int = CODE_OK
+    heartbeat: float = 30.0
+    servertime: int | None = None
+    dictionary: RouteDict | None = None
+    pomelo: bool = False
+    user: Any = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.code == CODE_OK
+
+    def encode(self) -> bytes:
+        obj: dict[str, object] = {"code": self.code}
+        if self.user is not None:
+            obj["user"] = self.user
+        if self.accepted:
+            heartbeat = self.heartbeat
+            if heartbeat < 0 or heartbeat != heartbeat or heartbeat == float("inf"):
+                raise LocalProtocolError(f"heartbeat must be a finite number of seconds >= 0, not {heartbeat}")
+            if float(heartbeat).is_integer():
+                heartbeat = int(heartbeat)  # Go prints 30.0 as 30
+            elif self.pomelo:
+                raise LocalProtocolError(f"libpomelo2 reads whole heartbeat seconds; {heartbeat} would be cut")
+            sys: dict[str, object] = {"heartbeat": heartbeat}
+            if self.servertime is not None:
+                sys["servertime"] = self.servertime
+            if self.dictionary:
+                sys["dict"] = dict(self.dictionary)
+                if self.pomelo:
+                    sys["useDict"] = True
+                    sys["routeToCode"] = dict(self.dictionary)
+                    sys["codeToRoute"] = {str(code): route for code, route in self.dictionary.codes.items()}
+                    sys["dictVersion"] = dict_version(self.dictionary)
+            obj["sys"] = sys
+        try:
+            return _dumps(obj)
+        except (TypeError, ValueError) as exc:
+            raise LocalProtocolError(f"handshake user data is not JSON: {exc}") from None
+
+    @classmethod
+    def parse(cls, body: bytes) -> HandshakeResponse:
+        """Read nano's fields, or pomelo's ``routeToCode`` when ``dict`` is absent. Raises
+        RemoteProtocolError for a body that is not a JSON object, a missing or non-integer code,
+        or a malformed dictionary."""
+        obj = _loads_object(body, "handshake response")
+        code = obj.get("code")
+        if type(code) is not int:
+            raise RemoteProtocolError("invalid handshake response: no integer code")
+        sys = obj.get("sys")
+        sys = sys if isinstance(sys, dict) else {}
+        heartbeat = sys.get("heartbeat", 0)
+        if type(heartbeat) not in (int, float) or not 0 <= heartbeat < float("inf"):
+            raise RemoteProtocolError(f"invalid handshake response: heartbeat {heartbeat!r}")
+        servertime = sys.get("servertime")
+        raw_dict = sys.get("dict", sys.get("routeToCode"))
+        dictionary = None
+        if raw_dict is not None:
+            if not isinstance(raw_dict, dict):
+                raise RemoteProtocolError("invalid handshake response: dict is not an object")
+            try:
+                dictionary = RouteDict(raw_dict)
+            except LocalProtocolError as exc:
+                raise RemoteProtocolError(f"invalid handshake response: {exc}") from None
+        return cls(
+            code=code,
+            heartbeat=float(heartbeat),
+            servertime=servertime if type(servertime) is int else None,
+            dictionary=dictionary,
+            pomelo=bool(sys.get("useDict")),
+            user=obj.get("user"),
+        )
+
+
+@attrs.frozen
+class HandshakeAck:
+    """The client's acknowledgement of an accepted handshake (empty body)."""
+
+
+@attrs.frozen
+class Heartbeat:
+    """A heartbeat (empty body), in either direction."""
+
+
+@attrs.frozen
+class Kick:
+    """Server -> client: you are being disconnected, and why. nano never sends one (issue #81);
+    pomelo sends ``{"reason": ...}``, which is what the JS clients parse."""
+
+    reason: str = ""
+
+    def encode(self) -> bytes:
+        return _dumps({"reason": self.reason})
+
+    @classmethod
+    def parse(cls, body: bytes) -> Kick:
+        """Tolerant: pitaya sends an empty body, others any JSON; the connection ends either way."""
+        try:
+            value = json.loads(body) if body.strip() else {}
+        except (ValueError, RecursionError):
+            return cls(reason=body.decode(errors="replace"))
+        reason = value.get("reason") if isinstance(value, Mapping) else value
+        if reason is None:
+            return cls()
+        return cls(reason=reason if isinstance(reason, str) else body.decode(errors="replace"))

@@ -1,0 +1,316 @@
+"""Message layer: the flag byte, varint ids, routes and route compression (nano.md §2).
+
+A message is the body of a Data packet::
+
+    flag (type << 1 | route-compressed) | id (Request, Response) | route (Request, Notify, Push) | body
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Iterable, Iterator, Mapping
+from types import MappingProxyType
+from typing import ClassVar, Final, Literal, TypeAlias
+
+import attrs
+
+from ._errors import LocalProtocolError, RemoteProtocolError
+from ._packet import MAX_BODY_SIZE, PacketType, check_max_body
+
+__all__ = [
+    "MAX_ROUTE_LENGTH",
+    "Message",
+    "MessageCodec",
+    "MessageType",
+    "Notify",
+    "Push",
+    "Request",
+    "Response",
+    "RouteDict",
+    "decode_message",
+    "encode_message",
+]
+
+#: The longest route (in UTF-8 bytes) an uncompressed route field can carry.
+MAX_ROUTE_LENGTH: Final = 255
+MAX_MESSAGE_ID: Final = (1 << 64) - 1
+_MAX_CODE: Final = 0xFFFF
+_MAX_VARINT_BYTES: Final = 10  # ceil(64 / 7)
+_DATA_HEADER: Final = struct.Struct(">I")
+_DATA: Final = PacketType.DATA << 24
+_BYTE: Final = tuple(bytes((n,)) for n in range(256))
+# Caches of per-route encodings stop growing here; routes come from server code, but a server
+# that pushes to computed routes must not grow memory without bound.
+_CACHE_LIMIT: Final = 4096
+
+
+class MessageType(enum.IntEnum):
+    REQUEST = 0
+    NOTIFY = 1
+    RESPONSE = 2
+    PUSH = 3
+
+
+@attrs.frozen
+class Request:
+    """Client -> server, expects a Response with the same ``id``."""
+
+    id: int
+    route: str
+    body: bytes = b""
+    type: ClassVar[Literal[MessageType.REQUEST]] = MessageType.REQUEST
+
+
+@attrs.frozen
+class Notify:
+    """Client -> server, no Response."""
+
+    route: str
+    body: bytes = b""
+    type: ClassVar[Literal[MessageType.NOTIFY]] = MessageType.NOTIFY
+
+
+@attrs.frozen
+class Response:
+    """Server -> client answer to the Request with the same ``id``."""
+
+    id: int
+    body: bytes = b""
+    type: ClassVar[Literal[MessageType.RESPONSE]] = MessageType.RESPONSE
+
+
+@attrs.frozen
+class Push:
+    """Server -> client, unsolicited, dispatched by ``route`` on the client."""
+
+    route: str
+    body: bytes = b""
+    type: ClassVar[Literal[MessageType.PUSH]] = MessageType.PUSH
+
+
+Message: TypeAlias = Request | Notify | Response | Push
+
+
+class RouteDict(Mapping[str, int]):
+    """An immutable two-way route dictionary (route compression, nano.md §2.4).
+
+    Maps route -> code; :meth:`route` maps back. Codes are 1..65535: pomelo's JS clients never
+    compress a route whose code is 0 (they test ``dict[route]`` for truth). Routes are stripped
+    of surrounding white space as nano does. Raises LocalProtocolError when built with an empty
+    or over-long route, a code out of range, or a duplicated route or code (nano only logs
+    duplicates and lets the last one win).
+    """
+
+    __slots__ = ("_codes", "_routes")
+
+    def __init__(self, routes: Mapping[str, int] | Iterable[tuple[str, int]] = ()) -> None:
+        pairs = routes.items() if isinstance(routes, Mapping) else routes
+        to_code: dict[str, int] = {}
+        to_route: dict[int, str] = {}
+        for raw_route, code in pairs:
+            route = raw_route.strip()
+            if not route or len(route.encode()) > MAX_ROUTE_LENGTH:
+                raise LocalProtocolError(f"dictionary route {raw_route!r} must be 1..255 UTF-8 bytes")
+            if type(code) is not int or not 1 <= code <= _MAX_CODE:
+                raise LocalProtocolError(f"dictionary code for {route!r} must be in 1..65535, not {code!r}")
+            if route in to_code or code in to_route:
+                raise LocalProtocolError(f"duplicated route(route: {route}, code: {code})")
+            to_code[route] = code
+            to_route[code] = route
+        self._routes: Final = to_code
+        self._codes: Final = to_route
+
+    def __getitem__(self, route: str) -> int:
+        return self._routes[route]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._routes)
+
+    def __len__(self) -> int:
+        return len(self._routes)
+
+    def __repr__(self) -> str:
+        return f"RouteDict({self._routes!r})"
+
+    def code(self, route: str) -> int | None:
+        return self._routes.get(route)
+
+    def route(self, code: int) -> str | None:
+        return self._codes.get(code)
+
+    @property
+    def codes(self) -> Mapping[int, str]:
+        """code -> route, read-only."""
+        return MappingProxyType(self._codes)
+
+
+EMPTY_ROUTES: Final = RouteDict()
+
+
+def encode_varint(n: int) -> bytes:
+    """Base-128, least significant group first. Raises LocalProtocolError outside 0..2^64-1."""
+    if n < 0x80:
+        if n < 0:
+            raise LocalProtocolError(f"message id must be in 0..2^64-1, not {n}")
+        return _BYTE[n]
+    if n > MAX_MESSAGE_ID:
+        raise LocalProtocolError(f"message id must be in 0..2^64-1, not {n}")
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+class MessageCodec:
+    """Encodes and decodes messages with one route dictionary. Owned by a server or a client
+    (never shared through module state); immutable apart from its encoding caches.
+
+    The ``*_packet`` methods return a whole Data packet (header included), so a broadcast is
+    encoded once and the same bytes are queued for every receiver.
+    """
+
+    __slots__ = ("_prefixes", "max_body", "routes")
+
+    def __init__(self, routes: RouteDict = EMPTY_ROUTES, *, max_body: int = MAX_BODY_SIZE) -> None:
+        self.routes: Final = routes
+        self.max_body: Final = check_max_body(max_body)
+        # (type, route) -> flag byte + route field
+        self._prefixes: dict[tuple[int, str], bytes] = {}
+
+    def _prefix(self, mtype: int, route: str) -> bytes:
+        key = (mtype, route)
+        prefix = self._prefixes.get(key)
+        if prefix is not None:
+            return prefix
+        code = self.routes.code(route)
+        if code is not None:
+            prefix = bytes((mtype << 1 | 1, code >> 8, code & 0xFF))
+        else:
+            raw = route.encode()
+            if len(raw) > MAX_ROUTE_LENGTH:
+                raise LocalProtocolError(f"route is {len(raw)} UTF-8 bytes, the maximum is {MAX_ROUTE_LENGTH}")
+            prefix = bytes((mtype << 1, len(raw))) + raw
+        if len(self._prefixes) < _CACHE_LIMIT:
+            self._prefixes[key] = prefix
+        return prefix
+
+    def encode(self, message: Message) -> bytes:
+        """The message frame (a Data packet's body). Raises LocalProtocolError."""
+        if isinstance(message, Push | Notify):
+            return self._prefix(message.type, message.route) + message.body
+        if isinstance(message, Response):
+            return _BYTE[MessageType.RESPONSE << 1] + encode_varint(message.id) + message.body
+        if isinstance(message, Request):
+            prefix = self._prefix(MessageType.REQUEST, message.route)
+            return prefix[:1] + encode_varint(message.id) + prefix[1:] + message.body
+        raise LocalProtocolError(f"wrong message type: {message!r}")
+
+    def _packet(self, frame_head: bytes, body: bytes) -> bytes:
+        n = len(frame_head) + len(body)
+        if n > self.max_body:
+            raise LocalProtocolError(f"packet size exceed: body of {n} bytes > maximum {self.max_body}")
+        return _DATA_HEADER.pack(_DATA | n) + frame_head + body
+
+    def packet(self, message: Message) -> bytes:
+        """``message`` as a whole Data packet. Raises LocalProtocolError."""
+        frame = self.encode(message)
+        return self._packet(b"", frame)
+
+    def push_packet(self, route: str, body: bytes) -> bytes:
+        """A Push as a whole Data packet: the hot path of every push and broadcast."""
+        return self._packet(self._prefix(MessageType.PUSH, route), body)
+
+    def response_packet(self, id: int, body: bytes) -> bytes:
+        return self._packet(_BYTE[MessageType.RESPONSE << 1] + encode_varint(id), body)
+
+    def request_packet(self, id: int, route: str, body: bytes) -> bytes:
+        prefix = self._prefix(MessageType.REQUEST, route)
+        return self._packet(prefix[:1] + encode_varint(id) + prefix[1:], body)
+
+    def notify_packet(self, route: str, body: bytes) -> bytes:
+        return self._packet(self._prefix(MessageType.NOTIFY, route), body)
+
+    def decode(self, data: bytes) -> Message:
+        """Parse one message frame. Raises RemoteProtocolError with nano's error text.
+
+        Unlike nano: an unterminated or over-64-bit id, a truncated route code and a route that
+        is not UTF-8 are errors (``wrong message``), and a Response may have an empty body.
+        """
+        n = len(data)
+        if n < 2:
+            raise RemoteProtocolError(f"invalid message: {n} bytes is shorter than a message header")
+        flag = data[0]
+        mtype = flag >> 1 & 0x07
+        if mtype > MessageType.PUSH:
+            raise RemoteProtocolError(f"wrong message type: {mtype}")
+        offset = 1
+        id = 0
+        if mtype == MessageType.REQUEST or mtype == MessageType.RESPONSE:
+            shift = 0
+            while True:
+                if offset >= n or offset > _MAX_VARINT_BYTES:
+                    raise RemoteProtocolError("wrong message: unterminated message id")
+                b = data[offset]
+                offset += 1
+                id |= (b & 0x7F) << shift
+                if b < 0x80:
+                    break
+                shift += 7
+            if id > MAX_MESSAGE_ID:
+                raise RemoteProtocolError("wrong message: message id exceeds 64 bits")
+            if mtype == MessageType.RESPONSE:
+                return Response(id, data[offset:])
+        if offset >= n:
+            raise RemoteProtocolError("wrong message: the route is missing")
+        if flag & 1:
+            if offset + 2 > n:
+                raise RemoteProtocolError("wrong message: truncated route code")
+            code = data[offset] << 8 | data[offset + 1]
+            route = self.routes.route(code)
+            if route is None:
+                raise RemoteProtocolError(f"route info not found in dictionary: code {code}")
+            offset += 2
+        else:
+            end = offset + 1 + data[offset]
+            if end > n:
+                raise RemoteProtocolError("wrong message: the route length overruns the message")
+            try:
+                route = data[offset + 1 : end].decode()
+            except UnicodeDecodeError:
+                raise RemoteProtocolError("wrong message: the route is not UTF-8") from None
+            offset = end
+        body = data[offset:]
+        if mtype == MessageType.REQUEST:
+            return Request(id, route, body)
+        if mtype == MessageType.NOTIFY:
+            return Notify(route, body)
+        return Push(route, body)
+
+
+def encode_message(message: Message, routes: RouteDict = EMPTY_ROUTES) -> bytes:
+    """One-off :meth:`MessageCodec.encode`; hold a codec where speed matters."""
+    return MessageCodec(routes).encode(message)
+
+
+def decode_message(data: bytes, routes: RouteDict = EMPTY_ROUTES) -> Message:
+    """One-off :meth:`MessageCodec.decode`."""
+    return MessageCodec(routes).decode(data)
+
+
+def build_message(type: int, *, id: int = 0, route: str = "", body: bytes = b"") -> Message:
+    """A message from its parts, as nano's ``message.New`` takes them.
+
+    Raises LocalProtocolError (``wrong message type``) for a type outside 0..3.
+    """
+    if type == MessageType.REQUEST:
+        return Request(id, route, body)
+    if type == MessageType.NOTIFY:
+        return Notify(route, body)
+    if type == MessageType.RESPONSE:
+        return Response(id, body)
+    if type == MessageType.PUSH:
+        return Push(route, body)
+    raise LocalProtocolError(f"wrong message type: {type}")

@@ -1,0 +1,146 @@
+"""Packet framing: a 1-byte type, a 3-byte big-endian body length, the body (nano.md §1)."""
+
+from __future__ import annotations
+
+import enum
+import struct
+from typing import Final
+
+import attrs
+
+from ._errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = [
+    "HEAD_LENGTH",
+    "MAX_BODY_SIZE",
+    "Packet",
+    "PacketDecoder",
+    "PacketType",
+    "encode_packet",
+]
+
+HEAD_LENGTH: Final = 4
+#: nano's ``MaxPacketSize``: the largest body a decoder accepts by default (exactly this is legal).
+MAX_BODY_SIZE: Final = 64 * 1024
+#: The 3-byte length field cannot say more than this, whatever a caller configures.
+_LENGTH_FIELD_MAX: Final = (1 << 24) - 1
+
+_HEADER: Final = struct.Struct(">I")
+
+
+class PacketType(enum.IntEnum):
+    HANDSHAKE = 0x01
+    HANDSHAKE_ACK = 0x02
+    HEARTBEAT = 0x03
+    DATA = 0x04
+    KICK = 0x05
+
+
+# Indexed by the raw type byte; a tuple lookup is several times cheaper than PacketType(n).
+_TYPE_BY_BYTE: Final[tuple[PacketType | None, ...]] = tuple(
+    PacketType(n) if n in PacketType._value2member_map_ else None for n in range(256)
+)
+
+
+@attrs.frozen
+class Packet:
+    """One packet off the wire. ``body`` is the raw body bytes (a copy, never a view)."""
+
+    type: PacketType
+    body: bytes = b""
+
+
+def check_max_body(max_body: int) -> int:
+    """Validate a configured maximum body size; returns it. Raises LocalProtocolError."""
+    if not 0 <= max_body <= _LENGTH_FIELD_MAX:
+        raise LocalProtocolError(f"maximum packet body must be in 0..{_LENGTH_FIELD_MAX}, not {max_body}")
+    return max_body
+
+
+def encode_packet(type: int, body: bytes = b"", *, max_body: int = MAX_BODY_SIZE) -> bytes:
+    """Frame ``body`` as one packet.
+
+    Raises LocalProtocolError (``wrong packet type``) for a type outside 1..5 and
+    (``packet size exceed``) for a body over ``max_body``: nano encodes such frames and its own
+    decoder then rejects them; trionano never emits what a decoder would reject.
+    """
+    if not PacketType.HANDSHAKE <= type <= PacketType.KICK:
+        raise LocalProtocolError(f"wrong packet type: {type}")
+    n = len(body)
+    if n > max_body:
+        raise LocalProtocolError(f"packet size exceed: body of {n} bytes > maximum {max_body}")
+    return _HEADER.pack(type << 24 | n) + body
+
+
+class PacketDecoder:
+    """Streaming decoder: feed it bytes in any chunking, take packets out as soon as their last
+    byte has arrived.
+
+    Usage::
+
+        decoder.feed(chunk)
+        while (packet := decoder.next_packet()) is not None:
+            ...
+
+    ``next_packet`` raises RemoteProtocolError (``wrong packet type`` / ``packet size exceed``)
+    when it reaches a bad header, after every packet before it has been handed out. After an
+    error the decoder is spent: every later call raises the same error.
+    """
+
+    __slots__ = ("_buf", "_chunks", "_error", "_need", "_pos", "max_body")
+
+    def __init__(self, *, max_body: int = MAX_BODY_SIZE) -> None:
+        self.max_body: Final = check_max_body(max_body)
+        self._buf = b""  # bytes not yet consumed start at _pos
+        self._pos = 0
+        self._chunks: list[bytes] = []  # arrived data not yet joined into _buf
+        self._need = HEAD_LENGTH  # joined-buffer length below which parsing cannot progress
+        self._error: RemoteProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet handed out as packets."""
+        return len(self._buf) - self._pos + sum(map(len, self._chunks))
+
+    def feed(self, data: bytes) -> None:
+        """Append received bytes. Cheap: joining is deferred until a packet can be complete."""
+        if data:
+            self._chunks.append(data)
+
+    def next_packet(self) -> Packet | None:
+        """The next complete packet, or None until more bytes arrive. Raises RemoteProtocolError."""
+        if self._error is not None:
+            raise self._error
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < self._need and self._chunks:
+            # Join only when enough may have arrived: a 64 KiB body fed in small chunks is
+            # copied once, not once per chunk.
+            pending = sum(map(len, self._chunks))
+            if len(buf) - pos + pending < self._need:
+                return None
+            self._chunks.insert(0, buf[pos:])
+            buf = self._buf = b"".join(self._chunks)
+            pos = self._pos = 0
+            self._chunks.clear()
+        end = pos + HEAD_LENGTH
+        if len(buf) < end:
+            self._need = HEAD_LENGTH
+            return None
+        header = _HEADER.unpack_from(buf, pos)[0]
+        ptype = _TYPE_BY_BYTE[header >> 24]
+        if ptype is None:
+            raise self._fail(f"wrong packet type: {header >> 24}")
+        size = header & 0xFFFFFF
+        if size > self.max_body:
+            raise self._fail(f"packet size exceed: body of {size} bytes > maximum {self.max_body}")
+        if len(buf) < end + size:
+            self._need = HEAD_LENGTH + size
+            return None
+        self._pos = end + size
+        self._need = HEAD_LENGTH
+        return Packet(ptype, buf[end : end + size])
+
+    def _fail(self, msg: str) -> RemoteProtocolError:
+        self._error = RemoteProtocolError(msg)
+        self._buf, self._pos, self._chunks = b"", 0, []
+        return self._error
