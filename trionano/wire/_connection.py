@@ -54,7 +54,8 @@ class Connection:
     """One end of one pomelo connection. Owned by a single task (not thread- or task-safe).
 
     ``heartbeat`` is the interval in seconds (0 disables heartbeats): a server announces its
-    own; a client adopts the server's from the HandshakeResponse. ``now`` is the caller's clock
+    own; a client adopts the server's from the HandshakeResponse. ``codec`` (else one built from
+    ``routes`` and ``max_body``) encodes and decodes messages. ``now`` is the caller's clock
     when the connection began.
 
     Error handling: :meth:`next_event` raises RemoteProtocolError for anything the peer may not
@@ -69,6 +70,7 @@ class Connection:
         heartbeat: float = 30.0,
         routes: RouteDict = EMPTY_ROUTES,
         max_body: int = MAX_BODY_SIZE,
+        codec: MessageCodec | None = None,
         now: float = 0.0,
     ) -> None:
         if not 0 <= heartbeat < math.inf:
@@ -76,8 +78,9 @@ class Connection:
         self.role: Final = role
         self.state = State.START
         self.heartbeat = heartbeat if role is Role.SERVER else 0.0
-        self.codec = MessageCodec(routes, max_body=max_body)
-        self._decoder = PacketDecoder(max_body=max_body)
+        # A server passes its one codec to every connection, sharing its encoding caches.
+        self.codec = codec if codec is not None else MessageCodec(routes, max_body=max_body)
+        self._decoder = PacketDecoder(max_body=self.codec.max_body)
         self._accepted = False  # the accepting HandshakeResponse has gone out (server) / come in (client)
         self._now = now
         self.last_received = now
@@ -102,7 +105,7 @@ class Connection:
 
     # -- receiving -------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes, now: float) -> None:
+    def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None:
         """Buffer received bytes; ``now`` stamps the packets they complete. Ignored once closed."""
         if self.state is not State.CLOSED:
             self._now = now

@@ -93,7 +93,7 @@ class PacketDecoder:
         self.max_body: Final = check_max_body(max_body)
         self._buf = b""  # bytes not yet consumed start at _pos
         self._pos = 0
-        self._chunks: list[bytes] = []  # arrived data not yet joined into _buf
+        self._chunks: list[bytes | bytearray | memoryview] = []  # arrived data not yet joined into _buf
         self._need = HEAD_LENGTH  # joined-buffer length below which parsing cannot progress
         self._error: RemoteProtocolError | None = None
 
@@ -102,7 +102,7 @@ class PacketDecoder:
         """Bytes received but not yet handed out as packets."""
         return len(self._buf) - self._pos + sum(map(len, self._chunks))
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes. Cheap: joining is deferred until a packet can be complete."""
         if data:
             self._chunks.append(data)

@@ -1,0 +1,177 @@
+"""Components: classes whose public ``(self, session, msg)`` methods are message handlers."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+
+from ._errors import ComponentError, SerializeError
+from ._serializer import Serializer, Unmarshal
+from ._session import Session
+
+if TYPE_CHECKING:
+    from ._server import Server
+
+__all__ = ["Component", "Components", "Handler"]
+
+_LIFECYCLE: Final = frozenset({"init", "after_init", "before_shutdown", "shutdown"})
+
+
+class Component:
+    """Base class for components. Override any lifecycle hook, sync or async:
+
+    ``init`` (all components, in registration order) then ``after_init`` run before the server
+    accepts clients; ``before_shutdown`` then ``shutdown`` run in reverse order when it stops.
+
+    Every other public method ``(self, session: Session, msg: T)`` is a handler at route
+    ``"<service>.<method>"``. ``T`` decides how the body is decoded: ``bytes`` raw, a
+    betterproto message, an attrs class or dataclass (JSON), ``dict``/``Any`` (JSON). A
+    handler may be ``async``; it still runs alone in its lane, awaits included.
+
+    :attr:`server` is the server running the component (for its scheduler, timers and close
+    hooks); a component belongs to one server.
+    """
+
+    _server: Server | None = None
+
+    @property
+    def server(self) -> Server:
+        """The server this component is registered with. Raises RuntimeError before then."""
+        if self._server is None:
+            raise RuntimeError(f"{type(self).__name__} is not part of a server yet")
+        return self._server
+
+    def _attach(self, server: Server) -> None:
+        if self._server is not None and self._server is not server:
+            raise ComponentError(f"{type(self).__name__} already belongs to another server")
+        self._server = server
+
+    def init(self) -> Awaitable[None] | None:
+        return None
+
+    def after_init(self) -> Awaitable[None] | None:
+        return None
+
+    def before_shutdown(self) -> Awaitable[None] | None:
+        return None
+
+    def shutdown(self) -> Awaitable[None] | None:
+        return None
+
+
+@attrs.frozen
+class Handler:
+    """One discovered handler."""
+
+    service: str
+    method: str
+    route: str
+    func: Callable[[Session, Any], Any]  # bound
+    is_async: bool
+    annotation: object
+    lane: str
+
+    def unmarshaller(self, serializer: Serializer) -> Unmarshal:
+        return serializer.unmarshaller(self.annotation)
+
+
+@attrs.frozen
+class _Registration:
+    component: object
+    service: str
+    handlers: tuple[Handler, ...]
+
+
+def _discover(component: object, service: str, name_func: Callable[[str], str], lane: str) -> list[Handler]:
+    handlers = []
+    cls = type(component)
+    for attr in dir(cls):
+        if attr.startswith("_") or attr in _LIFECYCLE or attr == "server":
+            continue
+        func = getattr(cls, attr)
+        if not inspect.isfunction(func):
+            continue
+        params = list(inspect.signature(func).parameters.values())
+        if len(params) != 3 or any(p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params):
+            continue
+        try:
+            hints = typing.get_type_hints(func)
+        except Exception as exc:
+            raise ComponentError(f"cannot resolve the annotations of {cls.__name__}.{attr}: {exc}") from None
+        session_type = hints.get(params[1].name)
+        if not (isinstance(session_type, type) and issubclass(session_type, Session)):
+            continue  # not (self, session: Session, msg): a helper, as nano skips it
+        handlers.append(
+            Handler(
+                service=service,
+                method=attr,
+                route=f"{service}.{name_func(attr)}",
+                func=getattr(component, attr),
+                is_async=inspect.iscoroutinefunction(func),
+                annotation=hints.get(params[2].name, Any),
+                lane=lane,
+            )
+        )
+    return handlers
+
+
+class Components:
+    """The ordered set of components a server runs (nano's ``component.Components``)."""
+
+    def __init__(self) -> None:
+        self._registrations: list[_Registration] = []
+
+    def register(
+        self,
+        component: object,
+        *,
+        name: str | None = None,
+        name_func: Callable[[str], str] | None = None,
+        lane: str | None = None,
+    ) -> None:
+        """Register ``component`` as service ``name`` (default: its class name).
+
+        ``name_func`` renames each handler (e.g. ``str.lower``); ``lane`` runs its handlers on
+        that named scheduler lane instead of the main one (nano's ``WithSchedulerName``): if a
+        session holds a :class:`~trionano.nursery_scheduler.Lane` under that name, that lane.
+
+        Raises ComponentError: ``handler: service already defined: <name>``, or ``type <Name>
+        has no exported methods of suitable type``.
+        """
+        service = name or type(component).__name__
+        if not service or "." in service:
+            raise ComponentError(f"no service name for type {type(component).__name__}: {service!r}")
+        if any(r.service == service for r in self._registrations):
+            raise ComponentError(f"handler: service already defined: {service}")
+        handlers = _discover(component, service, name_func or (lambda method: method), lane or "")
+        if not handlers:
+            raise ComponentError(f"type {type(component).__name__} has no exported methods of suitable type")
+        routes = [h.route for h in handlers]
+        if len(set(routes)) != len(routes):
+            raise ComponentError(f"name_func maps two handlers of {service} to one route: {sorted(routes)}")
+        self._registrations.append(_Registration(component, service, tuple(handlers)))
+
+    @property
+    def components(self) -> list[object]:
+        return [r.component for r in self._registrations]
+
+    @property
+    def services(self) -> list[str]:
+        return sorted(r.service for r in self._registrations)
+
+    def handlers(self) -> list[Handler]:
+        return [h for r in self._registrations for h in r.handlers]
+
+    def resolve(self, serializer: Serializer) -> dict[str, tuple[Handler, Unmarshal]]:
+        """route -> (handler, body decoder). Raises ComponentError for an undecodable type."""
+        table = {}
+        for handler in self.handlers():
+            try:
+                table[handler.route] = (handler, handler.unmarshaller(serializer))
+            except SerializeError as exc:
+                raise ComponentError(f"{handler.route}: {exc}") from None
+        return table

@@ -1,0 +1,91 @@
+"""Server configuration: one frozen, validated value per server (nano's process globals)."""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ._pipeline import Pipeline
+from ._serializer import JSONSerializer, Serializer
+from .wire import EMPTY_ROUTES, MAX_BODY_SIZE, Handshake, RouteDict
+
+if TYPE_CHECKING:
+    from ._session import Session
+
+__all__ = ["Config", "HandshakeValidator", "SlowConsumerPolicy"]
+
+HandshakeValidator = Callable[["Session", Handshake], Awaitable[None] | None]
+
+
+class SlowConsumerPolicy(enum.Enum):
+    """What happens to a message for a session whose outbox is full. Either way the server
+    never waits for that session, and the drop is counted (``Server.stats``) and logged."""
+
+    DROP = "drop"  # drop the message (nano's ErrBufferExceed)
+    KICK = "kick"  # kick the session with reason "slow consumer"
+
+
+def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not 0 < value < math.inf:
+        raise ValueError(f"{attribute.name} must be positive and finite, not {value!r}")
+
+
+def _heartbeat(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not 0 <= value < math.inf:
+        raise ValueError(f"heartbeat must be >= 0 seconds (0 disables it), not {value!r}")
+
+
+def _precision(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not 0.001 <= value < math.inf:
+        raise ValueError("time precision can not less than a Millisecond")
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """How a server behaves; vary with ``attrs.evolve``. Raises ValueError (or TypeError) at
+    construction for a value out of range.
+
+    - ``heartbeat``: seconds between server heartbeats; a client silent for twice that is
+      closed. 0 disables both. With ``pomelo_handshake`` it must be whole seconds.
+    - ``outbox_size``: messages queued per session before the ``slow_consumer`` policy applies.
+    - ``max_packet_size``: the largest packet body accepted or sent (nano: 64 KiB).
+    - ``serializer``: values to bodies (JSON by default; see :mod:`trionano._serializer`).
+    - ``routes``: the route dictionary for compression, announced in the handshake.
+    - ``handshake_validator``: ``(session, handshake)``, sync or async; raise
+      :class:`~trionano.HandshakeRejected` (or anything) to refuse the client.
+    - ``pipeline``: inbound/outbound message functions.
+    - ``pomelo_handshake``: also send pomelo's dictionary fields, for libpomelo2 clients.
+    - ``timer_precision``: the scheduler's timer tick in seconds (>= 1 ms).
+    - ``scheduler_backlog``: tasks queued per lane before a pushing reader waits.
+    - ``read_size``: bytes asked of the transport per read.
+    - ``close_timeout``: how long a closing session may take to flush its outbox.
+    - ``shutdown_timeout``: how long a graceful shutdown waits for sessions to close.
+    """
+
+    heartbeat: float = attrs.field(default=30.0, validator=_heartbeat)
+    outbox_size: int = attrs.field(default=128, validator=attrs.validators.ge(1))
+    max_packet_size: int = attrs.field(
+        default=MAX_BODY_SIZE, validator=[attrs.validators.ge(64), attrs.validators.le((1 << 24) - 1)]
+    )
+    serializer: Serializer = attrs.field(factory=JSONSerializer)
+    routes: RouteDict = attrs.field(default=EMPTY_ROUTES, validator=attrs.validators.instance_of(RouteDict))
+    handshake_validator: HandshakeValidator | None = None
+    pipeline: Pipeline = attrs.field(factory=Pipeline)
+    slow_consumer: SlowConsumerPolicy = attrs.field(
+        default=SlowConsumerPolicy.DROP, validator=attrs.validators.instance_of(SlowConsumerPolicy)
+    )
+    logger_name: str = "trionano"
+    pomelo_handshake: bool = False
+    timer_precision: float = attrs.field(default=1.0, validator=_precision)
+    scheduler_backlog: int = attrs.field(default=256, validator=attrs.validators.ge(1))
+    read_size: int = attrs.field(default=65536, validator=attrs.validators.ge(1024))
+    close_timeout: float = attrs.field(default=2.0, validator=_positive)
+    shutdown_timeout: float = attrs.field(default=5.0, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.pomelo_handshake and not float(self.heartbeat).is_integer():
+            raise ValueError("libpomelo2 reads whole heartbeat seconds: use a whole heartbeat with pomelo_handshake")

@@ -1,0 +1,276 @@
+"""A Trio client for trionano and nano servers: for tests, bots and load generators.
+
+::
+
+    async with open_client("127.0.0.1", port) as client:
+        answer = await client.request("room.join", {})
+        await client.notify("room.message", {"name": "bot", "content": "hi"})
+        news = await client.receive_push("onMessage")
+
+Resource handling: :func:`open_client` owns a reader task and a heartbeat task; leaving the
+block closes the connection. Error handling: a Kick raises :class:`~trionano.Kicked` (with the
+server's reason) from every pending and later call; a closed or silent connection (no packet
+for twice the heartbeat) raises ``trio.BrokenResourceError``; a refused handshake raises
+:class:`~trionano.HandshakeRejected` with the server's code.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import betterproto
+import trio
+
+from . import wire
+from ._errors import HandshakeRejected, Kicked
+
+__all__ = ["Client", "open_client", "open_stream_client"]
+
+_logger = logging.getLogger("trionano.client")
+_HEARTBEAT: Final = wire.Heartbeat()
+Decoder = Callable[[bytes], Any]
+
+
+def encode_body(value: object) -> bytes:
+    """bytes as they are, betterproto messages as protobuf, anything else as compact JSON."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, betterproto.Message):
+        return bytes(value)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode_json(body: bytes) -> Any:
+    """JSON, or the raw bytes when the body is not JSON (an empty body is None)."""
+    if not body:
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body
+
+
+class _Pending:
+    __slots__ = ("done", "result")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: bytes | BaseException = b""
+
+
+class Client:
+    """A connected, handshaken client. Made by :func:`open_client`."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        decode: Decoder = decode_json,
+        push_backlog: int = 10_000,
+        max_body: int = wire.MAX_BODY_SIZE,
+    ) -> None:
+        self._stream = stream
+        self.conn = wire.Connection(wire.Role.CLIENT, max_body=max_body, now=trio.current_time())
+        self._decode = decode
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._pushes: dict[str, deque[bytes]] = {}
+        self._push_arrived = trio.Event()
+        self._push_backlog = push_backlog
+        self._callbacks: dict[str, list[Callable[[Any], None]]] = {}
+        self._send_lock = trio.StrictFIFOLock()
+        self._handshake_done = trio.Event()
+        self.handshake: wire.HandshakeResponse | None = None
+        self.error: BaseException | None = None  # why the connection ended
+        self.dropped_pushes = 0
+        self.heartbeats_received = 0
+
+    # -- sending ----------------------------------------------------------------------------
+
+    async def _send(self, data: bytes) -> None:
+        self._raise_if_closed()
+        async with self._send_lock:
+            try:
+                await self._stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self._fail(trio.BrokenResourceError(f"connection lost: {exc}"))
+                raise self.error from None  # type: ignore[misc]
+
+    def _raise_if_closed(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    async def request(self, route: str, body: object = None, *, raw: bool = False) -> Any:
+        """Send a Request and wait for its Response: decoded (JSON by default), or its bytes
+        with ``raw``. Raises Kicked, trio.BrokenResourceError."""
+        mid = next(self._ids)
+        pending = self._pending[mid] = _Pending()
+        try:
+            await self._send(self.conn.send(wire.Request(mid, route, encode_body({} if body is None else body))))
+            await pending.done.wait()
+        finally:
+            self._pending.pop(mid, None)
+        if isinstance(pending.result, BaseException):
+            raise pending.result
+        return pending.result if raw else self._decode(pending.result)
+
+    async def notify(self, route: str, body: object = None) -> None:
+        """Send a Notify. Raises Kicked, trio.BrokenResourceError."""
+        await self._send(self.conn.send(wire.Notify(route, encode_body({} if body is None else body))))
+
+    # -- pushes -----------------------------------------------------------------------------
+
+    def on(self, route: str, callback: Callable[[Any], None]) -> None:
+        """Call ``callback(decoded body)`` from the reader for every Push on ``route`` (such
+        pushes are not queued for :meth:`receive_push`)."""
+        self._callbacks.setdefault(route, []).append(callback)
+
+    async def receive_push(self, route: str, *, raw: bool = False) -> Any:
+        """The next Push on ``route`` (queued since connecting), decoded unless ``raw``.
+        Raises Kicked, trio.BrokenResourceError once the connection is over and none is left."""
+        while True:
+            queue = self._pushes.get(route)
+            if queue:
+                body = queue.popleft()
+                return body if raw else self._decode(body)
+            self._raise_if_closed()
+            await self._push_arrived.wait()
+
+    def pending_pushes(self, route: str) -> int:
+        return len(self._pushes.get(route, ()))
+
+    # -- receiving --------------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        conn = self.conn
+        try:
+            while True:
+                data = await self._stream.receive_some(65536)
+                if not data:
+                    raise trio.BrokenResourceError("the server closed the connection")
+                conn.receive_data(data, trio.current_time())
+                while (event := conn.next_event()) is not None:
+                    self._on_event(event)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, wire.RemoteProtocolError) as exc:
+            self._fail(exc if isinstance(exc, trio.BrokenResourceError) else trio.BrokenResourceError(str(exc)))
+
+    def _on_event(self, event: wire.Event) -> None:
+        if isinstance(event, wire.Response):
+            pending = self._pending.get(event.id)
+            if pending is None:
+                _logger.warning("response to unknown request id %d dropped", event.id)
+                return
+            pending.result = event.body
+            pending.done.set()
+        elif isinstance(event, wire.Push):
+            callbacks = self._callbacks.get(event.route)
+            if callbacks:
+                value = self._decode(event.body)
+                for callback in callbacks:
+                    callback(value)
+                return
+            queue = self._pushes.setdefault(event.route, deque())
+            if len(queue) >= self._push_backlog:
+                self.dropped_pushes += 1
+                _logger.warning("push backlog of %r full: dropped one (%d so far)", event.route, self.dropped_pushes)
+                return
+            queue.append(event.body)
+            self._push_arrived.set()
+            self._push_arrived = trio.Event()
+        elif isinstance(event, wire.Heartbeat):
+            self.heartbeats_received += 1
+        elif isinstance(event, wire.HandshakeResponse):
+            self.handshake = event
+            self._handshake_done.set()
+        elif isinstance(event, wire.Kick):
+            self._fail(Kicked(event.reason))
+
+    def _fail(self, error: BaseException) -> None:
+        if self.error is None:
+            self.error = error
+        for pending in self._pending.values():
+            pending.result = self.error
+            pending.done.set()
+        self._push_arrived.set()
+        self._handshake_done.set()
+
+    async def _heartbeats(self) -> None:
+        """Heartbeat every interval (libpomelo2's way: pomelo and nano servers accept both);
+        give up after twice the interval without a packet."""
+        conn = self.conn
+        while self.error is None:
+            now = trio.current_time()
+            if now >= conn.timeout_deadline:
+                self._fail(trio.BrokenResourceError("heartbeat timeout"))
+                return
+            if now >= conn.heartbeat_deadline:
+                await self._send(conn.send(_HEARTBEAT, now))
+                continue
+            await trio.sleep_until(min(conn.heartbeat_deadline, conn.timeout_deadline))
+
+    async def _handshake(self, user: object) -> None:
+        await self._send(self.conn.send(wire.Handshake(type="python-trio", version="trionano", user=user)))
+        await self._handshake_done.wait()
+        self._raise_if_closed()
+        assert self.handshake is not None
+        if not self.handshake.accepted:
+            self._fail(
+                HandshakeRejected(f"handshake refused with code {self.handshake.code}", code=self.handshake.code)
+            )
+            self._raise_if_closed()
+        await self._send(self.conn.send(wire.HandshakeAck()))
+
+
+@asynccontextmanager
+async def open_stream_client(
+    stream: trio.abc.Stream,
+    *,
+    user: object = None,
+    handshake_timeout: float = 10.0,
+    decode: Decoder = decode_json,
+    push_backlog: int = 10_000,
+) -> AsyncIterator[Client]:
+    """A client over an already-connected stream (any transport); handshakes before yielding.
+    Raises HandshakeRejected, trio.TooSlowError (no handshake answer in time),
+    trio.BrokenResourceError."""
+    client = Client(stream, decode=decode, push_backlog=push_backlog)
+    async with stream, trio.open_nursery() as nursery:
+        nursery.start_soon(client._reader, name="trionano client reader")
+        with trio.fail_after(handshake_timeout):
+            await client._handshake(user)
+        nursery.start_soon(client._heartbeats, name="trionano client heartbeats")
+        try:
+            yield client
+        finally:
+            client._fail(trio.ClosedResourceError("the client was closed"))
+            nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def open_client(
+    host: str,
+    port: int,
+    *,
+    user: object = None,
+    ssl_context: ssl.SSLContext | None = None,
+    handshake_timeout: float = 10.0,
+    decode: Decoder = decode_json,
+    push_backlog: int = 10_000,
+) -> AsyncIterator[Client]:
+    """Connect over TCP (TLS with ``ssl_context``), handshake (with ``user`` data), ack, and
+    yield the client; heartbeats run while the block does."""
+    if ssl_context is not None:
+        stream: trio.abc.Stream = await trio.open_ssl_over_tcp_stream(host, port, ssl_context=ssl_context)
+    else:
+        stream = await trio.open_tcp_stream(host, port)
+    async with open_stream_client(
+        stream, user=user, handshake_timeout=handshake_timeout, decode=decode, push_backlog=push_backlog
+    ) as client:
+        yield client
