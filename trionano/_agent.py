@@ -34,10 +34,12 @@ from .wire import (
     Kick,
     MessageType,
     Notify,
+    PacketType,
     RemoteProtocolError,
     Request,
     Role,
     State,
+    encode_packet,
 )
 
 if TYPE_CHECKING:
@@ -93,16 +95,26 @@ class Agent:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer, nursery.cancel_scope, name=f"trionano writer {self.remote_address}")
+                reason = None
                 with self._reader_scope:
-                    await self._reader()
-                self._finish(None, discard=False)  # the peer hung up: flush what is queued, briefly
+                    reason = await self._reader()
+                if reason is None:
+                    self._finish(None, discard=False)  # the peer hung up: flush what is queued, briefly
+                elif not self._finished:
+                    # Kick from the main lane, behind the requests decoded before the error,
+                    # so their responses go out first; reading has stopped already.
+                    try:
+                        await self._server.scheduler.push(lambda: self.kick(reason))
+                    except trio.ClosedResourceError:
+                        self.kick(reason)
         finally:
             self.closed = True
             self.conn.close()
             await trio.aclose_forcefully(self._stream)
             self._server._agent_closed(self)
 
-    async def _reader(self) -> None:
+    async def _reader(self) -> str | None:
+        """Read until the peer hangs up (None) or breaks the protocol (the Kick reason)."""
         conn = self.conn
         receive_some = self._stream.receive_some
         read_size = self._server.config.read_size
@@ -113,7 +125,7 @@ class Agent:
             while True:
                 data = await receive_some(read_size)
                 if not data:
-                    return
+                    return None
                 conn.receive_data(data, current_time())
                 while True:
                     event = conn.next_event()
@@ -128,9 +140,9 @@ class Agent:
         except RemoteProtocolError as exc:
             self._server.stats.protocol_errors += 1
             self._server._logger.info("protocol error from %s: %s; kicking", self.remote_address, exc)
-            self.kick(f"protocol error: {exc}")
+            return f"protocol error: {exc}"
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return  # reset by peer, or closed under us
+            return None  # reset by peer, or closed under us
 
     async def _handshake(self, handshake: Handshake) -> None:
         server = self._server
@@ -236,8 +248,10 @@ class Agent:
         then close. Idempotent."""
         if self._finished:
             return
-        final = self.conn.send(Kick(reason)) if self.conn.state is not State.CLOSED else None
-        self._finish(final, discard=discard)
+        # encoded here, not through self.conn: after a protocol error the wire state is
+        # already CLOSED, and the peer should still learn why
+        self.conn.close()
+        self._finish(encode_packet(PacketType.KICK, Kick(reason).encode()), discard=discard)
 
     def close(self) -> None:
         """Close after flushing what is queued (within ``close_timeout``). Idempotent."""

@@ -19,6 +19,7 @@ import inspect
 import itertools
 import json
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -88,11 +89,14 @@ def _peer(stream: trio.abc.Stream) -> str:
 
 @attrs.define(eq=False)
 class TCPEndpoint:
-    """Plain TCP, or TLS with ``ssl_context`` (trio.SSLStream). ``port`` 0 picks a free one."""
+    """Plain TCP, or TLS with ``ssl_context`` (trio.SSLStream). ``port`` 0 picks a free one.
+    ``send_buffer`` sets SO_SNDBUF on each connection: a small one bounds the kernel memory a
+    stalled client can pin, so the slow-consumer policy sees it sooner."""
 
     host: str | None = None
     port: int = 0
     ssl_context: ssl.SSLContext | None = None
+    send_buffer: int | None = None
     _listeners: list[trio.abc.Listener[Any]] = attrs.field(factory=list, init=False)
 
     async def start(self, server: Server, nursery: trio.Nursery) -> int:
@@ -116,6 +120,9 @@ class TCPEndpoint:
                 server._logger.error("accept failed: %s", exc)
                 await trio.sleep(0.1)
                 continue
+            if self.send_buffer is not None:
+                sock = getattr(stream, "socket", None) or stream.transport_stream.socket
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
             nursery.start_soon(server.serve_connection, stream, _peer(stream))
 
     async def aclose(self) -> None:

@@ -19,7 +19,7 @@ import inspect
 import itertools
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Final
 
 import attrs
@@ -27,7 +27,9 @@ import trio
 
 __all__ = ["Lane", "Scheduler", "Task", "Timer"]
 
-Task = Callable[[], Awaitable[object] | None]
+#: A task: a function of no arguments, sync or async (what it returns is awaited if awaitable,
+#: otherwise ignored).
+Task = Callable[[], object]
 TimerCondition = Callable[[float], bool]
 
 MAIN_LANE: Final = ""

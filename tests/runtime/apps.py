@@ -1,0 +1,106 @@
+"""Small components the runtime tests serve."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import betterproto
+
+from trionano import Component, Components, Group, HandlerError, Session
+
+
+@attrs.frozen
+class Point:
+    x: int
+    y: int
+
+
+@dataclasses.dataclass
+class Note:
+    text: str
+
+
+@dataclasses.dataclass(eq=False, repr=False)
+class Ping(betterproto.Message):
+    content: str = betterproto.string_field(1)
+
+
+@dataclasses.dataclass(eq=False, repr=False)
+class Pong(betterproto.Message):
+    content: str = betterproto.string_field(2)
+
+
+class Echo(Component):
+    """Answers in every decoding the annotations allow."""
+
+    def __init__(self) -> None:
+        self.group = Group("all")
+        self.notified: list[Any] = []
+
+    def json(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
+        return msg
+
+    def raw(self, session: Session, msg: bytes) -> bytes:
+        return msg[::-1]
+
+    def point(self, session: Session, msg: Point) -> Point:
+        return Point(msg.y, msg.x)
+
+    def note(self, session: Session, msg: Note) -> Note:
+        return Note(msg.text.upper())
+
+    def ping(self, session: Session, msg: Ping) -> Pong:
+        return Pong(content=msg.content + " pong")
+
+    async def slow(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
+        import trio
+
+        await trio.sleep(msg.get("seconds", 0))
+        return {"slept": msg.get("seconds", 0)}
+
+    def fail(self, session: Session, msg: dict[str, Any]) -> None:
+        raise RuntimeError("boom")
+
+    def refuse(self, session: Session, msg: dict[str, Any]) -> None:
+        raise HandlerError("not allowed", code=403)
+
+    def later(self, session: Session, msg: dict[str, Any]) -> None:
+        mid = session.last_mid
+        self.server.scheduler.after(msg.get("after", 0.01), lambda: session.response({"late": True}, mid=mid))
+
+    def respond_twice(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
+        session.response({"first": True})
+        return {"second": True}  # already answered: dropped
+
+    def join(self, session: Session, msg: bytes) -> dict[str, int]:
+        self.group.add(session)
+        return {"members": self.group.count()}
+
+    def shout(self, session: Session, msg: dict[str, Any]) -> None:
+        self.group.broadcast("onShout", msg)
+
+    def tell(self, session: Session, msg: dict[str, Any]) -> None:
+        self.notified.append(msg)
+        session.push("onTold", msg)
+
+    def helper(self, x: int) -> int:  # not (session, msg): not a handler
+        return x
+
+
+def echo_components() -> Components:
+    components = Components()
+    components.register(Echo(), name="echo")
+    return components
+
+
+async def wait_until(predicate: Callable[[], bool]) -> None:
+    """Poll ``predicate`` (server state with no event to wait on) until it holds; fail after
+    five seconds of trio's clock."""
+    import trio
+
+    with trio.fail_after(5):
+        while not predicate():  # noqa: ASYNC110 - polling state the server exposes no event for
+            await trio.sleep(0.005)

@@ -1,0 +1,84 @@
+"""Heartbeats over real sockets with trio's MockClock: a 30 s interval takes milliseconds."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import trio
+import trio.testing
+
+from tests.runtime.apps import echo_components, wait_until
+from trionano import Config, wire
+from trionano.testing import open_test_server
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+async def test_server_heartbeats_every_interval(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_server(echo_components(), Config(heartbeat=30)) as running, running.raw() as raw:
+        await raw.handshake()
+        start = trio.current_time()
+        times = []
+        for _ in range(3):
+            # keep the connection alive, as a client answering heartbeats would
+            packet = await raw.receive_packet()
+            assert packet.type is wire.PacketType.HEARTBEAT
+            times.append(trio.current_time() - start)
+            await raw.send(wire.encode_packet(wire.PacketType.HEARTBEAT))
+        gaps = [b - a for a, b in zip([0.0, *times], times, strict=False)]
+        assert all(30 <= gap <= 30 * 1.25 + 0.01 for gap in gaps[1:]), gaps
+
+
+async def test_silent_client_is_closed_after_twice_the_interval(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_server(echo_components(), Config(heartbeat=30)) as running, running.raw() as raw:
+        await raw.handshake()
+        start = trio.current_time()
+        packets = await raw.receive_until_closed()
+        elapsed = trio.current_time() - start
+        assert 60 <= elapsed <= 60 + 30 / 4 + 0.01, elapsed
+        assert [p.type for p in packets[:-1]] == [wire.PacketType.HEARTBEAT] * (len(packets) - 1)
+        assert packets[-1].type is wire.PacketType.KICK
+        assert wire.Kick.parse(packets[-1].body).reason == "heartbeat timeout"
+        await wait_until(lambda: not running.server.sessions)
+
+
+async def test_a_client_that_answers_stays(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_server(echo_components(), Config(heartbeat=5)) as running, running.connect() as client:
+        await trio.sleep(60)  # twelve intervals
+        assert client.heartbeats_received >= 10
+        assert await client.request("echo.json", {"still": "here"}) == {"still": "here"}
+
+
+async def test_the_client_gives_up_on_a_silent_server(autojump_clock: trio.testing.MockClock) -> None:
+    # a "server" that handshakes and then never says anything again
+    async def mute(stream: trio.SocketStream) -> None:
+        decoder = wire.PacketDecoder()
+        decoder.feed(await stream.receive_some(4096))
+        response = wire.HandshakeResponse(heartbeat=10).encode()
+        await stream.send_all(wire.encode_packet(wire.PacketType.HANDSHAKE, response))
+        await trio.sleep_forever()
+
+    from trionano.client import open_client
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, mute, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        async with open_client("127.0.0.1", port) as client:
+            start = trio.current_time()
+            with pytest.raises(trio.BrokenResourceError, match="heartbeat timeout"):
+                await client.request("any.thing")
+            assert 20 <= trio.current_time() - start <= 21
+        nursery.cancel_scope.cancel()
+
+
+async def test_heartbeat_zero_disables_heartbeats(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_test_server(echo_components(), Config(heartbeat=0)) as running, running.raw() as raw:
+        response = await raw.handshake()
+        assert response.heartbeat == 0
+        with trio.move_on_after(3600) as scope:
+            await raw.receive_packet()
+        assert scope.cancelled_caught  # an hour of silence: no heartbeat, no timeout
