@@ -30,6 +30,7 @@ import trio
 
 from . import wire
 from ._errors import HandshakeRejected, Kicked
+from ._util import open_nursery_around
 
 __all__ = ["Client", "open_client", "open_stream_client"]
 
@@ -241,16 +242,17 @@ async def open_stream_client(
     Raises HandshakeRejected, trio.TooSlowError (no handshake answer in time),
     trio.BrokenResourceError."""
     client = Client(stream, decode=decode, push_backlog=push_backlog)
-    async with stream, trio.open_nursery() as nursery:
+
+    def stop(nursery: trio.Nursery) -> None:
+        client._fail(trio.ClosedResourceError("the client was closed"))
+        nursery.cancel_scope.cancel()
+
+    async with stream, open_nursery_around(stop) as nursery:
         nursery.start_soon(client._reader, name="trionano client reader")
         with trio.fail_after(handshake_timeout):
             await client._handshake(user)
         nursery.start_soon(client._heartbeats, name="trionano client heartbeats")
-        try:
-            yield client
-        finally:
-            client._fail(trio.ClosedResourceError("the client was closed"))
-            nursery.cancel_scope.cancel()
+        yield client
 
 
 @asynccontextmanager

@@ -13,11 +13,6 @@ from trionano import Config, wire
 from trionano.testing import open_test_server
 
 
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
 async def test_server_heartbeats_every_interval(autojump_clock: trio.testing.MockClock) -> None:
     async with open_test_server(echo_components(), Config(heartbeat=30)) as running, running.raw() as raw:
         await raw.handshake()

@@ -25,6 +25,7 @@ from .. import wire
 from .._component import Components
 from .._config import Config
 from .._server import Server, serve_tcp
+from .._util import open_nursery_around
 from ..client import Client, open_client
 
 __all__ = ["RawConnection", "RunningServer", "open_raw_connection", "open_test_server"]
@@ -51,12 +52,9 @@ async def open_test_server(
     """Serve ``app`` (components, or a ready Server) over TCP on a free port of ``host``.
     On exit the server shuts down gracefully and every task it started has finished."""
     server = app if isinstance(app, Server) else Server(app, config)
-    async with trio.open_nursery() as nursery:
+    async with open_nursery_around(lambda _: server.shutdown()) as nursery:
         port = await nursery.start(lambda task_status: serve_tcp(server, 0, host=host, task_status=task_status))
-        try:
-            yield RunningServer(server, port, host)
-        finally:
-            server.shutdown()
+        yield RunningServer(server, port, host)
 
 
 class RawConnection:
