@@ -15,7 +15,9 @@ client, and FIFO order needs no lock. A full outbox is the server's slow-consume
 
 from __future__ import annotations
 
+import errno
 import inspect
+import os
 from typing import TYPE_CHECKING, Final
 
 import trio
@@ -49,6 +51,8 @@ __all__ = ["Agent"]
 
 #: The writer joins queued packets up to about this many bytes per send_all.
 _MAX_BATCH: Final = 256 * 1024
+#: Reads or writes in a row without waiting, before a task yields anyway (fairness).
+_FAIR_ROUNDS: Final = 16
 _HEARTBEAT: Final = Heartbeat()
 
 
@@ -58,6 +62,7 @@ class Agent:
 
     __slots__ = (
         "_drops",
+        "_fd",
         "_final",
         "_finished",
         "_reader_scope",
@@ -85,6 +90,9 @@ class Agent:
         self._reader_scope = trio.CancelScope()
         self._writer_scope = trio.CancelScope()
         self._drops = 0
+        # Plain TCP: the reader and the one writer use the socket's fd directly, waiting only
+        # when the kernel says EAGAIN (trio's stream methods yield on every call).
+        self._fd = stream.socket.fileno() if type(stream) is trio.SocketStream else -1
         self.session: Final = Session._create(server, self, session_id)
 
     # -- life -------------------------------------------------------------------------------
@@ -121,9 +129,25 @@ class Agent:
         dispatch = self._server._dispatch
         session = self.session
         current_time = trio.current_time
+        fd = self._fd
+        rounds = 0
         try:
             while True:
-                data = await receive_some(read_size)
+                if fd < 0:
+                    data = await receive_some(read_size)
+                else:
+                    try:
+                        data = os.read(fd, read_size)
+                    except BlockingIOError:
+                        await trio.lowlevel.wait_readable(fd)
+                        rounds = 0
+                        continue
+                    except OSError as exc:
+                        raise trio.BrokenResourceError(str(exc)) from exc
+                    rounds += 1
+                    if rounds >= _FAIR_ROUNDS:
+                        rounds = 0
+                        await trio.lowlevel.checkpoint()
                 if not data:
                     return None
                 conn.receive_data(data, current_time())
@@ -168,36 +192,70 @@ class Agent:
 
     async def _writer(self, agent_scope: trio.CancelScope) -> None:
         receive = self._receive
-        send_all = self._stream.send_all
+        write = self._write
+        rounds = 0
         try:
             with self._writer_scope:
                 while True:
                     try:
-                        data = await receive.receive()
+                        data = receive.receive_nowait()
+                    except trio.WouldBlock:
+                        rounds = 0
+                        try:
+                            data = await receive.receive()
+                        except trio.EndOfChannel:
+                            break
                     except trio.EndOfChannel:
                         break
                     try:
                         more = receive.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):
-                        await send_all(data)
-                        continue
-                    batch = [data, more]
-                    size = len(data) + len(more)
-                    while size < _MAX_BATCH:
-                        try:
-                            more = receive.receive_nowait()
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
-                        batch.append(more)
-                        size += len(more)
-                    await send_all(b"".join(batch))
+                        pass
+                    else:
+                        batch = [data, more]
+                        size = len(data) + len(more)
+                        while size < _MAX_BATCH:
+                            try:
+                                more = receive.receive_nowait()
+                            except (trio.WouldBlock, trio.EndOfChannel):
+                                break
+                            batch.append(more)
+                            size += len(more)
+                        data = b"".join(batch)
+                    await write(data)
+                    rounds += 1
+                    if rounds >= _FAIR_ROUNDS:
+                        rounds = 0
+                        await trio.lowlevel.checkpoint()
                 if self._final is not None:
-                    await send_all(self._final)
+                    await write(self._final)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the peer is gone
         finally:
             self.closed = True
             agent_scope.cancel()
+
+    async def _write(self, data: bytes) -> None:
+        """Write all of ``data``; only the writer task calls this. Raises
+        trio.BrokenResourceError when the peer is gone."""
+        fd = self._fd
+        if fd < 0:
+            await self._stream.send_all(data)
+            return
+        view: bytes | memoryview = data
+        while True:
+            try:
+                sent = os.write(fd, view)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(fd)
+                continue
+            except OSError as exc:
+                if exc.errno == errno.EBADF:
+                    raise trio.ClosedResourceError("the connection was closed") from exc
+                raise trio.BrokenResourceError(str(exc)) from exc
+            if sent == len(view):
+                return
+            view = memoryview(view)[sent:]
 
     # -- sending (the NetworkEntity protocol) -----------------------------------------------
 
@@ -212,7 +270,8 @@ class Agent:
         return True
 
     def send_push(self, session: Session, route: str, body: bytes, packet: bytes | None = None) -> bool:
-        """Queue a Push (``packet``: its already-encoded bytes, shared by a broadcast)."""
+        """Queue a Push (``packet``: its already-encoded bytes, shared by a broadcast).
+        Returns whether it was queued. Raises trio.BrokenResourceError once closed."""
         if self.closed:
             raise trio.BrokenResourceError("broken low-level pipe")
         server = self._server
@@ -225,7 +284,14 @@ class Agent:
         if packet is None:
             packet = server.codec.push_packet(route, body)
             server.stats.encoded += 1
-        return self._enqueue(packet)
+        try:  # _enqueue, inlined: this is every broadcast's per-member step
+            self._send.send_nowait(packet)
+        except trio.WouldBlock:
+            return server._slow_consumer(self)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            server.stats.dropped_closed += 1
+            return False
+        return True
 
     def send_response(self, session: Session, mid: int, body: bytes) -> bool:
         if self.closed:

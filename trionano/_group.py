@@ -113,22 +113,18 @@ class Group:
 
     def _push(self, route: str, value: object, predicate: SessionFilter | None) -> int:
         self._check_open()
-        encoded: dict[Server, tuple[bytes, bytes]] = {}  # per server: (body, packet)
+        members = list(self._members.values())
+        if predicate is not None:
+            members = [session for session in members if predicate(session)]
         queued = 0
-        for session in list(self._members.values()):
-            if predicate is not None and not predicate(session):
-                continue
-            server = session._server
-            cached = encoded.get(server)
-            if cached is None:
-                cached = encoded[server] = server._encode_push(route, value)
-            entity = session._entity
-            if entity.closed:
-                server.stats.dropped_closed += 1
-                continue
+        server: Server | None = None
+        body = packet = b""
+        for session in members:
+            if session._server is not server:  # encode once per server (almost always one)
+                server = session._server
+                body, packet = server._encode_push(route, value)
             try:
-                if entity.send_push(session, route, cached[0], cached[1]):
-                    queued += 1
+                queued += session._entity.send_push(session, route, body, packet)
             except trio.BrokenResourceError:
                 server.stats.dropped_closed += 1
         return queued

@@ -35,7 +35,7 @@ from ._config import Config, SlowConsumerPolicy
 from ._errors import HandlerError, SerializeError
 from ._pipeline import PipelineMessage
 from ._serializer import Unmarshal
-from ._session import Session, current_mid
+from ._session import Call, Session, current_call
 from .nursery_scheduler import Lane, Scheduler, Task
 from .wire import HandshakeResponse, MessageCodec, MessageType, Notify, Request
 
@@ -150,6 +150,7 @@ class Server:
         self.scheduler: Final = Scheduler(
             backlog=self.config.scheduler_backlog, precision=self.config.timer_precision, logger=self._logger
         )
+        self._main_lane: Final = self.scheduler.lane("")
         self._handlers: dict[str, tuple[Handler, Unmarshal]] = components.resolve(self.serializer)
         for component in components.components:
             if isinstance(component, Component):
@@ -276,8 +277,6 @@ class Server:
             raise errors[0]
 
     def _lane(self, session: Session, handler: Handler) -> Lane:
-        if not handler.lane:
-            return self.scheduler.lane("")
         own = session.get(handler.lane)
         return own if isinstance(own, Lane) else self.scheduler.lane(handler.lane)
 
@@ -313,52 +312,59 @@ class Server:
             if mid:
                 await self.scheduler.push(self._error_task(session, mid, CODE_BAD_REQUEST, str(exc)))
             return
-        await self._lane(session, handler).push(self._call_task(session, handler, arg, mid))
+        lane = self._main_lane if not handler.lane else self._lane(session, handler)
+        task = self._call_task(session, handler, arg, mid)
+        try:
+            lane.push_nowait(task)  # no task switch while the lane has room
+        except trio.WouldBlock:
+            await lane.push(task)  # full: this reader waits (backpressure)
 
     def _call_task(self, session: Session, handler: Handler, arg: object, mid: int) -> Task:
         func = handler.func
         if handler.is_async:
 
             async def call_async() -> None:
-                token = current_mid.set(mid)
+                call = Call(mid)
+                token = current_call.set(call)
                 try:
                     result = await func(session, arg)
                 except Exception as exc:
-                    self._handler_failed(session, handler, mid, exc)
+                    self._handler_failed(session, handler, call, exc)
                 else:
                     if mid and result is not None:
-                        self._answer(session, mid, result)
+                        self._answer(session, call, result)
                 finally:
-                    current_mid.reset(token)
+                    current_call.reset(token)
 
             return call_async
 
-        def call() -> None:
-            token = current_mid.set(mid)
+        def call_sync() -> None:
+            call = Call(mid)
+            token = current_call.set(call)
             try:
                 result = func(session, arg)
             except Exception as exc:
-                self._handler_failed(session, handler, mid, exc)
+                self._handler_failed(session, handler, call, exc)
             else:
                 if mid and result is not None:
-                    self._answer(session, mid, result)
+                    self._answer(session, call, result)
             finally:
-                current_mid.reset(token)
+                current_call.reset(token)
 
-        return call
+        return call_sync
 
-    def _answer(self, session: Session, mid: int, result: object) -> None:
+    def _answer(self, session: Session, call: Call, result: object) -> None:
         """A request handler's return value becomes its Response (unless it responded)."""
-        if session._answered == mid or session.closed:
+        if call.answered or session.closed:
             return
         try:
-            session.response(result, mid=mid)
+            session.response(result, mid=call.mid)
         except SerializeError as exc:
-            self._handler_failed(session, None, mid, exc)
+            self._handler_failed(session, None, call, exc)
         except trio.BrokenResourceError:
             self.stats.dropped_closed += 1
 
-    def _handler_failed(self, session: Session, handler: Handler | None, mid: int, exc: Exception) -> None:
+    def _handler_failed(self, session: Session, handler: Handler | None, call: Call, exc: Exception) -> None:
         self.stats.handler_errors += 1
         route = handler.route if handler else "?"
         if isinstance(exc, HandlerError):
@@ -367,8 +373,9 @@ class Server:
         else:
             code, text = CODE_INTERNAL, f"{type(exc).__name__}: {exc}"
             self._logger.error("Service %s error (session %d)", route, session.id, exc_info=exc)
-        if mid and not session.closed and session._answered != mid:
-            self._send_error(session, mid, code, text)
+        if call.mid and not call.answered and not session.closed:
+            call.answered = True
+            self._send_error(session, call.mid, code, text)
 
     def _error_task(self, session: Session, mid: int, code: int, text: str) -> Task:
         # queued behind the session's earlier requests, so responses keep their order
@@ -382,7 +389,6 @@ class Server:
             data = self.serializer.marshal(body)
         except SerializeError:
             data = json.dumps(body, separators=(",", ":")).encode()
-        session._answered = mid
         session._entity.send_response(session, mid, data)
 
     # -- the agents' side -------------------------------------------------------------------

@@ -18,10 +18,21 @@ __all__ = ["NetworkEntity", "Session", "SessionKey"]
 T = TypeVar("T")
 D = TypeVar("D")
 
-#: The id of the Request whose handler is running (0 for a Notify), set per handler call, so
-#: ``session.response()`` answers the right request even after the handler awaited (nano
-#: answers whichever request came last).
-current_mid: contextvars.ContextVar[int] = contextvars.ContextVar("trionano_current_mid", default=0)
+
+class Call:
+    """The handler call in progress: which request it answers (``mid``, 0 for a Notify) and
+    whether it has answered yet. Set per call in a context variable, so ``session.response()``
+    answers the right request even after the handler awaited (nano answers whichever request
+    came last), and a client may reuse an id once its answer arrived."""
+
+    __slots__ = ("answered", "mid")
+
+    def __init__(self, mid: int) -> None:
+        self.mid = mid
+        self.answered = False
+
+
+current_call: contextvars.ContextVar[Call | None] = contextvars.ContextVar("trionano_current_call", default=None)
 
 
 class SessionKey(Generic[T]):
@@ -72,7 +83,7 @@ class Session(metaclass=_NoPublicConstructor):
     slow-consumer policy applies, and the drop is counted and logged.
     """
 
-    __slots__ = ("__weakref__", "_answered", "_data", "_entity", "_server", "id", "uid")
+    __slots__ = ("__weakref__", "_data", "_entity", "_server", "id", "uid")
 
     def __init__(self, server: Server, entity: NetworkEntity, id: int) -> None:
         self.id: Final = id  # unique per server, < 2^53 so JS reads it exactly
@@ -80,7 +91,6 @@ class Session(metaclass=_NoPublicConstructor):
         self._server = server
         self._entity = entity
         self._data: dict[str, Any] = {}
-        self._answered = 0  # the last mid answered
 
     def __repr__(self) -> str:
         return f"<Session id={self.id} uid={self.uid} {self.remote_address}>"
@@ -108,7 +118,8 @@ class Session(metaclass=_NoPublicConstructor):
     @property
     def last_mid(self) -> int:
         """The id of the Request being handled (0 in a Notify handler or outside handlers)."""
-        return current_mid.get()
+        call = current_call.get()
+        return call.mid if call is not None else 0
 
     # -- messaging --------------------------------------------------------------------------
 
@@ -124,13 +135,15 @@ class Session(metaclass=_NoPublicConstructor):
         ``session.last_mid`` to answer later). Raises SessionError (``current session working
         on notify mode``) when there is no request to answer, trio.BrokenResourceError if
         closed, SerializeError."""
+        call = current_call.get()
         if mid is None:
-            mid = current_mid.get()
+            mid = call.mid if call is not None else 0
         if mid <= 0:
             raise SessionError("current session working on notify mode")
         if self._entity.closed:
             raise trio.BrokenResourceError("broken low-level pipe")
-        self._answered = mid
+        if call is not None and call.mid == mid:
+            call.answered = True
         return self._entity.send_response(self, mid, self._server.serializer.marshal(value))
 
     def kick(self, reason: str = "") -> None:

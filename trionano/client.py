@@ -219,13 +219,13 @@ class Client:
     async def _handshake(self, user: object) -> None:
         await self._send(self.conn.send(wire.Handshake(type="python-trio", version="trionano", user=user)))
         await self._handshake_done.wait()
+        response = self.handshake
+        if response is not None and not response.accepted:
+            # the refusal and the server's close may arrive together: the refusal is the news
+            error = HandshakeRejected(f"handshake refused with code {response.code}", code=response.code)
+            self._fail(error)
+            raise error
         self._raise_if_closed()
-        assert self.handshake is not None
-        if not self.handshake.accepted:
-            self._fail(
-                HandshakeRejected(f"handshake refused with code {self.handshake.code}", code=self.handshake.code)
-            )
-            self._raise_if_closed()
         await self._send(self.conn.send(wire.HandshakeAck()))
 
 

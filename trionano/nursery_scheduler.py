@@ -65,10 +65,26 @@ class Lane:
         self._send.close()
 
     async def run(self) -> None:
+        # Drain everything queued per wake-up: one task switch for a batch, not one per task.
         logger = self._logger
-        async with self._receive:
-            async for task in self._receive:
-                await run_task(task, logger)
+        receive = self._receive
+        async with receive:
+            while True:
+                try:
+                    task = receive.receive_nowait()
+                except trio.WouldBlock:
+                    try:
+                        task = await receive.receive()
+                    except trio.EndOfChannel:
+                        return
+                except trio.EndOfChannel:
+                    return
+                try:  # run_task, inlined: no coroutine object per task
+                    result = task()
+                    if result is not None and inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    logger.exception("Handle message panic")
 
 
 @attrs.define(eq=False)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tests.runtime.apps import Echo, Ping, Pong, echo_components
-from trionano import Component, ComponentError, Components, Config, ProtobufSerializer, Server, Session
+from trionano import Component, ComponentError, Components, Config, ProtobufSerializer, Server, Session, wire
 from trionano.testing import open_test_server
 
 
@@ -142,3 +142,11 @@ async def test_lifecycle_hooks_run_in_order_and_reverse() -> None:
     async with open_test_server(components):
         assert calls == ["init a", "init b", "after_init a", "after_init b"]
     assert calls[4:] == ["before_shutdown b", "before_shutdown a", "shutdown b", "shutdown a"]
+
+
+async def test_a_request_id_may_be_reused_once_answered() -> None:
+    async with open_test_server(echo_components()) as running, running.raw() as raw:
+        await raw.handshake()
+        for n in range(3):  # nano's Go client and many bots reuse ids; each must be answered
+            await raw.send(raw.codec.request_packet(1, "echo.json", b'{"n":%d}' % n))
+            assert await raw.receive_message() == wire.Response(1, b'{"n":%d}' % n)

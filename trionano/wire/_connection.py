@@ -115,11 +115,11 @@ class Connection:
         """The next event, or None until more data arrives. Raises RemoteProtocolError."""
         while self.state is not State.CLOSED:
             try:
-                packet = self._decoder.next_packet()
-                if packet is None:
+                raw = self._decoder.next_raw()
+                if raw is None:
                     return None
                 self.last_received = self._now
-                event = self._on_packet(packet.type, packet.body)
+                event = self._on_packet(raw[0], raw[1])
             except RemoteProtocolError:
                 self.state = State.CLOSED
                 raise

@@ -109,6 +109,11 @@ class PacketDecoder:
 
     def next_packet(self) -> Packet | None:
         """The next complete packet, or None until more bytes arrive. Raises RemoteProtocolError."""
+        raw = self.next_raw()
+        return None if raw is None else Packet(raw[0], raw[1])
+
+    def next_raw(self) -> tuple[PacketType, bytes] | None:
+        """:meth:`next_packet` as a ``(type, body)`` pair, for hot loops."""
         if self._error is not None:
             raise self._error
         buf, pos = self._buf, self._pos
@@ -138,7 +143,7 @@ class PacketDecoder:
             return None
         self._pos = end + size
         self._need = HEAD_LENGTH
-        return Packet(ptype, buf[end : end + size])
+        return ptype, buf[end : end + size]
 
     def _fail(self, msg: str) -> RemoteProtocolError:
         self._error = RemoteProtocolError(msg)

@@ -1,0 +1,197 @@
+"""The load generator: plain non-blocking sockets and epoll, precomputed frames, no trio, so
+it stays cheap beside the server it loads. Run in its own process by bench/runtime.py; prints
+one JSON line of results, including its own CPU seconds.
+
+``python -m bench._loadgen b1 PORT --connections 50 --seconds 5 [--pomelo]``
+``python -m bench._loadgen b4 PORT --sessions N --rounds K --packet-len L [--pomelo]``
+``python -m bench._loadgen hold PORT --sessions N`` (connect, handshake, hold until stdin closes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import selectors
+import socket
+import sys
+import time
+
+from trionano import wire
+
+HANDSHAKE = wire.encode_packet(wire.PacketType.HANDSHAKE) + wire.encode_packet(wire.PacketType.HANDSHAKE_ACK)
+BODY = json.dumps({"msg": "y" * 54}, separators=(",", ":")).encode()  # 64 bytes
+assert len(BODY) == 64
+
+
+def cpu() -> float:
+    return time.process_time()
+
+
+def read_packet(sock: socket.socket, buf: bytearray) -> int:
+    """Block until one whole non-heartbeat packet is in; return its type."""
+    while True:
+        while len(buf) >= 4:
+            end = 4 + int.from_bytes(buf[1:4], "big")
+            if len(buf) < end:
+                break
+            ptype = buf[0]
+            del buf[:end]
+            if ptype != wire.PacketType.HEARTBEAT:
+                return ptype
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError("server closed the connection")
+        buf += data
+
+
+def connect(port: int, pomelo: bool, join: bool = False) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if pomelo:
+        sock.sendall(HANDSHAKE)
+        buf = bytearray()
+        assert read_packet(sock, buf) == wire.PacketType.HANDSHAKE
+        if join:
+            sock.sendall(wire.MessageCodec().request_packet(1, "bench.join", b""))
+            assert read_packet(sock, buf) == wire.PacketType.DATA
+    return sock
+
+
+class _Conn:
+    __slots__ = ("buf", "sent_at")
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.sent_at = 0
+
+
+def b1(port: int, connections: int, seconds: float, pomelo: bool) -> dict[str, float]:
+    """Closed loop: each connection sends a request and waits for its answer, again and again."""
+    frame = wire.MessageCodec().request_packet(1, "bench.echo", BODY)
+    socks = [connect(port, pomelo) for _ in range(connections)]
+    selector = selectors.DefaultSelector()
+    state = {}
+    for sock in socks:
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ)
+        state[sock] = _Conn()
+    latencies: list[int] = []
+    cpu0 = cpu()
+    start = time.perf_counter()
+    deadline = start + seconds
+    for sock in socks:
+        state[sock].sent_at = time.perf_counter_ns()
+        sock.send(frame)
+    done = 0
+    while True:
+        for key, _ in selector.select():
+            sock = key.fileobj  # type: ignore[assignment]
+            conn = state[sock]
+            buf = conn.buf
+            buf += sock.recv(65536)
+            while len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[1:4], "big"):
+                end = 4 + int.from_bytes(buf[1:4], "big")
+                ptype = buf[0]
+                del buf[:end]
+                if ptype == wire.PacketType.HEARTBEAT:
+                    continue
+                now = time.perf_counter_ns()
+                latencies.append(now - conn.sent_at)
+                done += 1
+                conn.sent_at = now
+                sock.send(frame)
+        if time.perf_counter() >= deadline:
+            break
+    elapsed = time.perf_counter() - start
+    used = cpu() - cpu0
+    latencies.sort()
+    for sock in socks:
+        sock.close()
+    return {
+        "requests": done,
+        "seconds": elapsed,
+        "rps": done / elapsed,
+        "p50_us": latencies[len(latencies) // 2] / 1000,
+        "p99_us": latencies[int(len(latencies) * 0.99)] / 1000,
+        "loadgen_cpu": used / elapsed,
+    }
+
+
+def b4(port: int, sessions: int, rounds: int, packet_len: int, baseline: bool, paced: bool) -> dict[str, float]:
+    """N receivers; one controller asks for ``rounds`` broadcasts. The server times its own
+    fan-out (so this process, which only drains and checks every byte arrived, cannot be the
+    bottleneck). ``baseline``: the server is bench._servers' rawsend, not trionano."""
+    socks = [connect(port, pomelo=True, join=not baseline) for _ in range(sessions)]
+    selector = selectors.DefaultSelector()
+    remaining = {}
+    for sock in socks:
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ)
+        remaining[sock] = rounds * packet_len
+    controller = connect(port, pomelo=not baseline)
+    cpu0 = cpu()
+    start = time.perf_counter()
+    if baseline:
+        controller.sendall(b'blast{"rounds":%d}' % rounds)
+    else:
+        request = json.dumps({"rounds": rounds, "paced": paced}).encode()
+        controller.sendall(wire.MessageCodec().request_packet(2, "bench.blast", request))
+    left = len(socks)
+    while left:
+        for key, _ in selector.select(timeout=30):
+            sock = key.fileobj  # type: ignore[assignment]
+            data = sock.recv(1 << 20)
+            if not data:
+                raise ConnectionError("a receiver was closed")
+            remaining[sock] -= len(data)
+            if remaining[sock] <= 0:
+                selector.unregister(sock)
+                left -= 1
+    used = cpu() - cpu0
+    controller.setblocking(True)
+    controller.settimeout(30)
+    reply = controller.recv(65536)
+    info = json.loads(reply if baseline else reply[6:])  # a Response: header, flag, id 2, body
+    for sock in [*socks, controller]:
+        sock.close()
+    return {
+        "deliveries": sessions * rounds,
+        "seconds": info["seconds"],  # measured by the server: first send to last byte handed over
+        "per_second": sessions * rounds / info["seconds"],
+        "encodes_per_broadcast": info["encodes"] / (1 if baseline else rounds),
+        "dropped": info["dropped"],
+        "loadgen_cpu": used / (time.perf_counter() - start),
+    }
+
+
+def hold(port: int, sessions: int) -> None:
+    socks = [connect(port, pomelo=True) for _ in range(sessions)]
+    print(json.dumps({"connected": len(socks)}), flush=True)
+    sys.stdin.read()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["b1", "b4", "hold"])
+    parser.add_argument("port", type=int)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--sessions", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=50)
+    parser.add_argument("--packet-len", type=int, default=0)
+    parser.add_argument("--pomelo", action="store_true", help="b1: handshake first (not for the echo server)")
+    parser.add_argument("--baseline", action="store_true", help="b4: the server is the raw send loop")
+    parser.add_argument("--paced", action="store_true", help="b4: yield after each broadcast")
+    args = parser.parse_args()
+    if args.mode == "b1":
+        result = b1(args.port, args.connections, args.seconds, args.pomelo)
+    elif args.mode == "b4":
+        result = b4(args.port, args.sessions, args.rounds, args.packet_len, args.baseline, args.paced)
+    else:
+        hold(args.port, args.sessions)
+        return
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Servers the benchmarks measure, each run in its own process by bench/runtime.py.
+
+``python -m bench._servers KIND`` prints its port on the first line of stdout, then serves
+until stdin closes. Kinds: ``trionano`` (the bench component), ``echo`` (a raw trio TCP echo
+server: B1's baseline), ``rawsend`` (accepts connections and, on demand, pushes with a plain
+non-blocking ``socket.send`` loop: B4's baseline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import socket
+import sys
+import time
+from typing import Any
+
+import trio
+import trio.testing
+
+import trionano
+from trionano import Component, Components, Config, Group, Session, wire
+
+PUSH_BODY_SIZE = 64
+
+
+class Bench(Component):
+    def __init__(self) -> None:
+        self.group = Group("all")
+
+    def echo(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
+        return msg
+
+    def join(self, session: Session, msg: bytes) -> dict[str, int]:
+        self.group.add(session)
+        return {"members": self.group.count()}
+
+    async def blast(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
+        """Broadcast ``rounds`` pushes to the group, as a burst (a game tick's updates: the
+        writers coalesce them) or ``paced`` (yielding after each broadcast: one write per
+        packet, the worst case). Timed until every writer has handed its bytes to the kernel;
+        answers with that time and the encode count."""
+        stats = self.server.stats
+        before = stats.encoded
+        body = {"p": "x" * (PUSH_BODY_SIZE - 8)}
+        start = time.perf_counter()
+        paced = msg.get("paced", False)
+        for _ in range(msg["rounds"]):
+            self.group.broadcast("onBlast", body)
+            if paced:
+                await trio.lowlevel.checkpoint()  # the writers run between broadcasts
+        await trio.testing.wait_all_tasks_blocked()  # bench instrument: every writer is idle again
+        seconds = time.perf_counter() - start
+        return {"encodes": stats.encoded - before, "dropped": stats.dropped_slow, "seconds": seconds}
+
+
+async def wait_stdin_closed() -> None:
+    await trio.to_thread.run_sync(sys.stdin.read)
+
+
+async def serve_trionano() -> None:
+    components = Components()
+    components.register(Bench(), name="bench")
+    server = trionano.Server(components, Config(heartbeat=0, outbox_size=1024, logger_name="bench"))
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(
+            lambda task_status: trionano.serve_tcp(server, 0, host="127.0.0.1", task_status=task_status)
+        )
+        print(port, flush=True)
+        await wait_stdin_closed()
+        server.shutdown()
+
+
+async def serve_echo() -> None:
+    async def echo(stream: trio.SocketStream) -> None:
+        try:
+            while data := await stream.receive_some(65536):
+                await stream.send_all(data)
+        except trio.BrokenResourceError:
+            pass
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, echo, 0, host="127.0.0.1"))
+        print(listeners[0].socket.getsockname()[1], flush=True)
+        await wait_stdin_closed()
+        nursery.cancel_scope.cancel()
+
+
+def blast_packet() -> bytes:
+    """The packet a blast pushes, byte for byte what the trionano server sends."""
+    body = json.dumps({"p": "x" * (PUSH_BODY_SIZE - 8)}, separators=(",", ":")).encode()
+    return wire.MessageCodec().push_packet("onBlast", body)
+
+
+def serve_rawsend() -> None:
+    """Plain sockets: accept, answer the handshake, then on a blast request send the same
+    packet to every connection with a non-blocking send loop."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
+    print(listener.getsockname()[1], flush=True)
+    packet = blast_packet()
+    handshake = wire.encode_packet(wire.PacketType.HANDSHAKE, wire.HandshakeResponse(heartbeat=0).encode())
+    conns: list[socket.socket] = []
+    while True:
+        sock, _ = listener.accept()
+        request = sock.recv(65536)
+        if b"blast" in request:  # the controller's connection: {"rounds": K, "sessions": N}
+            args = json.loads(request[request.index(b"{") :])
+            break
+        sock.sendall(handshake)
+        sock.setblocking(False)
+        conns.append(sock)
+    start = time.perf_counter()
+    pending = 0
+    for _ in range(args["rounds"]):
+        for conn in conns:
+            try:
+                conn.send(packet)
+            except BlockingIOError:
+                pending += 1
+    seconds = time.perf_counter() - start
+    sock.sendall(json.dumps({"encodes": 1, "seconds": seconds, "dropped": pending}).encode())
+    sys.stdin.read()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("kind", choices=["trionano", "echo", "rawsend"])
+    kind = parser.parse_args().kind
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    if kind == "trionano":
+        trio.run(serve_trionano)
+    elif kind == "echo":
+        trio.run(serve_echo)
+    else:
+        serve_rawsend()
+
+
+if __name__ == "__main__":
+    main()
