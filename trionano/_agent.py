@@ -156,7 +156,9 @@ class Agent:
                     if event is None:
                         break
                     if type(event) is Request or type(event) is Notify:
-                        await dispatch(session, event)
+                        full = dispatch(session, event)
+                        if full is not None:  # the lane is full: wait for room
+                            await full[0].push(full[1])
                     elif type(event) is Handshake:
                         await self._handshake(event)
                     elif type(event) is HandshakeAck:
@@ -275,7 +277,7 @@ class Agent:
         if self.closed:
             raise trio.BrokenResourceError("broken low-level pipe")
         server = self._server
-        if server._outbound:
+        if server._outbound_funcs:
             message = PipelineMessage(MessageType.PUSH, route, body)
             if not server._run_outbound(session, message):
                 return False
@@ -294,16 +296,24 @@ class Agent:
         return True
 
     def send_response(self, session: Session, mid: int, body: bytes) -> bool:
+        """Queue a Response to request ``mid``. Raises trio.BrokenResourceError once closed."""
         if self.closed:
             raise trio.BrokenResourceError("broken low-level pipe")
         server = self._server
-        if server._outbound:
+        if server._outbound_funcs:
             message = PipelineMessage(MessageType.RESPONSE, "", body, mid)
             if not server._run_outbound(session, message):
                 return False
             body = message.data
         server.stats.encoded += 1
-        return self._enqueue(server.codec.response_packet(mid, body))
+        try:
+            self._send.send_nowait(server.codec.response_packet(mid, body))
+        except trio.WouldBlock:
+            return server._slow_consumer(self)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            server.stats.dropped_closed += 1
+            return False
+        return True
 
     def send_heartbeat(self, now: float) -> None:
         if self.conn.state is not State.CLOSED and not self.closed:

@@ -155,6 +155,9 @@ class Server:
         for component in components.components:
             if isinstance(component, Component):
                 component._attach(self)
+        # the channels' own lists: a C-level truth test on every message
+        self._inbound_funcs = self.config.pipeline.inbound._funcs
+        self._outbound_funcs = self.config.pipeline.outbound._funcs
         self._inbound = self.config.pipeline.inbound
         self._outbound = self.config.pipeline.outbound
         self._sessions: dict[int, Session] = {}
@@ -280,9 +283,11 @@ class Server:
         own = session.get(handler.lane)
         return own if isinstance(own, Lane) else self.scheduler.lane(handler.lane)
 
-    async def _dispatch(self, session: Session, message: Request | Notify) -> None:
+    def _dispatch(self, session: Session, message: Request | Notify) -> tuple[Lane, Task] | None:
         """From a reader: find the handler, run the inbound pipeline, decode the body, and
-        queue the call (waiting while the lane is full: backpressure on that reader)."""
+        queue the call. Returns ``(lane, task)`` when the lane is full: the reader then waits
+        on ``lane.push(task)`` (backpressure on that connection alone). Not a coroutine: no
+        allocation per message for the common case."""
         route = message.route
         mid = message.id if type(message) is Request else 0
         entry = self._handlers.get(route)
@@ -290,11 +295,13 @@ class Server:
             self.stats.unknown_routes += 1
             self._logger.warning("nano/handler: %s not found(forgot registered?), session=%d", route, session.id)
             if mid:
-                await self.scheduler.push(self._error_task(session, mid, CODE_NOT_FOUND, f"route not found: {route}"))
-            return
+                return self._queue(
+                    self._main_lane, self._error_task(session, mid, CODE_NOT_FOUND, f"route not found: {route}")
+                )
+            return None
         handler, unmarshal = entry
         body = message.body
-        if self._inbound:
+        if self._inbound_funcs:
             pipeline_message = PipelineMessage(MessageType(message.type), route, body, mid)
             try:
                 self._inbound.process(session, pipeline_message)
@@ -302,22 +309,26 @@ class Server:
                 self.stats.dropped_pipeline += 1
                 self._logger.warning("Pipeline process failed: %r (route %s)", exc, route)
                 if mid:
-                    await self.scheduler.push(self._error_task(session, mid, CODE_BAD_REQUEST, str(exc)))
-                return
+                    return self._queue(self._main_lane, self._error_task(session, mid, CODE_BAD_REQUEST, str(exc)))
+                return None
             body = pipeline_message.data
         try:
             arg = unmarshal(body)
         except SerializeError as exc:
             self._logger.warning("Deserialize failed for %s: %s", route, exc)
             if mid:
-                await self.scheduler.push(self._error_task(session, mid, CODE_BAD_REQUEST, str(exc)))
-            return
+                return self._queue(self._main_lane, self._error_task(session, mid, CODE_BAD_REQUEST, str(exc)))
+            return None
         lane = self._main_lane if not handler.lane else self._lane(session, handler)
-        task = self._call_task(session, handler, arg, mid)
+        return self._queue(lane, self._call_task(session, handler, arg, mid))
+
+    @staticmethod
+    def _queue(lane: Lane, task: Task) -> tuple[Lane, Task] | None:
         try:
             lane.push_nowait(task)  # no task switch while the lane has room
         except trio.WouldBlock:
-            await lane.push(task)  # full: this reader waits (backpressure)
+            return lane, task
+        return None
 
     def _call_task(self, session: Session, handler: Handler, arg: object, mid: int) -> Task:
         func = handler.func

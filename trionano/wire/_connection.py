@@ -133,10 +133,11 @@ class Connection:
             if state is not State.WORKING:
                 raise RemoteProtocolError("receive data on socket which not yet ACK")
             message = self.codec.decode(body)
+            kind = type(message)
             if self.role is Role.SERVER:
-                if isinstance(message, Request | Notify):
+                if kind is Request or kind is Notify:
                     return message
-            elif isinstance(message, Response | Push):
+            elif kind is Response or kind is Push:
                 return message
             raise RemoteProtocolError(f"wrong message type: a {self.role.value} cannot receive {message.type.name}")
         if ptype is PacketType.HEARTBEAT:

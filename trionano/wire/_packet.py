@@ -87,14 +87,13 @@ class PacketDecoder:
     error the decoder is spent: every later call raises the same error.
     """
 
-    __slots__ = ("_buf", "_chunks", "_error", "_need", "_pos", "max_body")
+    __slots__ = ("_buf", "_chunks", "_error", "_pos", "max_body")
 
     def __init__(self, *, max_body: int = MAX_BODY_SIZE) -> None:
         self.max_body: Final = check_max_body(max_body)
         self._buf = b""  # bytes not yet consumed start at _pos
         self._pos = 0
         self._chunks: list[bytes | bytearray | memoryview] = []  # arrived data not yet joined into _buf
-        self._need = HEAD_LENGTH  # joined-buffer length below which parsing cannot progress
         self._error: RemoteProtocolError | None = None
 
     @property
@@ -104,7 +103,11 @@ class PacketDecoder:
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes. Cheap: joining is deferred until a packet can be complete."""
-        if data:
+        if not data:
+            return
+        if self._pos == len(self._buf) and not self._chunks and type(data) is bytes:
+            self._buf, self._pos = data, 0  # the usual case: nothing left over, no copy at all
+        else:
             self._chunks.append(data)
 
     def next_packet(self) -> Packet | None:
@@ -116,34 +119,29 @@ class PacketDecoder:
         """:meth:`next_packet` as a ``(type, body)`` pair, for hot loops."""
         if self._error is not None:
             raise self._error
-        buf, pos = self._buf, self._pos
-        if len(buf) - pos < self._need and self._chunks:
-            # Join only when enough may have arrived: a 64 KiB body fed in small chunks is
-            # copied once, not once per chunk.
-            pending = sum(map(len, self._chunks))
-            if len(buf) - pos + pending < self._need:
+        while True:
+            buf, pos = self._buf, self._pos
+            need = HEAD_LENGTH
+            if len(buf) - pos >= HEAD_LENGTH:
+                header = _HEADER.unpack_from(buf, pos)[0]
+                ptype = _TYPE_BY_BYTE[header >> 24]
+                if ptype is None:
+                    raise self._fail(f"wrong packet type: {header >> 24}")
+                size = header & 0xFFFFFF
+                if size > self.max_body:
+                    raise self._fail(f"packet size exceed: body of {size} bytes > maximum {self.max_body}")
+                end = pos + HEAD_LENGTH + size
+                if len(buf) >= end:
+                    self._pos = end
+                    return ptype, buf[pos + HEAD_LENGTH : end]
+                need = HEAD_LENGTH + size
+            # Join pending chunks only once they can complete the packet: a 64 KiB body fed
+            # in small chunks is copied once, not once per chunk.
+            if not self._chunks or len(buf) - pos + sum(map(len, self._chunks)) < need:
                 return None
             self._chunks.insert(0, buf[pos:])
-            buf = self._buf = b"".join(self._chunks)
-            pos = self._pos = 0
+            self._buf, self._pos = b"".join(self._chunks), 0
             self._chunks.clear()
-        end = pos + HEAD_LENGTH
-        if len(buf) < end:
-            self._need = HEAD_LENGTH
-            return None
-        header = _HEADER.unpack_from(buf, pos)[0]
-        ptype = _TYPE_BY_BYTE[header >> 24]
-        if ptype is None:
-            raise self._fail(f"wrong packet type: {header >> 24}")
-        size = header & 0xFFFFFF
-        if size > self.max_body:
-            raise self._fail(f"packet size exceed: body of {size} bytes > maximum {self.max_body}")
-        if len(buf) < end + size:
-            self._need = HEAD_LENGTH + size
-            return None
-        self._pos = end + size
-        self._need = HEAD_LENGTH
-        return ptype, buf[end : end + size]
 
     def _fail(self, msg: str) -> RemoteProtocolError:
         self._error = RemoteProtocolError(msg)
