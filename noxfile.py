@@ -35,5 +35,6 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmarks: figures as ratios against a same-run baseline. Never part of the tests."""
-    session.install("-e", ".")
-    session.run("python", "bench/wire.py", *session.posargs)
+    session.install("-e", ".[speedups]")
+    session.run("python", "-m", "bench.wire")
+    session.run("python", "-m", "bench.runtime", *session.posargs)
