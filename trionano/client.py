@@ -27,12 +27,14 @@ from typing import Any, Final
 
 import betterproto
 import trio
+import trio_websocket
 
 from . import wire
 from ._errors import HandshakeRejected, Kicked
 from ._util import open_nursery_around
+from ._websocket import WebSocketStream
 
-__all__ = ["Client", "open_client", "open_stream_client"]
+__all__ = ["Client", "open_client", "open_stream_client", "open_websocket_client"]
 
 _logger = logging.getLogger("trionano.client")
 _HEARTBEAT: Final = wire.Heartbeat()
@@ -276,3 +278,26 @@ async def open_client(
         stream, user=user, handshake_timeout=handshake_timeout, decode=decode, push_backlog=push_backlog
     ) as client:
         yield client
+
+
+@asynccontextmanager
+async def open_websocket_client(
+    url: str,
+    *,
+    user: object = None,
+    ssl_context: ssl.SSLContext | None = None,
+    handshake_timeout: float = 10.0,
+    decode: Decoder = decode_json,
+    push_backlog: int = 10_000,
+) -> AsyncIterator[Client]:
+    """Connect to ``ws://host:port/path`` (``wss://`` with ``ssl_context``), handshake, ack,
+    and yield the client. Every packet it sends is one WebSocket message. Raises
+    trio_websocket.HandshakeError (e.g. ConnectionRejected for a refused origin) as well."""
+    async with trio_websocket.open_websocket_url(
+        url, ssl_context=ssl_context, max_message_size=4 * wire.MAX_BODY_SIZE + 64
+    ) as connection:
+        stream = WebSocketStream(connection)
+        async with open_stream_client(
+            stream, user=user, handshake_timeout=handshake_timeout, decode=decode, push_backlog=push_backlog
+        ) as client:
+            yield client
