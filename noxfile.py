@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import nox
 
 nox.options.sessions = ["tests", "lint", "typecheck"]
@@ -16,6 +18,8 @@ LINTED = ["trionano", "tests", "bench", "examples", "noxfile.py"]
 def tests(session: nox.Session) -> None:
     """The test suite (Hypothesis with the short CI profile unless told otherwise)."""
     session.install("-e", ".[test]")
+    if shutil.which("npm"):  # the official pomelo JS client, for the interop tests
+        session.run("npm", "ci", "--no-audit", "--no-fund", "--prefix", "tests/js", external=True, silent=True)
     session.run("pytest", *session.posargs)
 
 

@@ -44,9 +44,56 @@ def read_packet(sock: socket.socket, buf: bytearray) -> int:
         buf += data
 
 
-def connect(port: int, pomelo: bool, join: bool = False) -> socket.socket:
+def ws_frame(payload: bytes) -> bytes:
+    """A masked binary WebSocket frame (clients must mask; a fixed key is valid)."""
+    mask = b"\x11\x22\x33\x44"
+    n = len(payload)
+    head = bytes([0x82, 0x80 | n]) if n < 126 else bytes([0x82, 0x80 | 126]) + n.to_bytes(2, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def ws_upgrade(sock: socket.socket) -> None:
+    sock.sendall(
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(4096)
+    assert head.startswith(b"HTTP/1.1 101"), head
+
+
+def ws_payloads(buf: bytearray) -> list[bytes]:
+    """Take whole unmasked server frames off ``buf``; their payloads."""
+    out = []
+    while len(buf) >= 2:
+        n = buf[1] & 0x7F
+        start = 2
+        if n == 126:
+            if len(buf) < 4:
+                break
+            n, start = int.from_bytes(buf[2:4], "big"), 4
+        elif n == 127:
+            if len(buf) < 10:
+                break
+            n, start = int.from_bytes(buf[2:10], "big"), 10
+        if len(buf) < start + n:
+            break
+        out.append(bytes(buf[start : start + n]))
+        del buf[: start + n]
+    return out
+
+
+def connect(port: int, pomelo: bool, join: bool = False, websocket: bool = False) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if websocket:
+        ws_upgrade(sock)
+        sock.sendall(ws_frame(HANDSHAKE))
+        buf = bytearray()
+        while not ws_payloads(buf):
+            buf += sock.recv(65536)
+        return sock
     if pomelo:
         sock.sendall(HANDSHAKE)
         buf = bytearray()
@@ -65,9 +112,12 @@ class _Conn:
         self.sent_at = 0
 
 
-def b1(port: int, connections: int, seconds: float, pomelo: bool) -> dict[str, float]:
-    """Closed loop: each connection sends a request and waits for its answer, again and again."""
+def b1(port: int, connections: int, seconds: float, pomelo: bool, websocket: bool = False) -> dict[str, float]:
+    """Closed loop: each connection sends a request and waits for its answer, again and again.
+    ``websocket``: the same over WebSocket (one masked frame per request)."""
     frame = wire.MessageCodec().request_packet(1, "bench.echo", BODY)
+    if websocket:
+        return b1_websocket(port, connections, seconds, ws_frame(frame))
     socks = [connect(port, pomelo) for _ in range(connections)]
     selector = selectors.DefaultSelector()
     state = {}
@@ -102,6 +152,50 @@ def b1(port: int, connections: int, seconds: float, pomelo: bool) -> dict[str, f
                 sock.send(frame)
         if time.perf_counter() >= deadline:
             break
+    elapsed = time.perf_counter() - start
+    used = cpu() - cpu0
+    latencies.sort()
+    for sock in socks:
+        sock.close()
+    return {
+        "requests": done,
+        "seconds": elapsed,
+        "rps": done / elapsed,
+        "p50_us": latencies[len(latencies) // 2] / 1000,
+        "p99_us": latencies[int(len(latencies) * 0.99)] / 1000,
+        "loadgen_cpu": used / elapsed,
+    }
+
+
+def b1_websocket(port: int, connections: int, seconds: float, frame: bytes) -> dict[str, float]:
+    socks = [connect(port, pomelo=True, websocket=True) for _ in range(connections)]
+    selector = selectors.DefaultSelector()
+    state = {}
+    for sock in socks:
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ)
+        state[sock] = _Conn()
+    latencies: list[int] = []
+    cpu0 = cpu()
+    start = time.perf_counter()
+    deadline = start + seconds
+    for sock in socks:
+        state[sock].sent_at = time.perf_counter_ns()
+        sock.send(frame)
+    done = 0
+    while time.perf_counter() < deadline:
+        for key, _ in selector.select():
+            sock = key.fileobj  # type: ignore[assignment]
+            conn = state[sock]
+            conn.buf += sock.recv(65536)
+            for payload in ws_payloads(conn.buf):
+                if payload[0] == wire.PacketType.HEARTBEAT:
+                    continue
+                now = time.perf_counter_ns()
+                latencies.append(now - conn.sent_at)
+                done += 1
+                conn.sent_at = now
+                sock.send(frame)
     elapsed = time.perf_counter() - start
     used = cpu() - cpu0
     latencies.sort()
@@ -182,9 +276,10 @@ def main() -> None:
     parser.add_argument("--pomelo", action="store_true", help="b1: handshake first (not for the echo server)")
     parser.add_argument("--baseline", action="store_true", help="b4: the server is the raw send loop")
     parser.add_argument("--paced", action="store_true", help="b4: yield after each broadcast")
+    parser.add_argument("--websocket", action="store_true", help="b1: over WebSocket")
     args = parser.parse_args()
     if args.mode == "b1":
-        result = b1(args.port, args.connections, args.seconds, args.pomelo)
+        result = b1(args.port, args.connections, args.seconds, args.pomelo, args.websocket)
     elif args.mode == "b4":
         result = b4(args.port, args.sessions, args.rounds, args.packet_len, args.baseline, args.paced)
     else:

@@ -60,14 +60,13 @@ async def wait_stdin_closed() -> None:
     await trio.to_thread.run_sync(sys.stdin.read)
 
 
-async def serve_trionano() -> None:
+async def serve_trionano(websocket: bool = False) -> None:
     components = Components()
     components.register(Bench(), name="bench")
     server = trionano.Server(components, Config(heartbeat=0, outbox_size=1024, logger_name="bench"))
+    endpoint = trionano.WebSocketEndpoint("127.0.0.1") if websocket else trionano.TCPEndpoint("127.0.0.1")
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(
-            lambda task_status: trionano.serve_tcp(server, 0, host="127.0.0.1", task_status=task_status)
-        )
+        (port,) = await nursery.start(server.serve, endpoint)
         print(port, flush=True)
         await wait_stdin_closed()
         server.shutdown()
@@ -126,11 +125,11 @@ def serve_rawsend() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["trionano", "echo", "rawsend"])
+    parser.add_argument("kind", choices=["trionano", "trionano-ws", "echo", "rawsend"])
     kind = parser.parse_args().kind
     os.environ.setdefault("PYTHONHASHSEED", "0")
-    if kind == "trionano":
-        trio.run(serve_trionano)
+    if kind in ("trionano", "trionano-ws"):
+        trio.run(serve_trionano, kind == "trionano-ws")
     elif kind == "echo":
         trio.run(serve_echo)
     else:

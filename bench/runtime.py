@@ -1,4 +1,4 @@
-"""Runtime benchmarks B1, B4 and B8 (issue #3), each beside a same-run baseline.
+"""Runtime benchmarks B1, B3, B4 and B8, each beside a same-run baseline.
 
 Servers and the load generator each run in their own process (bench/_servers.py,
 bench/_loadgen.py); the load generator is plain sockets and epoll with precomputed frames and
@@ -8,6 +8,7 @@ reports its own CPU share, so it can be seen not to be the bottleneck.
   CPU-us per request; ratio to a raw trio TCP echo server under the same load (target >= 0.7).
 - B4: broadcast fan-out to 1,000 and 10,000 sessions: deliveries/s against a raw non-blocking
   socket.send loop (target >= 0.5), and encodes per broadcast (exactly 1, from the counter).
+- B3 (issue #4): B1 over WebSocket; the WebSocket/TCP ratio from the same run (target >= 0.6).
 - B8: idle memory per connected session at 10,000 sessions (target <= 16 KiB).
 
 Run: ``nox -s bench`` or ``python -m bench.runtime [--quick]``.
@@ -102,6 +103,30 @@ def b1(seconds: float, repeats: int) -> None:
     )
 
 
+def b3(seconds: float, repeats: int) -> None:
+    print(f"B3 request/response over WebSocket vs TCP: B1's load, {seconds:g} s per run")
+    ratios = []
+    for run in range(repeats):
+        results = {}
+        for kind, extra in (("trionano", ["--pomelo"]), ("trionano-ws", ["--websocket"])):
+            with server(kind) as (port, pid):
+                cpu0 = cpu_seconds(pid)
+                result = loadgen("b1", str(port), "--connections", "50", "--seconds", str(seconds), *extra)
+                result["server_cpu_us"] = (cpu_seconds(pid) - cpu0) / result["requests"] * 1e6
+            results[kind] = result
+            print(
+                f"  run {run + 1} {kind:<12} {result['rps']:>9,.0f} req/s   p50 {result['p50_us']:>6,.0f} us"
+                f"   p99 {result['p99_us']:>6,.0f} us   server {result['server_cpu_us']:>5.1f} CPU-us/req"
+                f"   loadgen CPU {result['loadgen_cpu']:.0%}"
+            )
+        ratios.append(results["trionano-ws"]["rps"] / results["trionano"]["rps"])
+    ratio = median(ratios)
+    print(
+        f"  ratio WebSocket / TCP: {', '.join(f'{r:.2f}' for r in ratios)}; median {ratio:.2f}"
+        f"   (target >= 0.6: {'met' if ratio >= 0.6 else 'MISSED'})\n"
+    )
+
+
 def b4(sizes: list[int], rounds: int, repeats: int) -> None:
     sys.path.insert(0, str(ROOT))
     from bench._servers import blast_packet
@@ -164,12 +189,14 @@ def b8(sessions: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="trionano runtime benchmarks")
     parser.add_argument("--quick", action="store_true", help="shorter runs, smaller fan-out")
-    parser.add_argument("--only", choices=["b1", "b4", "b8"], action="append")
+    parser.add_argument("--only", choices=["b1", "b3", "b4", "b8"], action="append")
     args = parser.parse_args()
-    only = set(args.only or ["b1", "b4", "b8"])
+    only = set(args.only or ["b1", "b3", "b4", "b8"])
     repeats = 3
     if "b1" in only:
         b1(2.0 if args.quick else 5.0, repeats)
+    if "b3" in only:
+        b3(2.0 if args.quick else 5.0, repeats)
     if "b4" in only:
         b4([1000] if args.quick else [1000, 10000], 50, repeats)
     if "b8" in only:

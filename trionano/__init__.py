@@ -32,6 +32,7 @@ from ._server import TCPEndpoint as TCPEndpoint
 from ._server import serve_tcp as serve_tcp
 from ._session import Session as Session
 from ._session import SessionKey as SessionKey
+from ._websocket import BROWSER_CLIENT as BROWSER_CLIENT
 from ._websocket import WebSocketEndpoint as WebSocketEndpoint
 from ._websocket import serve_websocket as serve_websocket
 

@@ -15,9 +15,7 @@ client, and FIFO order needs no lock. A full outbox is the server's slow-consume
 
 from __future__ import annotations
 
-import errno
 import inspect
-import os
 from typing import TYPE_CHECKING, Final
 
 import trio
@@ -51,8 +49,6 @@ __all__ = ["Agent"]
 
 #: The writer joins queued packets up to about this many bytes per send_all.
 _MAX_BATCH: Final = 256 * 1024
-#: Reads or writes in a row without waiting, before a task yields anyway (fairness).
-_FAIR_ROUNDS: Final = 16
 _HEARTBEAT: Final = Heartbeat()
 
 
@@ -62,7 +58,6 @@ class Agent:
 
     __slots__ = (
         "_drops",
-        "_fd",
         "_final",
         "_finished",
         "_reader_scope",
@@ -90,9 +85,6 @@ class Agent:
         self._reader_scope = trio.CancelScope()
         self._writer_scope = trio.CancelScope()
         self._drops = 0
-        # Plain TCP: the reader and the one writer use the socket's fd directly, waiting only
-        # when the kernel says EAGAIN (trio's stream methods yield on every call).
-        self._fd = stream.socket.fileno() if type(stream) is trio.SocketStream else -1
         self.session: Final = Session._create(server, self, session_id)
 
     # -- life -------------------------------------------------------------------------------
@@ -129,25 +121,9 @@ class Agent:
         dispatch = self._server._dispatch
         session = self.session
         current_time = trio.current_time
-        fd = self._fd
-        rounds = 0
         try:
             while True:
-                if fd < 0:
-                    data = await receive_some(read_size)
-                else:
-                    try:
-                        data = os.read(fd, read_size)
-                    except BlockingIOError:
-                        await trio.lowlevel.wait_readable(fd)
-                        rounds = 0
-                        continue
-                    except OSError as exc:
-                        raise trio.BrokenResourceError(str(exc)) from exc
-                    rounds += 1
-                    if rounds >= _FAIR_ROUNDS:
-                        rounds = 0
-                        await trio.lowlevel.checkpoint()
+                data = await receive_some(read_size)
                 if not data:
                     return None
                 conn.receive_data(data, current_time())
@@ -194,15 +170,13 @@ class Agent:
 
     async def _writer(self, agent_scope: trio.CancelScope) -> None:
         receive = self._receive
-        write = self._write
-        rounds = 0
+        write = self._stream.send_all
         try:
             with self._writer_scope:
                 while True:
                     try:
                         data = receive.receive_nowait()
                     except trio.WouldBlock:
-                        rounds = 0
                         try:
                             data = await receive.receive()
                         except trio.EndOfChannel:
@@ -225,10 +199,6 @@ class Agent:
                             size += len(more)
                         data = b"".join(batch)
                     await write(data)
-                    rounds += 1
-                    if rounds >= _FAIR_ROUNDS:
-                        rounds = 0
-                        await trio.lowlevel.checkpoint()
                 if self._final is not None:
                     await write(self._final)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -236,28 +206,6 @@ class Agent:
         finally:
             self.closed = True
             agent_scope.cancel()
-
-    async def _write(self, data: bytes) -> None:
-        """Write all of ``data``; only the writer task calls this. Raises
-        trio.BrokenResourceError when the peer is gone."""
-        fd = self._fd
-        if fd < 0:
-            await self._stream.send_all(data)
-            return
-        view: bytes | memoryview = data
-        while True:
-            try:
-                sent = os.write(fd, view)
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(fd)
-                continue
-            except OSError as exc:
-                if exc.errno == errno.EBADF:
-                    raise trio.ClosedResourceError("the connection was closed") from exc
-                raise trio.BrokenResourceError(str(exc)) from exc
-            if sent == len(view):
-                return
-            view = memoryview(view)[sent:]
 
     # -- sending (the NetworkEntity protocol) -----------------------------------------------
 

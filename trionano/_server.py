@@ -33,6 +33,7 @@ from ._agent import Agent
 from ._component import Component, Components, Handler
 from ._config import Config, SlowConsumerPolicy
 from ._errors import HandlerError, SerializeError
+from ._fdstream import FdStream
 from ._pipeline import PipelineMessage
 from ._serializer import Unmarshal
 from ._session import Call, Session, current_call
@@ -123,7 +124,10 @@ class TCPEndpoint:
             if self.send_buffer is not None:
                 sock = getattr(stream, "socket", None) or stream.transport_stream.socket
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
-            nursery.start_soon(server.serve_connection, stream, _peer(stream))
+            peer = _peer(stream)
+            if type(stream) is trio.SocketStream:  # plain TCP: the fast stream (TLS keeps SSLStream)
+                stream = FdStream.from_stream(stream)
+            nursery.start_soon(server.serve_connection, stream, peer)
 
     async def aclose(self) -> None:
         for listener in self._listeners:

@@ -22,10 +22,15 @@ import h11
 import trio
 import trio_websocket
 
+from ._fdstream import FdStream
+
 if TYPE_CHECKING:
     from ._server import Server
 
-__all__ = ["WebSocketEndpoint", "WebSocketStream", "serve_websocket"]
+__all__ = ["BROWSER_CLIENT", "WebSocketEndpoint", "WebSocketStream", "serve_websocket"]
+
+#: trionano's browser client (an ES module), for serving beside a page: see examples/chat.
+BROWSER_CLIENT: Final = Path(__file__).resolve().parent / "js" / "trionano.js"
 
 _logger = logging.getLogger("trionano.websocket")
 _MAX_HEAD: Final = 16 * 1024
@@ -33,19 +38,25 @@ OriginCheck = Callable[[str | None], bool]
 
 
 class ReplayStream(trio.abc.Stream):
-    """A stream that first gives back ``prefix`` (bytes already read from ``stream``)."""
+    """A stream that first gives back ``prefix`` (bytes already read from ``stream``), then
+    steps aside: its methods become the underlying stream's own (one layer less per call)."""
 
     def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
         self._stream = stream
         self._prefix = prefix
+        self.send_all = stream.send_all  # type: ignore[method-assign]
+        self.wait_send_all_might_not_block = stream.wait_send_all_might_not_block  # type: ignore[method-assign]
+        self.aclose = stream.aclose  # type: ignore[method-assign]
+        if not prefix:
+            self.receive_some = stream.receive_some  # type: ignore[method-assign]
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        if self._prefix:
-            n = len(self._prefix) if max_bytes is None else max_bytes
-            data, self._prefix = self._prefix[:n], self._prefix[n:]
-            await trio.lowlevel.checkpoint()
-            return data
-        return await self._stream.receive_some(max_bytes)
+        n = len(self._prefix) if max_bytes is None else max_bytes
+        data, self._prefix = self._prefix[:n], self._prefix[n:]
+        if not self._prefix:
+            self.receive_some = self._stream.receive_some  # type: ignore[method-assign]
+        await trio.lowlevel.checkpoint()
+        return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self._stream.send_all(data)
@@ -175,6 +186,8 @@ class WebSocketEndpoint:
                 _logger.error("accept failed: %s", exc)
                 await trio.sleep(0.1)
                 continue
+            if type(stream) is trio.SocketStream:  # plain TCP under the WebSocket: the fast stream
+                stream = FdStream.from_stream(stream)
             nursery.start_soon(self._serve, stream, server)
 
     async def _serve(self, stream: trio.abc.Stream, server: Server) -> None:
@@ -207,7 +220,11 @@ class WebSocketEndpoint:
         max_message = 4 * server.config.max_packet_size + 64
         async with trio.open_nursery() as ws_nursery:
             request = await trio_websocket.wrap_server_stream(
-                ws_nursery, ReplayStream(stream, raw), max_message_size=max_message, receive_buffer_size=65536
+                ws_nursery,
+                ReplayStream(stream, raw),
+                message_queue_size=64,  # its reader parses ahead; the agent takes messages in batches
+                max_message_size=max_message,
+                receive_buffer_size=65536,
             )
             if self.check_origin is not None and not self.check_origin(origin):
                 _logger.info("WebSocket from origin %r refused", origin)

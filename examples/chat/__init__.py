@@ -1,13 +1,15 @@
 """nano's chat demo on trionano (nano.md §6.1): a room everyone joins, messages broadcast to all.
 
 Routes: ``room.join`` (Request) and ``room.message`` (Notify); pushes: ``onMembers``,
-``onNewUser``, ``onMessage``. Run it with ``python -m examples.chat --port 3250``.
+``onNewUser``, ``onMessage``. Run it with ``python -m examples.chat --port 3250 --ws-port
+3251`` and open http://127.0.0.1:3251/: the page and its WebSocket share that port, as in nano.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -17,6 +19,7 @@ import trionano
 from trionano import Component, Components, Config, Group, HandlerError, Pipeline, PipelineMessage, Session
 
 logger = logging.getLogger("examples.chat")
+WEB = Path(__file__).resolve().parent / "web"
 
 #: Route compression for every route and push of the demo (``--dict``).
 ROUTES = trionano.wire.RouteDict({"room.join": 1, "room.message": 2, "onMembers": 3, "onNewUser": 4, "onMessage": 5})
@@ -101,18 +104,27 @@ async def main(
     *,
     host: str = "127.0.0.1",
     port: int = 0,
+    ws_port: int | None = None,
     use_dict: bool = False,
     heartbeat: float = 30.0,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[list[int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the chat over TCP until SIGINT/SIGTERM; reports the bound port."""
+    """Serve the chat over TCP (and, with ``ws_port``, WebSocket plus the page) until
+    SIGINT/SIGTERM; reports the bound ports: [tcp] or [tcp, ws]."""
     server, _ = build(use_dict=use_dict, heartbeat=heartbeat)
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(
-            lambda task_status: trionano.serve_tcp(server, port, host=host, task_status=task_status)
+    endpoints: list[trionano.Endpoint] = [trionano.TCPEndpoint(host, port)]
+    if ws_port is not None:
+        endpoints.append(
+            trionano.WebSocketEndpoint(
+                host, ws_port, static_dir=WEB, static_files={"/trionano.js": trionano.BROWSER_CLIENT}
+            )
         )
-        logger.info("chat server on tcp://%s:%d", host, port)
-        task_status.started(port)
+    async with trio.open_nursery() as nursery:
+        ports: list[int] = await nursery.start(server.serve, *endpoints)
+        logger.info("chat server: tcp://%s:%d", host, ports[0])
+        if ws_port is not None:
+            logger.info("chat page and WebSocket: open http://%s:%d/", host, ports[1])
+        task_status.started(ports)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
                 logger.info("shutting down")

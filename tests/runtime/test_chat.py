@@ -90,7 +90,7 @@ async def test_chat_with_route_compression() -> None:
 
 async def test_chat_example_main_serves_on_the_port_it_reports() -> None:
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(lambda task_status: examples.chat.main(port=0, task_status=task_status))
+        (port,) = await nursery.start(lambda task_status: examples.chat.main(port=0, task_status=task_status))
         async with open_client("127.0.0.1", port) as client:
             assert await client.request("room.join") == {"code": 0, "result": "success"}
         nursery.cancel_scope.cancel()
