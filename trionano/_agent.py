@@ -132,9 +132,13 @@ class Agent:
                     if event is None:
                         break
                     if type(event) is Request or type(event) is Notify:
-                        full = dispatch(session, event)
-                        if full is not None:  # the lane is full: wait for room
-                            await full[0].push(full[1])
+                        pending = dispatch(session, event)
+                        if pending is not None:
+                            lane, task = pending
+                            if lane is None:  # forwarded to another cluster node
+                                await task()  # type: ignore[misc]
+                            else:  # the lane is full: wait for room
+                                await lane.push(task)
                     elif type(event) is Handshake:
                         await self._handshake(event)
                     elif type(event) is HandshakeAck:

@@ -44,6 +44,13 @@ __all__ = ["Endpoint", "Server", "Stats", "TCPEndpoint", "serve_tcp"]
 
 CloseHook = Callable[[Session], Awaitable[None] | None]
 
+
+class RemoteRouter(Protocol):
+    """What a cluster node gives its server: a way to run routes hosted elsewhere."""
+
+    async def forward(self, session: Session, message: Request | Notify) -> None: ...
+
+
 #: The error Response body's shape: ``{"code": <int>, "message": <str>}``.
 CODE_BAD_REQUEST: Final = 400
 CODE_NOT_FOUND: Final = 404
@@ -173,6 +180,7 @@ class Server:
         self._stopping = False
         self._running = False
         self._nursery: trio.Nursery | None = None
+        self._remote: RemoteRouter | None = None  # set by a cluster node
 
     # -- public -----------------------------------------------------------------------------
 
@@ -287,14 +295,20 @@ class Server:
         own = session.get(handler.lane)
         return own if isinstance(own, Lane) else self.scheduler.lane(handler.lane)
 
-    def _dispatch(self, session: Session, message: Request | Notify) -> tuple[Lane, Task] | None:
+    def _dispatch(self, session: Session, message: Request | Notify) -> tuple[Lane | None, Task] | None:
         """From a reader: find the handler, run the inbound pipeline, decode the body, and
         queue the call. Returns ``(lane, task)`` when the lane is full: the reader then waits
-        on ``lane.push(task)`` (backpressure on that connection alone). Not a coroutine: no
-        allocation per message for the common case."""
+        on ``lane.push(task)`` (backpressure on that connection alone), or ``(None, task)``
+        for a route forwarded to another cluster node: the reader awaits ``task()``. Not a
+        coroutine: no allocation per message for the common case."""
         route = message.route
         mid = message.id if type(message) is Request else 0
         entry = self._handlers.get(route)
+        if entry is None and self._remote is not None:
+            # a cluster node forwards what it does not host; the reader awaits the call, so a
+            # connection's messages keep their order (as nano's gate does)
+            remote = self._remote
+            return None, lambda: remote.forward(session, message)
         if entry is None:
             self.stats.unknown_routes += 1
             self._logger.warning("nano/handler: %s not found(forgot registered?), session=%d", route, session.id)
@@ -327,7 +341,7 @@ class Server:
         return self._queue(lane, self._call_task(session, handler, arg, mid))
 
     @staticmethod
-    def _queue(lane: Lane, task: Task) -> tuple[Lane, Task] | None:
+    def _queue(lane: Lane, task: Task) -> tuple[Lane | None, Task] | None:
         try:
             lane.push_nowait(task)  # no task switch while the lane has room
         except trio.WouldBlock:
@@ -453,27 +467,32 @@ class Server:
         session = agent.session
         self._sessions.pop(session.id, None)
         self.stats.sessions_closed += 1
-        if self._close_hooks:
-            hooks = list(self._close_hooks)
-
-            async def run_hooks() -> None:
-                for hook in hooks:
-                    try:
-                        result = hook(session)
-                        if inspect.isawaitable(result):
-                            await result
-                    except Exception:
-                        self._logger.exception("session close hook failed")
-
-            try:
-                self.scheduler.push_nowait(run_hooks)
-            except trio.WouldBlock:
-                if self._nursery is not None:
-                    self._nursery.start_soon(self.scheduler.push, run_hooks)
-            except trio.ClosedResourceError:
-                self._logger.warning("scheduler stopped: close hooks of session %d skipped", session.id)
+        self._run_close_hooks(session)
         if self._stopping and not self._agents:
             self._all_closed.set()
+
+    def _run_close_hooks(self, session: Session) -> None:
+        """Queue the close hooks for ``session`` on the main lane (never waits)."""
+        if not self._close_hooks:
+            return
+        hooks = list(self._close_hooks)
+
+        async def run_hooks() -> None:
+            for hook in hooks:
+                try:
+                    result = hook(session)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    self._logger.exception("session close hook failed")
+
+        try:
+            self.scheduler.push_nowait(run_hooks)
+        except trio.WouldBlock:
+            if self._nursery is not None:
+                self._nursery.start_soon(self.scheduler.push, run_hooks)
+        except trio.ClosedResourceError:
+            self._logger.warning("scheduler stopped: close hooks of session %d skipped", session.id)
 
     async def _sweep_heartbeats(self, scope: trio.CancelScope) -> None:
         """One task for every session: heartbeat those due, close those silent for 2x."""

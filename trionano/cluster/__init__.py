@@ -1,0 +1,35 @@
+"""nano's cluster on Trio: master, members and gates over grpclib, wire-compatible with Go
+nano's ``clusterpb`` (``proto/cluster.proto``).
+
+::
+
+    server = Server(components, config)
+    node = Node(server, ClusterConfig(service_address="127.0.0.1:34580", master_address="127.0.0.1:34567"))
+    run_node(node, TCPEndpoint("127.0.0.1", 3250))       # until SIGINT/SIGTERM
+
+grpclib runs on asyncio; trionano on Trio: :func:`run_node` hosts Trio as a guest on the
+asyncio loop (the bridge lives in one module, :mod:`trionano.cluster._bridge`). Standalone
+servers never need this: they keep plain ``trio.run``.
+"""
+
+from __future__ import annotations
+
+from .._server import Endpoint
+from ._bridge import Bridge as Bridge
+from ._bridge import run as run
+from ._generated.clusterpb import MemberInfo as MemberInfo
+from ._node import ClusterConfig as ClusterConfig
+from ._node import Node as Node
+from ._node import RemoteRoute as RemoteRoute
+
+__all__ = ["Bridge", "ClusterConfig", "MemberInfo", "Node", "RemoteRoute", "run", "run_node"]
+
+
+def run_node(node: Node, *endpoints: Endpoint) -> None:
+    """Run ``node`` (its server on ``endpoints``, its gRPC service, its membership) in this
+    process until SIGINT/SIGTERM, which shut the server down gracefully and leave the cluster."""
+
+    async def main(bridge: Bridge) -> None:
+        await node.run(bridge, *endpoints)
+
+    run(main, on_signal=node.server.shutdown)
