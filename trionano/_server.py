@@ -50,6 +50,8 @@ class RemoteRouter(Protocol):
 
     async def forward(self, session: Session, message: Request | Notify) -> None: ...
 
+    def rpc(self, session: Session, route: str, body: bytes) -> None: ...
+
 
 #: The error Response body's shape: ``{"code": <int>, "message": <str>}``.
 CODE_BAD_REQUEST: Final = 400

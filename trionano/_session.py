@@ -146,6 +146,16 @@ class Session(metaclass=_NoPublicConstructor):
             call.answered = True
         return self._entity.send_response(self, mid, self._server.serializer.marshal(value))
 
+    def rpc(self, route: str, value: object) -> None:
+        """Call ``route`` on the cluster member that hosts its service, without waiting (nano's
+        ``session.RPC``); that member's pushes and responses reach this session's client.
+        Raises RuntimeError outside a cluster, LookupError when no member hosts the service,
+        SerializeError."""
+        remote = self._server._remote
+        if remote is None:
+            raise RuntimeError("session.rpc needs a cluster node (trionano.cluster)")
+        remote.rpc(self, route, self._server.serializer.marshal(value))
+
     def kick(self, reason: str = "") -> None:
         """Send a Kick with ``reason`` (pomelo's ``{"reason": ...}``), then close. Idempotent."""
         self._entity.kick(reason)

@@ -123,7 +123,12 @@ def run(main: Callable[[Bridge], Awaitable[None]], *, on_signal: Callable[[], No
             if not finished.done():
                 finished.set_result(result)
 
-        trio.lowlevel.start_guest_run(trio_main, run_sync_soon_threadsafe=loop.call_soon_threadsafe, done_callback=done)
+        trio.lowlevel.start_guest_run(
+            trio_main,
+            run_sync_soon_threadsafe=loop.call_soon_threadsafe,
+            done_callback=done,
+            host_uses_signal_set_wakeup_fd=True,  # asyncio owns the wakeup fd (its signal handlers)
+        )
         try:
             result = await asyncio.shield(finished)
         except asyncio.CancelledError:

@@ -312,7 +312,9 @@ class Node:
         self._tell_all("new_member", pb.NewMemberRequest(member_info=info), exclude=address)
         self.members[address] = info
         self._last_heartbeat[address] = trio.current_time()
-        _logger.info("member %s registered: %s", address, list(info.services))
+        _logger.info(
+            "member %s registered: %s; remote services now %s", address, list(info.services), self.remote_services
+        )
         return pb.RegisterResponse(members=[self.info(), *known])
 
     async def master_unregister(self, address: str) -> pb.UnregisterResponse:
@@ -442,6 +444,23 @@ class Node:
                 status = getattr(exc, "status", None)
                 code = CODE_NOT_FOUND if status is grpclib.const.Status.NOT_FOUND else CODE_UNAVAILABLE
                 self.server._send_error(session, mid, code, f"{service} unavailable: {getattr(exc, 'message', exc)}")
+
+    def rpc(self, session: Session, route: str, body: bytes) -> None:
+        """nano's ``session.RPC``: a Notify to the member hosting ``route``'s service, in the
+        background, carrying the client's gate and session id (so that member's pushes reach
+        the client directly). Raises LookupError when no member hosts the service."""
+        entity = session._entity
+        gate, sid = (entity.gate, entity.sid) if isinstance(entity, RemoteEntity) else (self.address, session.id)
+        service = route.rpartition(".")[0]
+        member = self._select(service, session)
+        if member is None:
+            raise LookupError(f"{service} not found(forgot registered?)")
+        seen = session.get(_SEEN_BY)
+        if seen is None:
+            seen = session[_SEEN_BY] = set()
+        seen.add(member.service_addr)
+        notify = pb.NotifyMessage(gate_addr=gate, session_id=sid, route=route, data=body)
+        self._start(self._tell, member.service_addr, "handle_notify", notify)
 
     def _local_session_closed(self, session: Session) -> None:
         """A gate's client left: tell the members that saw it (not every member, as nano)."""

@@ -1,0 +1,163 @@
+"""The cluster with real processes on loopback: nano's three-node scenario (nano.md §5.8, with
+examples/cluster's services), a backend killed and replaced, a master restarted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from trionano.client import Client, open_websocket_client
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+HEARTBEAT = "0.5"  # member keepalive; the master evicts after 4 silent intervals
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Cluster:
+    def __init__(self, tmp: Path, nursery: trio.Nursery) -> None:
+        self.tmp = tmp
+        self.nursery = nursery
+        self.master = f"127.0.0.1:{free_port()}"
+        self.gate_client = f"127.0.0.1:{free_port()}"
+        self.processes: dict[str, trio.Process] = {}
+        self.logs: dict[str, Path] = {}
+
+    async def start(self, name: str, role: str, listen: str, *extra: str, ready: str = "up:") -> None:
+        log = self.logs[name] = self.tmp / f"{name}.log"
+        command = [sys.executable, "-m", "examples.cluster", role, "--listen", listen, "--master", self.master]
+        command += ["--heartbeat", HEARTBEAT, *extra]
+        with log.open("ab") as out:
+            self.processes[name] = await trio.lowlevel.open_process(command, cwd=ROOT, stdout=out, stderr=out)
+        await self.wait_log(name, ready)
+
+    async def wait_log(self, name: str, text: str, *, seconds: float = 15) -> str:
+        with trio.fail_after(seconds):
+            while True:
+                content = self.logs[name].read_text(errors="replace")
+                if text in content:
+                    return content
+                await trio.sleep(0.05)
+
+    async def kill(self, name: str) -> None:
+        process = self.processes.pop(name)
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
+
+    async def stop_all(self) -> None:
+        for process in self.processes.values():
+            process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(10):
+            for process in self.processes.values():
+                await process.wait()
+        for process in self.processes.values():
+            if process.returncode is None:
+                process.kill()
+
+    async def standard(self) -> None:
+        await self.start("master", "master", self.master)
+        await self.start("chat", "chat", f"127.0.0.1:{free_port()}")
+        await self.start("gate", "gate", f"127.0.0.1:{free_port()}", "--gate-address", self.gate_client)
+
+    def client(self) -> AsyncIterator[Client]:
+        return open_websocket_client(f"ws://{self.gate_client}/nano")  # type: ignore[return-value]
+
+
+@asynccontextmanager
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    async with trio.open_nursery() as nursery:
+        running = Cluster(tmp_path, nursery)
+        try:
+            yield running
+        finally:
+            with trio.CancelScope(shield=True):
+                await running.stop_all()
+
+
+async def test_three_nodes_as_nanos_scenario(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        await c.standard()
+        # every node's sorted view of the cluster, as nano's TestNodeStartup checks them
+        gate_log = c.logs["gate"].read_text()
+        assert "local ['BindService'], remote ['RoomService', 'TopicService']" in gate_log
+        assert "local ['RoomService'], remote ['TopicService']" in c.logs["chat"].read_text()
+        # a node's remote services are the others' (nano's master: ["GameComponent", "GateComponent"])
+        master_log = await c.wait_log("master", "remote services now ['BindService', 'RoomService']")
+        assert "remote services now ['RoomService']" in master_log
+        assert "RuntimeWarning" not in master_log + gate_log
+        async with c.client() as ann, c.client() as bob:  # type: ignore[attr-defined]
+            assert await ann.request("BindService.Login", {"nickname": "ann"}) == {}  # gate, local
+            assert await ann.receive_push("onMembers") == {"members": ""}  # from the master, via RPC
+            assert await bob.request("BindService.Login", {"nickname": "bob"}) == {}
+            assert await bob.receive_push("onMembers") == {"members": "ann"}
+            assert await ann.receive_push("onNewUser") == {"content": "New user: bob"}  # chat, via the RPC chain
+            await ann.notify("RoomService.SyncMessage", {"name": "ann", "content": "hi ✓"})  # forwarded notify
+            assert await bob.receive_push("onMessage") == {"name": "ann", "content": "hi ✓"}
+            assert await ann.receive_push("onBalance") == {"currentBalance": 999}  # chat -> master RPC
+            answer = await ann.request("BindService.BindChatServer", {})
+            assert answer == {"code": 500, "message": "not implement"}
+            # a request to a remote service, and to one nobody hosts
+            assert (await ann.request("NoSuchService.Call", {}))["code"] == 404
+
+
+async def test_a_killed_backend_is_answered_evicted_and_replaced(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        await c.standard()
+        async with c.client() as ann:  # type: ignore[attr-defined]
+            await ann.request("BindService.Login", {"nickname": "ann"})
+            await c.kill("chat")
+            # forwarding to the dead member fails: the client is answered, not left waiting
+            answer = await ann.request("RoomService.SyncMessage", {"name": "ann", "content": "x"})
+            assert answer["code"] == 503
+            # the master evicts it within 4 heartbeats and tells the gate
+            await c.wait_log("master", "evicted", seconds=4 * float(HEARTBEAT) + 3)
+            await c.wait_log("master", "member 127.0.0.1:", seconds=1)
+            with trio.fail_after(5):  # the gate hears of it (DelMember): nobody hosts RoomService now
+                while (await ann.request("RoomService.SyncMessage", {"name": "ann", "content": "x"}))["code"] != 404:  # noqa: ASYNC110
+                    await trio.sleep(0.1)
+            # a new backend takes over
+            await c.start("chat2", "chat", f"127.0.0.1:{free_port()}")
+            with trio.fail_after(10):
+                while True:
+                    await ann.notify("RoomService.JoinRoom", {"nickname": "ann", "gateUid": 1, "masterUid": 1})
+                    await ann.notify("RoomService.SyncMessage", {"name": "ann", "content": "back"})
+                    with trio.move_on_after(0.5):
+                        assert await ann.receive_push("onMessage") == {"name": "ann", "content": "back"}
+                        break
+
+
+async def test_a_restarted_master_rebuilds_from_heartbeats(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        await c.standard()
+        await c.kill("master")
+        await c.start("master", "master", c.master)
+        # members heartbeat to the new master, which learns them without re-registration
+        await c.wait_log("master", "re-appeared through its heartbeat", seconds=10)
+        content = await c.wait_log("master", "re-appeared", seconds=1)
+        assert content.count("re-appeared through its heartbeat") >= 1
+        # a node joining now sees the members the master relearned
+        await c.start("chat2", "chat", f"127.0.0.1:{free_port()}")
+        chat2 = c.logs["chat2"].read_text()
+        assert "local ['RoomService'], remote ['BindService', 'RoomService', 'TopicService']" in chat2
+        async with c.client() as ann:  # type: ignore[attr-defined]
+            assert await ann.request("BindService.Login", {"nickname": "ann"}) == {}
+            assert await ann.receive_push("onMembers") == {"members": ""}
+
+
+@pytest.fixture(autouse=True)
+def _unbuffered(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONUNBUFFERED", "1")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
