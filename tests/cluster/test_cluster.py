@@ -28,7 +28,8 @@ def free_port() -> int:
 
 
 class Cluster:
-    def __init__(self, tmp: Path, nursery: trio.Nursery) -> None:
+    def __init__(self, tmp: Path, nursery: trio.Nursery, module: str = "examples.cluster") -> None:
+        self.module = module
         self.tmp = tmp
         self.nursery = nursery
         self.master = f"127.0.0.1:{free_port()}"
@@ -38,7 +39,7 @@ class Cluster:
 
     async def start(self, name: str, role: str, listen: str, *extra: str, ready: str = "up:") -> None:
         log = self.logs[name] = self.tmp / f"{name}.log"
-        command = [sys.executable, "-m", "examples.cluster", role, "--listen", listen, "--master", self.master]
+        command = [sys.executable, "-m", self.module, role, "--listen", listen, "--master", self.master]
         command += ["--heartbeat", HEARTBEAT, *extra]
         with log.open("ab") as out:
             self.processes[name] = await trio.lowlevel.open_process(command, cwd=ROOT, stdout=out, stderr=out)
@@ -77,9 +78,9 @@ class Cluster:
 
 
 @asynccontextmanager
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+async def cluster(tmp_path: Path, module: str = "examples.cluster") -> AsyncIterator[Cluster]:
     async with trio.open_nursery() as nursery:
-        running = Cluster(tmp_path, nursery)
+        running = Cluster(tmp_path, nursery, module)
         try:
             yield running
         finally:
@@ -155,6 +156,31 @@ async def test_a_restarted_master_rebuilds_from_heartbeats(tmp_path: Path) -> No
         async with c.client() as ann:  # type: ignore[attr-defined]
             assert await ann.request("BindService.Login", {"nickname": "ann"}) == {}
             assert await ann.receive_push("onMembers") == {"members": ""}
+
+
+async def test_custom_route_shards_users_by_uid(tmp_path: Path) -> None:
+    async with cluster(tmp_path, "examples.customerroute") as c:
+        await c.start("master", "master", c.master)
+        chats = sorted(f"127.0.0.1:{free_port()}" for _ in range(2))
+        for n, address in enumerate(chats):
+            await c.start(f"chat{n}", "chat", address)
+        await c.start("gate", "gate", f"127.0.0.1:{free_port()}", "--gate-address", c.gate_client)
+        await c.wait_log("gate", "remote ['ChatRoomService']")
+        async with c.client() as u1, c.client() as u2, c.client() as u3, c.client() as u4:  # type: ignore[attr-defined]
+            users = [u1, u2, u3, u4]
+            servers = []
+            for n, user in enumerate(users, 1):
+                assert await user.request("RegisterService.Login", {"nickname": f"u{n}"}) == {"uid": n}
+                servers.append((await user.receive_push("onJoined"))["server"])
+            # nano's selector: members[uid % len(members)], here over the sorted addresses
+            assert servers == [chats[1], chats[0], chats[1], chats[0]]
+            await u1.notify("ChatRoomService.SendMessage", {"name": "u1", "content": "hello"})  # sticky: chats[1]
+            for user in (u1, u3):
+                assert await user.receive_push("onMessage") == {"name": "u1", "content": "hello", "server": chats[1]}
+            await u2.notify("ChatRoomService.SendMessage", {"name": "u2", "content": "other room"})
+            for user in (u2, u4):
+                assert (await user.receive_push("onMessage"))["server"] == chats[0]
+            assert u1.pending_pushes("onMessage") == 0  # u1 never saw the other room's message
 
 
 @pytest.fixture(autouse=True)
