@@ -123,10 +123,45 @@ def serve_rawsend() -> None:
     sys.stdin.read()
 
 
+def serve_cluster_node(role: str, listen: str, master: str) -> None:
+    """B12's nodes: a master, a backend hosting the bench component, a gate forwarding to it."""
+    from trionano.cluster import ClusterConfig, Node, run
+
+    components = Components()
+    if role == "backend":
+        components.register(Bench(), name="bench")
+    server = trionano.Server(components, Config(heartbeat=0, outbox_size=1024, logger_name="bench"))
+    node = Node(
+        server,
+        ClusterConfig(
+            service_address=listen,
+            master_address=None if role == "master" else master,
+            is_master=role == "master",
+            node_id={"master": 1, "backend": 2, "gate": 3}[role],
+        ),
+    )
+    endpoints = [trionano.TCPEndpoint("127.0.0.1")] if role == "gate" else []
+
+    async def main(bridge: Any) -> None:
+        async with trio.open_nursery() as nursery:
+            ports = await nursery.start(functools.partial(node.run, bridge, *endpoints))
+            print(ports[0] if ports else 0, flush=True)
+            await wait_stdin_closed()
+            server.shutdown()
+
+    run(main)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["trionano", "trionano-ws", "echo", "rawsend"])
-    kind = parser.parse_args().kind
+    parser.add_argument("kind", choices=["trionano", "trionano-ws", "echo", "rawsend", "master", "backend", "gate"])
+    parser.add_argument("--listen", default="")
+    parser.add_argument("--master", default="")
+    parsed = parser.parse_args()
+    kind = parsed.kind
+    if kind in ("master", "backend", "gate"):
+        serve_cluster_node(kind, parsed.listen, parsed.master)
+        return
     os.environ.setdefault("PYTHONHASHSEED", "0")
     if kind in ("trionano", "trionano-ws"):
         trio.run(serve_trionano, kind == "trionano-ws")
