@@ -112,6 +112,24 @@ class _Conn:
         self.sent_at = 0
 
 
+def _closed_loop_result(
+    socks: list[socket.socket], done: int, start: float, cpu0: float, latencies: list[int]
+) -> dict[str, float]:
+    elapsed = time.perf_counter() - start
+    used = cpu() - cpu0
+    latencies.sort()
+    for sock in socks:
+        sock.close()
+    return {
+        "requests": done,
+        "seconds": elapsed,
+        "rps": done / elapsed,
+        "p50_us": latencies[len(latencies) // 2] / 1000,
+        "p99_us": latencies[int(len(latencies) * 0.99)] / 1000,
+        "loadgen_cpu": used / elapsed,
+    }
+
+
 def b1(port: int, connections: int, seconds: float, pomelo: bool, websocket: bool = False) -> dict[str, float]:
     """Closed loop: each connection sends a request and waits for its answer, again and again.
     ``websocket``: the same over WebSocket (one masked frame per request)."""
@@ -152,19 +170,7 @@ def b1(port: int, connections: int, seconds: float, pomelo: bool, websocket: boo
                 sock.send(frame)
         if time.perf_counter() >= deadline:
             break
-    elapsed = time.perf_counter() - start
-    used = cpu() - cpu0
-    latencies.sort()
-    for sock in socks:
-        sock.close()
-    return {
-        "requests": done,
-        "seconds": elapsed,
-        "rps": done / elapsed,
-        "p50_us": latencies[len(latencies) // 2] / 1000,
-        "p99_us": latencies[int(len(latencies) * 0.99)] / 1000,
-        "loadgen_cpu": used / elapsed,
-    }
+    return _closed_loop_result(socks, done, start, cpu0, latencies)
 
 
 def b1_websocket(port: int, connections: int, seconds: float, frame: bytes) -> dict[str, float]:
@@ -196,19 +202,7 @@ def b1_websocket(port: int, connections: int, seconds: float, frame: bytes) -> d
                 done += 1
                 conn.sent_at = now
                 sock.send(frame)
-    elapsed = time.perf_counter() - start
-    used = cpu() - cpu0
-    latencies.sort()
-    for sock in socks:
-        sock.close()
-    return {
-        "requests": done,
-        "seconds": elapsed,
-        "rps": done / elapsed,
-        "p50_us": latencies[len(latencies) // 2] / 1000,
-        "p99_us": latencies[int(len(latencies) * 0.99)] / 1000,
-        "loadgen_cpu": used / elapsed,
-    }
+    return _closed_loop_result(socks, done, start, cpu0, latencies)
 
 
 def b4(port: int, sessions: int, rounds: int, packet_len: int, baseline: bool, paced: bool) -> dict[str, float]:

@@ -81,52 +81,55 @@ def median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 
 
-def b1(seconds: float, repeats: int) -> None:
-    print(f"B1 request/response: 50 connections, closed loop, 64 B JSON body, {seconds:g} s per run")
-    ratios = []
-    for run in range(repeats):  # interleaved pairs: a noisy neighbour hits both sides alike
-        results = {}
-        for kind, extra in (("echo", []), ("trionano", ["--pomelo"])):
-            with server(kind) as (port, pid):
-                cpu0 = cpu_seconds(pid)
-                result = loadgen("b1", str(port), "--connections", "50", "--seconds", str(seconds), *extra)
-                result["server_cpu_us"] = (cpu_seconds(pid) - cpu0) / result["requests"] * 1e6
-            results[kind] = result
-            print(
-                f"  run {run + 1} {kind:<9} {result['rps']:>9,.0f} req/s   p50 {result['p50_us']:>6,.0f} us"
-                f"   p99 {result['p99_us']:>6,.0f} us   server {result['server_cpu_us']:>5.1f} CPU-us/req"
-                f"   loadgen CPU {result['loadgen_cpu']:.0%}"
-            )
-        ratios.append(results["trionano"]["rps"] / results["echo"]["rps"])
-    ratio = median(ratios)
-    print(
-        f"  ratio trionano / raw trio echo: {', '.join(f'{r:.2f}' for r in ratios)}; median {ratio:.2f}"
-        f"   (target >= 0.7: {'met' if ratio >= 0.7 else 'MISSED'})\n"
-    )
+def closed_loop(kind: str, seconds: float, *extra: str) -> dict[str, Any]:
+    """B1's load (50 connections, closed loop) against a fresh ``bench._servers KIND``."""
+    with server(kind) as (port, pid):
+        cpu0 = cpu_seconds(pid)
+        result = loadgen("b1", str(port), "--connections", "50", "--seconds", str(seconds), *extra)
+        result["server_cpu_us"] = (cpu_seconds(pid) - cpu0) / result["requests"] * 1e6
+    return result
 
 
-def b3(seconds: float, repeats: int) -> None:
-    print(f"B3 request/response over WebSocket vs TCP: B1's load, {seconds:g} s per run")
+def compare(
+    title: str,
+    baseline: tuple[str, list[str]],
+    measured: tuple[str, list[str]],
+    seconds: float,
+    repeats: int,
+    target: float,
+) -> None:
+    """Interleaved runs of two closed-loop servers (a noisy neighbour hits both alike); the
+    median ratio measured/baseline."""
+    print(title)
     ratios = []
     for run in range(repeats):
         results = {}
-        for kind, extra in (("trionano", ["--pomelo"]), ("trionano-ws", ["--websocket"])):
-            with server(kind) as (port, pid):
-                cpu0 = cpu_seconds(pid)
-                result = loadgen("b1", str(port), "--connections", "50", "--seconds", str(seconds), *extra)
-                result["server_cpu_us"] = (cpu_seconds(pid) - cpu0) / result["requests"] * 1e6
-            results[kind] = result
+        for kind, extra in (baseline, measured):
+            result = results[kind] = closed_loop(kind, seconds, *extra)
             print(
                 f"  run {run + 1} {kind:<12} {result['rps']:>9,.0f} req/s   p50 {result['p50_us']:>6,.0f} us"
                 f"   p99 {result['p99_us']:>6,.0f} us   server {result['server_cpu_us']:>5.1f} CPU-us/req"
                 f"   loadgen CPU {result['loadgen_cpu']:.0%}"
             )
-        ratios.append(results["trionano-ws"]["rps"] / results["trionano"]["rps"])
+        ratios.append(results[measured[0]]["rps"] / results[baseline[0]]["rps"])
     ratio = median(ratios)
     print(
-        f"  ratio WebSocket / TCP: {', '.join(f'{r:.2f}' for r in ratios)}; median {ratio:.2f}"
-        f"   (target >= 0.6: {'met' if ratio >= 0.6 else 'MISSED'})\n"
+        f"  ratio {measured[0]} / {baseline[0]}: {', '.join(f'{r:.2f}' for r in ratios)}; median {ratio:.2f}"
+        f"   (target >= {target}: {'met' if ratio >= target else 'MISSED'})\n"
     )
+
+
+def b1(seconds: float, repeats: int) -> None:
+    title = (
+        f"B1 request/response: 50 connections, closed loop, 64 B JSON body, {seconds:g} s per run;"
+        " baseline: a raw trio TCP echo server"
+    )
+    compare(title, ("echo", []), ("trionano", ["--pomelo"]), seconds, repeats, 0.7)
+
+
+def b3(seconds: float, repeats: int) -> None:
+    title = f"B3 request/response over WebSocket vs TCP: B1's load, {seconds:g} s per run"
+    compare(title, ("trionano", ["--pomelo"]), ("trionano-ws", ["--websocket"]), seconds, repeats, 0.6)
 
 
 @contextmanager
@@ -165,10 +168,8 @@ def b12(seconds: float, repeats: int) -> None:
     print(f"B12 forwarded request/response: client -> gate -> backend over gRPC, 50 connections, {seconds:g} s per run")
     ratios = []
     for run in range(repeats):
-        with server("trionano") as (port, pid):
-            cpu0 = cpu_seconds(pid)
-            local = loadgen("b1", str(port), "--connections", "50", "--seconds", str(seconds), "--pomelo")
-            local_cpu = (cpu_seconds(pid) - cpu0) / local["requests"] * 1e6
+        local = closed_loop("trionano", seconds, "--pomelo")
+        local_cpu = local["server_cpu_us"]
         master = f"127.0.0.1:{free_port()}"
         with (
             node("master", master, master),

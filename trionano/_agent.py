@@ -258,14 +258,7 @@ class Agent:
                 return False
             body = message.data
         server.stats.encoded += 1
-        try:
-            self._send.send_nowait(server.codec.response_packet(mid, body))
-        except trio.WouldBlock:
-            return server._slow_consumer(self)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            server.stats.dropped_closed += 1
-            return False
-        return True
+        return self._enqueue(server.codec.response_packet(mid, body))
 
     def send_heartbeat(self, now: float) -> None:
         if self.conn.state is not State.CLOSED and not self.closed:

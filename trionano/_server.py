@@ -97,6 +97,35 @@ def _peer(stream: trio.abc.Stream) -> str:
     return f"{host}:{port}"
 
 
+async def open_listeners(
+    host: str | None, port: int, ssl_context: ssl.SSLContext | None
+) -> tuple[list[trio.abc.Listener[Any]], int]:
+    """TCP listeners on ``host:port`` (TLS-wrapped with ``ssl_context``) and the bound port."""
+    sockets = await trio.open_tcp_listeners(port, host=host)
+    bound: int = sockets[0].socket.getsockname()[1]
+    if ssl_context is None:
+        return list(sockets), bound
+    return [trio.SSLListener(sock, ssl_context) for sock in sockets], bound
+
+
+async def accept_forever(
+    listener: trio.abc.Listener[Any], handle: Callable[[trio.abc.Stream], Awaitable[None]], nursery: trio.Nursery
+) -> None:
+    """Hand every accepted connection to ``handle`` (a task in ``nursery``) until the listener
+    is closed. Plain TCP streams become :class:`FdStream`; accept errors (out of file
+    descriptors and the like) are logged and retried."""
+    while True:
+        try:
+            stream = await listener.accept()
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return
+        except OSError as exc:
+            logging.getLogger("trionano").error("accept failed: %s", exc)
+            await trio.sleep(0.1)
+            continue
+        nursery.start_soon(handle, FdStream.from_stream(stream) if type(stream) is trio.SocketStream else stream)
+
+
 @attrs.define(eq=False)
 class TCPEndpoint:
     """Plain TCP, or TLS with ``ssl_context`` (trio.SSLStream). ``port`` 0 picks a free one.
@@ -110,33 +139,18 @@ class TCPEndpoint:
     _listeners: list[trio.abc.Listener[Any]] = attrs.field(factory=list, init=False)
 
     async def start(self, server: Server, nursery: trio.Nursery) -> int:
-        sockets = await trio.open_tcp_listeners(self.port, host=self.host)
-        port: int = sockets[0].socket.getsockname()[1]
-        for sock in sockets:
-            listener: trio.abc.Listener[Any] = sock
-            if self.ssl_context is not None:
-                listener = trio.SSLListener(sock, self.ssl_context)
-            self._listeners.append(listener)
-            nursery.start_soon(self._accept_loop, listener, server, nursery)
-        return port
+        self._listeners, port = await open_listeners(self.host, self.port, self.ssl_context)
 
-    async def _accept_loop(self, listener: trio.abc.Listener[Any], server: Server, nursery: trio.Nursery) -> None:
-        while True:
-            try:
-                stream = await listener.accept()
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                return
-            except OSError as exc:  # out of file descriptors and the like: back off, go on
-                server._logger.error("accept failed: %s", exc)
-                await trio.sleep(0.1)
-                continue
-            if self.send_buffer is not None:
-                sock = getattr(stream, "socket", None) or stream.transport_stream.socket
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
+        async def handle(stream: trio.abc.Stream) -> None:
             peer = _peer(stream)
-            if type(stream) is trio.SocketStream:  # plain TCP: the fast stream (TLS keeps SSLStream)
-                stream = FdStream.from_stream(stream)
-            nursery.start_soon(server.serve_connection, stream, peer)
+            if self.send_buffer is not None:
+                sock = getattr(stream, "socket", None) or stream.transport_stream.socket  # type: ignore[attr-defined]
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
+            await server.serve_connection(stream, peer)
+
+        for listener in self._listeners:
+            nursery.start_soon(accept_forever, listener, handle, nursery)
+        return port
 
     async def aclose(self) -> None:
         for listener in self._listeners:
@@ -369,6 +383,7 @@ class Server:
 
             return call_async
 
+        # the twin of call_async: a sync handler's call costs no coroutine per message
         def call_sync() -> None:
             call = Call(mid)
             token = current_call.set(call)

@@ -10,6 +10,7 @@ only, and each ``send_all`` is one message: JS clients cannot reassemble a split
 
 from __future__ import annotations
 
+import functools
 import logging
 import mimetypes
 import ssl
@@ -21,8 +22,6 @@ import attrs
 import h11
 import trio
 import trio_websocket
-
-from ._fdstream import FdStream
 
 if TYPE_CHECKING:
     from ._server import Server
@@ -162,33 +161,16 @@ class WebSocketEndpoint:
     _listeners: list[trio.abc.Listener[Any]] = attrs.field(factory=list, init=False)
 
     async def start(self, server: Server, nursery: trio.Nursery) -> int:
-        sockets = await trio.open_tcp_listeners(self.port, host=self.host)
-        port: int = sockets[0].socket.getsockname()[1]
-        for sock in sockets:
-            listener: trio.abc.Listener[Any] = sock
-            if self.ssl_context is not None:
-                listener = trio.SSLListener(sock, self.ssl_context)
-            self._listeners.append(listener)
-            nursery.start_soon(self._accept_loop, listener, server, nursery)
+        from ._server import accept_forever, open_listeners  # the server module imports this one
+
+        self._listeners, port = await open_listeners(self.host, self.port, self.ssl_context)
+        for listener in self._listeners:
+            nursery.start_soon(accept_forever, listener, functools.partial(self._serve, server=server), nursery)
         return port
 
     async def aclose(self) -> None:
         for listener in self._listeners:
             await listener.aclose()
-
-    async def _accept_loop(self, listener: trio.abc.Listener[Any], server: Server, nursery: trio.Nursery) -> None:
-        while True:
-            try:
-                stream = await listener.accept()
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                return
-            except OSError as exc:
-                _logger.error("accept failed: %s", exc)
-                await trio.sleep(0.1)
-                continue
-            if type(stream) is trio.SocketStream:  # plain TCP under the WebSocket: the fast stream
-                stream = FdStream.from_stream(stream)
-            nursery.start_soon(self._serve, stream, server)
 
     async def _serve(self, stream: trio.abc.Stream, server: Server) -> None:
         async with stream:
