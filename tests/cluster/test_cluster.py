@@ -82,7 +82,8 @@ async def cluster(tmp_path: Path, module: str = "examples.cluster") -> AsyncIter
     async with trio.open_nursery() as nursery:
         running = Cluster(tmp_path, nursery, module)
         try:
-            yield running
+            with trio.fail_after(60):  # a wrong expectation fails, never hangs CI
+                yield running
         finally:
             with trio.CancelScope(shield=True):
                 await running.stop_all()
@@ -156,6 +157,47 @@ async def test_a_restarted_master_rebuilds_from_heartbeats(tmp_path: Path) -> No
         async with c.client() as ann:  # type: ignore[attr-defined]
             assert await ann.request("BindService.Login", {"nickname": "ann"}) == {}
             assert await ann.receive_push("onMembers") == {"members": ""}
+
+
+async def test_a_member_restarting_at_its_address_replaces_itself(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        await c.standard()
+        chat_address = c.logs["chat"].read_text().split("node ", 1)[1].split(" up:", 1)[0]
+        await c.kill("chat")
+        await c.start("chat", "chat", chat_address)  # before the master would evict it
+        registered = f"member {chat_address} registered"
+        with trio.fail_after(5):
+            while (master_log := c.logs["master"].read_text()).count(registered) < 2:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        assert "evicted" not in master_log
+        assert master_log.rstrip().endswith("remote services now ['BindService', 'RoomService']")  # no duplicate
+        async with c.client() as ann:  # type: ignore[attr-defined]
+            await ann.request("BindService.Login", {"nickname": "ann"})  # gate -> master -> the new chat
+            with trio.fail_after(10):  # the new chat serves (its JoinRoom arrives on its own time)
+                while True:
+                    await ann.notify("RoomService.SyncMessage", {"name": "ann", "content": "again"})
+                    with trio.move_on_after(0.5):
+                        assert await ann.receive_push("onMessage") == {"name": "ann", "content": "again"}
+                        break
+
+
+async def test_sessions_end_everywhere_when_the_client_leaves_or_its_gate_dies(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        await c.standard()
+        async with c.client() as ann:  # type: ignore[attr-defined]
+            await ann.request("BindService.Login", {"nickname": "ann"})  # gate -> master -> chat
+            await ann.receive_push("onMembers")
+        # ann left cleanly: SessionClosed reaches the chat too, though only the master forwarded to it
+        async with c.client() as bob, c.client() as cid:  # type: ignore[attr-defined]
+            await bob.request("BindService.Login", {"nickname": "bob"})
+            await bob.receive_push("onMembers")
+            await cid.request("BindService.Login", {"nickname": "cid"})
+            await cid.receive_push("onMembers")
+            await trio.sleep(0.5)  # the master's JoinRoom RPCs reach the chat
+            await c.kill("gate")  # now no SessionClosed will ever come: the gate's eviction ends them
+            await c.wait_log("master", "evicted", seconds=4 * float(HEARTBEAT) + 3)
+            await c.wait_log("chat", "is gone: 2 remote session(s) ended", seconds=3)
+            await c.wait_log("master", "is gone: 2 remote session(s) ended", seconds=3)
 
 
 async def test_custom_route_shards_users_by_uid(tmp_path: Path) -> None:

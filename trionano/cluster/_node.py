@@ -9,8 +9,9 @@ cross over through the bridge (:mod:`trionano.cluster._bridge`).
 
 Beyond nano: every RPC has a deadline; a client whose request cannot be forwarded gets an error
 Response (nano leaves it waiting); members' channels are closed when they leave; remote
-sessions die with their gate; SessionClosed goes only to members that saw the session;
-NewMember/DelMember failures are logged, never abort a registration.
+sessions die with their gate;
+NewMember/DelMember failures are logged, never abort a registration; session ids are unique
+across gates (``node_id``), so SessionClosed cannot end another gate's session.
 """
 
 from __future__ import annotations
@@ -383,8 +384,11 @@ class Node:
         peer = self._peers.pop(address, None)
         if peer is not None:
             peer.close()
-        for key in [key for key in self._remote_sessions if key[0] == address]:
+        ended = [key for key in self._remote_sessions if key[0] == address]
+        for key in ended:
             self._end_remote_session(key)
+        if ended:
+            _logger.info("gate %s is gone: %d remote session(s) ended", address, len(ended))
 
     # -- forwarding (a gate) ------------------------------------------------------------------
 
@@ -463,14 +467,14 @@ class Node:
         self._start(self._tell, member.service_addr, "handle_notify", notify)
 
     def _local_session_closed(self, session: Session) -> None:
-        """A gate's client left: tell the members that saw it (not every member, as nano)."""
-        seen = session.get(_SEEN_BY)
-        if not seen or self._nursery is None:
+        """A gate's client left: tell every member, as nano does. (Only the members this gate
+        forwarded to is not enough: an RPC chain - gate -> master -> chat - hands the session
+        on without the gate seeing it.) Skipped for sessions never forwarded anywhere."""
+        if not session.get(_SEEN_BY):
             return
         request = pb.SessionClosedRequest(session_id=session.id)
-        for address in seen:
-            if address in self.members:
-                self._start(self._tell, address, "session_closed", request)
+        for address in self.members:
+            self._start(self._tell, address, "session_closed", request)
 
     # -- serving forwarded messages (a member) ------------------------------------------------
 
