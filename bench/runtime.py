@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +34,10 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
-def server(kind: str) -> Iterator[tuple[int, int]]:
-    """Start ``bench._servers KIND``; yields (port, pid)."""
+def server(kind: str, *args: str) -> Iterator[tuple[int, int]]:
+    """Start ``bench._servers KIND ARGS``; yields (port it prints, pid); stops it after."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench._servers", kind],
+        [sys.executable, "-m", "bench._servers", kind, *args],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -51,7 +51,7 @@ def server(kind: str) -> Iterator[tuple[int, int]]:
         assert proc.stdin is not None
         proc.stdin.close()
         try:
-            proc.wait(10)
+            proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -132,27 +132,8 @@ def b3(seconds: float, repeats: int) -> None:
     compare(title, ("trionano", ["--pomelo"]), ("trionano-ws", ["--websocket"]), seconds, repeats, 0.6)
 
 
-@contextmanager
-def node(kind: str, listen: str, master: str) -> Iterator[tuple[int, int]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench._servers", kind, "--listen", listen, "--master", master],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        port = int(proc.stdout.readline())
-        yield port, proc.pid
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def node(kind: str, listen: str, master: str) -> AbstractContextManager[tuple[int, int]]:
+    return server(kind, "--listen", listen, "--master", master)
 
 
 def free_port() -> int:

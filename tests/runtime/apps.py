@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -104,3 +105,16 @@ async def wait_until(predicate: Callable[[], bool]) -> None:
     with trio.fail_after(5):
         while not predicate():  # noqa: ASYNC110 - polling state the server exposes no event for
             await trio.sleep(0.005)
+
+
+def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a certificate for 127.0.0.1 from a throwaway CA, and a client
+    context trusting that CA."""
+    import trustme
+
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    return server_context, client_context

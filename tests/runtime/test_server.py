@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import ssl
 from typing import Any
 
 import pytest
 import trio
-import trustme
 
-from tests.runtime.apps import echo_components, wait_until
+from tests.runtime.apps import echo_components, tls_contexts, wait_until
 from trionano import (
     Components,
     Config,
@@ -101,11 +99,7 @@ async def test_pomelo_handshake_fields() -> None:
 
 
 async def test_tls_round_trip() -> None:
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
+    server_context, client_context = tls_contexts()
     server = Server(echo_components())
     async with trio.open_nursery() as nursery:
         port = await nursery.start(

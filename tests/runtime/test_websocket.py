@@ -3,7 +3,6 @@ and WebSocket served by one server at once."""
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,9 +10,8 @@ from pathlib import Path
 import pytest
 import trio
 import trio_websocket
-import trustme
 
-from tests.runtime.apps import Echo, echo_components
+from tests.runtime.apps import Echo, echo_components, tls_contexts
 from trionano import Components, Server, TCPEndpoint, WebSocketEndpoint, wire
 from trionano.client import open_client, open_websocket_client
 
@@ -106,11 +104,7 @@ async def test_origin_check_refuses_the_handshake() -> None:
 
 
 async def test_wss_round_trip_with_a_self_signed_certificate() -> None:
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
+    server_context, client_context = tls_contexts()
     async with (
         serving(Server(echo_components()), WebSocketEndpoint("127.0.0.1", ssl_context=server_context)) as (port,),
         open_websocket_client(f"wss://127.0.0.1:{port}/", ssl_context=client_context) as client,
