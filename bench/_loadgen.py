@@ -15,6 +15,7 @@ import selectors
 import socket
 import sys
 import time
+from collections.abc import Callable
 
 from trionano import wire
 
@@ -130,51 +131,33 @@ def _closed_loop_result(
     }
 
 
+def packet_types(buf: bytearray) -> list[int]:
+    """Take whole packets off ``buf``; their types."""
+    types = []
+    while len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[1:4], "big"):
+        types.append(buf[0])
+        del buf[: 4 + int.from_bytes(buf[1:4], "big")]
+    return types
+
+
+def message_types(buf: bytearray) -> list[int]:
+    """Take whole WebSocket messages off ``buf``; the type of the packet each one carries."""
+    return [payload[0] for payload in ws_payloads(buf)]
+
+
 def b1(port: int, connections: int, seconds: float, pomelo: bool, websocket: bool = False) -> dict[str, float]:
     """Closed loop: each connection sends a request and waits for its answer, again and again.
     ``websocket``: the same over WebSocket (one masked frame per request)."""
     frame = wire.MessageCodec().request_packet(1, "bench.echo", BODY)
     if websocket:
-        return b1_websocket(port, connections, seconds, ws_frame(frame))
-    socks = [connect(port, pomelo) for _ in range(connections)]
-    selector = selectors.DefaultSelector()
-    state = {}
-    for sock in socks:
-        sock.setblocking(False)
-        selector.register(sock, selectors.EVENT_READ)
-        state[sock] = _Conn()
-    latencies: list[int] = []
-    cpu0 = cpu()
-    start = time.perf_counter()
-    deadline = start + seconds
-    for sock in socks:
-        state[sock].sent_at = time.perf_counter_ns()
-        sock.send(frame)
-    done = 0
-    while True:
-        for key, _ in selector.select():
-            sock = key.fileobj  # type: ignore[assignment]
-            conn = state[sock]
-            buf = conn.buf
-            buf += sock.recv(65536)
-            while len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[1:4], "big"):
-                end = 4 + int.from_bytes(buf[1:4], "big")
-                ptype = buf[0]
-                del buf[:end]
-                if ptype == wire.PacketType.HEARTBEAT:
-                    continue
-                now = time.perf_counter_ns()
-                latencies.append(now - conn.sent_at)
-                done += 1
-                conn.sent_at = now
-                sock.send(frame)
-        if time.perf_counter() >= deadline:
-            break
-    return _closed_loop_result(socks, done, start, cpu0, latencies)
+        socks = [connect(port, pomelo=True, websocket=True) for _ in range(connections)]
+        return closed_loop(socks, ws_frame(frame), seconds, message_types)
+    return closed_loop([connect(port, pomelo) for _ in range(connections)], frame, seconds, packet_types)
 
 
-def b1_websocket(port: int, connections: int, seconds: float, frame: bytes) -> dict[str, float]:
-    socks = [connect(port, pomelo=True, websocket=True) for _ in range(connections)]
+def closed_loop(
+    socks: list[socket.socket], frame: bytes, seconds: float, replies: Callable[[bytearray], list[int]]
+) -> dict[str, float]:
     selector = selectors.DefaultSelector()
     state = {}
     for sock in socks:
@@ -194,8 +177,8 @@ def b1_websocket(port: int, connections: int, seconds: float, frame: bytes) -> d
             sock = key.fileobj  # type: ignore[assignment]
             conn = state[sock]
             conn.buf += sock.recv(65536)
-            for payload in ws_payloads(conn.buf):
-                if payload[0] == wire.PacketType.HEARTBEAT:
+            for ptype in replies(conn.buf):
+                if ptype == wire.PacketType.HEARTBEAT:
                     continue
                 now = time.perf_counter_ns()
                 latencies.append(now - conn.sent_at)
