@@ -188,6 +188,7 @@ class Node:
         self._nursery: trio.Nursery | None = None
         self._bridge: Bridge | None = None
         self._registered = trio.Event()
+        self._calls: dict[int, tuple[trio.Event, list[bytes]]] = {}  # call id -> (answered, [body])
         server._remote = self
         server._session_ids = itertools.count((config.node_id << 32) + 1)
         server.on_session_closed(self._local_session_closed)
@@ -466,6 +467,45 @@ class Node:
         notify = pb.NotifyMessage(gate_addr=gate, session_id=sid, route=route, data=body)
         self._start(self._tell, member.service_addr, "handle_notify", notify)
 
+    async def call(self, route: str, body: bytes) -> bytes:
+        """Request ``route`` from the member hosting its service and wait for the handler's
+        answer (beyond nano, whose RPC is notify-only). Returns the Response body. Raises
+        LookupError (no member hosts it), TimeoutError (no answer within the node's
+        ``rpc_timeout``), ConnectionError and grpclib errors (the call failed). For a shorter
+        deadline wrap it in ``trio.fail_after``: cancelling it cancels the gRPC call too.
+
+        The call runs on a session of its own on the target, dropped afterwards; pushes made
+        to it are not delivered anywhere."""
+        service = route.rpartition(".")[0]
+        candidates = sorted((m for m in self.members.values() if service in m.services), key=lambda m: m.service_addr)
+        if not candidates:
+            raise LookupError(f"{service} not found(forgot registered?)")
+        member = random.choice(candidates)
+        call_id = next(self.server._session_ids)  # unique across the cluster, like session ids
+        answered, box = self._calls[call_id] = (trio.Event(), [])
+        peer = self._peer(member.service_addr)
+        seconds = self.config.rpc_timeout
+        request = pb.RequestMessage(gate_addr=self.address, session_id=call_id, id=1, route=route, data=body)
+        try:
+            with trio.fail_after(seconds):
+                await self.bridge.to_asyncio(lambda: peer.member.handle_request(request, timeout=seconds))
+                await answered.wait()
+        except trio.TooSlowError:
+            raise TimeoutError(f"{route}: no answer within {seconds}s") from None
+        finally:
+            del self._calls[call_id]
+            self._start(self._tell, member.service_addr, "session_closed", pb.SessionClosedRequest(session_id=call_id))
+        return box[0]
+
+    def answer_call(self, sid: int, body: bytes) -> bool:
+        """A HandleResponse for one of our calls (True), or for a client session (False)."""
+        pending = self._calls.get(sid)
+        if pending is None:
+            return False
+        pending[1].append(body)
+        pending[0].set()
+        return True
+
     def _local_session_closed(self, session: Session) -> None:
         """A gate's client left: tell every member, as nano does. (Only the members this gate
         forwarded to is not enough: an RPC chain - gate -> master -> chat - hands the session
@@ -546,6 +586,8 @@ class _MemberService(pb.MemberBase):
 
     async def handle_response(self, response_message: pb.ResponseMessage) -> pb.MemberHandleResponse:
         async def respond() -> pb.MemberHandleResponse:
+            if self.node.answer_call(response_message.session_id, response_message.data):
+                return pb.MemberHandleResponse()
             session = self.node.gate_session(response_message.session_id)
             session._entity.send_response(session, response_message.id, response_message.data)
             return pb.MemberHandleResponse()
