@@ -55,6 +55,18 @@ def row(name: str, value: float, baseline: float, unit: str = "/s", target: floa
     print(f"{name:<44} {value:>13,.0f}{unit}   baseline {baseline:>13,.0f}{unit}   ratio {value / baseline:5.2f}{goal}")
 
 
+def working_server() -> wire.Connection:
+    """A server-role Connection brought to WORKING through a real handshake."""
+    conn = wire.Connection(wire.Role.SERVER, heartbeat=30)
+    conn.receive_data(wire.encode_packet(wire.PacketType.HANDSHAKE, wire.Handshake().encode()), 0.0)
+    conn.next_event()
+    conn.send(wire.HandshakeResponse(heartbeat=30))
+    conn.receive_data(wire.encode_packet(wire.PacketType.HANDSHAKE_ACK), 0.0)
+    conn.next_event()
+    assert conn.state is wire.State.WORKING
+    return conn
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=0.2, help="length of one measuring round")
@@ -90,6 +102,25 @@ def main() -> None:
             baseline = rate(lambda: frame[3:], seconds)
             decoded = rate(lambda: codec.decode(frame), seconds)
             row(f"  {name} 64 B ({label})", decoded, baseline, target=500_000)
+
+    print("\nserver Connection in WORKING (what the runtime calls per message)")
+    server = working_server()
+    request = wire.MessageCodec().request_packet(7, ROUTE_REQUEST, BODY)
+    head, tail = request[:-64], request[-64:]
+    baseline = rate(lambda: head + tail, seconds)
+
+    def receive_request() -> object:
+        server.receive_data(request, 0.0)
+        return server.next_event()
+
+    row("  receive_data + next_event: Request 64 B", rate(receive_request, seconds), baseline)
+    row(
+        "  codec.push_packet 64 B (no state check)",
+        rate(lambda: server.codec.push_packet(ROUTE_PUSH, BODY), seconds),
+        baseline,
+    )
+    row("  send(Push(...)) 64 B", rate(lambda: server.send(wire.Push(ROUTE_PUSH, BODY)), seconds), baseline)
+    row("  send(Response(...)) 64 B", rate(lambda: server.send(wire.Response(7, BODY)), seconds), baseline)
 
     print("\nstream decoder: 10,000 Request packets fed in 4 KiB chunks")
     codec = wire.MessageCodec()
