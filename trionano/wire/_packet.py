@@ -85,30 +85,41 @@ class PacketDecoder:
     ``next_packet`` raises RemoteProtocolError (``wrong packet type`` / ``packet size exceed``)
     when it reaches a bad header, after every packet before it has been handed out. After an
     error the decoder is spent: every later call raises the same error.
+
+    Work is linear in the bytes received, however they are chunked: each call does a bounded
+    amount of bookkeeping, and each byte is copied at most six times: into the pending tail, by
+    the join that brings it in, and as left-over (slice and join) by at most two more joins, the
+    one that completes its packet's header and the one that completes its packet. A read
+    holding only whole packets is not copied at all.
     """
 
-    __slots__ = ("_buf", "_chunks", "_error", "_pos", "max_body")
+    __slots__ = ("_buf", "_copied", "_error", "_pos", "_tail", "max_body")
 
     def __init__(self, *, max_body: int = MAX_BODY_SIZE) -> None:
         self.max_body: Final = check_max_body(max_body)
         self._buf = b""  # bytes not yet consumed start at _pos
         self._pos = 0
-        self._chunks: list[bytes | bytearray | memoryview] = []  # arrived data not yet joined into _buf
+        # Bytes arrived after _buf, not yet joined to it. One growing buffer, not a list of
+        # chunks: its length is the running total, and a peer that trickles single bytes costs
+        # one byte of memory per byte, not one object.
+        self._tail = bytearray()
+        self._copied = 0  # bytes copied into _tail or by joins: the work, for tests to bound
         self._error: RemoteProtocolError | None = None
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet handed out as packets."""
-        return len(self._buf) - self._pos + sum(map(len, self._chunks))
+        return len(self._buf) - self._pos + len(self._tail)
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes. Cheap: joining is deferred until a packet can be complete."""
         if not data:
             return
-        if self._pos == len(self._buf) and not self._chunks and type(data) is bytes:
+        if self._pos == len(self._buf) and not self._tail and type(data) is bytes:
             self._buf, self._pos = data, 0  # the usual case: nothing left over, no copy at all
         else:
-            self._chunks.append(data)
+            self._tail += data
+            self._copied += len(data)
 
     def next_packet(self) -> Packet | None:
         """The next complete packet, or None until more bytes arrive. Raises RemoteProtocolError."""
@@ -135,15 +146,19 @@ class PacketDecoder:
                     self._pos = end
                     return ptype, buf[pos + HEAD_LENGTH : end]
                 need = HEAD_LENGTH + size
-            # Join pending chunks only once they can complete the packet: a 64 KiB body fed
-            # in small chunks is copied once, not once per chunk.
-            if not self._chunks or len(buf) - pos + sum(map(len, self._chunks)) < need:
+            # Join the tail only once it can complete what is pending (the header, then the
+            # packet): a 64 KiB body fed one byte at a time is joined twice, not per byte.
+            tail = self._tail
+            if len(buf) - pos + len(tail) < need:
                 return None
-            self._chunks.insert(0, buf[pos:])
-            self._buf, self._pos = b"".join(self._chunks), 0
-            self._chunks.clear()
+            leftover = buf[pos:]  # a copy unless pos == 0; cheaper than joining a memoryview
+            joined = leftover + tail
+            self._copied += len(joined) + (len(leftover) if pos else 0)
+            self._buf, self._pos = joined, 0
+            tail.clear()
 
     def _fail(self, msg: str) -> RemoteProtocolError:
         self._error = RemoteProtocolError(msg)
-        self._buf, self._pos, self._chunks = b"", 0, []
+        self._buf, self._pos = b"", 0
+        self._tail.clear()
         return self._error
