@@ -122,7 +122,12 @@ def test_arbitrary_control_bodies_parse_or_raise_remote_protocol_error(body: byt
     assert isinstance(wire.Kick.parse(body).reason, str)
 
 
-@given(route_dicts(), st.floats(0, 3600) | st.integers(0, 3600), st.integers(0, 2**40), st.booleans())
+@given(
+    route_dicts(),
+    st.just(0) | st.floats(wire.MIN_HEARTBEAT, wire.MAX_HEARTBEAT) | st.integers(1, int(wire.MAX_HEARTBEAT)),
+    st.integers(0, 2**40),
+    st.booleans(),
+)
 def test_handshake_response_round_trip(routes_in: wire.RouteDict, hb: float, now: int, pomelo: bool) -> None:
     response = wire.HandshakeResponse(heartbeat=hb, servertime=now, dictionary=routes_in or None, pomelo=pomelo)
     try:

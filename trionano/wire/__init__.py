@@ -21,11 +21,14 @@ from ._errors import RemoteProtocolError as RemoteProtocolError
 from ._handshake import CODE_OK as CODE_OK
 from ._handshake import CODE_SERVER_ERROR as CODE_SERVER_ERROR
 from ._handshake import CODE_VERSION_MISMATCH as CODE_VERSION_MISMATCH
+from ._handshake import MAX_HEARTBEAT as MAX_HEARTBEAT
+from ._handshake import MIN_HEARTBEAT as MIN_HEARTBEAT
 from ._handshake import Handshake as Handshake
 from ._handshake import HandshakeAck as HandshakeAck
 from ._handshake import HandshakeResponse as HandshakeResponse
 from ._handshake import Heartbeat as Heartbeat
 from ._handshake import Kick as Kick
+from ._handshake import check_heartbeat as check_heartbeat
 from ._handshake import dict_version as dict_version
 from ._message import EMPTY_ROUTES as EMPTY_ROUTES
 from ._message import MAX_MESSAGE_ID as MAX_MESSAGE_ID

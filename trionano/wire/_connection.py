@@ -23,7 +23,16 @@ import math
 from typing import Final, TypeAlias
 
 from ._errors import LocalProtocolError, RemoteProtocolError
-from ._handshake import Handshake, HandshakeAck, HandshakeResponse, Heartbeat, Kick
+from ._handshake import (
+    MAX_HEARTBEAT,
+    MIN_HEARTBEAT,
+    Handshake,
+    HandshakeAck,
+    HandshakeResponse,
+    Heartbeat,
+    Kick,
+    check_heartbeat,
+)
 from ._message import EMPTY_ROUTES, MessageCodec, Notify, Push, Request, Response, RouteDict
 from ._packet import MAX_BODY_SIZE, PacketDecoder, PacketType, encode_packet
 
@@ -73,8 +82,10 @@ class Connection:
         codec: MessageCodec | None = None,
         now: float = 0.0,
     ) -> None:
-        if not 0 <= heartbeat < math.inf:
-            raise LocalProtocolError(f"heartbeat must be a finite number of seconds >= 0, not {heartbeat}")
+        if check_heartbeat(heartbeat) is None:
+            raise LocalProtocolError(
+                f"heartbeat must be 0 or {MIN_HEARTBEAT}..{MAX_HEARTBEAT} seconds, not {heartbeat!r}"
+            )
         self.role: Final = role
         self.state = State.START
         self.heartbeat = heartbeat if role is Role.SERVER else 0.0

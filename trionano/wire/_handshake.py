@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
+import re
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import attrs
 
@@ -17,11 +19,14 @@ __all__ = [
     "CODE_OK",
     "CODE_SERVER_ERROR",
     "CODE_VERSION_MISMATCH",
+    "MAX_HEARTBEAT",
+    "MIN_HEARTBEAT",
     "Handshake",
     "HandshakeAck",
     "HandshakeResponse",
     "Heartbeat",
     "Kick",
+    "check_heartbeat",
     "dict_version",
 ]
 
@@ -31,9 +36,77 @@ CODE_SERVER_ERROR: Final = 500  # "handshake fail"
 CODE_VERSION_MISMATCH: Final = 501  # "client version not fullfill"
 
 
-def _dumps(value: object) -> bytes:
-    # Go's encoding/json shape: no white space, sorted map keys, UTF-8 output.
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
+#: The heartbeat intervals, in seconds, that either side accepts: 0 (no heartbeats) or a number
+#: from a millisecond (nano's timer floor) to a day. Outside that a server's value is absurd: a
+#: client would spin or never notice a dead server.
+MIN_HEARTBEAT: Final = 0.001
+MAX_HEARTBEAT: Final = 86_400.0
+
+# Longer integers are refused whatever sys.set_int_max_str_digits says: int() of a long digit
+# string is quadratic. 4300 is CPython's default limit.
+_MAX_INT_DIGITS: Final = 4300
+# A \uD800..\uDFFF escape: the text may hold a lone surrogate once parsed.
+_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+def check_heartbeat(value: object) -> float | None:
+    """``value`` as a heartbeat interval in seconds, or None when it is not one: a bool, a
+    non-number, not finite, or outside 0 and :data:`MIN_HEARTBEAT`..:data:`MAX_HEARTBEAT`."""
+    if type(value) is not int and type(value) is not float:
+        return None
+    if value == 0:
+        return 0.0  # also -0.0
+    if not MIN_HEARTBEAT <= value <= MAX_HEARTBEAT:  # exact for huge ints; False for NaN
+        return None
+    return float(value)
+
+
+def _no_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]}... is out of range")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > _MAX_INT_DIGITS:
+        raise ValueError(f"integer of {len(text)} digits")
+    return int(text)
+
+
+_DECODER: Final = json.JSONDecoder(parse_float=_finite_float, parse_int=_bounded_int, parse_constant=_no_constant)
+
+
+def _replace_surrogates(text: str) -> str:
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def _loads(body: bytes) -> object:
+    """Parse a peer's JSON as Go's encoding/json reads it: strict UTF-8 (json.loads would let
+    UTF-8-encoded surrogates through), no NaN/Infinity, no number out of float range, and a lone
+    surrogate escape becomes U+FFFD, so every string parsed is valid text. Duplicate keys: the
+    last wins. Raises ValueError or RecursionError."""
+    text = body.decode()
+    value = _DECODER.decode(text)
+    if _SURROGATE_ESCAPE.search(text):
+        # surrogate pairs are joined by now: any surrogate left is a lone one
+        value = _DECODER.decode(_replace_surrogates(json.dumps(value, ensure_ascii=False)))
+    return value
+
+
+def _dumps(value: object, *, sort_keys: bool = True) -> bytes:
+    """Compact UTF-8 JSON (Go's encoding/json shape with ``sort_keys``). A lone surrogate in a
+    string is written as U+FFFD, as Go writes invalid UTF-8. Raises TypeError or ValueError."""
+    text = json.dumps(value, separators=(",", ":"), sort_keys=sort_keys, ensure_ascii=False, allow_nan=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return _replace_surrogates(text).encode()
 
 
 def _loads_object(body: bytes, what: str) -> dict[str, Any]:
@@ -41,7 +114,7 @@ def _loads_object(body: bytes, what: str) -> dict[str, Any]:
     if not body.strip():
         return {}
     try:
-        value = json.loads(body)
+        value = _loads(body)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise RemoteProtocolError(f"invalid {what}: {exc}") from None
     if not isinstance(value, dict):
@@ -91,8 +164,8 @@ class Handshake:
         if self.user is not None:
             obj["user"] = self.user
         try:
-            return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-        except (TypeError, ValueError) as exc:
+            return _dumps(obj, sort_keys=False)
+        except (TypeError, ValueError, RecursionError) as exc:
             raise LocalProtocolError(f"handshake user data is not JSON: {exc}") from None
 
 
@@ -123,9 +196,11 @@ class HandshakeResponse:
         if self.user is not None:
             obj["user"] = self.user
         if self.accepted:
-            heartbeat = self.heartbeat
-            if heartbeat < 0 or heartbeat != heartbeat or heartbeat == float("inf"):
-                raise LocalProtocolError(f"heartbeat must be a finite number of seconds >= 0, not {heartbeat}")
+            heartbeat: float = self.heartbeat
+            if check_heartbeat(heartbeat) is None:
+                raise LocalProtocolError(
+                    f"heartbeat must be 0 or {MIN_HEARTBEAT}..{MAX_HEARTBEAT} seconds, not {heartbeat!r}"
+                )
             if float(heartbeat).is_integer():
                 heartbeat = int(heartbeat)  # Go prints 30.0 as 30
             elif self.pomelo:
@@ -143,7 +218,7 @@ class HandshakeResponse:
             obj["sys"] = sys
         try:
             return _dumps(obj)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise LocalProtocolError(f"handshake user data is not JSON: {exc}") from None
 
     @classmethod
@@ -157,9 +232,14 @@ class HandshakeResponse:
             raise RemoteProtocolError("invalid handshake response: no integer code")
         sys = obj.get("sys")
         sys = sys if isinstance(sys, dict) else {}
-        heartbeat = sys.get("heartbeat", 0)
-        if type(heartbeat) not in (int, float) or not 0 <= heartbeat < float("inf"):
-            raise RemoteProtocolError(f"invalid handshake response: heartbeat {heartbeat!r}")
+        raw_heartbeat = sys.get("heartbeat", 0)
+        heartbeat = check_heartbeat(raw_heartbeat)
+        if heartbeat is None:
+            shown = repr(raw_heartbeat)
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise RemoteProtocolError(
+                f"invalid handshake response: heartbeat {shown} is not 0 or {MIN_HEARTBEAT}..{MAX_HEARTBEAT} seconds"
+            )
         servertime = sys.get("servertime")
         raw_dict = sys.get("dict", sys.get("routeToCode"))
         dictionary = None
@@ -172,7 +252,7 @@ class HandshakeResponse:
                 raise RemoteProtocolError(f"invalid handshake response: {exc}") from None
         return cls(
             code=code,
-            heartbeat=float(heartbeat),
+            heartbeat=heartbeat,
             servertime=servertime if type(servertime) is int else None,
             dictionary=dictionary,
             pomelo=bool(sys.get("useDict")),
@@ -198,13 +278,16 @@ class Kick:
     reason: str = ""
 
     def encode(self) -> bytes:
+        """``{"reason": ...}``; a lone surrogate in the reason is written as U+FFFD."""
         return _dumps({"reason": self.reason})
 
     @classmethod
     def parse(cls, body: bytes) -> Kick:
-        """Tolerant: pitaya sends an empty body, others any JSON; the connection ends either way."""
+        """Tolerant, never raises: pitaya sends an empty body, others any JSON; the connection
+        ends either way. A reason that is not a JSON string is the body's text (invalid UTF-8
+        and lone surrogates replaced by U+FFFD)."""
         try:
-            value = json.loads(body) if body.strip() else {}
+            value = _loads(body) if body.strip() else {}
         except (ValueError, RecursionError):
             return cls(reason=body.decode(errors="replace"))
         reason = value.get("reason") if isinstance(value, Mapping) else value
