@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 
 import pytest
 from hypothesis import example, given
@@ -201,3 +202,23 @@ def test_route_dict_is_two_way_and_immutable() -> None:
     assert dict(routes_in.codes) == {1: "room.join", 2: "onMessage"}
     with pytest.raises(TypeError):
         routes_in.codes[3] = "x"  # type: ignore[index]
+
+
+def test_whole_packet_encoders_refuse_what_a_decoder_would() -> None:
+    codec = wire.MessageCodec(max_body=8)
+    assert codec.push_packet("a", bytes(5)) == wire.encode_packet(wire.PacketType.DATA, b"\x06\x01a" + bytes(5))
+    encoders: list[Callable[[], bytes]] = [
+        lambda: codec.push_packet("a", bytes(6)),  # 3 + 6 > 8
+        lambda: codec.response_packet(1, bytes(7)),
+        lambda: codec.response_packet(300, bytes(6)),
+        lambda: codec.request_packet(1, "a", bytes(5)),
+        lambda: codec.packet(wire.Push("a", bytes(6))),
+        lambda: wire.encode_packet(wire.PacketType.KICK, bytes(9), max_body=8),
+    ]
+    for encode in encoders:
+        with pytest.raises(LocalProtocolError, match="packet size exceed: the packet is too large"):
+            encode()
+    with pytest.raises(LocalProtocolError):
+        codec.response_packet(-1, b"")  # not the last cached head
+    for id in (0, 127, 128, 16383, 16384):  # either side of the cached heads and of 2-byte varints
+        assert codec.decode(codec.response_packet(id, b"x")[4:]) == wire.Response(id, b"x")

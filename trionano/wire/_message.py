@@ -37,7 +37,7 @@ MAX_ROUTE_LENGTH: Final = 255
 MAX_MESSAGE_ID: Final = (1 << 64) - 1
 _MAX_CODE: Final = 0xFFFF
 _MAX_VARINT_BYTES: Final = 10  # ceil(64 / 7)
-_DATA_HEADER: Final = struct.Struct(">I")
+_PACK_HEADER: Final = struct.Struct(">I").pack
 _DATA: Final = PacketType.DATA << 24
 _BYTE: Final = tuple(bytes((n,)) for n in range(256))
 # Caches of per-route encodings stop growing here; routes come from server code, but a server
@@ -50,6 +50,15 @@ class MessageType(enum.IntEnum):
     NOTIFY = 1
     RESPONSE = 2
     PUSH = 3
+
+
+_RESPONSE_FLAG: Final = _BYTE[MessageType.RESPONSE << 1]
+# flag + id for the ids of a connection's first 128 requests: no varint encoding at all
+_RESPONSE_HEADS: Final = tuple(_RESPONSE_FLAG + _BYTE[n] for n in range(0x80))
+
+
+def _too_large(n: int, max_body: int) -> LocalProtocolError:
+    return LocalProtocolError(f"packet size exceed: the packet is too large, body of {n} bytes > maximum {max_body}")
 
 
 @attrs.frozen
@@ -172,13 +181,15 @@ class MessageCodec:
     encoded once and the same bytes are queued for every receiver.
     """
 
-    __slots__ = ("_prefixes", "max_body", "routes")
+    __slots__ = ("_prefixes", "_push_prefixes", "max_body", "routes")
 
     def __init__(self, routes: RouteDict = EMPTY_ROUTES, *, max_body: int = MAX_BODY_SIZE) -> None:
         self.routes: Final = routes
         self.max_body: Final = check_max_body(max_body)
         # (type, route) -> flag byte + route field
         self._prefixes: dict[tuple[int, str], bytes] = {}
+        # route -> a Push's flag byte + route field: the hot path, looked up without a tuple
+        self._push_prefixes: dict[str, bytes] = {}
 
     def _prefix(self, mtype: int, route: str) -> bytes:
         key = (mtype, route)
@@ -202,7 +213,7 @@ class MessageCodec:
         if isinstance(message, Push | Notify):
             return self._prefix(message.type, message.route) + message.body
         if isinstance(message, Response):
-            return _BYTE[MessageType.RESPONSE << 1] + encode_varint(message.id) + message.body
+            return _RESPONSE_FLAG + encode_varint(message.id) + message.body
         if isinstance(message, Request):
             prefix = self._prefix(MessageType.REQUEST, message.route)
             return prefix[:1] + encode_varint(message.id) + prefix[1:] + message.body
@@ -211,20 +222,36 @@ class MessageCodec:
     def _packet(self, frame_head: bytes, body: bytes) -> bytes:
         n = len(frame_head) + len(body)
         if n > self.max_body:
-            raise LocalProtocolError(f"packet size exceed: body of {n} bytes > maximum {self.max_body}")
-        return _DATA_HEADER.pack(_DATA | n) + frame_head + body
+            raise _too_large(n, self.max_body)
+        return _PACK_HEADER(_DATA | n) + frame_head + body
 
     def packet(self, message: Message) -> bytes:
-        """``message`` as a whole Data packet. Raises LocalProtocolError."""
+        """``message`` as a whole Data packet. Raises LocalProtocolError (``packet size
+        exceed: the packet is too large`` for a frame over ``max_body``)."""
         frame = self.encode(message)
         return self._packet(b"", frame)
 
     def push_packet(self, route: str, body: bytes) -> bytes:
-        """A Push as a whole Data packet: the hot path of every push and broadcast."""
-        return self._packet(self._prefix(MessageType.PUSH, route), body)
+        """A Push as a whole Data packet: the hot path of every push and broadcast (inlined:
+        one call). Raises LocalProtocolError, as :meth:`packet`."""
+        prefix = self._push_prefixes.get(route)
+        if prefix is None:
+            prefix = self._prefix(MessageType.PUSH, route)
+            if len(self._push_prefixes) < _CACHE_LIMIT:
+                self._push_prefixes[route] = prefix
+        n = len(prefix) + len(body)
+        if n > self.max_body:
+            raise _too_large(n, self.max_body)
+        return _PACK_HEADER(_DATA | n) + prefix + body
 
     def response_packet(self, id: int, body: bytes) -> bytes:
-        return self._packet(_BYTE[MessageType.RESPONSE << 1] + encode_varint(id), body)
+        """A Response as a whole Data packet (inlined: one call). Raises LocalProtocolError,
+        as :meth:`packet`."""
+        head = _RESPONSE_HEADS[id] if 0 <= id < 0x80 else _RESPONSE_FLAG + encode_varint(id)
+        n = len(head) + len(body)
+        if n > self.max_body:
+            raise _too_large(n, self.max_body)
+        return _PACK_HEADER(_DATA | n) + head + body
 
     def request_packet(self, id: int, route: str, body: bytes) -> bytes:
         prefix = self._prefix(MessageType.REQUEST, route)

@@ -60,15 +60,15 @@ def check_max_body(max_body: int) -> int:
 def encode_packet(type: int, body: bytes = b"", *, max_body: int = MAX_BODY_SIZE) -> bytes:
     """Frame ``body`` as one packet.
 
-    Raises LocalProtocolError (``wrong packet type``) for a type outside 1..5 and
-    (``packet size exceed``) for a body over ``max_body``: nano encodes such frames and its own
+    Raises LocalProtocolError (``wrong packet type``) for a type outside 1..5 and (``packet
+    size exceed: the packet is too large``) for a body over ``max_body``: nano encodes such frames and its own
     decoder then rejects them; trionano never emits what a decoder would reject.
     """
     if not PacketType.HANDSHAKE <= type <= PacketType.KICK:
         raise LocalProtocolError(f"wrong packet type: {type}")
     n = len(body)
     if n > max_body:
-        raise LocalProtocolError(f"packet size exceed: body of {n} bytes > maximum {max_body}")
+        raise LocalProtocolError(f"packet size exceed: the packet is too large, body of {n} bytes > maximum {max_body}")
     return _HEADER.pack(type << 24 | n) + body
 
 
