@@ -4,17 +4,23 @@ Packets (:func:`encode_packet`, :class:`PacketDecoder`), messages (:class:`Messa
 events :class:`Request`, :class:`Notify`, :class:`Response`, :class:`Push`), the route
 dictionary (:class:`RouteDict`), the control packets' bodies (:class:`Handshake`,
 :class:`HandshakeResponse`, :class:`Kick`) and the connection state machine
-(:class:`Connection`).
+(:class:`Connection`, its tables :data:`RECEIVE_TRANSITIONS` and :data:`SEND_TRANSITIONS`).
 
 Error handling: every error is a :class:`ProtocolError`, either :class:`LocalProtocolError`
 (the caller asked for something illegal) or :class:`RemoteProtocolError` (the peer sent
 something illegal). Any other exception out of this package is a bug.
 """
 
+from ._connection import RECEIVE_TRANSITIONS as RECEIVE_TRANSITIONS
+from ._connection import SEND_TRANSITIONS as SEND_TRANSITIONS
+from ._connection import TIMEOUT_INTERVALS as TIMEOUT_INTERVALS
 from ._connection import Connection as Connection
+from ._connection import ConnectionClosed as ConnectionClosed
 from ._connection import Event as Event
+from ._connection import EventKind as EventKind
 from ._connection import Role as Role
 from ._connection import State as State
+from ._connection import event_kind as event_kind
 from ._errors import LocalProtocolError as LocalProtocolError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteProtocolError as RemoteProtocolError

@@ -5,6 +5,11 @@ Any other exception raised out of the wire layer is a bug (h11's convention).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._handshake import Kick
+
 __all__ = ["LocalProtocolError", "ProtocolError", "RemoteProtocolError"]
 
 
@@ -28,4 +33,15 @@ class LocalProtocolError(ProtocolError):
 
 
 class RemoteProtocolError(ProtocolError):
-    """The peer sent something illegal. The connection cannot go on: close it."""
+    """The peer sent something illegal. The connection cannot go on: close it.
+
+    ``event_hint`` is what to send the peer before closing (wsproto's ``event_hint``, h11's
+    ``error_status_hint``): a server-role :class:`~trionano.wire.Connection` sets it to a
+    :class:`~trionano.wire.Kick` whose reason is ``"protocol error: <message>"``, and accepts
+    exactly that Kick from :meth:`~trionano.wire.Connection.send` although it is now CLOSED.
+    None when there is nothing to send (a client has no way to tell a server why).
+    """
+
+    def __init__(self, msg: str, *, event_hint: Kick | None = None) -> None:
+        super().__init__(msg)
+        self.event_hint = event_hint
