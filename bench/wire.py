@@ -121,6 +121,10 @@ def main() -> None:
     )
     row("  send(Push(...)) 64 B", rate(lambda: server.send(wire.Push(ROUTE_PUSH, BODY)), seconds), baseline)
     row("  send(Response(...)) 64 B", rate(lambda: server.send(wire.Response(7, BODY)), seconds), baseline)
+    row("  send_push 64 B", rate(lambda: server.send_push(ROUTE_PUSH, BODY), seconds), baseline, target=1_000_000)
+    row("  send_response 64 B", rate(lambda: server.send_response(7, BODY), seconds), baseline)
+    shared = server.send_push(ROUTE_PUSH, BODY)
+    row("  send_encoded (a broadcast's shared packet)", rate(lambda: server.send_encoded(shared), seconds), baseline)
 
     print("\nstream decoder: 10,000 Request packets fed in 4 KiB chunks")
     codec = wire.MessageCodec()

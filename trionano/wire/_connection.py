@@ -483,6 +483,8 @@ class Connection:
     def send(self, event: Event, now: float | None = None) -> bytes:
         """The bytes for ``event``; hand them to the transport in order. ``now`` stamps a
         Heartbeat (required for one). Raises LocalProtocolError."""
+        if type(event) in self._data_out:  # a message this state lets out: the common case
+            return self.codec.packet(event)  # type: ignore[arg-type]
         kind = event_kind(event)
         state = self._state
         after = self._send.get(kind)
