@@ -8,7 +8,10 @@ dictionary (:class:`RouteDict`), the control packets' bodies (:class:`Handshake`
 
 Error handling: every error is a :class:`ProtocolError`, either :class:`LocalProtocolError`
 (the caller asked for something illegal) or :class:`RemoteProtocolError` (the peer sent
-something illegal). Any other exception out of this package is a bug.
+something illegal). Any other exception out of this package is a bug: whatever bytes a peer
+sends, including any JSON in a handshake or kick body, decode or raise RemoteProtocolError. A
+server-role Connection's RemoteProtocolError carries in ``event_hint`` the Kick to send before
+closing.
 """
 
 from ._connection import RECEIVE_TRANSITIONS as RECEIVE_TRANSITIONS
