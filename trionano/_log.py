@@ -44,9 +44,8 @@ MIN_LIMIT: Final = 40
 
 # One token of a str or bytes repr, after its opening quote: a character that needs no escape, or a whole escape.
 # The longest run of whole tokens is where a truncated repr may be cut without splitting an escape.
-_WHOLE_TOKENS: Final = re.compile(
-    r"(?:[^\\]|\\[\\'nrt]|\\x[0-9a-f]{2}|\\u[0-9a-f]{4}|\\U[0-9a-f]{8})*",
-)
+_WHOLE_TOKENS: Final = re.compile(r"(?:[^\\]++|\\[\\'nrt]|\\x[0-9a-f]{2}|\\u[0-9a-f]{4}|\\U[0-9a-f]{8})*+")
+_LONGEST_ESCAPE: Final = 10  # \U0010ffff
 
 
 def client_text(value: str | bytes, limit: int = 200) -> str:
@@ -90,9 +89,11 @@ def client_text(value: str | bytes, limit: int = 200) -> str:
     else:
         suffix, opening = f"... ({len(value)} bytes)", 2  # after b'
     head = rendering[: limit - len(suffix)]
-    match = _WHOLE_TOKENS.match(head, opening)
-    assert match is not None  # the pattern matches the empty string
-    return head[: match.end()] + suffix
+    if head.find("\\", len(head) - _LONGEST_ESCAPE + 1) != -1:  # an escape may straddle the cut
+        match = _WHOLE_TOKENS.match(head, opening)
+        assert match is not None  # the pattern matches the empty string
+        head = head[: match.end()]
+    return head + suffix
 
 
 # --- RateLimitedLog -----------------------------------------------------------------------------------------------
@@ -120,12 +121,12 @@ class RateLimitedLog:
     ``msg % args`` to ``logger`` as ``logger.warning(msg, *args)`` would, unless ``per_window`` records of ``kind``
     were already let through in the current window of that kind. A window starts with the first record of its kind
     and lasts ``window`` seconds of ``clock``; the next record after it starts the next window. A dropped record is
-    counted, never formatted (so suppressed calls cost a dict look-up and a few comparisons; the arguments are still
-    evaluated by the caller, so keep them cheap: :func:`client_text` is). The first record let through after
-    some were dropped reports them, appended to its message: ``unknown route 'x' (1234 similar messages suppressed
-    in the last 10.0 s)``, whatever its level. :meth:`flush` reports the counts still pending (call it at shutdown).
-    A record below the logger's effective level is neither logged nor counted. Each method returns whether it
-    logged the record.
+    counted, never formatted (a suppressed call costs a level check, a clock reading, a dict look-up and a few
+    comparisons; the arguments are still evaluated by the caller, so keep them cheap: :func:`client_text` is).
+    The first record let through after some were dropped reports them, appended to its message: ``unknown route
+    'x' (1234 similar messages suppressed in the last 10.0 s)``, whatever its level.
+    :meth:`flush` reports the counts still pending (call it at shutdown). A record below the logger's effective
+    level is neither logged nor counted. Each method returns whether it logged the record.
 
     ``kind`` must be a constant string of the calling code, never text from a peer: the state kept per kind is what
     bounds this object's memory. As a guard, past ``max_kinds`` distinct kinds every new kind shares one overflow
