@@ -157,17 +157,21 @@ def _replace_lone_surrogates(value: Any) -> Any:
     return value
 
 
-def _loads_stdlib(body: bytes) -> Any:
-    """JSON by the stdlib, the reference behaviour; CESU-8 and lone surrogates as documented."""
+def _text(body: bytes) -> str:
+    """The body's text: UTF-8, or CESU-8 (JS clients) with its surrogate pairs joined and lone
+    surrogates replaced by U+FFFD. Raises SerializeError for other invalid bytes."""
     try:
-        text = body.decode()
+        return body.decode()
     except UnicodeDecodeError:
         try:
             text = body.decode("utf-8", "surrogatepass")
         except UnicodeDecodeError as exc:
             raise SerializeError(f"body is not UTF-8: {exc}") from None
-        # CESU-8 (JS clients): join the surrogate pairs, lone surrogates become U+FFFD
-        text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def _parse(text: str) -> Any:
+    """JSON by the stdlib, the reference behaviour."""
     try:
         value = _DECODER.decode(text)
     except (ValueError, RecursionError) as exc:
@@ -177,6 +181,10 @@ def _loads_stdlib(body: bytes) -> Any:
     return value
 
 
+def _loads_stdlib(body: bytes) -> Any:
+    return _parse(_text(body))
+
+
 def _make_loads_orjson(module: ModuleType) -> Unmarshal:
     fast = module.loads
     failed = module.JSONDecodeError
@@ -184,8 +192,13 @@ def _make_loads_orjson(module: ModuleType) -> Unmarshal:
     def loads(body: bytes) -> Any:
         try:
             return fast(body)
-        except failed:  # CESU-8, lone surrogate escapes, or not JSON: the reference decides
-            return _loads_stdlib(body)
+        except failed:  # CESU-8, a lone surrogate escape, or not JSON
+            pass
+        text = _text(body)
+        try:  # without raw surrogates orjson reads it as the reference would...
+            return fast(text)
+        except failed:  # ...unless a lone surrogate escape or bad JSON: the reference decides
+            return _parse(text)
 
     return loads
 
@@ -193,6 +206,41 @@ def _make_loads_orjson(module: ModuleType) -> Unmarshal:
 def _surrogate_pair_escape(match: re.Match[bytes]) -> bytes:
     code = ord(match.group().decode()) - 0x10000
     return b"\\u%04x\\u%04x" % (0xD800 | (code >> 10), 0xDC00 | (code & 0x3FF))
+
+
+def _make_dumps(
+    module: ModuleType | None, encoder: json.JSONEncoder, default: Callable[[Any], Any]
+) -> Callable[[Any], bytes]:
+    """JSON for a value; the stdlib ``encoder`` is the reference, orjson (``module``) only an
+    accelerator. Raises TypeError, ValueError (NaN, Infinity, lone surrogates), RecursionError."""
+    encode = encoder.encode
+    non_bmp = _NON_BMP_UTF8.sub
+
+    if module is None:
+
+        def dumps_stdlib(value: Any) -> bytes:
+            data = encode(value).encode()
+            # only strings hold non-ASCII bytes in JSON, so every 4-byte sequence is in one
+            return data if data.isascii() else non_bmp(_surrogate_pair_escape, data)
+
+        return dumps_stdlib
+    fast = module.dumps
+    failed = module.JSONEncodeError
+    options = module.OPT_PASSTHROUGH_DATACLASS | module.OPT_PASSTHROUGH_DATETIME  # to default, as in the stdlib
+
+    def dumps(value: Any) -> bytes:
+        try:
+            data: bytes = fast(value, default=default, option=options)
+        except failed:  # big ints, non-str keys, ...: the reference decides
+            data = encode(value).encode()
+        else:
+            # perhaps NaN or Infinity, which orjson writes as null: the reference refuses them
+            # (find: `in` on bytes costs twice as much)
+            if data.find(b"null") >= 0:
+                data = encode(value).encode()
+        return data if data.isascii() else non_bmp(_surrogate_pair_escape, data)
+
+    return dumps
 
 
 # -- typed decoding (cattrs) -----------------------------------------------------------------
@@ -415,8 +463,8 @@ def _is_plain_dict(annotation: object) -> bool:
 
 # -- serializers -----------------------------------------------------------------------------
 
-# records and dates go through JSONSerializer._default, as they do on the stdlib path
-_ORJSON_OPTIONS: Final = 0 if orjson is None else orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+
+_JSON_CONTAINERS: Final = frozenset({dict, list})
 
 
 class JSONSerializer:
@@ -436,9 +484,8 @@ class JSONSerializer:
         self.protobuf_as_json = protobuf_as_json
         self._orjson = orjson if use_orjson else None
         self._converter: Final = _make_converter()
-        self._encoder: Final = json.JSONEncoder(
-            ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=self._default
-        )
+        encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=self._default)
+        self._dumps: Final = _make_dumps(self._orjson, encoder, self._default)
         self._loads: Final = _loads_stdlib if self._orjson is None else _make_loads_orjson(self._orjson)
 
     def _default(self, value: object) -> object:
@@ -457,25 +504,11 @@ class JSONSerializer:
             return value.decode()
         raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
-    def _dumps(self, value: object) -> bytes:
-        if self._orjson is None:
-            data = self._encoder.encode(value).encode()
-        else:
-            try:
-                data = self._orjson.dumps(value, default=self._default, option=_ORJSON_OPTIONS)
-            except self._orjson.JSONEncodeError:  # big ints, non-str keys, ...: the reference decides
-                data = self._encoder.encode(value).encode()
-            else:
-                if b"null" in data:  # orjson writes NaN and Infinity as null: the reference refuses them
-                    data = self._encoder.encode(value).encode()
-        if not data.isascii():
-            data = _NON_BMP_UTF8.sub(_surrogate_pair_escape, data)
-        return data
-
     def marshal(self, value: object) -> bytes:
         if isinstance(value, bytes):
             return value
-        if isinstance(value, betterproto.Message) and not self.protobuf_as_json:
+        # (betterproto's isinstance is an ABC check: skipped for the common containers)
+        if type(value) not in _JSON_CONTAINERS and isinstance(value, betterproto.Message) and not self.protobuf_as_json:
             return bytes(value)
         try:
             return self._dumps(value)
