@@ -42,7 +42,7 @@ class Bench(Component):
         writers coalesce them) or ``paced`` (yielding after each broadcast: one write per
         packet, the worst case). Timed until every writer has handed its bytes to the kernel;
         answers with that time and the encode count."""
-        stats = self.server.stats
+        stats = self.server.statistics()
         before = stats.encoded
         body = {"p": "x" * (PUSH_BODY_SIZE - 8)}
         start = time.perf_counter()
@@ -53,7 +53,11 @@ class Bench(Component):
                 await trio.lowlevel.checkpoint()  # the writers run between broadcasts
         await trio.testing.wait_all_tasks_blocked()  # bench instrument: every writer is idle again
         seconds = time.perf_counter() - start
-        return {"encodes": stats.encoded - before, "dropped": stats.dropped_slow, "seconds": seconds}
+        return {
+            "encodes": self.server.statistics().encoded - before,
+            "dropped": self.server.statistics().dropped_slow,
+            "seconds": seconds,
+        }
 
 
 async def wait_stdin_closed() -> None:
@@ -63,7 +67,7 @@ async def wait_stdin_closed() -> None:
 async def serve_trionano(websocket: bool = False) -> None:
     components = Components()
     components.register(Bench(), name="bench")
-    server = trionano.Server(components, Config(heartbeat=0, outbox_size=1024, logger_name="bench"))
+    server = trionano.Server(components, Config(heartbeat=0, outbox_size=1024, rate_limit=None))
     endpoint = trionano.WebSocketEndpoint("127.0.0.1") if websocket else trionano.TCPEndpoint("127.0.0.1")
     async with trio.open_nursery() as nursery:
         (port,) = await nursery.start(server.serve, endpoint)
@@ -130,16 +134,17 @@ def serve_cluster_node(role: str, listen: str, master: str) -> None:
     components = Components()
     if role == "backend":
         components.register(Bench(), name="bench")
-    server = trionano.Server(components, Config(heartbeat=0, outbox_size=1024, logger_name="bench"))
     node = Node(
-        server,
+        components,
         ClusterConfig(
             service_address=listen,
             master_address=None if role == "master" else master,
             is_master=role == "master",
             node_id={"master": 1, "backend": 2, "gate": 3}[role],
         ),
+        Config(heartbeat=0, outbox_size=1024, rate_limit=None),
     )
+    server = node.server
     endpoints = [trionano.TCPEndpoint("127.0.0.1")] if role == "gate" else []
 
     async def main(bridge: Any) -> None:

@@ -2,90 +2,142 @@
 
 ::
 
-    Server._serve_connection  (a task in the server's connections nursery)
+    Server.serve_connection  (a task in the server's connections nursery)
     └── Agent.run: nursery
-        ├── reader: this task — receive, decode every complete packet, run the state machine,
-        │           dispatch messages to the scheduler (waiting when it is full)
-        └── writer: drain the outbox, join everything queued into one send_all
+        ├── reader: this task: receive, let the wire.Connection decode, hand each Request or
+        │           Notify to the router (waiting only when its lane is full)
+        └── writer: drain the outbox, join what is queued into one write
 
-Everything that sends to the client (handlers, broadcasts, the heartbeat sweeper, the reader's
-handshake answer) puts whole packets on the outbox with ``send_nowait``: nothing waits for a
-client, and FIFO order needs no lock. A full outbox is the server's slow-consumer policy.
+Every packet in either direction goes through the connection's ``wire.Connection``, so nothing
+reaches the client out of protocol order (no Push before the handshake response). Everything
+that sends to the client (handlers, broadcasts, the heartbeat sweeper, the reader's handshake
+answer) puts whole packets on the outbox without waiting: FIFO order needs no lock.
+
+Slow consumers are judged by what the client fails to read, never by what the server has not
+had a chance to write yet: the policy applies when ``outbox_size`` messages are queued *while a
+write is waiting for the client*, or when ``16 * outbox_size`` are queued in any case.
 """
 
 from __future__ import annotations
 
-import inspect
-from typing import TYPE_CHECKING, Final
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Final
 
 import trio
 
-from ._errors import HandshakeRejected
+from ._config import Config, SlowConsumerPolicy
+from ._errors import HandshakeRejected, MessageTooLarge
+from ._log import RateLimitedLog
 from ._pipeline import PipelineMessage
-from ._session import Session
+from ._ratelimit import RateLimiter, Verdict
+from ._router import CODE_RATE_LIMITED, Router
+from ._session import Broadcast, Session
+from ._stats import Counters
+from ._util import call_user
 from .wire import (
     CODE_OK,
     CODE_SERVER_ERROR,
-    Connection,
+    ConnectionClosed,
     Handshake,
     HandshakeAck,
     HandshakeResponse,
     Heartbeat,
     Kick,
+    LocalProtocolError,
+    MessageCodec,
     MessageType,
     Notify,
-    PacketType,
     RemoteProtocolError,
     Request,
     Role,
     State,
-    encode_packet,
 )
+from .wire import Connection as WireConnection
 
-if TYPE_CHECKING:
-    from ._server import Server
+__all__ = ["MAX_WRITE", "Agent"]
 
-__all__ = ["Agent"]
-
-#: The writer joins queued packets up to about this many bytes per send_all.
-_MAX_BATCH: Final = 256 * 1024
+#: The most bytes the writer joins into one write: over WebSocket, one message. Every client
+#: trionano ships accepts messages of 4 * 64 KiB + 64 bytes; a single packet larger than this
+#: (with a raised ``max_packet_size``) is written alone.
+MAX_WRITE: Final = 256 * 1024
+#: Events the reader handles per wake-up before it lets other tasks run.
+EVENTS_PER_WAKEUP: Final = 64
+#: The hard outbox limit, as a multiple of ``outbox_size``.
+HARD_LIMIT_FACTOR: Final = 16
 _HEARTBEAT: Final = Heartbeat()
+_WORKING: Final = State.WORKING
 
 
 class Agent:
     """A connection's reader, writer and outbox; the :class:`~trionano.Session`'s network
-    entity. Owned by its server; never constructed by users."""
+    entity. Built and run by its server (``make_session`` gives it its session); never by
+    users. ``on_working(agent)`` runs when the client acknowledges the handshake."""
 
     __slots__ = (
-        "_drops",
+        "_codec",
+        "_config",
+        "_counters",
         "_final",
         "_finished",
+        "_hard_limit",
+        "_limiter",
+        "_log",
+        "_on_working",
+        "_queued",
         "_reader_scope",
         "_receive",
+        "_router",
         "_send",
-        "_server",
+        "_soft_limit",
         "_stream",
         "_writer_scope",
+        "_writing",
         "closed",
         "conn",
         "remote_address",
         "session",
     )
 
-    def __init__(self, server: Server, stream: trio.abc.Stream, remote_address: str, session_id: int) -> None:
-        config = server.config
-        self._server = server
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        remote_address: str,
+        *,
+        config: Config,
+        codec: MessageCodec,
+        router: Router,
+        counters: Counters,
+        log: RateLimitedLog,
+        make_session: Callable[[Agent], Session],
+        on_working: Callable[[Agent], None],
+    ) -> None:
         self._stream = stream
         self.remote_address: Final = remote_address
-        self.conn = Connection(Role.SERVER, heartbeat=config.heartbeat, codec=server.codec, now=trio.current_time())
-        self._send, self._receive = trio.open_memory_channel[bytes](config.outbox_size)
+        self._config = config
+        self._codec = codec
+        self._router = router
+        self._counters = counters
+        self._log = log
+        self._on_working = on_working
+        self.conn: Final = WireConnection(Role.SERVER, heartbeat=config.heartbeat, codec=codec, now=trio.current_time())
+        self._send, self._receive = trio.open_memory_channel[bytes](float("inf"))
+        self._queued = 0  # packets in the outbox
+        self._writing = False  # a write is waiting for the client to take more
+        self._soft_limit = config.outbox_size
+        self._hard_limit = config.outbox_size * HARD_LIMIT_FACTOR
+        limit = config.rate_limit
+        self._limiter = RateLimiter(limit.rate, limit.burst, limit.kick_after) if limit is not None else None
         self.closed = False  # no more messages are accepted
         self._final: bytes | None = None  # a Kick, written after the outbox drains
         self._finished = False  # the closing sequence has begun
         self._reader_scope = trio.CancelScope()
         self._writer_scope = trio.CancelScope()
-        self._drops = 0
-        self.session: Final = Session._create(server, self, session_id)
+        self.session: Final = make_session(self)
+
+    def __repr__(self) -> str:
+        return f"<Agent session={self.session.id} {self.remote_address} {self.conn.state.name}>"
 
     # -- life -------------------------------------------------------------------------------
 
@@ -95,184 +147,328 @@ class Agent:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer, nursery.cancel_scope, name=f"trionano writer {self.remote_address}")
-                reason = None
+                outcome: Kick | None = None
                 with self._reader_scope:
-                    reason = await self._reader()
-                if reason is None:
+                    outcome = await self._reader()
+                if outcome is None:
                     self._finish(None, discard=False)  # the peer hung up: flush what is queued, briefly
                 elif not self._finished:
-                    # Kick from the main lane, behind the requests decoded before the error,
-                    # so their responses go out first; reading has stopped already.
-                    try:
-                        await self._server.scheduler.push(lambda: self.kick(reason))
-                    except trio.ClosedResourceError:
-                        self.kick(reason)
+                    # Kick from the main lane, behind the requests decoded before, so their
+                    # responses go out first; reading has stopped already.
+                    kick = outcome
+                    pending = self._router.in_order(lambda: self._send_kick(kick))
+                    if pending is not None:
+                        lane, task = pending  # type: ignore[misc]
+                        try:
+                            await lane.push(task)
+                        except trio.ClosedResourceError:
+                            self._send_kick(kick)
         finally:
-            self.closed = True
-            self.conn.close()
-            await trio.aclose_forcefully(self._stream)
-            self._server._agent_closed(self)
+            self._closing()
+            with trio.CancelScope(shield=True) as scope:  # a WebSocket says goodbye (close frame)
+                scope.deadline = trio.current_time() + min(self._config.close_timeout, 1.0)
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    await self._stream.aclose()
+            if scope.cancelled_caught:
+                await trio.aclose_forcefully(self._stream)
 
-    async def _reader(self) -> str | None:
-        """Read until the peer hangs up (None) or breaks the protocol (the Kick reason)."""
+    async def _reader(self) -> Kick | None:
+        """Read until the peer hangs up (None) or must be kicked (the Kick to send)."""
         conn = self.conn
         receive_some = self._stream.receive_some
-        read_size = self._server.config.read_size
-        dispatch = self._server._dispatch
+        read_size = self._config.read_size
+        dispatch = self._router.dispatch
         session = self.session
+        limiter = self._limiter
         current_time = trio.current_time
+        handshake_scope = trio.CancelScope(deadline=current_time() + self._config.handshake_timeout)
         try:
-            while True:
-                data = await receive_some(read_size)
-                if not data:
-                    return None
-                conn.receive_data(data, current_time())
+            with handshake_scope:
                 while True:
-                    event = conn.next_event()
-                    if event is None:
-                        break
-                    if type(event) is Request or type(event) is Notify:
-                        pending = dispatch(session, event)
-                        if pending is not None:
-                            lane, task = pending
-                            if lane is None:  # forwarded to another cluster node
-                                await task()  # type: ignore[misc]
-                            else:  # the lane is full: wait for room
-                                await lane.push(task)
-                    elif type(event) is Handshake:
-                        await self._handshake(event)
-                    elif type(event) is HandshakeAck:
-                        self._server._logger.debug("session %d working, remote=%s", session.id, self.remote_address)
+                    data = await receive_some(read_size)
+                    now = current_time()
+                    conn.receive_data(data, now)
+                    budget = EVENTS_PER_WAKEUP
+                    while True:
+                        event = conn.next_event()
+                        if event is None:
+                            break
+                        if limiter is not None:
+                            verdict = limiter.check(now)
+                            if verdict is not Verdict.OK:
+                                if verdict is Verdict.KICK:
+                                    self._log.warning(
+                                        "rate limit",
+                                        "session %d from %s kicked: over its rate limit",
+                                        session.id,
+                                        self.remote_address,
+                                    )
+                                    self._counters.kicked("rate limit")
+                                    return Kick("rate limit")
+                                self._refuse(event)
+                                continue
+                        kind = type(event)
+                        if kind is Request or kind is Notify:
+                            pending = dispatch(session, event)  # type: ignore[arg-type]
+                            if pending is not None:
+                                if type(pending) is tuple:
+                                    await pending[0].push(pending[1])  # the lane is full: wait for room
+                                else:
+                                    await pending()  # type: ignore[operator]
+                        elif kind is Handshake:
+                            await self._handshake(event)  # type: ignore[arg-type]
+                        elif kind is HandshakeAck:
+                            handshake_scope.deadline = float("inf")
+                            self._on_working(self)
+                        elif kind is ConnectionClosed:
+                            return None
+                        budget -= 1
+                        if not budget:  # bounded work per wake-up: a flood cannot starve others
+                            budget = EVENTS_PER_WAKEUP
+                            await trio.lowlevel.checkpoint()
+                    if not data:
+                        return None
         except RemoteProtocolError as exc:
-            self._server.stats.protocol_errors += 1
-            self._server._logger.info("protocol error from %s: %s; kicking", self.remote_address, exc)
-            return f"protocol error: {exc}"
+            self._counters.protocol_errors += 1
+            self._log.info("protocol error", "protocol error from %s: %s; kicking", self.remote_address, exc)
+            return exc.event_hint if isinstance(exc.event_hint, Kick) else Kick("protocol error")
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return None  # reset by peer, or closed under us
+        # only the handshake deadline gets here
+        self._log.info("handshake timeout", "%s did not complete a handshake in time", self.remote_address)
+        self._counters.kicked("handshake timeout")
+        return Kick("handshake timeout")
+
+    def _refuse(self, event: object) -> None:
+        """A packet over the rate limit: dropped and counted; a Request is answered 429."""
+        self._counters.dropped_rate += 1
+        if type(event) is Request and self.conn.state is _WORKING:
+            self._router.answer_error(self.session, event.id, CODE_RATE_LIMITED, "rate limit exceeded")
 
     async def _handshake(self, handshake: Handshake) -> None:
-        server = self._server
         code = CODE_OK
-        validator = server.config.handshake_validator
+        validator = self._config.handshake_validator
         if validator is not None:
             try:
-                result = validator(self.session, handshake)
-                if inspect.isawaitable(result):
-                    await result
+                await call_user(validator, self.session, handshake)
             except HandshakeRejected as exc:
                 code = exc.code
-                server._logger.info("handshake from %s rejected: %s", self.remote_address, exc)
-            except Exception:
+                self._log.info("handshake rejected", "handshake from %s rejected: %s", self.remote_address, exc)
+            except Exception as exc:  # a user's validator: refuse this client, serve on
                 code = CODE_SERVER_ERROR
-                server._logger.exception("handshake validator failed for %s", self.remote_address)
+                self._log.exception(
+                    "handshake validator", "handshake validator failed for %s", self.remote_address, exc_info=exc
+                )
+        if self.conn.state is State.CLOSED:
+            return  # closed (kicked, shut down) while the validator ran
         if code != CODE_OK:
             self._enqueue(self.conn.send(HandshakeResponse(code=code)))
             self._finish(None, discard=False)
             self._reader_scope.cancel()
             return
-        self._enqueue(self.conn.send(server._handshake_response()))
+        config = self._config
+        response = HandshakeResponse(
+            heartbeat=config.heartbeat,
+            servertime=int(time.time()),  # now, not the startup time nano caches
+            dictionary=config.routes or None,
+            pomelo=config.pomelo_handshake,
+        )
+        self._enqueue(self.conn.send(response))
 
     async def _writer(self, agent_scope: trio.CancelScope) -> None:
         receive = self._receive
         write = self._stream.send_all
+        carry: bytes | None = None
         try:
             with self._writer_scope:
                 while True:
-                    try:
-                        data = receive.receive_nowait()
-                    except trio.WouldBlock:
+                    if carry is not None:
+                        data, carry = carry, None
+                    else:
                         try:
-                            data = await receive.receive()
+                            data = receive.receive_nowait()
+                        except trio.WouldBlock:
+                            try:
+                                data = await receive.receive()
+                            except trio.EndOfChannel:
+                                break
                         except trio.EndOfChannel:
                             break
-                    except trio.EndOfChannel:
-                        break
-                    try:
-                        more = receive.receive_nowait()
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        pass
-                    else:
-                        batch = [data, more]
-                        size = len(data) + len(more)
-                        while size < _MAX_BATCH:
-                            try:
-                                more = receive.receive_nowait()
-                            except (trio.WouldBlock, trio.EndOfChannel):
-                                break
-                            batch.append(more)
-                            size += len(more)
-                        data = b"".join(batch)
-                    await write(data)
+                        self._queued -= 1
+                    size = len(data)
+                    parts: list[bytes] | None = None
+                    while True:  # join what is queued, never past MAX_WRITE
+                        try:
+                            more = receive.receive_nowait()
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                        self._queued -= 1
+                        if size + len(more) > MAX_WRITE:
+                            carry = more
+                            break
+                        if parts is None:
+                            parts = [data]
+                        parts.append(more)
+                        size += len(more)
+                    self._writing = True
+                    await write(b"".join(parts) if parts is not None else data)
+                    self._writing = False
                 if self._final is not None:
                     await write(self._final)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the peer is gone
         finally:
+            self._writing = False
             self.closed = True
             agent_scope.cancel()
 
     # -- sending (the NetworkEntity protocol) -----------------------------------------------
 
     def _enqueue(self, packet: bytes) -> bool:
+        queued = self._queued
+        if queued >= self._soft_limit and (self._writing or queued >= self._hard_limit):
+            return self._slow_consumer()
         try:
             self._send.send_nowait(packet)
-        except trio.WouldBlock:
-            return self._server._slow_consumer(self)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
-            self._server.stats.dropped_closed += 1
+            self._counters.dropped_closed += 1
             return False
+        self._queued = queued + 1
         return True
 
-    def send_push(self, session: Session, route: str, body: bytes, packet: bytes | None = None) -> bool:
-        """Queue a Push (``packet``: its already-encoded bytes, shared by a broadcast).
-        Returns whether it was queued. Raises trio.BrokenResourceError once closed."""
-        if self.closed:
-            raise trio.BrokenResourceError("broken low-level pipe")
-        server = self._server
-        if server._outbound_funcs:
-            message = PipelineMessage(MessageType.PUSH, route, body)
-            if not server._run_outbound(session, message):
-                return False
-            if message.data is not body:
-                body, packet = message.data, None
-        if packet is None:
-            packet = server.codec.push_packet(route, body)
-            server.stats.encoded += 1
-        try:  # _enqueue, inlined: this is every broadcast's per-member step
-            self._send.send_nowait(packet)
-        except trio.WouldBlock:
-            return server._slow_consumer(self)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            server.stats.dropped_closed += 1
+    def _slow_consumer(self) -> bool:
+        """The client does not read what is queued: apply the policy. Returns False (the
+        message was not queued)."""
+        if self._config.slow_consumer is SlowConsumerPolicy.KICK:
+            self._log.warning("slow consumer", "session %d is a slow consumer: kicked", self.session.id)
+            self._counters.kicked("slow consumer")
+            self._send_kick(Kick("slow consumer"), discard=True)
             return False
-        return True
+        self._counters.dropped_slow += 1
+        self._log.warning("slow consumer", "session %d does not read its messages: dropping", self.session.id)
+        return False
+
+    def _outbound(self, kind: MessageType, route: str, body: bytes, mid: int = 0) -> bytes | None:
+        """Run the outbound pipeline; the body to send, or None when a function refused it."""
+        message = PipelineMessage(kind, route, body, mid)
+        try:
+            self._config.pipeline.outbound.process(self.session, message)
+        except Exception as exc:  # a user's pipeline function: drop the message, go on
+            self._counters.dropped_pipeline += 1
+            self._log.warning(
+                "pipeline", "outbound pipeline refused %s for session %d: %r", route, self.session.id, exc
+            )
+            return None
+        return message.data
+
+    def _not_working(self) -> bool:
+        """True (and counted) when the connection cannot take Data packets now (before the
+        handshake is acknowledged; after its Kick). Raises trio.BrokenResourceError once
+        closed."""
+        if self.closed:
+            raise trio.BrokenResourceError("the session is closed")
+        if not self.conn.can_send_data:
+            self._counters.dropped_closed += 1
+            return True
+        return False
+
+    def _too_large(self, body: bytes) -> MessageTooLarge:
+        return MessageTooLarge(len(body), self._codec.max_body)
+
+    def send_push(self, session: Session, route: str, body: bytes) -> bool:
+        """Queue a Push. Returns whether it was queued. Raises trio.BrokenResourceError once
+        closed, MessageTooLarge."""
+        if self._not_working():
+            return False
+        if self._config.pipeline.outbound:
+            refined = self._outbound(MessageType.PUSH, route, body)
+            if refined is None:
+                return False
+            body = refined
+        return self._push_now(route, body)
+
+    def send_broadcast(self, session: Session, broadcast: Broadcast) -> bool:
+        """Queue one Push of a broadcast, encoded once per codec and shared. Returns whether
+        it was queued. Raises trio.BrokenResourceError once closed, MessageTooLarge."""
+        if self._not_working():
+            return False
+        if self._config.pipeline.outbound:
+            refined = self._outbound(MessageType.PUSH, broadcast.route, broadcast.body)
+            if refined is None:
+                return False
+            if refined is not broadcast.body:  # rewritten for this session: its own encoding
+                return self._push_now(broadcast.route, refined)
+        if broadcast.encoder is not self._codec:
+            try:
+                broadcast.packet = self.conn.send_push(broadcast.route, broadcast.body)
+            except LocalProtocolError:
+                raise self._too_large(broadcast.body) from None
+            broadcast.encoder = self._codec
+            self._counters.encoded += 1
+            return self._enqueue(broadcast.packet)
+        return self._enqueue(self.conn.send_encoded(broadcast.packet))
+
+    def _push_now(self, route: str, body: bytes) -> bool:
+        try:
+            packet = self.conn.send_push(route, body)
+        except LocalProtocolError:
+            raise self._too_large(body) from None
+        self._counters.encoded += 1
+        return self._enqueue(packet)
 
     def send_response(self, session: Session, mid: int, body: bytes) -> bool:
-        """Queue a Response to request ``mid``. Raises trio.BrokenResourceError once closed."""
-        if self.closed:
-            raise trio.BrokenResourceError("broken low-level pipe")
-        server = self._server
-        if server._outbound_funcs:
-            message = PipelineMessage(MessageType.RESPONSE, "", body, mid)
-            if not server._run_outbound(session, message):
+        """Queue a Response to request ``mid``. Raises trio.BrokenResourceError once closed,
+        MessageTooLarge."""
+        if self._not_working():
+            return False
+        if self._config.pipeline.outbound:
+            refined = self._outbound(MessageType.RESPONSE, "", body, mid)
+            if refined is None:
                 return False
-            body = message.data
-        server.stats.encoded += 1
-        return self._enqueue(server.codec.response_packet(mid, body))
+            body = refined
+        try:
+            packet = self.conn.send_response(mid, body)
+        except LocalProtocolError:
+            raise self._too_large(body) from None
+        self._counters.encoded += 1
+        return self._enqueue(packet)
 
-    def send_heartbeat(self, now: float) -> None:
-        if self.conn.state is not State.CLOSED and not self.closed:
-            self._enqueue(self.conn.send(_HEARTBEAT, now))
+    def heartbeat(self, now: float) -> None:
+        """Kick a peer silent past its deadline, or send the heartbeat that is due."""
+        conn = self.conn
+        if now >= conn.timeout_deadline:
+            if not self._finished:
+                self._log.info(
+                    "heartbeat timeout", "session %d from %s: heartbeat timeout", self.session.id, self.remote_address
+                )
+                self._counters.kicked("heartbeat timeout")
+                self._send_kick(Kick("heartbeat timeout"))
+        elif now >= conn.heartbeat_deadline and not self.closed:
+            try:
+                self._enqueue(conn.send(_HEARTBEAT, now))
+            except LocalProtocolError:
+                pass  # closed by a protocol error: the reader is kicking it
 
-    def kick(self, reason: str, *, discard: bool = False) -> None:
-        """Send a Kick with ``reason`` after what is queued (or instead of it, ``discard``),
-        then close. Idempotent."""
+    def kick(self, reason: str) -> None:
+        """Send a Kick with ``reason`` after what is queued, then close. Idempotent."""
+        if not self._finished:
+            self._counters.kicked("application")
+            self._send_kick(Kick(reason))
+
+    def shutdown(self) -> None:
+        """Kick with reason "shutdown" (the server is stopping)."""
+        if not self._finished:
+            self._counters.kicked("shutdown")
+            self._send_kick(Kick("shutdown"))
+
+    def _send_kick(self, kick: Kick, *, discard: bool = False) -> None:
         if self._finished:
             return
-        # encoded here, not through self.conn: after a protocol error the wire state is
-        # already CLOSED, and the peer should still learn why
-        self.conn.close()
-        self._finish(encode_packet(PacketType.KICK, Kick(reason).encode()), discard=discard)
+        try:
+            packet: bytes | None = self.conn.send(kick)
+        except LocalProtocolError:
+            packet = None  # the connection is already closed: just hang up
+        self._finish(packet, discard=discard)
 
     def close(self) -> None:
         """Close after flushing what is queued (within ``close_timeout``). Idempotent."""
@@ -291,13 +487,12 @@ class Agent:
                     self._receive.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-                self._server.stats.dropped_slow += 1
+                self._queued -= 1
+                self._counters.dropped_slow += 1
         self._reader_scope.cancel()
-        self._writer_scope.deadline = min(
-            self._writer_scope.deadline, trio.current_time() + self._server.config.close_timeout
-        )
+        self._writer_scope.deadline = min(self._writer_scope.deadline, trio.current_time() + self._config.close_timeout)
 
-    def count_drop(self) -> int:
-        """Count one dropped message for this connection; returns the running total."""
-        self._drops += 1
-        return self._drops
+    def _closing(self) -> None:
+        self.closed = True
+        self._finished = True
+        self.conn.close()

@@ -1,11 +1,16 @@
-"""Components: classes whose public ``(self, session, msg)`` methods are message handlers."""
+"""The route table's source: components registered by service name, and their handlers,
+discovered from the type annotations of their public ``(self, session, msg)`` methods.
+
+The :class:`~trionano.Component` base class lives with the server it belongs to
+(``_server.py``); any object can be registered here.
+"""
 
 from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable
+from typing import Any, Final
 
 import attrs
 
@@ -13,54 +18,11 @@ from ._errors import ComponentError, SerializeError
 from ._serializer import Serializer, Unmarshal
 from ._session import Session
 
-if TYPE_CHECKING:
-    from ._server import Server
+__all__ = ["LIFECYCLE_HOOKS", "Components", "Handler"]
 
-__all__ = ["Component", "Components", "Handler"]
-
-_LIFECYCLE: Final = frozenset({"init", "after_init", "before_shutdown", "shutdown"})
-
-
-class Component:
-    """Base class for components. Override any lifecycle hook, sync or async:
-
-    ``init`` (all components, in registration order) then ``after_init`` run before the server
-    accepts clients; ``before_shutdown`` then ``shutdown`` run in reverse order when it stops.
-
-    Every other public method ``(self, session: Session, msg: T)`` is a handler at route
-    ``"<service>.<method>"``. ``T`` decides how the body is decoded: ``bytes`` raw, a
-    betterproto message, an attrs class or dataclass (JSON), ``dict``/``Any`` (JSON). A
-    handler may be ``async``; it still runs alone in its lane, awaits included.
-
-    :attr:`server` is the server running the component (for its scheduler, timers and close
-    hooks); a component belongs to one server.
-    """
-
-    _server: Server | None = None
-
-    @property
-    def server(self) -> Server:
-        """The server this component is registered with. Raises RuntimeError before then."""
-        if self._server is None:
-            raise RuntimeError(f"{type(self).__name__} is not part of a server yet")
-        return self._server
-
-    def _attach(self, server: Server) -> None:
-        if self._server is not None and self._server is not server:
-            raise ComponentError(f"{type(self).__name__} already belongs to another server")
-        self._server = server
-
-    def init(self) -> Awaitable[None] | None:
-        return None
-
-    def after_init(self) -> Awaitable[None] | None:
-        return None
-
-    def before_shutdown(self) -> Awaitable[None] | None:
-        return None
-
-    def shutdown(self) -> Awaitable[None] | None:
-        return None
+#: Method names a component may define as lifecycle hooks (never routes).
+LIFECYCLE_HOOKS: Final = ("init", "after_init", "before_shutdown", "shutdown")
+_NOT_ROUTES: Final = frozenset({*LIFECYCLE_HOOKS, "server"})
 
 
 @attrs.frozen
@@ -90,7 +52,7 @@ def _discover(component: object, service: str, name_func: Callable[[str], str], 
     handlers = []
     cls = type(component)
     for attr in dir(cls):
-        if attr.startswith("_") or attr in _LIFECYCLE or attr == "server":
+        if attr.startswith("_") or attr in _NOT_ROUTES:
             continue
         func = getattr(cls, attr)
         if not inspect.isfunction(func):

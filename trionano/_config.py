@@ -16,7 +16,7 @@ from .wire import EMPTY_ROUTES, MAX_BODY_SIZE, Handshake, RouteDict
 if TYPE_CHECKING:
     from ._session import Session
 
-__all__ = ["Config", "HandshakeValidator", "SlowConsumerPolicy"]
+__all__ = ["Config", "HandshakeValidator", "RateLimit", "SlowConsumerPolicy"]
 
 HandshakeValidator = Callable[["Session", Handshake], Awaitable[None] | None]
 
@@ -45,13 +45,38 @@ def _precision(_: object, attribute: attrs.Attribute[Any], value: float) -> None
 
 
 @attrs.frozen(kw_only=True)
+class RateLimit:
+    """A per-connection limit on inbound packets (every packet counts, heartbeats too): a
+    token bucket of ``burst`` packets refilled at ``rate`` per second. A packet over the limit
+    is refused and counted (a Request is answered 429); a client refused more than
+    ``kick_after`` times, net of a forgiveness of ``rate`` per second, is kicked with reason
+    ``"rate limit"`` (see :class:`trionano._ratelimit.RateLimiter`). The defaults accept a
+    login burst of 2,000 requests at once and 500 a second after that; a flood of 20,000 a
+    second is kicked within about 0.2 s."""
+
+    rate: float = attrs.field(default=500.0, validator=_positive)
+    burst: float = attrs.field(default=2000.0, validator=[_positive, attrs.validators.ge(1)])
+    kick_after: float = attrs.field(default=2000.0, validator=_positive)
+
+
+@attrs.frozen(kw_only=True)
 class Config:
     """How a server behaves; vary with ``attrs.evolve``. Raises ValueError (or TypeError) at
     construction for a value out of range.
 
-    - ``heartbeat``: seconds between server heartbeats; a client silent for twice that is
-      closed. 0 disables both. With ``pomelo_handshake`` it must be whole seconds.
-    - ``outbox_size``: messages queued per session before the ``slow_consumer`` policy applies.
+    - ``heartbeat``: seconds between server heartbeats, sent on schedule to every connection;
+      a client silent for :data:`~trionano.wire.TIMEOUT_INTERVALS` (2.5) intervals is kicked
+      "heartbeat timeout" (checked every interval/8). 0 disables both. With
+      ``pomelo_handshake`` it must be whole seconds.
+    - ``handshake_timeout``: seconds a connection may take to complete its handshake (and
+      acknowledge it) before it is kicked, on every transport.
+    - ``max_connections``: connections served at once; one more is kicked "server full".
+    - ``rate_limit``: the per-connection :class:`RateLimit` (None: unlimited).
+    - ``outbox_size``: messages a client may leave unread (while its socket does not take
+      more) before the ``slow_consumer`` policy applies; whatever the client reads, at most
+      ``16 * outbox_size`` messages are ever queued for one connection.
+    - ``expose_errors``: send a handler's exception text to the client in its 500 Response
+      (default: ``"internal error"``; the text is logged either way).
     - ``max_packet_size``: the largest packet body accepted or sent (nano: 64 KiB).
     - ``serializer``: values to bodies (JSON by default; see :mod:`trionano._serializer`).
     - ``routes``: the route dictionary for compression, announced in the handshake.
@@ -78,7 +103,10 @@ class Config:
     slow_consumer: SlowConsumerPolicy = attrs.field(
         default=SlowConsumerPolicy.DROP, validator=attrs.validators.instance_of(SlowConsumerPolicy)
     )
-    logger_name: str = "trionano"
+    handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
+    max_connections: int = attrs.field(default=100_000, validator=attrs.validators.ge(1))
+    rate_limit: RateLimit | None = attrs.field(factory=RateLimit)
+    expose_errors: bool = False
     pomelo_handshake: bool = False
     timer_precision: float = attrs.field(default=1.0, validator=_precision)
     scheduler_backlog: int = attrs.field(default=256, validator=attrs.validators.ge(1))

@@ -9,6 +9,7 @@ __all__ = [
     "HandlerError",
     "HandshakeRejected",
     "Kicked",
+    "MessageTooLarge",
     "SerializeError",
     "SessionError",
     "TrionanoError",
@@ -35,6 +36,16 @@ class GroupError(TrionanoError):
 
 class SerializeError(TrionanoError):
     """A value could not be serialized, or a body deserialized to the handler's type."""
+
+
+class MessageTooLarge(TrionanoError):
+    """A serialized message is larger than the server's ``max_packet_size`` allows (its
+    Request is answered 413)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"message of {size} bytes is larger than the maximum of {limit}")
+        self.size = size
+        self.limit = limit
 
 
 class HandlerError(TrionanoError):

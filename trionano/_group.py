@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import trio
 
 from ._errors import GroupError
-
-if TYPE_CHECKING:
-    from ._server import Server
-    from ._session import Session
+from ._session import Broadcast, Session
 
 __all__ = ["Group", "SessionFilter"]
 
-SessionFilter = Callable[["Session"], bool]
-_logger = logging.getLogger("trionano.group")
+SessionFilter = Callable[[Session], bool]
 
 ERR_CLOSED_GROUP = "group closed"
 ERR_CLOSE_CLOSED_GROUP = "close closed group"
@@ -26,8 +20,10 @@ ERR_SESSION_DUPLICATION = "session has existed in the current group"
 
 
 class Group:
-    """A set of sessions keyed by session id. Owned by the application; a closed session stays
-    until it leaves (do it from a close hook, as nano's demos do).
+    """A set of sessions keyed by session id. Owned by the application. A closed session never
+    joins (``add`` raises), and one that closes while a member stops counting at once: lookups
+    skip it and the next broadcast drops it (leaving from a close hook, as nano's demos do,
+    is still fine).
 
     A broadcast serializes its value once, encodes the packet once, and queues the same bytes
     for every member without waiting for any of them: a member whose outbox is full is handled
@@ -53,8 +49,11 @@ class Group:
         return self._closed
 
     def add(self, session: Session) -> None:
-        """Raises GroupError when closed or when the session is already a member."""
+        """Raises GroupError when closed or when the session is already a member,
+        trio.BrokenResourceError when the session is closed."""
         self._check_open()
+        if session.closed:
+            raise trio.BrokenResourceError("a closed session cannot join a group")
         if session.id in self._members:
             raise GroupError(ERR_SESSION_DUPLICATION)
         self._members[session.id] = session
@@ -71,35 +70,48 @@ class Group:
     def member(self, uid: int) -> Session:
         """The member bound to ``uid``. Raises GroupError (``member not found in the group``)."""
         for session in self._members.values():
-            if session.uid == uid:
+            if session.uid == uid and not session.closed:
                 return session
         raise GroupError(ERR_MEMBER_NOT_FOUND)
 
     def find_member(self, predicate: SessionFilter) -> Session:
         """The first member (in joining order) for which ``predicate`` is true."""
         for session in self._members.values():
-            if predicate(session):
+            if not session.closed and predicate(session):
                 return session
         raise GroupError(ERR_MEMBER_NOT_FOUND)
 
     def members(self) -> list[int]:
         """The members' uids, in joining order (nano returns uids too)."""
-        return [session.uid for session in self._members.values()]
+        return [session.uid for session in self._live()]
 
     def sessions(self) -> list[Session]:
-        return list(self._members.values())
+        return self._live()
 
     def contains(self, uid: int) -> bool:
-        return any(session.uid == uid for session in self._members.values())
+        return any(session.uid == uid for session in self._live())
 
     def __contains__(self, session: object) -> bool:
-        return getattr(session, "id", None) in self._members and self._members[session.id] is session  # type: ignore[attr-defined]
+        if not isinstance(session, Session) or session.closed:
+            return False
+        return self._members.get(session.id) is session
 
     def count(self) -> int:
-        return len(self._members)
+        """Open members (closed ones are dropped as they are found)."""
+        return len(self._live())
 
     def __len__(self) -> int:
-        return len(self._members)
+        return self.count()
+
+    def _live(self) -> list[Session]:
+        """The open members in joining order; drops the closed ones."""
+        members = list(self._members.values())
+        live = [session for session in members if not session.closed]
+        if len(live) != len(members):
+            for session in members:
+                if session.closed:
+                    del self._members[session.id]
+        return live
 
     def broadcast(self, route: str, value: object) -> int:
         """Push to every member. Returns how many members it was queued for (closed members
@@ -113,20 +125,17 @@ class Group:
 
     def _push(self, route: str, value: object, predicate: SessionFilter | None) -> int:
         self._check_open()
-        members = list(self._members.values())
+        members = self._live()
         if predicate is not None:
             members = [session for session in members if predicate(session)]
         queued = 0
-        server: Server | None = None
-        body = packet = b""
+        serializer: object = None
+        broadcast = Broadcast(route, b"")
         for session in members:
-            if session._server is not server:  # encode once per server (almost always one)
-                server = session._server
-                body, packet = server._encode_push(route, value)
-            try:
-                queued += session._entity.send_push(session, route, body, packet)
-            except trio.BrokenResourceError:
-                server.stats.dropped_closed += 1
+            if session.serializer is not serializer:  # serialize once per serializer (almost always one)
+                serializer = session.serializer
+                broadcast = Broadcast(route, session.serializer.marshal(value))
+            queued += session.entity.send_broadcast(session, broadcast)
         return queued
 
     def close(self) -> None:

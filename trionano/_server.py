@@ -1,4 +1,4 @@
-"""The server: components, scheduler, sessions and the transports' accept loops.
+"""The server: composes the parts and owns their tasks.
 
 ::
 
@@ -10,210 +10,183 @@
             ├── accept loop per listener                     Endpoint.start
             └── one task per connection                      Agent.run (reader + writer)
 
-Nothing lives at module level: two servers in one ``trio.run`` share nothing.
+A request's path: listener -> agent (reader) -> wire.Connection -> router (route table,
+inbound pipeline, unmarshal, lane, the error boundary) -> lane -> handler -> session -> agent
+-> wire.Connection -> outbox -> writer. Nothing lives at module level: two servers in one
+``trio.run`` share nothing.
 """
 
 from __future__ import annotations
 
-import inspect
+import contextlib
 import itertools
-import json
 import logging
-import socket
 import ssl
-import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final, Protocol
+from typing import Final
 
-import attrs
 import trio
 
 from ._agent import Agent
-from ._component import Component, Components, Handler
-from ._config import Config, SlowConsumerPolicy
-from ._errors import HandlerError, SerializeError
-from ._fdstream import FdStream
-from ._pipeline import PipelineMessage
-from ._serializer import Unmarshal
-from ._session import Call, Session, current_call
-from .nursery_scheduler import Lane, Scheduler, Task
-from .wire import HandshakeResponse, MessageCodec, MessageType, Notify, Request
+from ._component import LIFECYCLE_HOOKS, Components
+from ._config import Config
+from ._errors import ComponentError
+from ._listen import Endpoint, TCPEndpoint
+from ._log import RateLimitedLog
+from ._router import RemoteRouter, Router
+from ._session import NetworkEntity, Session
+from ._stats import Counters, Statistics
+from ._util import call_user, call_user_logged
+from ._websocket import OriginCheck, WebSocketEndpoint
+from .nursery_scheduler import Scheduler
+from .wire import Connection as WireConnection
+from .wire import Kick, MessageCodec, Role
 
-__all__ = ["Endpoint", "Server", "Stats", "TCPEndpoint", "serve_tcp"]
+__all__ = ["Component", "Server", "serve_tcp", "serve_websocket"]
 
 CloseHook = Callable[[Session], Awaitable[None] | None]
 
-
-class RemoteRouter(Protocol):
-    """What a cluster node gives its server: a way to run routes hosted elsewhere."""
-
-    async def forward(self, session: Session, message: Request | Notify) -> None: ...
-
-    def rpc(self, session: Session, route: str, body: bytes) -> None: ...
+_logger = logging.getLogger("trionano.server")
 
 
-#: The error Response body's shape: ``{"code": <int>, "message": <str>}``.
-CODE_BAD_REQUEST: Final = 400
-CODE_NOT_FOUND: Final = 404
-CODE_INTERNAL: Final = 500
+class Component:
+    """Base class for components (any object with handler methods may be registered; this
+    base adds lifecycle hooks and :attr:`server`). Override any hook, sync or async:
 
+    ``init`` (all components, in registration order) then ``after_init`` run before the server
+    accepts clients; ``before_shutdown`` then ``shutdown`` run in reverse order when it stops.
 
-@attrs.define
-class Stats:
-    """Counters of one server; read them, never reset by the server."""
+    Every other public method ``(self, session: Session, msg: T)`` is a handler at route
+    ``"<service>.<method>"``. ``T`` decides how the body is decoded: ``bytes`` raw, a
+    betterproto message, an attrs class or dataclass (JSON), ``dict``/``Any`` (JSON). A
+    handler may be ``async``; it still runs alone in its lane, awaits included: an await in a
+    main-lane handler holds every other client's handlers, so give slow work a lane of its own
+    (``Components.register(..., lane="name")``).
+    """
 
-    sessions_opened: int = 0
-    sessions_closed: int = 0
-    encoded: int = 0  # Data packets encoded (a broadcast counts one)
-    dropped_slow: int = 0  # messages dropped because an outbox was full
-    dropped_closed: int = 0  # messages for sessions already closing
-    dropped_pipeline: int = 0  # messages a pipeline function refused
-    slow_kicks: int = 0  # sessions kicked as slow consumers
-    protocol_errors: int = 0
-    handler_errors: int = 0
-    unknown_routes: int = 0
+    _server: Server | None = None
 
+    @property
+    def server(self) -> Server:
+        """The server this component is registered with (for its scheduler, timers and close
+        hooks); a component belongs to one server. Raises RuntimeError before then."""
+        if self._server is None:
+            raise RuntimeError(f"{type(self).__name__} is not part of a server yet")
+        return self._server
 
-class Endpoint(Protocol):
-    """A transport a server listens on (TCP here; WebSocket in :mod:`trionano.websocket`)."""
+    def attach(self, server: Server) -> None:
+        """Called by the server that runs this component. Raises ComponentError when it
+        already belongs to another server."""
+        if self._server is not None and self._server is not server:
+            raise ComponentError(f"{type(self).__name__} already belongs to another server")
+        self._server = server
 
-    async def start(self, server: Server, nursery: trio.Nursery) -> int:
-        """Bind, start accepting in ``nursery`` (each connection handed to
-        ``server.serve_connection``), and return the bound port."""
-        ...
+    def init(self) -> Awaitable[None] | None:
+        return None
 
-    async def aclose(self) -> None:
-        """Stop accepting. Connections already made are the server's."""
-        ...
+    def after_init(self) -> Awaitable[None] | None:
+        return None
 
+    def before_shutdown(self) -> Awaitable[None] | None:
+        return None
 
-def _peer(stream: trio.abc.Stream) -> str:
-    sock = getattr(stream, "socket", None) or getattr(getattr(stream, "transport_stream", None), "socket", None)
-    try:
-        host, port = sock.getpeername()[:2]  # type: ignore[union-attr]
-    except (AttributeError, OSError, ValueError):
-        return "unknown"
-    return f"{host}:{port}"
-
-
-async def open_listeners(
-    host: str | None, port: int, ssl_context: ssl.SSLContext | None
-) -> tuple[list[trio.abc.Listener[Any]], int]:
-    """TCP listeners on ``host:port`` (TLS-wrapped with ``ssl_context``) and the bound port."""
-    sockets = await trio.open_tcp_listeners(port, host=host)
-    bound: int = sockets[0].socket.getsockname()[1]
-    if ssl_context is None:
-        return list(sockets), bound
-    return [trio.SSLListener(sock, ssl_context) for sock in sockets], bound
-
-
-async def accept_forever(
-    listener: trio.abc.Listener[Any], handle: Callable[[trio.abc.Stream], Awaitable[None]], nursery: trio.Nursery
-) -> None:
-    """Hand every accepted connection to ``handle`` (a task in ``nursery``) until the listener
-    is closed. Plain TCP streams become :class:`FdStream`; accept errors (out of file
-    descriptors and the like) are logged and retried."""
-    while True:
-        try:
-            stream = await listener.accept()
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            return
-        except OSError as exc:
-            logging.getLogger("trionano").error("accept failed: %s", exc)
-            await trio.sleep(0.1)
-            continue
-        nursery.start_soon(handle, FdStream.from_stream(stream) if type(stream) is trio.SocketStream else stream)
-
-
-@attrs.define(eq=False)
-class TCPEndpoint:
-    """Plain TCP, or TLS with ``ssl_context`` (trio.SSLStream). ``port`` 0 picks a free one.
-    ``send_buffer`` sets SO_SNDBUF on each connection: a small one bounds the kernel memory a
-    stalled client can pin, so the slow-consumer policy sees it sooner."""
-
-    host: str | None = None
-    port: int = 0
-    ssl_context: ssl.SSLContext | None = None
-    send_buffer: int | None = None
-    _listeners: list[trio.abc.Listener[Any]] = attrs.field(factory=list, init=False)
-
-    async def start(self, server: Server, nursery: trio.Nursery) -> int:
-        self._listeners, port = await open_listeners(self.host, self.port, self.ssl_context)
-
-        async def handle(stream: trio.abc.Stream) -> None:
-            peer = _peer(stream)
-            if self.send_buffer is not None:
-                sock = getattr(stream, "socket", None) or stream.transport_stream.socket  # type: ignore[attr-defined]
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
-            await server.serve_connection(stream, peer)
-
-        for listener in self._listeners:
-            nursery.start_soon(accept_forever, listener, handle, nursery)
-        return port
-
-    async def aclose(self) -> None:
-        for listener in self._listeners:
-            await listener.aclose()
+    def shutdown(self) -> Awaitable[None] | None:
+        return None
 
 
 class Server:
-    """A trionano server: owns its components, scheduler, sessions and counters.
+    """A trionano server: owns its components' routes, scheduler, sessions and counters.
 
     Build it with the components and a :class:`Config`, then run :meth:`serve` (or
-    :func:`serve_tcp`) in a nursery; :meth:`shutdown` stops it gracefully.
+    :func:`serve_tcp`, :func:`serve_websocket`) in a nursery; :meth:`shutdown` stops it
+    gracefully.
+
+    A cluster node hands in ``session_ids`` (an iterator of ids unique across the cluster) and
+    ``remote`` (the router for routes hosted by other nodes); a standalone server numbers its
+    sessions from 1.
 
     Raises ComponentError at construction when a handler's message type cannot be decoded
-    with the configured serializer.
+    with the configured serializer, or a component already belongs to another server.
     """
 
-    def __init__(self, components: Components, config: Config | None = None) -> None:
+    def __init__(
+        self,
+        components: Components,
+        config: Config | None = None,
+        *,
+        session_ids: Iterator[int] | None = None,
+        remote: RemoteRouter | None = None,
+    ) -> None:
         self.config: Final = config or Config()
         self.components: Final = components
         self.serializer: Final = self.config.serializer
         self.codec: Final = MessageCodec(self.config.routes, max_body=self.config.max_packet_size)
-        self.stats: Final = Stats()
-        self._logger = logging.getLogger(self.config.logger_name)
+        self._counters = Counters()
         self.scheduler: Final = Scheduler(
-            backlog=self.config.scheduler_backlog, precision=self.config.timer_precision, logger=self._logger
+            backlog=self.config.scheduler_backlog,
+            precision=self.config.timer_precision,
+            logger=logging.getLogger("trionano.scheduler"),
         )
-        self._main_lane: Final = self.scheduler.lane("")
-        self._handlers: dict[str, tuple[Handler, Unmarshal]] = components.resolve(self.serializer)
+        self._log = RateLimitedLog(_logger)
+        self._agent_log = RateLimitedLog(logging.getLogger("trionano.agent"))
+        self.router: Final = Router(
+            components.resolve(self.serializer),
+            scheduler=self.scheduler,
+            pipeline=self.config.pipeline,
+            counters=self._counters,
+            log=RateLimitedLog(logging.getLogger("trionano.router")),
+            expose_errors=self.config.expose_errors,
+            remote=remote,
+        )
+        self._remote = remote
+        self._session_ids: Final = session_ids if session_ids is not None else itertools.count(1)
         for component in components.components:
             if isinstance(component, Component):
-                component._attach(self)
-        # the channels' own lists: a C-level truth test on every message
-        self._inbound_funcs = self.config.pipeline.inbound._funcs
-        self._outbound_funcs = self.config.pipeline.outbound._funcs
-        self._inbound = self.config.pipeline.inbound
-        self._outbound = self.config.pipeline.outbound
+                component.attach(self)
         self._sessions: dict[int, Session] = {}
         self._agents: set[Agent] = set()
         self._close_hooks: list[CloseHook] = []
-        self._session_ids = itertools.count(1)
         self._stop = trio.Event()
         self._all_closed = trio.Event()
         self._stopping = False
         self._running = False
         self._nursery: trio.Nursery | None = None
-        self._remote: RemoteRouter | None = None  # set by a cluster node
 
     # -- public -----------------------------------------------------------------------------
 
     @property
     def sessions(self) -> Mapping[int, Session]:
-        """Open sessions by id (read-only)."""
+        """Open sessions (handshake acknowledged) by id; read-only."""
         return MappingProxyType(self._sessions)
 
     @property
     def routes(self) -> list[str]:
-        return sorted(self._handlers)
+        """The routes hosted here, sorted."""
+        return self.router.routes
+
+    def statistics(self) -> Statistics:
+        """The server's counters now, as an immutable snapshot."""
+        return self._counters.snapshot(len(self._sessions))
 
     def on_session_closed(self, hook: CloseHook) -> CloseHook:
         """Run ``hook(session)`` in the scheduler's main lane when any session closes (nano's
         ``session.Lifetime.OnClosed``, but owned by this server). Usable as a decorator."""
         self._close_hooks.append(hook)
         return hook
+
+    def make_session(self, entity: NetworkEntity) -> Session:
+        """A new session for ``entity`` with this server's next session id, its serializer and
+        remote router; for a cluster node's stand-ins of other gates' clients (local
+        connections get theirs when they are accepted). The caller owns its life and calls
+        :meth:`session_closed` when it ends."""
+        return Session._create(next(self._session_ids), entity, self.serializer, self._remote)
+
+    def next_id(self) -> int:
+        """The next id of this server's id source (unique across a cluster when a cluster node
+        gave the source)."""
+        return next(self._session_ids)
 
     def shutdown(self) -> None:
         """Stop gracefully: stop accepting, run before_shutdown hooks, kick every session with
@@ -238,10 +211,10 @@ class Server:
                 await self._lifecycle("init")
                 await self._lifecycle("after_init")
                 sweeper = trio.CancelScope()
-                root.start_soon(self._sweep_heartbeats, sweeper)
+                root.start_soon(self._sweep, sweeper)
                 async with trio.open_nursery() as connections:
-                    ports = [await endpoint.start(self, connections) for endpoint in endpoints]
-                    self._logger.info("Startup trionano server on ports %s, routes %s", ports, self.routes)
+                    ports = [await endpoint.start(self.serve_connection, connections) for endpoint in endpoints]
+                    _logger.info("trionano server listening on ports %s; routes %s", ports, self.routes)
                     task_status.started(ports)
                     await self._stop.wait()
                     await self._graceful_stop(endpoints, connections)
@@ -252,37 +225,105 @@ class Server:
             self._running = False
             self._nursery = None
 
-    async def _graceful_stop(self, endpoints: Sequence[Endpoint], connections: trio.Nursery) -> None:
+    async def _graceful_stop(self, endpoints: tuple[Endpoint, ...], connections: trio.Nursery) -> None:
         self._stopping = True
         for endpoint in endpoints:
             await endpoint.aclose()
         await self._lifecycle("before_shutdown", reverse=True)
         for agent in list(self._agents):
-            agent.kick("shutdown")
+            agent.shutdown()
         if self._agents:
             with trio.move_on_after(self.config.shutdown_timeout):
                 await self._all_closed.wait()
         connections.cancel_scope.cancel()
 
+    # -- connections ------------------------------------------------------------------------
+
     async def serve_connection(self, stream: trio.abc.Stream, remote_address: str) -> None:
-        """Serve one accepted connection until it closes (for custom transports)."""
-        if self._stopping:
-            await trio.aclose_forcefully(stream)
+        """Serve one accepted connection until it closes (the :data:`ConnectionHandler` every
+        endpoint is started with; usable for custom transports). Owns ``stream``. Never raises
+        for anything the peer does."""
+        counters = self._counters
+        if self._stopping or len(self._agents) >= self.config.max_connections:
+            counters.connections_refused += 1
+            await self._refuse(stream, "shutdown" if self._stopping else "server full")
             return
-        agent = Agent(self, stream, remote_address, next(self._session_ids))
+        counters.connections_accepted += 1
+        agent = Agent(
+            stream,
+            remote_address,
+            config=self.config,
+            codec=self.codec,
+            router=self.router,
+            counters=counters,
+            log=self._agent_log,
+            make_session=self._make_session,
+            on_working=self._session_opened,
+        )
         self._agents.add(agent)
-        self._sessions[agent.session.id] = agent.session
-        self.stats.sessions_opened += 1
-        await agent.run()
+        try:
+            await agent.run()
+        except Exception as exc:  # the last guard: nothing one client does ends the server
+            self._log.exception("connection failed", "connection from %s failed", remote_address, exc_info=exc)
+        finally:
+            self._connection_closed(agent)
+
+    async def _refuse(self, stream: trio.abc.Stream, reason: str) -> None:
+        self._log.warning("refused", "connection refused: %s", reason)
+        packet = WireConnection(Role.SERVER).send(Kick(reason))
+        with trio.move_on_after(1.0):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                await stream.send_all(packet)
+        await trio.aclose_forcefully(stream)
+
+    def _make_session(self, agent: Agent) -> Session:
+        return self.make_session(agent)
+
+    def _session_opened(self, agent: Agent) -> None:
+        session = agent.session
+        self._sessions[session.id] = session
+        self._counters.sessions_opened += 1
+        _logger.debug("session %d opened from %s", session.id, agent.remote_address)
+
+    def _connection_closed(self, agent: Agent) -> None:
+        self._agents.discard(agent)
+        session = agent.session
+        if self._sessions.pop(session.id, None) is not None:
+            self._counters.sessions_closed += 1
+            _logger.debug("session %d (uid %d) from %s closed", session.id, session.uid, agent.remote_address)
+            self.session_closed(session)
+        if self._stopping and not self._agents:
+            self._all_closed.set()
+
+    def session_closed(self, session: Session) -> None:
+        """Queue the close hooks for ``session`` on the main lane (never waits). Called by the
+        server for its own sessions and by a cluster node for the remote sessions it ends."""
+        if not self._close_hooks:
+            return
+        hooks = list(self._close_hooks)
+
+        async def run_hooks() -> None:
+            for hook in hooks:
+                await call_user_logged(_logger, "session close hook", hook, session)
+
+        try:
+            self.scheduler.push_nowait(run_hooks)
+        except trio.WouldBlock:
+            if self._nursery is not None:
+                self._nursery.start_soon(self.scheduler.push, run_hooks)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):  # stopped, or cancelled
+            _logger.warning("the scheduler has stopped: close hooks of session %d skipped", session.id)
 
     # -- the scheduler side -----------------------------------------------------------------
 
     async def _lifecycle(self, hook: str, *, reverse: bool = False) -> None:
         """Run a lifecycle hook of every component, in the main lane (so it never races a
-        handler), and wait for them."""
+        handler), and wait for them. init and after_init failures are raised."""
+        assert hook in LIFECYCLE_HOOKS
         components = self.components.components
         done = trio.Event()
-        errors: list[BaseException] = []
+        errors: list[Exception] = []
+        strict = hook in ("init", "after_init")
 
         async def run_hooks() -> None:
             try:
@@ -290,15 +331,14 @@ class Server:
                     method = getattr(component, hook, None)
                     if method is None:
                         continue
+                    if not strict:
+                        await call_user_logged(_logger, f"{type(component).__name__}.{hook}", method)
+                        continue
                     try:
-                        result = method()
-                        if inspect.isawaitable(result):
-                            await result
+                        await call_user(method)
                     except Exception as exc:
-                        if hook in ("init", "after_init"):
-                            errors.append(exc)
-                            return
-                        self._logger.exception("%s.%s failed", type(component).__name__, hook)
+                        errors.append(exc)
+                        return
             finally:
                 done.set()
 
@@ -307,231 +347,21 @@ class Server:
         if errors:
             raise errors[0]
 
-    def _lane(self, session: Session, handler: Handler) -> Lane:
-        own = session.get(handler.lane)
-        return own if isinstance(own, Lane) else self.scheduler.lane(handler.lane)
-
-    def _dispatch(self, session: Session, message: Request | Notify) -> tuple[Lane | None, Task] | None:
-        """From a reader: find the handler, run the inbound pipeline, decode the body, and
-        queue the call. Returns ``(lane, task)`` when the lane is full: the reader then waits
-        on ``lane.push(task)`` (backpressure on that connection alone), or ``(None, task)``
-        for a route forwarded to another cluster node: the reader awaits ``task()``. Not a
-        coroutine: no allocation per message for the common case."""
-        route = message.route
-        mid = message.id if type(message) is Request else 0
-        entry = self._handlers.get(route)
-        if entry is None and self._remote is not None:
-            # a cluster node forwards what it does not host; the reader awaits the call, so a
-            # connection's messages keep their order (as nano's gate does)
-            remote = self._remote
-            return None, lambda: remote.forward(session, message)
-        if entry is None:
-            self.stats.unknown_routes += 1
-            self._logger.warning("nano/handler: %s not found(forgot registered?), session=%d", route, session.id)
-            if mid:
-                return self._queue(
-                    self._main_lane, self._error_task(session, mid, CODE_NOT_FOUND, f"route not found: {route}")
-                )
-            return None
-        handler, unmarshal = entry
-        body = message.body
-        if self._inbound_funcs:
-            pipeline_message = PipelineMessage(MessageType(message.type), route, body, mid)
-            try:
-                self._inbound.process(session, pipeline_message)
-            except Exception as exc:
-                self.stats.dropped_pipeline += 1
-                self._logger.warning("Pipeline process failed: %r (route %s)", exc, route)
-                if mid:
-                    return self._queue(self._main_lane, self._error_task(session, mid, CODE_BAD_REQUEST, str(exc)))
-                return None
-            body = pipeline_message.data
-        try:
-            arg = unmarshal(body)
-        except SerializeError as exc:
-            self._logger.warning("Deserialize failed for %s: %s", route, exc)
-            if mid:
-                return self._queue(self._main_lane, self._error_task(session, mid, CODE_BAD_REQUEST, str(exc)))
-            return None
-        lane = self._main_lane if not handler.lane else self._lane(session, handler)
-        return self._queue(lane, self._call_task(session, handler, arg, mid))
-
-    @staticmethod
-    def _queue(lane: Lane, task: Task) -> tuple[Lane | None, Task] | None:
-        try:
-            lane.push_nowait(task)  # no task switch while the lane has room
-        except trio.WouldBlock:
-            return lane, task
-        return None
-
-    def _call_task(self, session: Session, handler: Handler, arg: object, mid: int) -> Task:
-        func = handler.func
-        if handler.is_async:
-
-            async def call_async() -> None:
-                call = Call(mid)
-                token = current_call.set(call)
-                try:
-                    result = await func(session, arg)
-                except Exception as exc:
-                    self._handler_failed(session, handler, call, exc)
-                else:
-                    if mid and result is not None:
-                        self._answer(session, call, result)
-                finally:
-                    current_call.reset(token)
-
-            return call_async
-
-        # the twin of call_async: a sync handler's call costs no coroutine per message
-        def call_sync() -> None:
-            call = Call(mid)
-            token = current_call.set(call)
-            try:
-                result = func(session, arg)
-            except Exception as exc:
-                self._handler_failed(session, handler, call, exc)
-            else:
-                if mid and result is not None:
-                    self._answer(session, call, result)
-            finally:
-                current_call.reset(token)
-
-        return call_sync
-
-    def _answer(self, session: Session, call: Call, result: object) -> None:
-        """A request handler's return value becomes its Response (unless it responded)."""
-        if call.answered or session.closed:
-            return
-        try:
-            session.response(result, mid=call.mid)
-        except SerializeError as exc:
-            self._handler_failed(session, None, call, exc)
-        except trio.BrokenResourceError:
-            self.stats.dropped_closed += 1
-
-    def _handler_failed(self, session: Session, handler: Handler | None, call: Call, exc: Exception) -> None:
-        self.stats.handler_errors += 1
-        route = handler.route if handler else "?"
-        if isinstance(exc, HandlerError):
-            code, text = exc.code, exc.message
-            self._logger.info("Service %s answered error %d: %s", route, code, text)
-        else:
-            code, text = CODE_INTERNAL, f"{type(exc).__name__}: {exc}"
-            self._logger.error("Service %s error (session %d)", route, session.id, exc_info=exc)
-        if call.mid and not call.answered and not session.closed:
-            call.answered = True
-            self._send_error(session, call.mid, code, text)
-
-    def _error_task(self, session: Session, mid: int, code: int, text: str) -> Task:
-        # queued behind the session's earlier requests, so responses keep their order
-        return lambda: self._send_error(session, mid, code, text)
-
-    def _send_error(self, session: Session, mid: int, code: int, text: str) -> None:
-        if session.closed:
-            return
-        body = {"code": code, "message": text}
-        try:
-            data = self.serializer.marshal(body)
-        except SerializeError:
-            data = json.dumps(body, separators=(",", ":")).encode()
-        session._entity.send_response(session, mid, data)
-
-    # -- the agents' side -------------------------------------------------------------------
-
-    def _handshake_response(self) -> HandshakeResponse:
-        config = self.config
-        return HandshakeResponse(
-            heartbeat=config.heartbeat,
-            servertime=int(time.time()),  # now, not the startup time nano caches
-            dictionary=config.routes or None,
-            pomelo=config.pomelo_handshake,
-        )
-
-    def _encode_push(self, route: str, value: object) -> tuple[bytes, bytes]:
-        """Serialize and encode a Push once: (body, whole packet)."""
-        body = self.serializer.marshal(value)
-        packet = self.codec.push_packet(route, body)
-        self.stats.encoded += 1
-        return body, packet
-
-    def _run_outbound(self, session: Session, message: PipelineMessage) -> bool:
-        try:
-            self._outbound.process(session, message)
-        except Exception as exc:
-            self.stats.dropped_pipeline += 1
-            self._logger.warning("broken pipeline: %r (session %d, route %r)", exc, session.id, message.route)
-            return False
-        return True
-
-    def _slow_consumer(self, agent: Agent) -> bool:
-        """An outbox is full: apply the policy. Returns False (the message was not queued)."""
-        if self.config.slow_consumer is SlowConsumerPolicy.KICK:
-            self.stats.slow_kicks += 1
-            self._logger.warning("session %d is a slow consumer: kicked", agent.session.id)
-            agent.kick("slow consumer", discard=True)
-            return False
-        self.stats.dropped_slow += 1
-        drops = agent.count_drop()
-        if drops & (drops - 1) == 0:  # 1, 2, 4, 8, ...: every drop counted, logs stay bounded
-            self._logger.warning(
-                "session send buffer exceed: session %d has dropped %d message(s)", agent.session.id, drops
-            )
-        return False
-
-    def _agent_closed(self, agent: Agent) -> None:
-        self._agents.discard(agent)
-        session = agent.session
-        self._sessions.pop(session.id, None)
-        self.stats.sessions_closed += 1
-        self._run_close_hooks(session)
-        if self._stopping and not self._agents:
-            self._all_closed.set()
-
-    def _run_close_hooks(self, session: Session) -> None:
-        """Queue the close hooks for ``session`` on the main lane (never waits)."""
-        if not self._close_hooks:
-            return
-        hooks = list(self._close_hooks)
-
-        async def run_hooks() -> None:
-            for hook in hooks:
-                try:
-                    result = hook(session)
-                    if inspect.isawaitable(result):
-                        await result
-                except Exception:
-                    self._logger.exception("session close hook failed")
-
-        try:
-            self.scheduler.push_nowait(run_hooks)
-        except trio.WouldBlock:
-            if self._nursery is not None:
-                self._nursery.start_soon(self.scheduler.push, run_hooks)
-        except trio.ClosedResourceError:
-            self._logger.warning("scheduler stopped: close hooks of session %d skipped", session.id)
-
-    async def _sweep_heartbeats(self, scope: trio.CancelScope) -> None:
-        """One task for every session: heartbeat those due, close those silent for 2x."""
+    async def _sweep(self, scope: trio.CancelScope) -> None:
+        """One task for every connection: every interval/8, send the heartbeats that are due
+        and kick the peers silent past their deadline; yields between slices, so even
+        thousands of simultaneous timeouts never stall other tasks for long."""
         interval = self.config.heartbeat
         if not interval:
             return
         with scope:
             while True:
-                await trio.sleep(interval / 4)
+                await trio.sleep(interval / 8)
                 now = trio.current_time()
-                for agent in list(self._agents):
-                    conn = agent.conn
-                    if now >= conn.timeout_deadline:
-                        self._logger.info(
-                            "Session heartbeat timeout, session=%d, LastTime=%.3f, Deadline=%.3f",
-                            agent.session.id,
-                            conn.last_received,
-                            now - 2 * interval,
-                        )
-                        agent.kick("heartbeat timeout")
-                    elif now >= conn.heartbeat_deadline:
-                        agent.send_heartbeat(now)
+                for n, agent in enumerate(list(self._agents), 1):
+                    agent.heartbeat(now)
+                    if n % 256 == 0:
+                        await trio.lowlevel.checkpoint()
 
 
 async def serve_tcp(
@@ -544,9 +374,30 @@ async def serve_tcp(
 ) -> None:
     """Serve ``server`` over TCP (TLS with ``ssl_context``) until it is shut down;
     ``task_status.started`` gets the bound port (use port 0 in tests)."""
+    await _serve_one(server, TCPEndpoint(host, port, ssl_context), task_status)
 
+
+async def serve_websocket(
+    server: Server,
+    port: int = 0,
+    *,
+    host: str | None = None,
+    path: str = "/",
+    ssl_context: ssl.SSLContext | None = None,
+    check_origin: OriginCheck | None = None,
+    static_dir: Path | None = None,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``server`` over WebSocket (WSS with ``ssl_context``) until it is shut down;
+    ``task_status.started`` gets the bound port. To serve TCP as well, run
+    ``server.serve(TCPEndpoint(...), WebSocketEndpoint(...))``."""
+    endpoint = WebSocketEndpoint(host, port, path, ssl_context, check_origin, static_dir)
+    await _serve_one(server, endpoint, task_status)
+
+
+async def _serve_one(server: Server, endpoint: Endpoint, task_status: trio.TaskStatus[int]) -> None:
     async def serve(task_status: trio.TaskStatus[list[int]]) -> None:
-        await server.serve(TCPEndpoint(host, port, ssl_context), task_status=task_status)
+        await server.serve(endpoint, task_status=task_status)
 
     async with trio.open_nursery() as nursery:
         ports: list[int] = await nursery.start(serve)

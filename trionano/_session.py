@@ -1,38 +1,53 @@
-"""Sessions: one per client connection, the handle handlers use to answer, push and store."""
+"""Sessions: one per client, the handle handlers use to answer, push and store.
+
+A :class:`Session` is given what it needs and nothing more: its network entity (where its
+messages go: a local connection's agent, or, in a cluster, the gate that holds the client),
+the server's serializer, and, in a cluster, the remote router behind ``session.rpc``. It never
+sees the server.
+"""
 
 from __future__ import annotations
 
 import contextvars
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Final, Generic, NoReturn, Protocol, TypeVar, overload
+from typing import Any, Final, Generic, NoReturn, Protocol, TypeVar, overload
 
 import trio
 
 from ._errors import SessionError
+from ._serializer import Serializer
 
-if TYPE_CHECKING:
-    from ._server import Server
-
-__all__ = ["NetworkEntity", "Session", "SessionKey"]
+__all__ = [
+    "Broadcast",
+    "Call",
+    "DeferredResponse",
+    "NetworkEntity",
+    "RemoteCaller",
+    "Session",
+    "SessionKey",
+    "current_call",
+]
 
 T = TypeVar("T")
 D = TypeVar("D")
 
 
 class Call:
-    """The handler call in progress: which request it answers (``mid``, 0 for a Notify) and
-    whether it has answered yet. Set per call in a context variable, so ``session.response()``
-    answers the right request even after the handler awaited (nano answers whichever request
-    came last), and a client may reuse an id once its answer arrived."""
+    """The handler call in progress: the route, which request it answers (``mid``, 0 for a
+    Notify) and whether it has answered or promised to answer later. Set per call in a context
+    variable, so ``session.response()`` answers the right request even after the handler
+    awaited (nano answers whichever request came last)."""
 
-    __slots__ = ("answered", "mid")
+    __slots__ = ("answered", "deferred", "mid", "route")
 
-    def __init__(self, mid: int) -> None:
+    def __init__(self, route: str, mid: int) -> None:
+        self.route = route
         self.mid = mid
         self.answered = False
+        self.deferred = False
 
 
-current_call: contextvars.ContextVar[Call | None] = contextvars.ContextVar("trionano_current_call", default=None)
+current_call: Final[contextvars.ContextVar[Call | None]] = contextvars.ContextVar("trionano_call", default=None)
 
 
 class SessionKey(Generic[T]):
@@ -48,8 +63,27 @@ class SessionKey(Generic[T]):
         return f"SessionKey({self.name!r})"
 
 
+class Broadcast:
+    """One Push for many sessions: serialized once by its sender, encoded into a packet by the
+    first entity that sends it and reused by every other entity sharing that encoder."""
+
+    __slots__ = ("body", "encoder", "packet", "route")
+
+    def __init__(self, route: str, body: bytes) -> None:
+        self.route: Final = route
+        self.body: Final = body
+        self.encoder: object = None  # whatever encoded ``packet`` (a server's codec)
+        self.packet = b""
+
+
 class NetworkEntity(Protocol):
-    """Where a session's messages go: a local connection's agent (or, in a cluster, a gate)."""
+    """Where a session's messages go: a local connection's agent, or a cluster's gate.
+
+    ``send_*`` return whether the message was queued (False: dropped and counted by the
+    entity: a slow consumer, a refusing pipeline, a session not yet working). They raise
+    ``trio.BrokenResourceError`` once the entity is closed and
+    :class:`~trionano.MessageTooLarge` for a body over the packet limit.
+    """
 
     @property
     def closed(self) -> bool: ...
@@ -57,13 +91,22 @@ class NetworkEntity(Protocol):
     @property
     def remote_address(self) -> str: ...
 
-    def send_push(self, session: Session, route: str, body: bytes, packet: bytes | None = None) -> bool: ...
+    def send_push(self, session: Session, route: str, body: bytes) -> bool: ...
+
+    def send_broadcast(self, session: Session, broadcast: Broadcast) -> bool: ...
 
     def send_response(self, session: Session, mid: int, body: bytes) -> bool: ...
 
     def kick(self, reason: str) -> None: ...
 
     def close(self) -> None: ...
+
+
+class RemoteCaller(Protocol):
+    """A cluster node's half of ``session.rpc``: send a Notify to whichever member hosts the
+    route, without waiting."""
+
+    def rpc(self, session: Session, route: str, body: bytes) -> None: ...
 
 
 class _NoPublicConstructor(type):
@@ -74,22 +117,77 @@ class _NoPublicConstructor(type):
         return super().__call__(*args, **kwargs)  # type: ignore[misc, no-any-return]
 
 
+class DeferredResponse:
+    """A promise to answer one Request later, from :meth:`Session.defer`. Answer it once with
+    :meth:`respond` or :meth:`error`; answering a closed session is a no-op (returns False)."""
+
+    __slots__ = ("_call", "_session")
+
+    def __init__(self, session: Session, call: Call) -> None:
+        self._session = session
+        self._call = call
+
+    @property
+    def mid(self) -> int:
+        return self._call.mid
+
+    @property
+    def route(self) -> str:
+        return self._call.route
+
+    @property
+    def answered(self) -> bool:
+        return self._call.answered
+
+    def respond(self, value: object) -> bool:
+        """Send ``value`` as the Response. Raises SessionError when already answered,
+        SerializeError, MessageTooLarge (the request stays unanswered, to answer otherwise)."""
+        return self._answer(self._session.serializer.marshal(value))
+
+    def error(self, message: str, *, code: int = 500) -> bool:
+        """Answer with an error Response ``{"code": code, "message": message}``. Raises
+        SessionError when already answered."""
+        return self._answer(self._session.serializer.marshal_error(code, message))
+
+    def _answer(self, body: bytes) -> bool:
+        call = self._call
+        if call.answered:
+            raise SessionError(f"request {call.mid} ({call.route}) was already answered")
+        if self._session.closed:
+            call.answered = True
+            return False
+        sent = self._session.respond_raw(call.mid, body)
+        call.answered = True
+        return sent
+
+
+def _key(key: SessionKey[Any] | str) -> str:
+    return key if isinstance(key, str) else key.name
+
+
 class Session(metaclass=_NoPublicConstructor):
-    """A client's session. Made by the server when a connection opens; dropped everywhere when
-    it closes (nano leaks them, #118). Not safe to share across servers.
+    """A client's session, made by the server once the client's handshake is acknowledged.
+    Not safe to share across servers.
 
     Error handling: ``push``/``response`` on a closed session raise ``trio.BrokenResourceError``
     (nano's ``broken low-level pipe``); a full outbox never raises or waits: the server's
-    slow-consumer policy applies, and the drop is counted and logged.
+    slow-consumer policy applies, and the drop is counted and logged. A body over the server's
+    ``max_packet_size`` raises :class:`~trionano.MessageTooLarge`.
+
+    Data: ``session[key]`` with a :class:`SessionKey` (typed) or a string is the one way to
+    store per-session data; nano's ``set``/``value``/``get_int``... are aliases.
     """
 
-    __slots__ = ("__weakref__", "_data", "_entity", "_server", "id", "uid")
+    __slots__ = ("__weakref__", "_data", "_entity", "_remote", "id", "serializer", "uid")
 
-    def __init__(self, server: Server, entity: NetworkEntity, id: int) -> None:
-        self.id: Final = id  # unique per server, < 2^53 so JS reads it exactly
+    def __init__(
+        self, id: int, entity: NetworkEntity, serializer: Serializer, remote: RemoteCaller | None = None
+    ) -> None:
+        self.id: Final = id  # unique per server (per cluster with a cluster's id source), < 2^53
         self.uid = 0
-        self._server = server
+        self.serializer: Final = serializer
         self._entity = entity
+        self._remote = remote
         self._data: dict[str, Any] = {}
 
     def __repr__(self) -> str:
@@ -104,7 +202,13 @@ class Session(metaclass=_NoPublicConstructor):
         self.uid = uid
 
     @property
+    def entity(self) -> NetworkEntity:
+        """Where this session's messages go (its agent, or a cluster gate's stand-in)."""
+        return self._entity
+
+    @property
     def remote_address(self) -> str:
+        """The client's ``"host:port"`` (over a cluster, the gate's view of it)."""
         return self._entity.remote_address
 
     @property
@@ -112,49 +216,68 @@ class Session(metaclass=_NoPublicConstructor):
         return self._entity.closed
 
     @property
-    def server(self) -> Server:
-        return self._server
-
-    @property
     def last_mid(self) -> int:
-        """The id of the Request being handled (0 in a Notify handler or outside handlers)."""
+        """The id of the Request being handled (0 in a Notify handler or outside handlers).
+        Reading it in a Request handler promises to answer later with ``response(value,
+        mid=...)``, as nano's handlers do (see :meth:`defer`)."""
         call = current_call.get()
-        return call.mid if call is not None else 0
+        if call is None:
+            return 0
+        if call.mid:
+            call.deferred = True
+        return call.mid
 
     # -- messaging --------------------------------------------------------------------------
 
     def push(self, route: str, value: object) -> bool:
         """Serialize ``value`` and queue it as a Push. Returns False if it was dropped (slow
-        consumer). Raises trio.BrokenResourceError if closed, SerializeError."""
+        consumer, refused by a pipeline). Raises trio.BrokenResourceError if closed,
+        SerializeError, MessageTooLarge."""
         if self._entity.closed:
-            raise trio.BrokenResourceError("broken low-level pipe")
-        return self._entity.send_push(self, route, self._server.serializer.marshal(value))
+            raise trio.BrokenResourceError("the session is closed")
+        return self._entity.send_push(self, route, self.serializer.marshal(value))
 
     def response(self, value: object, *, mid: int | None = None) -> bool:
-        """Answer the Request being handled, or the one whose id is ``mid`` (capture
-        ``session.last_mid`` to answer later). Raises SessionError (``current session working
-        on notify mode``) when there is no request to answer, trio.BrokenResourceError if
-        closed, SerializeError."""
+        """Answer the Request being handled, or the one whose id is ``mid`` (see :meth:`defer`
+        for answering later). Raises SessionError (``current session working on notify
+        mode``) when there is no request to answer, trio.BrokenResourceError if closed,
+        SerializeError, MessageTooLarge."""
         call = current_call.get()
         if mid is None:
             mid = call.mid if call is not None else 0
         if mid <= 0:
             raise SessionError("current session working on notify mode")
-        if self._entity.closed:
-            raise trio.BrokenResourceError("broken low-level pipe")
+        body = self.serializer.marshal(value)
+        sent = self.respond_raw(mid, body)
         if call is not None and call.mid == mid:
             call.answered = True
-        return self._entity.send_response(self, mid, self._server.serializer.marshal(value))
+        return sent
+
+    def respond_raw(self, mid: int, body: bytes) -> bool:
+        """Queue an already serialized Response body for request ``mid``. Raises
+        trio.BrokenResourceError if closed, MessageTooLarge."""
+        if self._entity.closed:
+            raise trio.BrokenResourceError("the session is closed")
+        return self._entity.send_response(self, mid, body)
+
+    def defer(self) -> DeferredResponse:
+        """Promise to answer the Request being handled later (from a timer, another lane, a
+        cluster reply): the handler may then return None without the server answering an
+        error for it. Raises SessionError outside a Request handler."""
+        call = current_call.get()
+        if call is None or not call.mid:
+            raise SessionError("defer() answers a Request: call it in a Request handler")
+        call.deferred = True
+        return DeferredResponse(self, call)
 
     def rpc(self, route: str, value: object) -> None:
         """Call ``route`` on the cluster member that hosts its service, without waiting (nano's
         ``session.RPC``); that member's pushes and responses reach this session's client.
         Raises RuntimeError outside a cluster, LookupError when no member hosts the service,
         SerializeError."""
-        remote = self._server._remote
-        if remote is None:
+        if self._remote is None:
             raise RuntimeError("session.rpc needs a cluster node (trionano.cluster)")
-        remote.rpc(self, route, self._server.serializer.marshal(value))
+        self._remote.rpc(self, route, self.serializer.marshal(value))
 
     def kick(self, reason: str = "") -> None:
         """Send a Kick with ``reason`` (pomelo's ``{"reason": ...}``), then close. Idempotent."""
@@ -171,16 +294,16 @@ class Session(metaclass=_NoPublicConstructor):
     @overload
     def __getitem__(self, key: str) -> Any: ...
     def __getitem__(self, key: SessionKey[Any] | str) -> Any:
-        return self._data[key if isinstance(key, str) else key.name]
+        return self._data[_key(key)]
 
     def __setitem__(self, key: SessionKey[T] | str, value: T) -> None:
-        self._data[key if isinstance(key, str) else key.name] = value
+        self._data[_key(key)] = value
 
     def __delitem__(self, key: SessionKey[Any] | str) -> None:
-        del self._data[key if isinstance(key, str) else key.name]
+        del self._data[_key(key)]
 
     def __contains__(self, key: SessionKey[Any] | str) -> bool:
-        return (key if isinstance(key, str) else key.name) in self._data
+        return _key(key) in self._data
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._data)
@@ -192,20 +315,24 @@ class Session(metaclass=_NoPublicConstructor):
     @overload
     def get(self, key: str, default: Any = None) -> Any: ...
     def get(self, key: SessionKey[Any] | str, default: Any = None) -> Any:
-        return self._data.get(key if isinstance(key, str) else key.name, default)
+        return self._data.get(_key(key), default)
 
-    # nano's names
+    def pop(self, key: SessionKey[Any] | str, default: Any = None) -> Any:
+        """Remove ``key`` and return its value (``default`` when missing)."""
+        return self._data.pop(_key(key), default)
+
+    # nano's names, as aliases of the mapping above
     def set(self, key: str, value: object) -> None:
-        self._data[key] = value
+        self[key] = value
 
     def remove(self, key: str) -> None:
-        self._data.pop(key, None)
+        self.pop(key)
 
     def has_key(self, key: str) -> bool:
-        return key in self._data
+        return key in self
 
     def value(self, key: str) -> Any:
-        return self._data.get(key)
+        return self.get(key)
 
     def _typed(self, key: str, kind: type[T], zero: T) -> T:
         # nano's typed getters: the zero value when missing or of another type (no conversion)

@@ -10,23 +10,21 @@ only, and each ``send_all`` is one message: JS clients cannot reassemble a split
 
 from __future__ import annotations
 
-import functools
 import logging
 import mimetypes
 import ssl
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import attrs
 import h11
 import trio
 import trio_websocket
 
-if TYPE_CHECKING:
-    from ._server import Server
+from ._listen import ConnectionHandler, accept_forever, open_listeners
 
-__all__ = ["BROWSER_CLIENT", "WebSocketEndpoint", "WebSocketStream", "serve_websocket"]
+__all__ = ["BROWSER_CLIENT", "OriginCheck", "WebSocketEndpoint", "WebSocketStream"]
 
 #: trionano's browser client (an ES module), for serving beside a page: see examples/chat.
 BROWSER_CLIENT: Final = Path(__file__).resolve().parent / "js" / "trionano.js"
@@ -69,7 +67,9 @@ class ReplayStream(trio.abc.Stream):
 
 class WebSocketStream(trio.abc.Stream):
     """A trio-websocket connection as a byte stream: what an agent (or the client) reads
-    and writes. Text messages are taken as their UTF-8 bytes."""
+    and writes. Text messages are taken as their UTF-8 bytes. ``aclose`` sends a close frame
+    with code 1000 (normal closure) and waits for the peer's; trio-websocket itself closes
+    with 1007 for invalid UTF-8 text and 1009 for a message over ``max_message_size``."""
 
     def __init__(self, connection: trio_websocket.WebSocketConnection) -> None:
         self.connection = connection
@@ -158,21 +158,25 @@ class WebSocketEndpoint:
     static_dir: Path | None = None
     static_files: dict[str, Path] = attrs.field(factory=dict)
     handshake_timeout: float = 10.0
+
+    max_message_size: int = 4 * 64 * 1024 + 64
     _listeners: list[trio.abc.Listener[Any]] = attrs.field(factory=list, init=False)
 
-    async def start(self, server: Server, nursery: trio.Nursery) -> int:
-        from ._server import accept_forever, open_listeners  # the server module imports this one
-
+    async def start(self, handle: ConnectionHandler, nursery: trio.Nursery) -> int:
         self._listeners, port = await open_listeners(self.host, self.port, self.ssl_context)
+
+        async def serve(stream: trio.abc.Stream, address: str) -> None:
+            await self._serve(stream, address, handle)
+
         for listener in self._listeners:
-            nursery.start_soon(accept_forever, listener, functools.partial(self._serve, server=server), nursery)
+            nursery.start_soon(accept_forever, listener, serve, nursery)
         return port
 
     async def aclose(self) -> None:
         for listener in self._listeners:
             await listener.aclose()
 
-    async def _serve(self, stream: trio.abc.Stream, server: Server) -> None:
+    async def _serve(self, stream: trio.abc.Stream, address: str, handle: ConnectionHandler) -> None:
         async with stream:
             try:
                 upgrade = None
@@ -180,7 +184,7 @@ class WebSocketEndpoint:
                     upgrade = await self._route(stream)
                 if upgrade is not None:
                     raw, origin = upgrade
-                    await self._websocket(stream, raw, server, origin)
+                    await self._websocket(stream, raw, address, handle, origin)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
 
@@ -198,14 +202,15 @@ class WebSocketEndpoint:
             return None
         return raw, _header(request, b"origin")
 
-    async def _websocket(self, stream: trio.abc.Stream, raw: bytes, server: Server, origin: str | None) -> None:
-        max_message = 4 * server.config.max_packet_size + 64
+    async def _websocket(
+        self, stream: trio.abc.Stream, raw: bytes, address: str, handle: ConnectionHandler, origin: str | None
+    ) -> None:
         async with trio.open_nursery() as ws_nursery:
             request = await trio_websocket.wrap_server_stream(
                 ws_nursery,
                 ReplayStream(stream, raw),
                 message_queue_size=64,  # its reader parses ahead; the agent takes messages in batches
-                max_message_size=max_message,
+                max_message_size=self.max_message_size,
                 receive_buffer_size=65536,
             )
             if self.check_origin is not None and not self.check_origin(origin):
@@ -214,9 +219,7 @@ class WebSocketEndpoint:
                 ws_nursery.cancel_scope.cancel()
                 return
             connection = await request.accept()
-            remote = request.remote
-            address = f"{remote.address}:{remote.port}" if isinstance(remote, trio_websocket.Endpoint) else str(remote)
-            await server.serve_connection(WebSocketStream(connection), address)
+            await handle(WebSocketStream(connection), address)
             ws_nursery.cancel_scope.cancel()
 
     async def _static(self, stream: trio.abc.Stream, request: h11.Request) -> None:
@@ -248,27 +251,3 @@ class WebSocketEndpoint:
         if root not in candidate.parents or not candidate.is_file():  # no escaping the root
             return None
         return candidate
-
-
-async def serve_websocket(
-    server: Server,
-    port: int = 0,
-    *,
-    host: str | None = None,
-    path: str = "/",
-    ssl_context: ssl.SSLContext | None = None,
-    check_origin: OriginCheck | None = None,
-    static_dir: Path | None = None,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve ``server`` over WebSocket (WSS with ``ssl_context``) until it is shut down;
-    ``task_status.started`` gets the bound port. To serve TCP as well, run
-    ``server.serve(TCPEndpoint(...), WebSocketEndpoint(...))``."""
-    endpoint = WebSocketEndpoint(host, port, path, ssl_context, check_origin, static_dir)
-
-    async def serve(task_status: trio.TaskStatus[list[int]]) -> None:
-        await server.serve(endpoint, task_status=task_status)
-
-    async with trio.open_nursery() as nursery:
-        ports: list[int] = await nursery.start(serve)
-        task_status.started(ports[0])

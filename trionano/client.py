@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -110,14 +111,19 @@ class Client:
         if self.error is not None:
             raise self.error
 
-    async def request(self, route: str, body: object = None, *, raw: bool = False) -> Any:
+    async def request(self, route: str, body: object = None, *, raw: bool = False, timeout: float | None = None) -> Any:  # noqa: ASYNC109 - a per-request deadline, as pitaya-cli and pomelo clients offer
         """Send a Request and wait for its Response: decoded (JSON by default), or its bytes
-        with ``raw``. Raises Kicked, trio.BrokenResourceError."""
+        with ``raw``. ``timeout`` (seconds; None waits as long as the connection lives) bounds
+        the wait. Raises Kicked, trio.BrokenResourceError, TimeoutError (no answer in time:
+        a late answer is then discarded)."""
         mid = next(self._ids)
         pending = self._pending[mid] = _Pending()
         try:
-            await self._send(self.conn.send(wire.Request(mid, route, encode_body({} if body is None else body))))
-            await pending.done.wait()
+            with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
+                await self._send(self.conn.send(wire.Request(mid, route, encode_body({} if body is None else body))))
+                await pending.done.wait()
+            if scope.cancelled_caught:
+                raise TimeoutError(f"no answer to {route} (request {mid}) within {timeout} s")
         finally:
             self._pending.pop(mid, None)
         if isinstance(pending.result, BaseException):

@@ -95,7 +95,6 @@ def build(*, use_dict: bool = False, heartbeat: float = 30.0) -> tuple[trionano.
         heartbeat=heartbeat,
         routes=ROUTES if use_dict else trionano.wire.RouteDict(),
         pipeline=traffic.pipeline(),
-        logger_name="examples.chat",
     )
     return trionano.Server(components, config), room
 

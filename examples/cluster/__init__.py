@@ -22,7 +22,7 @@ from typing import Any
 
 import attrs
 
-from trionano import Component, Components, Config, Group, HandlerError, Server, Session
+from trionano import Component, Components, Config, Group, HandlerError, Session
 from trionano.cluster import ClusterConfig, MemberInfo, Node
 
 logger = logging.getLogger("examples.cluster")
@@ -132,7 +132,6 @@ def build(role: str, *, listen: str, master: str, heartbeat: float = 30.0, label
     components = Components()
     component: Component = {"master": TopicService, "gate": BindService, "chat": RoomService}[role]()
     components.register(component)
-    server = Server(components, Config(heartbeat=heartbeat, logger_name=f"examples.cluster.{role}"))
 
     def unregistered(member: MemberInfo) -> None:
         logger.info("member %s left the cluster", member.service_addr)
@@ -147,4 +146,4 @@ def build(role: str, *, listen: str, master: str, heartbeat: float = 30.0, label
         node_id=node_ids[role],
         unregister_callback=unregistered if role == "master" else None,
     )
-    return Node(server, config)
+    return Node(components, config, Config(heartbeat=heartbeat))

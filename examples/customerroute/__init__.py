@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from trionano import Component, Components, Config, Group, Server, Session
+from trionano import Component, Components, Config, Group, Session
 from trionano.cluster import ClusterConfig, MemberInfo, Node
 
 
@@ -81,7 +81,6 @@ def build(role: str, *, listen: str, master: str, heartbeat: float = 30.0) -> No
         components.register(RegisterService())
     elif role == "chat":
         components.register(ChatRoomService(listen))
-    server = Server(components, Config(heartbeat=heartbeat, logger_name=f"examples.customerroute.{role}"))
     config = ClusterConfig(
         service_address=listen,
         master_address=None if role == "master" else master,
@@ -91,4 +90,4 @@ def build(role: str, *, listen: str, master: str, heartbeat: float = 30.0) -> No
         node_id={"master": 1, "gate": 2}.get(role, 3 + int(listen.rpartition(":")[2]) % 1000),
         remote_route=by_uid if role == "gate" else None,
     )
-    return Node(server, config)
+    return Node(components, config, Config(heartbeat=heartbeat))

@@ -91,18 +91,81 @@ class Echo(Component):
         return x
 
 
+class S(Component):
+    """The issues' small test component (routes ``s.*``)."""
+
+    def __init__(self) -> None:
+        self.group = Group("s")
+        self.deferred: list[Any] = []
+
+    def echo(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
+        return msg
+
+    def big(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
+        return {"b": "x" * 70_000}  # over the 64 KiB packet limit
+
+    def unserializable(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
+        return {"t": {1, 2}}
+
+    def silent(self, session: Session, msg: dict[str, Any]) -> None:
+        return None  # neither answers nor defers
+
+    def later(self, session: Session, msg: dict[str, Any]) -> None:
+        answer = session.defer()
+        self.server.scheduler.after(0.01, lambda: answer.respond({"later": True}))
+
+    def pushes(self, session: Session, msg: dict[str, Any]) -> dict[str, int]:
+        for i in range(msg.get("n", 200)):
+            session.push("onPush", {"i": i})
+        return {"pushed": msg.get("n", 200)}
+
+    def pads(self, session: Session, msg: dict[str, Any]) -> None:
+        for i in range(msg.get("n", 6)):
+            session.push("onPad", {"i": i, "pad": "x" * 60_000})  # each one legal
+
+    def say(self, session: Session, msg: dict[str, Any]) -> None:
+        self.group.broadcast("onSay", msg)
+
+    def join(self, session: Session, msg: dict[str, Any]) -> dict[str, int]:
+        self.group.add(session)
+        return {"members": self.group.count()}
+
+
+class SlowJoin(Component):
+    """A handler on a named lane that joins a group after the client may have left."""
+
+    def __init__(self) -> None:
+        self.group = Group("late")
+
+    async def join(self, session: Session, msg: dict[str, Any]) -> dict[str, bool]:
+        import trio
+
+        await trio.sleep(0.3)
+        session.bind(7)
+        self.group.add(session)
+        return {"joined": True}
+
+
+def s_components() -> tuple[Components, S, SlowJoin]:
+    s, slow = S(), SlowJoin()
+    components = Components()
+    components.register(s, name="s")
+    components.register(slow, name="slow", lane="slow")
+    return components, s, slow
+
+
 def echo_components() -> Components:
     components = Components()
     components.register(Echo(), name="echo")
     return components
 
 
-async def wait_until(predicate: Callable[[], bool]) -> None:
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5) -> None:  # noqa: ASYNC109
     """Poll ``predicate`` (server state with no event to wait on) until it holds; fail after
-    five seconds of trio's clock."""
+    ``timeout`` seconds of trio's clock."""
     import trio
 
-    with trio.fail_after(5):
+    with trio.fail_after(timeout):
         while not predicate():  # noqa: ASYNC110 - polling state the server exposes no event for
             await trio.sleep(0.005)
 

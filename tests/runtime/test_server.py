@@ -46,7 +46,7 @@ async def test_pipeline_rewrites_in_and_out_and_drops_on_error() -> None:
             assert refused == {"code": 400, "message": "refused"}
             await client.notify("echo.tell", {"k": "rot"})
             assert await client.receive_push("onTold") == {"k": "out"}
-        assert running.server.stats.dropped_pipeline == 1
+        assert running.server.statistics().dropped_pipeline == 1
         assert ("echo.json", b'{"k":"rot"}') in seen
 
 
@@ -157,8 +157,8 @@ async def test_two_servers_in_one_run_share_nothing() -> None:
             assert await c1.receive_push("onShout") == {"to": "one"}
             await c2.request("echo.json", {})
             assert c2.pending_pushes("onShout") == 0
-            assert one.server.stats is not two.server.stats
-            assert one.server.stats.sessions_opened == two.server.stats.sessions_opened == 1
+            assert one.server.statistics() is not two.server.statistics()
+            assert one.server.statistics().sessions_opened == two.server.statistics().sessions_opened == 1
         await wait_until(lambda: closed == [[1], [1]])
     assert one.server.scheduler is not two.server.scheduler
 

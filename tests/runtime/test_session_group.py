@@ -97,11 +97,12 @@ class FakeSession:
     def __init__(self, id: int, uid: int) -> None:
         self.id = id
         self.uid = uid
+        self.closed = False
 
 
 def test_group_api_and_nanos_errors() -> None:
     group = Group("g")
-    # groups only read .id and .uid: stand-ins keep this test about the group alone
+    # groups only read .id, .uid and .closed: stand-ins keep this test about the group alone
     a, b = cast(Session, FakeSession(1, 10)), cast(Session, FakeSession(2, 20))
     group.add(a)
     group.add(b)
@@ -147,10 +148,10 @@ async def test_broadcast_and_multicast_over_the_wire() -> None:
         await a.notify("echo.shout", {"from": "a"})
         for client in (a, b, c):
             assert await client.receive_push("onShout") == {"from": "a"}
-        before = running.server.stats.encoded
+        before = running.server.statistics().encoded
         queued = echo.group.multicast("onOdd", {"odd": True}, lambda s: s.id % 2 == 1)
         assert queued == 2
-        assert running.server.stats.encoded == before + 1
+        assert running.server.statistics().encoded == before + 1
         assert await a.receive_push("onOdd") == {"odd": True}
         assert await c.receive_push("onOdd") == {"odd": True}
         await b.request("echo.json", {})  # b's pushes so far have arrived

@@ -363,18 +363,37 @@ def test_a_server_error_hints_the_kick_to_send_and_allows_exactly_it(state: Stat
     assert hint.reason == f"protocol error: {caught.value}"
     assert hint.reason.startswith(f"protocol error: {message}")
     assert conn.state is S.CLOSED
-    for other in (wire.Kick("something else"), wire.Heartbeat(), wire.Push("a", b"{}")):
+    for other in (wire.Kick("something else"), wire.Heartbeat()):
         with pytest.raises(LocalProtocolError, match="closed"):
             conn.send(other, now=1)
-    with pytest.raises(LocalProtocolError):
-        conn.send_push("a", b"{}")
+    if state is S.WORKING:  # the answers to what the client sent before its error may still go out
+        assert conn.send_push("a", b"{}")
+        assert conn.send(wire.Response(1, b"{}"))
+    else:
+        with pytest.raises(LocalProtocolError):
+            conn.send_push("a", b"{}")
     conn.close()  # the runtime may mark it closed first; the hint stays sendable
+    with pytest.raises(LocalProtocolError):  # but no more answers
+        conn.send_response(1, b"{}")
     data = conn.send(wire.Kick(hint.reason))  # equal is enough, it need not be the same object
     client = connection_in(Role.CLIENT, S.WORKING)
     client.receive_data(data, now=1)
     assert client.next_event() == hint
     with pytest.raises(LocalProtocolError):  # exactly once
         conn.send(hint)
+
+
+def test_answers_may_go_out_after_a_client_error_until_the_kick() -> None:
+    conn = connection_in(Role.SERVER, S.WORKING)
+    conn.receive_data(INCOMING[Role.SERVER][K.REQUEST] + b"\x07\x00\x00\x00", now=1)
+    assert isinstance(conn.next_event(), wire.Request)
+    with pytest.raises(RemoteProtocolError) as caught:
+        conn.next_event()
+    assert conn.send_response(1, b"{}")  # the answer to the request before the bad packet
+    assert caught.value.event_hint is not None
+    conn.send(caught.value.event_hint)  # type: ignore[arg-type]
+    with pytest.raises(LocalProtocolError):
+        conn.send_response(2, b"{}")
 
 
 def test_a_client_error_has_no_hint() -> None:

@@ -3,8 +3,7 @@ nano's ``clusterpb`` (``proto/cluster.proto``).
 
 ::
 
-    server = Server(components, config)
-    node = Node(server, ClusterConfig(service_address="127.0.0.1:34580", master_address="127.0.0.1:34567"))
+    node = Node(components, ClusterConfig(service_address="127.0.0.1:34580", master_address="127.0.0.1:34567"))
     run_node(node, TCPEndpoint("127.0.0.1", 3250))       # until SIGINT/SIGTERM
 
 grpclib runs on asyncio; trionano on Trio: :func:`run_node` hosts Trio as a guest on the
@@ -14,7 +13,7 @@ servers never need this: they keep plain ``trio.run``.
 
 from __future__ import annotations
 
-from .._server import Endpoint
+from .._listen import Endpoint
 from ._bridge import Bridge as Bridge
 from ._bridge import run as run
 from ._generated.clusterpb import MemberInfo as MemberInfo

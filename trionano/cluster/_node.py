@@ -31,8 +31,12 @@ import grpclib.exceptions
 import grpclib.server
 import trio
 
-from .._server import CODE_NOT_FOUND, Endpoint, Server
-from .._session import Session, SessionKey
+from .._component import Components
+from .._config import Config
+from .._listen import Endpoint
+from .._router import CODE_NOT_FOUND, CODE_UNAVAILABLE
+from .._server import Server
+from .._session import Broadcast, Session, SessionKey
 from ..wire import Notify, Request
 from . import _generated as _gen_root  # noqa: F401 - the generated package must import first
 from ._bridge import Bridge
@@ -43,7 +47,6 @@ __all__ = ["ClusterConfig", "Node", "RemoteRoute"]
 _logger = logging.getLogger("trionano.cluster")
 
 RemoteRoute = Callable[[str, Session, Sequence[pb.MemberInfo]], "pb.MemberInfo | None"]
-CODE_UNAVAILABLE: Final = 503
 
 #: per session: service -> the member address it is bound to (sticky routing, nano's Router)
 _BINDINGS = SessionKey[dict[str, str]]("trionano.cluster.bindings")
@@ -115,18 +118,23 @@ class RemoteEntity:
         try:
             self._send.send_nowait(item)
         except trio.WouldBlock:
-            self.node.server.stats.dropped_slow += 1
+            self.node.dropped += 1
             _logger.warning("remote session %s: outbox full, message dropped", self.remote_address)
             return False
         except trio.ClosedResourceError:
-            self.node.server.stats.dropped_closed += 1
+            self.node.dropped += 1
             return False
         return True
 
-    def send_push(self, session: Session, route: str, body: bytes, packet: bytes | None = None) -> bool:
+    def send_push(self, session: Session, route: str, body: bytes) -> bool:
         if self.closed:
             raise trio.BrokenResourceError("broken low-level pipe")
         return self._put(("push", route, body, self.sid))
+
+    def send_broadcast(self, session: Session, broadcast: Broadcast) -> bool:
+        if self.closed:
+            return False
+        return self._put(("push", broadcast.route, broadcast.body, self.sid))
 
     def send_response(self, session: Session, mid: int, body: bytes) -> bool:
         if self.closed:
@@ -169,17 +177,27 @@ class RemoteEntity:
                 try:
                     await self.node.bridge.to_asyncio(functools.partial(self._call, peer, item, timeout))
                 except Exception as exc:  # the RPC boundary: log, count, go on
-                    self.node.server.stats.dropped_closed += 1
+                    self.node.dropped += 1
                     _logger.warning("remote session %s: %s to the gate failed: %r", self.remote_address, item[0], exc)
 
 
 class Node:
-    """One cluster node around a :class:`~trionano.Server`: run it with :meth:`run` inside
-    :func:`trionano.cluster.run` (which hosts Trio on grpclib's asyncio loop)."""
+    """One cluster node and the :class:`~trionano.Server` it builds for ``components`` (with
+    ``server_config``): run it with :meth:`run` inside :func:`trionano.cluster.run` (which
+    hosts Trio on grpclib's asyncio loop). The node hands its server the session-id source
+    (unique across gates by ``node_id``) and itself as the router for remote routes."""
 
-    def __init__(self, server: Server, config: ClusterConfig) -> None:
-        self.server: Final = server
+    def __init__(self, components: Components, config: ClusterConfig, server_config: Config | None = None) -> None:
+        self.server: Final = Server(
+            components,
+            server_config,
+            session_ids=itertools.count((config.node_id << 32) + 1),
+            remote=self,
+        )
+        server = self.server
         self.config: Final = config
+        self.dropped = 0  # messages to other gates' clients that could not be queued or sent
+        self.unknown_routes = 0  # client messages for routes no member hosts
         self.address: Final = config.service_address
         self.members: dict[str, pb.MemberInfo] = {}  # every other node, by service address
         self._last_heartbeat: dict[str, float] = {}  # the master's view of its members
@@ -189,8 +207,6 @@ class Node:
         self._bridge: Bridge | None = None
         self._registered = trio.Event()
         self._calls: dict[int, tuple[trio.Event, list[bytes]]] = {}  # call id -> (answered, [body])
-        server._remote = self
-        server._session_ids = itertools.count((config.node_id << 32) + 1)
         server.on_session_closed(self._local_session_closed)
 
     # -- views ------------------------------------------------------------------------------
@@ -420,10 +436,10 @@ class Node:
         service, dot, _ = route.rpartition(".")
         member = self._select(service, session) if dot else None
         if member is None:
-            self.server.stats.unknown_routes += 1
+            self.unknown_routes += 1
             _logger.warning("nano/handler: %s not found(forgot registered?)", route)
             if mid:
-                self.server._send_error(session, mid, CODE_NOT_FOUND, f"route not found: {route}")
+                self.server.router.answer_error(session, mid, CODE_NOT_FOUND, f"route not found: {route}")
             return
         peer = self._peer(member.service_addr)
         timeout = self.config.rpc_timeout
@@ -448,13 +464,15 @@ class Node:
             if mid and not session.closed:
                 status = getattr(exc, "status", None)
                 code = CODE_NOT_FOUND if status is grpclib.const.Status.NOT_FOUND else CODE_UNAVAILABLE
-                self.server._send_error(session, mid, code, f"{service} unavailable: {getattr(exc, 'message', exc)}")
+                self.server.router.answer_error(
+                    session, mid, code, f"{service} unavailable: {getattr(exc, 'message', exc)}"
+                )
 
     def rpc(self, session: Session, route: str, body: bytes) -> None:
         """nano's ``session.RPC``: a Notify to the member hosting ``route``'s service, in the
         background, carrying the client's gate and session id (so that member's pushes reach
         the client directly). Raises LookupError when no member hosts the service."""
-        entity = session._entity
+        entity = session.entity
         gate, sid = (entity.gate, entity.sid) if isinstance(entity, RemoteEntity) else (self.address, session.id)
         service = route.rpartition(".")[0]
         member = self._select(service, session)
@@ -481,7 +499,7 @@ class Node:
         if not candidates:
             raise LookupError(f"{service} not found(forgot registered?)")
         member = random.choice(candidates)
-        call_id = next(self.server._session_ids)  # unique across the cluster, like session ids
+        call_id = self.server.next_id()  # unique across the cluster, like session ids
         answered, box = self._calls[call_id] = (trio.Event(), [])
         peer = self._peer(member.service_addr)
         seconds = self.config.rpc_timeout
@@ -519,13 +537,13 @@ class Node:
     # -- serving forwarded messages (a member) ------------------------------------------------
 
     async def handle(self, gate: str, sid: int, message: Request | Notify) -> pb.MemberHandleResponse:
-        if message.route not in self.server._handlers:
+        if not self.server.router.hosts(message.route):
             raise grpclib.exceptions.GRPCError(
                 grpclib.const.Status.NOT_FOUND, f"service not found in current node: {message.route}"
             )
         session = self._remote_session(gate, sid)
-        pending = self.server._dispatch(session, message)
-        if pending is not None and pending[0] is not None:
+        pending = self.server.router.dispatch(session, message)
+        if isinstance(pending, tuple):
             await pending[0].push(pending[1])  # the lane is full: the gate's call waits
         return pb.MemberHandleResponse()
 
@@ -536,7 +554,7 @@ class Node:
             entity = RemoteEntity(self, gate, sid)
             if not self._start(entity.run):
                 raise grpclib.exceptions.GRPCError(grpclib.const.Status.UNAVAILABLE, "this node is stopping")
-            session = Session._create(self.server, entity, next(self.server._session_ids))
+            session = self.server.make_session(entity)
             self._remote_sessions[key] = session
         return session
 
@@ -544,17 +562,17 @@ class Node:
         session = self._remote_sessions.pop(key, None)
         if session is None:
             return
-        entity = session._entity
+        entity = session.entity
         assert isinstance(entity, RemoteEntity)
         entity.drop()
-        self.server._run_close_hooks(session)
+        self.server.session_closed(session)
 
     def session_closed(self, sid: int) -> None:
         for key in [key for key in self._remote_sessions if key[1] == sid]:
             self._end_remote_session(key)
 
     def gate_session(self, sid: int) -> Session:
-        session = self.server._sessions.get(sid)
+        session = self.server.sessions.get(sid)
         if session is None:
             raise grpclib.exceptions.GRPCError(grpclib.const.Status.NOT_FOUND, f"session not found: {sid}")
         return session
@@ -579,7 +597,7 @@ class _MemberService(pb.MemberBase):
     async def handle_push(self, push_message: pb.PushMessage) -> pb.MemberHandleResponse:
         async def push() -> pb.MemberHandleResponse:
             session = self.node.gate_session(push_message.session_id)
-            session._entity.send_push(session, push_message.route, push_message.data)
+            session.entity.send_push(session, push_message.route, push_message.data)
             return pb.MemberHandleResponse()
 
         return await self.node.bridge.to_trio(push)
@@ -589,7 +607,7 @@ class _MemberService(pb.MemberBase):
             if self.node.answer_call(response_message.session_id, response_message.data):
                 return pb.MemberHandleResponse()
             session = self.node.gate_session(response_message.session_id)
-            session._entity.send_response(session, response_message.id, response_message.data)
+            session.entity.send_response(session, response_message.id, response_message.data)
             return pb.MemberHandleResponse()
 
         return await self.node.bridge.to_trio(respond)
@@ -617,7 +635,7 @@ class _MemberService(pb.MemberBase):
 
     async def close_session(self, close_session_request: pb.CloseSessionRequest) -> pb.CloseSessionResponse:
         async def close() -> pb.CloseSessionResponse:
-            session = self.node.server._sessions.get(close_session_request.session_id)
+            session = self.node.server.sessions.get(close_session_request.session_id)
             if session is not None:
                 session.close()
             return pb.CloseSessionResponse()

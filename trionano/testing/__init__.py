@@ -86,6 +86,13 @@ class RawConnection:
             if packet.type is not wire.PacketType.HEARTBEAT:
                 raise AssertionError(f"expected a Data packet, got {packet}")
 
+    async def receive_response(self) -> wire.Response:
+        """The next Data packet's message, which must be a Response (heartbeats skipped)."""
+        message = await self.receive_message()
+        if not isinstance(message, wire.Response):
+            raise AssertionError(f"expected a Response, got {message}")
+        return message
+
     async def receive_until_closed(self) -> list[wire.Packet]:
         """Every packet until the server closes the connection."""
         packets = []

@@ -431,9 +431,12 @@ class Connection:
         return ConnectionClosed(self._decoder.buffered)
 
     def _fail(self, exc: RemoteProtocolError) -> None:
+        data_out = self._data_out
         self._enter(_CLOSED)
         if self.role is Role.SERVER:
             exc.event_hint = self._error_kick = Kick(f"protocol error: {exc}")
+            # the answers to what the peer sent before its error may still go out, until the Kick
+            self._data_out = data_out
 
     def _on_control(self, ptype: PacketType, body: bytes) -> Event | None:
         table = self._receive
@@ -491,6 +494,7 @@ class Connection:
         if after is None:
             if state is _CLOSED and isinstance(event, Kick) and event == self._error_kick:
                 self._error_kick = None
+                self._data_out = frozenset()
                 return encode_packet(PacketType.KICK, event.encode(), max_body=self.codec.max_body)
             raise self._refused(kind)
         if isinstance(event, (Request, Notify, Response, Push)):
@@ -511,6 +515,13 @@ class Connection:
         if after is not state:
             self._enter(after)
         return data
+
+    @property
+    def can_send_data(self) -> bool:
+        """Whether Pushes and Responses may be sent now (a server WORKING, or answering after
+        a client's protocol error until its Kick). When true, the ``send_*`` fast paths raise
+        LocalProtocolError only for a packet that is too large."""
+        return bool(self._data_out)
 
     def send_push(self, route: str, body: bytes) -> bytes:
         """``send(Push(route, body))`` without building the event: the whole Data packet.
@@ -543,5 +554,9 @@ class Connection:
 
     def close(self) -> None:
         """Mark the connection closed (the caller closes the transport). Idempotent. A server
-        may still send the Kick of a RemoteProtocolError's ``event_hint``."""
+        may still send the Kick of a RemoteProtocolError's ``event_hint``.
+
+        After a RemoteProtocolError a server may also go on sending Pushes and Responses (the
+        answers to what the peer sent before its error) until it sends that Kick or calls
+        :meth:`close`."""
         self._enter(_CLOSED)

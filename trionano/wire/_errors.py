@@ -5,12 +5,19 @@ Any other exception raised out of the wire layer is a bug (h11's convention).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from ._handshake import Kick
+__all__ = ["EventHint", "LocalProtocolError", "ProtocolError", "RemoteProtocolError"]
 
-__all__ = ["LocalProtocolError", "ProtocolError", "RemoteProtocolError"]
+
+class EventHint(Protocol):
+    """What a :class:`RemoteProtocolError` suggests sending: a :class:`~trionano.wire.Kick`
+    (typed structurally here, so this module stays below the ones that raise it)."""
+
+    @property
+    def reason(self) -> str: ...
+
+    def encode(self) -> bytes: ...
 
 
 class ProtocolError(Exception):
@@ -42,6 +49,6 @@ class RemoteProtocolError(ProtocolError):
     None when there is nothing to send (a client has no way to tell a server why).
     """
 
-    def __init__(self, msg: str, *, event_hint: Kick | None = None) -> None:
+    def __init__(self, msg: str, *, event_hint: EventHint | None = None) -> None:
         super().__init__(msg)
         self.event_hint = event_hint

@@ -1,0 +1,267 @@
+"""The router: from a decoded Request or Notify to a queued handler call, and every answer.
+
+It owns the route table, runs the inbound pipeline, decodes the body to the handler's type,
+chooses the lane, and wraps each call in the one per-request error boundary: whatever a
+handler does, a Request gets exactly one Response (its value, a deferred answer, or an error
+``{"code": ..., "message": ...}``):
+
+=====  =====================================================================================
+code   when
+=====  =====================================================================================
+400    the body cannot be decoded to the handler's type, or an inbound pipeline refused it
+404    no handler for the route (nano leaves the client waiting)
+413    the answer is larger than ``max_packet_size``
+429    the connection is over its rate limit (answered by the agent)
+500    the handler raised (:class:`~trionano.HandlerError` chooses the code), its value cannot
+       be serialized, or it returned None without answering or deferring
+503    a forwarded route's cluster member failed (cluster)
+=====  =====================================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Final, Protocol, TypeAlias
+
+import trio
+
+from ._component import Handler
+from ._errors import HandlerError, MessageTooLarge, SerializeError
+from ._log import RateLimitedLog, client_text
+from ._pipeline import Pipeline, PipelineMessage
+from ._serializer import Unmarshal
+from ._session import Call, Session, current_call
+from ._stats import Counters
+from .nursery_scheduler import Lane, Scheduler, Task
+from .wire import MessageType, Notify, Request
+
+__all__ = [
+    "CODE_BAD_REQUEST",
+    "CODE_INTERNAL",
+    "CODE_NOT_FOUND",
+    "CODE_RATE_LIMITED",
+    "CODE_TOO_LARGE",
+    "CODE_UNAVAILABLE",
+    "Pending",
+    "RemoteRouter",
+    "Router",
+]
+
+CODE_BAD_REQUEST: Final = 400
+CODE_NOT_FOUND: Final = 404
+CODE_TOO_LARGE: Final = 413
+CODE_RATE_LIMITED: Final = 429
+CODE_INTERNAL: Final = 500
+CODE_UNAVAILABLE: Final = 503
+
+#: What :meth:`Router.dispatch` hands back when the reader must wait: the full lane and the
+#: task to push onto it, or (a cluster route) the forwarding call to await.
+Pending: TypeAlias = tuple[Lane, Task] | Callable[[], Awaitable[None]]
+
+
+class RemoteRouter(Protocol):
+    """What a cluster node gives its server: a way to run routes hosted elsewhere."""
+
+    async def forward(self, session: Session, message: Request | Notify) -> None: ...
+
+    def rpc(self, session: Session, route: str, body: bytes) -> None: ...
+
+
+class Router:
+    """One server's routes. Built by the server; called by its agents' readers (and a cluster
+    node's member side) with each decoded message.
+
+    ``handlers`` maps a route to its handler and body decoder; ``remote`` (a cluster node)
+    takes the routes not hosted here. ``expose_errors`` sends a failing handler's exception
+    text to the client (otherwise ``"internal error"``).
+    """
+
+    def __init__(
+        self,
+        handlers: Mapping[str, tuple[Handler, Unmarshal]],
+        *,
+        scheduler: Scheduler,
+        pipeline: Pipeline,
+        counters: Counters,
+        log: RateLimitedLog,
+        expose_errors: bool = False,
+        remote: RemoteRouter | None = None,
+    ) -> None:
+        self._handlers: Final = dict(handlers)
+        self._scheduler = scheduler
+        self._main: Final = scheduler.lane("")
+        self._inbound: Final = pipeline.inbound
+        self._counters = counters
+        self._log = log
+        self._expose_errors = expose_errors
+        self.remote: Final = remote
+
+    @property
+    def routes(self) -> list[str]:
+        """The routes hosted here, sorted."""
+        return sorted(self._handlers)
+
+    def hosts(self, route: str) -> bool:
+        return route in self._handlers
+
+    # -- dispatch (from a reader) -----------------------------------------------------------
+
+    def dispatch(self, session: Session, message: Request | Notify) -> Pending | None:
+        """Queue ``message``'s handler call (or its error answer) on its lane. Returns None
+        when queued, or what the reader must await first (see :data:`Pending`): waiting on a
+        full lane is backpressure on that connection alone. Not a coroutine: no allocation
+        per message for the common case. Never raises for anything the client sent."""
+        route = message.route
+        mid = message.id if type(message) is Request else 0
+        entry = self._handlers.get(route)
+        if entry is None:
+            remote = self.remote
+            if remote is not None:
+                return lambda: remote.forward(session, message)
+            self._counters.unknown_routes += 1
+            self._log.warning("unknown route", "unknown route %s from session %d", client_text(route), session.id)
+            return self._refuse(session, mid, CODE_NOT_FOUND, f"route not found: {route}")
+        handler, unmarshal = entry
+        body = message.body
+        if self._inbound:
+            pipeline_message = PipelineMessage(MessageType(message.type), route, body, mid)
+            try:
+                self._inbound.process(session, pipeline_message)
+            except Exception as exc:  # a user's pipeline function: refuse the message, go on
+                self._counters.dropped_pipeline += 1
+                self._log.warning("pipeline", "inbound pipeline refused %s: %r", route, exc)
+                return self._refuse(session, mid, CODE_BAD_REQUEST, str(exc))
+            body = pipeline_message.data
+        try:
+            arg = unmarshal(body)
+        except SerializeError as exc:
+            self._log.warning("bad body", "undecodable body for %s: %s", route, client_text(str(exc)))
+            return self._refuse(session, mid, CODE_BAD_REQUEST, str(exc))
+        lane = self._main if not handler.lane else self._lane(session, handler)
+        return self._queue(lane, self._call(session, handler, arg, mid))
+
+    def _lane(self, session: Session, handler: Handler) -> Lane:
+        own = session.get(handler.lane)
+        return own if isinstance(own, Lane) else self._scheduler.lane(handler.lane)
+
+    @staticmethod
+    def _queue(lane: Lane, task: Task) -> Pending | None:
+        try:
+            lane.push_nowait(task)  # no task switch while the lane has room
+        except trio.WouldBlock:
+            return lane, task
+        return None
+
+    def _refuse(self, session: Session, mid: int, code: int, text: str) -> Pending | None:
+        if not mid:
+            return None
+        # on the main lane, behind the session's earlier requests: answers keep their order
+        return self._queue(self._main, lambda: self.answer_error(session, mid, code, text))
+
+    def in_order(self, task: Task) -> Pending | None:
+        """Queue ``task`` on the main lane, after everything queued so far."""
+        return self._queue(self._main, task)
+
+    # -- the per-request error boundary -----------------------------------------------------
+
+    def _call(self, session: Session, handler: Handler, arg: object, mid: int) -> Task:
+        func = handler.func
+        route = handler.route
+        if handler.is_async:
+
+            async def call_async() -> None:
+                call = Call(route, mid)
+                token = current_call.set(call)
+                try:
+                    result = await func(session, arg)
+                except Exception as exc:
+                    self._failed(session, call, exc)
+                else:
+                    if mid:
+                        self._answer(session, call, result)
+                finally:
+                    current_call.reset(token)
+
+            return call_async
+
+        # the twin of call_async: a sync handler's call costs no coroutine per message
+        def call_sync() -> None:
+            call = Call(route, mid)
+            token = current_call.set(call)
+            try:
+                result = func(session, arg)
+            except Exception as exc:
+                self._failed(session, call, exc)
+            else:
+                if mid:
+                    self._answer(session, call, result)
+            finally:
+                current_call.reset(token)
+
+        return call_sync
+
+    def _answer(self, session: Session, call: Call, result: object) -> None:
+        """A Request handler returned ``result``: make it the Response, unless answered."""
+        if call.answered:
+            return
+        if result is None:
+            if call.deferred:
+                return
+            self._counters.handler_errors += 1
+            self._log.warning(
+                "no response",
+                "%s returned None for request %d without answering: answered 500 "
+                "(return a value, call session.response(), or session.defer() to answer later)",
+                call.route,
+                call.mid,
+            )
+            self._answer_failure(session, call, CODE_INTERNAL, "the handler gave no response")
+            return
+        if session.closed:
+            self._counters.dropped_closed += 1
+            return
+        try:
+            session.respond_raw(call.mid, session.serializer.marshal(result))
+        except Exception as exc:  # SerializeError, MessageTooLarge, a broken connection
+            self._failed(session, call, exc)
+            return
+        call.answered = True
+
+    def _failed(self, session: Session, call: Call, exc: Exception) -> None:
+        if isinstance(exc, trio.BrokenResourceError) and session.closed:
+            self._counters.dropped_closed += 1  # the client left while it was being served
+            return
+        self._counters.handler_errors += 1
+        if isinstance(exc, HandlerError):
+            code, text = exc.code, exc.message
+            self._log.info("handler error", "%s answered error %d: %s", call.route, code, client_text(text))
+        elif isinstance(exc, MessageTooLarge):
+            code, text = CODE_TOO_LARGE, str(exc)
+            self._log.error("too large", "%s: %s", call.route, text)
+        elif isinstance(exc, SerializeError):
+            code, text = CODE_INTERNAL, "the response could not be serialized"
+            self._log.error("serialize", "%s: %s", call.route, exc)
+        else:
+            code = CODE_INTERNAL
+            text = f"{type(exc).__name__}: {exc}" if self._expose_errors else "internal error"
+            self._log.exception("handler failed", "%s failed (session %d)", call.route, session.id, exc_info=exc)
+        self._answer_failure(session, call, code, text)
+
+    def _answer_failure(self, session: Session, call: Call, code: int, text: str) -> None:
+        if call.mid and not call.answered:
+            call.answered = True
+            self.answer_error(session, call.mid, code, text)
+
+    def answer_error(self, session: Session, mid: int, code: int, text: str) -> None:
+        """Send the error Response ``{"code": code, "message": text}`` to request ``mid``
+        (in the session's serializer's format). Never raises: a closed session is skipped."""
+        if session.closed:
+            self._counters.dropped_closed += 1
+            return
+        if len(text) > 1024:
+            text = text[:1024] + "..."
+        self._counters.answered_error(code)
+        try:
+            session.respond_raw(mid, session.serializer.marshal_error(code, text))
+        except (trio.BrokenResourceError, MessageTooLarge, SerializeError) as exc:
+            self._log.warning("error response", "error response to request %d not sent: %r", mid, exc)
