@@ -10,7 +10,6 @@ import logging
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import pytest
 import trio
@@ -258,14 +257,13 @@ async def ws_handshake(connection: trio_websocket.WebSocketConnection) -> None:
     await connection.send_message(wire.encode_packet(wire.PacketType.HANDSHAKE_ACK))
 
 
-async def close_code(connection: trio_websocket.WebSocketConnection) -> Any:
-    with trio.fail_after(10):
-        try:
-            while True:
-                await connection.get_message()
-        except trio_websocket.ConnectionClosed as closed:
-            assert closed.reason is not None
-            return closed.reason.code
+async def close_code(connection: trio_websocket.WebSocketConnection) -> int:
+    with trio.fail_after(10), pytest.raises(trio_websocket.ConnectionClosed) as closed:
+        while True:
+            await connection.get_message()
+    reason = closed.value.reason
+    assert reason is not None
+    return reason.code
 
 
 async def test_websocket_clients_get_a_close_frame_on_a_kick_and_on_shutdown() -> None:
