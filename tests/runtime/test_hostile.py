@@ -258,9 +258,12 @@ async def ws_handshake(connection: trio_websocket.WebSocketConnection) -> None:
 
 
 async def close_code(connection: trio_websocket.WebSocketConnection) -> int:
-    with trio.fail_after(10), pytest.raises(trio_websocket.ConnectionClosed) as closed:
+    async def read_until_closed() -> None:
         while True:
             await connection.get_message()
+
+    with trio.fail_after(10), pytest.raises(trio_websocket.ConnectionClosed) as closed:
+        await read_until_closed()
     reason = closed.value.reason
     assert reason is not None
     return reason.code
