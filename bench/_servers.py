@@ -1,7 +1,8 @@
 """Servers the benchmarks measure, each run in its own process by bench/runtime.py.
 
 ``python -m bench._servers KIND`` prints its port on the first line of stdout, then serves
-until stdin closes. Kinds: ``trionano`` (the bench component), ``echo`` (a raw trio TCP echo
+until stdin closes. Kinds: ``trionano`` (the bench component), ``trionano-defaults`` (the same
+with the default Config, over TCP and WebSocket: "TCP WS" ports), ``echo`` (a raw trio TCP echo
 server: B1's baseline), ``rawsend`` (accepts connections and, on demand, pushes with a plain
 non-blocking ``socket.send`` loop: B4's baseline).
 """
@@ -72,6 +73,20 @@ async def serve_trionano(websocket: bool = False) -> None:
     async with trio.open_nursery() as nursery:
         (port,) = await nursery.start(server.serve, endpoint)
         print(port, flush=True)
+        await wait_stdin_closed()
+        server.shutdown()
+
+
+async def serve_defaults() -> None:
+    """The bench component with the default Config (heartbeats, rate limit, limits), over TCP
+    and WebSocket: what the hostile-input benchmarks attack. Prints "TCP_PORT WS_PORT"."""
+    components = Components()
+    components.register(Bench(), name="bench")
+    server = trionano.Server(components)
+    endpoints = (trionano.TCPEndpoint("127.0.0.1"), trionano.WebSocketEndpoint("127.0.0.1"))
+    async with trio.open_nursery() as nursery:
+        tcp, ws = await nursery.start(server.serve, *endpoints)
+        print(tcp, ws, flush=True)
         await wait_stdin_closed()
         server.shutdown()
 
@@ -159,7 +174,9 @@ def serve_cluster_node(role: str, listen: str, master: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["trionano", "trionano-ws", "echo", "rawsend", "master", "backend", "gate"])
+    parser.add_argument(
+        "kind", choices=["trionano", "trionano-ws", "trionano-defaults", "echo", "rawsend", "master", "backend", "gate"]
+    )
     parser.add_argument("--listen", default="")
     parser.add_argument("--master", default="")
     parsed = parser.parse_args()
@@ -170,6 +187,8 @@ def main() -> None:
     os.environ.setdefault("PYTHONHASHSEED", "0")
     if kind in ("trionano", "trionano-ws"):
         trio.run(serve_trionano, kind == "trionano-ws")
+    elif kind == "trionano-defaults":
+        trio.run(serve_defaults)
     elif kind == "echo":
         trio.run(serve_echo)
     else:
