@@ -3,7 +3,10 @@
 trio's SocketStream checkpoints (yields to the scheduler) on every call, even when the kernel
 could read or write at once; at tens of thousands of small messages a second those yields are
 most of a connection's cost. FdStream reads and writes the socket's file descriptor directly
-and waits (``trio.lowlevel.wait_readable``/``wait_writable``) only on EAGAIN.
+and waits (``trio.lowlevel.wait_readable``/``wait_writable``) only when the kernel has said it
+must: a read or write failed with EAGAIN, or the last read was short (the receive buffer was
+empty then, so the next read would most likely fail) or a write partial (the send buffer is
+full).
 
 Resource handling: FdStream owns the trio socket it wraps; :meth:`aclose` closes it, and from
 then on no call touches the file descriptor number again (the kernel hands that number to the
@@ -55,6 +58,7 @@ class FdStream(trio.abc.HalfCloseableStream):
     __slots__ = (
         "_fair_every",
         "_read_budget",
+        "_read_drained",
         "_receiving",
         "_rfd",
         "_sending",
@@ -74,6 +78,7 @@ class FdStream(trio.abc.HalfCloseableStream):
         self._rfd = self._wfd = socket.fileno()
         self._fair_every = fair_every
         self._read_budget = self._write_budget = fair_every
+        self._read_drained = False  # the last read was short: wait before the next one
         self._receiving = self._sending = False  # trio's ConflictDetector, inlined
 
     @classmethod
@@ -102,14 +107,19 @@ class FdStream(trio.abc.HalfCloseableStream):
                 fd = self._rfd
                 if fd < 0:
                     raise trio.ClosedResourceError("this stream was closed")
+                if self._read_drained:
+                    await _wait_readable(fd)  # trio's socket close wakes it with ClosedResourceError
+                    self._read_drained = False
+                    self._read_budget = self._fair_every
+                    continue
                 try:
                     data = os.read(fd, size)
                 except BlockingIOError:
-                    await _wait_readable(fd)  # trio's socket close wakes it with ClosedResourceError
-                    self._read_budget = self._fair_every
+                    self._read_drained = True
                     continue
                 except OSError as exc:
                     raise _translate(exc) from exc
+                self._read_drained = len(data) < size
                 return data
         finally:
             self._receiving = False
@@ -129,21 +139,27 @@ class FdStream(trio.abc.HalfCloseableStream):
                 self._write_budget = self._fair_every
                 await _checkpoint()
             view = data
+            full = False
             while True:
                 fd = self._wfd
                 if fd < 0:
                     raise trio.ClosedResourceError("this stream was closed for sending")
+                if full:
+                    await _wait_writable(fd)
+                    full = False
+                    self._write_budget = self._fair_every
+                    continue
                 try:
                     sent = os.write(fd, view)
                 except BlockingIOError:
-                    await _wait_writable(fd)
-                    self._write_budget = self._fair_every
+                    full = True
                     continue
                 except OSError as exc:
                     raise _translate(exc) from exc
                 if sent == len(view):
                     return
                 view = memoryview(view)[sent:]
+                full = True
         finally:
             self._sending = False
 
