@@ -3,90 +3,206 @@
 trio's SocketStream checkpoints (yields to the scheduler) on every call, even when the kernel
 could read or write at once; at tens of thousands of small messages a second those yields are
 most of a connection's cost. FdStream reads and writes the socket's file descriptor directly
-and waits (``trio.lowlevel.wait_readable``/``wait_writable``) only on EAGAIN. Every 16
-operations that did not wait it checkpoints anyway, so it stays fair to other tasks and
-notices cancellation.
+and waits (``trio.lowlevel.wait_readable``/``wait_writable``) only when the kernel has said it
+must: a read or write failed with EAGAIN, or the last read was short (the receive buffer was
+empty then, so the next read would most likely fail) or a write partial (the send buffer is
+full).
 
-Owned by one reader task and one writer task at most (as an agent uses it); it owns the trio
-socket it wraps and closes it.
+Resource handling: FdStream owns the trio socket it wraps; :meth:`aclose` closes it, and from
+then on no call touches the file descriptor number again (the kernel hands that number to the
+next socket it opens, another client's). Close the stream, never the socket. One task may
+receive while another sends (as an agent's reader and writer do); two at once on one side
+raise ``trio.BusyResourceError``, as trio's streams do.
+
+Checkpoints: every call is a cancel point: a cancelled scope raises ``trio.Cancelled`` before
+the socket is touched, so a cancelled read never loses bytes and a cancelled send never half
+happens. A call that must wait is a full checkpoint, as in trio. A call that need not wait is
+a schedule point only every ``fair_every`` calls on its side (16 by default, counted inline),
+so a busy connection still lets other tasks run; with ``fair_every=1`` every call is a full
+checkpoint, trio's whole Stream contract.
+
+Error handling: ``trio.ClosedResourceError`` once this side closed the stream (also for a task
+blocked in it at the time: the close wakes it), or after :meth:`send_eof` for sending;
+``trio.BrokenResourceError`` when the peer reset the connection or the socket failed
+otherwise. End of file is ``b""``.
 """
 
 from __future__ import annotations
 
 import errno
+import operator
 import os
+import socket as stdlib_socket
 from typing import Final
 
 import trio
 
 __all__ = ["FdStream"]
 
-_FAIR_ROUNDS: Final = 16
+_FAIR_EVERY: Final = 16
+_READ_SIZE: Final = 65536
+_CLOSED_ERRNOS: Final = frozenset({errno.EBADF, errno.ENOTSOCK})
+
+_checkpoint: Final = trio.lowlevel.checkpoint
+_checkpoint_if_cancelled: Final = trio.lowlevel.checkpoint_if_cancelled
+_wait_readable: Final = trio.lowlevel.wait_readable
+_wait_writable: Final = trio.lowlevel.wait_writable
 
 
-class FdStream(trio.abc.Stream):
-    """A connected TCP socket as a trio Stream (see the module docstring)."""
+class FdStream(trio.abc.HalfCloseableStream):
+    """A connected TCP socket as a trio Stream (see the module docstring).
 
-    __slots__ = ("_fd", "_rounds", "socket")
+    Raises ValueError for a socket that is not a stream socket, or ``fair_every`` below 1.
+    """
 
-    def __init__(self, socket: trio.socket.SocketType) -> None:
+    __slots__ = (
+        "_fair_every",
+        "_read_budget",
+        "_read_drained",
+        "_receiving",
+        "_rfd",
+        "_sending",
+        "_wfd",
+        "_write_budget",
+        "socket",
+    )
+
+    def __init__(self, socket: trio.socket.SocketType, *, fair_every: int = _FAIR_EVERY) -> None:
+        if socket.type != stdlib_socket.SOCK_STREAM:
+            raise ValueError("FdStream needs a stream socket")
+        if fair_every < 1:
+            raise ValueError("fair_every must be at least 1")
         self.socket: Final = socket
-        self._fd = socket.fileno()
-        self._rounds = 0
+        # -1 once closed (both) or after send_eof (_wfd): checked before every os.read/os.write,
+        # so a number the kernel has given to another socket is never used
+        self._rfd = self._wfd = socket.fileno()
+        self._fair_every = fair_every
+        self._read_budget = self._write_budget = fair_every
+        self._read_drained = False  # the last read was short: wait before the next one
+        self._receiving = self._sending = False  # trio's ConflictDetector, inlined
 
     @classmethod
     def from_stream(cls, stream: trio.SocketStream) -> FdStream:
+        """Take over a SocketStream's socket (with the options it set, e.g. TCP_NODELAY)."""
         return cls(stream.socket)
 
-    async def _fair(self) -> None:
-        self._rounds += 1
-        if self._rounds >= _FAIR_ROUNDS:
-            self._rounds = 0
-            await trio.lowlevel.checkpoint()
-
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        """Bytes as soon as the kernel has any; b"" at end of file. Raises
-        trio.BrokenResourceError (reset), trio.ClosedResourceError (closed here)."""
-        size = max_bytes or 65536
-        while True:
-            try:
-                data = os.read(self._fd, size)
-            except BlockingIOError:
-                self._rounds = 0
-                await trio.lowlevel.wait_readable(self.socket)
-                continue
-            except OSError as exc:
-                raise _translate(exc) from exc
-            await self._fair()
-            return data
+        """Bytes as soon as the kernel has any, at most ``max_bytes`` (64 KiB by default);
+        b"" at end of file. Raises trio.BusyResourceError, trio.ClosedResourceError,
+        trio.BrokenResourceError, ValueError (``max_bytes`` < 1)."""
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this stream")
+        size = _READ_SIZE if max_bytes is None else operator.index(max_bytes)
+        if size < 1:
+            raise ValueError("max_bytes must be at least 1")
+        self._receiving = True
+        try:
+            self._read_budget -= 1
+            if self._read_budget > 0:
+                await _checkpoint_if_cancelled()
+            else:
+                self._read_budget = self._fair_every
+                await _checkpoint()
+            while True:
+                fd = self._rfd
+                if fd < 0:
+                    raise trio.ClosedResourceError("this stream was closed")
+                if self._read_drained:
+                    await _wait_readable(fd)  # trio's socket close wakes it with ClosedResourceError
+                    self._read_drained = False
+                    self._read_budget = self._fair_every
+                    continue
+                try:
+                    data = os.read(fd, size)
+                except BlockingIOError:
+                    self._read_drained = True
+                    continue
+                except OSError as exc:
+                    raise _translate(exc) from exc
+                self._read_drained = len(data) < size
+                return data
+        finally:
+            self._receiving = False
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """Hand all of ``data`` to the kernel. Raises trio.BrokenResourceError (the peer is
-        gone), trio.ClosedResourceError (closed here)."""
-        view = data
-        while True:
-            try:
-                sent = os.write(self._fd, view)
-            except BlockingIOError:
-                self._rounds = 0
-                await trio.lowlevel.wait_writable(self.socket)
-                continue
-            except OSError as exc:
-                raise _translate(exc) from exc
-            if sent == len(view):
-                await self._fair()
-                return
-            view = memoryview(view)[sent:]
+        """Hand all of ``data`` to the kernel. Raises trio.BusyResourceError,
+        trio.ClosedResourceError (also after send_eof), trio.BrokenResourceError (the peer is
+        gone)."""
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this stream")
+        self._sending = True
+        try:
+            self._write_budget -= 1
+            if self._write_budget > 0:
+                await _checkpoint_if_cancelled()
+            else:
+                self._write_budget = self._fair_every
+                await _checkpoint()
+            view = data
+            full = False
+            while True:
+                fd = self._wfd
+                if fd < 0:
+                    raise trio.ClosedResourceError("this stream was closed for sending")
+                if full:
+                    await _wait_writable(fd)
+                    full = False
+                    self._write_budget = self._fair_every
+                    continue
+                try:
+                    sent = os.write(fd, view)
+                except BlockingIOError:
+                    full = True
+                    continue
+                except OSError as exc:
+                    raise _translate(exc) from exc
+                if sent == len(view):
+                    return
+                view = memoryview(view)[sent:]
+                full = True
+        finally:
+            self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
-        await trio.lowlevel.wait_writable(self.socket)
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this stream")
+        self._sending = True
+        try:
+            fd = self._wfd
+            if fd < 0:
+                raise trio.ClosedResourceError("this stream was closed for sending")
+            await _wait_writable(fd)
+        finally:
+            self._sending = False
+
+    async def send_eof(self) -> None:
+        """Shut the socket down for writing (the peer reads b""); idempotent. Raises
+        trio.BusyResourceError, trio.ClosedResourceError (closed), trio.BrokenResourceError."""
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this stream")
+        self._sending = True
+        try:
+            await _checkpoint()
+            if self._rfd < 0:
+                raise trio.ClosedResourceError("this stream was closed")
+            if self._wfd < 0:
+                return
+            self._wfd = -1
+            try:
+                self.socket.shutdown(stdlib_socket.SHUT_WR)
+            except OSError as exc:
+                raise _translate(exc) from exc
+        finally:
+            self._sending = False
 
     async def aclose(self) -> None:
+        """Close the socket; idempotent, and closes even when cancelled."""
+        self._rfd = self._wfd = -1
         self.socket.close()  # trio's close wakes any task waiting on it with ClosedResourceError
-        await trio.lowlevel.checkpoint()
+        await _checkpoint()
 
 
 def _translate(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:
-    if exc.errno == errno.EBADF:
-        return trio.ClosedResourceError("the connection was closed")
-    return trio.BrokenResourceError(str(exc))
+    if exc.errno in _CLOSED_ERRNOS:
+        return trio.ClosedResourceError("this stream was closed")
+    return trio.BrokenResourceError(f"socket connection broken: {exc}")

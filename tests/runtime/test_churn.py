@@ -1,0 +1,295 @@
+"""Connection churn: thousands of clients that hang up abruptly, over TCP and WebSocket at once,
+must neither stop the server nor disturb a client that stays.
+
+Public API only (Server, Components, Component, the endpoints, trionano.client, trionano.testing
+and the sans-IO trionano.wire), so the test outlives changes to the runtime's internals.
+Bounded in count and in time; the figures it reaches are printed (``pytest -s``).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import itertools
+import socket
+import struct
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, Final
+
+import pytest
+import trio
+import wsproto
+import wsproto.events
+
+from trionano import Component, Components, Server, Session, TCPEndpoint, WebSocketEndpoint, wire
+from trionano.client import open_client, open_websocket_client
+from trionano.testing import open_raw_connection
+
+HOST: Final = "127.0.0.1"
+WORKERS: Final = 50  # concurrent churning clients, each cycling through the scenarios
+MAX_CYCLES: Final = 6000  # connections opened and dropped, at most
+MIN_CYCLES: Final = 1500  # fewer in the time allowed and the test proves too little
+TIME_LIMIT: Final = 25.0  # seconds of churn, at most
+CYCLE_TIMEOUT: Final = 10.0
+WEDGED: Final = 120.0
+
+HANDSHAKE: Final = wire.encode_packet(wire.PacketType.HANDSHAKE, b'{"sys":{"type":"churn"}}')
+ACK: Final = wire.encode_packet(wire.PacketType.HANDSHAKE_ACK)
+REQUEST: Final = wire.MessageCodec().request_packet(1, "churn.echo", b'{"n":1}')
+
+
+class Churn(Component):
+    def echo(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
+        return msg
+
+
+# -- TCP scenarios (each opens a connection and drops it) ----------------------------------
+
+
+async def tcp_connect_and_close(port: int) -> None:
+    stream = await trio.open_tcp_stream(HOST, port)
+    await stream.aclose()
+
+
+async def tcp_close_before_ack(port: int) -> None:
+    async with open_raw_connection(HOST, port) as raw:
+        await raw.send(HANDSHAKE)
+        packet = await raw.receive_packet()
+        assert packet.type is wire.PacketType.HANDSHAKE
+
+
+async def tcp_close_mid_packet(port: int) -> None:
+    async with open_raw_connection(HOST, port) as raw:
+        await raw.handshake()
+        await raw.send(REQUEST[: len(REQUEST) // 2])
+
+
+async def tcp_close_after_request(port: int) -> None:
+    async with open_raw_connection(HOST, port) as raw:
+        await raw.handshake()
+        await raw.send(REQUEST)  # and never read the answer
+
+
+async def tcp_reset_after_request(port: int) -> None:
+    async with open_raw_connection(HOST, port) as raw:
+        await raw.handshake()
+        await raw.send(REQUEST)
+        reset_on_close(raw.stream.socket)
+
+
+async def tcp_full_session(port: int) -> None:
+    async with open_client(HOST, port) as client:
+        assert await client.request("churn.echo", {"n": 2}) == {"n": 2}
+
+
+def reset_on_close(sock: trio.socket.SocketType) -> None:
+    """SO_LINGER 0: closing sends a RST instead of a FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+# -- WebSocket scenarios -------------------------------------------------------------------
+
+
+class RawWebSocket:
+    """A client WebSocket over a plain TCP stream (wsproto), to hang up at any byte."""
+
+    def __init__(self, stream: trio.SocketStream, port: int) -> None:
+        self.stream = stream
+        self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        self.upgrade = self.ws.send(wsproto.events.Request(host=f"{HOST}:{port}", target="/"))
+
+    async def accept(self) -> None:
+        await self.stream.send_all(self.upgrade)
+        await self._until(wsproto.events.AcceptConnection)
+
+    def frame(self, data: bytes) -> bytes:
+        return self.ws.send(wsproto.events.BytesMessage(data=data))
+
+    async def handshake(self, *, ack: bool = True) -> None:
+        await self.stream.send_all(self.frame(HANDSHAKE))
+        await self._until(wsproto.events.BytesMessage)
+        if ack:
+            await self.stream.send_all(self.frame(ACK))
+
+    async def _until(self, kind: type[wsproto.events.Event]) -> None:
+        while True:
+            for event in self.ws.events():
+                if isinstance(event, kind):
+                    return
+            data = await self.stream.receive_some(65536)
+            assert data, "the server closed the connection"
+            self.ws.receive_data(data)
+
+
+async def open_raw_websocket(port: int) -> tuple[trio.SocketStream, RawWebSocket]:
+    stream = await trio.open_tcp_stream(HOST, port)
+    return stream, RawWebSocket(stream, port)
+
+
+async def ws_close_mid_upgrade(port: int) -> None:
+    stream, ws = await open_raw_websocket(port)
+    async with stream:
+        await stream.send_all(ws.upgrade[: len(ws.upgrade) // 2])
+
+
+async def ws_close_before_handshake(port: int) -> None:
+    stream, ws = await open_raw_websocket(port)
+    async with stream:
+        await ws.accept()
+
+
+async def ws_close_before_ack(port: int) -> None:
+    stream, ws = await open_raw_websocket(port)
+    async with stream:
+        await ws.accept()
+        await ws.handshake(ack=False)
+
+
+async def ws_close_mid_frame(port: int) -> None:
+    stream, ws = await open_raw_websocket(port)
+    async with stream:
+        await ws.accept()
+        await ws.handshake()
+        frame = ws.frame(REQUEST)
+        await stream.send_all(frame[: len(frame) // 2])
+
+
+async def ws_close_after_request(port: int) -> None:
+    stream, ws = await open_raw_websocket(port)
+    async with stream:
+        await ws.accept()
+        await ws.handshake()
+        await stream.send_all(ws.frame(REQUEST))  # no close frame, no read
+
+
+async def ws_reset_after_request(port: int) -> None:
+    stream, ws = await open_raw_websocket(port)
+    async with stream:
+        await ws.accept()
+        await ws.handshake()
+        await stream.send_all(ws.frame(REQUEST))
+        reset_on_close(stream.socket)
+
+
+async def ws_full_session(port: int) -> None:
+    async with open_websocket_client(f"ws://{HOST}:{port}/") as client:
+        assert await client.request("churn.echo", {"n": 3}) == {"n": 3}
+
+
+Scenario = Callable[[int], Awaitable[None]]
+TCP_SCENARIOS: Final[list[Scenario]] = [
+    tcp_connect_and_close,
+    tcp_close_before_ack,
+    tcp_close_mid_packet,
+    tcp_close_after_request,
+    tcp_reset_after_request,
+    tcp_full_session,
+]
+WS_SCENARIOS: Final[list[Scenario]] = [
+    ws_close_mid_upgrade,
+    ws_close_before_handshake,
+    ws_close_before_ack,
+    ws_close_mid_frame,
+    ws_close_after_request,
+    ws_reset_after_request,
+    ws_full_session,
+    ws_full_session,  # the churn first reported: connect, handshake, ack, request, close
+]
+
+
+@pytest.fixture
+def exit_if_wedged() -> Iterator[None]:
+    """The bug this file guards against can block the whole process in ``os.read`` on a
+    descriptor reused by a blocking socket, where no trio timeout fires: dump the stacks and
+    exit rather than hang."""
+    faulthandler.dump_traceback_later(WEDGED, exit=True)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.mark.usefixtures("exit_if_wedged")
+async def test_churn_never_stops_the_server_or_disturbs_a_bystander() -> None:
+    components = Components()
+    components.register(Churn(), name="churn")
+    server = Server(components)
+    served = trio.Event()
+    outcome: list[BaseException | None] = []
+
+    async def serve(task_status: trio.TaskStatus[list[int]]) -> None:
+        try:
+            await server.serve(TCPEndpoint(HOST), WebSocketEndpoint(HOST), task_status=task_status)
+        except BaseException as exc:
+            outcome.append(exc)
+            raise
+        else:
+            outcome.append(None)
+        finally:
+            served.set()
+
+    cycles = itertools.count()
+    done: Counter[str] = Counter()
+    answered: Counter[str] = Counter()
+    slowest = 0.0
+    deadline = trio.current_time() + TIME_LIMIT
+    churning = trio.Event()
+
+    async def worker(index: int, port: int, scenarios: list[Scenario]) -> None:
+        for turn in itertools.count(index):
+            if next(cycles) >= MAX_CYCLES or trio.current_time() >= deadline:
+                return
+            scenario = scenarios[turn % len(scenarios)]
+            with trio.fail_after(CYCLE_TIMEOUT):
+                await scenario(port)
+            done[scenario.__name__] += 1
+
+    async def bystander(name: str, connect: Callable[[], Any]) -> None:
+        nonlocal slowest
+        async with connect() as client:
+            for n in itertools.count():
+                if churning.is_set():
+                    return
+                start = trio.current_time()
+                with trio.fail_after(CYCLE_TIMEOUT):
+                    assert await client.request("churn.echo", {"n": n}) == {"n": n}
+                slowest = max(slowest, trio.current_time() - start)
+                answered[name] += 1
+                await trio.sleep(0.005)
+
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        tcp_port, ws_port = await nursery.start(serve)
+        async with trio.open_nursery() as clients:
+            clients.start_soon(bystander, "tcp", lambda: open_client(HOST, tcp_port))
+            clients.start_soon(bystander, "ws", lambda: open_websocket_client(f"ws://{HOST}:{ws_port}/"))
+            async with trio.open_nursery() as workers:
+                for index in range(WORKERS):
+                    tcp = index % 2 == 0
+                    workers.start_soon(
+                        worker, index, tcp_port if tcp else ws_port, TCP_SCENARIOS if tcp else WS_SCENARIOS
+                    )
+            churning.set()
+        total = sum(done.values())
+        elapsed = time.perf_counter() - started
+        print(
+            f"\n{total} connections dropped in {elapsed:.1f} s; bystanders answered {dict(answered)},"
+            f" slowest answer {slowest * 1000:.0f} ms"
+        )
+        print(dict(sorted(done.items())))
+
+        assert not served.is_set(), f"the server stopped: {outcome}"
+        with trio.fail_after(CYCLE_TIMEOUT):  # every dropped connection's session ends
+            while len(server.sessions) > 0:  # noqa: ASYNC110 - no event for "sessions closed"
+                await trio.sleep(0.01)
+        async with open_client(HOST, tcp_port) as client:  # still serving
+            assert await client.request("churn.echo", {"after": total}) == {"after": total}
+        async with open_websocket_client(f"ws://{HOST}:{ws_port}/") as client:
+            assert await client.request("churn.echo", {"after": total}) == {"after": total}
+        server.shutdown()
+    assert outcome == [None]
+    assert total >= MIN_CYCLES, f"only {total} connections churned in {TIME_LIMIT} s"
+    assert answered["tcp"] > 0
+    assert answered["ws"] > 0
+    assert server.stats.sessions_opened == server.stats.sessions_closed
