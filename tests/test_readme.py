@@ -16,9 +16,9 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 async def test_readme_server_sample() -> None:
     code = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)[0]
-    assert "trio.run(serve_tcp, Server(components), 3250)" in code
-    namespace: dict[str, Any] = {}
-    exec(compile(code.replace("trio.run(serve_tcp, Server(components), 3250)", ""), "README.md", "exec"), namespace)
+    assert "trionano.run(Server(components), TCPEndpoint(port=3250))" in code
+    namespace: dict[str, Any] = {"__name__": "readme"}  # not "__main__": the sample does not start serving
+    exec(compile(code, "README.md", "exec"), namespace)
     server = Server(namespace["components"])
     async with trio.open_nursery() as nursery:
         port = await nursery.start(serve_tcp, server, 0)

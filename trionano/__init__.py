@@ -28,6 +28,8 @@ from ._listen import Endpoint as Endpoint
 from ._listen import TCPEndpoint as TCPEndpoint
 from ._pipeline import Pipeline as Pipeline
 from ._pipeline import PipelineMessage as PipelineMessage
+from ._run import run as run
+from ._run import serve_until_signalled as serve_until_signalled
 from ._serializer import JSONSerializer as JSONSerializer
 from ._serializer import ProtobufSerializer as ProtobufSerializer
 from ._serializer import Serializer as Serializer

@@ -149,6 +149,7 @@ class Server:
         self._agents: set[Agent] = set()
         self._close_hooks: list[CloseHook] = []
         self._stop = trio.Event()
+        self._stopped = trio.Event()
         self._all_closed = trio.Event()
         self._stopping = False
         self._running = False
@@ -188,6 +189,15 @@ class Server:
         gave the source)."""
         return next(self._session_ids)
 
+    @property
+    def is_stopping(self) -> bool:
+        """Whether :meth:`shutdown` has been called."""
+        return self._stop.is_set()
+
+    async def wait_stopped(self) -> None:
+        """Wait until :meth:`serve` has returned after a shutdown."""
+        await self._stopped.wait()
+
     def shutdown(self) -> None:
         """Stop gracefully: stop accepting, run before_shutdown hooks, kick every session with
         reason "shutdown", run shutdown hooks, then :meth:`serve` returns. Idempotent."""
@@ -224,6 +234,7 @@ class Server:
         finally:
             self._running = False
             self._nursery = None
+            self._stopped.set()
 
     async def _graceful_stop(self, endpoints: tuple[Endpoint, ...], connections: trio.Nursery) -> None:
         self._stopping = True
@@ -283,14 +294,14 @@ class Server:
         session = agent.session
         self._sessions[session.id] = session
         self._counters.sessions_opened += 1
-        _logger.debug("session %d opened from %s", session.id, agent.remote_address)
+        _logger.info("session %d opened from %s", session.id, agent.remote_address)
 
     def _connection_closed(self, agent: Agent) -> None:
         self._agents.discard(agent)
         session = agent.session
         if self._sessions.pop(session.id, None) is not None:
             self._counters.sessions_closed += 1
-            _logger.debug("session %d (uid %d) from %s closed", session.id, session.uid, agent.remote_address)
+            _logger.info("session %d (uid %d) from %s closed", session.id, session.uid, agent.remote_address)
             self.session_closed(session)
         if self._stopping and not self._agents:
             self._all_closed.set()

@@ -7,8 +7,8 @@ Routes: ``room.join`` (Request) and ``room.message`` (Notify); pushes: ``onMembe
 
 from __future__ import annotations
 
+import functools
 import logging
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -119,13 +119,8 @@ async def main(
             )
         )
     async with trio.open_nursery() as nursery:
-        ports: list[int] = await nursery.start(server.serve, *endpoints)
+        ports: list[int] = await nursery.start(functools.partial(trionano.serve_until_signalled, server, *endpoints))
         logger.info("chat server: tcp://%s:%d", host, ports[0])
         if ws_port is not None:
             logger.info("chat page and WebSocket: open http://%s:%d/", host, ports[1])
         task_status.started(ports)
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for _ in signals:
-                logger.info("shutting down")
-                server.shutdown()
-                break
