@@ -65,8 +65,15 @@ def _discover(component: object, service: str, name_func: Callable[[str], str], 
         except Exception as exc:
             raise ComponentError(f"cannot resolve the annotations of {cls.__name__}.{attr}: {exc}") from None
         session_type = hints.get(params[1].name)
+        if session_type is None:
+            # (self, a, b) without annotations looks like a handler that would silently not be one
+            raise ComponentError(
+                f"{cls.__name__}.{attr}({params[1].name}, {params[2].name}) has no annotations, so it is not a route: "
+                f"annotate {params[1].name} as trionano.Session and {params[2].name} with the message type "
+                f"(bytes, dict, an attrs class, a dataclass, a betterproto message), or make the method private"
+            )
         if not (isinstance(session_type, type) and issubclass(session_type, Session)):
-            continue  # not (self, session: Session, msg): a helper, as nano skips it
+            continue  # (self, x: NotASession, y): a helper, as nano skips it
         handlers.append(
             Handler(
                 service=service,

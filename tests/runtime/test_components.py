@@ -46,6 +46,15 @@ def test_startup_errors_read_as_nanos() -> None:
         Components().register(Empty())
 
 
+def test_a_handler_without_annotations_is_refused_at_registration() -> None:
+    class Room(Component):
+        def join(self, session, msg):  # type: ignore[no-untyped-def]  # the trap this test is about
+            return {"ok": True}
+
+    with pytest.raises(ComponentError, match=r"Room\.join\(session, msg\) has no annotations.*trionano\.Session"):
+        Components().register(Room())
+
+
 def test_undecodable_annotation_is_a_startup_error() -> None:
     class Odd(Component):
         def take(self, session: Session, msg: int) -> None: ...
