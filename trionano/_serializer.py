@@ -18,20 +18,29 @@ JSON, inbound (the same with or without orjson, which is only an accelerator):
   field takes its default, a missing field without a default is an error naming it
   (``required field missing @ $.name``), and a value of the wrong JSON type is an error naming
   its path (``expected int, got str @ $.to.x``). str, int, float and bool are never converted
-  into one another, except that an int is accepted for a float (JSON has one number type).
-  Nested records, lists, tuples, sets, ``dict[str, T]``, enums (by value), ``Optional`` and
-  the unions cattrs can tell apart are supported. Give the fields of a message class defaults
-  when nano-style clients may leave them out: nano fills Go zero values, trionano refuses
-  rather than guess.
+  into one another, except that an int is accepted for a float (JSON has one number type);
+  ``null`` only fits an ``Optional`` field (Go would keep the zero value). Nested records,
+  lists, tuples, sets, ``dict[str, T]``, enums (by value), ``bytes`` (from UTF-8 text),
+  ``Optional`` and unions of primitives (by exact JSON type) and records (one, or several
+  that cattrs tells apart by a unique required field) are supported; any other type fails
+  at registration. Give the fields of a message class defaults when nano-style
+  clients may leave them out: nano fills Go zero values, trionano refuses rather than guess.
+- ``dict`` and ``dict[str, Any]`` take a JSON object as parsed; ``Any`` and ``object`` any JSON.
 
 JSON, outbound: compact as Go writes it; attrs classes and dataclasses through the same
-converter (enums as their values). Characters outside the BMP are written as ``\\uXXXX\\uXXXX``
-surrogate-pair escapes, because the JS clients' ``strdecode`` only understands UTF-8 sequences
-of up to 3 bytes; every JSON parser decodes the escape. ``NaN`` and ``Infinity`` are refused
-(a SerializeError), never written as ``NaN`` or ``null``.
+converter (enums as their values), dates as ISO 8601, UUIDs as strings, bytes as UTF-8 text.
+Characters outside the BMP are written as ``\\uXXXX\\uXXXX`` surrogate-pair escapes, because
+the JS clients' ``strdecode`` only understands UTF-8 sequences of up to 3 bytes; every JSON
+parser decodes the escape (BMP text stays raw UTF-8). ``NaN`` and ``Infinity`` are refused (a
+SerializeError), never written as ``NaN`` or ``null``. With orjson, a body containing ``null``
+is encoded again by the stdlib to tell ``None`` from ``NaN``, which orjson writes as ``null``.
 
-Protobuf bodies are checked against the wire format (and the message's field types) before
-betterproto parses them, which would otherwise turn junk into a default message.
+Protobuf bodies are checked against the wire format and the message's field types before
+betterproto parses them (it would turn junk into a default message, or a string field sent as
+a varint into an int): every tag a field number from 1 to 2**29-1 and a wire type of 0, 1, 2
+or 5, varints ending within 10 bytes and 64 bits, lengths within the body, nothing trailing,
+known fields (nested messages and map entries included) with their own wire type or packed.
+Unknown fields are kept. An empty body is a message of defaults.
 """
 
 from __future__ import annotations
@@ -45,7 +54,7 @@ import re
 import uuid
 from collections.abc import Callable, MutableSequence, MutableSet, Sequence
 from collections.abc import Set as AbstractSet
-from types import ModuleType, NoneType, UnionType
+from types import MappingProxyType, ModuleType, NoneType, UnionType
 from typing import Any, Final, Protocol, TypeGuard, Union, get_args, get_origin
 
 import attrs
@@ -285,7 +294,7 @@ def _structure_bool(value: Any, cls: Any) -> Any:
 
 
 def _structure_bytes(value: Any, cls: Any) -> Any:
-    if type(value) is not str:  # written as UTF-8 text (see _JSONSerializer._default)
+    if type(value) is not str:  # written as UTF-8 text (see JSONSerializer._default)
         raise _mismatch(cls, value)
     return value.encode()
 
@@ -327,16 +336,18 @@ def _record_hook_factory(type_: Any, converter: cattrs.Converter) -> _Hook:
     return structure
 
 
-_ARRAY_ORIGINS: Final = {
-    list: list,
-    Sequence: list,
-    MutableSequence: list,
-    tuple: tuple,
-    set: set,
-    MutableSet: set,
-    frozenset: frozenset,
-    AbstractSet: frozenset,
-}
+_ARRAY_ORIGINS: Final = MappingProxyType(
+    {
+        list: list,
+        Sequence: list,
+        MutableSequence: list,
+        tuple: tuple,
+        set: set,
+        MutableSet: set,
+        frozenset: frozenset,
+        AbstractSet: frozenset,
+    }
+)
 
 
 def _is_array(type_: Any) -> bool:

@@ -7,11 +7,13 @@ paths must not be told apart.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import enum
 import itertools
 import json
 import math
 import re
+import uuid
 from typing import Any
 
 import attrs
@@ -420,6 +422,43 @@ def test_dict_annotations_want_an_object_and_any_takes_any_json(serializer: JSON
         with pytest.raises(SerializeError):
             serializer.unmarshaller(annotation)(b"[1, 2]")
     assert serializer.unmarshaller(Any)(b"[1, 2]") == [1, 2]
+
+
+@attrs.frozen
+class Circle:
+    radius: float
+
+
+@attrs.frozen
+class Square:
+    side: float
+
+
+@attrs.frozen
+class Drawing:
+    shapes: list[Circle | Square | None]
+    data: bytes = b""
+
+
+def test_unions_of_records_and_bytes_decode(serializer: JSONSerializer) -> None:
+    body = b'{"shapes": [{"radius": 1}, {"side": 2.5}, null], "data": "\xc3\xa9"}'
+    drawing = Drawing([Circle(1.0), Square(2.5), None], "\u00e9".encode())
+    assert serializer.unmarshaller(Drawing)(body) == drawing
+    assert serializer.unmarshaller(Drawing)(serializer.marshal(drawing)) == drawing
+    with pytest.raises(SerializeError, match=r"\$\.shapes\[0\]"):
+        serializer.unmarshaller(Drawing)(b'{"shapes": [{"diameter": 1}]}')
+
+
+@attrs.frozen
+class Event:
+    at: datetime.datetime
+    id: uuid.UUID
+
+
+def test_dates_and_uuids_are_written_alike_on_both_paths() -> None:
+    event = {"event": Event(datetime.datetime(2024, 1, 2, 3, 4, 5, 6, datetime.UTC), uuid.UUID(int=1))}
+    expected = b'{"event":{"at":"2024-01-02T03:04:05.000006+00:00","id":"00000000-0000-0000-0000-000000000001"}}'
+    assert [serializer.marshal(event) for serializer in both()] == [expected] * len(both())
 
 
 class Opaque:
