@@ -27,8 +27,11 @@ ROUTES = trionano.wire.RouteDict({"room.join": 1, "room.message": 2, "onMembers"
 
 @attrs.frozen
 class UserMessage:
-    name: str
-    content: str
+    """What a client says. Defaults make a missing field read as Go's zero value, as nano's
+    JSON decoding does: the official pomelo client may send only ``{"content": ...}``."""
+
+    name: str = ""
+    content: str = ""
 
 
 @attrs.define

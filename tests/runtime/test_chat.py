@@ -94,3 +94,17 @@ async def test_chat_example_main_serves_on_the_port_it_reports() -> None:
         async with open_client("127.0.0.1", port) as client:
             assert await client.request("room.join") == {"code": 0, "result": "success"}
         nursery.cancel_scope.cancel()
+
+
+async def test_a_message_with_only_its_content_is_served_as_nano_serves_it() -> None:
+    # what the official pomelo client sends in the field: no "name" (nano decodes it as "")
+    server, _ = examples.chat.build()
+    async with open_test_server(server) as running, running.connect() as client:
+        assert await client.request("room.join", {}, timeout=10) == {"code": 0, "result": "success"}
+        await client.notify("room.message", {"content": "hello"})
+        with trio.fail_after(10):
+            assert await client.receive_push("onMessage") == {"name": "", "content": "hello"}
+        await client.notify("room.message", {"name": 123, "content": "typed"})  # a wrong type: refused
+        await client.notify("room.message", {"name": "ann", "content": "still here"})
+        with trio.fail_after(10):
+            assert await client.receive_push("onMessage") == {"name": "ann", "content": "still here"}
