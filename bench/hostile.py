@@ -25,7 +25,7 @@ from typing import Final
 import trio
 import trio_websocket
 
-from bench.runtime import ROOT, median, rss_kib
+from bench.runtime import ROOT, median, rss_kib, servers
 from trionano import wire
 from trionano.client import open_client
 
@@ -47,25 +47,8 @@ FLOODS: Final = {
 @contextmanager
 def defaults_server() -> Iterator[tuple[int, int, int]]:
     """(tcp port, ws port, pid) of a fresh default-config server."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench._servers", "trionano-defaults"],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        tcp, ws = (int(port) for port in proc.stdout.readline().split())
-        yield tcp, ws, proc.pid
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with servers("trionano-defaults") as ((tcp, ws), pid):
+        yield tcp, ws, pid
 
 
 # -- the attacker (its own process) -------------------------------------------------------

@@ -36,6 +36,14 @@ TICK = os.sysconf("SC_CLK_TCK")
 @contextmanager
 def server(kind: str, *args: str) -> Iterator[tuple[int, int]]:
     """Start ``bench._servers KIND ARGS``; yields (port it prints, pid); stops it after."""
+    with servers(kind, *args) as (ports, pid):
+        yield ports[0], pid
+
+
+@contextmanager
+def servers(kind: str, *args: str) -> Iterator[tuple[list[int], int]]:
+    """Start ``bench._servers KIND ARGS``; yields (the ports it prints on its first line, pid);
+    stops it after (closing its stdin)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench._servers", kind, *args],
         cwd=ROOT,
@@ -45,8 +53,8 @@ def server(kind: str, *args: str) -> Iterator[tuple[int, int]]:
     )
     try:
         assert proc.stdout is not None
-        port = int(proc.stdout.readline())
-        yield port, proc.pid
+        ports = [int(port) for port in proc.stdout.readline().split()]
+        yield ports, proc.pid
     finally:
         assert proc.stdin is not None
         proc.stdin.close()

@@ -2,13 +2,7 @@
 // handshake, room.join request/response, room.message notify and the onMessage push.
 // Usage: node pomelo_chat.cjs HOST PORT. Prints one JSON line of what it saw, exits 0.
 "use strict";
-const EventEmitter = require("events");
-global.window = global;
-global.WebSocket = require("ws");
-window.Protocol = require("pomelo-protocol");
-window.EventEmitter = EventEmitter;
-require("pomelo-jsclient-websocket");
-const pomelo = window.pomelo;
+const pomelo = require("./pomelo_env.cjs");
 
 const [host, port] = process.argv.slice(2);
 const seen = { handshake: null, join: null, push: null, heartbeats: 0 };

@@ -4,13 +4,7 @@
 // burst of BURST requests, and prints one JSON line of what it saw.
 // Usage: node pomelo_idle.cjs HOST PORT IDLE_SECONDS BURST
 "use strict";
-const EventEmitter = require("events");
-global.window = global;
-global.WebSocket = require("ws");
-window.Protocol = require("pomelo-protocol");
-window.EventEmitter = EventEmitter;
-require("pomelo-jsclient-websocket");
-const pomelo = window.pomelo;
+const pomelo = require("./pomelo_env.cjs");
 
 const [host, port, idle, burst] = process.argv.slice(2);
 const seen = { events: [], emoji: null, answered: 0, ordered: true };

@@ -1,0 +1,10 @@
+// The official pomelo-jsclient-websocket is browser code: give it the globals it expects
+// (window, WebSocket, Protocol, EventEmitter) in Node, and hand back its `pomelo` object.
+"use strict";
+const EventEmitter = require("events");
+global.window = global;
+global.WebSocket = require("ws");
+window.Protocol = require("pomelo-protocol");
+window.EventEmitter = EventEmitter;
+require("pomelo-jsclient-websocket");
+module.exports = window.pomelo;
