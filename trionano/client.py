@@ -181,7 +181,11 @@ class Client:
         elif isinstance(event, wire.Push):
             callbacks = self._callbacks.get(event.route)
             if callbacks:
-                value = self._decode(event.body)
+                try:
+                    value = self._decode(event.body)
+                except (ValueError, TypeError) as exc:  # a server's bad body must not end the reader
+                    _logger.warning("push on %s not decodable, dropped: %s", event.route, exc)
+                    return
                 for callback in callbacks:
                     callback(value)
                 return

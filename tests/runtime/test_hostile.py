@@ -6,6 +6,7 @@ server lives, never absolute speed."""
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -320,3 +321,42 @@ def test_json_never_writes_infinity_or_nan() -> None:
         for value in (math.inf, -math.inf, math.nan):
             with pytest.raises(SerializeError):
                 serializer.marshal({"x": value})
+
+
+# -- a hostile server cannot crash a trionano.client reader --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("response", "accepted"),
+    [
+        (b'{"code":200,"sys":{"heartbeat":1' + b"0" * 400 + b"}}", False),  # OverflowError before
+        (b'{"code":200,"sys":{"heartbeat":3,"dict":{"\\ud800":1}}}', True),  # UnicodeEncodeError before
+        (b'{"code":200,"sys":{"heartbeat":NaN}}', False),
+        (b"\xff\xfe{", False),
+    ],
+    ids=["huge-heartbeat", "lone-surrogate-route", "nan", "not-utf8"],
+)
+async def test_a_hostile_handshake_response_is_a_clean_client_error(response: bytes, accepted: bool) -> None:
+    from trionano.client import open_client
+
+    async def hostile(stream: trio.SocketStream) -> None:
+        await stream.receive_some(4096)
+        await stream.send_all(wire.encode_packet(wire.PacketType.HANDSHAKE, response))
+        await trio.sleep(5)
+
+    async def connect(port: int) -> None:
+        async with open_client("127.0.0.1", port) as client:
+            assert client.handshake is not None
+            if client.handshake.dictionary is not None:  # a lone surrogate reads as U+FFFD
+                assert "\ufffd" in client.handshake.dictionary
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, hostile, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        with trio.fail_after(10):
+            if accepted:
+                await connect(port)
+            else:
+                with pytest.raises(trio.BrokenResourceError):
+                    await connect(port)
+        nursery.cancel_scope.cancel()
