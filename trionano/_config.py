@@ -11,7 +11,7 @@ import attrs
 
 from ._pipeline import Pipeline
 from ._serializer import JSONSerializer, Serializer
-from .wire import EMPTY_ROUTES, MAX_BODY_SIZE, Handshake, RouteDict
+from .wire import EMPTY_ROUTES, MAX_BODY_SIZE, MAX_HEARTBEAT, MIN_HEARTBEAT, Handshake, RouteDict, check_heartbeat
 
 if TYPE_CHECKING:
     from ._session import Session
@@ -35,8 +35,8 @@ def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
 
 
 def _heartbeat(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not 0 <= value < math.inf:
-        raise ValueError(f"heartbeat must be >= 0 seconds (0 disables it), not {value!r}")
+    if check_heartbeat(value) is None:
+        raise ValueError(f"heartbeat must be 0 (disabled) or {MIN_HEARTBEAT}..{MAX_HEARTBEAT} seconds, not {value!r}")
 
 
 def _precision(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
