@@ -29,7 +29,7 @@ JSON, inbound (the same with or without orjson, which is only an accelerator):
 
 JSON, outbound: compact as Go writes it; attrs classes and dataclasses through the same
 converter (enums as their values), dates as ISO 8601, UUIDs as strings, bytes as UTF-8 text.
-Characters outside the BMP are written as ``\\uXXXX\\uXXXX`` surrogate-pair escapes, because
+Characters outside the BMP are written as surrogate-pair escapes (U+1F600 as ``\\ud83d\\ude00``), because
 the JS clients' ``strdecode`` only understands UTF-8 sequences of up to 3 bytes; every JSON
 parser decodes the escape (BMP text stays raw UTF-8). ``NaN`` and ``Infinity`` are refused (a
 SerializeError), never written as ``NaN`` or ``null``. With orjson, a body containing ``null``
@@ -121,7 +121,7 @@ def _raw(body: bytes) -> bytes:
 # -- JSON text -------------------------------------------------------------------------------
 
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
-# a \uXXXX escape of a surrogate, perhaps lone (telling needs the escapes' context: the
+# a \u escape of a surrogate, perhaps lone (telling needs the escapes' context: the
 # parsed value is checked instead; an escaped backslash before it only costs that check)
 _SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
 _NON_BMP_UTF8: Final = re.compile(rb"[\xf0-\xf4][\x80-\xbf]{3}")
