@@ -49,6 +49,8 @@ _MAX_HEAD: Final = 16 * 1024
 _READ_SIZE: Final = 65536
 #: How long ``aclose`` waits for the peer's close frame after sending its own.
 _CLOSE_WAIT: Final = 1.0
+#: ... or, when it cannot parse the peer's frames any more, for the peer to send nothing for.
+_QUIET: Final = 0.1
 _OPEN: Final = ConnectionState.OPEN
 _LOCAL_CLOSING: Final = ConnectionState.LOCAL_CLOSING
 _REMOTE_CLOSING: Final = ConnectionState.REMOTE_CLOSING
@@ -87,6 +89,7 @@ class WebSocketServerStream(trio.abc.Stream):
         "_message_size",
         "_parts",
         "_pending",
+        "_received",
         "_receiving",
         "_sending",
         "_write_turn",
@@ -95,9 +98,12 @@ class WebSocketServerStream(trio.abc.Stream):
         "transport_stream",
     )
 
-    def __init__(self, transport: trio.abc.Stream, connection: Connection, *, max_message_size: int) -> None:
+    def __init__(
+        self, transport: trio.abc.Stream, connection: Connection, *, max_message_size: int, received: bytes = b""
+    ) -> None:
         self.transport_stream: Final = transport
         self._ws = connection
+        self._received = received  # read from the transport past the handshake, not yet parsed
         self._max_message_size = max_message_size
         self._parts: list[bytes | bytearray] = []  # the message being received, until it is whole
         self._message_size = 0
@@ -135,7 +141,11 @@ class WebSocketServerStream(trio.abc.Stream):
         ws = self._ws
         receive_some = self.transport_stream.receive_some
         while not self._eof:
-            data = await receive_some(_READ_SIZE)
+            data: bytes | bytearray
+            if self._received:
+                data, self._received = self._received, b""
+            else:
+                data = await receive_some(_READ_SIZE)
             if not data:
                 self._eof = True
                 break
@@ -235,14 +245,22 @@ class WebSocketServerStream(trio.abc.Stream):
             await self.transport_stream.aclose()
 
     async def _await_close(self) -> None:
-        """Read, discarding messages, until the peer's close frame or the end of the transport."""
+        """Read, discarding messages, until the peer's close frame or the end of the transport;
+        once wsproto has refused a frame (it parses nothing more), until the peer goes quiet."""
         ws = self._ws
+        receive_some = self.transport_stream.receive_some
         while True:
-            data = await self.transport_stream.receive_some(_READ_SIZE)
+            if self._framing_failed:
+                with trio.move_on_after(_QUIET) as quiet:
+                    data = await receive_some(_READ_SIZE)
+                if quiet.cancelled_caught:
+                    return
+            else:
+                data = await receive_some(_READ_SIZE)
             if not data:
                 return
             if self._framing_failed:
-                continue  # wsproto would only buffer it
+                continue
             ws.receive_data(data)  # type: ignore[arg-type]
             for event in ws.events():
                 if isinstance(event, CloseConnection):
@@ -302,10 +320,10 @@ async def _read_head(stream: trio.abc.Stream) -> tuple[h11.Request, bytes, bytes
         parser.receive_data(bytes(data))
 
 
-async def _accept(stream: trio.abc.Stream, raw: bytes, trailing: bytes) -> Connection | None:
+async def _accept(stream: trio.abc.Stream, raw: bytes) -> Connection | None:
     """Complete the opening handshake of the upgrade request in ``raw`` (the 101 response, or
-    400/426 for a request wsproto refuses); the open connection, fed the bytes that followed
-    the request."""
+    400/426 for a request wsproto refuses); the open connection. Bytes in ``raw`` past the
+    request are not fed to it (wsproto's handshake drops them)."""
     handshake = H11Handshake(ConnectionType.SERVER)
     try:
         handshake.receive_data(raw)
@@ -318,8 +336,6 @@ async def _accept(stream: trio.abc.Stream, raw: bytes, trailing: bytes) -> Conne
     response = handshake.send(AcceptConnection())
     connection = handshake.connection
     assert connection is not None
-    if trailing:  # a client that did not wait for our answer (wsproto's handshake drops these)
-        connection.receive_data(trailing)
     await stream.send_all(response)
     return connection
 
@@ -389,18 +405,22 @@ class WebSocketEndpoint:
     async def _serve(self, stream: trio.abc.Stream, address: str, handle: ConnectionHandler) -> None:
         async with stream:
             try:
-                connection = None
+                upgrade = None
                 with trio.move_on_after(self.handshake_timeout):  # too slow to say what it wants: closed
-                    connection = await self._route(stream)
-                if connection is not None:
-                    ws = WebSocketServerStream(stream, connection, max_message_size=self.max_message_size)
+                    upgrade = await self._route(stream)
+                if upgrade is not None:
+                    connection, received = upgrade
+                    ws = WebSocketServerStream(
+                        stream, connection, max_message_size=self.max_message_size, received=received
+                    )
                     await handle(ws, address)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
 
-    async def _route(self, stream: trio.abc.Stream) -> Connection | None:
+    async def _route(self, stream: trio.abc.Stream) -> tuple[Connection, bytes] | None:
         """Answer what is not a WebSocket upgrade to our path from an allowed origin; accept an
-        upgrade that is."""
+        upgrade that is: the open connection and the bytes read past the request (a client
+        need not wait for our answer to send its first frames)."""
         head = await _read_head(stream)
         if head is None:
             return None
@@ -416,7 +436,8 @@ class WebSocketEndpoint:
             _logger.info("WebSocket from origin %r refused", origin)
             await _respond(stream, 403, b"origin not allowed\n", "text/plain", False)
             return None
-        return await _accept(stream, raw, trailing)
+        connection = await _accept(stream, raw)
+        return None if connection is None else (connection, trailing)
 
     async def _static(self, stream: trio.abc.Stream, request: h11.Request) -> None:
         method = request.method.decode("ascii", "replace")
