@@ -271,10 +271,10 @@ class WebSocketServerStream(trio.abc.Stream):
 
 
 class WebSocketStream(trio.abc.Stream):
-    """A trio-websocket connection as a byte stream: what an agent (or the client) reads
-    and writes. Text messages are taken as their UTF-8 bytes. ``aclose`` sends a close frame
-    with code 1000 (normal closure) and waits for the peer's; trio-websocket itself closes
-    with 1007 for invalid UTF-8 text and 1009 for a message over ``max_message_size``."""
+    """A trio-websocket connection as a byte stream: what the client (trionano.client) reads
+    and writes; the server side is :class:`WebSocketServerStream`. Text messages are taken as
+    their UTF-8 bytes. ``aclose`` sends a close frame with code 1000 (normal closure) and
+    waits for the peer's."""
 
     def __init__(self, connection: trio_websocket.WebSocketConnection) -> None:
         self.connection = connection
