@@ -1,11 +1,13 @@
-"""WebSocket transport (trio-websocket), sharing its port with static files as nano does.
+"""WebSocket transport, sharing its port with static files as nano does.
 
 Each accepted connection's HTTP request head is read here (h11): an ``Upgrade: websocket``
-request to the configured path becomes a trio-websocket connection (the bytes already read
-are replayed to it), then an agent; a plain ``GET`` is answered from the static directory, if
-any. Inbound, binary and text messages both feed the packet stream (a packet may span
-messages; a message may hold several). Outbound, the agent's writer hands over whole packets
-only, and each ``send_all`` is one message: JS clients cannot reassemble a split packet.
+request to the configured path is accepted (wsproto's handshake), and the connection becomes a
+:class:`WebSocketServerStream`, then an agent; a plain ``GET`` is answered from the static
+directory, if any. The server drives wsproto's framing itself, in the agent's reader and
+writer; trio-websocket serves the client side (:class:`WebSocketStream`). Inbound, binary and
+text messages both feed the packet stream (a packet may span messages; a message may hold
+several). Outbound, the agent's writer hands over whole packets only, and each ``send_all`` is
+one message: JS clients cannot reassemble a split packet.
 """
 
 from __future__ import annotations
@@ -21,55 +23,258 @@ import attrs
 import h11
 import trio
 import trio_websocket
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+from wsproto.frame_protocol import CloseReason
+from wsproto.handshake import H11Handshake
+from wsproto.utilities import RemoteProtocolError
 
 from ._listen import ConnectionHandler, accept_forever, open_listeners
 
-__all__ = ["BROWSER_CLIENT", "OriginCheck", "WebSocketEndpoint", "WebSocketStream"]
+__all__ = ["BROWSER_CLIENT", "OriginCheck", "WebSocketEndpoint", "WebSocketServerStream", "WebSocketStream"]
 
 #: trionano's browser client (an ES module), for serving beside a page: see examples/chat.
 BROWSER_CLIENT: Final = Path(__file__).resolve().parent / "js" / "trionano.js"
 
 _logger = logging.getLogger("trionano.websocket")
 _MAX_HEAD: Final = 16 * 1024
+_READ_SIZE: Final = 65536
+#: How long ``aclose`` waits for the peer's close frame after sending its own.
+_CLOSE_WAIT: Final = 1.0
+#: ... or, when it cannot parse the peer's frames any more, for the peer to send nothing for.
+_QUIET: Final = 0.1
+_OPEN: Final = ConnectionState.OPEN
+_LOCAL_CLOSING: Final = ConnectionState.LOCAL_CLOSING
+_REMOTE_CLOSING: Final = ConnectionState.REMOTE_CLOSING
+_CLOSED: Final = ConnectionState.CLOSED
 OriginCheck = Callable[[str | None], bool]
 
 
-class ReplayStream(trio.abc.Stream):
-    """A stream that first gives back ``prefix`` (bytes already read from ``stream``), then
-    steps aside: its methods become the underlying stream's own (one layer less per call)."""
+class WebSocketServerStream(trio.abc.Stream):
+    """The server side of an accepted WebSocket as a byte stream: wsproto's framing driven
+    directly over the transport, in the calling tasks (no task, channel or lock of its own).
 
-    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
-        self._stream = stream
-        self._prefix = prefix
-        self.send_all = stream.send_all  # type: ignore[method-assign]
-        self.wait_send_all_might_not_block = stream.wait_send_all_might_not_block  # type: ignore[method-assign]
-        self.aclose = stream.aclose  # type: ignore[method-assign]
-        if not prefix:
-            self.receive_some = stream.receive_some  # type: ignore[method-assign]
+    Inbound, the payloads of binary and text messages (text as its UTF-8 bytes) make the byte
+    stream; a message is handed over once it is whole, so one larger than
+    ``max_message_size`` is refused (close 1009) before any of it is read, and every message
+    a read completes comes back from one ``receive_some``. Pings are answered with pongs.
+    Outbound, each ``send_all`` is one binary message.
+
+    Resource handling: owns ``transport_stream`` and closes it in ``aclose``, which first sends
+    a close frame (1000) and waits up to a second for the peer's (callers may bound it
+    sooner). One task may receive and one may send at a time (else trio.BusyResourceError);
+    the control frames the receiver answers with are written in turn with the sender's
+    messages.
+
+    Error handling: ``receive_some`` returns b"" once the peer has closed (its close frame is
+    answered), the transport has ended, or the peer has sent what it must not, after a close
+    frame saying so: 1002 (protocol error), 1007 (invalid UTF-8 text), 1009 (message too
+    big). Raises trio.BrokenResourceError when the transport breaks or (``send_all``) the
+    WebSocket is closing, trio.ClosedResourceError after ``aclose``.
+    """
+
+    __slots__ = (
+        "_closed",
+        "_eof",
+        "_framing_failed",
+        "_max_message_size",
+        "_message_size",
+        "_parts",
+        "_pending",
+        "_received",
+        "_receiving",
+        "_sending",
+        "_write_turn",
+        "_writing",
+        "_ws",
+        "transport_stream",
+    )
+
+    def __init__(
+        self, transport: trio.abc.Stream, connection: Connection, *, max_message_size: int, received: bytes = b""
+    ) -> None:
+        self.transport_stream: Final = transport
+        self._ws = connection
+        self._received = received  # read from the transport past the handshake, not yet parsed
+        self._max_message_size = max_message_size
+        self._parts: list[bytes | bytearray] = []  # the message being received, until it is whole
+        self._message_size = 0
+        self._pending: bytes | bytearray = b""  # what the last receive_some had no room for
+        self._eof = False  # nothing more will be read: the peer closed, or we did
+        self._framing_failed = False  # wsproto refused a frame: it parses nothing more
+        self._closed = False
+        self._receiving = False
+        self._sending = False
+        self._writing = False
+        self._write_turn = trio.lowlevel.ParkingLot()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        n = len(self._prefix) if max_bytes is None else max_bytes
-        data, self._prefix = self._prefix[:n], self._prefix[n:]
-        if not self._prefix:
-            self.receive_some = self._stream.receive_some  # type: ignore[method-assign]
-        await trio.lowlevel.checkpoint()
-        return data
+        if self._closed:
+            raise trio.ClosedResourceError("the WebSocket was closed")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving from this WebSocket")
+        self._receiving = True
+        try:
+            if self._pending:
+                data, self._pending = self._pending, b""
+                await trio.lowlevel.checkpoint()
+            else:
+                data = await self._receive()
+            if max_bytes is not None and len(data) > max_bytes:
+                if max_bytes < 1:
+                    raise ValueError("max_bytes must be >= 1")
+                data, self._pending = data[:max_bytes], data[max_bytes:]
+            return data
+        finally:
+            self._receiving = False
+
+    async def _receive(self) -> bytes | bytearray:
+        """The payloads of the messages the next read(s) complete; b"" at the end."""
+        ws = self._ws
+        receive_some = self.transport_stream.receive_some
+        while not self._eof:
+            data: bytes | bytearray
+            if self._received:
+                data, self._received = self._received, b""
+            else:
+                data = await receive_some(_READ_SIZE)
+            if not data:
+                self._eof = True
+                break
+            ws.receive_data(data)  # type: ignore[arg-type]  # wsproto takes a bytearray as well
+            messages: list[bytes | bytearray] = []
+            control = b""
+            for event in ws.events():
+                if isinstance(event, BytesMessage):
+                    payload = event.data
+                elif isinstance(event, TextMessage):
+                    payload = event.data.encode()
+                elif isinstance(event, Ping):
+                    control += ws.send(event.response())
+                    continue
+                elif isinstance(event, CloseConnection):
+                    if ws.state is _REMOTE_CLOSING:  # the peer's close frame: answered
+                        control += ws.send(event.response())
+                    elif ws.state is _OPEN:  # wsproto refused a frame and says why as a close event
+                        self._framing_failed = True
+                        control += ws.send(CloseConnection(event.code, event.reason))
+                    self._eof = True
+                    break
+                else:
+                    continue  # a Pong
+                size = self._message_size + len(payload)
+                if size > self._max_message_size:
+                    control += ws.send(CloseConnection(CloseReason.MESSAGE_TOO_BIG, "message too big"))
+                    self._eof = True
+                    break
+                if not event.message_finished:
+                    self._parts.append(payload)
+                    self._message_size = size
+                    continue
+                if self._parts:
+                    self._parts.append(payload)
+                    payload = b"".join(self._parts)
+                    self._parts.clear()
+                    self._message_size = 0
+                messages.append(payload)
+            if control:
+                await self._write(control)
+            if messages:
+                return messages[0] if len(messages) == 1 else b"".join(messages)
+        return b""
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
+        if self._closed:
+            raise trio.ClosedResourceError("the WebSocket was closed")
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this WebSocket")
+        ws = self._ws
+        if ws.state is not _OPEN:
+            raise trio.BrokenResourceError("the WebSocket is closing")
+        frame = ws.send(BytesMessage(data if type(data) is bytes else bytes(data)))
+        self._sending = True
+        try:
+            await self._write(frame)
+        finally:
+            self._sending = False
+
+    async def _write(self, data: bytes) -> None:
+        """Write whole frames: the sender's messages and the receiver's answers take turns."""
+        while self._writing:
+            await self._write_turn.park()
+        self._writing = True
+        try:
+            await self.transport_stream.send_all(data)
+        finally:
+            self._writing = False
+            if self._write_turn:
+                self._write_turn.unpark()
 
     async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
+        if self._closed:
+            raise trio.ClosedResourceError("the WebSocket was closed")
+        await self.transport_stream.wait_send_all_might_not_block()
 
     async def aclose(self) -> None:
-        await self._stream.aclose()
+        """Say goodbye (close 1000, unless a close frame was sent already), wait for the
+        peer's close frame, close the transport. Idempotent."""
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        ws = self._ws
+        try:
+            if ws.state is _OPEN:
+                await self._write(ws.send(CloseConnection(CloseReason.NORMAL_CLOSURE)))
+            # closing the socket with the peer's data unread would reset it, and the peer
+            # might lose our close frame: read until its own
+            if ws.state is _LOCAL_CLOSING and not self._receiving:
+                with trio.move_on_after(_CLOSE_WAIT):
+                    await self._await_close()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await self.transport_stream.aclose()
+
+    async def _await_close(self) -> None:
+        """Read, discarding messages, until the peer's close frame or the end of the transport;
+        once wsproto has refused a frame (it parses nothing more), until the peer goes quiet."""
+        ws = self._ws
+        receive_some = self.transport_stream.receive_some
+        while True:
+            if self._framing_failed:
+                with trio.move_on_after(_QUIET) as quiet:
+                    data = await receive_some(_READ_SIZE)
+                if quiet.cancelled_caught:
+                    return
+            else:
+                data = await receive_some(_READ_SIZE)
+            if not data:
+                return
+            if self._framing_failed:
+                continue
+            ws.receive_data(data)  # type: ignore[arg-type]
+            for event in ws.events():
+                if isinstance(event, CloseConnection):
+                    if ws.state is _CLOSED:
+                        return
+                    self._framing_failed = True
+                    break
 
 
 class WebSocketStream(trio.abc.Stream):
-    """A trio-websocket connection as a byte stream: what an agent (or the client) reads
-    and writes. Text messages are taken as their UTF-8 bytes. ``aclose`` sends a close frame
-    with code 1000 (normal closure) and waits for the peer's; trio-websocket itself closes
-    with 1007 for invalid UTF-8 text and 1009 for a message over ``max_message_size``."""
+    """A trio-websocket connection as a byte stream: what the client (trionano.client) reads
+    and writes; the server side is :class:`WebSocketServerStream`. Text messages are taken as
+    their UTF-8 bytes. ``aclose`` sends a close frame with code 1000 (normal closure) and
+    waits for the peer's."""
 
     def __init__(self, connection: trio_websocket.WebSocketConnection) -> None:
         self.connection = connection
@@ -94,24 +299,45 @@ class WebSocketStream(trio.abc.Stream):
         await self.connection.aclose()
 
 
-async def _read_head(stream: trio.abc.Stream) -> tuple[h11.Request | None, bytes]:
-    """The request head and every byte read so far (None: not HTTP, or closed early)."""
+async def _read_head(stream: trio.abc.Stream) -> tuple[h11.Request, bytes, bytes] | None:
+    """The request head, every byte read so far, and those of them past the head (None: not
+    HTTP, or closed early)."""
     parser = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
     raw = bytearray()
     while True:
         try:
             event = parser.next_event()
         except h11.RemoteProtocolError:
-            return None, bytes(raw)
+            return None
         if isinstance(event, h11.Request):
-            return event, bytes(raw)
+            return event, bytes(raw), parser.trailing_data[0]
         if event is not h11.NEED_DATA:
-            return None, bytes(raw)
+            return None
         data = await stream.receive_some(_MAX_HEAD)
         if not data:
-            return None, bytes(raw)
+            return None
         raw += data
         parser.receive_data(bytes(data))
+
+
+async def _accept(stream: trio.abc.Stream, raw: bytes) -> Connection | None:
+    """Complete the opening handshake of the upgrade request in ``raw`` (the 101 response, or
+    400/426 for a request wsproto refuses); the open connection. Bytes in ``raw`` past the
+    request are not fed to it (wsproto's handshake drops them)."""
+    handshake = H11Handshake(ConnectionType.SERVER)
+    try:
+        handshake.receive_data(raw)
+    except RemoteProtocolError as exc:
+        hint = exc.event_hint
+        await stream.send_all(handshake.send(hint if isinstance(hint, RejectConnection) else RejectConnection()))
+        return None
+    if not any(isinstance(event, Request) for event in handshake.events()):
+        return None  # cannot happen: h11 parsed a whole request head from these bytes
+    response = handshake.send(AcceptConnection())
+    connection = handshake.connection
+    assert connection is not None
+    await stream.send_all(response)
+    return connection
 
 
 def _header(request: h11.Request, name: bytes) -> str | None:
@@ -183,44 +409,35 @@ class WebSocketEndpoint:
                 with trio.move_on_after(self.handshake_timeout):  # too slow to say what it wants: closed
                     upgrade = await self._route(stream)
                 if upgrade is not None:
-                    raw, origin = upgrade
-                    await self._websocket(stream, raw, address, handle, origin)
+                    connection, received = upgrade
+                    ws = WebSocketServerStream(
+                        stream, connection, max_message_size=self.max_message_size, received=received
+                    )
+                    await handle(ws, address)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
 
-    async def _route(self, stream: trio.abc.Stream) -> tuple[bytes, str | None] | None:
-        """Answer what is not a WebSocket upgrade to our path; for an upgrade, return the bytes
-        read so far and the Origin header."""
-        request, raw = await _read_head(stream)
-        if request is None:
+    async def _route(self, stream: trio.abc.Stream) -> tuple[Connection, bytes] | None:
+        """Answer what is not a WebSocket upgrade to our path from an allowed origin; accept an
+        upgrade that is: the open connection and the bytes read past the request (a client
+        need not wait for our answer to send its first frames)."""
+        head = await _read_head(stream)
+        if head is None:
             return None
+        request, raw, trailing = head
         if (_header(request, b"upgrade") or "").lower() != "websocket":
             await self._static(stream, request)
             return None
         if request.target.decode("latin-1").split("?", 1)[0] != self.path:
             await _respond(stream, 404, b"no WebSocket here\n", "text/plain", False)
             return None
-        return raw, _header(request, b"origin")
-
-    async def _websocket(
-        self, stream: trio.abc.Stream, raw: bytes, address: str, handle: ConnectionHandler, origin: str | None
-    ) -> None:
-        async with trio.open_nursery() as ws_nursery:
-            request = await trio_websocket.wrap_server_stream(
-                ws_nursery,
-                ReplayStream(stream, raw),
-                message_queue_size=64,  # its reader parses ahead; the agent takes messages in batches
-                max_message_size=self.max_message_size,
-                receive_buffer_size=65536,
-            )
-            if self.check_origin is not None and not self.check_origin(origin):
-                _logger.info("WebSocket from origin %r refused", origin)
-                await request.reject(403, body=b"origin not allowed\n")
-                ws_nursery.cancel_scope.cancel()
-                return
-            connection = await request.accept()
-            await handle(WebSocketStream(connection), address)
-            ws_nursery.cancel_scope.cancel()
+        origin = _header(request, b"origin")
+        if self.check_origin is not None and not self.check_origin(origin):
+            _logger.info("WebSocket from origin %r refused", origin)
+            await _respond(stream, 403, b"origin not allowed\n", "text/plain", False)
+            return None
+        connection = await _accept(stream, raw)
+        return None if connection is None else (connection, trailing)
 
     async def _static(self, stream: trio.abc.Stream, request: h11.Request) -> None:
         method = request.method.decode("ascii", "replace")

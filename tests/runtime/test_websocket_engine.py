@@ -1,0 +1,443 @@
+"""The server's WebSocket engine (WebSocketServerStream, wsproto driven directly): close
+codes, control frames, framing, and the stream's own contract. Clients are the project's own,
+trio-websocket, and wsproto by hand over loopback TCP (for what no client library sends)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+import trio.testing
+import trio_websocket
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import Connection, ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Ping,
+    Pong,
+    Request,
+    TextMessage,
+)
+from wsproto.handshake import H11Handshake
+
+from tests.runtime.apps import echo_components, wait_until
+from trionano import Kicked, Server, WebSocketEndpoint, wire
+from trionano._websocket import WebSocketServerStream
+from trionano.client import open_websocket_client
+
+CODEC = wire.MessageCodec()
+HANDSHAKE = wire.encode_packet(wire.PacketType.HANDSHAKE, b"{}")
+ACK = wire.encode_packet(wire.PacketType.HANDSHAKE_ACK)
+MAX_MESSAGE = WebSocketEndpoint().max_message_size
+
+
+@asynccontextmanager
+async def ws_server(endpoint: WebSocketEndpoint | None = None) -> AsyncIterator[tuple[Server, int]]:
+    server = Server(echo_components())
+    async with trio.open_nursery() as nursery:
+        (port,) = await nursery.start(server.serve, endpoint or WebSocketEndpoint("127.0.0.1"))
+        yield server, port
+        server.shutdown()
+
+
+class HandClient:
+    """A WebSocket client by hand: wsproto over a TCP stream, sending whatever it is told."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.pending: list[Event] = []
+
+    async def upgrade(self, target: str = "/", *, then: bytes = b"") -> None:
+        """The opening handshake; ``then`` is sent in the same write as the request."""
+        await self.stream.send_all(self.ws.send(Request(host="127.0.0.1", target=target)) + then)
+        event = await self.next_event()
+        assert isinstance(event, AcceptConnection), event
+
+    async def send(self, event: Event) -> None:
+        await self.stream.send_all(self.ws.send(event))
+
+    async def next_event(self) -> Event | None:
+        """The next event from the server; None when it closes the TCP connection."""
+        while not self.pending:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                return None
+            self.ws.receive_data(bytes(data))
+            self.pending.extend(self.ws.events())
+        return self.pending.pop(0)
+
+    async def packets(self) -> list[wire.Packet]:
+        """The packets of the next message (wsproto hands a large one over in parts)."""
+        message = b""
+        while True:
+            event = await self.next_event()
+            assert isinstance(event, BytesMessage), event
+            message += event.data
+            if event.message_finished:
+                return packets_of(message)
+
+    async def handshake(self) -> None:
+        await self.send(BytesMessage(HANDSHAKE))
+        assert [p.type for p in await self.packets()] == [wire.PacketType.HANDSHAKE]
+        await self.send(BytesMessage(ACK))
+
+    async def close_code(self) -> tuple[list[Event], int]:
+        """Read until the server's close frame, answer it, and wait for the server to hang up;
+        the events before it and its code."""
+        before: list[Event] = []
+        with trio.fail_after(10):
+            while True:
+                event = await self.next_event()
+                assert event is not None, f"TCP closed without a close frame after {before}"
+                if isinstance(event, CloseConnection):
+                    break
+                before.append(event)
+            await self.send(event.response())
+            assert self.ws.state is ConnectionState.CLOSED
+            while await self.stream.receive_some(65536):  # the server closes the TCP connection
+                pass
+        return before, event.code
+
+
+@asynccontextmanager
+async def hand_client(port: int, *, handshake: bool = True) -> AsyncIterator[HandClient]:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        client = HandClient(stream)
+        await client.upgrade()
+        if handshake:
+            await client.handshake()
+        yield client
+
+
+def frame(opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True) -> bytes:
+    """One client frame by hand (payloads under 126 bytes), masked with a zero key unless
+    told not to."""
+    assert len(payload) < 126
+    head = bytes([(0x80 if fin else 0) | opcode, (0x80 if masked else 0) | len(payload)])
+    return head + (b"\x00\x00\x00\x00" if masked else b"") + payload
+
+
+def packets_of(message: bytes) -> list[wire.Packet]:
+    """Decode one message on its own: the server sends whole packets only."""
+    decoder = wire.PacketDecoder()
+    decoder.feed(message)
+    packets = []
+    while (packet := decoder.next_packet()) is not None:
+        packets.append(packet)
+    assert decoder.buffered == 0, f"a packet was split across messages: {message!r}"
+    return packets
+
+
+def data_packets(packets: list[wire.Packet]) -> list[wire.Message]:
+    return [CODEC.decode(p.body) for p in packets if p.type is wire.PacketType.DATA]
+
+
+# -- close codes ------------------------------------------------------------------------------
+
+
+async def test_a_kick_is_followed_by_close_1000_and_a_clean_closing_handshake() -> None:
+    async with ws_server() as (server, port), hand_client(port) as client:
+        await wait_until(lambda: len(server.sessions) == 1)
+        next(iter(server.sessions.values())).kick("bye")
+        before, code = await client.close_code()
+        assert code == 1000
+        (message,) = before  # the Kick packet, then the close frame
+        assert isinstance(message, BytesMessage)
+        (kick,) = packets_of(bytes(message.data))
+        assert kick.type is wire.PacketType.KICK
+        assert wire.Kick.parse(kick.body).reason == "bye"
+        await wait_until(lambda: not server.sessions)
+
+
+async def test_shutdown_closes_with_1000() -> None:
+    async with ws_server() as (server, port), hand_client(port) as client:
+        await wait_until(lambda: len(server.sessions) == 1)
+        server.shutdown()
+        _, code = await client.close_code()
+        assert code == 1000
+
+
+async def test_the_project_client_sees_a_kick_over_websocket() -> None:
+    async with ws_server() as (server, port), open_websocket_client(f"ws://127.0.0.1:{port}/") as client:
+        assert await client.request("echo.json", {"a": 1}) == {"a": 1}
+        next(iter(server.sessions.values())).kick("go away")
+        with pytest.raises(Kicked, match="go away"):
+            await client.request("echo.json", {}, timeout=10)
+
+
+async def test_invalid_utf8_text_gets_1007() -> None:
+    async with ws_server() as (server, port), hand_client(port) as client:
+        await client.stream.send_all(frame(0x1, b"\xff\xfe"))
+        before, code = await client.close_code()
+        assert (before, code) == ([], 1007)
+        await wait_until(lambda: not server.sessions)
+
+
+async def test_an_unmasked_client_frame_gets_1002() -> None:
+    async with ws_server() as (_, port), hand_client(port) as client:
+        await client.stream.send_all(frame(0x2, CODEC.request_packet(1, "echo.json", b"{}"), masked=False))
+        before, code = await client.close_code()
+        assert (before, code) == ([], 1002)
+
+
+async def test_a_fragmented_control_frame_gets_1002() -> None:
+    async with ws_server() as (_, port), hand_client(port) as client:
+        await client.stream.send_all(frame(0x9, b"ping", fin=False))
+        _, code = await client.close_code()
+        assert code == 1002
+
+
+async def test_an_oversize_message_gets_1009_before_any_of_it_is_read() -> None:
+    requests = b"".join(CODEC.request_packet(n, "echo.json", b"{}") for n in range(1, 20_000))
+    assert len(requests) > MAX_MESSAGE
+    async with ws_server() as (_, port), hand_client(port) as client:
+        await client.send(BytesMessage(requests))
+        before, code = await client.close_code()
+        assert (before, code) == ([], 1009)  # not one of its requests was answered
+
+
+async def test_a_message_of_exactly_the_limit_is_served_over_many_reads() -> None:
+    overhead = len(CODEC.request_packet(1, "echo.raw", b""))
+    last = MAX_MESSAGE - 4 * (overhead + 60_000) - overhead
+    bodies = [bytes([n]) * 60_000 for n in range(4)] + [b"z" * last]
+    message = b"".join(CODEC.request_packet(n + 1, "echo.raw", body) for n, body in enumerate(bodies))
+    assert len(message) == MAX_MESSAGE
+    async with ws_server() as (_, port), hand_client(port) as client:
+        await client.send(BytesMessage(message))
+        answered: list[wire.Message] = []
+        with trio.fail_after(10):
+            while len(answered) < 5:
+                answered += data_packets(await client.packets())
+        assert answered == [wire.Response(n + 1, body[::-1]) for n, body in enumerate(bodies)]
+
+
+async def test_the_client_closing_first_gets_its_close_frame_echoed() -> None:
+    async with ws_server() as (server, port), hand_client(port) as client:
+        await wait_until(lambda: len(server.sessions) == 1)
+        await client.send(CloseConnection(1001, "going away"))
+        with trio.fail_after(10):
+            event = await client.next_event()
+            assert isinstance(event, CloseConnection)
+            assert (event.code, event.reason) == (1001, "going away")
+            assert await client.next_event() is None  # the server hangs up
+        await wait_until(lambda: not server.sessions)
+
+
+async def test_trio_websocket_client_sees_1009() -> None:
+    async with (
+        ws_server() as (_, port),
+        trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/") as connection,
+    ):
+        await connection.send_message(b"\x04" * (MAX_MESSAGE + 1))
+        with trio.fail_after(10), pytest.raises(trio_websocket.ConnectionClosed) as closed:
+            await connection.get_message()
+        assert closed.value.reason is not None
+        assert closed.value.reason.code == 1009
+
+
+# -- control frames and framing ---------------------------------------------------------------
+
+
+async def test_a_ping_is_answered_with_a_pong_and_the_session_goes_on() -> None:
+    async with ws_server() as (_, port), hand_client(port) as client:
+        await client.send(Ping(b"are you there"))
+        assert await client.next_event() == Pong(b"are you there")
+        # a ping between the fragments of a message, too
+        request = CODEC.request_packet(1, "echo.json", b'{"n":1}')
+        await client.send(BytesMessage(request[:5], message_finished=False))
+        await client.send(Ping(b"mid"))
+        assert await client.next_event() == Pong(b"mid")
+        await client.send(BytesMessage(request[5:]))
+        assert data_packets(await client.packets()) == [wire.Response(1, b'{"n":1}')]
+
+
+async def test_a_packet_split_across_messages_and_packets_sharing_one() -> None:
+    async with ws_server() as (_, port), hand_client(port, handshake=False) as client:
+        await client.send(BytesMessage(HANDSHAKE + ACK))  # two packets, one message
+        assert [p.type for p in await client.packets()] == [wire.PacketType.HANDSHAKE]
+        request = CODEC.request_packet(1, "echo.json", b'{"split":true}')
+        await client.send(BytesMessage(request[:4]))  # one packet, two messages
+        await client.send(BytesMessage(request[4:]))
+        assert data_packets(await client.packets()) == [wire.Response(1, b'{"split":true}')]
+        # one message in three frames, the last one ending a second packet
+        both = CODEC.request_packet(2, "echo.json", b"{}") + CODEC.request_packet(3, "echo.json", b"{}")
+        await client.send(BytesMessage(both[:3], message_finished=False))
+        await client.send(BytesMessage(both[3:20], message_finished=False))
+        await client.send(BytesMessage(both[20:]))
+        answered: list[wire.Message] = []
+        with trio.fail_after(10):
+            while len(answered) < 2:
+                answered += data_packets(await client.packets())
+        assert answered == [wire.Response(2, b"{}"), wire.Response(3, b"{}")]
+
+
+async def test_text_messages_carry_packets_too() -> None:
+    async with ws_server() as (_, port), hand_client(port, handshake=False) as client:
+        await client.send(TextMessage((HANDSHAKE + ACK).decode("latin-1")))
+        assert [p.type for p in await client.packets()] == [wire.PacketType.HANDSHAKE]
+        body = '{"word":"héllo ☃"}'.encode()
+        request = CODEC.request_packet(1, "echo.json", body)
+        await client.send(TextMessage(request.decode("utf-8")))
+        assert data_packets(await client.packets()) == [wire.Response(1, body)]
+
+
+async def test_the_project_client_sends_and_receives_large_messages() -> None:
+    body = bytes(range(256)) * 250
+    async with ws_server() as (_, port), open_websocket_client(f"ws://127.0.0.1:{port}/") as client:
+        assert await client.request("echo.raw", body, raw=True) == body[::-1]
+
+
+async def test_frames_sent_with_the_upgrade_request_are_not_lost() -> None:
+    async with ws_server() as (_, port):
+        tcp = await trio.open_tcp_stream("127.0.0.1", port)
+        async with tcp:
+            client = HandClient(tcp)
+            # wsproto builds the frame only once open: take one from a twin connection
+            twin = Connection(ConnectionType.CLIENT)
+            await client.upgrade(then=twin.send(BytesMessage(HANDSHAKE)))
+            assert [p.type for p in await client.packets()] == [wire.PacketType.HANDSHAKE]
+
+
+async def test_a_bad_upgrade_request_is_refused() -> None:
+    async with ws_server() as (_, port):
+        tcp = await trio.open_tcp_stream("127.0.0.1", port)
+        async with tcp:
+            await tcp.send_all(
+                b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            )
+            data = b""
+            with trio.fail_after(10):
+                while chunk := await tcp.receive_some(65536):
+                    data += chunk
+        assert data.startswith(b"HTTP/1.1 426")
+        assert b"sec-websocket-version: 13" in data.lower()
+
+
+# -- the stream's own contract, over a memory transport ----------------------------------------
+
+
+class Pair:
+    """A WebSocketServerStream over one end of an in-memory transport, and at the other end
+    a wsproto client connection (``peer`` carries its bytes)."""
+
+    def __init__(self, max_message_size: int) -> None:
+        self.peer, server_end = trio.testing.memory_stream_pair()
+        server = H11Handshake(ConnectionType.SERVER)
+        client = H11Handshake(ConnectionType.CLIENT)
+        server.receive_data(client.send(Request(host="x", target="/")))
+        assert [type(e) for e in server.events()] == [Request]
+        client.receive_data(server.send(AcceptConnection()))
+        assert [type(e) for e in client.events()] == [AcceptConnection]
+        assert server.connection is not None
+        assert client.connection is not None
+        self.client = client.connection
+        self.stream = WebSocketServerStream(server_end, server.connection, max_message_size=max_message_size)
+
+    async def send(self, *events: Event) -> None:
+        await self.peer.send_all(b"".join(self.client.send(event) for event in events))
+
+    async def events(self) -> list[Event]:
+        self.client.receive_data(bytes(await self.peer.receive_some(65536)))
+        return list(self.client.events())
+
+
+@asynccontextmanager
+async def stream_pair(max_message_size: int = 1024) -> AsyncIterator[Pair]:
+    pair = Pair(max_message_size)
+    try:
+        yield pair
+    finally:
+        await trio.aclose_forcefully(pair.stream)  # no waiting for a close frame the test never sends
+
+
+async def test_receive_some_returns_every_message_a_read_completes_within_max_bytes() -> None:
+    async with stream_pair() as pair:
+        await pair.send(BytesMessage(b"abc"), TextMessage("dé"))
+        assert await pair.stream.receive_some(100) == b"abc" + "dé".encode()
+        await pair.send(BytesMessage(b"0123456789"))
+        assert await pair.stream.receive_some(4) == b"0123"
+        assert await pair.stream.receive_some(4) == b"4567"
+        assert await pair.stream.receive_some(4) == b"89"
+
+
+async def test_send_all_is_one_binary_message_each() -> None:
+    async with stream_pair() as pair:
+        await pair.stream.send_all(b"one")
+        await pair.stream.send_all(memoryview(b"two"))
+        assert await pair.events() == [BytesMessage(b"one"), BytesMessage(b"two")]
+
+
+async def test_two_receivers_at_once_is_a_bug() -> None:
+    async with stream_pair() as pair, trio.open_nursery() as nursery:
+        nursery.start_soon(pair.stream.receive_some, 10)
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(trio.BusyResourceError):
+            await pair.stream.receive_some(10)
+        nursery.cancel_scope.cancel()
+
+
+async def test_aclose_says_goodbye_then_the_stream_is_closed() -> None:
+    async with stream_pair() as pair:
+
+        async def answer_the_close() -> None:
+            (close,) = await pair.events()
+            assert isinstance(close, CloseConnection)
+            assert close.code == 1000
+            await pair.send(close.response())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(answer_the_close)
+            with trio.fail_after(5):
+                await pair.stream.aclose()
+        await pair.stream.aclose()  # idempotent
+        with pytest.raises(trio.ClosedResourceError):
+            await pair.stream.receive_some(10)
+        with pytest.raises(trio.ClosedResourceError):
+            await pair.stream.send_all(b"x")
+        assert await pair.peer.receive_some(10) == b""  # the transport is closed
+
+
+async def test_aclose_does_not_wait_long_for_a_peer_that_never_answers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with stream_pair() as pair:
+        start = trio.current_time()
+        await pair.stream.aclose()
+        assert trio.current_time() - start <= 1.0
+        (close,) = await pair.events()
+        assert isinstance(close, CloseConnection)
+
+
+async def test_sending_after_the_peer_closed_is_broken() -> None:
+    async with stream_pair() as pair:
+        await pair.send(CloseConnection(1000))
+        assert await pair.stream.receive_some(10) == b""
+        assert await pair.stream.receive_some(10) == b""
+        with pytest.raises(trio.BrokenResourceError):
+            await pair.stream.send_all(b"late")
+        assert await pair.events() == [CloseConnection(1000, "")]  # the close, answered
+
+
+async def test_the_message_size_limit_counts_a_message_across_frames() -> None:
+    async with stream_pair(max_message_size=10) as pair:
+        await pair.send(BytesMessage(b"x" * 10))
+        assert await pair.stream.receive_some(100) == b"x" * 10
+        await pair.send(BytesMessage(b"y" * 6, message_finished=False), BytesMessage(b"y" * 5))
+        assert await pair.stream.receive_some(100) == b""
+        (close,) = await pair.events()
+        assert isinstance(close, CloseConnection)
+        assert close.code == 1009
+
+
+async def test_a_transport_eof_is_an_eof() -> None:
+    async with stream_pair() as pair:
+        await pair.peer.aclose()
+        assert await pair.stream.receive_some(10) == b""
