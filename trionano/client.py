@@ -89,6 +89,7 @@ class Client:
         self._push_arrived = trio.Event()
         self._push_backlog = push_backlog
         self._callbacks: dict[str, list[Callable[[Any], None]]] = {}
+        self._any_callbacks: list[Callable[[str, Any], None]] = []
         self._send_lock = trio.StrictFIFOLock()
         self._handshake_done = trio.Event()
         self.handshake: wire.HandshakeResponse | None = None
@@ -141,6 +142,11 @@ class Client:
         pushes are not queued for :meth:`receive_push`)."""
         self._callbacks.setdefault(route, []).append(callback)
 
+    def on_any(self, callback: Callable[[str, Any], None]) -> None:
+        """Call ``callback(route, decoded body)`` from the reader for every Push that no
+        :meth:`on` callback takes (such pushes are not queued for :meth:`receive_push`)."""
+        self._any_callbacks.append(callback)
+
     async def receive_push(self, route: str, *, raw: bool = False) -> Any:
         """The next Push on ``route`` (queued since connecting), decoded unless ``raw``.
         Raises Kicked, trio.BrokenResourceError once the connection is over and none is left."""
@@ -188,6 +194,11 @@ class Client:
                     return
                 for callback in callbacks:
                     callback(value)
+                return
+            if self._any_callbacks:
+                value = self._decode(event.body)
+                for any_callback in self._any_callbacks:
+                    any_callback(event.route, value)
                 return
             queue = self._pushes.setdefault(event.route, deque())
             if len(queue) >= self._push_backlog:
