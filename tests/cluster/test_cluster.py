@@ -9,6 +9,7 @@ import trio
 
 from ._harness import HEARTBEAT, cluster, free_port
 
+
 async def test_three_nodes_as_nanos_scenario(tmp_path: Path) -> None:
     async with cluster(tmp_path) as c:
         await c.standard()
