@@ -158,7 +158,7 @@ class Agent:
                     kick = outcome
                     pending = self._router.in_order(lambda: self._send_kick(kick))
                     if pending is not None:
-                        lane, task = pending  # type: ignore[misc]
+                        lane, task = pending
                         try:
                             await lane.push(task)
                         except trio.ClosedResourceError:
@@ -211,10 +211,7 @@ class Agent:
                         if kind is Request or kind is Notify:
                             pending = dispatch(session, event)  # type: ignore[arg-type]
                             if pending is not None:
-                                if type(pending) is tuple:
-                                    await pending[0].push(pending[1])  # the lane is full: wait for room
-                                else:
-                                    await pending()  # type: ignore[operator]
+                                await pending[0].push(pending[1])  # the lane is full: wait for room
                         elif kind is Handshake:
                             await self._handshake(event)  # type: ignore[arg-type]
                         elif kind is HandshakeAck:

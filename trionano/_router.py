@@ -14,13 +14,14 @@ code   when
 429    the connection is over its rate limit (answered by the agent)
 500    the handler raised (:class:`~trionano.HandlerError` chooses the code), its value cannot
        be serialized, or it returned None without answering or deferring
-503    a forwarded route's cluster member failed (cluster)
+503    a forwarded route's cluster member failed, or the session has too many forwards
+       waiting (cluster)
 =====  =====================================================================================
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Final, Protocol, TypeAlias
 
 import trio
@@ -55,14 +56,18 @@ CODE_INTERNAL: Final = 500
 CODE_UNAVAILABLE: Final = 503
 
 #: What :meth:`Router.dispatch` hands back when the reader must wait: the full lane and the
-#: task to push onto it, or (a cluster route) the forwarding call to await.
-Pending: TypeAlias = tuple[Lane, Task] | Callable[[], Awaitable[None]]
+#: task to push onto it.
+Pending: TypeAlias = tuple[Lane, Task]
 
 
 class RemoteRouter(Protocol):
-    """What a cluster node gives its server: a way to run routes hosted elsewhere."""
+    """What a cluster node gives its server: a way to run routes hosted elsewhere.
 
-    async def forward(self, session: Session, message: Request | Notify) -> None: ...
+    ``forward`` never waits: it queues the message for the member that hosts its route, or
+    answers a Request with an error (404: nobody hosts it; 503: the member failed or the
+    session has too many messages waiting), so a slow member never stalls a reader."""
+
+    def forward(self, session: Session, message: Request | Notify) -> None: ...
 
     def rpc(self, session: Session, route: str, body: bytes) -> None: ...
 
@@ -107,9 +112,10 @@ class Router:
     # -- dispatch (from a reader) -----------------------------------------------------------
 
     def dispatch(self, session: Session, message: Request | Notify) -> Pending | None:
-        """Queue ``message``'s handler call (or its error answer) on its lane. Returns None
-        when queued, or what the reader must await first (see :data:`Pending`): waiting on a
-        full lane is backpressure on that connection alone. Not a coroutine: no allocation
+        """Queue ``message``'s handler call (or its error answer) on its lane, or hand a route
+        hosted elsewhere to the remote router. Returns None when done, or the full lane and the
+        task the reader must push first (see :data:`Pending`): waiting on a full lane is
+        backpressure on that connection alone; a remote route never makes it wait. Not a coroutine: no allocation
         per message for the common case. Never raises for anything the client sent."""
         route = message.route
         mid = message.id if type(message) is Request else 0
@@ -117,7 +123,8 @@ class Router:
         if entry is None:
             remote = self.remote
             if remote is not None:
-                return lambda: remote.forward(session, message)
+                remote.forward(session, message)
+                return None
             self._counters.unknown_routes += 1
             self._log.warning("unknown route", "unknown route %s from session %d", client_text(route), session.id)
             return self._refuse(session, mid, CODE_NOT_FOUND, f"route not found: {route}")

@@ -12,7 +12,8 @@ pushes go straight to the gate. One command per process, as nano's::
     python -m examples.cluster chat --listen 127.0.0.1:34580 --master 127.0.0.1:34567
     python -m examples.cluster gate --listen 127.0.0.1:34570 --gate-address 127.0.0.1:34590 --master 127.0.0.1:34567
 
-or all three at once: ``python -m examples.cluster local``.
+Start as many gates (or chats) as you like, each with its own addresses: session ids are unique
+across the cluster without configuration. Or all three at once: ``python -m examples.cluster local``.
 """
 
 from __future__ import annotations
@@ -136,14 +137,12 @@ def build(role: str, *, listen: str, master: str, heartbeat: float = 30.0, label
     def unregistered(member: MemberInfo) -> None:
         logger.info("member %s left the cluster", member.service_addr)
 
-    node_ids = {"master": 1, "gate": 2, "chat": 3}
     config = ClusterConfig(
         service_address=listen,
         master_address=None if role == "master" else master,
         is_master=role == "master",
         label=label or role,
         heartbeat=heartbeat,
-        node_id=node_ids[role],
         unregister_callback=unregistered if role == "master" else None,
     )
     return Node(components, config, Config(heartbeat=heartbeat))

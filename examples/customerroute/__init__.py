@@ -87,7 +87,6 @@ def build(role: str, *, listen: str, master: str, heartbeat: float = 30.0) -> No
         is_master=role == "master",
         label=role,
         heartbeat=heartbeat,
-        node_id={"master": 1, "gate": 2}.get(role, 3 + int(listen.rpartition(":")[2]) % 1000),
         remote_route=by_uid if role == "gate" else None,
     )
     return Node(components, config, Config(heartbeat=heartbeat))

@@ -69,7 +69,7 @@ def test_call_returns_the_answer_and_keeps_its_deadline() -> None:
             with pytest.raises(LookupError):
                 await master.call("nobody.here", b"{}")
             await trio.sleep(0.2)  # the SessionClosed for each call reaches the member
-            seen["leftover"] = len(member._remote_sessions)
+            seen["leftover"] = member.remote_sessions
             member.server.shutdown()
             master.server.shutdown()
 

@@ -3,90 +3,11 @@ examples/cluster's services), a backend killed and replaced, a master restarted.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
-import pytest
 import trio
 
-from trionano.client import Client, open_websocket_client
-
-ROOT = Path(__file__).resolve().parent.parent.parent
-HEARTBEAT = "0.5"  # member keepalive; the master evicts after 4 silent intervals
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Cluster:
-    def __init__(self, tmp: Path, nursery: trio.Nursery, module: str = "examples.cluster") -> None:
-        self.module = module
-        self.tmp = tmp
-        self.nursery = nursery
-        self.master = f"127.0.0.1:{free_port()}"
-        self.gate_client = f"127.0.0.1:{free_port()}"
-        self.processes: dict[str, trio.Process] = {}
-        self.logs: dict[str, Path] = {}
-
-    async def start(self, name: str, role: str, listen: str, *extra: str, ready: str = "up:") -> None:
-        log = self.logs[name] = self.tmp / f"{name}.log"
-        command = [sys.executable, "-m", self.module, role, "--listen", listen, "--master", self.master]
-        command += ["--heartbeat", HEARTBEAT, *extra]
-        with log.open("ab") as out:
-            self.processes[name] = await trio.lowlevel.open_process(command, cwd=ROOT, stdout=out, stderr=out)
-        await self.wait_log(name, ready)
-
-    async def wait_log(self, name: str, text: str, *, seconds: float = 15) -> str:
-        with trio.fail_after(seconds):
-            while True:
-                content = self.logs[name].read_text(errors="replace")
-                if text in content:
-                    return content
-                await trio.sleep(0.05)
-
-    async def kill(self, name: str) -> None:
-        process = self.processes.pop(name)
-        process.send_signal(signal.SIGKILL)
-        await process.wait()
-
-    async def stop_all(self) -> None:
-        for process in self.processes.values():
-            process.send_signal(signal.SIGTERM)
-        with trio.move_on_after(10):
-            for process in self.processes.values():
-                await process.wait()
-        for process in self.processes.values():
-            if process.returncode is None:
-                process.kill()
-
-    async def standard(self) -> None:
-        await self.start("master", "master", self.master)
-        await self.start("chat", "chat", f"127.0.0.1:{free_port()}")
-        await self.start("gate", "gate", f"127.0.0.1:{free_port()}", "--gate-address", self.gate_client)
-
-    def client(self) -> AsyncIterator[Client]:
-        return open_websocket_client(f"ws://{self.gate_client}/nano")  # type: ignore[return-value]
-
-
-@asynccontextmanager
-async def cluster(tmp_path: Path, module: str = "examples.cluster") -> AsyncIterator[Cluster]:
-    async with trio.open_nursery() as nursery:
-        running = Cluster(tmp_path, nursery, module)
-        try:
-            with trio.fail_after(60):  # a wrong expectation fails, never hangs CI
-                yield running
-        finally:
-            with trio.CancelScope(shield=True):
-                await running.stop_all()
+from ._harness import HEARTBEAT, cluster, free_port
 
 
 async def test_three_nodes_as_nanos_scenario(tmp_path: Path) -> None:
@@ -125,7 +46,7 @@ async def test_a_killed_backend_is_answered_evicted_and_replaced(tmp_path: Path)
             answer = await ann.request("RoomService.SyncMessage", {"name": "ann", "content": "x"})
             assert answer["code"] == 503
             # the master evicts it within 4 heartbeats and tells the gate
-            await c.wait_log("master", "evicted", seconds=4 * float(HEARTBEAT) + 3)
+            await c.wait_log("master", "evicted", seconds=4 * HEARTBEAT + 3)
             await c.wait_log("master", "member 127.0.0.1:", seconds=1)
             with trio.fail_after(5):  # the gate hears of it (DelMember): nobody hosts RoomService now
                 while (await ann.request("RoomService.SyncMessage", {"name": "ann", "content": "x"}))["code"] != 404:  # noqa: ASYNC110
@@ -195,7 +116,7 @@ async def test_sessions_end_everywhere_when_the_client_leaves_or_its_gate_dies(t
             await cid.receive_push("onMembers")
             await trio.sleep(0.5)  # the master's JoinRoom RPCs reach the chat
             await c.kill("gate")  # now no SessionClosed will ever come: the gate's eviction ends them
-            await c.wait_log("master", "evicted", seconds=4 * float(HEARTBEAT) + 3)
+            await c.wait_log("master", "evicted", seconds=4 * HEARTBEAT + 3)
             await c.wait_log("chat", "is gone: 2 remote session(s) ended", seconds=3)
             await c.wait_log("master", "is gone: 2 remote session(s) ended", seconds=3)
 
@@ -223,9 +144,3 @@ async def test_custom_route_shards_users_by_uid(tmp_path: Path) -> None:
             for user in (u2, u4):
                 assert (await user.receive_push("onMessage"))["server"] == chats[0]
             assert u1.pending_pushes("onMessage") == 0  # u1 never saw the other room's message
-
-
-@pytest.fixture(autouse=True)
-def _unbuffered(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PYTHONUNBUFFERED", "1")
-    monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))

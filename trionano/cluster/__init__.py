@@ -16,12 +16,34 @@ from __future__ import annotations
 from .._listen import Endpoint
 from ._bridge import Bridge as Bridge
 from ._bridge import run as run
+from ._counters import Statistics as Statistics
+from ._errors import ClusterError as ClusterError
+from ._errors import DeadlineExceeded as DeadlineExceeded
+from ._errors import InvalidRequest as InvalidRequest
+from ._errors import NodeStopping as NodeStopping
+from ._errors import NotFound as NotFound
+from ._errors import Unavailable as Unavailable
 from ._generated.clusterpb import MemberInfo as MemberInfo
 from ._node import ClusterConfig as ClusterConfig
 from ._node import Node as Node
 from ._node import RemoteRoute as RemoteRoute
 
-__all__ = ["Bridge", "ClusterConfig", "MemberInfo", "Node", "RemoteRoute", "run", "run_node"]
+__all__ = [
+    "Bridge",
+    "ClusterConfig",
+    "ClusterError",
+    "DeadlineExceeded",
+    "InvalidRequest",
+    "MemberInfo",
+    "Node",
+    "NodeStopping",
+    "NotFound",
+    "RemoteRoute",
+    "Statistics",
+    "Unavailable",
+    "run",
+    "run_node",
+]
 
 
 def run_node(node: Node, *endpoints: Endpoint) -> None:

@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 import outcome
 import trio
 
+from ._errors import NodeStopping
+
 __all__ = ["Bridge", "run"]
 
 T = TypeVar("T")
@@ -36,7 +38,8 @@ class Bridge:
 
     async def to_asyncio(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """From Trio: run ``make()`` as an asyncio task and wait for it. Cancelling the Trio
-        side cancels the task. Raises what the coroutine raises (timeouts as TimeoutError)."""
+        side cancels the task. Raises what the coroutine raises (timeouts as TimeoutError);
+        NodeStopping when the asyncio side cancelled it (the loop is stopping)."""
         task = self.loop.create_task(make())
         done = trio.Event()
         task.add_done_callback(lambda _: self._token.run_sync_soon(done.set))
@@ -50,11 +53,12 @@ class Bridge:
         except TimeoutError as exc:  # the same class on 3.11+, named here for clarity
             raise TimeoutError(str(exc) or "deadline exceeded") from exc
         except asyncio.CancelledError as exc:
-            raise TimeoutError("the call was cancelled") from exc
+            raise NodeStopping("the call was cancelled: the node is stopping") from exc
 
     async def to_trio(self, fn: Callable[[], Awaitable[T]]) -> T:
         """From asyncio (a grpclib handler): run ``fn()`` as a Trio task and wait for it.
-        Cancelling the asyncio side cancels the Trio task."""
+        Cancelling the asyncio side cancels the Trio task. Raises what ``fn`` raises;
+        NodeStopping once Trio is winding down (it starts nothing new then)."""
         future: asyncio.Future[T] = self.loop.create_future()
         scope = trio.CancelScope()
 
@@ -72,13 +76,13 @@ class Bridge:
         def start() -> None:
             try:
                 self._nursery.start_soon(runner)
-            except RuntimeError as exc:  # Trio is winding down
-                future.set_exception(ConnectionError(f"this node is stopping: {exc}"))
+            except RuntimeError:  # "Nursery is closed to new arrivals": Trio is winding down
+                future.set_exception(NodeStopping("this node is stopping"))
 
         try:
             self._token.run_sync_soon(start)
         except trio.RunFinishedError as exc:
-            raise ConnectionError("this node has stopped") from exc
+            raise NodeStopping("this node has stopped") from exc
         try:
             return await future
         except asyncio.CancelledError:

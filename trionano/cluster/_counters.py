@@ -1,0 +1,40 @@
+"""What a node counts: the mutable counters its roles share, and their immutable snapshot."""
+
+from __future__ import annotations
+
+import attrs
+
+__all__ = ["Counters", "Statistics"]
+
+
+@attrs.frozen(kw_only=True)
+class Statistics:
+    """A node's cluster counters at one moment (:meth:`Node.statistics`).
+
+    ``forwarded``: client messages and ``session.rpc`` calls sent to other nodes;
+    ``forwards_refused``: refused because the session already had ``max_pending_forwards``
+    waiting (a Request is answered 503); ``forward_errors``: forwards the member failed (a
+    Request is answered 503 or 404); ``unknown_routes``: client messages for routes no member
+    hosts (a Request is answered 404); ``dropped_outbound``: pushes and responses for other
+    gates' clients not delivered (the client had left, the outbox was full, the gate failed).
+    """
+
+    forwarded: int
+    forwards_refused: int
+    forward_errors: int
+    unknown_routes: int
+    dropped_outbound: int
+
+
+@attrs.define(kw_only=True)
+class Counters:
+    """The counts behind :class:`Statistics`; one per node, shared by its roles."""
+
+    forwarded: int = 0
+    forwards_refused: int = 0
+    forward_errors: int = 0
+    unknown_routes: int = 0
+    dropped_outbound: int = 0
+
+    def snapshot(self) -> Statistics:
+        return Statistics(**attrs.asdict(self))

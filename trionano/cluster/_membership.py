@@ -1,0 +1,49 @@
+"""A node's view of the cluster: every other node by service address, and the services each
+hosts (nano's ``cluster.members`` and ``handler.remoteServices`` in one map)."""
+
+from __future__ import annotations
+
+from ._generated import clusterpb as pb
+
+__all__ = ["Membership"]
+
+
+class Membership:
+    """The other nodes this node knows, by service address (never itself). Owned by the node;
+    changed by registration, NewMember/DelMember, and (on the master) the registry."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._members: dict[str, pb.MemberInfo] = {}
+
+    def __contains__(self, address: str) -> bool:
+        return address in self._members
+
+    def get(self, address: str) -> pb.MemberInfo | None:
+        return self._members.get(address)
+
+    def add(self, info: pb.MemberInfo) -> bool:
+        """Add or replace ``info``; False for this node itself or an empty address."""
+        if not info.service_addr or info.service_addr == self.address:
+            return False
+        self._members[info.service_addr] = info
+        return True
+
+    def remove(self, address: str) -> pb.MemberInfo | None:
+        return self._members.pop(address, None)
+
+    @property
+    def addresses(self) -> list[str]:
+        return list(self._members)
+
+    @property
+    def infos(self) -> list[pb.MemberInfo]:
+        return list(self._members.values())
+
+    def hosting(self, service: str) -> list[pb.MemberInfo]:
+        """The members hosting ``service``, by address."""
+        return sorted((m for m in self._members.values() if service in m.services), key=lambda m: m.service_addr)
+
+    @property
+    def remote_services(self) -> list[str]:
+        return sorted({service for member in self._members.values() for service in member.services})

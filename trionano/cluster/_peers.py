@@ -1,0 +1,129 @@
+"""The peer pool: one gRPC channel per node, made on first use, closed when the node leaves;
+every call typed, under a deadline, and failing with a :class:`~._errors.ClusterError`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import grpclib.client
+
+from ._bridge import Bridge
+from ._errors import NodeStopping, from_call
+from ._generated import clusterpb as pb
+
+__all__ = ["Peer", "Peers", "split_address"]
+
+T = TypeVar("T")
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``"host:port"`` -> (host, port); an empty host is the loopback."""
+    host, _, port = address.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+class Peer:
+    """Calls to one node: nano's ``Member`` service (every node) and ``Master`` service (the
+    master). Each runs on asyncio under a deadline (``seconds``, or the pool's) and raises
+    ClusterError: Unavailable, DeadlineExceeded, NotFound, ...; NodeStopping when this node
+    is not running."""
+
+    def __init__(self, pool: Peers, address: str) -> None:
+        self.address = address
+        self._pool = pool
+        host, port = split_address(address)
+        self._channel = grpclib.client.Channel(host, port)
+        self._member = pb.MemberStub(self._channel)
+        self._master = pb.MasterStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    async def _call(self, make: Callable[[float], Coroutine[Any, Any, T]], seconds: float | None) -> T:
+        bridge = self._pool.bridge
+        if bridge is None:
+            raise NodeStopping("this node is not running")
+        timeout = self._pool.timeout if seconds is None else seconds
+        try:
+            return await bridge.to_asyncio(lambda: make(timeout))
+        except Exception as exc:
+            error = from_call(exc)
+            if error is None:
+                raise
+            raise error from exc
+
+    # -- Member ---------------------------------------------------------------------------
+
+    async def handle_request(self, message: pb.RequestMessage, *, seconds: float | None = None) -> None:
+        await self._call(lambda t: self._member.handle_request(message, timeout=t), seconds)
+
+    async def handle_notify(self, message: pb.NotifyMessage, *, seconds: float | None = None) -> None:
+        await self._call(lambda t: self._member.handle_notify(message, timeout=t), seconds)
+
+    async def handle_push(self, message: pb.PushMessage) -> None:
+        await self._call(lambda t: self._member.handle_push(message, timeout=t), None)
+
+    async def handle_response(self, message: pb.ResponseMessage) -> None:
+        await self._call(lambda t: self._member.handle_response(message, timeout=t), None)
+
+    async def new_member(self, info: pb.MemberInfo) -> None:
+        request = pb.NewMemberRequest(member_info=info)
+        await self._call(lambda t: self._member.new_member(request, timeout=t), None)
+
+    async def del_member(self, address: str) -> None:
+        request = pb.DelMemberRequest(service_addr=address)
+        await self._call(lambda t: self._member.del_member(request, timeout=t), None)
+
+    async def session_closed(self, sid: int) -> None:
+        request = pb.SessionClosedRequest(session_id=sid)
+        await self._call(lambda t: self._member.session_closed(request, timeout=t), None)
+
+    async def close_session(self, sid: int) -> None:
+        request = pb.CloseSessionRequest(session_id=sid)
+        await self._call(lambda t: self._member.close_session(request, timeout=t), None)
+
+    # -- Master ---------------------------------------------------------------------------
+
+    async def register(self, info: pb.MemberInfo) -> list[pb.MemberInfo]:
+        request = pb.RegisterRequest(member_info=info)
+        response = await self._call(lambda t: self._master.register(request, timeout=t), None)
+        return list(response.members)
+
+    async def unregister(self, address: str, *, seconds: float | None = None) -> None:
+        request = pb.UnregisterRequest(service_addr=address)
+        await self._call(lambda t: self._master.unregister(request, timeout=t), seconds)
+
+    async def heartbeat(self, info: pb.MemberInfo) -> None:
+        request = pb.HeartbeatRequest(member_info=info)
+        await self._call(lambda t: self._master.heartbeat(request, timeout=t), None)
+
+
+class Peers:
+    """The pool, by service address. ``timeout`` bounds every call (the node's
+    ``rpc_timeout``); :meth:`attach` gives it the bridge while the node runs."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.bridge: Bridge | None = None
+        self._peers: dict[str, Peer] = {}
+
+    def attach(self, bridge: Bridge | None) -> None:
+        self.bridge = bridge
+
+    def __getitem__(self, address: str) -> Peer:
+        peer = self._peers.get(address)
+        if peer is None:
+            peer = self._peers[address] = Peer(self, address)
+        return peer
+
+    def close(self, address: str) -> None:
+        """Close the channel to ``address`` (a node that left); a later call reopens one."""
+        peer = self._peers.pop(address, None)
+        if peer is not None:
+            peer.close()
+
+    def close_all(self) -> None:
+        for peer in self._peers.values():
+            peer.close()
+        self._peers.clear()

@@ -1,0 +1,137 @@
+"""The master's registry (nano.md §5.3, §5.6): Register, Unregister and Heartbeat from
+members, NewMember/DelMember to the others, and the eviction of silent members.
+
+Beyond nano: NewMember/DelMember go to each member on its own task under the deadline, and a
+failure is logged, never aborts a registration (nano aborts at the first, leaving a partial
+notification)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import trio
+
+from ._errors import ClusterError, InvalidRequest, NodeStopping, NotFound
+from ._generated import clusterpb as pb
+from ._membership import Membership
+from ._peers import Peers
+from ._tasks import Tasks
+
+__all__ = ["Registry"]
+
+_logger = logging.getLogger("trionano.cluster")
+
+
+class Registry:
+    """The master's book of members and their last heartbeats. ``me()`` is the master's own
+    info (in every RegisterResponse); ``forget(address)`` ends everything this node holds for
+    a member that left (its channel, its clients' sessions)."""
+
+    def __init__(
+        self,
+        membership: Membership,
+        peers: Peers,
+        tasks: Tasks,
+        *,
+        me: Callable[[], pb.MemberInfo],
+        forget: Callable[[str], None],
+        heartbeat: float,
+        unregister_callback: Callable[[pb.MemberInfo], None] | None = None,
+    ) -> None:
+        self._membership = membership
+        self._peers = peers
+        self._tasks = tasks
+        self._me = me
+        self._forget = forget
+        self._heartbeat = heartbeat
+        self._unregister_callback = unregister_callback
+        self._last_heartbeat: dict[str, float] = {}
+
+    # -- clusterpb.Master (Trio side) -------------------------------------------------------
+
+    async def register(self, request: pb.RegisterRequest) -> pb.RegisterResponse:
+        info = request.member_info
+        if info is None or not info.service_addr:
+            raise InvalidRequest("invalid register request")
+        self._check_running()
+        address = info.service_addr
+        known = [m for m in self._membership.infos if m.service_addr != address]
+        self._forget(address)  # a member restarting at the same address replaces itself
+        self._last_heartbeat.pop(address, None)
+        for member in known:
+            self._tasks.start(self._tell_new_member, member.service_addr, info)
+        self._membership.add(info)
+        self._last_heartbeat[address] = trio.current_time()
+        _logger.info(
+            "member %s registered: %s; remote services now %s",
+            address,
+            list(info.services),
+            self._membership.remote_services,
+        )
+        return pb.RegisterResponse(members=[self._me(), *known])
+
+    async def unregister(self, request: pb.UnregisterRequest) -> pb.UnregisterResponse:
+        address = request.service_addr
+        if not address:
+            raise InvalidRequest("invalid register request")
+        if address not in self._membership:
+            raise NotFound(f"address {address} has not registered")
+        self._check_running()
+        self.remove(address)
+        return pb.UnregisterResponse()
+
+    async def heartbeat(self, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
+        info = request.member_info
+        if info is None or not info.service_addr:
+            raise InvalidRequest("invalid heartbeat request")
+        if info.service_addr not in self._membership:  # the master restarted: rebuild from heartbeats
+            _logger.info("member %s re-appeared through its heartbeat", info.service_addr)
+            self._membership.add(info)
+        self._last_heartbeat[info.service_addr] = trio.current_time()
+        return pb.HeartbeatResponse()
+
+    # -- the registry's own work ------------------------------------------------------------
+
+    def _check_running(self) -> None:
+        if not self._tasks.running:
+            raise NodeStopping("the master is stopping")
+
+    def remove(self, address: str) -> None:
+        """``address`` left (it unregistered, or fell silent): tell the others, forget it, and
+        run the unregister callback."""
+        info = self._membership.get(address)
+        for other in self._membership.addresses:
+            if other != address:
+                self._tasks.start(self._tell_del_member, other, address)
+        self._last_heartbeat.pop(address, None)
+        self._forget(address)
+        _logger.info("member %s unregistered", address)
+        if info is not None and self._unregister_callback is not None:
+            try:
+                self._unregister_callback(info)
+            except Exception:  # a user's callback: log it, go on
+                _logger.exception("unregister callback failed")
+
+    async def evict_silent_members(self) -> None:
+        """Every heartbeat interval, evict the members silent for more than four."""
+        interval = self._heartbeat
+        while True:
+            await trio.sleep(interval)
+            now = trio.current_time()
+            for address, last in list(self._last_heartbeat.items()):
+                if now - last > 4 * interval:
+                    _logger.warning("member %s silent for %.1fs: evicted", address, now - last)
+                    self.remove(address)
+
+    async def _tell_new_member(self, address: str, info: pb.MemberInfo) -> None:
+        try:
+            await self._peers[address].new_member(info)
+        except ClusterError as exc:  # one dead member never blocks the others
+            _logger.warning("NewMember to %s failed: %r", address, exc)
+
+    async def _tell_del_member(self, address: str, gone: str) -> None:
+        try:
+            await self._peers[address].del_member(gone)
+        except ClusterError as exc:
+            _logger.warning("DelMember to %s failed: %r", address, exc)

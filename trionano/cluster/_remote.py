@@ -1,0 +1,217 @@
+"""The member side: stand-in sessions for clients connected to other gates (nano's
+``acceptor``), their outboxes, and the HandleRequest/HandleNotify/SessionClosed calls that
+create, feed and end them (nano.md §5.5).
+
+A stand-in is keyed by (gate address, the gate's session id); it gets an id of this node's
+own, which never leaves this node: only the gate announces a client's end. Its pushes,
+responses and close go back to the gate in order, through its own outbox and sender task.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TypeAlias
+
+import attrs
+import trio
+
+from .._log import RateLimitedLog
+from .._server import Server
+from .._session import Broadcast, Session
+from ..wire import Notify, Request
+from ._counters import Counters
+from ._errors import ClusterError, NodeStopping, NotFound
+from ._generated import clusterpb as pb
+from ._peers import Peers
+from ._tasks import Tasks
+
+__all__ = ["OutboundClose", "OutboundPush", "OutboundResponse", "RemoteEntity", "RemoteSessions"]
+
+_logger = logging.getLogger("trionano.cluster")
+
+
+@attrs.frozen
+class OutboundPush:
+    route: str
+    body: bytes
+
+
+@attrs.frozen
+class OutboundResponse:
+    mid: int
+    body: bytes
+
+
+@attrs.frozen
+class OutboundClose:
+    """Ask the gate to close the client (nano's CloseSession)."""
+
+
+Outbound: TypeAlias = OutboundPush | OutboundResponse | OutboundClose
+
+
+class RemoteEntity:
+    """The network entity of a stand-in session: what the session sends is queued here and
+    sent to the client's gate, in order, by :meth:`run` (a task of the node). A full outbox
+    drops (and counts) the message."""
+
+    def __init__(self, gate: str, sid: int, *, outbox_size: int, counters: Counters, log: RateLimitedLog) -> None:
+        self.gate = gate
+        self.sid = sid
+        self.closed = False
+        self._counters = counters
+        self._log = log
+        self._send, self._receive = trio.open_memory_channel[Outbound](outbox_size)
+
+    @property
+    def remote_address(self) -> str:
+        return f"{self.gate}#{self.sid}"
+
+    def _put(self, item: Outbound) -> bool:
+        try:
+            self._send.send_nowait(item)
+        except trio.WouldBlock:
+            self._counters.dropped_outbound += 1
+            self._log.warning("outbox full", "remote session %s: outbox full, message dropped", self.remote_address)
+            return False
+        except trio.ClosedResourceError:
+            self._counters.dropped_outbound += 1
+            return False
+        return True
+
+    def send_push(self, session: Session, route: str, body: bytes) -> bool:
+        if self.closed:
+            raise trio.BrokenResourceError("the session is closed")
+        return self._put(OutboundPush(route, body))
+
+    def send_broadcast(self, session: Session, broadcast: Broadcast) -> bool:
+        if self.closed:
+            return False
+        return self._put(OutboundPush(broadcast.route, broadcast.body))
+
+    def send_response(self, session: Session, mid: int, body: bytes) -> bool:
+        if self.closed:
+            raise trio.BrokenResourceError("the session is closed")
+        return self._put(OutboundResponse(mid, body))
+
+    def kick(self, reason: str) -> None:
+        self.close()  # nano's acceptor has no kick: the gate closes the client
+
+    def close(self) -> None:
+        """Ask the gate to close the client, after what is queued. Idempotent."""
+        if not self.closed:
+            self._put(OutboundClose())
+            self.closed = True
+            self._send.close()
+
+    def drop(self) -> None:
+        """The client (or its gate) is gone: send nothing more."""
+        self.closed = True
+        self._send.close()
+
+    async def run(self, peers: Peers) -> None:
+        """Send what is queued, in order, each call under the deadline. A client that has
+        left (the gate answers NOT_FOUND) ends it quietly: what is still queued is dropped."""
+        async with self._receive:
+            async for item in self._receive:
+                peer = peers[self.gate]
+                try:
+                    match item:
+                        case OutboundPush(route, body):
+                            await peer.handle_push(pb.PushMessage(session_id=self.sid, route=route, data=body))
+                        case OutboundResponse(mid, body):
+                            await peer.handle_response(pb.ResponseMessage(session_id=self.sid, id=mid, data=body))
+                        case OutboundClose():
+                            await peer.close_session(self.sid)
+                except NotFound:
+                    _logger.debug("remote session %s: the client has left", self.remote_address)
+                    self.drop()
+                    self._counters.dropped_outbound += 1 + _drain(self._receive)
+                    return
+                except ClusterError as exc:
+                    self._counters.dropped_outbound += 1
+                    self._log.warning("gate failed", "remote session %s: the gate failed: %r", self.remote_address, exc)
+
+
+def _drain(receive: trio.MemoryReceiveChannel[Outbound]) -> int:
+    count = 0
+    while True:
+        try:
+            receive.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return count
+        count += 1
+
+
+class RemoteSessions:
+    """This node's stand-ins for other gates' clients, by (gate, gate's session id)."""
+
+    def __init__(self, server: Server, peers: Peers, tasks: Tasks, *, counters: Counters, log: RateLimitedLog) -> None:
+        self._server = server
+        self._peers = peers
+        self._tasks = tasks
+        self._counters = counters
+        self._log = log
+        self._sessions: dict[tuple[str, int], Session] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    # -- clusterpb.Member (Trio side) -------------------------------------------------------
+
+    async def handle_request(self, message: pb.RequestMessage) -> pb.MemberHandleResponse:
+        await self._handle(message.gate_addr, message.session_id, Request(message.id, message.route, message.data))
+        return pb.MemberHandleResponse()
+
+    async def handle_notify(self, message: pb.NotifyMessage) -> pb.MemberHandleResponse:
+        await self._handle(message.gate_addr, message.session_id, Notify(message.route, message.data))
+        return pb.MemberHandleResponse()
+
+    async def session_closed(self, request: pb.SessionClosedRequest) -> pb.SessionClosedResponse:
+        """A gate's client left: end its stand-ins (by id alone, as nano: ids are unique
+        across the cluster). Unknown ids are ignored."""
+        for key in [key for key in self._sessions if key[1] == request.session_id]:
+            self._end(key)
+        return pb.SessionClosedResponse()
+
+    # -- the stand-ins ----------------------------------------------------------------------
+
+    async def _handle(self, gate: str, sid: int, message: Request | Notify) -> None:
+        """Queue the handler call on the stand-in; the gate's call waits only while the
+        handler's lane is full."""
+        if not self._server.router.hosts(message.route):
+            raise NotFound(f"service not found in current node: {message.route}")
+        pending = self._server.router.dispatch(self._session(gate, sid), message)
+        if pending is not None:
+            lane, task = pending
+            await lane.push(task)
+
+    def _session(self, gate: str, sid: int) -> Session:
+        key = (gate, sid)
+        session = self._sessions.get(key)
+        if session is None:
+            entity = RemoteEntity(
+                gate, sid, outbox_size=self._server.config.outbox_size, counters=self._counters, log=self._log
+            )
+            if not self._tasks.start(entity.run, self._peers):
+                raise NodeStopping("this node is stopping")
+            session = self._server.make_session(entity)
+            self._sessions[key] = session
+        return session
+
+    def _end(self, key: tuple[str, int]) -> None:
+        session = self._sessions.pop(key, None)
+        if session is None:
+            return
+        entity = session.entity
+        assert isinstance(entity, RemoteEntity)
+        entity.drop()
+        self._server.session_closed(session)  # its close hooks, on this node only
+
+    def gate_gone(self, gate: str) -> None:
+        """``gate`` left the cluster: end its clients' stand-ins (nano leaks them)."""
+        ended = [key for key in self._sessions if key[0] == gate]
+        for key in ended:
+            self._end(key)
+        if ended:
+            _logger.info("gate %s is gone: %d remote session(s) ended", gate, len(ended))

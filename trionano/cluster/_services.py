@@ -1,0 +1,130 @@
+"""nano's ``clusterpb`` services as grpclib sees them: adapters whose every method crosses
+the bridge (:func:`crosses`) to the role that answers it on the Trio side, and maps what that
+raises to a gRPC status (:func:`~._errors.to_status`). The services are nano's, unary, exactly:
+a Go nano node keeps working with a trionano node in every role."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol, TypeVar
+
+from ._bridge import Bridge
+from ._errors import to_status
+from ._generated import clusterpb as pb
+
+__all__ = ["ForwardedSide", "GateSide", "MasterService", "MasterSide", "MemberService", "ViewSide", "crosses"]
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Adapter = TypeVar("Adapter", "MemberService", "MasterService")
+
+
+def crosses(
+    method: Callable[[Adapter, Req], Awaitable[Resp]],
+) -> Callable[[Adapter, Req], Coroutine[Any, Any, Resp]]:
+    """Run ``method`` on the Trio side; what it raises reaches the caller as a gRPC status
+    (a stopping node: UNAVAILABLE), never as grpclib's "Application error" (UNKNOWN)."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    async def on_asyncio(self: Adapter, request: Req) -> Resp:
+        try:
+            return await self.bridge.to_trio(functools.partial(method, self, request))
+        except Exception as exc:
+            raise to_status(exc, name) from None
+
+    return on_asyncio
+
+
+class ForwardedSide(Protocol):
+    """Messages forwarded to this node's services, and their sessions' ends."""
+
+    async def handle_request(self, message: pb.RequestMessage) -> pb.MemberHandleResponse: ...
+    async def handle_notify(self, message: pb.NotifyMessage) -> pb.MemberHandleResponse: ...
+    async def session_closed(self, request: pb.SessionClosedRequest) -> pb.SessionClosedResponse: ...
+
+
+class GateSide(Protocol):
+    """Replies for this node's clients."""
+
+    async def handle_push(self, message: pb.PushMessage) -> pb.MemberHandleResponse: ...
+    async def handle_response(self, message: pb.ResponseMessage) -> pb.MemberHandleResponse: ...
+    async def close_session(self, request: pb.CloseSessionRequest) -> pb.CloseSessionResponse: ...
+
+
+class ViewSide(Protocol):
+    """Changes to this node's view of the cluster."""
+
+    async def new_member(self, request: pb.NewMemberRequest) -> pb.NewMemberResponse: ...
+    async def del_member(self, request: pb.DelMemberRequest) -> pb.DelMemberResponse: ...
+
+
+class MasterSide(Protocol):
+    """The master's registry."""
+
+    async def register(self, request: pb.RegisterRequest) -> pb.RegisterResponse: ...
+    async def unregister(self, request: pb.UnregisterRequest) -> pb.UnregisterResponse: ...
+    async def heartbeat(self, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse: ...
+
+
+class MemberService(pb.MemberBase):
+    """``clusterpb.Member``, served by every node."""
+
+    def __init__(self, bridge: Bridge, *, forwarded: ForwardedSide, gate: GateSide, view: ViewSide) -> None:
+        self.bridge = bridge
+        self._forwarded = forwarded
+        self._gate = gate
+        self._view = view
+
+    @crosses
+    async def handle_request(self, request_message: pb.RequestMessage) -> pb.MemberHandleResponse:
+        return await self._forwarded.handle_request(request_message)
+
+    @crosses
+    async def handle_notify(self, notify_message: pb.NotifyMessage) -> pb.MemberHandleResponse:
+        return await self._forwarded.handle_notify(notify_message)
+
+    @crosses
+    async def handle_push(self, push_message: pb.PushMessage) -> pb.MemberHandleResponse:
+        return await self._gate.handle_push(push_message)
+
+    @crosses
+    async def handle_response(self, response_message: pb.ResponseMessage) -> pb.MemberHandleResponse:
+        return await self._gate.handle_response(response_message)
+
+    @crosses
+    async def new_member(self, new_member_request: pb.NewMemberRequest) -> pb.NewMemberResponse:
+        return await self._view.new_member(new_member_request)
+
+    @crosses
+    async def del_member(self, del_member_request: pb.DelMemberRequest) -> pb.DelMemberResponse:
+        return await self._view.del_member(del_member_request)
+
+    @crosses
+    async def session_closed(self, session_closed_request: pb.SessionClosedRequest) -> pb.SessionClosedResponse:
+        return await self._forwarded.session_closed(session_closed_request)
+
+    @crosses
+    async def close_session(self, close_session_request: pb.CloseSessionRequest) -> pb.CloseSessionResponse:
+        return await self._gate.close_session(close_session_request)
+
+
+class MasterService(pb.MasterBase):
+    """``clusterpb.Master``, served by the master."""
+
+    def __init__(self, bridge: Bridge, *, registry: MasterSide) -> None:
+        self.bridge = bridge
+        self._registry = registry
+
+    @crosses
+    async def register(self, register_request: pb.RegisterRequest) -> pb.RegisterResponse:
+        return await self._registry.register(register_request)
+
+    @crosses
+    async def unregister(self, unregister_request: pb.UnregisterRequest) -> pb.UnregisterResponse:
+        return await self._registry.unregister(unregister_request)
+
+    @crosses
+    async def heartbeat(self, heartbeat_request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
+        return await self._registry.heartbeat(heartbeat_request)
