@@ -46,8 +46,8 @@ async def test_a_killed_backend_is_answered_evicted_and_replaced(tmp_path: Path)
             answer = await ann.request("RoomService.SyncMessage", {"name": "ann", "content": "x"})
             assert answer["code"] == 503
             # the master evicts it within 4 heartbeats and tells the gate
-            await c.wait_log("master", "evicted", seconds=4 * HEARTBEAT + 3)
-            await c.wait_log("master", "member 127.0.0.1:", seconds=1)
+            await c.wait_log("master", "evicted", seconds=4 * HEARTBEAT + 30)
+            await c.wait_log("master", "member 127.0.0.1:", seconds=30)
             with trio.fail_after(5):  # the gate hears of it (DelMember): nobody hosts RoomService now
                 while (await ann.request("RoomService.SyncMessage", {"name": "ann", "content": "x"}))["code"] != 404:  # noqa: ASYNC110
                     await trio.sleep(0.1)
@@ -69,7 +69,7 @@ async def test_a_restarted_master_rebuilds_from_heartbeats(tmp_path: Path) -> No
         await c.start("master", "master", c.master)
         # members heartbeat to the new master, which learns them without re-registration
         await c.wait_log("master", "re-appeared through its heartbeat", seconds=10)
-        content = await c.wait_log("master", "re-appeared", seconds=1)
+        content = await c.wait_log("master", "re-appeared", seconds=30)
         assert content.count("re-appeared through its heartbeat") >= 1
         # a node joining now sees the members the master relearned
         await c.start("chat2", "chat", f"127.0.0.1:{free_port()}")
@@ -116,9 +116,9 @@ async def test_sessions_end_everywhere_when_the_client_leaves_or_its_gate_dies(t
             await cid.receive_push("onMembers")
             await trio.sleep(0.5)  # the master's JoinRoom RPCs reach the chat
             await c.kill("gate")  # now no SessionClosed will ever come: the gate's eviction ends them
-            await c.wait_log("master", "evicted", seconds=4 * HEARTBEAT + 3)
-            await c.wait_log("chat", "is gone: 2 remote session(s) ended", seconds=3)
-            await c.wait_log("master", "is gone: 2 remote session(s) ended", seconds=3)
+            await c.wait_log("master", "evicted", seconds=4 * HEARTBEAT + 30)
+            await c.wait_log("chat", "is gone: 2 remote session(s) ended", seconds=30)
+            await c.wait_log("master", "is gone: 2 remote session(s) ended", seconds=30)
 
 
 async def test_custom_route_shards_users_by_uid(tmp_path: Path) -> None:
