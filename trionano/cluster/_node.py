@@ -37,10 +37,12 @@ from .._listen import Endpoint
 from .._router import CODE_NOT_FOUND, CODE_UNAVAILABLE
 from .._server import Server
 from .._session import Broadcast, Session, SessionKey
+from .._stats import RpcCounters
 from ..wire import Notify, Request
 from . import _generated as _gen_root  # noqa: F401 - the generated package must import first
 from ._bridge import Bridge
 from ._generated import clusterpb as pb
+from ._stubs import TimedMasterStub, TimedMemberStub
 
 __all__ = ["ClusterConfig", "Node", "RemoteRoute"]
 
@@ -87,13 +89,14 @@ def _split(address: str) -> tuple[str, int]:
 
 
 class _Peer:
-    """A pooled channel to one node, closed when the node leaves."""
+    """A pooled channel to one node, closed when the node leaves; its calls are counted in
+    ``rpc_stats``."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, rpc_stats: RpcCounters) -> None:
         host, port = _split(address)
         self.channel = grpclib.client.Channel(host, port)
-        self.member = pb.MemberStub(self.channel)
-        self.master = pb.MasterStub(self.channel)
+        self.member = TimedMemberStub(self.channel, peer=address, counters=rpc_stats)
+        self.master = TimedMasterStub(self.channel, peer=address, counters=rpc_stats)
 
     def close(self) -> None:
         self.channel.close()
@@ -198,6 +201,7 @@ class Node:
         self.config: Final = config
         self.dropped = 0  # messages to other gates' clients that could not be queued or sent
         self.unknown_routes = 0  # client messages for routes no member hosts
+        self.rpc_stats: Final = RpcCounters()  # outgoing gRPC calls by method and peer (trionano.metrics)
         self.address: Final = config.service_address
         self.members: dict[str, pb.MemberInfo] = {}  # every other node, by service address
         self._last_heartbeat: dict[str, float] = {}  # the master's view of its members
@@ -241,7 +245,7 @@ class Node:
     def _peer(self, address: str) -> _Peer:
         peer = self._peers.get(address)
         if peer is None:
-            peer = self._peers[address] = _Peer(address)
+            peer = self._peers[address] = _Peer(address, self.rpc_stats)
         return peer
 
     # -- life -------------------------------------------------------------------------------
