@@ -13,48 +13,42 @@ collector that belongs to one server: :func:`metrics_collector` for a registry o
 :func:`serve_metrics` to serve a registry of its own over HTTP. Two servers in one process
 share nothing.
 
-========================================  ===========  =================  ==================================
-metric                                    type         labels             what
-========================================  ===========  =================  ==================================
-``trionano_sessions_open``                gauge                           sessions now (handshake acked)
-``trionano_sessions_opened_total``        counter
-``trionano_sessions_closed_total``        counter
-``trionano_connections_accepted_total``   counter
-``trionano_connections_refused_total``    counter                         over ``max_connections``, stopping
-``trionano_messages_in_total``            counter      route, type        Requests and Notifies received
-                                                                          (``type`` "request" or "notify")
-``trionano_messages_out_total``           counter      type               Pushes and Responses queued
-                                                                          (``type`` "push" or "response")
-``trionano_handler_seconds``              histogram    route              handler duration, seconds
-``trionano_error_responses_total``        counter      code               error Responses by code
-``trionano_handler_errors_total``         counter                         handlers that failed
-``trionano_protocol_errors_total``        counter                         clients kicked for bad bytes
-``trionano_unknown_routes_total``         counter                         messages to routes nobody serves
-``trionano_dropped_messages_total``       counter      reason             "slow", "closed", "pipeline",
-                                                                          "rate"
-``trionano_kicks_total``                  counter      reason             sessions kicked, by reason
-``trionano_encoded_packets_total``        counter                         Data packets encoded
-``trionano_outbox_messages``              gauge                           packets in every outbox now
-``trionano_outbox_max_messages``          gauge                           packets in the fullest outbox
-========================================  ===========  =================  ==================================
+The metrics (counters end in ``_total``; durations are histograms in seconds):
 
-``route`` is a hosted route, ``"unknown"`` (no handler: the client's text is never a label) or,
-on a cluster gate, ``"forwarded"`` (sent to another node; its handler is timed there). The
-handler duration runs from the call to its return, its answer serialized and queued, awaits
-included, the wait in its lane not. Buckets: 100 us to 10 s (:data:`trionano._stats.LATENCY_BOUNDS`).
-For a cluster node (pass the :class:`~trionano.cluster.Node`):
+- ``trionano_sessions_open`` (gauge): sessions now (handshake acknowledged);
+  ``trionano_sessions_opened_total``, ``trionano_sessions_closed_total``;
+- ``trionano_connections_accepted_total``; ``trionano_connections_refused_total`` (over
+  ``max_connections``, or while stopping);
+- ``trionano_messages_in_total{route, type}``: Requests and Notifies received (``type``
+  "request" or "notify"), counted before the body is decoded;
+- ``trionano_messages_out_total{type}``: Pushes and Responses queued to clients (``type``
+  "push" or "response"; error Responses included);
+- ``trionano_handler_seconds{route}``: handler duration, from the call to its return, its
+  answer serialized and queued; awaits included, the wait in its lane not. Buckets 100 us to
+  10 s (:data:`trionano._stats.LATENCY_BOUNDS`);
+- ``trionano_error_responses_total{code}``: error Responses by code (400, 404, 429, 500...);
+  ``trionano_handler_errors_total``; ``trionano_protocol_errors_total`` (connections kicked
+  for bytes out of protocol); ``trionano_unknown_routes_total``;
+- ``trionano_dropped_messages_total{reason}``: "slow" (a client not reading, policy drop),
+  "closed" (for a session closing or not yet working), "pipeline" (refused by a pipeline
+  function), "rate" (over the connection's rate limit);
+- ``trionano_kicks_total{reason}``: sessions kicked, by the server's own reasons ("slow
+  consumer", "rate limit", "heartbeat timeout", "handshake timeout", "shutdown", and
+  "application" for ``session.kick``);
+- ``trionano_encoded_packets_total``: Data packets encoded (a broadcast once per server);
+- ``trionano_outbox_messages`` (gauge): packets queued in every outbox now;
+  ``trionano_outbox_max_messages`` (gauge): in the fullest one.
 
-========================================  ===========  =================  ==================================
-``trionano_cluster_members``              gauge                           other nodes known
-``trionano_cluster_rpc_seconds``          histogram    method, peer       gRPC calls made, seconds
-``trionano_cluster_rpc_failures_total``   counter      method, peer       calls that failed or were cancelled
-``trionano_cluster_dropped_total``        counter                         messages for other gates' clients
-                                                                          not delivered
-``trionano_cluster_unknown_routes_total`` counter                         client messages no member hosts
-========================================  ===========  =================  ==================================
+``route`` is a hosted route, ``"unknown"`` (no handler; a client's text is never a label) or, on
+a cluster gate, ``"forwarded"`` (sent to another node, where its handler is timed). A cluster
+node (pass the :class:`~trionano.cluster.Node` instead of its server) adds:
 
-``method`` is the gRPC method ("HandleRequest", "Register", ...); ``peer`` the node's service
-address.
+- ``trionano_cluster_members`` (gauge): the other nodes it knows;
+- ``trionano_cluster_rpc_seconds{method, peer}``: the gRPC calls it made, by method
+  ("HandleRequest", "Register", ...) and peer (the node's service address);
+  ``trionano_cluster_rpc_failures_total{method, peer}``: those that failed or were cancelled;
+- ``trionano_cluster_dropped_total``: messages for other gates' clients not delivered;
+  ``trionano_cluster_unknown_routes_total``: client messages for services no member hosts.
 """
 
 from __future__ import annotations
@@ -86,8 +80,12 @@ __all__ = ["metrics_collector", "serve_metrics"]
 
 _LE: Final = (*(str(bound) for bound in LATENCY_BOUNDS), "+Inf")
 #: Statistics attribute -> the ``reason`` label of trionano_dropped_messages_total
-_DROPS: Final = (("dropped_slow", "slow"), ("dropped_closed", "closed"), ("dropped_pipeline", "pipeline"))
-_DROPS_RATE: Final = ("dropped_rate", "rate")
+_DROPS: Final = (
+    ("dropped_slow", "slow"),
+    ("dropped_closed", "closed"),
+    ("dropped_pipeline", "pipeline"),
+    ("dropped_rate", "rate"),
+)
 #: how long an HTTP client may take to send a request (and an idle keep-alive may last)
 _HTTP_TIMEOUT: Final = 30.0
 
@@ -151,7 +149,7 @@ class _Collector(Collector):
         yield counter("unknown_routes", "Messages to routes no handler serves", stats.unknown_routes)
 
         dropped = CounterMetricFamily("trionano_dropped_messages", "Messages dropped, by reason", labels=["reason"])
-        for attribute, reason in (*_DROPS, _DROPS_RATE):
+        for attribute, reason in _DROPS:
             dropped.add_metric([reason], getattr(stats, attribute))
         yield dropped
         kicks = CounterMetricFamily("trionano_kicks", "Sessions kicked, by reason", labels=["reason"])
