@@ -139,6 +139,11 @@ class Agent:
     def __repr__(self) -> str:
         return f"<Agent session={self.session.id} {self.remote_address} {self.conn.state.name}>"
 
+    @property
+    def queued(self) -> int:
+        """Packets in the outbox now."""
+        return self._queued
+
     # -- life -------------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -402,8 +407,11 @@ class Agent:
                 raise self._too_large(broadcast.body) from None
             broadcast.encoder = self._codec
             self._counters.encoded += 1
-            return self._enqueue(broadcast.packet)
-        return self._enqueue(self.conn.send_encoded(broadcast.packet))
+            return self._enqueue_push(broadcast.packet)
+        if self._enqueue(self.conn.send_encoded(broadcast.packet)):  # _enqueue_push, inlined: a broadcast's loop
+            self._counters.pushes_out += 1
+            return True
+        return False
 
     def _push_now(self, route: str, body: bytes) -> bool:
         try:
@@ -411,7 +419,13 @@ class Agent:
         except LocalProtocolError:
             raise self._too_large(body) from None
         self._counters.encoded += 1
-        return self._enqueue(packet)
+        return self._enqueue_push(packet)
+
+    def _enqueue_push(self, packet: bytes) -> bool:
+        if self._enqueue(packet):
+            self._counters.pushes_out += 1
+            return True
+        return False
 
     def send_response(self, session: Session, mid: int, body: bytes) -> bool:
         """Queue a Response to request ``mid``. Raises trio.BrokenResourceError once closed,
@@ -428,7 +442,10 @@ class Agent:
         except LocalProtocolError:
             raise self._too_large(body) from None
         self._counters.encoded += 1
-        return self._enqueue(packet)
+        if self._enqueue(packet):
+            self._counters.responses_out += 1
+            return True
+        return False
 
     def heartbeat(self, now: float) -> None:
         """Kick a peer silent past its deadline, or send the heartbeat that is due."""

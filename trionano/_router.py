@@ -22,6 +22,7 @@ code   when
 from __future__ import annotations
 
 from collections.abc import Mapping
+from time import perf_counter
 from typing import Final, Protocol, TypeAlias
 
 import trio
@@ -32,7 +33,7 @@ from ._log import RateLimitedLog, client_text
 from ._pipeline import Pipeline, PipelineMessage
 from ._serializer import Unmarshal
 from ._session import Call, Session, current_call
-from ._stats import Counters
+from ._stats import ROUTE_FORWARDED, ROUTE_UNKNOWN, Counters, RouteCounters
 from .nursery_scheduler import Lane, Scheduler, Task
 from .wire import MessageType, Notify, Request
 
@@ -78,7 +79,9 @@ class Router:
 
     ``handlers`` maps a route to its handler and body decoder; ``remote`` (a cluster node)
     takes the routes not hosted here. ``expose_errors`` sends a failing handler's exception
-    text to the client (otherwise ``"internal error"``).
+    text to the client (otherwise ``"internal error"``). Counts each message in by route and
+    type, and times each handler call, in ``counters.routes`` (only hosted routes and the fixed
+    ``"unknown"`` and ``"forwarded"``: never a client's text).
     """
 
     def __init__(
@@ -92,7 +95,11 @@ class Router:
         expose_errors: bool = False,
         remote: RemoteRouter | None = None,
     ) -> None:
-        self._handlers: Final = dict(handlers)
+        self._handlers: Final = {
+            route: (handler, unmarshal, counters.route(route)) for route, (handler, unmarshal) in handlers.items()
+        }
+        self._unknown: Final = counters.route(ROUTE_UNKNOWN)
+        self._forwarded: Final = counters.route(ROUTE_FORWARDED) if remote is not None else None
         self._scheduler = scheduler
         self._main: Final = scheduler.lane("")
         self._inbound: Final = pipeline.inbound
@@ -118,17 +125,27 @@ class Router:
         backpressure on that connection alone; a remote route never makes it wait. Not a coroutine: no allocation
         per message for the common case. Never raises for anything the client sent."""
         route = message.route
-        mid = message.id if type(message) is Request else 0
+        if type(message) is Request:
+            is_request, mid = True, message.id
+        else:
+            is_request, mid = False, 0
         entry = self._handlers.get(route)
         if entry is None:
             remote = self.remote
             if remote is not None:
+                if self._forwarded is not None:
+                    _count_in(self._forwarded, is_request)
                 remote.forward(session, message)
                 return None
+            _count_in(self._unknown, is_request)
             self._counters.unknown_routes += 1
             self._log.warning("unknown route", "unknown route %s from session %d", client_text(route), session.id)
             return self._refuse(session, mid, CODE_NOT_FOUND, f"route not found: {route}")
-        handler, unmarshal = entry
+        handler, unmarshal, counts = entry
+        if is_request:
+            counts.requests += 1
+        else:
+            counts.notifies += 1
         body = message.body
         if self._inbound:
             pipeline_message = PipelineMessage(MessageType(message.type), route, body, mid)
@@ -145,7 +162,7 @@ class Router:
             self._log.warning("bad body", "undecodable body for %s: %s", route, client_text(str(exc)))
             return self._refuse(session, mid, CODE_BAD_REQUEST, str(exc))
         lane = self._main if not handler.lane else self._lane(session, handler)
-        return self._queue(lane, self._call(session, handler, arg, mid))
+        return self._queue(lane, self._call(session, handler, arg, mid, counts))
 
     def _lane(self, session: Session, handler: Handler) -> Lane:
         own = session.get(handler.lane)
@@ -171,7 +188,7 @@ class Router:
 
     # -- the per-request error boundary -----------------------------------------------------
 
-    def _call(self, session: Session, handler: Handler, arg: object, mid: int) -> Task:
+    def _call(self, session: Session, handler: Handler, arg: object, mid: int, timing: RouteCounters) -> Task:
         func = handler.func
         route = handler.route
         if handler.is_async:
@@ -179,6 +196,7 @@ class Router:
             async def call_async() -> None:
                 call = Call(route, mid)
                 token = current_call.set(call)
+                start = perf_counter()
                 try:
                     result = await func(session, arg)
                 except Exception as exc:
@@ -187,6 +205,7 @@ class Router:
                     if mid:
                         self._answer(session, call, result)
                 finally:
+                    timing.observe(perf_counter() - start)
                     current_call.reset(token)
 
             return call_async
@@ -195,6 +214,7 @@ class Router:
         def call_sync() -> None:
             call = Call(route, mid)
             token = current_call.set(call)
+            start = perf_counter()
             try:
                 result = func(session, arg)
             except Exception as exc:
@@ -203,6 +223,7 @@ class Router:
                 if mid:
                     self._answer(session, call, result)
             finally:
+                timing.observe(perf_counter() - start)
                 current_call.reset(token)
 
         return call_sync
@@ -272,3 +293,10 @@ class Router:
             session.respond_raw(mid, session.serializer.marshal_error(code, text))
         except (trio.BrokenResourceError, MessageTooLarge, SerializeError) as exc:
             self._log.warning("error response", "error response to request %d not sent: %r", mid, exc)
+
+
+def _count_in(counts: RouteCounters, is_request: bool) -> None:
+    if is_request:
+        counts.requests += 1
+    else:
+        counts.notifies += 1

@@ -168,8 +168,9 @@ class Server:
         return self.router.routes
 
     def statistics(self) -> Statistics:
-        """The server's counters now, as an immutable snapshot."""
-        return self._counters.snapshot(len(self._sessions))
+        """The server's counters now, as an immutable snapshot (its outbox figures take one
+        look at every connection)."""
+        return self._counters.snapshot(len(self._sessions), [agent.queued for agent in self._agents])
 
     def on_session_closed(self, hook: CloseHook) -> CloseHook:
         """Run ``hook(session)`` in the scheduler's main lane when any session closes (nano's

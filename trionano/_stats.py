@@ -2,18 +2,149 @@
 
 :class:`Counters` is owned by one server and handed to the parts that count (router, agents);
 users read :meth:`trionano.Server.statistics`, a frozen :class:`Statistics`, as Trio's
-``MemoryChannelStatistics`` is read.
+``MemoryChannelStatistics`` is read. Durations are kept as fixed-bucket histograms
+(:class:`Timing`): one list increment and one float addition per observation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from bisect import bisect_left
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Final
 
 import attrs
 
-__all__ = ["Counters", "Statistics"]
+__all__ = [
+    "LATENCY_BOUNDS",
+    "ROUTE_FORWARDED",
+    "ROUTE_UNKNOWN",
+    "Counters",
+    "RouteCounters",
+    "RouteStatistics",
+    "RpcCounters",
+    "RpcStatistics",
+    "Statistics",
+    "Timing",
+]
+
+#: The upper bounds (seconds) of the duration buckets; a last bucket takes what is above them.
+LATENCY_BOUNDS: Final = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+#: The route messages for routes no handler serves are counted under (never the client's text).
+ROUTE_UNKNOWN: Final = "unknown"
+#: The route a cluster gate counts the messages it forwards under.
+ROUTE_FORWARDED: Final = "forwarded"
+
+
+class Timing:
+    """Durations in fixed buckets: ``buckets[i]`` counts those <= ``LATENCY_BOUNDS[i]`` (and
+    above the bound before); the last, those above every bound. ``seconds`` is their sum."""
+
+    __slots__ = ("buckets", "seconds")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(LATENCY_BOUNDS) + 1)
+        self.seconds = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.buckets[bisect_left(LATENCY_BOUNDS, seconds)] += 1
+        self.seconds += seconds
+
+
+class RouteCounters(Timing):
+    """One route's messages in and its handler's durations (one per route; not for users)."""
+
+    __slots__ = ("notifies", "requests")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests = 0
+        self.notifies = 0
+
+
+@attrs.frozen(kw_only=True)
+class RouteStatistics:
+    """One route's counts: ``requests`` and ``notifies`` received; its handler's durations
+    (from the call to its return, the answer serialized and queued; awaits included; the wait
+    in its lane not) as ``latency_buckets`` (non-cumulative counts over
+    :data:`LATENCY_BOUNDS`, then one for longer) and their sum ``latency_seconds``."""
+
+    requests: int
+    notifies: int
+    latency_buckets: tuple[int, ...]
+    latency_seconds: float
+
+    @property
+    def handled(self) -> int:
+        """Handler calls timed."""
+        return sum(self.latency_buckets)
+
+
+@attrs.frozen(kw_only=True)
+class RpcStatistics:
+    """One cluster RPC method to one peer: ``calls`` finished, ``failures`` among them (an
+    error or a cancellation), their durations as in :class:`RouteStatistics`."""
+
+    calls: int
+    failures: int
+    latency_buckets: tuple[int, ...]
+    latency_seconds: float
+
+
+class _Rpc(Timing):
+    __slots__ = ("failures",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 0
+
+
+class RpcCounters:
+    """A cluster node's outgoing RPCs, by (method, peer address) (one per node)."""
+
+    __slots__ = ("_calls",)
+
+    def __init__(self) -> None:
+        self._calls: dict[tuple[str, str], _Rpc] = {}
+
+    def observe(self, method: str, peer: str, seconds: float, *, failed: bool) -> None:
+        """Count one finished call of ``method`` to ``peer`` that took ``seconds``."""
+        rpc = self._calls.get((method, peer))
+        if rpc is None:
+            rpc = self._calls[method, peer] = _Rpc()
+        rpc.observe(seconds)
+        rpc.failures += failed
+
+    def snapshot(self) -> Mapping[tuple[str, str], RpcStatistics]:
+        """Every (method, peer) called so far."""
+        return MappingProxyType(
+            {
+                key: RpcStatistics(
+                    calls=sum(rpc.buckets),
+                    failures=rpc.failures,
+                    latency_buckets=tuple(rpc.buckets),
+                    latency_seconds=rpc.seconds,
+                )
+                for key, rpc in self._calls.items()
+            }
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -29,7 +160,13 @@ class Statistics:
     - ``dropped_rate``: messages refused by the per-connection rate limit;
     - ``kicks``: sessions kicked, by reason (``"slow consumer"``, ``"rate limit"``, ...);
     - ``protocol_errors``, ``handler_errors``, ``unknown_routes``;
-    - ``error_responses``: error Responses sent, by code (400, 404, 413, 429, 500, ...).
+    - ``error_responses``: error Responses sent, by code (400, 404, 413, 429, 500, ...);
+    - ``pushes_out``, ``responses_out``: Pushes and Responses queued to clients;
+    - ``outbox_queued`` (now): packets waiting in every client's outbox; ``outbox_max`` (now):
+      the most in one outbox;
+    - ``routes``: per route, messages in and handler durations (:class:`RouteStatistics`):
+      every hosted route, ``"unknown"`` for messages to routes nobody serves, and on a cluster
+      gate ``"forwarded"`` for those sent to other nodes.
     """
 
     connections_accepted: int
@@ -47,6 +184,11 @@ class Statistics:
     unknown_routes: int
     kicks: Mapping[str, int]
     error_responses: Mapping[int, int]
+    pushes_out: int
+    responses_out: int
+    outbox_queued: int
+    outbox_max: int
+    routes: Mapping[str, RouteStatistics]
 
     @property
     def slow_kicks(self) -> int:
@@ -69,6 +211,9 @@ class Counters:
         "handler_errors",
         "kicks",
         "protocol_errors",
+        "pushes_out",
+        "responses_out",
+        "routes",
         "sessions_closed",
         "sessions_opened",
         "unknown_routes",
@@ -89,6 +234,16 @@ class Counters:
         self.unknown_routes = 0
         self.kicks: Final[dict[str, int]] = {}
         self.error_responses: Final[dict[int, int]] = {}
+        self.pushes_out = 0
+        self.responses_out = 0
+        self.routes: Final[dict[str, RouteCounters]] = {}
+
+    def route(self, route: str) -> RouteCounters:
+        """The counters of ``route`` (a hosted route, or one of the fixed names), made once."""
+        counters = self.routes.get(route)
+        if counters is None:
+            counters = self.routes[route] = RouteCounters()
+        return counters
 
     def kicked(self, reason: str) -> None:
         """Count a kick; ``reason`` is one of the server's own fixed reasons."""
@@ -97,7 +252,8 @@ class Counters:
     def answered_error(self, code: int) -> None:
         self.error_responses[code] = self.error_responses.get(code, 0) + 1
 
-    def snapshot(self, sessions_open: int) -> Statistics:
+    def snapshot(self, sessions_open: int, outbox_depths: Iterable[int] = ()) -> Statistics:
+        depths = list(outbox_depths)
         return Statistics(
             connections_accepted=self.connections_accepted,
             connections_refused=self.connections_refused,
@@ -114,4 +270,19 @@ class Counters:
             unknown_routes=self.unknown_routes,
             kicks=MappingProxyType(dict(self.kicks)),
             error_responses=MappingProxyType(dict(self.error_responses)),
+            pushes_out=self.pushes_out,
+            responses_out=self.responses_out,
+            outbox_queued=sum(depths),
+            outbox_max=max(depths, default=0),
+            routes=MappingProxyType(
+                {
+                    route: RouteStatistics(
+                        requests=counters.requests,
+                        notifies=counters.notifies,
+                        latency_buckets=tuple(counters.buckets),
+                        latency_seconds=counters.seconds,
+                    )
+                    for route, counters in self.routes.items()
+                }
+            ),
         )

@@ -36,6 +36,7 @@ from .._config import Config
 from .._listen import Endpoint
 from .._log import RateLimitedLog
 from .._server import Server
+from .._stats import RpcCounters
 from . import _generated as _gen_root  # noqa: F401 - the generated package must import first
 from ._bridge import Bridge
 from ._counters import Counters, Statistics
@@ -101,7 +102,8 @@ class Node:
         self._counters = Counters()
         self._log = RateLimitedLog(_logger)
         self._tasks = Tasks()
-        self._peers = Peers(config.rpc_timeout)
+        self.rpc_stats: Final = RpcCounters()  # every gRPC call this node makes, by method and peer
+        self._peers = Peers(config.rpc_timeout, self.rpc_stats)
         self.membership: Final = Membership(self.address)
         self._gate = Gate(
             self.address,

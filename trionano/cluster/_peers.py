@@ -8,9 +8,11 @@ from typing import Any, TypeVar
 
 import grpclib.client
 
+from .._stats import RpcCounters
 from ._bridge import Bridge
 from ._errors import NodeStopping, from_call
 from ._generated import clusterpb as pb
+from ._stubs import TimedMasterStub, TimedMemberStub
 
 __all__ = ["Peer", "Peers", "split_address"]
 
@@ -34,8 +36,9 @@ class Peer:
         self._pool = pool
         host, port = split_address(address)
         self._channel = grpclib.client.Channel(host, port)
-        self._member = pb.MemberStub(self._channel)
-        self._master = pb.MasterStub(self._channel)
+        # timed and counted by method and peer in the pool's RpcCounters (trionano.metrics)
+        self._member = TimedMemberStub(self._channel, peer=address, counters=pool.rpc_stats)
+        self._master = TimedMasterStub(self._channel, peer=address, counters=pool.rpc_stats)
 
     def close(self) -> None:
         self._channel.close()
@@ -101,10 +104,12 @@ class Peer:
 
 class Peers:
     """The pool, by service address. ``timeout`` bounds every call (the node's
-    ``rpc_timeout``); :meth:`attach` gives it the bridge while the node runs."""
+    ``rpc_timeout``); ``rpc_stats`` times and counts them; :meth:`attach` gives it the bridge
+    while the node runs."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, rpc_stats: RpcCounters) -> None:
         self.timeout = timeout
+        self.rpc_stats = rpc_stats
         self.bridge: Bridge | None = None
         self._peers: dict[str, Peer] = {}
 
