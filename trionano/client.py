@@ -159,6 +159,7 @@ class Client:
             await self._push_arrived.wait()
 
     def pending_pushes(self, route: str) -> int:
+        """How many Pushes on ``route`` are queued for :meth:`receive_push`."""
         return len(self._pushes.get(route, ()))
 
     # -- receiving --------------------------------------------------------------------------
