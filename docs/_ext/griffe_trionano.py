@@ -8,12 +8,14 @@ once the package is loaded, and nothing in the package changes:
   extension does;
 - a ``#:`` comment above a module or class attribute becomes its docstring (Sphinx's
   convention, used for the constants);
+- ``__slots__``, ``__repr__`` and such are left out;
 - an attrs class gets the ``__init__`` attrs writes (Griffe knows dataclasses only), and an
   attribute's value is shown only for module constants, never as an ``attrs.field(...)`` call
   or an ``__init__`` statement;
 - a role (:literal:`:class:\\`~trionano.Server\\``, ``:meth:``, ``:func:``...) becomes a link to
   the object's page when the reference renders it, else a code span;
-- a paragraph ending in ``::`` ends in ``:`` (its indented block is a Markdown code block).
+- a paragraph ending in ``::`` ends in ``:``, and a ``::`` alone goes (the indented block after
+  it is a Markdown code block).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ ATTRS_DECORATORS = frozenset(
     {"attrs.frozen", "attrs.define", "attrs.mutable", "attr.s", "attr.attrs", "attr.frozen", "attr.define"}
 )
 ATTRS_FIELDS = frozenset({"attrs.field", "attr.ib", "attr.field"})
+#: Class members that say nothing to a reader of the reference.
+HIDDEN = frozenset({"__slots__", "__repr__", "__attrs_post_init__", "__weakref__", "__hash__"})
 ROLE = re.compile(r":(?:class|meth|func|attr|data|mod|exc|obj):`(~?)([^`]+)`")
 
 
@@ -65,6 +69,10 @@ class TrionanoDocs(griffe.Extension):
             return
         public = self._public_names(pkg)
         for obj in self._walk(pkg):
+            if obj.is_class:
+                for name in HIDDEN & obj.members.keys():
+                    obj.del_member(name)
+        for obj in self._walk(pkg):
             if isinstance(obj, griffe.Class) and self._attrs_options(obj) is not None:
                 self._attrs_init(obj)
             if isinstance(obj, griffe.Attribute):
@@ -72,8 +80,6 @@ class TrionanoDocs(griffe.Extension):
                     self._comment_docstring(obj)
                 if obj.parent is not None and obj.parent.is_class:
                     obj.value = None
-                if obj.name == "__slots__":
-                    obj.public = False
             if obj.docstring is not None:
                 obj.docstring.value = self._rewrite(obj.docstring.value, obj, public)
 
@@ -123,8 +129,8 @@ class TrionanoDocs(griffe.Extension):
         for member in cls.members.values():
             if not isinstance(member, griffe.Attribute) or member.annotation is None:
                 continue
-            if "class-attribute" not in member.labels or "ClassVar" in str(member.annotation):
-                continue
+            if "instance-attribute" not in member.labels or "ClassVar" in str(member.annotation):
+                continue  # a ClassVar, not a field
             default: Any = member.value
             if isinstance(default, griffe.ExprCall) and default.canonical_path in ATTRS_FIELDS:
                 arguments = self._call_arguments(default)
@@ -193,4 +199,5 @@ class TrionanoDocs(griffe.Extension):
             return f"[`{shown}`][{target}]" if target else f"`{shown}`"
 
         text = ROLE.sub(role, text)
+        text = re.sub(r"(?m)^[ \t]*::[ \t]*\n", "", text)  # a paragraph that is only "::"
         return re.sub(r"(?m)(\S)::$", r"\1:", text)
