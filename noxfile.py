@@ -1,17 +1,19 @@
-"""Task runner. ``nox`` runs tests, lint and typecheck; ``nox -s bench`` the benchmarks."""
+"""Task runner. ``nox`` runs tests, lint, typecheck and the docs build; ``nox -s bench`` the benchmarks."""
 
 from __future__ import annotations
 
+import glob
 import shutil
 
 import nox
 
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
 nox.options.reuse_venv = "yes"
 nox.options.default_venv_backend = "venv"
 
 PYTHON = "3.11"
-LINTED = ["trionano", "tests", "bench", "examples", "noxfile.py"]
+# the tutorial's programs, not its pages: ruff would reformat the code quoted in Markdown
+LINTED = ["trionano", "tests", "bench", "examples", *sorted(glob.glob("docs/tutorial/*.py")), "noxfile.py"]
 
 
 @nox.session(python=PYTHON)
@@ -34,6 +36,13 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     session.install("-e", ".[typecheck]")
     session.run("mypy", *LINTED)
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """The docs site (MkDocs, mkdocstrings), warnings as errors, into build/site (gitignored)."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", "--site-dir", "build/site")
 
 
 @nox.session(python=PYTHON)

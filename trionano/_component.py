@@ -126,13 +126,16 @@ class Components:
 
     @property
     def components(self) -> list[object]:
+        """The registered components, in registration order (a new list)."""
         return [r.component for r in self._registrations]
 
     @property
     def services(self) -> list[str]:
+        """The registered service names, sorted."""
         return sorted(r.service for r in self._registrations)
 
     def handlers(self) -> list[Handler]:
+        """Every discovered handler, by component in registration order."""
         return [h for r in self._registrations for h in r.handlers]
 
     def resolve(self, serializer: Serializer) -> dict[str, tuple[Handler, Unmarshal]]:

@@ -23,7 +23,7 @@ HandshakeValidator = Callable[["Session", Handshake], Awaitable[None] | None]
 
 class SlowConsumerPolicy(enum.Enum):
     """What happens to a message for a session whose outbox is full. Either way the server
-    never waits for that session, and the drop is counted (``Server.stats``) and logged."""
+    never waits for that session, and the drop is counted (:meth:`~trionano.Server.statistics`) and logged."""
 
     DROP = "drop"  # drop the message (nano's ErrBufferExceed)
     KICK = "kick"  # kick the session with reason "slow consumer"

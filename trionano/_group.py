@@ -46,6 +46,7 @@ class Group:
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
         return self._closed
 
     def add(self, session: Session) -> None:
@@ -64,6 +65,7 @@ class Group:
         self._members.pop(session.id, None)
 
     def leave_all(self) -> None:
+        """Remove every member. Raises GroupError when closed."""
         self._check_open()
         self._members.clear()
 
@@ -86,9 +88,11 @@ class Group:
         return [session.uid for session in self._live()]
 
     def sessions(self) -> list[Session]:
+        """The open members' sessions, in joining order (a new list)."""
         return self._live()
 
     def contains(self, uid: int) -> bool:
+        """Whether an open member is bound to ``uid`` (``session in group`` asks by session)."""
         return any(session.uid == uid for session in self._live())
 
     def __contains__(self, session: object) -> bool:

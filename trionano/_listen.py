@@ -139,6 +139,8 @@ class TCPEndpoint:
     _listeners: list[trio.abc.Listener[Any]] = attrs.field(factory=list, init=False)
 
     async def start(self, handle: ConnectionHandler, nursery: trio.Nursery) -> int:
+        """Bind (every address of ``host``; all interfaces for None) and accept in
+        ``nursery``; returns the bound port. Raises OSError when it cannot bind."""
         self._listeners, port = await open_listeners(self.host, self.port, self.ssl_context)
         for listener in self._listeners:
             nursery.start_soon(
@@ -147,5 +149,6 @@ class TCPEndpoint:
         return port
 
     async def aclose(self) -> None:
+        """Stop accepting; connections already accepted go on."""
         for listener in self._listeners:
             await listener.aclose()

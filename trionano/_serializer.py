@@ -516,6 +516,8 @@ class JSONSerializer:
         raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
     def marshal(self, value: object) -> bytes:
+        """``value`` as compact JSON (bytes pass through, betterproto messages are protobuf
+        unless ``protobuf_as_json``). Raises SerializeError."""
         if isinstance(value, bytes):
             return value
         # (betterproto's isinstance is an ABC check: skipped for the common containers)
@@ -527,9 +529,12 @@ class JSONSerializer:
             raise SerializeError(f"cannot serialize {type(value).__name__} to JSON: {exc}") from None
 
     def marshal_error(self, code: int, message: str) -> bytes:
+        """``{"code": code, "message": message}``. Never raises."""
         return self._dumps({"code": int(code), "message": _SURROGATE.sub("\ufffd", message)})
 
     def unmarshaller(self, annotation: object) -> Unmarshal:
+        """The body decoder for a handler whose message is annotated ``annotation`` (see the
+        module's rules). Raises SerializeError for a type it cannot decode into."""
         if annotation is bytes:
             return _raw
         if _is_message_class(annotation) and not self.protobuf_as_json:
@@ -700,6 +705,8 @@ class ProtobufSerializer:
     name = "protobuf"
 
     def marshal(self, value: object) -> bytes:
+        """A betterproto message as protobuf; bytes pass through. Raises SerializeError for
+        anything else."""
         if isinstance(value, bytes):
             return value
         if isinstance(value, betterproto.Message):
@@ -707,9 +714,12 @@ class ProtobufSerializer:
         raise SerializeError(f"protobuf: convert on wrong type value: {type(value).__name__}")
 
     def marshal_error(self, code: int, message: str) -> bytes:
+        """An :class:`ErrorResponse` message. Never raises."""
         return bytes(ErrorResponse(code=int(code), message=_SURROGATE.sub("\ufffd", message)))
 
     def unmarshaller(self, annotation: object) -> Unmarshal:
+        """The body decoder for ``bytes`` or a betterproto message class. Raises
+        SerializeError for any other annotation."""
         if annotation is bytes:
             return _raw
         if _is_message_class(annotation):

@@ -84,15 +84,23 @@ class Component:
         self._server = server
 
     def init(self) -> Awaitable[None] | None:
+        """Before the server accepts clients, in the main lane. What it raises stops
+        :meth:`Server.serve` before it listens."""
         return None
 
     def after_init(self) -> Awaitable[None] | None:
+        """After every component's :meth:`init`, in the main lane: the place to start timers
+        and add close hooks. What it raises stops :meth:`Server.serve`."""
         return None
 
     def before_shutdown(self) -> Awaitable[None] | None:
+        """When a graceful shutdown begins (listeners closed, sessions still open), in the main
+        lane. What it raises is logged."""
         return None
 
     def shutdown(self) -> Awaitable[None] | None:
+        """After every session has closed, in the main lane, before :meth:`Server.serve`
+        returns. What it raises is logged."""
         return None
 
 

@@ -129,14 +129,17 @@ class DeferredResponse:
 
     @property
     def mid(self) -> int:
+        """The id of the Request this answers."""
         return self._call.mid
 
     @property
     def route(self) -> str:
+        """The route of the Request this answers."""
         return self._call.route
 
     @property
     def answered(self) -> bool:
+        """Whether the Request has been answered (or its session was closed when answered)."""
         return self._call.answered
 
     def respond(self, value: object) -> bool:
@@ -213,6 +216,8 @@ class Session(metaclass=_NoPublicConstructor):
 
     @property
     def closed(self) -> bool:
+        """Whether the connection is closing or closed: pushes and responses now raise
+        trio.BrokenResourceError."""
         return self._entity.closed
 
     @property
@@ -315,6 +320,7 @@ class Session(metaclass=_NoPublicConstructor):
     @overload
     def get(self, key: str, default: Any = None) -> Any: ...
     def get(self, key: SessionKey[Any] | str, default: Any = None) -> Any:
+        """The value under ``key``, or ``default`` when missing."""
         return self._data.get(_key(key), default)
 
     def pop(self, key: SessionKey[Any] | str, default: Any = None) -> Any:
@@ -323,15 +329,19 @@ class Session(metaclass=_NoPublicConstructor):
 
     # nano's names, as aliases of the mapping above
     def set(self, key: str, value: object) -> None:
+        """nano's ``Set``: ``session[key] = value``."""
         self[key] = value
 
     def remove(self, key: str) -> None:
+        """nano's ``Remove``: drop ``key`` (missing is fine)."""
         self.pop(key)
 
     def has_key(self, key: str) -> bool:
+        """nano's ``HasKey``: ``key in session``."""
         return key in self
 
     def value(self, key: str) -> Any:
+        """nano's ``Value``: ``session.get(key)`` (None when missing)."""
         return self.get(key)
 
     def _typed(self, key: str, kind: type[T], zero: T) -> T:
@@ -340,18 +350,23 @@ class Session(metaclass=_NoPublicConstructor):
         return value if type(value) is kind else zero
 
     def get_int(self, key: str) -> int:
+        """nano's ``Int``: the value if it is exactly an int, else 0 (no conversion)."""
         return self._typed(key, int, 0)
 
     def get_float(self, key: str) -> float:
+        """nano's ``Float64``: the value if it is exactly a float, else 0.0."""
         return self._typed(key, float, 0.0)
 
     def get_str(self, key: str) -> str:
+        """nano's ``String``: the value if it is exactly a str, else ""."""
         return self._typed(key, str, "")
 
     def get_bool(self, key: str) -> bool:
+        """The value if it is exactly a bool, else False (nano has no such getter)."""
         return self._typed(key, bool, False)
 
     def get_bytes(self, key: str) -> bytes:
+        """The value if it is exactly bytes, else b""."""
         return self._typed(key, bytes, b"")
 
     def state(self) -> dict[str, Any]:

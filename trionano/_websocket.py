@@ -389,6 +389,9 @@ class WebSocketEndpoint:
     _listeners: list[trio.abc.Listener[Any]] = attrs.field(factory=list, init=False)
 
     async def start(self, handle: ConnectionHandler, nursery: trio.Nursery) -> int:
+        """Bind and accept in ``nursery``: each connection's WebSocket handshake (or static
+        GET) is read in its own task, then handed to ``handle``. Returns the bound port.
+        Raises OSError when it cannot bind."""
         self._listeners, port = await open_listeners(self.host, self.port, self.ssl_context)
 
         async def serve(stream: trio.abc.Stream, address: str) -> None:
@@ -399,6 +402,7 @@ class WebSocketEndpoint:
         return port
 
     async def aclose(self) -> None:
+        """Stop accepting; connections already accepted go on."""
         for listener in self._listeners:
             await listener.aclose()
 

@@ -10,7 +10,8 @@
 Resource handling: :func:`open_client` owns a reader task and a heartbeat task; leaving the
 block closes the connection. Error handling: a Kick raises :class:`~trionano.Kicked` (with the
 server's reason) from every pending and later call; a closed or silent connection (no packet
-for twice the heartbeat) raises ``trio.BrokenResourceError``; a refused handshake raises
+for :data:`~trionano.wire.TIMEOUT_INTERVALS` heartbeat intervals) raises
+``trio.BrokenResourceError``; a refused handshake raises
 :class:`~trionano.HandshakeRejected` with the server's code.
 """
 
@@ -159,6 +160,7 @@ class Client:
             await self._push_arrived.wait()
 
     def pending_pushes(self, route: str) -> int:
+        """How many Pushes on ``route`` are queued for :meth:`receive_push`."""
         return len(self._pushes.get(route, ()))
 
     # -- receiving --------------------------------------------------------------------------
@@ -227,7 +229,7 @@ class Client:
 
     async def _heartbeats(self) -> None:
         """Heartbeat every interval (libpomelo2's way: pomelo and nano servers accept both);
-        give up after twice the interval without a packet."""
+        give up after TIMEOUT_INTERVALS (2.5) intervals without a packet."""
         conn = self.conn
         while self.error is None:
             now = trio.current_time()

@@ -62,9 +62,11 @@ class Lane:
         self._send.send_nowait(task)
 
     def close(self) -> None:
+        """Take no more tasks; :meth:`run` returns once the queued ones have run."""
         self._send.close()
 
     async def run(self) -> None:
+        """Run the queued tasks one at a time until :meth:`close`; started by the scheduler."""
         # Drain everything queued per wake-up: one task switch for a batch, not one per task.
         logger = self._logger
         receive = self._receive
@@ -100,9 +102,11 @@ class Timer:
 
     @property
     def stopped(self) -> bool:
+        """Whether the timer will never fire again (stopped, or out of firings)."""
         return self.count == 0
 
     def stop(self) -> None:
+        """Never fire again. Idempotent; safe from the timer's own callback."""
         self.count = 0
 
 

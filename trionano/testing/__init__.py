@@ -33,6 +33,8 @@ __all__ = ["RawConnection", "RunningServer", "open_raw_connection", "open_test_s
 
 @attrs.frozen
 class RunningServer:
+    """A server that :func:`open_test_server` runs, and where it listens (``host``, ``port``)."""
+
     server: Server
     port: int
     host: str = "127.0.0.1"
@@ -42,6 +44,7 @@ class RunningServer:
         return open_client(self.host, self.port, **kwargs)
 
     def raw(self) -> AbstractAsyncContextManager[RawConnection]:
+        """:func:`open_raw_connection` to this server (no handshake yet)."""
         return open_raw_connection(self.host, self.port)
 
 
@@ -66,6 +69,7 @@ class RawConnection:
         self.codec = wire.MessageCodec()
 
     async def send(self, data: bytes) -> None:
+        """Send ``data`` as it is. Raises trio.BrokenResourceError when the server has gone."""
         await self.stream.send_all(data)
 
     async def receive_packet(self) -> wire.Packet:
@@ -116,6 +120,8 @@ class RawConnection:
 
 @asynccontextmanager
 async def open_raw_connection(host: str, port: int) -> AsyncIterator[RawConnection]:
+    """A TCP connection to ``host:port`` that speaks bytes, closed when the block ends.
+    Raises OSError when it cannot connect."""
     stream = await trio.open_tcp_stream(host, port)
     async with stream:
         yield RawConnection(stream)

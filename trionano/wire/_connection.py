@@ -92,6 +92,8 @@ Event: TypeAlias = (
 
 
 class Role(enum.Enum):
+    """Which end of the connection a :class:`Connection` plays."""
+
     SERVER = "server"
     CLIENT = "client"
 

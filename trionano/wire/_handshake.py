@@ -189,9 +189,13 @@ class HandshakeResponse:
 
     @property
     def accepted(self) -> bool:
+        """Whether ``code`` is 200: the client may acknowledge and start working."""
         return self.code == CODE_OK
 
     def encode(self) -> bytes:
+        """The response body: nano's ``{"code":200,"sys":{"heartbeat":...}}`` (keys sorted,
+        compact); a refusal has no ``sys``. Raises LocalProtocolError for an
+        invalid heartbeat or ``user`` that is not JSON."""
         obj: dict[str, object] = {"code": self.code}
         if self.user is not None:
             obj["user"] = self.user

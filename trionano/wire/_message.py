@@ -46,6 +46,8 @@ _CACHE_LIMIT: Final = 4096
 
 
 class MessageType(enum.IntEnum):
+    """A message's type, bits 1-3 of its flag byte."""
+
     REQUEST = 0
     NOTIFY = 1
     RESPONSE = 2
@@ -143,9 +145,11 @@ class RouteDict(Mapping[str, int]):
         return f"RouteDict({self._routes!r})"
 
     def code(self, route: str) -> int | None:
+        """The code of ``route``, or None when it is not in the dictionary."""
         return self._routes.get(route)
 
     def route(self, code: int) -> str | None:
+        """The route of ``code``, or None when it is not in the dictionary."""
         return self._codes.get(code)
 
     @property
@@ -254,10 +258,12 @@ class MessageCodec:
         return _PACK_HEADER(_DATA | n) + head + body
 
     def request_packet(self, id: int, route: str, body: bytes) -> bytes:
+        """A Request as a whole Data packet. Raises LocalProtocolError, as :meth:`packet`."""
         prefix = self._prefix(MessageType.REQUEST, route)
         return self._packet(prefix[:1] + encode_varint(id) + prefix[1:], body)
 
     def notify_packet(self, route: str, body: bytes) -> bytes:
+        """A Notify as a whole Data packet. Raises LocalProtocolError, as :meth:`packet`."""
         return self._packet(self._prefix(MessageType.NOTIFY, route), body)
 
     def decode(self, data: bytes) -> Message:

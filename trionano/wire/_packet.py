@@ -29,6 +29,8 @@ _HEADER: Final = struct.Struct(">I")
 
 
 class PacketType(enum.IntEnum):
+    """A packet's type, its first byte."""
+
     HANDSHAKE = 0x01
     HANDSHAKE_ACK = 0x02
     HEARTBEAT = 0x03
