@@ -276,24 +276,8 @@ def public_callables() -> Iterator[tuple[str, str | None]]:
                         yield f"{module_name}.{name}.{attr}", docstring(value)
 
 
-#: Undocumented, and left to the owners of trionano.cluster: the gRPC side of Node, and the
-#: betterproto class generated from proto/cluster.proto (nano's, unchanged).
-CLUSTER_UNDOCUMENTED = frozenset(
-    {
-        "trionano.cluster.MemberInfo",
-        "trionano.cluster.Node.bridge",
-        "trionano.cluster.Node.local_services",
-        "trionano.cluster.Node.remote_services",
-        "trionano.cluster.Node.info",
-        "trionano.cluster.Node.master_register",
-        "trionano.cluster.Node.master_unregister",
-        "trionano.cluster.Node.master_heartbeat",
-        "trionano.cluster.Node.member_added",
-        "trionano.cluster.Node.handle",
-        "trionano.cluster.Node.session_closed",
-        "trionano.cluster.Node.gate_session",
-    }
-)
+#: Undocumented: the betterproto class generated from proto/cluster.proto (nano's, unchanged).
+CLUSTER_UNDOCUMENTED = frozenset({"trionano.cluster.MemberInfo"})
 
 
 def undocumented() -> list[str]:

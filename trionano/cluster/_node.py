@@ -140,10 +140,12 @@ class Node:
 
     @property
     def local_services(self) -> list[str]:
+        """The services this node hosts, sorted."""
         return self.server.components.services
 
     @property
     def remote_services(self) -> list[str]:
+        """The services the other nodes host, sorted (as this node last heard)."""
         return self.membership.remote_services
 
     @property
@@ -152,6 +154,7 @@ class Node:
         return len(self._remote)
 
     def info(self) -> pb.MemberInfo:
+        """This node as the master lists it: label, service address, services."""
         return pb.MemberInfo(label=self.config.label, service_addr=self.address, services=self.local_services)
 
     def statistics(self) -> Statistics:
@@ -255,11 +258,14 @@ class Node:
     # -- membership changes (clusterpb.Member NewMember/DelMember, Trio side) -----------------
 
     async def new_member(self, request: pb.NewMemberRequest) -> pb.NewMemberResponse:
+        """``clusterpb.Member/NewMember``: the master announces a member that joined."""
         if request.member_info is not None:
             self.membership.add(request.member_info)
         return pb.NewMemberResponse()
 
     async def del_member(self, request: pb.DelMemberRequest) -> pb.DelMemberResponse:
+        """``clusterpb.Member/DelMember``: the master announces a member that left; what this
+        node held for it (its channel, its clients' stand-ins) ends."""
         self._forget(request.service_addr)
         return pb.DelMemberResponse()
 
