@@ -99,8 +99,8 @@ class TopicService(Component):
 
     def Stats(self, session: Session, msg: MasterStats) -> None:
         user = self.users.get(msg.uid)
-        if user is None:
-            return
+        if user is None:  # nano's too: logged, nothing pushed
+            raise HandlerError(f"User not found: {msg.uid}")
         user["balance"] -= 1
         session.push("onBalance", {"currentBalance": user["balance"]})
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import trio
 
+from trionano.client import Client
+
 from ._harness import HEARTBEAT, Cluster, cluster, free_address
 
 
@@ -18,6 +20,21 @@ async def with_recorder(c: Cluster) -> None:
     await c.start_command("recorder", ["-m", "tests.cluster._recorder", "--listen", free_address()])
     await c.wait_log("master", "remote services now ['BindService', 'Recorder', 'RoomService']")
     await trio.sleep(0.5)  # the master's NewMember reaches the others
+
+
+async def in_the_room(user: Client, name: str) -> None:
+    """Say hi until ``user`` hears itself: then chat has run its JoinRoom. Login's chain of
+    RPCs (gate -> master -> chat's JoinRoom) runs on its own time, as nano's, and nothing
+    orders it with the client's next message, which the gate forwards straight to chat: a
+    SyncMessage that gets there first finds the user outside the room and unbound (its Stats
+    RPC names uid 0, and the master, which knows no such user, pushes no onBalance). The
+    first hi heard came after JoinRoom, so its Stats is the first the master counts."""
+    with trio.fail_after(10):
+        while True:
+            await user.notify("RoomService.SyncMessage", {"name": name, "content": "hi"})
+            with trio.move_on_after(0.5):
+                await user.receive_push("onMessage")
+                return
 
 
 def closed_ids(c: Cluster) -> list[int]:
@@ -30,7 +47,7 @@ async def test_a_client_leaving_is_announced_once_by_its_gate(tmp_path: Path) ->
         async with c.client() as ann:  # type: ignore[attr-defined]
             await ann.request("BindService.Login", {"nickname": "ann"})  # gate -> master -> chat (RPCs)
             await ann.receive_push("onMembers")
-            await ann.notify("RoomService.SyncMessage", {"name": "ann", "content": "hi"})  # chat -> master RPC
+            await in_the_room(ann, "ann")  # SyncMessage: chat -> master RPC
             assert await ann.receive_push("onBalance") == {"currentBalance": 999}
         await c.wait_log("recorder", "SessionClosed ")
         await trio.sleep(1)  # whatever else would come
@@ -45,7 +62,7 @@ async def test_backends_ending_a_dead_gates_sessions_announce_nothing(tmp_path: 
         async with c.client() as ann, c.client() as bob:  # type: ignore[attr-defined]
             for user, name in ((ann, "ann"), (bob, "bob")):
                 await user.request("BindService.Login", {"nickname": name})
-                await user.notify("RoomService.SyncMessage", {"name": name, "content": "hi"})
+                await in_the_room(user, name)
                 await user.receive_push("onBalance")
             await c.kill("gate")  # no SessionClosed from it; its eviction ends the stand-ins
             await c.wait_log("chat", "is gone: 2 remote session(s) ended", seconds=4 * HEARTBEAT + 30)
