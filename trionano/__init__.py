@@ -43,6 +43,7 @@ from ._session import SessionKey as SessionKey
 from ._stats import Statistics as Statistics
 from ._websocket import BROWSER_CLIENT as BROWSER_CLIENT
 from ._websocket import WebSocketEndpoint as WebSocketEndpoint
+from .wire import Handshake as Handshake
 
 __version__ = "0.2.0"
 
@@ -53,10 +54,8 @@ _logging.getLogger("trionano").addHandler(_logging.NullHandler())
 def _fixup_module_metadata() -> None:
     # Trio's fixup_module_metadata: public names say they come from "trionano", not "trionano._x"
     for name, value in list(globals().items()):
-        if name.startswith("_") or getattr(value, "__module__", "").split(".")[:1] != ["trionano"]:
-            continue
-        if getattr(value, "__module__", None) == __name__:
-            continue
+        if name.startswith("_") or not str(getattr(value, "__module__", "")).startswith("trionano._"):
+            continue  # public modules (trionano.wire) keep their names
         try:
             value.__module__ = __name__
         except (AttributeError, TypeError):  # values without a writable __module__

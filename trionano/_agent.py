@@ -14,8 +14,11 @@ that sends to the client (handlers, broadcasts, the heartbeat sweeper, the reade
 answer) puts whole packets on the outbox without waiting: FIFO order needs no lock.
 
 Slow consumers are judged by what the client fails to read, never by what the server has not
-had a chance to write yet: the policy applies when ``outbox_size`` messages are queued *while a
-write is waiting for the client*, or when ``16 * outbox_size`` are queued in any case.
+had a chance to write yet: the policy applies to a Push when ``outbox_size`` messages or
+``outbox_bytes`` bytes are queued *while a write has waited on the client for
+``slow_consumer_after`` seconds*. Responses, heartbeats and Kicks are never dropped that way;
+the only other bound is memory: past ``max_outbox_bytes`` queued, whatever the reason, the
+session is kicked "slow consumer" (or, under the drop policy, a Push is dropped).
 """
 
 from __future__ import annotations
@@ -64,8 +67,6 @@ __all__ = ["MAX_WRITE", "Agent"]
 MAX_WRITE: Final = 256 * 1024
 #: Events the reader handles per wake-up before it lets other tasks run.
 EVENTS_PER_WAKEUP: Final = 64
-#: The hard outbox limit, as a multiple of ``outbox_size``.
-HARD_LIMIT_FACTOR: Final = 16
 _HEARTBEAT: Final = Heartbeat()
 _WORKING: Final = State.WORKING
 
@@ -81,17 +82,21 @@ class Agent:
         "_counters",
         "_final",
         "_finished",
-        "_hard_limit",
         "_limiter",
         "_log",
+        "_max_bytes",
         "_on_working",
         "_queued",
+        "_queued_bytes",
         "_reader_scope",
         "_receive",
         "_router",
         "_send",
+        "_slow_after",
+        "_soft_bytes",
         "_soft_limit",
         "_stream",
+        "_write_started",
         "_writer_scope",
         "_writing",
         "closed",
@@ -124,9 +129,13 @@ class Agent:
         self.conn: Final = WireConnection(Role.SERVER, heartbeat=config.heartbeat, codec=codec, now=trio.current_time())
         self._send, self._receive = trio.open_memory_channel[bytes](float("inf"))
         self._queued = 0  # packets in the outbox
-        self._writing = False  # a write is waiting for the client to take more
+        self._queued_bytes = 0  # and their bytes
+        self._writing = False  # a write is under way (it may be waiting for the client)
+        self._write_started = 0.0
         self._soft_limit = config.outbox_size
-        self._hard_limit = config.outbox_size * HARD_LIMIT_FACTOR
+        self._soft_bytes = config.outbox_bytes
+        self._max_bytes = config.max_outbox_bytes
+        self._slow_after = config.slow_consumer_after
         limit = config.rate_limit
         self._limiter = RateLimiter(limit.rate, limit.burst, limit.kick_after) if limit is not None else None
         self.closed = False  # no more messages are accepted
@@ -264,7 +273,7 @@ class Agent:
         if self.conn.state is State.CLOSED:
             return  # closed (kicked, shut down) while the validator ran
         if code != CODE_OK:
-            self._enqueue(self.conn.send(HandshakeResponse(code=code)))
+            self._enqueue(self.conn.send(HandshakeResponse(code=code)), droppable=False)
             self._finish(None, discard=False)
             self._reader_scope.cancel()
             return
@@ -275,7 +284,7 @@ class Agent:
             dictionary=config.routes or None,
             pomelo=config.pomelo_handshake,
         )
-        self._enqueue(self.conn.send(response))
+        self._enqueue(self.conn.send(response), droppable=False)
 
     async def _writer(self, agent_scope: trio.CancelScope) -> None:
         receive = self._receive
@@ -297,6 +306,7 @@ class Agent:
                         except trio.EndOfChannel:
                             break
                         self._queued -= 1
+                        self._queued_bytes -= len(data)
                     size = len(data)
                     parts: list[bytes] | None = None
                     while True:  # join what is queued, never past MAX_WRITE
@@ -305,6 +315,7 @@ class Agent:
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
                         self._queued -= 1
+                        self._queued_bytes -= len(more)
                         if size + len(more) > MAX_WRITE:
                             carry = more
                             break
@@ -313,6 +324,7 @@ class Agent:
                         parts.append(more)
                         size += len(more)
                     self._writing = True
+                    self._write_started = trio.current_time()
                     await write(b"".join(parts) if parts is not None else data)
                     self._writing = False
                 if self._final is not None:
@@ -326,22 +338,29 @@ class Agent:
 
     # -- sending (the NetworkEntity protocol) -----------------------------------------------
 
-    def _enqueue(self, packet: bytes) -> bool:
-        queued = self._queued
-        if queued >= self._soft_limit and (self._writing or queued >= self._hard_limit):
-            return self._slow_consumer()
+    def _enqueue(self, packet: bytes, *, droppable: bool = True) -> bool:
+        """Queue ``packet`` for the writer. A Push (``droppable``) meets the slow-consumer
+        policy when the client does not read (see the module docstring); anything meets it
+        past ``max_outbox_bytes``. Returns whether it was queued."""
+        if self._queued >= self._soft_limit or self._queued_bytes >= self._soft_bytes:
+            if self._queued_bytes >= self._max_bytes:
+                return self._slow_consumer(droppable)
+            if droppable and self._writing and trio.current_time() - self._write_started >= self._slow_after:
+                return self._slow_consumer(droppable)
         try:
             self._send.send_nowait(packet)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             self._counters.dropped_closed += 1
             return False
-        self._queued = queued + 1
+        self._queued += 1
+        self._queued_bytes += len(packet)
         return True
 
-    def _slow_consumer(self) -> bool:
-        """The client does not read what is queued: apply the policy. Returns False (the
-        message was not queued)."""
-        if self._config.slow_consumer is SlowConsumerPolicy.KICK:
+    def _slow_consumer(self, droppable: bool) -> bool:
+        """The client does not read what is queued: apply the policy (a message that may not be
+        dropped, such as a Response, kicks under either policy). Returns False (the message
+        was not queued)."""
+        if self._config.slow_consumer is SlowConsumerPolicy.KICK or not droppable:
             self._log.warning("slow consumer", "session %d is a slow consumer: kicked", self.session.id)
             self._counters.kicked("slow consumer")
             self._send_kick(Kick("slow consumer"), discard=True)
@@ -442,13 +461,14 @@ class Agent:
         except LocalProtocolError:
             raise self._too_large(body) from None
         self._counters.encoded += 1
-        if self._enqueue(packet):
+        if self._enqueue(packet, droppable=False):
             self._counters.responses_out += 1
             return True
         return False
 
-    def heartbeat(self, now: float) -> None:
-        """Kick a peer silent past its deadline, or send the heartbeat that is due."""
+    def heartbeat(self, now: float) -> bool:
+        """Kick a peer silent past its deadline (returns True), or send the heartbeat that
+        is due."""
         conn = self.conn
         if now >= conn.timeout_deadline:
             if not self._finished:
@@ -457,11 +477,13 @@ class Agent:
                 )
                 self._counters.kicked("heartbeat timeout")
                 self._send_kick(Kick("heartbeat timeout"))
+                return True
         elif now >= conn.heartbeat_deadline and not self.closed:
             try:
-                self._enqueue(conn.send(_HEARTBEAT, now))
+                self._enqueue(conn.send(_HEARTBEAT, now), droppable=False)
             except LocalProtocolError:
                 pass  # closed by a protocol error: the reader is kicking it
+        return False
 
     def kick(self, reason: str) -> None:
         """Send a Kick with ``reason`` after what is queued, then close. Idempotent."""
@@ -503,6 +525,7 @@ class Agent:
                     break
                 self._queued -= 1
                 self._counters.dropped_slow += 1
+            self._queued_bytes = 0
         self._reader_scope.cancel()
         self._writer_scope.deadline = min(self._writer_scope.deadline, trio.current_time() + self._config.close_timeout)
 

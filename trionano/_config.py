@@ -72,9 +72,12 @@ class Config:
       acknowledge it) before it is kicked, on every transport.
     - ``max_connections``: connections served at once; one more is kicked "server full".
     - ``rate_limit``: the per-connection :class:`RateLimit` (None: unlimited).
-    - ``outbox_size``: messages a client may leave unread (while its socket does not take
-      more) before the ``slow_consumer`` policy applies; whatever the client reads, at most
-      ``16 * outbox_size`` messages are ever queued for one connection.
+    - ``outbox_size``, ``outbox_bytes``: messages, or bytes, a client may leave unread before
+      the ``slow_consumer`` policy applies to its Pushes; it applies only once a write has
+      waited ``slow_consumer_after`` seconds for the client to read (a burst the server has
+      not yet had a chance to write is never judged). Responses are never dropped that way.
+    - ``max_outbox_bytes``: the memory bound per connection, whatever the reason: past it the
+      session is kicked "slow consumer" (or, under the drop policy, a Push is dropped).
     - ``expose_errors``: send a handler's exception text to the client in its 500 Response
       (default: ``"internal error"``; the text is logged either way).
     - ``max_packet_size``: the largest packet body accepted or sent (nano: 64 KiB).
@@ -93,6 +96,9 @@ class Config:
 
     heartbeat: float = attrs.field(default=30.0, validator=_heartbeat)
     outbox_size: int = attrs.field(default=128, validator=attrs.validators.ge(1))
+    outbox_bytes: int = attrs.field(default=1 << 20, validator=attrs.validators.ge(1024))
+    max_outbox_bytes: int = attrs.field(default=16 << 20, validator=attrs.validators.ge(64 * 1024))
+    slow_consumer_after: float = attrs.field(default=1.0, validator=_positive)
     max_packet_size: int = attrs.field(
         default=MAX_BODY_SIZE, validator=[attrs.validators.ge(64), attrs.validators.le((1 << 24) - 1)]
     )

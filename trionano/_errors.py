@@ -3,6 +3,8 @@ pushing to a session whose connection is gone raises ``trio.BrokenResourceError`
 
 from __future__ import annotations
 
+from typing import Final
+
 __all__ = [
     "ComponentError",
     "GroupError",
@@ -39,22 +41,28 @@ class SerializeError(TrionanoError):
 
 
 class MessageTooLarge(TrionanoError):
-    """A serialized message is larger than the server's ``max_packet_size`` allows (its
-    Request is answered 413)."""
+    """A serialized message does not fit in one packet of the server's ``max_packet_size``
+    (its Request is answered 413). ``size`` is the body's length, ``limit`` the packet's."""
 
     def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"message of {size} bytes is larger than the maximum of {limit}")
+        super().__init__(f"a body of {size} bytes does not fit in a packet of at most {limit} bytes with its header")
         self.size = size
         self.limit = limit
 
 
-class HandlerError(TrionanoError):
-    """Raise from a handler to answer its Request with this code and message (instead of 500)."""
+#: The error codes a Response may carry (a JSON number every client reads exactly: int32).
+ERROR_CODES: Final = range(-(1 << 31), 1 << 31)
 
-    def __init__(self, message: str, *, code: int = 500) -> None:
+
+class HandlerError(TrionanoError):
+    """Raise from a handler to answer its Request with ``{"code": code, "message": message}``
+    (instead of 500). ``code`` is an int32 (else the answer's code is 500); ``message`` is
+    sent as ``str(message)``: ``HandlerError(404)`` answers code 500 with message "404"."""
+
+    def __init__(self, message: object, *, code: int = 500) -> None:
         super().__init__(message)
-        self.code = code
-        self.message = message
+        self.code: int = code if type(code) is int and code in ERROR_CODES else 500
+        self.message: str = message if isinstance(message, str) else str(message)
 
 
 class HandshakeRejected(TrionanoError):

@@ -18,7 +18,6 @@ inbound pipeline, unmarshal, lane, the error boundary) -> lane -> handler -> ses
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import ssl
@@ -77,10 +76,10 @@ class Component:
         return self._server
 
     def attach(self, server: Server) -> None:
-        """Called by the server that runs this component. Raises ComponentError when it
-        already belongs to another server."""
-        if self._server is not None and self._server is not server:
-            raise ComponentError(f"{type(self).__name__} already belongs to another server")
+        """Called by the server that runs this component. Raises ComponentError while it
+        belongs to another server that is running (once that one has stopped, it may move)."""
+        if self._server is not None and self._server is not server and self._server.is_running:
+            raise ComponentError(f"{type(self).__name__} belongs to another server, which is running")
         self._server = server
 
     def init(self) -> Awaitable[None] | None:
@@ -199,6 +198,11 @@ class Server:
         return next(self._session_ids)
 
     @property
+    def is_running(self) -> bool:
+        """Whether :meth:`serve` is running."""
+        return self._running
+
+    @property
     def is_stopping(self) -> bool:
         """Whether :meth:`shutdown` has been called."""
         return self._stop.is_set()
@@ -209,7 +213,9 @@ class Server:
 
     def shutdown(self) -> None:
         """Stop gracefully: stop accepting, run before_shutdown hooks, kick every session with
-        reason "shutdown", run shutdown hooks, then :meth:`serve` returns. Idempotent."""
+        reason "shutdown", run shutdown hooks, then :meth:`serve` returns. Each of those three
+        stages may take ``shutdown_timeout`` (the hooks wait behind the handlers already queued);
+        what is still running after that is cancelled. Idempotent."""
         self._stop.set()
 
     async def serve(
@@ -236,10 +242,15 @@ class Server:
                     _logger.info("trionano server listening on ports %s; routes %s", ports, self.routes)
                     task_status.started(ports)
                     await self._stop.wait()
+                    # each stage of the stop gets shutdown_timeout: hooks, kicked clients leaving,
+                    # the lanes' queued work with the shutdown hooks; then whatever is left is cancelled
+                    root.cancel_scope.deadline = trio.current_time() + 3 * self.config.shutdown_timeout
                     await self._graceful_stop(endpoints, connections)
                 sweeper.cancel()
                 await self._lifecycle("shutdown", reverse=True)
                 self.scheduler.stop()
+            if root.cancel_scope.cancelled_caught:
+                _logger.warning("shutdown took over shutdown_timeout: queued handlers and hooks were cancelled")
         finally:
             self._running = False
             self._nursery = None
@@ -249,7 +260,8 @@ class Server:
         self._stopping = True
         for endpoint in endpoints:
             await endpoint.aclose()
-        await self._lifecycle("before_shutdown", reverse=True)
+        with trio.move_on_after(self.config.shutdown_timeout):  # behind the lanes' queued work
+            await self._lifecycle("before_shutdown", reverse=True)
         for agent in list(self._agents):
             agent.shutdown()
         if self._agents:
@@ -269,17 +281,22 @@ class Server:
             await self._refuse(stream, "shutdown" if self._stopping else "server full")
             return
         counters.connections_accepted += 1
-        agent = Agent(
-            stream,
-            remote_address,
-            config=self.config,
-            codec=self.codec,
-            router=self.router,
-            counters=counters,
-            log=self._agent_log,
-            make_session=self._make_session,
-            on_working=self._session_opened,
-        )
+        try:
+            agent = Agent(
+                stream,
+                remote_address,
+                config=self.config,
+                codec=self.codec,
+                router=self.router,
+                counters=counters,
+                log=self._agent_log,
+                make_session=self._make_session,
+                on_working=self._session_opened,
+            )
+        except Exception as exc:  # the last guard, as below
+            self._log.exception("connection failed", "connection from %s failed", remote_address, exc_info=exc)
+            await trio.aclose_forcefully(stream)
+            return
         self._agents.add(agent)
         try:
             await agent.run()
@@ -291,10 +308,14 @@ class Server:
     async def _refuse(self, stream: trio.abc.Stream, reason: str) -> None:
         self._log.warning("refused", "connection refused: %s", reason)
         packet = WireConnection(Role.SERVER).send(Kick(reason))
-        with trio.move_on_after(1.0):
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        with trio.move_on_after(1.0) as scope:
+            try:
                 await stream.send_all(packet)
-        await trio.aclose_forcefully(stream)
+                await stream.aclose()  # a WebSocket says goodbye with a close frame
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+        if scope.cancelled_caught:
+            await trio.aclose_forcefully(stream)
 
     def _make_session(self, agent: Agent) -> Session:
         return self.make_session(agent)
@@ -378,9 +399,12 @@ class Server:
             while True:
                 await trio.sleep(interval / 8)
                 now = trio.current_time()
-                for n, agent in enumerate(list(self._agents), 1):
-                    agent.heartbeat(now)
-                    if n % 256 == 0:
+                work = 0
+                for agent in list(self._agents):
+                    # a kick tears a connection down (more tasks to run) and costs ~16 heartbeats
+                    work += 16 if agent.heartbeat(now) else 1
+                    if work >= 256:
+                        work = 0
                         await trio.lowlevel.checkpoint()
 
 

@@ -14,7 +14,7 @@ from typing import Any, Final, Generic, NoReturn, Protocol, TypeVar, overload
 
 import trio
 
-from ._errors import SessionError
+from ._errors import ERROR_CODES, MessageTooLarge, SerializeError, SessionError
 from ._serializer import Serializer
 
 __all__ = [
@@ -143,14 +143,26 @@ class DeferredResponse:
         return self._call.answered
 
     def respond(self, value: object) -> bool:
-        """Send ``value`` as the Response. Raises SessionError when already answered,
-        SerializeError, MessageTooLarge (the request stays unanswered, to answer otherwise)."""
-        return self._answer(self._session.serializer.marshal(value))
+        """Send ``value`` as the Response. Raises SessionError when already answered. A value
+        that cannot be serialized (SerializeError) or is too large (MessageTooLarge) is still
+        answered, with a 500 or 413 error Response, and then raised, naming the route and the
+        request, for the caller's log."""
+        serializer = self._session.serializer
+        try:
+            return self._answer(serializer.marshal(value))
+        except (SerializeError, MessageTooLarge) as exc:
+            code, text = (413, str(exc)) if isinstance(exc, MessageTooLarge) else (500, "internal error")
+            if not self._call.answered:
+                self._answer(serializer.marshal_error(code, text))
+            exc.add_note(f"the deferred answer to {self.route} (request {self.mid}), answered {code}")
+            raise
 
     def error(self, message: str, *, code: int = 500) -> bool:
         """Answer with an error Response ``{"code": code, "message": message}``. Raises
-        SessionError when already answered."""
-        return self._answer(self._session.serializer.marshal_error(code, message))
+        SessionError when already answered, ValueError for a ``code`` that is not an int32."""
+        if type(code) is not int or code not in ERROR_CODES:
+            raise ValueError(f"an error code is an int32, not {code!r}")
+        return self._answer(self._session.serializer.marshal_error(code, str(message)))
 
     def _answer(self, body: bytes) -> bool:
         call = self._call

@@ -53,12 +53,13 @@ def encode_body(value: object) -> bytes:
 
 
 def decode_json(body: bytes) -> Any:
-    """JSON, or the raw bytes when the body is not JSON (an empty body is None)."""
+    """JSON, or the raw bytes when the body is not JSON or nests too deeply for Python to
+    read (an empty body is None)."""
     if not body:
         return None
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return body
 
 
@@ -191,7 +192,7 @@ class Client:
             if callbacks:
                 try:
                     value = self._decode(event.body)
-                except (ValueError, TypeError) as exc:  # a server's bad body must not end the reader
+                except (ValueError, TypeError, RecursionError) as exc:  # a bad body must not end the reader
                     _logger.warning("push on %s not decodable, dropped: %s", event.route, exc)
                     return
                 for callback in callbacks:
@@ -262,11 +263,13 @@ async def open_stream_client(
     handshake_timeout: float = 10.0,
     decode: Decoder = decode_json,
     push_backlog: int = 10_000,
+    max_body: int = wire.MAX_BODY_SIZE,
 ) -> AsyncIterator[Client]:
     """A client over an already-connected stream (any transport); handshakes before yielding.
+    ``max_body`` is the largest packet body accepted (a server's ``max_packet_size``).
     Raises HandshakeRejected, trio.TooSlowError (no handshake answer in time),
     trio.BrokenResourceError."""
-    client = Client(stream, decode=decode, push_backlog=push_backlog)
+    client = Client(stream, decode=decode, push_backlog=push_backlog, max_body=max_body)
 
     def stop(nursery: trio.Nursery) -> None:
         client._fail(trio.ClosedResourceError("the client was closed"))
@@ -290,6 +293,7 @@ async def open_client(
     handshake_timeout: float = 10.0,
     decode: Decoder = decode_json,
     push_backlog: int = 10_000,
+    max_body: int = wire.MAX_BODY_SIZE,
 ) -> AsyncIterator[Client]:
     """Connect over TCP (TLS with ``ssl_context``), handshake (with ``user`` data), ack, and
     yield the client; heartbeats run while the block does."""
@@ -298,7 +302,12 @@ async def open_client(
     else:
         stream = await trio.open_tcp_stream(host, port)
     async with open_stream_client(
-        stream, user=user, handshake_timeout=handshake_timeout, decode=decode, push_backlog=push_backlog
+        stream,
+        user=user,
+        handshake_timeout=handshake_timeout,
+        decode=decode,
+        push_backlog=push_backlog,
+        max_body=max_body,
     ) as client:
         yield client
 
@@ -312,15 +321,21 @@ async def open_websocket_client(
     handshake_timeout: float = 10.0,
     decode: Decoder = decode_json,
     push_backlog: int = 10_000,
+    max_body: int = wire.MAX_BODY_SIZE,
 ) -> AsyncIterator[Client]:
     """Connect to ``ws://host:port/path`` (``wss://`` with ``ssl_context``), handshake, ack,
     and yield the client. Every packet it sends is one WebSocket message. Raises
     trio_websocket.HandshakeError (e.g. ConnectionRejected for a refused origin) as well."""
     async with trio_websocket.open_websocket_url(
-        url, ssl_context=ssl_context, max_message_size=4 * wire.MAX_BODY_SIZE + 64
+        url, ssl_context=ssl_context, max_message_size=4 * max(max_body, wire.MAX_BODY_SIZE) + 64
     ) as connection:
         stream = WebSocketStream(connection)
         async with open_stream_client(
-            stream, user=user, handshake_timeout=handshake_timeout, decode=decode, push_backlog=push_backlog
+            stream,
+            user=user,
+            handshake_timeout=handshake_timeout,
+            decode=decode,
+            push_backlog=push_backlog,
+            max_body=max_body,
         ) as client:
             yield client

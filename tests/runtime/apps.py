@@ -119,6 +119,9 @@ class S(Component):
             session.push("onPush", {"i": i})
         return {"pushed": msg.get("n", 200)}
 
+    def sized(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
+        return {"pad": "x" * int(msg.get("size", 8000))}
+
     def pads(self, session: Session, msg: dict[str, Any]) -> None:
         for i in range(msg.get("n", 6)):
             session.push("onPad", {"i": i, "pad": "x" * 60_000})  # each one legal

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,7 +14,19 @@ import pytest
 import trio
 
 from tests.runtime.apps import s_components, wait_until
-from trionano import Config, JSONSerializer, Server, Session, SlowConsumerPolicy, TCPEndpoint, WebSocketEndpoint, wire
+from trionano import (
+    Component,
+    Components,
+    Config,
+    HandlerError,
+    JSONSerializer,
+    Server,
+    Session,
+    SlowConsumerPolicy,
+    TCPEndpoint,
+    WebSocketEndpoint,
+    wire,
+)
 from trionano.client import open_websocket_client
 from trionano.testing import RawConnection, RunningServer, open_test_server
 
@@ -69,6 +82,45 @@ async def test_a_handler_pushing_many_messages_to_a_reading_session_loses_none(p
             got = [await client.receive_push("onPush") for _ in range(1000)]
         assert [m["i"] for m in got] == list(range(1000))
         assert running.server.statistics().dropped_slow == 0
+
+
+@pytest.mark.parametrize("policy", list(SlowConsumerPolicy))
+async def test_a_synchronous_push_storm_to_a_reading_client_loses_nothing(policy: SlowConsumerPolicy) -> None:
+    # 3,000 pushes from one handler, without a checkpoint: the writer never had a chance yet
+    async with s_server(Config(slow_consumer=policy)) as running, running.connect(push_backlog=5_000) as client:
+        assert await client.request("s.pushes", {"n": 3000}, timeout=30) == {"pushed": 3000}
+        with trio.fail_after(30):
+            got = [await client.receive_push("onPush") for _ in range(3000)]
+        assert [m["i"] for m in got] == list(range(3000))
+        assert running.server.statistics().kicks == {}
+
+
+@pytest.mark.parametrize("policy", list(SlowConsumerPolicy))
+async def test_a_burst_of_large_answers_to_a_reading_client_is_all_answered(policy: SlowConsumerPolicy) -> None:
+    # 1,000 requests for 8 KB answers: the kernel buffer fills, but the client reads on
+    async with s_server(Config(slow_consumer=policy)) as running, running.raw() as raw:
+        await raw.handshake()
+        await raw.send(b"".join(request(mid, "s.sized", b'{"size": 8000}') for mid in range(1, 1001)))
+        with trio.fail_after(60):
+            answers = await responses(raw, 1000)
+        assert [m.id for m in answers] == list(range(1, 1001))
+        stats = running.server.statistics()
+        assert stats.kicks == {}
+        assert stats.dropped_slow == 0
+
+
+@pytest.mark.parametrize("policy", list(SlowConsumerPolicy))
+async def test_a_client_that_never_reads_large_answers_holds_bounded_memory(policy: SlowConsumerPolicy) -> None:
+    # its answers cannot be dropped (a Request is always answered): past the memory bound it is kicked
+    config = Config(slow_consumer=policy, max_outbox_bytes=2 << 20)
+    async with s_server(config) as running, running.raw() as raw:
+        await raw.handshake()
+        with trio.fail_after(30):
+            while not running.server.statistics().kicks.get("slow consumer"):
+                await raw.send(b"".join(request(mid, "s.sized", b'{"size": 60000}') for mid in range(1, 51)))
+                assert running.server.statistics().outbox_max * 60_000 < 3 * (2 << 20)
+                await trio.sleep(0.01)
+        await bystander_is_served(running)
 
 
 async def test_a_client_that_never_reads_is_still_a_slow_consumer() -> None:
@@ -240,3 +292,56 @@ async def test_both_transports_serve_one_server_side_by_side() -> None:
             assert answer == {"ws": True}
         assert tcp != ws
         server.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "message"),
+    [
+        (HandlerError("not yours", code=403), 403, "not yours"),
+        (HandlerError(404), 500, "404"),  # the code is keyword-only: an easy mistake
+        (HandlerError(None), 500, "None"),
+        (HandlerError("odd", code=math.nan), 500, "odd"),  # type: ignore[arg-type]
+        (HandlerError("huge", code=1 << 40), 500, "huge"),
+    ],
+)
+async def test_any_handler_error_is_answered(error: HandlerError, code: int, message: str) -> None:
+    class Raises(Component):
+        def fail(self, session: Session, msg: dict[str, Any]) -> None:
+            raise error
+
+    components = Components()
+    components.register(Raises(), name="r")
+    async with open_test_server(components) as running, running.connect() as client:
+        assert await client.request("r.fail", {}, timeout=10) == {"code": code, "message": message}
+
+
+@pytest.mark.parametrize(("value", "code"), [({"b": "x" * 70_000}, 413), ({"t": {1, 2}}, 500)])
+async def test_a_deferred_answer_that_cannot_be_sent_is_answered_an_error(value: object, code: int) -> None:
+    raised: list[BaseException] = []
+
+    class Later(Component):
+        def ask(self, session: Session, msg: dict[str, Any]) -> None:
+            answer = session.defer()
+
+            def respond() -> None:
+                try:
+                    answer.respond(value)
+                except Exception as exc:
+                    raised.append(exc)
+
+            self.server.scheduler.after(0.01, respond)
+
+    components = Components()
+    components.register(Later(), name="later")
+    async with open_test_server(components, Config(timer_precision=0.01)) as running, running.connect() as client:
+        answer = await client.request("later.ask", {}, timeout=10)
+        assert answer["code"] == code
+    (exc,) = raised
+    assert "later.ask" in " ".join(getattr(exc, "__notes__", []))
+
+
+def test_a_deferred_error_code_must_be_an_int32() -> None:
+    from trionano._session import Call, DeferredResponse
+
+    with pytest.raises(ValueError, match="int32"):
+        DeferredResponse(None, Call("r", 1)).error("x", code=math.inf)  # type: ignore[arg-type]

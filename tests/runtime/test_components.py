@@ -67,11 +67,14 @@ def test_undecodable_annotation_is_a_startup_error() -> None:
         Server(echo_components(), Config(serializer=ProtobufSerializer()))
 
 
-def test_a_component_belongs_to_one_server() -> None:
+async def test_a_component_belongs_to_one_running_server() -> None:
     components = echo_components()
-    Server(components)
-    with pytest.raises(ComponentError, match="another server"):
-        Server(components)
+    async with open_test_server(components):
+        with pytest.raises(ComponentError, match="another server, which is running"):
+            Server(components)
+    # stopped: the components may serve again (a test suite's module-level components)
+    async with open_test_server(components) as running, running.connect() as client:
+        assert await client.request("echo.json", {"again": True}, timeout=10) == {"again": True}
 
 
 async def test_every_decoding_round_trips() -> None:

@@ -11,6 +11,7 @@ import logging
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
@@ -18,9 +19,9 @@ import trio.testing
 import trio_websocket
 
 from tests.runtime.apps import s_components, wait_until
-from trionano import Config, RateLimit, Server, WebSocketEndpoint, wire
+from trionano import Component, Components, Config, RateLimit, Server, Session, TCPEndpoint, WebSocketEndpoint, wire
 from trionano._listen import accept_forever
-from trionano.client import Client
+from trionano.client import Client, open_client
 from trionano.testing import RunningServer, open_test_server
 
 HEARTBEAT_FLOOD = bytes.fromhex("03000000") * 16_384
@@ -359,4 +360,61 @@ async def test_a_hostile_handshake_response_is_a_clean_client_error(response: by
             else:
                 with pytest.raises(trio.BrokenResourceError):
                     await connect(port)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_websocket_client_over_the_maximum_gets_a_kick_and_a_close_frame() -> None:
+    async with (
+        ws_server(Config(max_connections=1)) as (server, port),
+        trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/") as first,
+    ):
+        await ws_handshake(first)
+        await wait_until(lambda: len(server.sessions) == 1)
+        async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/") as second:
+            with trio.fail_after(10):
+                kick = await second.get_message()
+            assert isinstance(kick, bytes)
+            assert wire.Kick.parse(kick[4:]).reason == "server full"
+            assert await close_code(second) == 1000
+
+
+async def test_shutdown_is_bounded_by_its_timeout(autojump_clock: trio.testing.MockClock) -> None:
+    class Slow(Component):
+        async def work(self, session: Session, msg: dict[str, Any]) -> None:
+            await trio.sleep(100)  # queued work that would hold the shutdown for minutes
+
+    components = Components()
+    components.register(Slow(), name="slow")
+    server = Server(components, Config(shutdown_timeout=5))
+    async with trio.open_nursery() as nursery:
+        (port,) = await nursery.start(server.serve, TCPEndpoint("127.0.0.1"))
+        async with open_client("127.0.0.1", port) as client:
+            for _ in range(10):
+                await client.notify("slow.work", {})
+            await trio.sleep(1)
+        start = trio.current_time()
+        server.shutdown()
+        await server.wait_stopped()
+        assert trio.current_time() - start <= 3 * 5 + 1  # not 10 x 100 s
+
+
+async def test_a_server_nesting_json_too_deep_for_python_cannot_crash_the_client() -> None:
+    deep = b"[" * 30_000 + b"]" * 30_000
+
+    async def hostile(stream: trio.SocketStream) -> None:
+        await stream.receive_some(4096)
+        await stream.send_all(wire.encode_packet(wire.PacketType.HANDSHAKE, b'{"code":200,"sys":{"heartbeat":3}}'))
+        await stream.receive_some(4096)  # the ack
+        codec = wire.MessageCodec(max_body=1 << 20)
+        await stream.send_all(codec.push_packet("onDeep", deep) + codec.push_packet("onCalled", deep))
+        await trio.sleep(5)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, hostile, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        called: list[object] = []
+        with trio.fail_after(10):
+            async with open_client("127.0.0.1", port, max_body=1 << 20) as client:
+                client.on("onCalled", called.append)
+                assert await client.receive_push("onDeep") == deep  # undecodable: its bytes
         nursery.cancel_scope.cancel()
