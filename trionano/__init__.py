@@ -19,6 +19,7 @@ from ._errors import HandlerError as HandlerError
 from ._errors import HandshakeRejected as HandshakeRejected
 from ._errors import Kicked as Kicked
 from ._errors import MessageTooLarge as MessageTooLarge
+from ._errors import ResponseError as ResponseError
 from ._errors import SerializeError as SerializeError
 from ._errors import SessionError as SessionError
 from ._errors import TrionanoError as TrionanoError

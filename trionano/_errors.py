@@ -12,6 +12,7 @@ __all__ = [
     "HandshakeRejected",
     "Kicked",
     "MessageTooLarge",
+    "ResponseError",
     "SerializeError",
     "SessionError",
     "TrionanoError",
@@ -63,6 +64,16 @@ class HandlerError(TrionanoError):
         super().__init__(message)
         self.code: int = code if type(code) is int and code in ERROR_CODES else 500
         self.message: str = message if isinstance(message, str) else str(message)
+
+
+class ResponseError(TrionanoError):
+    """An error Response ``{"code": code, "message": message}`` to a client's request
+    (raised by ``trionano.client`` with ``check=True``)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"error {code}: {message}")
+        self.code = code
+        self.message = message
 
 
 class HandshakeRejected(TrionanoError):

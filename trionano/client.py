@@ -32,7 +32,7 @@ import trio
 import trio_websocket
 
 from . import wire
-from ._errors import HandshakeRejected, Kicked
+from ._errors import HandshakeRejected, Kicked, ResponseError
 from ._util import open_nursery_around
 from ._websocket import WebSocketStream
 
@@ -71,8 +71,22 @@ class _Pending:
         self.result: bytes | BaseException = b""
 
 
+def _raise_error_response(body: bytes) -> None:
+    if not body.startswith(b'{"code":'):
+        return
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        return
+    if isinstance(value, dict) and value.keys() == {"code", "message"}:
+        code, message = value["code"], value["message"]
+        if type(code) is int and code != 0 and isinstance(message, str):
+            raise ResponseError(code, message)
+
+
 class Client:
-    """A connected, handshaken client. Made by :func:`open_client`."""
+    """A connected, handshaken client. Made by :func:`open_client`. ``check`` is the
+    default of :meth:`request`'s (raise error Responses as ResponseError); set it any time."""
 
     def __init__(
         self,
@@ -81,8 +95,10 @@ class Client:
         decode: Decoder = decode_json,
         push_backlog: int = 10_000,
         max_body: int = wire.MAX_BODY_SIZE,
+        check: bool = False,
     ) -> None:
         self._stream = stream
+        self.check = check
         self.conn = wire.Connection(wire.Role.CLIENT, max_body=max_body, now=trio.current_time())
         self._decode = decode
         self._ids = itertools.count(1)
@@ -114,11 +130,22 @@ class Client:
         if self.error is not None:
             raise self.error
 
-    async def request(self, route: str, body: object = None, *, raw: bool = False, timeout: float | None = None) -> Any:  # noqa: ASYNC109 - a per-request deadline, as pitaya-cli and pomelo clients offer
+    async def request(
+        self,
+        route: str,
+        body: object = None,
+        *,
+        raw: bool = False,
+        timeout: float | None = None,
+        check: bool | None = None,
+    ) -> Any:
         """Send a Request and wait for its Response: decoded (JSON by default), or its bytes
         with ``raw``. ``timeout`` (seconds; None waits as long as the connection lives) bounds
-        the wait. Raises Kicked, trio.BrokenResourceError, TimeoutError (no answer in time:
-        a late answer is then discarded)."""
+        the wait. With ``check`` (default: the client's ``check``), an error Response, a JSON
+        object of exactly ``{"code": <int, not 0>, "message": <str>}`` as trionano answers
+        errors, raises :class:`~trionano.ResponseError` instead of being returned. Raises
+        Kicked, trio.BrokenResourceError, TimeoutError (no answer in time: a late answer is
+        then discarded), ResponseError."""
         mid = next(self._ids)
         pending = self._pending[mid] = _Pending()
         try:
@@ -131,6 +158,8 @@ class Client:
             self._pending.pop(mid, None)
         if isinstance(pending.result, BaseException):
             raise pending.result
+        if self.check if check is None else check:
+            _raise_error_response(pending.result)
         return pending.result if raw else self._decode(pending.result)
 
     async def notify(self, route: str, body: object = None) -> None:

@@ -345,3 +345,21 @@ def test_a_deferred_error_code_must_be_an_int32() -> None:
 
     with pytest.raises(ValueError, match="int32"):
         DeferredResponse(None, Call("r", 1)).error("x", code=math.inf)  # type: ignore[arg-type]
+
+
+async def test_the_client_raises_error_responses_when_asked() -> None:
+    from trionano import ResponseError
+
+    async with s_server() as running, running.connect() as client:
+        with pytest.raises(ResponseError) as error:
+            await client.request("no.such", {}, check=True, timeout=10)
+        assert error.value.code == 404
+        assert "no.such" in error.value.message
+        assert (await client.request("no.such", {}, timeout=10))["code"] == 404  # returned by default
+        client.check = True
+        assert await client.request("s.echo", {"code": 0, "message": "data"}, timeout=10) == {
+            "code": 0,
+            "message": "data",
+        }  # code 0 is data, not an error
+        with pytest.raises(ResponseError, match="error 413"):
+            await client.request("s.big", {}, timeout=10)
