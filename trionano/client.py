@@ -136,7 +136,7 @@ class Client:
         body: object = None,
         *,
         raw: bool = False,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - a per-request deadline, as pitaya-cli and pomelo clients offer
         check: bool | None = None,
     ) -> Any:
         """Send a Request and wait for its Response: decoded (JSON by default), or its bytes
