@@ -1,8 +1,11 @@
 """nano's chat demo on trionano (nano.md §6.1): a room everyone joins, messages broadcast to all.
 
 Routes: ``room.join`` (Request) and ``room.message`` (Notify); pushes: ``onMembers``,
-``onNewUser``, ``onMessage``. Run it with ``python -m examples.chat --port 3250 --ws-port
-3251`` and open http://127.0.0.1:3251/: the page and its WebSocket share that port, as in nano.
+``onNewUser``, ``onMessage``. Unlike nano's demo, which shows session ids, users are shown by
+name: ``room.join`` may carry ``{"name": ...}`` (without one a user is ``user <id>``), the
+members list and the join line carry names, and a message from a user who joined with a name
+carries that name whatever the message says. Run it with ``python -m examples.chat --port 3250
+--ws-port 3251`` and open http://127.0.0.1:3251/: the page and its WebSocket share that port, as in nano.
 """
 
 from __future__ import annotations
@@ -32,6 +35,21 @@ class UserMessage:
 
     name: str = ""
     content: str = ""
+
+
+@attrs.frozen
+class JoinRequest:
+    """What a client joins with: nano's demo sends ``{}``, our page ``{"name": ...}``."""
+
+    name: str = ""
+
+
+#: The name a session joined with (absent: it joined without one).
+NAME = trionano.SessionKey[str]("name")
+
+
+def display_name(session: Session) -> str:
+    return session.get(NAME) or f"user {session.id}"
 
 
 @attrs.define
@@ -74,18 +92,23 @@ class RoomManager(Component):
         if not self.room.closed:
             self.room.leave(session)
 
-    def join(self, session: Session, msg: bytes) -> dict[str, Any]:
+    def join(self, session: Session, msg: JoinRequest) -> dict[str, Any]:
         session.bind(session.id)
+        name = msg.name.strip()[:40]
+        if name:
+            session[NAME] = name
         # nano's members slice is nil for the first user, which Go writes as null
-        session.push("onMembers", {"members": self.room.members() or None})
-        self.room.broadcast("onNewUser", {"content": f"New user: {session.id}"})
+        members = [display_name(member) for member in self.room.sessions()]
+        session.push("onMembers", {"members": members or None})
+        self.room.broadcast("onNewUser", {"content": f"New user: {display_name(session)}"})
         self.room.add(session)
         return {"code": 0, "result": "success"}
 
     def message(self, session: Session, msg: UserMessage) -> None:
         if session not in self.room:
             raise HandlerError("not join room yet")
-        self.room.broadcast("onMessage", msg)
+        name = session.get(NAME)
+        self.room.broadcast("onMessage", msg if name is None else attrs.evolve(msg, name=name))
 
 
 def build(*, use_dict: bool = False, heartbeat: float = 30.0) -> tuple[trionano.Server, RoomManager]:

@@ -53,12 +53,16 @@ async def test_chat_through_the_client() -> None:
         async with running.connect() as alice, running.connect() as bob:
             assert await alice.request("room.join") == {"code": 0, "result": "success"}
             assert await alice.receive_push("onMembers") == {"members": None}
-            assert await bob.request("room.join") == {"code": 0, "result": "success"}
-            assert await bob.receive_push("onMembers") == {"members": [1]}
-            assert await alice.receive_push("onNewUser") == {"content": "New user: 2"}
+            # users are shown by name (unlike nano's ids): the name given at join, else "user <id>"
+            assert await bob.request("room.join", {"name": "bob"}) == {"code": 0, "result": "success"}
+            assert await bob.receive_push("onMembers") == {"members": ["user 1"]}
+            assert await alice.receive_push("onNewUser") == {"content": "New user: bob"}
             await bob.notify("room.message", {"name": "bob", "content": "hi ✓ 🎲"})
             for client in (alice, bob):
                 assert await client.receive_push("onMessage") == {"name": "bob", "content": "hi ✓ 🎲"}
+            await bob.notify("room.message", {"name": "mallory", "content": "it is me"})  # the joined name wins
+            for client in (alice, bob):
+                assert await client.receive_push("onMessage") == {"name": "bob", "content": "it is me"}
         # the close hook took both out of the room
         await wait_until(lambda: room.room.count() == 0)
         assert room.traffic.inbound > 0
