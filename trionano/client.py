@@ -17,6 +17,8 @@ for :data:`~trionano.wire.TIMEOUT_INTERVALS` heartbeat intervals) raises
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import itertools
 import json
 import logging
@@ -27,6 +29,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
+import attrs
 import betterproto
 import trio
 import trio_websocket
@@ -44,12 +47,24 @@ Decoder = Callable[[bytes], Any]
 
 
 def encode_body(value: object) -> bytes:
-    """bytes as they are, betterproto messages as protobuf, anything else as compact JSON."""
+    """bytes as they are, betterproto messages as protobuf, anything else (attrs classes and
+    dataclasses included, enums as their values) as compact JSON. Raises TypeError for a value
+    JSON cannot hold."""
     if isinstance(value, bytes):
         return value
     if isinstance(value, betterproto.Message):
         return bytes(value)
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_record).encode()
+
+
+def _record(value: object) -> object:
+    if attrs.has(type(value)):
+        return attrs.asdict(value, value_serializer=lambda _, __, v: v.value if isinstance(v, enum.Enum) else v)  # type: ignore[arg-type]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def decode_json(body: bytes) -> Any:

@@ -363,3 +363,11 @@ async def test_the_client_raises_error_responses_when_asked() -> None:
         }  # code 0 is data, not an error
         with pytest.raises(ResponseError, match="error 413"):
             await client.request("s.big", {}, timeout=10)
+
+
+async def test_the_client_sends_attrs_and_dataclass_values() -> None:
+    from tests.runtime.apps import Note, Point, echo_components
+
+    async with open_test_server(echo_components()) as running, running.connect() as client:
+        assert await client.request("echo.point", Point(1, 2), timeout=10) == {"x": 2, "y": 1}
+        assert await client.request("echo.note", Note("hi"), timeout=10) == {"text": "HI"}
