@@ -42,6 +42,20 @@ def require(ok: bool, what: str) -> None:
     pytest.skip(f"{what} is missing")
 
 
+def join_as(browser: Any, url: str, names: tuple[str, ...], errors: list[str], wait: float) -> list[Any]:
+    """One page per name, each joined to the chat; page errors go to ``errors``."""
+    pages = []
+    for name in names:
+        page = browser.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(url)
+        page.fill("#name", name)
+        page.click("#join")
+        page.wait_for_selector("#text:not([disabled])", timeout=wait)
+        pages.append(page)
+    return pages
+
+
 def drive_two_pages(url: str, shot: Path) -> dict[str, Any]:
     """Two pages join; ann sends; what bob's page shows. Runs in a worker thread."""
     from playwright.sync_api import sync_playwright
@@ -50,15 +64,7 @@ def drive_two_pages(url: str, shot: Path) -> dict[str, Any]:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             errors: list[str] = []
-            pages = []
-            for name in ("ann", "bob"):
-                page = browser.new_page()
-                page.on("pageerror", lambda exc: errors.append(str(exc)))
-                page.goto(url)
-                page.fill("#name", name)
-                page.click("#join")
-                page.wait_for_selector("#text:not([disabled])", timeout=10_000)
-                pages.append(page)
+            pages = join_as(browser, url, ("ann", "bob"), errors, 10_000)
             ann, bob = pages
             ann.fill("#text", "hello from ann ✓ 🎲")
             ann.click("#send")
@@ -104,15 +110,7 @@ def drive_names_and_restart(url: str, restart: Callable[[], None], shot: Path) -
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             errors: list[str] = []
-            pages = []
-            for name in ("ann", "bob"):
-                page = browser.new_page()
-                page.on("pageerror", lambda exc: errors.append(str(exc)))
-                page.goto(url)
-                page.fill("#name", name)
-                page.click("#join")
-                page.wait_for_selector("#text:not([disabled])", timeout=wait)
-                pages.append(page)
+            pages = join_as(browser, url, ("ann", "bob"), errors, wait)
             ann, bob = pages
             ann.wait_for_selector("#members:has-text('bob')", timeout=wait)
             ann.wait_for_selector("#log li:has-text('bob joined')", timeout=wait)

@@ -26,6 +26,7 @@ from wsproto.events import (
 from wsproto.handshake import H11Handshake
 
 from tests.runtime.apps import echo_components, wait_until
+from tests.runtime.test_websocket import packets_of
 from trionano import Kicked, Server, WebSocketEndpoint, wire
 from trionano._websocket import WebSocketServerStream
 from trionano.client import open_websocket_client
@@ -122,17 +123,6 @@ def frame(opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True)
     assert len(payload) < 126
     head = bytes([(0x80 if fin else 0) | opcode, (0x80 if masked else 0) | len(payload)])
     return head + (b"\x00\x00\x00\x00" if masked else b"") + payload
-
-
-def packets_of(message: bytes) -> list[wire.Packet]:
-    """Decode one message on its own: the server sends whole packets only."""
-    decoder = wire.PacketDecoder()
-    decoder.feed(message)
-    packets = []
-    while (packet := decoder.next_packet()) is not None:
-        packets.append(packet)
-    assert decoder.buffered == 0, f"a packet was split across messages: {message!r}"
-    return packets
 
 
 def data_packets(packets: list[wire.Packet]) -> list[wire.Message]:
