@@ -304,3 +304,9 @@ if __name__ == "__main__":
     names = undocumented()
     print("\n".join(names))
     print(f"{len(names)} of {sum(1 for _ in public_callables())} public callables have no docstring")
+
+
+def test_snippet_includes_are_written_as_the_extension_reads_them() -> None:
+    # a formatter once rewrote "--8<--" as "--8 < --", which renders as text, not code
+    for page in DOCS.rglob("*.md"):
+        assert "--8 <" not in page.read_text(encoding="utf-8"), page
