@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ._pipeline import Pipeline
+from ._ratelimit import DEFAULT_BURST, DEFAULT_KICK_AFTER, DEFAULT_RATE
 from ._serializer import JSONSerializer, Serializer
 from .wire import EMPTY_ROUTES, MAX_BODY_SIZE, MAX_HEARTBEAT, MIN_HEARTBEAT, Handshake, RouteDict, check_heartbeat
 
@@ -54,9 +55,9 @@ class RateLimit:
     login burst of 2,000 requests at once and 500 a second after that; a flood of 20,000 a
     second is kicked within about 0.2 s."""
 
-    rate: float = attrs.field(default=500.0, validator=_positive)
-    burst: float = attrs.field(default=2000.0, validator=[_positive, attrs.validators.ge(1)])
-    kick_after: float = attrs.field(default=2000.0, validator=_positive)
+    rate: float = attrs.field(default=DEFAULT_RATE, validator=_positive)
+    burst: float = attrs.field(default=DEFAULT_BURST, validator=[_positive, attrs.validators.ge(1)])
+    kick_after: float = attrs.field(default=DEFAULT_KICK_AFTER, validator=_positive)
 
 
 @attrs.frozen(kw_only=True)

@@ -4,9 +4,10 @@ Pure and synchronous: no trio, no clock of its own. Every call takes ``now``, a 
 clock (``trio.current_time()``, ``time.monotonic()``), so the same objects run under ``trio.testing.MockClock`` and in
 plain unit tests. Neither class is thread-safe: each is owned by one connection and called from its reader task.
 
-The defaults (:data:`DEFAULT_RATE`, :data:`DEFAULT_BURST`, :data:`DEFAULT_KICK_AFTER`) are generous on purpose: a
-game client sends a few messages a second, and a login that writes 1,000 requests at once is accepted in full; a
-client that keeps sending over twice the rate is kicked (a 20,000 msgs/s flood within about 0.1 s).
+The defaults (:data:`DEFAULT_RATE`, :data:`DEFAULT_BURST`, :data:`DEFAULT_KICK_AFTER`, also
+:class:`trionano.RateLimit`'s) are generous on purpose: a game client sends a few messages a second, and a login
+that writes 2,000 requests at once is accepted in full; a client that keeps sending over twice the rate is kicked
+(a 20,000 msgs/s flood within about 0.2 s).
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from typing import Final
 
 __all__ = ["DEFAULT_BURST", "DEFAULT_KICK_AFTER", "DEFAULT_RATE", "RateLimiter", "TokenBucket", "Verdict"]
 
-DEFAULT_RATE: Final = 200.0
+DEFAULT_RATE: Final = 500.0
 """Messages per second a connection may send, sustained."""
-DEFAULT_BURST: Final = 1000.0
-"""Messages a connection may send at once (a full bucket): a login burst of up to 1,000 requests is accepted."""
-DEFAULT_KICK_AFTER: Final = 1000.0
+DEFAULT_BURST: Final = 2000.0
+"""Messages a connection may send at once (a full bucket): a login burst of up to 2,000 requests is accepted."""
+DEFAULT_KICK_AFTER: Final = 2000.0
 """Refusals, net of forgiveness at ``rate`` per second, after which a connection is kicked."""
 
 

@@ -111,7 +111,10 @@ def test_bucket_arguments_are_validated(bad: float) -> None:
 def test_defaults() -> None:
     limiter = RateLimiter()
     assert (limiter.rate, limiter.burst, limiter.kick_after) == (DEFAULT_RATE, DEFAULT_BURST, DEFAULT_KICK_AFTER)
-    assert (DEFAULT_RATE, DEFAULT_BURST, DEFAULT_KICK_AFTER) == (200.0, 1000.0, 1000.0)
+    assert (DEFAULT_RATE, DEFAULT_BURST, DEFAULT_KICK_AFTER) == (500.0, 2000.0, 2000.0)
+    from trionano import RateLimit
+
+    assert (RateLimit().rate, RateLimit().burst, RateLimit().kick_after) == (500.0, 2000.0, 2000.0)
 
 
 @pytest.mark.parametrize("size", [200, 1000])
@@ -125,9 +128,10 @@ def test_login_burst_in_one_write_is_accepted_in_full(size: int) -> None:
 
 def test_a_burst_over_the_bucket_is_refused_in_part_but_not_kicked() -> None:
     limiter = RateLimiter()
-    result = verdicts(limiter, [0.0] * 2000)
-    assert result == [Verdict.OK] * 1000 + [Verdict.REFUSE] * 1000
-    assert limiter.refused == 1000
+    burst, patience = int(DEFAULT_BURST), int(DEFAULT_KICK_AFTER)
+    result = verdicts(limiter, [0.0] * (burst + patience))
+    assert result == [Verdict.OK] * burst + [Verdict.REFUSE] * patience
+    assert limiter.refused == patience
     assert limiter.check(0.0) is Verdict.KICK  # one more, all at once: patience is spent
     # patience refills: after a pause the client is welcome again
     assert verdicts(limiter, stream(20.0, 10.0, start=10.0)) == [Verdict.OK] * 200
@@ -137,13 +141,13 @@ def test_flood_of_20k_per_second_is_refused_then_kicked_within_a_second() -> Non
     limiter = RateLimiter()
     result = verdicts(limiter, stream(20_000.0, 2.0))
     kicked_at = result.index(Verdict.KICK) / 20_000.0
-    assert kicked_at < 0.2
+    assert kicked_at < 0.3
     first_refusal = result.index(Verdict.REFUSE)
     assert set(result[:first_refusal]) == {Verdict.OK}
     assert first_refusal >= DEFAULT_BURST
 
 
-@pytest.mark.parametrize(("flood", "within"), [(1_000.0, 3.5), (5_000.0, 1.0), (100_000.0, 0.05)])
+@pytest.mark.parametrize(("flood", "within"), [(2_000.0, 6.0), (5_000.0, 2.0), (100_000.0, 0.1)])
 def test_any_persistent_flood_over_twice_the_rate_is_kicked(flood: float, within: float) -> None:
     limiter = RateLimiter()
     result = verdicts(limiter, stream(flood, within))
@@ -204,13 +208,13 @@ def test_limiter_arguments_are_validated(args: tuple[float, float, float], match
 
 
 @pytest.mark.parametrize("origin", [0.0, 1e6, 1e8])  # clocks far from zero have coarser floats
-@pytest.mark.parametrize("rate", [7.0, DEFAULT_RATE, 30_000.0])
+@pytest.mark.parametrize("rate", [7.0, 200.0, DEFAULT_RATE, 30_000.0])
 def test_a_stream_at_exactly_the_rate_survives_float_rounding(origin: float, rate: float) -> None:
     """With a burst of 2 or more, rounding never refuses a stream at exactly the rate. With a burst of 1 the slack
     alone must absorb it: enough for 30,000/s at an uptime of 11 days (now = 1e6 s), or for 200/s at 3 years."""
     times = stream(rate, 100_000 / rate, start=origin)
     bucket = TokenBucket(rate, burst=2.0)
     assert all(bucket.take(t) for t in times)
-    if origin <= 1e6 or rate <= DEFAULT_RATE:
+    if origin <= 1e6 or rate <= 200.0:
         bucket = TokenBucket(rate, burst=1.0)
         assert all(bucket.take(t) for t in times)
