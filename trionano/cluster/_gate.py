@@ -264,25 +264,26 @@ class Gate:
 
     async def handle_push(self, message: pb.PushMessage) -> pb.MemberHandleResponse:
         session = self._client(message.session_id)
-        try:
-            session.entity.send_push(session, message.route, message.data)
-        except trio.BrokenResourceError:
-            raise NotFound(f"session not found: {message.session_id}") from None
-        except MessageTooLarge as exc:
-            raise InvalidRequest(str(exc)) from None
+        self._deliver(message.session_id, lambda: session.entity.send_push(session, message.route, message.data))
         return pb.MemberHandleResponse()
 
     async def handle_response(self, message: pb.ResponseMessage) -> pb.MemberHandleResponse:
         if self._answer_call(message.session_id, message.data):
             return pb.MemberHandleResponse()
         session = self._client(message.session_id)
+        self._deliver(message.session_id, lambda: session.entity.send_response(session, message.id, message.data))
+        return pb.MemberHandleResponse()
+
+    @staticmethod
+    def _deliver(sid: int, send: Callable[[], bool]) -> None:
+        """A backend's push or response for a client here: the client gone is NotFound, a body
+        over the packet limit InvalidRequest."""
         try:
-            session.entity.send_response(session, message.id, message.data)
+            send()
         except trio.BrokenResourceError:
-            raise NotFound(f"session not found: {message.session_id}") from None
+            raise NotFound(f"session not found: {sid}") from None
         except MessageTooLarge as exc:
             raise InvalidRequest(str(exc)) from None
-        return pb.MemberHandleResponse()
 
     async def close_session(self, request: pb.CloseSessionRequest) -> pb.CloseSessionResponse:
         session = self.server.sessions.get(request.session_id)
