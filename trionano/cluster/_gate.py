@@ -98,12 +98,16 @@ _FORWARDER: Final = SessionKey[Forwarder]("trionano.cluster.forwarder")
 
 @attrs.define(eq=False)
 class InFlight:
-    """A client's Request sent on a stream, waiting for its Response (or Error) until
-    ``deadline`` (trio time); failed at once when ``link`` goes down."""
+    """A client's Request ``mid`` sent on a stream, waiting for its Response (or Error) until
+    ``deadline`` (trio time); failed at once when ``link`` goes down. On the stream it carries
+    an id of the gate's (unique on this node), never the client's: a client that reuses a
+    request id still gets each answer once."""
 
     session: Session
     forwarder: Forwarder
+    mid: int
     service: str
+    route: str
     member: str
     link: Link
     deadline: float
@@ -140,9 +144,9 @@ class Gate:
         self._log = log
         self._server: Server | None = None
         self._calls: dict[int, tuple[trio.Event, list[bytes]]] = {}  # call id -> (answered, [body])
-        self._in_flight: dict[tuple[int, int], InFlight] = {}  # (session id, mid) -> request on a stream
-        self._deadlines: list[tuple[float, int, tuple[int, int]]] = []  # a heap of (deadline, seq, key)
-        self._seq = itertools.count()
+        self._in_flight: dict[int, InFlight] = {}  # the gate's request id -> a request on a stream
+        self._deadlines: list[tuple[float, int]] = []  # a heap of (deadline, request id)
+        self._request_ids = itertools.count(1)
         self._earlier = trio.Event()  # set when a deadline earlier than every other one arrives
 
     def attach(self, server: Server) -> None:
@@ -264,22 +268,23 @@ class Gate:
         gate = forwarder.gate
         own = gate == self.address
         if mid:
-            frame: frames.Frame = frames.Request("" if own else gate, forwarder.sid, mid, route, body)
+            # a stand-in's session.rpc never makes Requests; its client's gate would get the answer
+            rid = next(self._request_ids)
+            frame: frames.Frame = frames.Request("" if own else gate, forwarder.sid, rid, route, body)
         else:
             frame = frames.Notify("" if own else gate, forwarder.sid, route, body)
         if not link.send(frames.encode_frame(frame)):
             self._failed(session, member, service, route, mid, ClusterError("the stream is down or full"))
             return
         self._counters.forwarded += 1
-        if mid and own:
+        if mid:
             deadline = trio.current_time() + timeout
-            key = (forwarder.sid, mid)
-            self._in_flight[key] = InFlight(session, forwarder, service, member, link, deadline)
+            self._in_flight[rid] = InFlight(session, forwarder, mid, service, route, member, link, deadline)
             forwarder.in_flight += 1
             deadlines = self._deadlines
             if not deadlines or deadline < deadlines[0][0]:
                 self._earlier.set()
-            heapq.heappush(deadlines, (deadline, next(self._seq), key))
+            heapq.heappush(deadlines, (deadline, rid))
 
     # -- a session's forwarding task --------------------------------------------------------
 
@@ -367,8 +372,8 @@ class Gate:
 
     # -- requests in flight on streams --------------------------------------------------------
 
-    def _settle(self, sid: int, mid: int) -> InFlight | None:
-        entry = self._in_flight.pop((sid, mid), None)
+    def _settle(self, rid: int) -> InFlight | None:
+        entry = self._in_flight.pop(rid, None)
         if entry is not None:
             entry.forwarder.in_flight -= 1
         return entry
@@ -382,22 +387,21 @@ class Gate:
                 await self._earlier.wait()
             now = trio.current_time()
             while deadlines and deadlines[0][0] <= now:
-                deadline, _, key = heapq.heappop(deadlines)
-                entry = self._in_flight.get(key)
-                if entry is None or entry.deadline != deadline:
+                _, rid = heapq.heappop(deadlines)
+                entry = self._settle(rid)
+                if entry is None:
                     continue  # answered meanwhile
-                self._settle(*key)
                 error = DeadlineExceeded(f"no answer within {self._rpc_timeout:g}s")
-                self._failed(entry.session, entry.member, entry.service, "", key[1], error)
+                self._failed(entry.session, entry.member, entry.service, entry.route, entry.mid, error)
 
     def link_down(self, link: Link) -> None:
         """``link`` died: its requests in flight are answered 503 now."""
-        lost = [key for key, entry in self._in_flight.items() if entry.link is link]
-        for key in lost:
-            entry = self._settle(*key)
+        lost = [rid for rid, entry in self._in_flight.items() if entry.link is link]
+        for rid in lost:
+            entry = self._settle(rid)
             assert entry is not None
-            error = ClusterError(f"the stream to {link.peer} was lost")
-            self._failed(entry.session, entry.member, entry.service, "", key[1], error)
+            error = ClusterError(f"the stream to {link.peer} was lost", Status.UNAVAILABLE)
+            self._failed(entry.session, entry.member, entry.service, entry.route, entry.mid, error)
 
     # -- replies for this node's clients (clusterpb.Member, Trio side) ------------------------
 
@@ -415,7 +419,6 @@ class Gate:
     async def handle_response(self, message: pb.ResponseMessage) -> pb.MemberHandleResponse:
         if self._answer_call(message.session_id, message.data):
             return pb.MemberHandleResponse()
-        self._settle(message.session_id, message.id)  # sent on a stream, answered by a unary call
         session = self._client(message.session_id)
         self._deliver(message.session_id, lambda: session.entity.send_response(session, message.id, message.data))
         return pb.MemberHandleResponse()
@@ -440,14 +443,14 @@ class Gate:
     # -- replies for this node's clients (frames on a stream, Trio side; never raise) --------
 
     def on_response(self, frame: frames.Response) -> None:
-        sid, mid, data = frame
+        sid, rid, data = frame
         if self._answer_call(sid, data):
             return
-        entry = self._settle(sid, mid)
+        entry = self._settle(rid)
         if entry is None:  # answered 503 already (its deadline passed, its stream was lost)
             self._counters.late_frames += 1
             return
-        session = entry.session
+        session, mid = entry.session, entry.mid
         try:
             session.entity.send_response(session, mid, data)
         except trio.BrokenResourceError:
@@ -457,13 +460,15 @@ class Gate:
 
     def on_error(self, frame: frames.Error) -> None:
         """The member could not take a Request: answered as a failed unary call would be."""
-        sid, mid, status, message = frame
-        entry = self._settle(sid, mid)
+        entry = self._settle(frame.mid)
         if entry is None:
             self._counters.late_frames += 1
             return
-        error = NotFound(message) if status == Status.NOT_FOUND.value else ClusterError(message, Status.UNAVAILABLE)
-        self._failed(entry.session, entry.member, entry.service, "", mid, error)
+        message = frame.message
+        error = (
+            NotFound(message) if frame.status == Status.NOT_FOUND.value else ClusterError(message, Status.UNAVAILABLE)
+        )
+        self._failed(entry.session, entry.member, entry.service, entry.route, entry.mid, error)
 
     def on_push(self, sid: int, route: str, data: bytes) -> None:
         session = self.server.sessions.get(sid)
