@@ -146,12 +146,12 @@ def b12(seconds: float, runs: int, profile: Path | None) -> None:
                 f" + backend {measured['backend_us']:>6.1f} CPU-us/req   ratio {measured['ratio']:.2f}"
             )
             if path == "stream":
-                line += f"   at {measured['half_rate']:,.0f} req/s: p50 {measured['half_p50_us']:,.0f} us p99 {measured['half_p99_us']:,.0f} us"
+                half = f"p50 {measured['half_p50_us']:,.0f} us p99 {measured['half_p99_us']:,.0f} us"
+                line += f"   at {measured['half_rate']:,.0f} req/s: {half}"
             print(line)
     print("  medians:")
-    print(
-        f"    local   {med(results['local'], 'rps'):>8,.0f} req/s   server {med(results['local'], 'cpu_us'):.1f} CPU-us/req"
-    )
+    local_cpu = med(results["local"], "cpu_us")
+    print(f"    local   {med(results['local'], 'rps'):>8,.0f} req/s   server {local_cpu:.1f} CPU-us/req")
     targets = {"stream": 0.3, "unary": 0.1}
     for path in PATHS:
         ratios = ", ".join(f"{r['ratio']:.2f}" for r in results[path])
@@ -208,9 +208,11 @@ def paced(port: int, rate: float, seconds: float, connections: int) -> dict[str,
         for key, _ in selector.select(timeout=0.0005):
             sock = key.fileobj  # type: ignore[assignment]
             bufs[sock] += sock.recv(65536)
-            for ptype in packet_types(bufs[sock]):
-                if ptype == wire.PacketType.DATA and sent[sock]:
-                    latencies.append(time.perf_counter_ns() - sent[sock].popleft())
+            answers = sum(1 for ptype in packet_types(bufs[sock]) if ptype == wire.PacketType.DATA)
+            now_ns = time.perf_counter_ns()
+            waiting = sent[sock]
+            for _ in range(min(answers, len(waiting))):
+                latencies.append(now_ns - waiting.popleft())  # noqa: PERF401 - popleft in order
     for sock in socks:
         sock.close()
     latencies.sort()
