@@ -146,8 +146,8 @@ def b12(seconds: float, runs: int, profile: Path | None) -> None:
                 f" + backend {measured['backend_us']:>6.1f} CPU-us/req   ratio {measured['ratio']:.2f}"
             )
             if path == "stream":
-                half = f"p50 {measured['half_p50_us']:,.0f} us p99 {measured['half_p99_us']:,.0f} us"
-                line += f"   at {measured['half_rate']:,.0f} req/s: {half}"
+                at_half = f"p50 {measured['half_p50_us']:,.0f} us p99 {measured['half_p99_us']:,.0f} us"
+                line += f"   at {measured['half_rate']:,.0f} req/s: {at_half}"
             print(line)
     print("  medians:")
     local_cpu = med(results["local"], "cpu_us")
