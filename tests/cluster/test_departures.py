@@ -127,7 +127,9 @@ def test_replies_for_a_client_that_left_are_dropped_quietly(caplog: pytest.LogCa
         ClusterConfig(service_address=backend_address, master_address=master_address, fast_path=fast_path),
         Config(heartbeat=0),
     )
-    dropped = (lambda: backend.statistics().dropped_outbound) if not fast_path else lambda: gate.statistics().late_frames
+
+    def dropped() -> int:
+        return gate.statistics().late_frames if fast_path else backend.statistics().dropped_outbound
 
     noisy: list[logging.LogRecord] = []
 
