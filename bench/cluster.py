@@ -281,7 +281,7 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=Path, help="run the gates and backends under cProfile, stats in this directory"
     )
-    args = parser.parse_args()
+    args, _ = parser.parse_known_args()  # nox -s bench passes bench.runtime's options too
     if args.command == "node":
         if args.profile is None:
             node(args.role, args.listen, args.master, args.unary)
