@@ -174,7 +174,7 @@ class Gate:
             if mid:
                 self.server.router.answer_error(session, mid, CODE_NOT_FOUND, f"route not found: {route}")
             return
-        if not self._queue(session, member.service_addr, service, route, mid, message.body) and mid:
+        if not self._queue(session, member, service, route, mid, message.body) and mid:
             self.server.router.answer_error(
                 session, mid, CODE_UNAVAILABLE, f"{service} unavailable: too many messages waiting"
             )
@@ -188,28 +188,31 @@ class Gate:
         member = self._select(service, session)
         if member is None:
             raise NotFound(f"{service} not found(forgot registered?)")
-        self._queue(session, member.service_addr, service, route, 0, body)
+        self._queue(session, member, service, route, 0, body)
 
-    def _select(self, service: str, session: Session) -> pb.MemberInfo | None:
-        """The member for ``service``: the session's binding, else the custom selector's or a
-        random choice, which is then bound (sticky per session and service, as nano)."""
-        candidates = self._membership.hosting(service)
+    def _select(self, service: str, session: Session) -> str | None:
+        """The member (its address) for ``service``: the session's binding, else the custom
+        selector's or a random choice, which is then bound (sticky per session and service,
+        as nano)."""
+        hosting = self._membership.hosting_by_address(service)
         bindings = session.get(_BINDINGS)
         if bindings is None:
             bindings = session[_BINDINGS] = {}
         bound = bindings.get(service)
         if bound is not None:
-            for member in candidates:
-                if member.service_addr == bound:
-                    return member
+            if bound in hosting:
+                return bound
             del bindings[service]  # the bound member is gone: choose again
-        if not candidates:
+        if not hosting:
             return None
+        candidates = list(hosting.values())
         chooser = self._remote_route
         chosen = chooser(service, session, candidates) if chooser else random.choice(candidates)
-        if chosen is not None:
-            bindings[service] = chosen.service_addr
-        return chosen
+        if chosen is None:
+            return None
+        address: str = chosen.service_addr
+        bindings[service] = address
+        return address
 
     def _queue(self, session: Session, member: str, service: str, route: str, mid: int, body: bytes) -> bool:
         """Send or queue one message; False (counted, logged) when the session's bound is
