@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 @dataclass(eq=False, repr=False)
 class Request(betterproto.Message):
     """
-    A client's Request for a route the receiver hosts (as clusterpb.RequestMessage); answered
+    A Request for a route the receiver hosts (as clusterpb.RequestMessage, but its id is the
+     sender's own, unique on the sender, not the client's); answered
      by a Response, or an Error when the receiver cannot take it.
     """
 
