@@ -56,10 +56,13 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def proto(session: nox.Session) -> None:
-    """Regenerate trionano/cluster/_generated from proto/cluster.proto; fail if it changed."""
+    """Regenerate trionano/cluster/_generated from proto/*.proto (nano's clusterpb and trionano's
+    push service); fail if it changed."""
     session.install("betterproto[compiler]==2.0.0b7", "grpcio-tools")
     target = "trionano/cluster/_generated"
     session.run(
-        "python", "-m", "grpc_tools.protoc", "-I", "proto", f"--python_betterproto_out={target}", "proto/cluster.proto"
+        "python", "-m", "grpc_tools.protoc", "-I", "proto", f"--python_betterproto_out={target}",
+        "proto/cluster.proto",
+        "proto/push.proto",
     )
     session.run("git", "diff", "--exit-code", "--", target, external=True)
