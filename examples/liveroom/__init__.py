@@ -181,9 +181,7 @@ async def serve(
         if ports:
             logger.info("liveroom page: http://%s:%d/", host, ports[0])
         if push_port is not None:
-            await nursery.start(
-                functools.partial(serve_push_api, node, host, push_port, token=token, shutdown=stopped)
-            )
+            await nursery.start(functools.partial(serve_push_api, node, host, push_port, token=token, shutdown=stopped))
         logger.info("liveroom %s ready", node.config.label)
         await node.server.wait_stopped()
         stopped.set()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import subprocess
 import sys
 import time
@@ -31,8 +32,13 @@ args = parser.parse_args()
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
+def interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def local() -> None:
-    """The whole room, one process per node, until Ctrl-C."""
+    """The whole room, one process per node, until Ctrl-C or SIGTERM (which stop them all)."""
+    signal.signal(signal.SIGTERM, interrupted)
     host, base = args.host, args.base_port
     master = f"{host}:{base}"
     gates = [(f"{host}:{base + 2}", base + 3), (f"{host}:{base + 4}", base + 5)]
@@ -44,24 +50,27 @@ def local() -> None:
         rpc_timeout=args.rpc_timeout,
         push_queue=args.push_queue,
     )
-    processes = []
-    for name, command in launched.items():
-        processes.append(subprocess.Popen([*command, "--master", master, "--heartbeat", str(args.heartbeat)]))
-        time.sleep(1.0 if name == "logic" else 0.3)
-    auth = f" -H 'Authorization: Bearer {args.token}'" if args.token else ""
-    print(
-        "live room up:\n"
-        + "".join(f"  viewer page (gate {n}): http://{host}:{port}/\n" for n, (_, port) in enumerate(gates, 1))
-        + f"  push API: curl -X POST http://{host}:{base + 1}/v1/push -H 'Content-Type: application/json'{auth} \\\n"
-        + """       -d '{"route": "onComment", "message": {"name": "ops", "text": "hello room"}, "group": "room"}'\n"""
-        + f"  load: python -m examples.liveroom.load 1000 --base-port {base}\n"
-        + "Ctrl-C stops it",
-        flush=True,
-    )
+    processes: list[subprocess.Popen[bytes]] = []
     try:
+        for name, command in launched.items():
+            processes.append(subprocess.Popen([*command, "--master", master, "--heartbeat", str(args.heartbeat)]))
+            time.sleep(1.0 if name == "logic" else 0.3)
+        auth = f" -H 'Authorization: Bearer {args.token}'" if args.token else ""
+        body = '{"route": "onComment", "message": {"name": "ops", "text": "hello room"}, "group": "room"}'
+        lines = [
+            "live room up:",
+            *(f"  viewer page (gate {n}): http://{host}:{port}/" for n, (_, port) in enumerate(gates, 1)),
+            f"  push API: curl -X POST http://{host}:{base + 1}/v1/push -H 'Content-Type: application/json'{auth} \\",
+            f"       -d '{body}'",
+            f"  load: python -m examples.liveroom.load 1000 --base-port {base}",
+            "Ctrl-C stops it",
+        ]
+        print("\n".join(lines), flush=True)
         for process in processes:
             process.wait()
     except KeyboardInterrupt:
+        pass
+    finally:
         for process in reversed(processes):
             process.terminate()
         for process in processes:
