@@ -208,7 +208,7 @@ class GateLink:
                 try:
                     result = await self.send(batch)
                 except ClusterError as exc:
-                    if exc.status is Status.UNIMPLEMENTED:
+                    if _unimplemented(exc):
                         self._not_a_gate("it does not serve trionano.push (a Go nano node?)")
                         continue
                     self._counters.failed += len(batch)
@@ -416,6 +416,16 @@ class PushHub:
         self._counters.refused += 1
         self._log.warning("push refused", "a cluster push to %s refused: %s", client_text(item.route), why)
         return 0
+
+
+def _unimplemented(exc: ClusterError) -> bool:
+    """Whether the node does not serve the method: UNIMPLEMENTED, as grpc-go (Go nano) answers;
+    or grpclib's client reading grpclib's own "Method not found" answer, which omits the
+    content-type header and so comes out as UNKNOWN "Missing content-type header" (an older
+    trionano node, any grpclib member)."""
+    if exc.status is Status.UNIMPLEMENTED:
+        return True
+    return exc.status is Status.UNKNOWN and exc.message == "Missing content-type header"
 
 
 def check_route(route: str) -> None:

@@ -133,7 +133,9 @@ class PushAPI:
         if max_body < 1:
             raise ValueError("max_body must be at least 1")
         self._pusher = pusher
-        self._token = None if token is None else f"Bearer {token}".encode()
+        if token is not None and (not token or not token.isascii() or not token.isprintable() or " " in token):
+            raise ValueError("a bearer token is printable ASCII without spaces")
+        self._token = None if token is None else token.encode()
         self.max_body: Final = max_body
         self._log = RateLimitedLog(_logger)
         self.accepted = 0
@@ -169,7 +171,7 @@ class PushAPI:
         headers: dict[bytes, bytes] = {}
         for name, value in scope.get("headers", ()):
             headers.setdefault(bytes(name).lower(), bytes(value))
-        if self._token is not None and not hmac.compare_digest(headers.get(b"authorization", b""), self._token):
+        if self._token is not None and not self._authorized(headers.get(b"authorization", b"")):
             raise BadRequest(401, "a valid bearer token is required", ((b"www-authenticate", b"Bearer"),))
         content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         if content_type != b"application/json":
@@ -187,6 +189,13 @@ class PushAPI:
             raise BadRequest(400, f"message: cannot be serialized: {client_text(str(exc))}") from None
         except ValueError as exc:
             raise BadRequest(400, str(exc)) from None
+
+    def _authorized(self, header: bytes) -> bool:
+        """``Bearer <token>`` (the scheme in any case, RFC 9110 §11.1), the token compared in
+        constant time."""
+        assert self._token is not None
+        scheme, _, credentials = header.strip().partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self._token)
 
     async def _body(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []
