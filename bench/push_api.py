@@ -111,7 +111,7 @@ def receiver(port: int, viewers: int) -> None:
                     _, expected, seconds = line.split()
                     report = (int(expected), time.monotonic() + float(seconds))
                 continue
-            sock: socket.socket = key.data
+            sock = key.data
             try:
                 data = sock.recv(1 << 16)
             except BlockingIOError:
