@@ -25,6 +25,7 @@ import datetime
 import json
 import os
 import selectors
+import shutil
 import signal
 import socket
 import statistics
@@ -122,6 +123,8 @@ def receiver(port: int, viewers: int) -> None:
             buf += data
             now = time.monotonic_ns()
             for payload in ws_payloads(buf):
+                if payload[:1] == bytes([wire.PacketType.KICK]):
+                    print(f"kicked: {payload[4:]!r}", file=sys.stderr, flush=True)
                 if joined < viewers and is_response(payload):
                     joined += 1
                 for sent in sent_times(payload):
@@ -348,9 +351,12 @@ def main() -> None:
     viewers = args.viewers or (500 if args.quick else 5000)
     rate = args.rate or (10.0 if args.quick else 5.0)
     seconds = args.seconds or (3.0 if args.quick else 6.0)
-    with tempfile.TemporaryDirectory() as tmp:
-        print(f"B13: 2 x {viewers:,} viewers, {rate:g} posts/s for {seconds:g} s, {args.runs} runs", flush=True)
-        figures = run(viewers, rate, seconds, args.runs, Path(tmp))
+    tmp = Path(tempfile.mkdtemp(prefix="b13-"))
+    print(
+        f"B13: 2 x {viewers:,} viewers, {rate:g} posts/s for {seconds:g} s, {args.runs} runs (logs: {tmp})", flush=True
+    )
+    figures = run(viewers, rate, seconds, args.runs, tmp)
+    shutil.rmtree(tmp)
     logic, gate = figures["medians"]["logic"], figures["medians"]["gate1"]
     print(
         f"B13 via the logic node: {logic['achieved_per_s']:,.0f} deliveries/s of {logic['offered_per_s']:,.0f} offered"

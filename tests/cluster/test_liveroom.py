@@ -4,6 +4,7 @@ node reach them through cluster-wide groups; a stopped gate never holds up the o
 
 from __future__ import annotations
 
+import re
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -187,3 +188,13 @@ async def test_a_stopped_gate_never_holds_up_the_other(tmp_path: Path) -> None:
         assert (await ann.receive_push("onComment"))["text"] == "back"
         stats = await ann.request("live.stats", {})
         assert stats["push"]["failed"] >= 1  # the batch in flight when it stopped timed out
+
+
+def test_the_live_room_page_quotes_examples_liveroom_verbatim() -> None:
+    root = Path(__file__).resolve().parent.parent.parent
+    page = (root / "docs" / "tutorial" / "liveroom.md").read_text(encoding="utf-8")
+    source = (root / "examples" / "liveroom" / "__init__.py").read_text(encoding="utf-8")
+    quoted = re.findall(r'```python title="examples/liveroom/__init__.py"\n(.*?)```', page, re.S)
+    assert len(quoted) == 3
+    for block in quoted:
+        assert block in source, block

@@ -81,14 +81,17 @@ class Audience:
 
     @classmethod
     def of_uids(cls, uids: Iterable[int]) -> Audience:
+        """The sessions bound to ``uids``, on every gate."""
         return cls(uids=frozenset(uids))
 
     @classmethod
     def of_group(cls, name: str) -> Audience:
+        """The members of the cluster-wide group ``name``, on every gate."""
         return cls(group=name)
 
     @classmethod
     def all(cls) -> Audience:
+        """Every client session, on every gate."""
         return cls(everyone=True)
 
     def item(self, route: str, data: bytes) -> pushpb.PushItem:
@@ -242,6 +245,7 @@ class ClusterGroup:
 
     @property
     def name(self) -> str:
+        """The group's name, the same on every gate."""
         return self.local.name
 
     def __repr__(self) -> str:

@@ -43,7 +43,17 @@ from .._errors import MessageTooLarge, SerializeError
 from .._log import RateLimitedLog, client_text
 from ._push import MAX_UID, Audience, check_route
 
-__all__ = ["MAX_BODY", "MAX_GROUP_NAME", "MAX_UIDS", "PATH", "PushAPI", "Pusher", "serve_push_api"]
+__all__ = [
+    "MAX_BODY",
+    "MAX_GROUP_NAME",
+    "MAX_UIDS",
+    "PATH",
+    "BadRequest",
+    "PushAPI",
+    "Pusher",
+    "parse_push",
+    "serve_push_api",
+]
 
 _logger = logging.getLogger("trionano.cluster.push_api")
 
@@ -65,11 +75,15 @@ Send = Callable[[Message], Awaitable[None]]
 class Pusher(Protocol):
     """What the API pushes through: :meth:`trionano.cluster.Node.push`."""
 
-    def push(self, route: str, value: object, audience: Audience) -> int: ...
+    def push(self, route: str, value: object, audience: Audience) -> int:
+        """Push ``value`` on ``route`` to ``audience``; how many gates it reached. Raises
+        ValueError, SerializeError, MessageTooLarge (answered 400, 400, 413)."""
+        ...
 
 
 class BadRequest(Exception):
-    """A request answered with ``status`` and ``reason`` (nothing pushed)."""
+    """A request answered with ``status`` (a 4xx) and ``{"error": reason}``, plus ``headers``
+    (``Allow`` for a 405, ``WWW-Authenticate`` for a 401); nothing was pushed."""
 
     def __init__(self, status: int, reason: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         super().__init__(reason)
