@@ -83,14 +83,6 @@ def receiver(port: int, viewers: int) -> None:
     selector = selectors.DefaultSelector()
     buffers: dict[socket.socket, bytearray] = {}
     joined = 0
-    for _ in range(viewers):
-        sock = socket.create_connection(("127.0.0.1", port))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        ws_upgrade(sock)
-        sock.sendall(ws_frame(HANDSHAKE) + JOIN)
-        sock.setblocking(False)
-        buffers[sock] = bytearray()
-        selector.register(sock, selectors.EVENT_READ, sock)
     latencies: list[int] = []
     first = last = 0
     report: tuple[int, float] | None = None
@@ -101,7 +93,16 @@ def receiver(port: int, viewers: int) -> None:
     announced = False
     next_heartbeat = time.monotonic() + 10
     while True:
-        for key, _ in selector.select(0.05):
+        # viewers connect a few at a time, so the ones already in keep reading and heartbeating
+        for _ in range(min(20, viewers - len(buffers))):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            ws_upgrade(sock)
+            sock.sendall(ws_frame(HANDSHAKE) + JOIN)
+            sock.setblocking(False)
+            buffers[sock] = bytearray()
+            selector.register(sock, selectors.EVENT_READ, sock)
+        for key, _ in selector.select(0 if len(buffers) < viewers else 0.05):
             if key.data is None:
                 data = stdin.read()
                 if not data:
