@@ -328,6 +328,8 @@ def write(figures: dict[str, Any], quick: bool) -> str:
             "3 rounds; in brackets the ratio to the same run's baseline: the same rounds posted to gate 1's own push\n"
             "API (no hop through the logic node). Latency is from POST to receipt. Load: the 1-minute load average\n"
             "before and after (the machine is shared).\n\n"
+            "Reading it: the logic node answers a POST at once and queues the push for each gate (open loop);\n"
+            "gate 1's own push API delivers to its viewers inside the POST (closed loop: the poster waits).\n\n"
             "| when | viewers | posts | offered deliveries/s | achieved deliveries/s (vs gate 1) | delivered"
             " | p50 ms (vs gate 1) | p99 ms (vs gate 1) | gate 1: deliveries/s | gate 1: p99 ms | load |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|\n"
