@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -36,6 +37,20 @@ def interrupted(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def wait_listening(host: str, port: int, process: subprocess.Popen[bytes], seconds: float = 30) -> None:
+    """Wait until ``process`` accepts connections on ``port``. Raises SystemExit if it ends
+    first or takes over ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"a node did not start listening on {host}:{port}") from None
+            time.sleep(0.1)
+
+
 def local() -> None:
     """The whole room, one process per node, until Ctrl-C or SIGTERM (which stop them all)."""
     signal.signal(signal.SIGTERM, interrupted)
@@ -52,9 +67,11 @@ def local() -> None:
     )
     processes: list[subprocess.Popen[bytes]] = []
     try:
+        ready = {"logic": base + 1, "gate1": base + 3, "gate2": base + 5}  # the last port each node opens
         for name, command in launched.items():
-            processes.append(subprocess.Popen([*command, "--master", master, "--heartbeat", str(args.heartbeat)]))
-            time.sleep(1.0 if name == "logic" else 0.3)
+            process = subprocess.Popen([*command, "--master", master, "--heartbeat", str(args.heartbeat)])
+            processes.append(process)
+            wait_listening(host, ready[name], process)
         auth = f" -H 'Authorization: Bearer {args.token}'" if args.token else ""
         body = '{"route": "onComment", "message": {"name": "ops", "text": "hello room"}, "group": "room"}'
         lines = [

@@ -4,8 +4,11 @@ node reach them through cluster-wide groups; a stopped gate never holds up the o
 
 from __future__ import annotations
 
+import random
 import re
 import signal
+import socket
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,11 +17,11 @@ from typing import Any
 import httpx
 import trio
 
-from examples.liveroom import commands
+from examples.liveroom import commands, load
 from trionano.client import Client
 from trionano.client import open_websocket_client as open_viewer
 
-from ._harness import Cluster, cluster, free_address, free_port
+from ._harness import ROOT, Cluster, cluster, free_address, free_port
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -198,3 +201,77 @@ def test_the_live_room_page_quotes_examples_liveroom_verbatim() -> None:
     assert len(quoted) == 3
     for block in quoted:
         assert block in source, block
+
+
+async def test_the_load_script_counts_every_delivery(tmp_path: Path) -> None:
+    async with liveroom(tmp_path) as (_, push_url, gates):
+        figures = await load.main(
+            20, gates=gates, push_url=push_url, token=TOKEN, posts=5, rate=20, show_progress=False
+        )
+    assert figures["gates_reached"] == 2
+    assert (figures["expected"], figures["delivered"]) == (100, 100)
+    assert 0 < figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"]
+    assert figures["deliveries_per_s"] > 0
+
+
+async def test_the_launcher_starts_the_room_prints_its_urls_and_stops_it(tmp_path: Path) -> None:
+    base = launcher_base_port()
+    log = tmp_path / "launcher.log"
+    with log.open("wb") as out:
+        launcher = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "examples.liveroom", "--base-port", str(base), "--token", TOKEN],
+            cwd=ROOT,
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        with trio.fail_after(30):
+            while True:
+                printed = log.read_text(errors="replace")
+                if "Ctrl-C stops it" in printed:
+                    break
+                await trio.sleep(0.1)
+        for port in (base + 3, base + 5):
+            assert f"viewer page (gate {1 if port == base + 3 else 2}): http://127.0.0.1:{port}/" in printed
+        assert f"curl -X POST http://127.0.0.1:{base + 1}/v1/push" in printed
+        async with open_viewer(f"ws://127.0.0.1:{base + 5}/") as viewer, httpx.AsyncClient(timeout=10) as http:
+            await join(viewer, "viewer")
+            with trio.fail_after(30):  # the gates may still be registering with the logic node
+                while True:
+                    message = {"name": "ops", "text": "launched"}
+                    response = await http.post(
+                        f"http://127.0.0.1:{base + 1}/v1/push",
+                        json={"route": "onComment", "message": message, "group": "room"},
+                        headers=AUTH,
+                    )
+                    if response.json() == {"gates": 2}:
+                        break
+                    await trio.sleep(0.2)
+                while (await viewer.receive_push("onComment")) != message:
+                    pass
+    finally:
+        launcher.send_signal(signal.SIGTERM)
+        with trio.move_on_after(20):
+            await launcher.wait()
+        if launcher.returncode is None:
+            launcher.kill()
+    assert launcher.returncode == 0
+    # its nodes are gone with it: nothing listens on their ports (TIME_WAIT aside)
+    for port in range(base, base + 6):
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))
+
+
+def launcher_base_port() -> int:
+    """A base port with the 6 ports after it free (the launcher's fixed layout)."""
+    for _ in range(50):
+        base = random.randrange(20_000, 30_000)
+        try:
+            for port in range(base, base + 6):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no 6 free ports in a row")
