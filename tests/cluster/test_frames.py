@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from trionano.cluster import _frames as frames
 from trionano.cluster._generated.trionano import cluster as streampb
+from trionano.cluster._generated.trionano import push as pushpb
 
 sid = st.integers(-(2**63), 2**63 - 1)
 uint64 = st.integers(0, 2**64 - 1)
@@ -23,7 +24,14 @@ frame = st.one_of(
     st.builds(frames.SessionClosed, sid),
     st.builds(frames.CloseSession, sid),
     st.builds(frames.Error, sid, uint64, st.integers(0, 2**32 - 1), text),
-    st.builds(frames.GroupPush, st.lists(sid, max_size=5).map(tuple), text, data),
+    st.builds(
+        lambda origin, route, body: frames.PushBatch(
+            bytes(pushpb.PushBatch(origin=origin, items=[pushpb.PushItem(route=route, data=body, everyone=True)]))
+        ),
+        text,
+        text,
+        data,
+    ),
 )
 
 _FIELD = {
@@ -34,17 +42,16 @@ _FIELD = {
     frames.SessionClosed: "session_closed",
     frames.CloseSession: "close_session",
     frames.Error: "error",
-    frames.GroupPush: "group_push",
+    frames.PushBatch: "push_batch",
 }
 
 
 def generated(item: frames.Frame) -> streampb.Frame:
     """The same frame as a betterproto message."""
+    if isinstance(item, frames.PushBatch):
+        return streampb.Frame(push_batch=pushpb.PushBatch().parse(item.data))
     message_class = getattr(streampb, type(item).__name__)
-    values = list(item)
-    if isinstance(item, frames.GroupPush):
-        values[0] = list(item.sids)
-    return streampb.Frame(**{_FIELD[type(item)]: message_class(*values)})
+    return streampb.Frame(**{_FIELD[type(item)]: message_class(*item)})
 
 
 @given(st.lists(frame, max_size=6))

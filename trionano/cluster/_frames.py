@@ -20,9 +20,9 @@ __all__ = [
     "Error",
     "Frame",
     "FrameError",
-    "GroupPush",
     "Notify",
     "Push",
+    "PushBatch",
     "Request",
     "Response",
     "SessionClosed",
@@ -78,15 +78,13 @@ class Error(NamedTuple):
     message: str
 
 
-class GroupPush(NamedTuple):
-    """Reserved for cluster-wide group pushes: one body for several client sessions."""
+class PushBatch(NamedTuple):
+    """Cluster-wide pushes: an encoded ``trionano.push.PushBatch`` (:mod:`._push` reads it)."""
 
-    sids: tuple[int, ...]
-    route: str
     data: bytes
 
 
-Frame: TypeAlias = Request | Notify | Response | Push | SessionClosed | CloseSession | Error | GroupPush
+Frame: TypeAlias = Request | Notify | Response | Push | SessionClosed | CloseSession | Error | PushBatch
 
 _KIND: Final = {
     Request: 1,
@@ -96,7 +94,7 @@ _KIND: Final = {
     SessionClosed: 5,
     CloseSession: 6,
     Error: 7,
-    GroupPush: 8,
+    PushBatch: 8,
 }
 _SFIXED64: Final = struct.Struct("<q")
 _pack_q = _SFIXED64.pack
@@ -159,8 +157,7 @@ def encode_frame(frame: Frame) -> bytes:
             )
         )
     else:
-        packed = b"".join(_pack_q(s) for s in frame.sids)
-        inner = b"".join((_len(b"\x0a", packed), _str(b"\x12", frame.route), _len(b"\x1a", frame.data)))
+        inner = frame.data
     kind = type(frame)
     field = _SMALL[(_KIND[kind] << 3) | 2]
     frame_bytes = field + _varint(len(inner)) + inner
@@ -274,12 +271,7 @@ def _decode_frame(kind: int, buf: bytes, pos: int, end: int) -> Frame | None:
         _, sid, mid, status, message = _fields(buf, pos, end, 4)
         return Error(_as_int(sid), _as_int(mid), _as_int(status), _as_str(message))
     if kind == 8:
-        _, packed, route, data = _fields(buf, pos, end, 3)
-        raw = _as_bytes(packed)
-        if len(raw) % 8:
-            raise FrameError("packed sfixed64 of a length not a multiple of 8")
-        sids = tuple(_unpack_q(raw, i)[0] for i in range(0, len(raw), 8))
-        return GroupPush(sids, _as_str(route), _as_bytes(data))
+        return PushBatch(buf[pos:end])
     return None  # a kind this node does not know (a newer peer's): skipped
 
 

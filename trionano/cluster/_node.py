@@ -142,12 +142,14 @@ class Node:
             components, server_config, session_ids=SessionIds(config.node_id), remote=self._gate
         )
         self._gate.attach(self.server)
-        self._push = PushHub(self.address, self.membership, self._peers, self._tasks, bound=config.max_pending_pushes)
+        self._push = PushHub(
+            self.address, self.membership, self._peers, self._links, self._tasks, bound=config.max_pending_pushes
+        )
         self._push.attach(self.server)
         self._remote = RemoteSessions(
             self.server, self._peers, self._links, self._tasks, counters=self._counters, log=self._log
         )
-        self._receiver = FrameReceiver(self._gate, self._remote, self._log)
+        self._receiver = FrameReceiver(self._gate, self._remote, self._push, self._log)
         self._registry = (
             Registry(
                 self.membership,

@@ -1,6 +1,7 @@
 """Where the frames that come in over a node's streams go (Trio side): requests, notifies and
 session ends to the stand-ins (:mod:`._remote`), replies and pushes for this node's clients to
-the gate (:mod:`._gate`). One batch at a time, in order, per stream."""
+the gate (:mod:`._gate`), cluster-wide pushes to the push hub (:mod:`._push`). One batch at a
+time, in order, per stream."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from .._log import RateLimitedLog
 from . import _frames as frames
 from ._gate import Gate
 from ._links import Link
+from ._push import PushHub
 from ._remote import RemoteSessions
 
 __all__ = ["FrameReceiver"]
@@ -20,9 +22,10 @@ _logger = logging.getLogger("trionano.cluster")
 class FrameReceiver:
     """The node's :class:`~._links.Receiver`."""
 
-    def __init__(self, gate: Gate, remote: RemoteSessions, log: RateLimitedLog) -> None:
+    def __init__(self, gate: Gate, remote: RemoteSessions, push: PushHub, log: RateLimitedLog) -> None:
         self._gate = gate
         self._remote = remote
+        self._push = push
         self._log = log
 
     async def receive(self, link: Link, batch: list[frames.Frame]) -> None:
@@ -44,9 +47,8 @@ class FrameReceiver:
                         gate.on_close_session(sid)
                     case frames.Error():
                         gate.on_error(frame)
-                    case frames.GroupPush(sids, route, data):
-                        for sid in sids:
-                            gate.on_push(sid, route, data)
+                    case frames.PushBatch(data):
+                        await self._push.on_push_batch(data)
             except Exception:  # a bug here must not end the stream for everyone else
                 self._log.error("frame", "frame %s from %s failed", type(frame).__name__, link.peer, exc_info=True)
 

@@ -10,7 +10,7 @@ responses and close go back to the gate in order, through its own outbox and sen
 from __future__ import annotations
 
 import logging
-from typing import TypeAlias
+from typing import Final, TypeAlias
 
 import trio
 
@@ -29,6 +29,7 @@ from ._tasks import Tasks
 __all__ = ["Outbound", "RemoteEntity", "RemoteSessions"]
 
 _logger = logging.getLogger("trionano.cluster")
+_MAX_ENDED: Final = 8192
 
 
 #: what a stand-in sends its client's gate, in order: frames of the fast path, or (to a peer
@@ -163,6 +164,10 @@ class RemoteSessions:
         self._counters = counters
         self._log = log
         self._sessions: dict[tuple[str, int], Session] = {}
+        # the latest sessions announced ended (ids are unique across the cluster): a message for
+        # one that comes later, relayed by another node (gate -> master -> here), makes no
+        # stand-in that nothing would ever end
+        self._ended: dict[int, None] = {}
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -202,6 +207,10 @@ class RemoteSessions:
             self._log.warning("notify", "Notify %s from %s refused: %r", client_text(route), link.peer, exc)
 
     def on_session_closed(self, sid: int) -> None:
+        ended = self._ended
+        ended[sid] = None
+        if len(ended) > _MAX_ENDED:
+            del ended[next(iter(ended))]
         for key in [key for key in self._sessions if key[1] == sid]:
             self._end(key)
 
@@ -212,6 +221,9 @@ class RemoteSessions:
         handler's lane is full."""
         if not self._server.router.hosts(message.route):
             raise NotFound(f"service not found in current node: {message.route}")
+        if sid in self._ended and (gate, sid) not in self._sessions:
+            _logger.debug("session %s#%d has ended: %s dropped", gate, sid, message.route)
+            return
         pending = self._server.router.dispatch(self._session(gate, sid), message)
         if pending is not None:
             lane, task = pending

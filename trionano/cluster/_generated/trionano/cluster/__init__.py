@@ -19,6 +19,8 @@ import betterproto
 import grpclib
 from betterproto.grpc.grpclib_server import ServiceBase
 
+from .. import push as _push__
+
 if TYPE_CHECKING:
     import grpclib.server
     from betterproto.grpc.grpclib_client import MetadataLike
@@ -99,18 +101,6 @@ class Error(betterproto.Message):
 
 
 @dataclass(eq=False, repr=False)
-class GroupPush(betterproto.Message):
-    """
-    Reserved for a cluster-wide group push (proto/push.proto's unary service carries it
-     otherwise): one body for several of the receiver's client sessions.
-    """
-
-    session_ids: List[int] = betterproto.sfixed64_field(1)
-    route: str = betterproto.string_field(2)
-    data: bytes = betterproto.bytes_field(3)
-
-
-@dataclass(eq=False, repr=False)
 class Frame(betterproto.Message):
     request: "Request" = betterproto.message_field(1, group="kind")
     notify: "Notify" = betterproto.message_field(2, group="kind")
@@ -119,7 +109,7 @@ class Frame(betterproto.Message):
     session_closed: "SessionClosed" = betterproto.message_field(5, group="kind")
     close_session: "CloseSession" = betterproto.message_field(6, group="kind")
     error: "Error" = betterproto.message_field(7, group="kind")
-    group_push: "GroupPush" = betterproto.message_field(8, group="kind")
+    push_batch: "_push__.PushBatch" = betterproto.message_field(8, group="kind")
 
 
 @dataclass(eq=False, repr=False)
