@@ -129,3 +129,48 @@ def test_a_node_without_the_stream_is_spoken_to_in_nanos_unary_calls(
     assert unary_calls(backend, "HandleResponse") == 3
     assert unary_calls(backend, "HandlePush") == 3
     assert caplog.text.count("has no stream service") == 1  # remembered for that peer
+
+
+class Room(Component):
+    """``room.join``: joins the cluster-wide group "room" on this gate."""
+
+    def __init__(self) -> None:
+        self.node: Node | None = None
+
+    def join(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
+        assert self.node is not None
+        self.node.group("room").add(session)
+        return {}
+
+
+def test_cluster_pushes_ride_the_stream_once_the_gate_has_answered() -> None:
+    """The first batch of pushes to a gate is nano-style unary (``Push/Deliver``: it answers
+    whether it is a gate); then they go as frames on the stream, in order."""
+    logic_address, gate_address = free_address(), free_address()
+    logic = Node(Components(), ClusterConfig(service_address=logic_address, is_master=True), Config(heartbeat=0))
+    room = Room()
+    components = Components()
+    components.register(room, name="room")
+    gate = Node(components, ClusterConfig(service_address=gate_address, master_address=logic_address), Config())
+    room.node = gate
+    seen: dict[str, Any] = {}
+
+    async def main(bridge: Bridge) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(functools.partial(logic.run, bridge))
+            (port,) = await nursery.start(functools.partial(gate.run, bridge, TCPEndpoint("127.0.0.1", 0)))
+            async with open_client("127.0.0.1", port) as client:
+                await client.request("room.join", {})
+                with trio.fail_after(10):
+                    seen["pushes"] = []
+                    for n in range(4):
+                        logic.group("room").broadcast("onNews", {"n": n})
+                        seen["pushes"].append(await client.receive_push("onNews"))
+            seen["gate"] = gate.statistics()
+            gate.server.shutdown()
+            logic.server.shutdown()
+
+    run(main)
+    assert seen["pushes"] == [{"n": n} for n in range(4)]
+    assert unary_calls(logic, "Deliver") == 1
+    assert seen["gate"].frames_in == 3
