@@ -310,12 +310,14 @@ class Gate:
             timeout = item.deadline - trio.current_time()
             if timeout <= 0:
                 raise DeadlineExceeded("it waited for the session's earlier messages past its deadline")
-            link = await self._links.open(item.member, timeout)
-            if link is not None:
-                timeout = item.deadline - trio.current_time()
+
+            def then(link: Link) -> None:  # sessions waiting for the same new stream: in order
+                remaining = item.deadline - trio.current_time()
                 self._stream(
-                    link, session, forwarder, item.member, item.service, item.route, item.mid, item.body, timeout
+                    link, session, forwarder, item.member, item.service, item.route, item.mid, item.body, remaining
                 )
+
+            if await self._links.open(item.member, timeout, then) is not None:
                 return
             peer = self._peers[item.member]
             gate, sid = forwarder.gate, forwarder.sid

@@ -182,6 +182,8 @@ class Links:
         self._links: dict[str, Link] = {}
         self._unary: set[str] = set()
         self._dialing: dict[str, trio.Event] = {}
+        # per peer being dialed: what waits to go out on the stream, in the order it came
+        self._first: dict[str, list[_Then]] = {}
         self._failures: dict[str, ClusterError] = {}
         self.counts = StreamCounts()
 
@@ -197,15 +199,20 @@ class Links:
     def speaks_unary(self, peer: str) -> bool:
         return not self.enabled or peer in self._unary
 
-    async def open(self, peer: str, seconds: float) -> Link | None:
+    async def open(self, peer: str, seconds: float, then: Callable[[Link], None] | None = None) -> Link | None:
         """The live link to ``peer``, opening one if needed (within ``seconds``); None when
-        ``peer`` speaks only nano's unary methods. Raises Unavailable (the stream could not
-        be opened), DeadlineExceeded, NodeStopping."""
+        ``peer`` speaks only nano's unary methods. ``then(link)`` (synchronous) is called
+        with the link before this returns it: callers that wait for the same new stream get
+        their ``then`` called in the order they called :meth:`open` (Trio wakes waiters in no
+        set order), so what several sessions send keeps its order across them. Raises
+        Unavailable (the stream could not be opened), DeadlineExceeded, NodeStopping."""
         for _ in range(2):  # a stream that ends at once is tried once more
             if self.speaks_unary(peer):
                 return None
             link = self.current(peer)
             if link is not None:
+                if then is not None:
+                    then(link)
                 return link
             dialing = self._dialing.get(peer)
             if dialing is None:
@@ -214,8 +221,15 @@ class Links:
                 if not self._tasks.start(self._dial, peer, dialing):
                     del self._dialing[peer]
                     raise NodeStopping("this node is stopping")
-            with trio.move_on_after(seconds) as scope:
-                await dialing.wait()
+            waiting = _Then(then)
+            self._first.setdefault(peer, []).append(waiting)
+            try:
+                with trio.move_on_after(seconds) as scope:
+                    await dialing.wait()
+            finally:
+                waiting.cancelled = True  # not called after this
+            if waiting.called:
+                return self._links.get(peer)
             if scope.cancelled_caught:
                 raise DeadlineExceeded(f"no stream to {peer} within {seconds:g}s")
             failure = self._failures.get(peer)
@@ -274,9 +288,11 @@ class Links:
         finally:
             if self._dialing.get(peer) is dialing:
                 del self._dialing[peer]
+                self._first.pop(peer, None)  # unary, or failed: the waiters go on without a link
             dialing.set()
 
     def _failed(self, peer: str, error: ClusterError) -> None:
+        self._first.pop(peer, None)
         self._failures[peer] = error
         _logger.debug("stream to %s ended: %r", peer, error)
 
@@ -284,6 +300,8 @@ class Links:
         if link.alive:
             self._register(link)
             _logger.info("stream to %s up", link.peer)
+            for waiting in self._first.pop(link.peer, []):
+                waiting.call(link)
         if self._dialing.get(link.peer) is dialing:
             del self._dialing[link.peer]
         dialing.set()
@@ -347,6 +365,24 @@ class Links:
             if error is None:
                 raise
             _logger.debug("stream from %s ended: %r", peer, error)  # the peer went away: normal
+
+
+class _Then:
+    """A caller of :meth:`Links.open` waiting for a new stream, and what it sends first."""
+
+    __slots__ = ("call_with", "called", "cancelled")
+
+    def __init__(self, call_with: Callable[[Link], None] | None) -> None:
+        self.call_with = call_with
+        self.called = False
+        self.cancelled = False
+
+    def call(self, link: Link) -> None:
+        if self.cancelled:
+            return
+        self.called = True
+        if self.call_with is not None:
+            self.call_with(link)
 
 
 class StreamService:
