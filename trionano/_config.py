@@ -116,7 +116,7 @@ class Config:
     expose_errors: bool = False
     pomelo_handshake: bool = False
     timer_precision: float = attrs.field(default=1.0, validator=_precision)
-    scheduler_backlog: int = attrs.field(default=256, validator=attrs.validators.ge(1))
+    scheduler_backlog: int = attrs.field(default=4096, validator=attrs.validators.ge(1))
     read_size: int = attrs.field(default=65536, validator=attrs.validators.ge(1024))
     close_timeout: float = attrs.field(default=2.0, validator=_positive)
     shutdown_timeout: float = attrs.field(default=5.0, validator=_positive)
