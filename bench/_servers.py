@@ -198,7 +198,7 @@ async def serve_floor(websocket: bool = False) -> None:
     write first. Plain non-blocking sockets, an inline pomelo codec (packets, Request ids,
     uncompressed routes, Response packets), the same JSON echo handler, and nothing else: no
     heartbeats, limits, counters, pipelines or error boundary. ``websocket``: the same behind a
-    WebSocket upgrade, framed by wsproto (the engine trionano's server drives)."""
+    WebSocket upgrade, framed by websockets' sans-I/O engine (the one trionano's server drives)."""
     loads, dumps = _json()
     handlers: dict[str, Callable[[Any], Any]] = {"bench.echo": lambda msg: msg}
     to_scheduler, scheduled = trio.open_memory_channel[tuple[Any, int, str, bytes]](math.inf)
@@ -287,7 +287,7 @@ async def serve_floor(websocket: bool = False) -> None:
                     break
                 if ws is not None:
                     ws.receive_data(data)
-                    data = b"".join(bytes(event.data) for event in ws.events() if hasattr(event, "data"))
+                    data = b"".join(frame.data for frame in ws.events_received() if frame.opcode.value <= 2)
                 pending = decode(pending + data if pending else data, outbox_send)
             nursery.cancel_scope.cancel()
         trio.lowlevel.notify_closing(sock)
@@ -325,10 +325,10 @@ def _varint(n: int) -> bytes:
 
 
 async def _floor_upgrade(sock: socket.socket) -> tuple[Any, Callable[[bytes], bytes]]:
-    """Answer a WebSocket upgrade by hand; wsproto's framing from then on (its connection,
-    and a function framing one binary message)."""
-    from wsproto.connection import Connection, ConnectionType
-    from wsproto.events import BytesMessage
+    """Answer a WebSocket upgrade by hand; the framing of websockets' sans-I/O engine from
+    then on (the engine trionano drives): its protocol, and a function framing one binary
+    message."""
+    from websockets.protocol import Protocol, Side, State
 
     head = b""
     while b"\r\n\r\n" not in head:
@@ -342,8 +342,13 @@ async def _floor_upgrade(sock: socket.socket) -> tuple[Any, Callable[[bytes], by
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
     )
-    ws = Connection(ConnectionType.SERVER)
-    return ws, lambda data: ws.send(BytesMessage(data))
+    ws = Protocol(Side.SERVER, state=State.OPEN, max_size=1 << 20)
+
+    def frame(data: bytes) -> bytes:
+        ws.send_binary(data)
+        return b"".join(ws.data_to_send())
+
+    return ws, frame
 
 
 def main() -> None:
@@ -371,6 +376,19 @@ def main() -> None:
         serve_cluster_node(kind, parsed.listen, parsed.master)
         return
     os.environ.setdefault("PYTHONHASHSEED", "0")
+    if os.environ.get("BENCH_GC") == "off":
+        import gc
+
+        gc.disable()
+    elif os.environ.get("BENCH_GC") == "freeze":
+        import gc
+
+        gc.freeze()
+    elif os.environ.get("BENCH_GC") == "stats":
+        import atexit
+        import gc
+
+        atexit.register(lambda: print(gc.get_stats(), file=sys.stderr))
     if kind in ("trionano", "trionano-ws"):
         trio.run(serve_trionano, kind == "trionano-ws")
     elif kind == "trionano-defaults":

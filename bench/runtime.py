@@ -222,7 +222,7 @@ def b3(seconds: float, repeats: int) -> None:
     ]
     print(
         f"B3 request/response over WebSocket vs TCP: B1's load at 50 connections, {seconds:g} s per run;"
-        " baseline: trionano over TCP, same run (and the floor's shape over WebSocket, framed by wsproto)"
+        " baseline: trionano over TCP, same run (and the floor's shape over WebSocket, same engine)"
     )
     results: dict[str, list[dict[str, Any]]] = {}
     for run in range(repeats):

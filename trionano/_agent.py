@@ -472,9 +472,12 @@ class Agent:
     def send_response(self, session: Session, mid: int, body: bytes) -> bool:
         """Queue a Response to request ``mid``. Raises trio.BrokenResourceError once closed,
         MessageTooLarge."""
-        if self._not_working():
-            return False
+        # every request's answer comes here: _not_working's checks, folded into the encoding
+        if self.closed:
+            raise trio.BrokenResourceError("the session is closed")
         if self._config.pipeline.outbound:
+            if self._not_working():
+                return False
             refined = self._outbound(MessageType.RESPONSE, "", body, mid)
             if refined is None:
                 return False
@@ -482,10 +485,13 @@ class Agent:
         try:
             packet = self.conn.send_response(mid, body)
         except LocalProtocolError:
+            if self._not_working():  # not WORKING (yet, or any more): counted, not sent
+                return False
             raise self._too_large(body) from None
-        self._counters.encoded += 1
+        counters = self._counters
+        counters.encoded += 1
         if self._enqueue(packet, droppable=False):
-            self._counters.responses_out += 1
+            counters.responses_out += 1
             return True
         return False
 

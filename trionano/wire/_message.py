@@ -288,12 +288,12 @@ class MessageCodec:
             end = 3 + data[2]
             if end <= n:
                 try:
-                    route = data[3:end].decode()
+                    request_route = data[3:end].decode()
                 except UnicodeDecodeError:
                     raise RemoteProtocolError("wrong message: the route is not UTF-8") from None
                 request = _new_request(Request)
                 _set_request_id(request, data[1])
-                _set_request_route(request, route)
+                _set_request_route(request, request_route)
                 _set_request_body(request, data[end:])
                 return request
         mtype = flag >> 1 & 0x07
