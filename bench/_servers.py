@@ -77,6 +77,7 @@ async def serve_trionano(websocket: bool = False) -> None:
     endpoint = trionano.WebSocketEndpoint("127.0.0.1") if websocket else trionano.TCPEndpoint("127.0.0.1")
     async with trio.open_nursery() as nursery:
         (port,) = await nursery.start(server.serve, endpoint)
+        trionano.tune_gc()  # as trionano.run does
         print(port, flush=True)
         await wait_stdin_closed()
         server.shutdown()
@@ -298,6 +299,7 @@ async def serve_floor(websocket: bool = False) -> None:
     print(listener.getsockname()[1], flush=True)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(scheduler)
+        trionano.tune_gc()  # the same collector settings as the trionano server it is the floor of
 
         async def accept() -> None:
             while True:
@@ -376,19 +378,6 @@ def main() -> None:
         serve_cluster_node(kind, parsed.listen, parsed.master)
         return
     os.environ.setdefault("PYTHONHASHSEED", "0")
-    if os.environ.get("BENCH_GC") == "off":
-        import gc
-
-        gc.disable()
-    elif os.environ.get("BENCH_GC") == "freeze":
-        import gc
-
-        gc.freeze()
-    elif os.environ.get("BENCH_GC") == "stats":
-        import atexit
-        import gc
-
-        atexit.register(lambda: print(gc.get_stats(), file=sys.stderr))
     if kind in ("trionano", "trionano-ws"):
         trio.run(serve_trionano, kind == "trionano-ws")
     elif kind == "trionano-defaults":
