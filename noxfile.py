@@ -51,6 +51,7 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".[speedups]")
     session.run("python", "-m", "bench.wire")
     session.run("python", "-m", "bench.websocket")
+    session.run("python", "-m", "bench.profile")
     session.run("python", "-m", "bench.runtime", *session.posargs)
     session.run("python", "-m", "bench.hostile", *session.posargs)
 

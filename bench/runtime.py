@@ -158,16 +158,22 @@ def print_run(run: int, label: str, result: dict[str, Any]) -> None:
     )
 
 
-def print_figure(name: str, values: list[float], goal: str | None, unit: str = "") -> float:
-    """One figure: every run's value, the median, the goal and whether it is met."""
+def print_figure(
+    name: str, values: list[float], goal: str | None, unit: str = "", goals: list[str] | None = None
+) -> float:
+    """One figure: every run's value, the median, the goal and whether it is met (a figure
+    with a goal is also added to ``goals``, for the closing note)."""
     value = median(values)
     runs = ", ".join(f"{v:.2f}" for v in values)
     tail = f"   (goal {goal}: {verdict(value, goal)})" if goal else ""
-    print(f"  {name:<44} median {value:>7.2f}{unit}   runs {runs}{tail}")
+    line = f"  {name:<44} median {value:>7.2f}{unit}   runs {runs}{tail}"
+    print(line)
+    if goal and goals is not None:
+        goals.append(line)
     return value
 
 
-def b1(seconds: float, repeats: int, connection_counts: list[int]) -> None:
+def b1(seconds: float, repeats: int, connection_counts: list[int], goals: list[str]) -> None:
     """Request/response over TCP: trionano beside the minimal-shape floor (its baseline) and,
     where npm is available, pinus 1.7.4; interleaved runs, ratios from the same run."""
     peers = ["floor", "trionano"]
@@ -194,12 +200,12 @@ def b1(seconds: float, repeats: int, connection_counts: list[int]) -> None:
         for kind in peers:
             print_figure(f"{kind} CPU-us/req", cpu[kind], None)
         ratios = [t / f for t, f in zip(cpu["trionano"], cpu["floor"], strict=True)]
-        print_figure("trionano / floor CPU per request", ratios, "<= 1.15")
+        print_figure(f"@{connections}: trionano / floor CPU per request", ratios, "<= 1.15", goals=goals)
         if "pinus" in peers:
             rps = [t["rps"] / p["rps"] for t, p in zip(runs["trionano"], runs["pinus"], strict=True)]
-            print_figure("trionano / pinus throughput", rps, ">= 1.2")
+            print_figure(f"@{connections}: trionano / pinus throughput", rps, ">= 1.2", goals=goals)
             cpu_ratio = [t / p for t, p in zip(cpu["trionano"], cpu["pinus"], strict=True)]
-            print_figure("trionano / pinus CPU per request", cpu_ratio, "<= 0.8")
+            print_figure(f"@{connections}: trionano / pinus CPU per request", cpu_ratio, "<= 0.8", goals=goals)
     if len(connection_counts) > 1:
         low, high = min(connection_counts), max(connection_counts)
         print(f"  -- trionano at {high} connections against its own {low}")
@@ -207,13 +213,13 @@ def b1(seconds: float, repeats: int, connection_counts: list[int]) -> None:
             h["server_cpu_us"] / lo["server_cpu_us"]
             for h, lo in zip(results[(high, "trionano")], results[(low, "trionano")], strict=True)
         ]
-        print_figure(f"CPU per request @{high} / @{low}", growth, "<= 1.10")
+        print_figure(f"CPU per request @{high} / @{low}", growth, "<= 1.10", goals=goals)
     if "pinus" not in peers:
         print(f"  pinus skipped: {pinus.unavailable_reason()}")
     print()
 
 
-def b3(seconds: float, repeats: int) -> None:
+def b3(seconds: float, repeats: int, goals: list[str]) -> None:
     """B1 over WebSocket beside B1 over TCP (trionano both), and the WebSocket floor."""
     peers: list[tuple[str, str, list[str]]] = [
         ("trionano TCP", "trionano", ["--pomelo"]),
@@ -233,13 +239,15 @@ def b3(seconds: float, repeats: int) -> None:
     for label, _, _ in peers:
         print_figure(f"{label} CPU-us/req", [r["server_cpu_us"] for r in results[label]], None)
     tcp, ws = results["trionano TCP"], results["trionano WS"]
-    print_figure("WS / TCP throughput", [w["rps"] / t["rps"] for w, t in zip(ws, tcp, strict=True)], ">= 0.8")
+    throughput = [w["rps"] / t["rps"] for w, t in zip(ws, tcp, strict=True)]
+    print_figure("B3 WS / TCP throughput", throughput, ">= 0.8", goals=goals)
     print_figure(
-        "TCP / WS CPU per request",
+        "B3 TCP / WS CPU per request",
         [t["server_cpu_us"] / w["server_cpu_us"] for w, t in zip(ws, tcp, strict=True)],
         ">= 0.8",
+        goals=goals,
     )
-    print_figure("trionano WS CPU-us/req", [w["server_cpu_us"] for w in ws], "<= 100")
+    print_figure("B3 trionano WS CPU-us/req", [w["server_cpu_us"] for w in ws], "<= 100", goals=goals)
     floor = results["floor WS"]
     print_figure(
         "trionano WS / floor WS CPU per request",
@@ -295,7 +303,7 @@ def b12(seconds: float, repeats: int) -> None:
     )
 
 
-def b4(sizes: list[int], rounds: int, repeats: int) -> None:
+def b4(sizes: list[int], rounds: int, repeats: int, goals: list[str]) -> None:
     sys.path.insert(0, str(ROOT))
     from bench._servers import blast_packet
 
@@ -338,7 +346,7 @@ def b4(sizes: list[int], rounds: int, repeats: int) -> None:
             ratio = median(ratios)
             verdict = f"target >= 0.5: {'met' if ratio >= 0.5 else 'MISSED'}" if not paced else "worst case, no target"
             print(f"  {sessions:>6} sessions, {label:<25} median ratio {ratio:.2f}   ({verdict})")
-        print_figure(f"{sessions} sessions: broadcast WS / TCP per delivery", ws_ratios, ">= 0.5")
+        print_figure(f"{sessions} sessions: broadcast WS / TCP per delivery", ws_ratios, ">= 0.5", goals=goals)
     print()
 
 
@@ -376,16 +384,30 @@ def main() -> None:
     args = parser.parse_args()
     only = set(args.only or ["b1", "b3", "b4", "b8", "b12"])
     repeats = args.repeats
+    goals: list[str] = []
+    started = os.getloadavg()[0]
     if "b1" in only:
-        b1(2.0 if args.quick else 5.0, repeats, [50, 1000])
+        b1(2.0 if args.quick else 5.0, repeats, [50, 1000], goals)
     if "b3" in only:
-        b3(2.0 if args.quick else 5.0, repeats)
+        b3(2.0 if args.quick else 5.0, repeats, goals)
     if "b4" in only:
-        b4([1000] if args.quick else [1000, 10000], 50, repeats)
+        b4([1000] if args.quick else [1000, 10000], 50, repeats, goals)
     if "b12" in only:
         b12(2.0 if args.quick else 5.0, repeats)
     if "b8" in only:
         b8(2000 if args.quick else 10000)
+    if goals:
+        print(
+            f"Closing note (issue #10): medians of {repeats} interleaved runs, ratios from the same run; load"
+            f" average {started:.1f} at the start, {os.getloadavg()[0]:.1f} at the end on {os.cpu_count()} cores"
+            " (other work on the machine moves absolute figures: trust the ratios)."
+        )
+        for line in goals:
+            print(line)
+        print(
+            "  Where the rest goes: `python -m bench.profile` splits the synchronous path by layer (protocol,"
+            " router, handler + answer, channels); sockets, waits and Trio's task switches are the remainder.\n"
+        )
 
 
 if __name__ == "__main__":
