@@ -424,7 +424,7 @@ class Agent:
         closed, MessageTooLarge."""
         if self._not_working():
             return False
-        if self._config.pipeline.outbound:
+        if self._config.pipeline.outbound.funcs:
             refined = self._outbound(MessageType.PUSH, route, body)
             if refined is None:
                 return False
@@ -436,7 +436,7 @@ class Agent:
         it was queued. Raises trio.BrokenResourceError once closed, MessageTooLarge."""
         if self._not_working():
             return False
-        if self._config.pipeline.outbound:
+        if self._config.pipeline.outbound.funcs:
             refined = self._outbound(MessageType.PUSH, broadcast.route, broadcast.body)
             if refined is None:
                 return False
@@ -475,7 +475,7 @@ class Agent:
         # every request's answer comes here: _not_working's checks, folded into the encoding
         if self.closed:
             raise trio.BrokenResourceError("the session is closed")
-        if self._config.pipeline.outbound:
+        if self._config.pipeline.outbound.funcs:
             if self._not_working():
                 return False
             refined = self._outbound(MessageType.RESPONSE, "", body, mid)
