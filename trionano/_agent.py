@@ -196,7 +196,7 @@ class Agent:
         dispatch = self._router.dispatch
         session = self.session
         limiter = self._limiter
-        current_time = trio.current_time
+        current_time = trio.lowlevel.current_clock().current_time  # trio.current_time, two calls fewer
         handshake_scope = trio.CancelScope(deadline=current_time() + self._config.handshake_timeout)
         try:
             with handshake_scope:
