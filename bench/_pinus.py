@@ -29,7 +29,7 @@ __all__ = ["ROUTE", "available", "serve", "unavailable_reason"]
 APP: Final = Path(__file__).resolve().parent / "pinus"
 #: The echo handler's route (pomelo routes are serverType.handler.method).
 ROUTE: Final = "connector.benchHandler.echo"
-_START_TIMEOUT: Final = 60.0
+_START_TIMEOUT: Final = 30.0
 
 
 @cache
@@ -110,47 +110,61 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
 def serve(core: int | None = None) -> Iterator[tuple[int, list[int]]]:
     """Run the pinus app (master and connector, on ``core`` if given) until the block ends.
     Yields (the connector's client port, [master pid, connector pid]). Raises RuntimeError
-    when it is unavailable or does not start."""
+    when it is unavailable or does not start (three tries: a free port may be taken before
+    pinus binds it)."""
     reason = _install()
     if reason is not None:
         raise RuntimeError(f"pinus is unavailable: {reason}")
-    with tempfile.TemporaryDirectory(prefix="trionano-pinus-") as tmp:
-        base = Path(tmp)
-        client_port = _free_port()
-        _write_config(base, _free_port(), _free_port(), client_port)
-        env = {
-            **os.environ,
-            "TRIONANO_PINUS_BASE": str(base),
-            "NODE_OPTIONS": f"--require {APP / 'loopback.js'}",
-            "NODE_ENV": "production",
-        }
-        log = (base / "pinus.log").open("wb")
-        proc = subprocess.Popen(
-            ["node", str(APP / "app.js"), "env=production"],
-            cwd=APP,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            if core is not None and (os.cpu_count() or 1) > 1:
-                os.sched_setaffinity(proc.pid, {core})  # the connector it spawns inherits it
-            _wait_listening(client_port, proc)
-            pids = [proc.pid, *_children(proc.pid)]
-            if len(pids) < 2:
-                raise RuntimeError("pinus's connector process was not found")
-            yield client_port, pids
-        finally:
-            for pid in reversed([proc.pid, *_children(proc.pid)]):
+    for attempt in range(3):
+        with tempfile.TemporaryDirectory(prefix="trionano-pinus-") as tmp:
+            base = Path(tmp)
+            client_port = _free_port()
+            _write_config(base, _free_port(), _free_port(), client_port)
+            env = {
+                **os.environ,
+                "TRIONANO_PINUS_BASE": str(base),
+                "NODE_OPTIONS": f"--require {APP / 'loopback.js'}",
+                "NODE_ENV": "production",
+            }
+            log_path = base / "pinus.log"
+            with log_path.open("wb") as log:
+                proc = subprocess.Popen(
+                    ["node", str(APP / "app.js"), "env=production"],
+                    cwd=APP,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
                 try:
-                    os.kill(pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
+                    if core is not None and (os.cpu_count() or 1) > 1:
+                        os.sched_setaffinity(proc.pid, {core})  # the connector it spawns inherits it
+                    try:
+                        _wait_listening(client_port, proc)
+                    except RuntimeError as exc:
+                        if attempt == 2:
+                            tail = log_path.read_text(errors="replace")[-600:]
+                            raise RuntimeError(f"{exc}; its log ends:\n{tail}") from None
+                        continue
+                    pids = [proc.pid, *_children(proc.pid)]
+                    if len(pids) < 2:
+                        raise RuntimeError("pinus's connector process was not found")
+                    yield client_port, pids
+                    return
+                finally:
+                    _stop(proc)
+    raise AssertionError("unreachable")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    for pid in reversed([proc.pid, *_children(proc.pid)]):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
