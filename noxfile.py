@@ -50,6 +50,8 @@ def bench(session: nox.Session) -> None:
     """Benchmarks: figures as ratios against a same-run baseline. Never part of the tests."""
     session.install("-e", ".[speedups,examples]")
     session.run("python", "-m", "bench.wire")
+    session.run("python", "-m", "bench.websocket")
+    session.run("python", "-m", "bench.profile")
     session.run("python", "-m", "bench.runtime", *session.posargs)
     session.run("python", "-m", "bench.cluster", *session.posargs)
     session.run("python", "-m", "bench.hostile", *session.posargs)

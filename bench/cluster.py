@@ -277,7 +277,7 @@ def main() -> None:
     paced_parser.add_argument("--seconds", type=float, default=5.0)
     paced_parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--quick", action="store_true", help="2 s runs")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", "--repeats", type=int, default=3, help="runs (medians need >= 3)")
     parser.add_argument(
         "--profile", type=Path, help="run the gates and backends under cProfile, stats in this directory"
     )
