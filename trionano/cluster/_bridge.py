@@ -14,6 +14,7 @@ deadline's ``asyncio.TimeoutError`` comes out as the builtin ``TimeoutError``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar, TypeVarTuple
@@ -36,6 +37,52 @@ class Bridge:
         self.loop = loop
         self._token = token
         self._nursery = nursery
+        self._soon: list[Callable[[], object]] = []  # for Trio, from asyncio: run at its next tick
+
+    # -- asyncio -> Trio: one crossing per wake-up ------------------------------------------
+
+    def _cross(self, fn: Callable[[], object]) -> None:
+        """Queue ``fn`` (synchronous, never raises) for Trio; the first one queued since Trio
+        last ran them schedules the run, the others ride along (one crossing per wake-up of
+        the asyncio loop, however many calls and batches it brought). Raises RunFinishedError
+        once Trio has finished."""
+        soon = self._soon
+        soon.append(fn)
+        if len(soon) == 1:
+            try:
+                self._token.run_sync_soon(self._run_soon)
+            except trio.RunFinishedError:
+                soon.clear()
+                raise
+
+    def _run_soon(self) -> None:
+        soon, self._soon = self._soon, []
+        for fn in soon:
+            fn()
+
+    async def call_soon(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
+        """From asyncio (a grpclib handler): call ``fn(*args)`` (synchronous) in Trio's context
+        at its next tick and return its result: no Trio task, and one crossing for all the
+        calls of a wake-up. Raises what ``fn`` raises; NodeStopping once Trio is winding down.
+        Cancelling the asyncio side before ``fn`` runs drops the call."""
+        future: asyncio.Future[T] = self.loop.create_future()
+
+        def call() -> None:
+            if future.cancelled():
+                return
+            if self._nursery.cancel_scope.cancel_called:
+                future.set_exception(NodeStopping("this node is stopping"))
+                return
+            try:
+                future.set_result(fn(*args))
+            except Exception as exc:
+                future.set_exception(exc)
+
+        try:
+            self._cross(call)
+        except trio.RunFinishedError as exc:
+            raise NodeStopping("this node has stopped") from exc
+        return await future
 
     async def to_asyncio(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """From Trio: run ``make()`` as an asyncio task and wait for it. Cancelling the Trio
@@ -43,7 +90,7 @@ class Bridge:
         NodeStopping when the asyncio side cancelled it (the loop is stopping)."""
         task = self.loop.create_task(make())
         done = trio.Event()
-        task.add_done_callback(lambda _: self._token.run_sync_soon(done.set))
+        task.add_done_callback(lambda _: self._done(done))
         try:
             await done.wait()
         except trio.Cancelled:
@@ -56,12 +103,18 @@ class Bridge:
         except asyncio.CancelledError as exc:
             raise NodeStopping("the call was cancelled: the node is stopping") from exc
 
+    def _done(self, done: trio.Event) -> None:
+        try:
+            self._cross(done.set)
+        except trio.RunFinishedError:
+            pass
+
     def to_trio_nowait(self, fn: Callable[[*Ts], object], *args: *Ts) -> None:
         """From asyncio: call ``fn(*args)`` soon in Trio's context (synchronous, no task: the
         cheapest crossing; the fast path's one per batch). ``fn`` must not raise. Dropped
         once Trio has finished."""
         try:
-            self._token.run_sync_soon(fn, *args)
+            self._cross(functools.partial(fn, *args))
         except trio.RunFinishedError:
             pass
 
@@ -90,7 +143,7 @@ class Bridge:
                 future.set_exception(NodeStopping("this node is stopping"))
 
         try:
-            self._token.run_sync_soon(start)
+            self._cross(start)
         except trio.RunFinishedError as exc:
             raise NodeStopping("this node has stopped") from exc
         try:
