@@ -153,8 +153,17 @@ class Bridge:
             raise
 
 
-def run(main: Callable[[Bridge], Awaitable[None]], *, on_signal: Callable[[], None] | None = None) -> None:
+def run(
+    main: Callable[[Bridge], Awaitable[None]],
+    *,
+    on_signal: Callable[[], None] | None = None,
+    guest_thread: bool = False,
+) -> None:
     """Run ``main(bridge)`` in Trio hosted on a fresh asyncio loop, until it returns.
+
+    An idle Trio waits on asyncio's own selector (see :func:`_first_tick`);
+    ``guest_thread`` True keeps Trio's stock guest mode (its waits in a worker thread), for
+    comparison (``python -m bench.cluster crossing``).
 
     SIGINT/SIGTERM call ``on_signal()`` in Trio (a graceful stop) when given; a second signal,
     or any signal without it, cancels Trio's root scope and waits for it to unwind. Raises what
@@ -193,7 +202,7 @@ def run(main: Callable[[Bridge], Awaitable[None]], *, on_signal: Callable[[], No
         trio.lowlevel.start_guest_run(
             trio_main,
             run_sync_soon_threadsafe=loop.call_soon_threadsafe,
-            run_sync_soon_not_threadsafe=_first_tick(loop),
+            run_sync_soon_not_threadsafe=loop.call_soon if guest_thread else _first_tick(loop),
             done_callback=done,
             host_uses_signal_set_wakeup_fd=True,  # asyncio owns the wakeup fd (its signal handlers)
         )
