@@ -14,6 +14,11 @@ and its ratio to local, p50/p99, CPU per forwarded request on the gate and on th
 
 Targets (issue #11): stream >= 0.3 of local (stretch 0.5), p99 < 10 ms at half load; unary >= 0.1.
 
+The local server also takes the open-loop load at the stream path's half rate (what the
+machine itself adds to the tail, same run), and each run prints the load average (the bench
+machine's 2 cores are shared). ``python -m bench.cluster crossing``: the bridge's crossing
+micro-bench (asyncio -> idle Trio -> asyncio, guest mode's thread against the selector wait).
+
 Run: ``nox -s bench`` or ``python -m bench.cluster [--quick] [--runs N]``. ``--profile DIR``
 runs the gate and backend under cProfile (their stats in DIR/{gate,backend}-{path}.prof).
 """
@@ -334,11 +339,12 @@ def node(role: str, listen: str, master: str, unary: bool) -> None:
     async def main(bridge: Bridge) -> None:
         async with trio.open_nursery() as nursery:
             ports = await nursery.start(functools.partial(cluster_node.run, bridge, *endpoints))
+            trionano.tune_gc()  # as trionano.run, trionano.cluster.run_node and the local server do
             print(ports[0] if ports else 0, flush=True)
             await trio.to_thread.run_sync(sys.stdin.read)
             cluster_node.server.shutdown()
 
-    run(main)
+    run(main, guest_thread=os.environ.get("B12_GUEST_THREAD") == "1")
 
 
 def main() -> None:
