@@ -18,6 +18,7 @@ The local server also takes the open-loop load at the stream path's half rate (w
 machine itself adds to the tail, same run), and each run prints the load average (the bench
 machine's 2 cores are shared). ``python -m bench.cluster crossing``: the bridge's crossing
 micro-bench (asyncio -> idle Trio -> asyncio, guest mode's thread against the selector wait).
+``B12_GUEST_THREAD=1`` in the environment runs B12's nodes in Trio's stock guest mode (A/B).
 
 Run: ``nox -s bench`` or ``python -m bench.cluster [--quick] [--runs N]``. ``--profile DIR``
 runs the gate and backend under cProfile (their stats in DIR/{gate,backend}-{path}.prof).
