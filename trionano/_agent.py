@@ -24,6 +24,7 @@ session is kicked "slow consumer" (or, under the drop policy, a Push is dropped)
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from typing import Final
@@ -69,6 +70,7 @@ MAX_WRITE: Final = 256 * 1024
 EVENTS_PER_WAKEUP: Final = 64
 _HEARTBEAT: Final = Heartbeat()
 _WORKING: Final = State.WORKING
+_NEVER: Final = math.inf  # no queued packet has asked for a merge window
 
 
 class Agent:
@@ -82,6 +84,7 @@ class Agent:
         "_counters",
         "_final",
         "_finished",
+        "_flush_at",
         "_limiter",
         "_log",
         "_max_bytes",
@@ -96,6 +99,8 @@ class Agent:
         "_soft_bytes",
         "_soft_limit",
         "_stream",
+        "_window",
+        "_window_scope",
         "_write_started",
         "_writer_scope",
         "_writing",
@@ -143,6 +148,10 @@ class Agent:
         self._finished = False  # the closing sequence has begun
         self._reader_scope = trio.CancelScope()
         self._writer_scope = trio.CancelScope()
+        # merge window (Config.merge_window): the writer holds a write until _flush_at
+        self._window = config.merge_window or 0.0  # what a Push asks for
+        self._flush_at = _NEVER  # the earliest deadline the packets queued since the last write asked for
+        self._window_scope: trio.CancelScope | None = None  # the writer holding, to wake sooner
         self.session: Final = make_session(self)
 
     def __repr__(self) -> str:
@@ -307,6 +316,10 @@ class Agent:
                             break
                         self._queued -= 1
                         self._queued_bytes -= len(data)
+                        if self._flush_at != _NEVER:  # a merge window was asked for
+                            if self._flush_at > trio.current_time():
+                                await self._hold()
+                            self._flush_at = _NEVER
                     size = len(data)
                     parts: list[bytes] | None = None
                     while True:  # join what is queued, never past MAX_WRITE
@@ -325,9 +338,11 @@ class Agent:
                         size += len(more)
                     self._writing = True
                     self._write_started = trio.current_time()
+                    self._counters.writes += 1
                     await write(b"".join(parts) if parts is not None else data)
                     self._writing = False
                 if self._final is not None:
+                    self._counters.writes += 1
                     await write(self._final)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the peer is gone
@@ -336,10 +351,37 @@ class Agent:
             self.closed = True
             agent_scope.cancel()
 
+    # -- merge window ------------------------------------------------------------------------
+
+    async def _hold(self) -> None:
+        """Hold the write until ``_flush_at`` (the merge window), or until a packet that must
+        not wait (a Response, heartbeat, Kick), a full write's worth or a close ends it."""
+        with trio.CancelScope(deadline=self._flush_at) as scope:
+            self._window_scope = scope
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._window_scope = None
+
+    def _ask_flush(self, window: float) -> None:
+        """The packet just queued must be written within ``window`` seconds (0: at once, with
+        everything queued before it). The earliest deadline asked since the last write wins,
+        so no packet waits past its own window; packets queued before any window was asked
+        for (``_flush_at`` still ``_NEVER`` with others queued) were not to wait either."""
+        if not window or self._queued_bytes >= MAX_WRITE or (self._flush_at == _NEVER and self._queued > 1):
+            at = -_NEVER
+        else:
+            at = trio.current_time() + window
+        if at < self._flush_at:
+            self._flush_at = at
+            if self._window_scope is not None:
+                self._window_scope.deadline = at
+
     # -- sending (the NetworkEntity protocol) -----------------------------------------------
 
-    def _enqueue(self, packet: bytes, *, droppable: bool = True) -> bool:
-        """Queue ``packet`` for the writer. A Push (``droppable``) meets the slow-consumer
+    def _enqueue(self, packet: bytes, *, droppable: bool = True, window: float = 0.0) -> bool:
+        """Queue ``packet`` for the writer, to be written within ``window`` seconds (the merge
+        window; 0: at once). A Push (``droppable``) meets the slow-consumer
         policy when the client does not read (see the module docstring); anything meets it
         past ``max_outbox_bytes``. Returns whether it was queued."""
         if self._queued >= self._soft_limit or self._queued_bytes >= self._soft_bytes:
@@ -354,6 +396,8 @@ class Agent:
             return False
         self._queued += 1
         self._queued_bytes += len(packet)
+        if window or self._flush_at != _NEVER:
+            self._ask_flush(window)
         return True
 
     def _slow_consumer(self, droppable: bool) -> bool:
@@ -406,19 +450,20 @@ class Agent:
             if refined is None:
                 return False
             body = refined
-        return self._push_now(route, body)
+        return self._push_now(route, body, self._window)
 
     def send_broadcast(self, session: Session, broadcast: Broadcast) -> bool:
         """Queue one Push of a broadcast, encoded once per codec and shared. Returns whether
         it was queued. Raises trio.BrokenResourceError once closed, MessageTooLarge."""
         if self._not_working():
             return False
+        window = self._window if broadcast.merge_window is None else broadcast.merge_window
         if self._config.pipeline.outbound:
             refined = self._outbound(MessageType.PUSH, broadcast.route, broadcast.body)
             if refined is None:
                 return False
             if refined is not broadcast.body:  # rewritten for this session: its own encoding
-                return self._push_now(broadcast.route, refined)
+                return self._push_now(broadcast.route, refined, window)
         if broadcast.encoder is not self._codec:
             try:
                 broadcast.packet = self.conn.send_push(broadcast.route, broadcast.body)
@@ -426,22 +471,22 @@ class Agent:
                 raise self._too_large(broadcast.body) from None
             broadcast.encoder = self._codec
             self._counters.encoded += 1
-            return self._enqueue_push(broadcast.packet)
-        if self._enqueue(self.conn.send_encoded(broadcast.packet)):  # _enqueue_push, inlined: a broadcast's loop
+            return self._enqueue_push(broadcast.packet, window)
+        if self._enqueue(self.conn.send_encoded(broadcast.packet), window=window):  # _enqueue_push, inlined
             self._counters.pushes_out += 1
             return True
         return False
 
-    def _push_now(self, route: str, body: bytes) -> bool:
+    def _push_now(self, route: str, body: bytes, window: float) -> bool:
         try:
             packet = self.conn.send_push(route, body)
         except LocalProtocolError:
             raise self._too_large(body) from None
         self._counters.encoded += 1
-        return self._enqueue_push(packet)
+        return self._enqueue_push(packet, window)
 
-    def _enqueue_push(self, packet: bytes) -> bool:
-        if self._enqueue(packet):
+    def _enqueue_push(self, packet: bytes, window: float) -> bool:
+        if self._enqueue(packet, window=window):
             self._counters.pushes_out += 1
             return True
         return False
@@ -517,6 +562,7 @@ class Agent:
         self.closed = True
         self._final = final
         self._send.close()
+        self._ask_flush(0.0)  # a writer holding a merge window writes what is queued now
         if discard:
             while True:
                 try:

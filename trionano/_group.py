@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import trio
 
+from ._config import MAX_MERGE_WINDOW
 from ._errors import GroupError
 from ._session import Broadcast, Session
 
@@ -32,8 +33,11 @@ class Group:
     Error handling: GroupError with nano's texts; see each method.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, merge_window: float | None = None) -> None:
+        if merge_window is not None and not 0 <= merge_window <= MAX_MERGE_WINDOW:
+            raise ValueError(f"merge_window must be None or 0..{MAX_MERGE_WINDOW} seconds, not {merge_window!r}")
         self.name = name
+        self._merge_window = merge_window
         self._members: dict[int, Session] = {}
         self._closed = False
 
@@ -43,6 +47,14 @@ class Group:
     def _check_open(self) -> None:
         if self._closed:
             raise GroupError(ERR_CLOSED_GROUP)
+
+    @property
+    def merge_window(self) -> float | None:
+        """The merge window (seconds) of this group's broadcasts: each member's writer may
+        hold one that long to merge it with what follows (``Config.merge_window``, which
+        applies when this is None; 0: never held). A connection holds its write until the
+        earliest deadline any packet queued on it asked for, so the smallest window wins."""
+        return self._merge_window
 
     @property
     def closed(self) -> bool:
@@ -138,7 +150,7 @@ class Group:
         for session in members:
             if session.serializer is not serializer:  # serialize once per serializer (almost always one)
                 serializer = session.serializer
-                broadcast = Broadcast(route, session.serializer.marshal(value))
+                broadcast = Broadcast(route, session.serializer.marshal(value), self._merge_window)
             queued += session.entity.send_broadcast(session, broadcast)
         return queued
 

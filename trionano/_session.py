@@ -65,13 +65,16 @@ class SessionKey(Generic[T]):
 
 class Broadcast:
     """One Push for many sessions: serialized once by its sender, encoded into a packet by the
-    first entity that sends it and reused by every other entity sharing that encoder."""
+    first entity that sends it and reused by every other entity sharing that encoder.
+    ``merge_window``: the seconds each member's writer may hold it to merge it with what
+    follows (see ``Config.merge_window``); None: the server's window."""
 
-    __slots__ = ("body", "encoder", "packet", "route")
+    __slots__ = ("body", "encoder", "merge_window", "packet", "route")
 
-    def __init__(self, route: str, body: bytes) -> None:
+    def __init__(self, route: str, body: bytes, merge_window: float | None = None) -> None:
         self.route: Final = route
         self.body: Final = body
+        self.merge_window: Final = merge_window
         self.encoder: object = None  # whatever encoded ``packet`` (a server's codec)
         self.packet = b""
 
