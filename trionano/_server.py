@@ -5,6 +5,7 @@
     Server.serve(*endpoints)                 returns after shutdown(); takes task_status
     └── root nursery
         ├── scheduler (main lane, named lanes, timers)       nursery_scheduler.Scheduler.run
+        ├── fan-out (large broadcasts, bucket by bucket)     _fanout.FanOut.run
         ├── heartbeat sweeper (one task for every session)
         └── connections nursery
             ├── accept loop per listener                     Endpoint.start
@@ -32,6 +33,7 @@ from ._agent import Agent
 from ._component import LIFECYCLE_HOOKS, Components
 from ._config import Config
 from ._errors import ComponentError
+from ._fanout import FanOut
 from ._listen import Endpoint, TCPEndpoint
 from ._log import RateLimitedLog
 from ._router import RemoteRouter, Router
@@ -138,6 +140,7 @@ class Server:
         )
         self._log = RateLimitedLog(_logger)
         self._agent_log = RateLimitedLog(logging.getLogger("trionano.agent"))
+        self._fanout = FanOut(self._counters, RateLimitedLog(logging.getLogger("trionano.fanout")))
         self.router: Final = Router(
             components.resolve(self.serializer),
             scheduler=self.scheduler,
@@ -190,7 +193,7 @@ class Server:
         remote router; for a cluster node's stand-ins of other gates' clients (local
         connections get theirs when they are accepted). The caller owns its life and calls
         :meth:`session_closed` when it ends."""
-        return Session._create(next(self._session_ids), entity, self.serializer, self._remote)
+        return Session._create(next(self._session_ids), entity, self.serializer, self._remote, self._fanout)
 
     def next_id(self) -> int:
         """The next id of this server's id source (unique across a cluster when a cluster node
@@ -233,6 +236,7 @@ class Server:
             async with trio.open_nursery() as root:
                 self._nursery = root
                 await root.start(self.scheduler.run)
+                await root.start(self._fanout.run)
                 await self._lifecycle("init")
                 await self._lifecycle("after_init")
                 sweeper = trio.CancelScope()
@@ -249,6 +253,7 @@ class Server:
                 sweeper.cancel()
                 await self._lifecycle("shutdown", reverse=True)
                 self.scheduler.stop()
+                self._fanout.stop()
             if root.cancel_scope.cancelled_caught:
                 _logger.warning("shutdown took over shutdown_timeout: queued handlers and hooks were cancelled")
         finally:
