@@ -70,11 +70,12 @@ class FanOutJob:
 class FanOut:
     """One server's fan-out task and what it has been handed (see the module docstring). The
     server runs :meth:`run` in its nursery; groups hand work over with :meth:`send`, sessions
-    with :meth:`after`. Never raises for a member: a closed one is skipped (counted as
-    ``dropped_closed``), an error in delivering is logged."""
+    with :meth:`after`. ``max_behind``: see :data:`MAX_BEHIND`. Never raises for a member: a
+    closed one is skipped (counted as ``dropped_closed``), an error in delivering is logged."""
 
-    def __init__(self, counters: Counters, log: RateLimitedLog) -> None:
+    def __init__(self, counters: Counters, log: RateLimitedLog, *, max_behind: int = MAX_BEHIND) -> None:
         self._counters = counters
+        self._max_behind = max_behind
         self._log = log
         self._jobs: collections.deque[FanOutJob] = collections.deque()
         self._behind = 0  # deliveries waiting in _jobs
@@ -103,7 +104,7 @@ class FanOut:
             return sum(deliver(session) for session in members), None
         if not self._jobs and len(members) <= BUCKET_SIZE:
             return sum(deliver(session) for session in members), None  # the common case
-        if self._behind + len(members) > MAX_BEHIND:
+        if self._behind + len(members) > self._max_behind:
             self._log.warning(
                 "fan-out backlog", "fan-out: %d deliveries waiting; catching up in the caller", self._behind
             )
@@ -149,6 +150,7 @@ class FanOut:
             while self._jobs:
                 job = self._jobs[0]
                 self._counters.dropped_closed += len(job.members) - job.next
+                self._behind -= len(job.members) - job.next
                 job.next = len(job.members)
                 self._finish(job)
 
