@@ -48,10 +48,11 @@ def docs(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmarks: figures as ratios against a same-run baseline. Never part of the tests."""
-    session.install("-e", ".[speedups]")
+    session.install("-e", ".[bench]")
     session.run("python", "-m", "bench.wire")
     session.run("python", "-m", "bench.runtime", *session.posargs)
     session.run("python", "-m", "bench.hostile", *session.posargs)
+    session.run("python", "-m", "bench.push", *session.posargs)
 
 
 @nox.session(python=PYTHON)

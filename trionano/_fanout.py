@@ -32,9 +32,12 @@ from ._stats import Counters
 
 __all__ = ["BUCKET_SIZE", "MAX_BEHIND", "FanOut", "FanOutJob", "Member"]
 
-#: Members queued between two checkpoints of a broadcast (go-push's bucket size; goim shards
-#: into 32 buckets instead). ~1 ms of queuing and one bucket of writers woken per step.
-BUCKET_SIZE: Final = 512
+#: Members queued between two checkpoints of a broadcast. go-push keeps 512 sessions per
+#: bucket and goim shards into 32 buckets, to bound what one lock holds; in Trio what a step
+#: holds is the loop, and each member queued also wakes its writer into the next scheduler
+#: batch, so a step is kept small: 128 members make a batch of ~256 task steps, 1-3 ms on the
+#: 2-core machine of bench/push.py, where 512 made ~15 ms.
+BUCKET_SIZE: Final = 128
 #: Deliveries the fan-out may have waiting; past it a broadcast catches up in the caller, all at
 #: once (the server cannot keep up: stalling the caller is the back-pressure left).
 MAX_BEHIND: Final = 1_000_000

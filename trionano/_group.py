@@ -31,10 +31,11 @@ class Group:
     for every member without waiting for any of them: a member whose outbox is full is handled
     by its server's slow-consumer policy (dropped and counted, or kicked).
 
-    Large groups: a broadcast queues its first :data:`~trionano._fanout.BUCKET_SIZE` (512,
-    go-push's bucket) members at once and hands the rest to its server's fan-out task, which
-    queues them a bucket at a time and lets every other task run in between, so a broadcast to
-    100,000 members never stalls the server's other clients. It goes to the members of the
+    Large groups: a broadcast queues its first :data:`~trionano._fanout.BUCKET_SIZE` (128)
+    members at once and hands the rest to its server's fan-out task, which queues them a
+    bucket at a time (go-push's buckets hold 512, goim's are 32 shards) and lets every other
+    task run in between, so a broadcast to 100,000 members never stalls the server's other
+    clients. It goes to the members of the
     moment it is called, and each member gets its Pushes in the order they were issued: a
     member's later Pushes (broadcasts, ``session.push``), Kick or close wait behind a
     broadcast still on its way to it (Responses do not). :meth:`broadcast_and_wait` waits
