@@ -15,7 +15,8 @@ then serves until stdin closes. Kinds:
   whole group in one go, as before buckets); ``fan.stop`` stops them and answers with how
   many ran; ``fan.echo`` answers at once. Once the members have joined, ``gc.freeze()``
   (unless ``--no-freeze``).
-- ``scale [--ws]``: raises RLIMIT_NOFILE to its hard limit and serves TCP (or WebSocket).
+- ``scale [--ws]``: raises RLIMIT_NOFILE to its hard limit and serves TCP (or WebSocket) on
+  the second port it prints (the first is TCP, for control).
   ``scale.join`` joins the group; ``scale.stats`` answers the RSS (KiB), sessions and the file
   limit; ``scale.broadcast`` answers CLOCK_MONOTONIC just before it broadcasts one Push to
   everyone (the clients note when it reaches them) (B14).
@@ -235,8 +236,15 @@ async def serve_scale(websocket: bool) -> None:
     components = Components()
     components.register(Scale(), name="scale")
     config = Config(heartbeat=0, rate_limit=None, max_connections=1_000_000, handshake_timeout=120)
-    endpoint = trionano.WebSocketEndpoint("0.0.0.0") if websocket else trionano.TCPEndpoint("0.0.0.0")
-    await serve(components, config, endpoint)
+    server = trionano.Server(components, config)
+    async with trio.open_nursery() as nursery:
+        # the first port for control (TCP), the second for the clients (TCP or WebSocket)
+        control = trionano.TCPEndpoint("127.0.0.1")
+        clients = trionano.WebSocketEndpoint("0.0.0.0") if websocket else trionano.TCPEndpoint("0.0.0.0")
+        ports = await nursery.start(server.serve, control, clients)
+        print(*ports, flush=True)
+        await wait_stdin_closed()
+        server.shutdown()
 
 
 def main() -> None:

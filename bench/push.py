@@ -53,6 +53,13 @@ DATA = wire.PacketType.DATA
 @contextmanager
 def server(kind: str, *args: str) -> Iterator[tuple[int, int]]:
     """Start ``bench._push_servers KIND ARGS``; yields (its port, its pid); stops it after."""
+    with servers(kind, *args) as (ports, pid):
+        yield ports[0], pid
+
+
+@contextmanager
+def servers(kind: str, *args: str) -> Iterator[tuple[list[int], int]]:
+    """Start ``bench._push_servers KIND ARGS``; yields (the ports it prints, its pid)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench._push_servers", kind, *args],
         cwd=ROOT,
@@ -62,7 +69,7 @@ def server(kind: str, *args: str) -> Iterator[tuple[int, int]]:
     )
     try:
         assert proc.stdout is not None
-        yield int(proc.stdout.readline()), proc.pid
+        yield [int(port) for port in proc.stdout.readline().split()], proc.pid
     finally:
         assert proc.stdin is not None
         proc.stdin.close()
@@ -342,11 +349,11 @@ async def wait_members(port: int, count: int) -> dict[str, Any]:
 
 
 def b14_once(target: int, websocket: bool, addresses: int) -> dict[str, Any]:
-    with server("scale", *(["--ws"] if websocket else [])) as (port, _):
+    with servers("scale", *(["--ws"] if websocket else [])) as ((port, clients_port), _):
         empty = trio.run(call, port, "scale.stats")
         # every connection costs the server one file (and a control connection or two)
         count = min(target, empty["nofile"] - 64)
-        with client("hold", str(port), str(count), "--ws" if websocket else "--tcp", str(addresses)) as proc:
+        with client("hold", str(clients_port), str(count), "ws" if websocket else "tcp", str(addresses)) as proc:
             full = trio.run(wait_members, port, count)
             assert proc.stdin is not None
             assert proc.stdout is not None
@@ -496,7 +503,7 @@ def main() -> None:
     hold = sub.add_parser("hold")
     hold.add_argument("port", type=int)
     hold.add_argument("count", type=int)
-    hold.add_argument("transport", choices=["--tcp", "--ws"])
+    hold.add_argument("transport", choices=["tcp", "ws"])
     hold.add_argument("addresses", type=int)
     parser.add_argument("--quick", action="store_true", help="smaller N, shorter runs")
     parser.add_argument("--only", default="b5,buckets,b14")
@@ -506,7 +513,7 @@ def main() -> None:
         run_viewers(args.port, args.count)
         return
     if args.mode == "hold":
-        run_hold(args.port, args.count, args.transport == "--ws", args.addresses)
+        run_hold(args.port, args.count, args.transport == "ws", args.addresses)
         return
     only = set(args.only.split(","))
     repeats = args.repeats
