@@ -34,6 +34,7 @@ import trio
 from ._config import Config, SlowConsumerPolicy
 from ._errors import HandshakeRejected, MessageTooLarge
 from ._log import RateLimitedLog
+from ._merge import MergeClock
 from ._pipeline import PipelineMessage
 from ._ratelimit import RateLimiter, Verdict
 from ._router import CODE_RATE_LIMITED, Router
@@ -79,12 +80,14 @@ class Agent:
     users. ``on_working(agent)`` runs when the client acknowledges the handshake."""
 
     __slots__ = (
+        "_clock",
         "_codec",
         "_config",
         "_counters",
         "_final",
         "_finished",
         "_flush_at",
+        "_held",
         "_limiter",
         "_log",
         "_max_bytes",
@@ -100,7 +103,6 @@ class Agent:
         "_soft_limit",
         "_stream",
         "_window",
-        "_window_scope",
         "_write_started",
         "_writer_scope",
         "_writing",
@@ -122,6 +124,7 @@ class Agent:
         log: RateLimitedLog,
         make_session: Callable[[Agent], Session],
         on_working: Callable[[Agent], None],
+        clock: MergeClock | None = None,
     ) -> None:
         self._stream = stream
         self.remote_address: Final = remote_address
@@ -151,7 +154,8 @@ class Agent:
         # merge window (Config.merge_window): the writer holds a write until _flush_at
         self._window = config.merge_window or 0.0  # what a Push asks for
         self._flush_at = _NEVER  # the earliest deadline the packets queued since the last write asked for
-        self._window_scope: trio.CancelScope | None = None  # the writer holding, to wake sooner
+        self._clock = clock  # the server's MergeClock, which wakes a holding writer
+        self._held: trio.lowlevel.Task | None = None  # the writer, while it holds
         self.session: Final = make_session(self)
 
     def __repr__(self) -> str:
@@ -354,14 +358,30 @@ class Agent:
     # -- merge window ------------------------------------------------------------------------
 
     async def _hold(self) -> None:
-        """Hold the write until ``_flush_at`` (the merge window), or until a packet that must
-        not wait (a Response, heartbeat, Kick), a full write's worth or a close ends it."""
-        with trio.CancelScope(deadline=self._flush_at) as scope:
-            self._window_scope = scope
-            try:
-                await trio.sleep_forever()
-            finally:
-                self._window_scope = None
+        """Hold the write until ``_flush_at`` (the merge window: the server's MergeClock wakes
+        it), or until a packet that must not wait (a Response, heartbeat, Kick), a full
+        write's worth or a close ends it. Without a running clock, writes at once."""
+        clock = self._clock
+        if clock is None or not clock.running:
+            return
+        self._held = trio.lowlevel.current_task()
+        clock.wake_at(self._flush_at, self)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._held = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def flush_due(self, now: float) -> None:
+        """The MergeClock's call: write now if the window has ended by ``now``."""
+        if self._held is not None and self._flush_at <= now:
+            self._release()
+
+    def _release(self) -> None:
+        task, self._held = self._held, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
 
     def _ask_flush(self, window: float) -> None:
         """The packet just queued must be written within ``window`` seconds (0: at once, with
@@ -374,8 +394,11 @@ class Agent:
             at = trio.current_time() + window
         if at < self._flush_at:
             self._flush_at = at
-            if self._window_scope is not None:
-                self._window_scope.deadline = at
+            if self._held is not None:
+                if at == -_NEVER:
+                    self._release()
+                elif self._clock is not None:
+                    self._clock.wake_at(at, self)
 
     # -- sending (the NetworkEntity protocol) -----------------------------------------------
 

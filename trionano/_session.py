@@ -264,7 +264,9 @@ class Session(metaclass=_NoPublicConstructor):
 
     def push(self, route: str, value: object) -> bool:
         """Serialize ``value`` and queue it as a Push. Returns False if it was dropped (slow
-        consumer, refused by a pipeline). Raises trio.BrokenResourceError if closed,
+        consumer, refused by a pipeline). While a large broadcast is still on its way to this
+        session (see :class:`~trionano.Group`), the Push is queued behind it by the server's
+        fan-out and counts as queued. Raises trio.BrokenResourceError if closed,
         SerializeError, MessageTooLarge."""
         if self._entity.closed:
             raise trio.BrokenResourceError("the session is closed")
@@ -318,7 +320,8 @@ class Session(metaclass=_NoPublicConstructor):
         self._remote.rpc(self, route, self.serializer.marshal(value))
 
     def kick(self, reason: str = "") -> None:
-        """Send a Kick with ``reason`` (pomelo's ``{"reason": ...}``), then close. Idempotent."""
+        """Send a Kick with ``reason`` (pomelo's ``{"reason": ...}``), then close. Idempotent.
+        Behind a large broadcast still on its way here, as :meth:`push` (so is :meth:`close`)."""
         fanout = self._fanout
         if fanout is not None and fanout.behind(self):  # after the broadcasts on their way here
 
