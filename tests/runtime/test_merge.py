@@ -16,6 +16,7 @@ import trio.lowlevel
 import trio.testing
 
 from trionano import Component, Components, Config, Group, Server, Session, wire
+from trionano._merge import TICK, MergeClock
 from trionano.testing import RawConnection, open_test_server
 
 WINDOW = 0.05
@@ -234,3 +235,34 @@ def test_the_window_is_validated() -> None:
                 Group("g", merge_window=bad)
     assert attrs.evolve(Config(), merge_window=0.05).merge_window == 0.05
     assert Group("g", merge_window=0).merge_window == 0
+
+
+async def test_the_merge_clock_wakes_each_waiter_by_its_deadline_never_a_tick_late(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    clock = MergeClock()
+    woken: list[tuple[str, float]] = []
+
+    class Waiter:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def flush_due(self, now: float) -> None:
+            woken.append((self.name, trio.current_time()))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(clock.run)
+        clock.wake_at(0.5, Waiter("late"))
+        await settle()
+        clock.wake_at(0.2, Waiter("soon"))  # sooner than what the clock sleeps until
+        clock.wake_at(0.2, Waiter("soon too"))
+        await settle()
+        assert woken == []
+        for _ in range(600):
+            mock_clock.jump(TICK)
+            await settle()
+        nursery.cancel_scope.cancel()
+    assert [name for name, _ in woken] == ["soon", "soon too", "late"]
+    for (_, at), deadline in zip(woken, (0.2, 0.2, 0.5), strict=True):
+        assert deadline - TICK <= at <= deadline + 1e-9
+    assert not clock.running
