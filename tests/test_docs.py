@@ -40,6 +40,7 @@ PUBLIC_MODULES = (
     "trionano.testing",
     "trionano.nursery_scheduler",
     "trionano.cluster",
+    "trionano.cluster.push_api",
 )
 
 

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.runtime.apps import s_components, wait_until
 from trionano import Component, Components, Config, RateLimit, Server, Session, wire
-from trionano.cluster import ClusterConfig, Node, run
+from trionano.cluster import Audience, ClusterConfig, Node, run
 from trionano.metrics import metrics_collector, serve_metrics
 from trionano.testing import RunningServer, open_test_server
 
@@ -272,6 +272,8 @@ def test_a_node_exports_its_rpcs_and_members() -> None:
                 for a in range(3):
                     answer = await master.call("calc.add", json.dumps({"a": a, "b": 1}).encode())
                     assert json.loads(answer) == {"sum": a + 1}
+                master.push("onNews", {"n": 1}, Audience.all())  # to the member, which has no clients
+                await wait_until(lambda: master.push_statistics().not_gates == 1)  # as it answers
                 seen["master"] = await scrape(port)
 
                 exporters.start_soon(functools.partial(lost.run, bridge))
@@ -290,6 +292,10 @@ def test_a_node_exports_its_rpcs_and_members() -> None:
     assert value(samples, "trionano_cluster_rpc_seconds_bucket", le="+Inf", **calls) == 3
     assert value(samples, "trionano_cluster_rpc_failures_total", **calls) == 0
     assert value(samples, "trionano_cluster_dropped_total") == 0
+    assert value(samples, "trionano_cluster_pushes_total", outcome="pushes") == 1
+    assert value(samples, "trionano_cluster_pushes_total", outcome="queued") == 1  # for the member
+    assert value(samples, "trionano_cluster_pushes_total", outcome="dropped") == 0
+    assert value(samples, "trionano_cluster_not_gates") == 1
     assert value(samples, "trionano_sessions_open") == 0  # the server's metrics as well
 
     lost_samples = seen["lost"]

@@ -48,7 +48,12 @@ node (pass the :class:`~trionano.cluster.Node` instead of its server) adds:
   ("HandleRequest", "Register", ...) and peer (the node's service address);
   ``trionano_cluster_rpc_failures_total{method, peer}``: those that failed or were cancelled;
 - ``trionano_cluster_dropped_total``: messages for other gates' clients not delivered;
-  ``trionano_cluster_unknown_routes_total``: client messages for services no member hosts.
+  ``trionano_cluster_unknown_routes_total``: client messages for services no member hosts;
+- ``trionano_cluster_pushes_total{outcome}``: cluster-wide pushes (:meth:`Node.push
+  <trionano.cluster.Node.push>`), by outcome, as :class:`~trionano.cluster.PushStatistics`
+  counts them: ``pushes`` made here, ``queued``/``dropped``/``failed`` per other gate,
+  ``received`` from other nodes, ``delivered`` to sessions here, ``refused`` as malformed;
+  ``trionano_cluster_not_gates`` (gauge): nodes found to take no pushes (Go nano nodes).
 """
 
 from __future__ import annotations
@@ -190,6 +195,14 @@ class _Collector(Collector):
             "trionano_cluster_unknown_routes",
             "Client messages for routes no member hosts",
             value=node.statistics().unknown_routes,
+        )
+        push = node.push_statistics()
+        pushes = CounterMetricFamily("trionano_cluster_pushes", "Cluster-wide pushes, by outcome", labels=["outcome"])
+        for outcome in ("pushes", "queued", "dropped", "failed", "received", "delivered", "refused"):
+            pushes.add_metric([outcome], getattr(push, outcome))
+        yield pushes
+        yield GaugeMetricFamily(
+            "trionano_cluster_not_gates", "Nodes found to take no cluster pushes", value=push.not_gates
         )
 
 

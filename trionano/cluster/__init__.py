@@ -27,17 +27,23 @@ from ._generated.clusterpb import MemberInfo as MemberInfo
 from ._node import ClusterConfig as ClusterConfig
 from ._node import Node as Node
 from ._node import RemoteRoute as RemoteRoute
+from ._push import Audience as Audience
+from ._push import ClusterGroup as ClusterGroup
+from ._push import PushStatistics as PushStatistics
 
 __all__ = [
+    "Audience",
     "Bridge",
     "ClusterConfig",
     "ClusterError",
+    "ClusterGroup",
     "DeadlineExceeded",
     "InvalidRequest",
     "MemberInfo",
     "Node",
     "NodeStopping",
     "NotFound",
+    "PushStatistics",
     "RemoteRoute",
     "Statistics",
     "Unavailable",

@@ -8,6 +8,7 @@
     ├── Registry     _registry    the master's: Register/Unregister/Heartbeat, eviction
     ├── Gate         _gate        forwarding (per-session queues), replies for clients, calls
     ├── RemoteSessions _remote    stand-ins for other gates' clients, and their outboxes
+    ├── PushHub      _push        cluster-wide groups and pushes (trionano.push.Push)
     └── services     _services    clusterpb.Member / clusterpb.Master over the bridge
 
 Every node serves ``Member`` on its service address; the master also serves ``Master``. A
@@ -46,9 +47,10 @@ from ._generated import clusterpb as pb
 from ._ids import NODE_BITS, SessionIds
 from ._membership import Membership
 from ._peers import Peers, split_address
+from ._push import Audience, ClusterGroup, PushHub, PushStatistics
 from ._registry import Registry
 from ._remote import RemoteSessions
-from ._services import MasterService, MemberService
+from ._services import MasterService, MemberService, PushService
 from ._tasks import Tasks
 
 __all__ = ["ClusterConfig", "Node", "RemoteRoute"]
@@ -78,6 +80,7 @@ class ClusterConfig:
     retry_interval: float = attrs.field(default=3.0, validator=attrs.validators.gt(0))
     rpc_timeout: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
     max_pending_forwards: int = attrs.field(default=64, validator=attrs.validators.ge(1))
+    max_pending_pushes: int = attrs.field(default=1024, validator=attrs.validators.ge(1))
     node_id: int | None = attrs.field(
         default=None,
         validator=attrs.validators.optional([attrs.validators.ge(0), attrs.validators.lt(1 << NODE_BITS)]),
@@ -120,6 +123,8 @@ class Node:
             components, server_config, session_ids=SessionIds(config.node_id), remote=self._gate
         )
         self._gate.attach(self.server)
+        self._push = PushHub(self.address, self.membership, self._peers, self._tasks, bound=config.max_pending_pushes)
+        self._push.attach(self.server)
         self._remote = RemoteSessions(self.server, self._peers, self._tasks, counters=self._counters, log=self._log)
         self._registry = (
             Registry(
@@ -161,6 +166,24 @@ class Node:
         """The node's cluster counters now (its server's are ``server.statistics()``)."""
         return self._counters.snapshot()
 
+    def push_statistics(self) -> PushStatistics:
+        """The node's cluster-push counters now (drops, failures, deliveries)."""
+        return self._push.statistics()
+
+    def group(self, name: str) -> ClusterGroup:
+        """The cluster-wide group ``name``: this node's clients join it here, and its
+        broadcast reaches the members on every gate (beyond nano, whose groups are per node)."""
+        return self._push.group(name)
+
+    def push(self, route: str, value: object, audience: Audience) -> int:
+        """Push ``value`` (serialized once, here) on ``route`` to ``audience`` on every gate of
+        the cluster, this node included when it serves clients; returns how many gates it was
+        delivered or queued for. Never waits: each other node has a bounded queue and a sender
+        task (a slow or stopped gate drops its overflow, counted in :meth:`push_statistics`).
+        Raises ValueError for an empty route or one over 255 UTF-8 bytes, SerializeError,
+        MessageTooLarge (over the server's ``max_packet_size``)."""
+        return self._push.push(route, value, audience)
+
     async def call(self, route: str, body: bytes) -> bytes:
         """Request ``route`` from a member hosting its service and wait for the handler's
         answer (beyond nano, whose RPC is notify-only). Returns the Response body. Raises
@@ -182,6 +205,7 @@ class Node:
         shut down; then leave the cluster. ``task_status.started`` gets the endpoints' ports."""
         host, port = split_address(self.address)
         grpc = grpclib.server.Server(self.services(bridge))
+        self._push.serves_clients = bool(endpoints)
         self._peers.attach(bridge)
         await bridge.to_asyncio(lambda: grpc.start(host, port))
         try:
@@ -204,10 +228,11 @@ class Node:
             self._peers.close_all()
             self._peers.attach(None)
 
-    def services(self, bridge: Bridge) -> list[MemberService | MasterService]:
+    def services(self, bridge: Bridge) -> list[MemberService | MasterService | PushService]:
         """The gRPC services this node serves (``Master`` on the master too), over ``bridge``."""
-        services: list[MemberService | MasterService] = [
-            MemberService(bridge, forwarded=self._remote, gate=self._gate, view=self)
+        services: list[MemberService | MasterService | PushService] = [
+            MemberService(bridge, forwarded=self._remote, gate=self._gate, view=self),
+            PushService(bridge, push=self._push),
         ]
         if self._registry is not None:
             services.append(MasterService(bridge, registry=self._registry))
@@ -274,3 +299,4 @@ class Node:
         self.membership.remove(address)
         self._peers.close(address)
         self._remote.gate_gone(address)
+        self._push.gate_gone(address)

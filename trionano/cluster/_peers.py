@@ -12,7 +12,8 @@ from .._stats import RpcCounters
 from ._bridge import Bridge
 from ._errors import NodeStopping, from_call
 from ._generated import clusterpb as pb
-from ._stubs import TimedMasterStub, TimedMemberStub
+from ._generated.trionano import push as pushpb
+from ._stubs import TimedMasterStub, TimedMemberStub, TimedPushStub
 
 __all__ = ["Peer", "Peers", "split_address"]
 
@@ -39,6 +40,7 @@ class Peer:
         # timed and counted by method and peer in the pool's RpcCounters (trionano.metrics)
         self._member = TimedMemberStub(self._channel, peer=address, counters=pool.rpc_stats)
         self._master = TimedMasterStub(self._channel, peer=address, counters=pool.rpc_stats)
+        self._push = TimedPushStub(self._channel, peer=address, counters=pool.rpc_stats)
 
     def close(self) -> None:
         self._channel.close()
@@ -85,6 +87,11 @@ class Peer:
     async def close_session(self, sid: int) -> None:
         request = pb.CloseSessionRequest(session_id=sid)
         await self._call(lambda t: self._member.close_session(request, timeout=t), None)
+
+    # -- trionano.push.Push (trionano nodes only) -------------------------------------------
+
+    async def deliver(self, batch: pushpb.PushBatch) -> pushpb.PushResult:
+        return await self._call(lambda t: self._push.deliver(batch, timeout=t), None)
 
     # -- Master ---------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """nano's ``clusterpb`` services as grpclib sees them: adapters whose every method crosses
 the bridge (:func:`crosses`) to the role that answers it on the Trio side, and maps what that
 raises to a gRPC status (:func:`~._errors.to_status`). The services are nano's, unary, exactly:
-a Go nano node keeps working with a trionano node in every role."""
+a Go nano node keeps working with a trionano node in every role. trionano nodes also serve
+``trionano.push.Push`` (:class:`PushService`, proto/push.proto), which Go nano never calls."""
 
 from __future__ import annotations
 
@@ -12,12 +13,23 @@ from typing import Any, Protocol, TypeVar
 from ._bridge import Bridge
 from ._errors import to_status
 from ._generated import clusterpb as pb
+from ._generated.trionano import push as pushpb
 
-__all__ = ["ForwardedSide", "GateSide", "MasterService", "MasterSide", "MemberService", "ViewSide", "crosses"]
+__all__ = [
+    "ForwardedSide",
+    "GateSide",
+    "MasterService",
+    "MasterSide",
+    "MemberService",
+    "PushService",
+    "PushSide",
+    "ViewSide",
+    "crosses",
+]
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
-Adapter = TypeVar("Adapter", "MemberService", "MasterService")
+Adapter = TypeVar("Adapter", "MemberService", "MasterService", "PushService")
 
 
 def crosses(
@@ -66,6 +78,12 @@ class MasterSide(Protocol):
     async def register(self, request: pb.RegisterRequest) -> pb.RegisterResponse: ...
     async def unregister(self, request: pb.UnregisterRequest) -> pb.UnregisterResponse: ...
     async def heartbeat(self, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse: ...
+
+
+class PushSide(Protocol):
+    """Cluster-wide pushes for this node's clients."""
+
+    async def handle_deliver(self, batch: pushpb.PushBatch) -> pushpb.PushResult: ...
 
 
 class MemberService(pb.MemberBase):
@@ -128,3 +146,15 @@ class MasterService(pb.MasterBase):
     @crosses
     async def heartbeat(self, heartbeat_request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
         return await self._registry.heartbeat(heartbeat_request)
+
+
+class PushService(pushpb.PushBase):
+    """``trionano.push.Push``, served by every trionano node."""
+
+    def __init__(self, bridge: Bridge, *, push: PushSide) -> None:
+        self.bridge = bridge
+        self._push = push
+
+    @crosses
+    async def deliver(self, push_batch: pushpb.PushBatch) -> pushpb.PushResult:
+        return await self._push.handle_deliver(push_batch)

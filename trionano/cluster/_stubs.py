@@ -15,8 +15,9 @@ import grpclib.client
 
 from .._stats import RpcCounters
 from ._generated import clusterpb as pb
+from ._generated.trionano import push as pushpb
 
-__all__ = ["TimedMasterStub", "TimedMemberStub"]
+__all__ = ["TimedMasterStub", "TimedMemberStub", "TimedPushStub"]
 
 
 class _Timed(betterproto.ServiceStub):
@@ -44,3 +45,7 @@ class TimedMemberStub(_Timed, pb.MemberStub):
 
 class TimedMasterStub(_Timed, pb.MasterStub):
     """``clusterpb.Master`` calls to ``peer``, counted."""
+
+
+class TimedPushStub(_Timed, pushpb.PushStub):
+    """``trionano.push.Push`` calls to ``peer``, counted."""

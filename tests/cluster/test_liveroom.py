@@ -1,0 +1,279 @@
+"""examples.liveroom as its launcher runs it: a logic node (the master, with the HTTP push API)
+and two gates, one process each; viewers on both gates; pushes over HTTP and from the logic
+node reach them through cluster-wide groups; a stopped gate never holds up the other."""
+
+from __future__ import annotations
+
+import random
+import re
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from examples.liveroom import commands, load
+from trionano.client import Client
+from trionano.client import open_websocket_client as open_viewer
+
+from ._harness import ROOT, Cluster, cluster, free_address, free_port
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@asynccontextmanager
+async def liveroom(
+    tmp_path: Path, *, heartbeat: float = 5.0, rpc_timeout: float = 5.0, push_queue: int = 1024
+) -> AsyncIterator[tuple[Cluster, str, list[str]]]:
+    """The launcher's three processes; yields the cluster, the push URL and the gates' ws URLs."""
+    async with cluster(tmp_path, "examples.liveroom", heartbeat=heartbeat) as c:
+        gates = [(free_address(), free_port()), (free_address(), free_port())]
+        push_port = free_port()
+        launched = commands(
+            master=c.master,
+            gates=gates,
+            push_port=push_port,
+            token=TOKEN,
+            rpc_timeout=rpc_timeout,
+            push_queue=push_queue,
+        )
+        for name, command in launched.items():
+            assert command[1:3] == ["-m", "examples.liveroom"]
+            await c.start_command(name, command[1:], ready=f"liveroom {'logic' if name == 'logic' else 'gate'} ready")
+        yield c, f"http://127.0.0.1:{push_port}/v1/push", [f"ws://127.0.0.1:{port}/" for _, port in gates]
+
+
+async def join(client: Client, name: str, uid: int = 0) -> dict[str, Any]:
+    answer: dict[str, Any] = await client.request("room.join", {"name": name, "uid": uid})
+    assert answer["code"] == 0
+    return answer
+
+
+async def viewers_seen(client: Client, count: int) -> None:
+    """Wait for the room's viewer count to read ``count``."""
+    while (await client.receive_push("onViewers"))["count"] != count:
+        pass
+
+
+async def test_pushes_over_http_and_from_the_logic_node_reach_both_gates(tmp_path: Path) -> None:
+    async with (
+        liveroom(tmp_path) as (_, push_url, (gate1, gate2)),
+        httpx.AsyncClient(headers=AUTH, timeout=10) as http,
+        open_viewer(gate1) as ann,
+        open_viewer(gate2) as bob,
+        open_viewer(gate2) as cat,  # connected, never joins the room
+    ):
+        assert (await join(ann, "ann", uid=101))["uid"] == 101
+        assert (await join(bob, "bob", uid=202))["uid"] == 202
+        await viewers_seen(ann, 2)
+        await viewers_seen(bob, 2)
+
+        # a group spanning both gates, pushed over HTTP
+        comment = {"name": "ops", "text": "héllo room ✓"}
+        response = await http.post(push_url, json={"route": "onComment", "message": comment, "group": "room"})
+        assert (response.status_code, response.json()) == (202, {"gates": 2})
+        assert await ann.receive_push("onComment") == comment
+        assert await bob.receive_push("onComment") == comment
+
+        # a viewer's comment: forwarded to the logic node, which pushes it to the room
+        assert (await ann.request("live.comment", {"text": "first!"}))["gates"] == 2
+        assert await bob.receive_push("onComment") == {"name": "ann", "text": "first!"}
+        assert await ann.receive_push("onComment") == {"name": "ann", "text": "first!"}
+
+        # uids: only bob (bound on gate 2) gets it; then everyone (cat too, who never joined)
+        response = await http.post(push_url, json={"route": "onNotice", "message": "uid", "uids": [202, 999]})
+        assert response.json() == {"gates": 2}
+        response = await http.post(push_url, json={"route": "onNotice", "message": "all", "everyone": True})
+        assert response.json() == {"gates": 2}
+        assert await bob.receive_push("onNotice") == "uid"
+        assert await bob.receive_push("onNotice") == "all"
+        assert await ann.receive_push("onNotice") == "all"  # the uid push never reached ann
+        assert await cat.receive_push("onNotice") == "all"
+        assert cat.pending_pushes("onComment") == 0  # not in the room
+
+        # the bearer token, and bad input: 4xx with a reason, nothing pushed
+        async with httpx.AsyncClient(timeout=10) as anonymous:
+            good = {"route": "onNotice", "message": "x", "everyone": True}
+            assert (await anonymous.post(push_url, json=good)).status_code == 401
+            wrong = {"Authorization": "Bearer nope"}
+            assert (await anonymous.post(push_url, json=good, headers=wrong)).status_code == 401
+        bad: list[tuple[int, dict[str, Any]]] = [
+            (400, {"content": b"{not json", "headers": {"content-type": "application/json"}}),
+            (400, {"json": {"message": "x", "group": "room"}}),
+            (400, {"json": {"route": "onNotice", "message": "x", "uids": ["202"]}}),
+            (400, {"json": {"route": "onNotice", "message": "x"}}),
+            (413, {"json": {"route": "onNotice", "message": "x" * 70_000, "everyone": True}}),
+            (415, {"content": b"route=onNotice", "headers": {"content-type": "application/x-www-form-urlencoded"}}),
+        ]
+        for status, request in bad:
+            response = await http.post(push_url, **request)
+            assert response.status_code == status, (request, response.text)
+            assert response.json()["error"]
+        assert (await http.get(push_url)).status_code == 405
+        assert (await http.post(push_url.replace("/v1/push", "/v2/push"), json=good)).status_code == 404
+        # nothing of the refused pushes arrived: the next push is the next thing seen
+        await http.post(push_url, json={"route": "onNotice", "message": "after", "everyone": True})
+        assert await ann.receive_push("onNotice") == "after"
+        assert await cat.receive_push("onNotice") == "after"
+
+        stats = await ann.request("live.stats", {})
+        assert stats["viewers"] == 2
+        assert stats["push"]["dropped"] == 0
+        assert stats["push"]["failed"] == 0
+
+
+async def test_a_go_nano_node_in_the_cluster_is_left_alone_and_counted(tmp_path: Path) -> None:
+    async with liveroom(tmp_path) as (c, push_url, (gate1, _)), httpx.AsyncClient(headers=AUTH, timeout=10) as http:
+        # a member that serves only nano's clusterpb.Member, as a Go nano node does
+        await c.start_command("nano", ["-m", "tests.cluster._recorder", "--listen", free_address()], ready="up:")
+        async with open_viewer(gate1) as ann:
+            await join(ann, "ann")
+            gates = []
+            for number in range(3):
+                comment = {"name": "ops", "text": f"#{number}"}
+                response = await http.post(push_url, json={"route": "onComment", "message": comment, "group": "room"})
+                gates.append(response.json()["gates"])
+                assert await ann.receive_push("onComment") == comment
+                await trio.sleep(0.5)  # the nano node's answer (UNIMPLEMENTED) comes back
+            assert gates[0] == 3  # not heard from yet: counted
+            assert gates[-1] == 2  # answered UNIMPLEMENTED: no longer sent to
+            stats = await ann.request("live.stats", {})
+            assert stats["push"]["not_gates"] == 1
+            assert stats["push"]["failed"] == 0
+        assert "Push" not in c.log("nano")  # it only ever sees clusterpb calls
+
+
+async def test_a_stopped_gate_never_holds_up_the_other(tmp_path: Path) -> None:
+    async with (
+        liveroom(tmp_path, heartbeat=10.0, rpc_timeout=5.0, push_queue=8) as (c, push_url, (gate1, gate2)),
+        httpx.AsyncClient(headers=AUTH, timeout=10) as http,
+        open_viewer(gate1) as ann,
+        open_viewer(gate2) as bob,
+    ):
+        await join(ann, "ann")
+        await join(bob, "bob")
+        await viewers_seen(ann, 2)
+        c.signal("gate2", signal.SIGSTOP)
+        try:
+            reached = []
+            # 40 POSTs (well within the 5 s deadline of the batch in flight to gate 2): gate 2's
+            # queue (8) overflows; gate 1 gets every one
+            with trio.fail_after(20):
+                for number in range(40):
+                    message = {"name": "ops", "text": f"#{number}"}
+                    response = await http.post(
+                        push_url, json={"route": "onComment", "message": message, "group": "room"}
+                    )
+                    reached.append(response.json()["gates"])
+                for number in range(40):
+                    assert (await ann.receive_push("onComment"))["text"] == f"#{number}"
+            assert reached[0] == 2
+            assert reached[-1] == 1  # gate 2's queue is full: it was not reached
+            stats = await ann.request("live.stats", {})
+            assert stats["push"]["dropped"] >= 40 - 8 - 1 - 1  # the queue, the batch in flight
+            await trio.sleep(6)  # past the deadline (rpc_timeout 5 s) of the batch in flight
+        finally:
+            c.signal("gate2", signal.SIGCONT)
+        # gate 2 is back: what was queued arrives in order, then what comes next
+        await http.post(
+            push_url, json={"route": "onComment", "message": {"name": "ops", "text": "back"}, "group": "room"}
+        )
+        with trio.fail_after(20):
+            texts: list[str] = []
+            while not texts or texts[-1] != "back":
+                texts.append((await bob.receive_push("onComment"))["text"])
+        numbers = [int(text[1:]) for text in texts[:-1]]
+        assert numbers == sorted(numbers)
+        assert (await ann.receive_push("onComment"))["text"] == "back"
+        stats = await ann.request("live.stats", {})
+        assert stats["push"]["failed"] >= 1  # the batch in flight when it stopped timed out
+
+
+def test_the_live_room_page_quotes_examples_liveroom_verbatim() -> None:
+    root = Path(__file__).resolve().parent.parent.parent
+    page = (root / "docs" / "tutorial" / "liveroom.md").read_text(encoding="utf-8")
+    source = (root / "examples" / "liveroom" / "__init__.py").read_text(encoding="utf-8")
+    quoted = re.findall(r'```python title="examples/liveroom/__init__.py"\n(.*?)```', page, re.S)
+    assert len(quoted) == 3
+    for block in quoted:
+        assert block in source, block
+
+
+async def test_the_load_script_counts_every_delivery(tmp_path: Path) -> None:
+    async with liveroom(tmp_path) as (_, push_url, gates):
+        figures = await load.main(
+            20, gates=gates, push_url=push_url, token=TOKEN, posts=5, rate=20, show_progress=False
+        )
+    assert figures["gates_reached"] == 2
+    assert (figures["expected"], figures["delivered"]) == (100, 100)
+    assert 0 < figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"]
+    assert figures["deliveries_per_s"] > 0
+
+
+async def test_the_launcher_starts_the_room_prints_its_urls_and_stops_it(tmp_path: Path) -> None:
+    base = launcher_base_port()
+    log = tmp_path / "launcher.log"
+    with log.open("wb") as out:
+        launcher = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "examples.liveroom", "--base-port", str(base), "--token", TOKEN],
+            cwd=ROOT,
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        with trio.fail_after(30):
+            while True:
+                printed = log.read_text(errors="replace")
+                if "Ctrl-C stops it" in printed:
+                    break
+                await trio.sleep(0.1)
+        for port in (base + 3, base + 5):
+            assert f"viewer page (gate {1 if port == base + 3 else 2}): http://127.0.0.1:{port}/" in printed
+        assert f"curl -X POST http://127.0.0.1:{base + 1}/v1/push" in printed
+        async with open_viewer(f"ws://127.0.0.1:{base + 5}/") as viewer, httpx.AsyncClient(timeout=10) as http:
+            await join(viewer, "viewer")
+            with trio.fail_after(30):  # the gates may still be registering with the logic node
+                while True:
+                    message = {"name": "ops", "text": "launched"}
+                    response = await http.post(
+                        f"http://127.0.0.1:{base + 1}/v1/push",
+                        json={"route": "onComment", "message": message, "group": "room"},
+                        headers=AUTH,
+                    )
+                    if response.json() == {"gates": 2}:
+                        break
+                    await trio.sleep(0.2)
+                while (await viewer.receive_push("onComment")) != message:
+                    pass
+    finally:
+        launcher.send_signal(signal.SIGTERM)
+        with trio.move_on_after(20):
+            await launcher.wait()
+        if launcher.returncode is None:
+            launcher.kill()
+    assert launcher.returncode == 0
+    # its nodes are gone with it: nothing listens on their ports (TIME_WAIT aside)
+    for port in range(base, base + 6):
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))
+
+
+def launcher_base_port() -> int:
+    """A base port with the 6 ports after it free (the launcher's fixed layout)."""
+    for _ in range(50):
+        base = random.randrange(20_000, 30_000)
+        try:
+            for port in range(base, base + 6):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no 6 free ports in a row")

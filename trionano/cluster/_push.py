@@ -1,0 +1,457 @@
+"""Cluster-wide push: groups that span gates, and pushes from any node to the clients of every
+gate (issue 13, beyond nano, whose groups live on one node and whose backends push to a gate's
+client one ``HandlePush`` at a time).
+
+::
+
+    any node: push(route, value, audience)             each gate: Push/Deliver(batch)
+      serialize once -+- its own clients (a gate)        per item: one Broadcast for its
+                      +- GateLink per other node          sessions (encoded once per codec)
+                         bounded queue + sender task --->
+
+The body is serialized once, at the origin; a gate frames it into a packet once per codec
+(its serializer's bytes pass through, its route dictionary applies), never per member. A
+gate's part of a cluster-wide group is a plain :class:`~trionano.Group` of its own clients:
+members join on their gate.
+
+A gate that is down or slow never blocks the others: each has a bounded queue and a sender
+task of its own; what does not fit is dropped, counted and logged (rate-limited). A node that
+does not serve ``trionano.push.Push`` (a Go nano node: UNIMPLEMENTED) or serves no clients is
+left alone from its first answer on, and counted (``not_gates``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Final
+
+import attrs
+import betterproto
+import trio
+from grpclib.const import Status
+
+from .._errors import MessageTooLarge
+from .._group import Group
+from .._log import RateLimitedLog, client_text
+from .._server import Server
+from .._session import Broadcast, Session
+from ..wire import MAX_ROUTE_LENGTH
+from ._errors import ClusterError
+from ._generated.trionano import push as pushpb
+from ._membership import Membership
+from ._peers import Peers
+from ._tasks import Tasks
+
+__all__ = [
+    "MAX_UID",
+    "Audience",
+    "ClusterGroup",
+    "GateLink",
+    "PushCounters",
+    "PushHub",
+    "PushStatistics",
+    "check_route",
+]
+
+_logger = logging.getLogger("trionano.cluster.push")
+
+#: uids are int64 on the wire (nano's ``int64``); bound ones are >= 1
+MAX_UID: Final = (1 << 63) - 1
+
+
+@attrs.frozen
+class Audience:
+    """Who a push is for: exactly one of ``uids`` (the sessions bound to them, on any gate),
+    ``group`` (the members of a cluster-wide group) or ``everyone`` (every client session).
+    Build one with :meth:`of_uids`, :meth:`of_group` or :meth:`all`. Raises ValueError
+    otherwise (none or several, a uid outside 1..2**63-1, an empty group name)."""
+
+    uids: frozenset[int] | None = None
+    group: str | None = None
+    everyone: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if (self.uids is not None) + (self.group is not None) + self.everyone != 1:
+            raise ValueError("an audience is exactly one of uids, group, everyone")
+        if self.uids is not None and not all(type(uid) is int and 1 <= uid <= MAX_UID for uid in self.uids):
+            raise ValueError("uids are integers from 1 to 2**63-1")
+        if self.group is not None and not self.group:
+            raise ValueError("a group has a name")
+
+    @classmethod
+    def of_uids(cls, uids: Iterable[int]) -> Audience:
+        """The sessions bound to ``uids``, on every gate."""
+        return cls(uids=frozenset(uids))
+
+    @classmethod
+    def of_group(cls, name: str) -> Audience:
+        """The members of the cluster-wide group ``name``, on every gate."""
+        return cls(group=name)
+
+    @classmethod
+    def all(cls) -> Audience:
+        """Every client session, on every gate."""
+        return cls(everyone=True)
+
+    def item(self, route: str, data: bytes) -> pushpb.PushItem:
+        """The wire form: ``route`` and the serialized body ``data`` for this audience."""
+        if self.uids is not None:
+            return pushpb.PushItem(route=route, data=data, uids=pushpb.Uids(uids=sorted(self.uids)))
+        if self.group is not None:
+            return pushpb.PushItem(route=route, data=data, group=self.group)
+        return pushpb.PushItem(route=route, data=data, everyone=True)
+
+
+@attrs.frozen(kw_only=True)
+class PushStatistics:
+    """A node's cluster-push counters at one moment (:meth:`Node.push_statistics`).
+
+    Origin side: ``pushes``: pushes made here; ``queued``: (push, gate) pairs queued for other
+    nodes; ``dropped``: not queued because that gate's queue was full (the gate is slow or
+    down); ``failed``: queued but lost because the call to the gate failed; ``not_gates``:
+    nodes found not to take pushes (no ``trionano.push`` service, as Go nano; or no clients).
+    Gate side: ``received``: pushes received from other nodes; ``delivered``: pushes queued
+    for this node's sessions (one per session), from here or elsewhere; ``refused``: received
+    pushes refused as malformed (no audience, a bad route) or too large.
+    """
+
+    pushes: int
+    queued: int
+    dropped: int
+    failed: int
+    not_gates: int
+    received: int
+    delivered: int
+    refused: int
+
+
+@attrs.define(kw_only=True)
+class PushCounters:
+    """The counts behind :class:`PushStatistics`; one per node."""
+
+    pushes: int = 0
+    queued: int = 0
+    dropped: int = 0
+    failed: int = 0
+    not_gates: int = 0
+    received: int = 0
+    delivered: int = 0
+    refused: int = 0
+
+    def snapshot(self) -> PushStatistics:
+        return PushStatistics(**attrs.asdict(self))
+
+
+class GateLink:
+    """The sending side to one other node: a bounded queue of push items and the sender task
+    (:meth:`run`) that drains it in order, up to ``batch`` items per call. :meth:`send` is the
+    one place a batch crosses to the gate (today ``trionano.push.Push/Deliver`` over grpclib).
+
+    ``gate`` is None until the node first answers; then whether it takes pushes (a node that
+    does not is never sent to again)."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        origin: str,
+        peers: Peers,
+        bound: int,
+        batch: int,
+        counters: PushCounters,
+        log: RateLimitedLog,
+    ) -> None:
+        self.address = address
+        self.gate: bool | None = None
+        self._origin = origin
+        self._peers = peers
+        self._batch = batch
+        self._counters = counters
+        self._log = log
+        self._send, self._receive = trio.open_memory_channel[pushpb.PushItem](bound)
+
+    def put(self, item: pushpb.PushItem) -> bool:
+        """Queue ``item`` without waiting; False (dropped, counted) when the queue is full or
+        the link is closed."""
+        try:
+            self._send.send_nowait(item)
+        except trio.WouldBlock:
+            self._counters.dropped += 1
+            self._log.warning("push dropped", "push queue for %s full: a push was dropped", self.address)
+            return False
+        except trio.ClosedResourceError:
+            self._counters.dropped += 1
+            return False
+        self._counters.queued += 1
+        return True
+
+    def close(self) -> None:
+        """No more items; the sender finishes what is queued (a node that left: fails fast)."""
+        self._send.close()
+
+    @property
+    def queued(self) -> int:
+        """Items waiting to be sent."""
+        return self._send.statistics().current_buffer_used
+
+    async def run(self) -> None:
+        """Send batches until closed, one call at a time (so a gate receives a node's pushes
+        in order). A failed call loses its batch (counted, logged); the next one goes on."""
+        async with self._receive:
+            async for first in self._receive:
+                batch = [first]
+                while len(batch) < self._batch:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                if self.gate is False:
+                    continue  # learnt meanwhile: not a gate
+                try:
+                    result = await self.send(batch)
+                except ClusterError as exc:
+                    if _unimplemented(exc):
+                        self._not_a_gate("it does not serve trionano.push (a Go nano node?)")
+                        continue
+                    self._counters.failed += len(batch)
+                    self._log.warning("push failed", "%d pushes to %s lost: %r", len(batch), self.address, exc)
+                    continue
+                if not result.gate:
+                    self._not_a_gate("it serves no clients")
+                else:
+                    self.gate = True
+
+    async def send(self, batch: list[pushpb.PushItem]) -> pushpb.PushResult:
+        """Hand ``batch`` to the gate; its answer. Raises ClusterError (UNIMPLEMENTED: the
+        node does not take pushes)."""
+        return await self._peers[self.address].deliver(pushpb.PushBatch(origin=self._origin, items=batch))
+
+    def _not_a_gate(self, why: str) -> None:
+        if self.gate is not False:
+            self.gate = False
+            self._counters.not_gates += 1
+            _logger.info("node %s takes no cluster pushes: %s", self.address, why)
+
+
+class ClusterGroup:
+    """A group whose name is cluster-wide: this gate's members are :attr:`local` (a plain
+    :class:`~trionano.Group`); :meth:`broadcast` reaches the members on every gate. Get one
+    with :meth:`Node.group`; members join on their own gate."""
+
+    def __init__(self, hub: PushHub, local: Group) -> None:
+        self._hub = hub
+        self.local: Final = local
+
+    @property
+    def name(self) -> str:
+        """The group's name, the same on every gate."""
+        return self.local.name
+
+    def __repr__(self) -> str:
+        return f"<ClusterGroup {self.name!r} local members={self.local.count()}>"
+
+    def add(self, session: Session) -> None:
+        """Add a client of this node. Raises ValueError for another node's client (a stand-in:
+        join on the client's gate), and what :meth:`Group.add` raises."""
+        self._hub.check_local(session)
+        self.local.add(session)
+
+    def leave(self, session: Session) -> None:
+        """Remove ``session`` from this gate's members (not being one is fine)."""
+        self.local.leave(session)
+
+    def __contains__(self, session: object) -> bool:
+        return session in self.local
+
+    def count(self) -> int:
+        """This gate's open members (the other gates' are not known here)."""
+        return self.local.count()
+
+    def broadcast(self, route: str, value: object) -> int:
+        """Push ``value`` to the members on every gate; returns how many gates it was queued
+        for. Raises what :meth:`Node.push` raises."""
+        return self._hub.push(route, value, Audience.of_group(self.name))
+
+
+class PushHub:
+    """The push role of a node: the origin side (:meth:`push`, one :class:`GateLink` per other
+    node) and the gate side (:meth:`deliver`, the Deliver handler). Owned by the node;
+    ``serves_clients`` is set when it runs with client endpoints."""
+
+    def __init__(
+        self,
+        address: str,
+        membership: Membership,
+        peers: Peers,
+        tasks: Tasks,
+        *,
+        bound: int,
+        batch: int = 64,
+    ) -> None:
+        self.address = address
+        self.serves_clients = False
+        self._membership = membership
+        self._peers = peers
+        self._tasks = tasks
+        self._bound = bound
+        self._batch = batch
+        self._counters = PushCounters()
+        self._log = RateLimitedLog(_logger)
+        self._links: dict[str, GateLink] = {}
+        self._groups: dict[str, Group] = {}
+        self._server: Server | None = None
+
+    def attach(self, server: Server) -> None:
+        self._server = server
+
+    @property
+    def server(self) -> Server:
+        if self._server is None:
+            raise RuntimeError("the push hub has no server yet")
+        return self._server
+
+    def statistics(self) -> PushStatistics:
+        return self._counters.snapshot()
+
+    def check_local(self, session: Session) -> None:
+        if self.server.sessions.get(session.id) is not session:
+            raise ValueError("only this node's own clients join its part of a cluster-wide group: join on their gate")
+
+    def group(self, name: str) -> ClusterGroup:
+        """The cluster-wide group ``name`` (this node's part made on first use)."""
+        local = self._groups.get(name)
+        if local is None or local.closed:
+            local = self._groups[name] = Group(name)
+        return ClusterGroup(self, local)
+
+    # -- origin side ---------------------------------------------------------------------------
+
+    def push(self, route: str, value: object, audience: Audience) -> int:
+        """Serialize ``value`` once and push it to ``audience`` on every gate (this node's
+        clients now, the others' through their queues); returns how many gates it was
+        delivered or queued for (a node not yet heard from counts as a gate). Never waits.
+
+        Raises ValueError for an empty or over-long route, SerializeError, MessageTooLarge
+        (over the server's ``max_packet_size``)."""
+        server = self.server
+        check_route(route)
+        data = server.serializer.marshal(value)
+        if len(data) > server.config.max_packet_size:
+            raise MessageTooLarge(len(data), server.config.max_packet_size)
+        self._counters.pushes += 1
+        item = audience.item(route, data)
+        gates = 0
+        if self.serves_clients:
+            self.deliver(item)
+            gates += 1
+        members = self._membership.addresses
+        for address in members:
+            link = self._link(address)
+            if link is not None and link.put(item):
+                gates += 1
+        if len(self._links) > len(members):
+            for address in [a for a in self._links if a not in self._membership]:
+                self.gate_gone(address)
+        return gates
+
+    def _link(self, address: str) -> GateLink | None:
+        link = self._links.get(address)
+        if link is None:
+            link = GateLink(
+                address,
+                origin=self.address,
+                peers=self._peers,
+                bound=self._bound,
+                batch=self._batch,
+                counters=self._counters,
+                log=self._log,
+            )
+            if not self._tasks.start(link.run):
+                return None  # this node is stopping
+            self._links[address] = link
+        return None if link.gate is False else link
+
+    def gate_gone(self, address: str) -> None:
+        """``address`` left the cluster: its link ends (a node coming back starts afresh)."""
+        link = self._links.pop(address, None)
+        if link is not None:
+            link.close()
+
+    # -- gate side -----------------------------------------------------------------------------
+
+    async def handle_deliver(self, batch: pushpb.PushBatch) -> pushpb.PushResult:
+        """``trionano.push.Push/Deliver``: deliver each item to this node's clients, in order."""
+        delivered = 0
+        for item in batch.items:
+            self._counters.received += 1
+            delivered += self.deliver(item)
+        return pushpb.PushResult(gate=self.serves_clients, delivered=delivered)
+
+    def deliver(self, item: pushpb.PushItem) -> int:
+        """Queue ``item`` for this node's sessions in its audience: one Broadcast, encoded once
+        per codec. Returns how many sessions it was queued for; a malformed item (no
+        audience, a bad route) or one too large for a packet is refused and counted."""
+        try:
+            check_route(item.route)
+        except ValueError:
+            return self._refuse(item, "a bad route")
+        kind, value = _which(item)
+        server = self.server
+        try:
+            if kind == "group":
+                assert isinstance(value, str)
+                group = self._groups.get(value)
+                queued = 0 if group is None or group.closed else group.broadcast(item.route, item.data)
+            elif kind == "uids":
+                assert isinstance(value, pushpb.Uids)
+                uids = set(value.uids)
+                queued = _fan_out([s for s in server.sessions.values() if s.uid in uids], item.route, item.data)
+            elif kind == "everyone":
+                queued = _fan_out(list(server.sessions.values()), item.route, item.data)
+            else:
+                return self._refuse(item, "no audience")
+        except MessageTooLarge:
+            return self._refuse(item, "a body too large for a packet")
+        self._counters.delivered += queued
+        return queued
+
+    def _refuse(self, item: pushpb.PushItem, why: str) -> int:
+        self._counters.refused += 1
+        self._log.warning("push refused", "a cluster push to %s refused: %s", client_text(item.route), why)
+        return 0
+
+
+def _unimplemented(exc: ClusterError) -> bool:
+    """Whether the node does not serve the method: UNIMPLEMENTED, as grpc-go (Go nano) answers;
+    or grpclib's client reading grpclib's own "Method not found" answer, which omits the
+    content-type header and so comes out as UNKNOWN "Missing content-type header" (an older
+    trionano node, any grpclib member)."""
+    if exc.status is Status.UNIMPLEMENTED:
+        return True
+    return exc.status is Status.UNKNOWN and exc.message == "Missing content-type header"
+
+
+def check_route(route: str) -> None:
+    """Raises ValueError unless ``route`` is 1 to MAX_ROUTE_LENGTH (255) UTF-8 bytes (pomelo's
+    limit for an uncompressed route)."""
+    if not route or len(route.encode("utf-8", "surrogatepass")) > MAX_ROUTE_LENGTH:
+        raise ValueError(f"a route is 1 to {MAX_ROUTE_LENGTH} UTF-8 bytes")
+
+
+def _which(item: pushpb.PushItem) -> tuple[str, object]:
+    return betterproto.which_one_of(item, "audience")
+
+
+def _fan_out(sessions: list[Session], route: str, data: bytes) -> int:
+    """One Push for ``sessions``: ``data`` (already serialized) framed once per codec and
+    shared. A session closing meanwhile is skipped; MessageTooLarge propagates (a body over
+    the packet limit is over it for everyone)."""
+    broadcast = Broadcast(route, data)
+    queued = 0
+    for session in sessions:
+        try:
+            queued += session.entity.send_broadcast(session, broadcast)
+        except trio.BrokenResourceError:
+            pass
+    return queued
