@@ -13,8 +13,8 @@ then serves until stdin closes. Kinds:
   sockets, not 50,000), and a TCP port for a probe client. ``loop.start`` (a Notify, on a lane
   of its own) starts broadcasts back to back (``broadcast_and_wait``; with ``--inline``, the
   whole group in one go, as before buckets); ``fan.stop`` stops them and answers with how
-  many ran; ``fan.echo`` answers at once. Once the members have joined, ``gc.freeze()``
-  (unless ``--no-freeze``).
+  many ran; ``fan.echo`` answers at once. Once the members have joined, ``gc.freeze()`` and
+  ``gc.set_threshold(700, 10, 10_000)`` (unless ``--no-freeze``), as the pushing page says.
 - ``scale [--ws]``: raises RLIMIT_NOFILE to its hard limit and serves TCP (or WebSocket) on
   the second port it prints (the first is TCP, for control).
   ``scale.join`` joins the group; ``scale.stats`` answers the RSS (KiB), sessions and the file
@@ -202,6 +202,7 @@ async def serve_fanout(members: int, inline: bool, freeze: bool) -> None:
         if freeze:  # the members' objects out of the full collections' walks (see the pushing page)
             gc.collect()
             gc.freeze()
+            gc.set_threshold(700, 10, 10_000)  # and full collections rare
 
     await serve(components, config, trionano.TCPEndpoint("127.0.0.1"), ready=ready)
 
