@@ -39,6 +39,7 @@ import trio
 
 from bench._loadgen import ws_frame
 from trionano import wire
+from trionano._fanout import BUCKET_SIZE
 from trionano.client import open_client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -409,7 +410,7 @@ def write_results(new: dict[str, Any]) -> None:
         if key in new:
             report[key] = new[key]
             report[f"{key}_when"] = f"{new['when']}, medians of {new['repeats']} runs; {new['load']}"
-    report.update({key: new[key] for key in ("when", "load", "repeats")})
+    report.update({key: new[key] for key in ("when", "load", "repeats") if key in new})
     saved.write_text(json.dumps(report, indent=1) + "\n")
     lines = [
         "# Push at scale (bench/push.py)",
@@ -449,7 +450,7 @@ def write_results(new: dict[str, Any]) -> None:
             "| fan-out | idle p99 | loaded p99 | goal (<= 2x idle + 10 ms) | broadcasts/s |",
             "| --- | --- | --- | --- | --- |",
         ]
-        for mode, name in (("buckets", "buckets of 512 (trionano)"), ("inline", "one go (before buckets)")):
+        for mode, name in (("buckets", f"buckets of {BUCKET_SIZE} (trionano)"), ("inline", "one go (before buckets)")):
             m = b[mode]
             lines.append(
                 f"| {name} | {m['idle'] * 1e3:.2f} ms | {m['loaded'] * 1e3:.2f} ms "
@@ -471,6 +472,8 @@ def write_results(new: dict[str, Any]) -> None:
                 f"| {m['kib_per_connection']:.1f} | {m['broadcast_s'] * 1e3:.0f} ms |"
             )
         lines.append("")
+    for note in report.get("notes", []):  # by hand in push.json: what a reader needs beside the tables
+        lines += [note, ""]
     (RESULTS / "push.md").write_text("\n".join(lines))
     plot(report)
 
@@ -500,7 +503,7 @@ def plot(report: dict[str, Any]) -> None:
             modes = ["buckets", "inline"]
             ax.bar([x - 0.2 for x in range(2)], [b[m]["idle"] * 1e3 for m in modes], 0.4, label="idle p99")
             ax.bar([x + 0.2 for x in range(2)], [b[m]["loaded"] * 1e3 for m in modes], 0.4, label="loaded p99")
-            ax.set_xticks([0, 1], ["buckets of 512", "one go"])
+            ax.set_xticks([0, 1], [f"buckets of {BUCKET_SIZE}", "one go"])
             ax.set_yscale("log")
             ax.set_ylabel("ms")
             ax.set_title(f"Probe p99, {b['members']:,}-member broadcasts")
