@@ -3,7 +3,7 @@ it stays cheap beside the server it loads. Run in its own process by bench/runti
 one JSON line of results, including its own CPU seconds.
 
 ``python -m bench._loadgen b1 PORT --connections 50 --seconds 5 [--pomelo]``
-``python -m bench._loadgen b4 PORT --sessions N --rounds K --packet-len L [--pomelo]``
+``python -m bench._loadgen b4 PORT --sessions N --rounds K --packet-len L [--websocket]``
 ``python -m bench._loadgen hold PORT --sessions N`` (connect, handshake, hold until stdin closes)
 """
 
@@ -19,7 +19,10 @@ from collections.abc import Callable
 
 from trionano import wire
 
-HANDSHAKE = wire.encode_packet(wire.PacketType.HANDSHAKE) + wire.encode_packet(wire.PacketType.HANDSHAKE_ACK)
+# what pomelo's clients send (pinus refuses a handshake without "sys"); the Ack follows the answer
+HANDSHAKE = wire.encode_packet(wire.PacketType.HANDSHAKE, b'{"sys":{"type":"bench","version":"0.1"},"user":{}}')
+HANDSHAKE_ACK = wire.encode_packet(wire.PacketType.HANDSHAKE_ACK)
+ROUTE = "bench.echo"
 BODY = json.dumps({"msg": "y" * 54}, separators=(",", ":")).encode()  # 64 bytes
 assert len(BODY) == 64
 
@@ -94,11 +97,17 @@ def connect(port: int, pomelo: bool, join: bool = False, websocket: bool = False
         buf = bytearray()
         while not ws_payloads(buf):
             buf += sock.recv(65536)
+        sock.sendall(ws_frame(HANDSHAKE_ACK))
+        if join:
+            sock.sendall(ws_frame(wire.MessageCodec().request_packet(1, "bench.join", b"")))
+            while not ws_payloads(buf):
+                buf += sock.recv(65536)
         return sock
     if pomelo:
         sock.sendall(HANDSHAKE)
         buf = bytearray()
         assert read_packet(sock, buf) == wire.PacketType.HANDSHAKE
+        sock.sendall(HANDSHAKE_ACK)
         if join:
             sock.sendall(wire.MessageCodec().request_packet(1, "bench.join", b""))
             assert read_packet(sock, buf) == wire.PacketType.DATA
@@ -145,10 +154,12 @@ def message_types(buf: bytearray) -> list[int]:
     return [payload[0] for payload in ws_payloads(buf)]
 
 
-def b1(port: int, connections: int, seconds: float, pomelo: bool, websocket: bool = False) -> dict[str, float]:
-    """Closed loop: each connection sends a request and waits for its answer, again and again.
-    ``websocket``: the same over WebSocket (one masked frame per request)."""
-    frame = wire.MessageCodec().request_packet(1, "bench.echo", BODY)
+def b1(
+    port: int, connections: int, seconds: float, pomelo: bool, websocket: bool = False, route: str = ROUTE
+) -> dict[str, float]:
+    """Closed loop: each connection sends a request to ``route`` and waits for its answer,
+    again and again. ``websocket``: the same over WebSocket (one masked frame per request)."""
+    frame = wire.MessageCodec().request_packet(1, route, BODY)
     if websocket:
         socks = [connect(port, pomelo=True, websocket=True) for _ in range(connections)]
         return closed_loop(socks, ws_frame(frame), seconds, message_types)
@@ -188,25 +199,32 @@ def closed_loop(
     return _closed_loop_result(socks, done, start, cpu0, latencies)
 
 
-def b4(port: int, sessions: int, rounds: int, packet_len: int, baseline: bool, paced: bool) -> dict[str, float]:
+def b4(
+    port: int, sessions: int, rounds: int, packet_len: int, baseline: bool, paced: bool, websocket: bool = False
+) -> dict[str, float]:
     """N receivers; one controller asks for ``rounds`` broadcasts. The server times its own
     fan-out (so this process, which only drains and checks every byte arrived, cannot be the
-    bottleneck). ``baseline``: the server is bench._servers' rawsend, not trionano."""
-    socks = [connect(port, pomelo=True, join=not baseline) for _ in range(sessions)]
+    bottleneck). ``baseline``: the server is bench._servers' rawsend, not trionano.
+    ``websocket``: over WebSocket (packets counted inside the frames: a writer joins several
+    packets into one message)."""
+    socks = [connect(port, pomelo=True, join=not baseline, websocket=websocket) for _ in range(sessions)]
     selector = selectors.DefaultSelector()
     remaining = {}
+    buffers = {}
     for sock in socks:
         sock.setblocking(False)
         selector.register(sock, selectors.EVENT_READ)
         remaining[sock] = rounds * packet_len
-    controller = connect(port, pomelo=not baseline)
+        buffers[sock] = bytearray()
+    controller = connect(port, pomelo=not baseline, websocket=websocket)
     cpu0 = cpu()
     start = time.perf_counter()
     if baseline:
         controller.sendall(b'blast{"rounds":%d}' % rounds)
     else:
         request = json.dumps({"rounds": rounds, "paced": paced}).encode()
-        controller.sendall(wire.MessageCodec().request_packet(2, "bench.blast", request))
+        packet = wire.MessageCodec().request_packet(2, "bench.blast", request)
+        controller.sendall(ws_frame(packet) if websocket else packet)
     left = len(socks)
     while left:
         for key, _ in selector.select(timeout=30):
@@ -214,14 +232,25 @@ def b4(port: int, sessions: int, rounds: int, packet_len: int, baseline: bool, p
             data = sock.recv(1 << 20)
             if not data:
                 raise ConnectionError("a receiver was closed")
-            remaining[sock] -= len(data)
+            if websocket:
+                buf = buffers[sock]
+                buf += data
+                remaining[sock] -= sum(len(payload) for payload in ws_payloads(buf))
+            else:
+                remaining[sock] -= len(data)
             if remaining[sock] <= 0:
                 selector.unregister(sock)
                 left -= 1
     used = cpu() - cpu0
     controller.setblocking(True)
     controller.settimeout(30)
-    reply = controller.recv(65536)
+    if websocket:
+        buf = bytearray()
+        while not (payloads := ws_payloads(buf)):
+            buf += controller.recv(65536)
+        reply = payloads[0]
+    else:
+        reply = controller.recv(65536)
     info = json.loads(reply if baseline else reply[6:])  # a Response: header, flag, id 2, body
     for sock in [*socks, controller]:
         sock.close()
@@ -253,12 +282,13 @@ def main() -> None:
     parser.add_argument("--pomelo", action="store_true", help="b1: handshake first (not for the echo server)")
     parser.add_argument("--baseline", action="store_true", help="b4: the server is the raw send loop")
     parser.add_argument("--paced", action="store_true", help="b4: yield after each broadcast")
-    parser.add_argument("--websocket", action="store_true", help="b1: over WebSocket")
+    parser.add_argument("--route", default=ROUTE, help="b1: the echo handler's route")
+    parser.add_argument("--websocket", action="store_true", help="b1, b4: over WebSocket")
     args = parser.parse_args()
     if args.mode == "b1":
-        result = b1(args.port, args.connections, args.seconds, args.pomelo, args.websocket)
+        result = b1(args.port, args.connections, args.seconds, args.pomelo, args.websocket, args.route)
     elif args.mode == "b4":
-        result = b4(args.port, args.sessions, args.rounds, args.packet_len, args.baseline, args.paced)
+        result = b4(args.port, args.sessions, args.rounds, args.packet_len, args.baseline, args.paced, args.websocket)
     else:
         hold(args.port, args.sessions)
         return

@@ -1,8 +1,10 @@
 """Signals sent to a real server process: SIGINT and SIGTERM are the graceful shutdown (every
-client kicked "shutdown"), with no traceback and exit status 0."""
+client kicked "shutdown"), with no traceback and exit status 0. And the collector tuning
+``trionano.run`` applies."""
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import signal
@@ -13,7 +15,9 @@ from pathlib import Path
 import pytest
 import trio
 
+import trionano
 from trionano import Kicked
+from trionano._run import GC_THRESHOLDS
 from trionano.client import open_client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,3 +59,15 @@ async def test_a_signal_kicks_every_client_and_exits_cleanly(signum: signal.Sign
     assert "Traceback" not in text, text
     assert "KeyboardInterrupt" not in text, text
     assert "shutting down gracefully" in text
+
+
+def test_tune_gc_freezes_what_is_alive_and_raises_the_thresholds() -> None:
+    before = gc.get_threshold()
+    try:
+        trionano.tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_threshold()[0] > before[0]
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

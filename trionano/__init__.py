@@ -31,6 +31,7 @@ from ._pipeline import Pipeline as Pipeline
 from ._pipeline import PipelineMessage as PipelineMessage
 from ._run import run as run
 from ._run import serve_until_signalled as serve_until_signalled
+from ._run import tune_gc as tune_gc
 from ._serializer import JSONSerializer as JSONSerializer
 from ._serializer import ProtobufSerializer as ProtobufSerializer
 from ._serializer import Serializer as Serializer

@@ -16,10 +16,12 @@ raise ``trio.BusyResourceError``, as trio's streams do.
 
 Checkpoints: every call is a cancel point: a cancelled scope raises ``trio.Cancelled`` before
 the socket is touched, so a cancelled read never loses bytes and a cancelled send never half
-happens. A call that must wait is a full checkpoint, as in trio. A call that need not wait is
-a schedule point only every ``fair_every`` calls on its side (16 by default, counted inline),
-so a busy connection still lets other tasks run; with ``fair_every=1`` every call is a full
-checkpoint, trio's whole Stream contract.
+happens. A call that must wait is a full checkpoint, as in trio (a read after a short read
+waits at once: no read that fails with EAGAIN, no other checkpoint first). A call that need not
+wait is a schedule point only every ``fair_every`` calls on its side (16 by default, counted
+inline), so a busy connection still lets other tasks run; with ``fair_every=1`` every call is
+a full checkpoint, trio's whole Stream contract. :meth:`FdStream.send_some_nowait` is the one
+exception: a plain non-blocking write, for a writer that tries to write before it waits.
 
 Error handling: ``trio.ClosedResourceError`` once this side closed the stream (also for a task
 blocked in it at the time: the close wakes it), or after :meth:`send_eof` for sending;
@@ -97,8 +99,10 @@ class FdStream(trio.abc.HalfCloseableStream):
             raise ValueError("max_bytes must be at least 1")
         self._receiving = True
         try:
-            self._read_budget -= 1
-            if self._read_budget > 0:
+            if self._read_drained:
+                pass  # it waits for the kernel below: a full checkpoint already
+            elif self._read_budget > 1:
+                self._read_budget -= 1
                 await _checkpoint_if_cancelled()
             else:
                 self._read_budget = self._fair_every
@@ -162,6 +166,26 @@ class FdStream(trio.abc.HalfCloseableStream):
                 full = True
         finally:
             self._sending = False
+
+    def send_some_nowait(self, data: bytes | bytearray | memoryview) -> int:
+        """Hand the kernel what it takes of ``data`` now, without waiting: the number of bytes
+        written (at least 1; fewer than ``len(data)`` when the send buffer filled). Not a
+        checkpoint: a writer that loops on it checkpoints on its own. Raises trio.WouldBlock
+        (the send buffer is full: nothing written), trio.BusyResourceError (a send_all is
+        under way), trio.ClosedResourceError (also after send_eof),
+        trio.BrokenResourceError."""
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this stream")
+        fd = self._wfd
+        if fd < 0:
+            raise trio.ClosedResourceError("this stream was closed for sending")
+        try:
+            sent = os.write(fd, data)
+        except BlockingIOError:
+            raise trio.WouldBlock from None
+        except OSError as exc:
+            raise _translate(exc) from exc
+        return sent
 
     async def wait_send_all_might_not_block(self) -> None:
         if self._sending:

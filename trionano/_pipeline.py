@@ -31,26 +31,29 @@ PipelineFunc = Callable[["Session", PipelineMessage], None]
 
 class PipelineChannel:
     """An ordered list of functions. Run by the server: a function that raises drops the
-    message (the server logs it); the functions after it do not run."""
+    message (the server logs it); the functions after it do not run.
+
+    ``funcs`` is the functions now, in order (a tuple, replaced when one is added: every
+    message's path tests it, and a tuple's truth costs no call)."""
 
     def __init__(self) -> None:
-        self._funcs: list[PipelineFunc] = []
+        self.funcs: tuple[PipelineFunc, ...] = ()
 
     def push_front(self, func: PipelineFunc) -> None:
-        self._funcs.insert(0, func)
+        self.funcs = (func, *self.funcs)
 
     def push_back(self, func: PipelineFunc) -> None:
-        self._funcs.append(func)
+        self.funcs = (*self.funcs, func)
 
     def __bool__(self) -> bool:
-        return bool(self._funcs)
+        return bool(self.funcs)
 
     def __len__(self) -> int:
-        return len(self._funcs)
+        return len(self.funcs)
 
     def process(self, session: Session, message: PipelineMessage) -> None:
         """Run every function in order; their exceptions propagate to the caller."""
-        for func in self._funcs:
+        for func in self.funcs:
             func(session, message)
 
 

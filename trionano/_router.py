@@ -147,7 +147,7 @@ class Router:
         else:
             counts.notifies += 1
         body = message.body
-        if self._inbound:
+        if self._inbound.funcs:
             pipeline_message = PipelineMessage(MessageType(message.type), route, body, mid)
             try:
                 self._inbound.process(session, pipeline_message)
@@ -162,7 +162,12 @@ class Router:
             self._log.warning("bad body", "undecodable body for %s: %s", route, client_text(str(exc)))
             return self._refuse(session, mid, CODE_BAD_REQUEST, str(exc))
         lane = self._main if not handler.lane else self._lane(session, handler)
-        return self._queue(lane, self._call(session, handler, arg, mid, counts))
+        task = self._call(session, handler, arg, mid, counts)
+        try:  # _queue, inlined: every message comes here
+            lane.push_nowait(task)
+        except trio.WouldBlock:
+            return lane, task
+        return None
 
     def _lane(self, session: Session, handler: Handler) -> Lane:
         own = session.get(handler.lane)
@@ -245,10 +250,7 @@ class Router:
             )
             self._answer_failure(session, call, CODE_INTERNAL, "the handler gave no response")
             return
-        if session.closed:
-            self._counters.dropped_closed += 1
-            return
-        try:
+        try:  # a closed session raises BrokenResourceError: _failed counts it as dropped
             session.respond_raw(call.mid, session.serializer.marshal(result))
         except Exception as exc:  # SerializeError, MessageTooLarge, a broken connection
             self._failed(session, call, exc)

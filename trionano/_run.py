@@ -9,6 +9,7 @@ Inside an existing ``trio.run``, :func:`serve_until_signalled` does the same as 
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import signal
 from typing import Final
@@ -18,24 +19,52 @@ import trio
 from ._listen import Endpoint
 from ._server import Server
 
-__all__ = ["SHUTDOWN_SIGNALS", "run", "serve_until_signalled"]
+__all__ = ["GC_THRESHOLDS", "SHUTDOWN_SIGNALS", "run", "serve_until_signalled", "tune_gc"]
 
 #: The signals that shut a server down gracefully.
 SHUTDOWN_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 
 _logger = logging.getLogger("trionano.server")
 
+#: The cyclic garbage collector's thresholds :func:`tune_gc` sets (CPython's are 700, 10, 10).
+GC_THRESHOLDS: Final = (20_000, 50, 100)
+
+
+def tune_gc() -> None:
+    """Set CPython's cyclic garbage collector up for a long-running server, once it has
+    started: the objects alive now (modules, classes, components: never garbage) are frozen
+    out of every later collection (``gc.freeze``), and the thresholds become
+    :data:`GC_THRESHOLDS`, so the youngest generation is collected every 20,000 net
+    allocations instead of 700.
+
+    Why: each waiting task holds a few fresh objects (its coroutine frames); with a thousand
+    connections, thousands of them are alive at every young collection, survive it, and push
+    the collector into frequent full collections of every object the server holds. Measured
+    (bench/runtime.py B1, 1,000 connections): about 20 CPU-us per request in the collector
+    with the defaults, under 1 with these. Garbage in reference cycles lives a little longer.
+
+    Process-wide: :func:`run` calls it unless told not to; a program that runs the server
+    otherwise may call it itself. ``gc.unfreeze()`` and ``gc.set_threshold`` undo it."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
 
 async def serve_until_signalled(
-    server: Server, *endpoints: Endpoint, task_status: trio.TaskStatus[list[int]] = trio.TASK_STATUS_IGNORED
+    server: Server,
+    *endpoints: Endpoint,
+    gc_tuning: bool = False,
+    task_status: trio.TaskStatus[list[int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run ``server`` on ``endpoints`` until SIGINT or SIGTERM, then shut it down gracefully
     (:meth:`Server.shutdown`); a second signal cancels it at once. ``task_status.started`` gets
-    the bound ports. Must run in the main thread (Trio's signal rules). Returns once the server
-    has stopped; raises what :meth:`Server.serve` raises."""
+    the bound ports. ``gc_tuning``: call :func:`tune_gc` once the server listens. Must run in
+    the main thread (Trio's signal rules). Returns once the server has stopped; raises what
+    :meth:`Server.serve` raises."""
     with trio.open_signal_receiver(*SHUTDOWN_SIGNALS) as signals:
         async with trio.open_nursery() as nursery:
             ports: list[int] = await nursery.start(functools.partial(server.serve, *endpoints))
+            if gc_tuning:
+                tune_gc()
             task_status.started(ports)
 
             async def watch() -> None:
@@ -52,7 +81,9 @@ async def serve_until_signalled(
             nursery.cancel_scope.cancel()
 
 
-def run(server: Server, *endpoints: Endpoint) -> None:
+def run(server: Server, *endpoints: Endpoint, gc_tuning: bool = True) -> None:
     """Serve ``server`` on ``endpoints`` in a new Trio run until SIGINT or SIGTERM (see
-    :func:`serve_until_signalled`). For a script's ``if __name__ == "__main__":``."""
-    trio.run(functools.partial(serve_until_signalled, server, *endpoints))
+    :func:`serve_until_signalled`). For a script's ``if __name__ == "__main__":``. The process
+    is the server's: once it listens, the garbage collector is tuned for it (:func:`tune_gc`)
+    unless ``gc_tuning`` is False."""
+    trio.run(functools.partial(serve_until_signalled, server, *endpoints, gc_tuning=gc_tuning))

@@ -162,8 +162,8 @@ class Statistics:
     - ``protocol_errors``, ``handler_errors``, ``unknown_routes``;
     - ``error_responses``: error Responses sent, by code (400, 404, 413, 429, 500, ...);
     - ``pushes_out``, ``responses_out``: Pushes and Responses queued to clients;
-    - ``writes``: writes to clients' connections (one ``send``, or one WebSocket message,
-      each; what ``Config.merge_window`` saves);
+    - ``writes``: writes to clients' connections, each the packets joined into one ``send``
+      (or one WebSocket message); what ``Config.merge_window`` saves;
     - ``outbox_queued`` (now): packets waiting in every client's outbox; ``outbox_max`` (now):
       the most in one outbox;
     - ``routes``: per route, messages in and handler durations (:class:`RouteStatistics`):

@@ -3,8 +3,9 @@
 Each accepted connection's HTTP request head is read here (h11): an ``Upgrade: websocket``
 request to the configured path is accepted (wsproto's handshake), and the connection becomes a
 :class:`WebSocketServerStream`, then an agent; a plain ``GET`` is answered from the static
-directory, if any. The server drives wsproto's framing itself, in the agent's reader and
-writer; trio-websocket serves the client side (:class:`WebSocketStream`). Inbound, binary and
+directory, if any. The server drives the framing of websockets' sans-I/O engine itself, in
+the agent's reader and writer (measured against wsproto's, bench/websocket.py: several times
+cheaper per message); trio-websocket serves the client side (:class:`WebSocketStream`). Inbound, binary and
 text messages both feed the packet stream (a packet may span messages; a message may hold
 several). Outbound, the agent's writer hands over whole packets only, and each ``send_all`` is
 one message: JS clients cannot reassemble a split packet.
@@ -23,17 +24,10 @@ import attrs
 import h11
 import trio
 import trio_websocket
-from wsproto.connection import Connection, ConnectionState, ConnectionType
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    Ping,
-    RejectConnection,
-    Request,
-    TextMessage,
-)
-from wsproto.frame_protocol import CloseReason
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.protocol import Protocol, Side, State
+from wsproto.connection import ConnectionType
+from wsproto.events import AcceptConnection, RejectConnection, Request
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError
 
@@ -51,19 +45,33 @@ _READ_SIZE: Final = 65536
 _CLOSE_WAIT: Final = 1.0
 #: ... or, when it cannot parse the peer's frames any more, for the peer to send nothing for.
 _QUIET: Final = 0.1
-_OPEN: Final = ConnectionState.OPEN
-_LOCAL_CLOSING: Final = ConnectionState.LOCAL_CLOSING
-_REMOTE_CLOSING: Final = ConnectionState.REMOTE_CLOSING
-_CLOSED: Final = ConnectionState.CLOSED
+_OPEN: Final = State.OPEN
+_CLOSE: Final = Opcode.CLOSE
+_PING: Final = Opcode.PING
+_PONG: Final = Opcode.PONG
+_CONT: Final = Opcode.CONT
+_TEXT: Final = Opcode.TEXT
 OriginCheck = Callable[[str | None], bool]
 
 
-class WebSocketServerStream(trio.abc.Stream):
-    """The server side of an accepted WebSocket as a byte stream: wsproto's framing driven
-    directly over the transport, in the calling tasks (no task, channel or lock of its own).
+class _EngineLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """websockets' log for the server's connections: its per-connection INFO ("connection
+    closed") dropped, the rest to trionano's WebSocket logger."""
 
-    Inbound, the payloads of binary and text messages (text as its UTF-8 bytes) make the byte
-    stream; a message is handed over once it is whole, so one larger than
+    def info(self, msg: object, *args: object, **kwargs: Any) -> None:
+        pass
+
+
+_ENGINE_LOG: Final = _EngineLog(_logger.getChild("frames"), {})
+
+
+class WebSocketServerStream(trio.abc.Stream):
+    """The server side of an accepted WebSocket as a byte stream: the framing of websockets'
+    sans-I/O engine (``websockets.protocol.Protocol``) driven directly over the transport, in
+    the calling tasks (no task, channel or lock of its own).
+
+    Inbound, the payloads of binary and text messages (text as its UTF-8 bytes, checked) make
+    the byte stream; a message is handed over once it is whole, so one larger than
     ``max_message_size`` is refused (close 1009) before any of it is read, and every message
     a read completes comes back from one ``receive_some``. Pings are answered with pongs.
     Outbound, each ``send_all`` is one binary message.
@@ -85,31 +93,27 @@ class WebSocketServerStream(trio.abc.Stream):
         "_closed",
         "_eof",
         "_framing_failed",
-        "_max_message_size",
-        "_message_size",
         "_parts",
         "_pending",
         "_received",
         "_receiving",
         "_sending",
+        "_text",
         "_write_turn",
         "_writing",
         "_ws",
         "transport_stream",
     )
 
-    def __init__(
-        self, transport: trio.abc.Stream, connection: Connection, *, max_message_size: int, received: bytes = b""
-    ) -> None:
+    def __init__(self, transport: trio.abc.Stream, *, max_message_size: int, received: bytes = b"") -> None:
         self.transport_stream: Final = transport
-        self._ws = connection
+        self._ws = Protocol(Side.SERVER, state=_OPEN, max_size=max_message_size, logger=_ENGINE_LOG)
         self._received = received  # read from the transport past the handshake, not yet parsed
-        self._max_message_size = max_message_size
-        self._parts: list[bytes | bytearray] = []  # the message being received, until it is whole
-        self._message_size = 0
+        self._parts: list[bytes] = []  # the message being received, until it is whole
+        self._text = False  # it is a text message: its UTF-8 is checked once whole
         self._pending: bytes | bytearray = b""  # what the last receive_some had no room for
         self._eof = False  # nothing more will be read: the peer closed, or we did
-        self._framing_failed = False  # wsproto refused a frame: it parses nothing more
+        self._framing_failed = False  # the engine refused a frame: it parses nothing more
         self._closed = False
         self._receiving = False
         self._sending = False
@@ -136,7 +140,7 @@ class WebSocketServerStream(trio.abc.Stream):
         finally:
             self._receiving = False
 
-    async def _receive(self) -> bytes | bytearray:
+    async def _receive(self) -> bytes:
         """The payloads of the messages the next read(s) complete; b"" at the end."""
         ws = self._ws
         receive_some = self.transport_stream.receive_some
@@ -149,44 +153,39 @@ class WebSocketServerStream(trio.abc.Stream):
             if not data:
                 self._eof = True
                 break
-            ws.receive_data(data)  # type: ignore[arg-type]  # wsproto takes a bytearray as well
-            messages: list[bytes | bytearray] = []
-            control = b""
-            for event in ws.events():
-                if isinstance(event, BytesMessage):
-                    payload = event.data
-                elif isinstance(event, TextMessage):
-                    payload = event.data.encode()
-                elif isinstance(event, Ping):
-                    control += ws.send(event.response())
+            ws.receive_data(data)
+            messages: list[bytes] = []
+            frames: list[Frame] = ws.events_received()  # type: ignore[assignment]  # only frames once open
+            for frame in frames:
+                opcode = frame.opcode
+                if opcode is _CLOSE:  # the peer's: answered by the engine
+                    self._eof = True
+                    break
+                if opcode is _PING or opcode is _PONG:  # a ping is answered by the engine
                     continue
-                elif isinstance(event, CloseConnection):
-                    if ws.state is _REMOTE_CLOSING:  # the peer's close frame: answered
-                        control += ws.send(event.response())
-                    elif ws.state is _OPEN:  # wsproto refused a frame and says why as a close event
-                        self._framing_failed = True
-                        control += ws.send(CloseConnection(event.code, event.reason))
-                    self._eof = True
-                    break
-                else:
-                    continue  # a Pong
-                size = self._message_size + len(payload)
-                if size > self._max_message_size:
-                    control += ws.send(CloseConnection(CloseReason.MESSAGE_TOO_BIG, "message too big"))
-                    self._eof = True
-                    break
-                if not event.message_finished:
+                if opcode is not _CONT:
+                    self._text = opcode is _TEXT
+                payload = bytes(frame.data)
+                if not frame.fin:
                     self._parts.append(payload)
-                    self._message_size = size
                     continue
                 if self._parts:
                     self._parts.append(payload)
                     payload = b"".join(self._parts)
                     self._parts.clear()
-                    self._message_size = 0
+                if self._text:
+                    try:
+                        payload.decode()
+                    except UnicodeDecodeError:
+                        ws.fail(CloseCode.INVALID_DATA, "invalid UTF-8 text")
+                        self._framing_failed = self._eof = True
+                        break
                 messages.append(payload)
+            if ws.parser_exc is not None:  # a frame refused (1002, 1009): the close is queued
+                self._framing_failed = self._eof = True
+            control = ws.data_to_send()
             if control:
-                await self._write(control)
+                await self._write(b"".join(control))
             if messages:
                 return messages[0] if len(messages) == 1 else b"".join(messages)
         return b""
@@ -199,10 +198,11 @@ class WebSocketServerStream(trio.abc.Stream):
         ws = self._ws
         if ws.state is not _OPEN:
             raise trio.BrokenResourceError("the WebSocket is closing")
-        frame = ws.send(BytesMessage(data if type(data) is bytes else bytes(data)))
+        ws.send_binary(data)
+        frames = ws.data_to_send()
         self._sending = True
         try:
-            await self._write(frame)
+            await self._write(frames[0] if len(frames) == 1 else b"".join(frames))
         finally:
             self._sending = False
 
@@ -233,10 +233,11 @@ class WebSocketServerStream(trio.abc.Stream):
         ws = self._ws
         try:
             if ws.state is _OPEN:
-                await self._write(ws.send(CloseConnection(CloseReason.NORMAL_CLOSURE)))
+                ws.send_close(CloseCode.NORMAL_CLOSURE)
+                await self._write(b"".join(ws.data_to_send()))
             # closing the socket with the peer's data unread would reset it, and the peer
             # might lose our close frame: read until its own
-            if ws.state is _LOCAL_CLOSING and not self._receiving:
+            if ws.close_rcvd is None and not self._receiving:
                 with trio.move_on_after(_CLOSE_WAIT):
                     await self._await_close()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -246,7 +247,8 @@ class WebSocketServerStream(trio.abc.Stream):
 
     async def _await_close(self) -> None:
         """Read, discarding messages, until the peer's close frame or the end of the transport;
-        once wsproto has refused a frame (it parses nothing more), until the peer goes quiet."""
+        once the engine has refused a frame (it parses nothing more), until the peer goes
+        quiet."""
         ws = self._ws
         receive_some = self.transport_stream.receive_some
         while True:
@@ -261,13 +263,12 @@ class WebSocketServerStream(trio.abc.Stream):
                 return
             if self._framing_failed:
                 continue
-            ws.receive_data(data)  # type: ignore[arg-type]
-            for event in ws.events():
-                if isinstance(event, CloseConnection):
-                    if ws.state is _CLOSED:
-                        return
-                    self._framing_failed = True
-                    break
+            ws.receive_data(data)
+            ws.events_received()
+            if ws.close_rcvd is not None:
+                return
+            if ws.parser_exc is not None:
+                self._framing_failed = True
 
 
 class WebSocketStream(trio.abc.Stream):
@@ -320,24 +321,21 @@ async def _read_head(stream: trio.abc.Stream) -> tuple[h11.Request, bytes, bytes
         parser.receive_data(bytes(data))
 
 
-async def _accept(stream: trio.abc.Stream, raw: bytes) -> Connection | None:
+async def _accept(stream: trio.abc.Stream, raw: bytes) -> bool:
     """Complete the opening handshake of the upgrade request in ``raw`` (the 101 response, or
-    400/426 for a request wsproto refuses); the open connection. Bytes in ``raw`` past the
-    request are not fed to it (wsproto's handshake drops them)."""
+    400/426 for a request wsproto refuses); whether the WebSocket is open. Bytes in ``raw``
+    past the request are not fed to it (wsproto's handshake drops them)."""
     handshake = H11Handshake(ConnectionType.SERVER)
     try:
         handshake.receive_data(raw)
     except RemoteProtocolError as exc:
         hint = exc.event_hint
         await stream.send_all(handshake.send(hint if isinstance(hint, RejectConnection) else RejectConnection()))
-        return None
+        return False
     if not any(isinstance(event, Request) for event in handshake.events()):
-        return None  # cannot happen: h11 parsed a whole request head from these bytes
-    response = handshake.send(AcceptConnection())
-    connection = handshake.connection
-    assert connection is not None
-    await stream.send_all(response)
-    return connection
+        return False  # cannot happen: h11 parsed a whole request head from these bytes
+    await stream.send_all(handshake.send(AcceptConnection()))
+    return True
 
 
 def _header(request: h11.Request, name: bytes) -> str | None:
@@ -413,18 +411,15 @@ class WebSocketEndpoint:
                 with trio.move_on_after(self.handshake_timeout):  # too slow to say what it wants: closed
                     upgrade = await self._route(stream)
                 if upgrade is not None:
-                    connection, received = upgrade
-                    ws = WebSocketServerStream(
-                        stream, connection, max_message_size=self.max_message_size, received=received
-                    )
+                    ws = WebSocketServerStream(stream, max_message_size=self.max_message_size, received=upgrade)
                     await handle(ws, address)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
 
-    async def _route(self, stream: trio.abc.Stream) -> tuple[Connection, bytes] | None:
+    async def _route(self, stream: trio.abc.Stream) -> bytes | None:
         """Answer what is not a WebSocket upgrade to our path from an allowed origin; accept an
-        upgrade that is: the open connection and the bytes read past the request (a client
-        need not wait for our answer to send its first frames)."""
+        upgrade that is: the bytes read past the request (a client need not wait for our
+        answer to send its first frames), None when it was not accepted."""
         head = await _read_head(stream)
         if head is None:
             return None
@@ -440,8 +435,7 @@ class WebSocketEndpoint:
             _logger.info("WebSocket from origin %r refused", origin)
             await _respond(stream, 403, b"origin not allowed\n", "text/plain", False)
             return None
-        connection = await _accept(stream, raw)
-        return None if connection is None else (connection, trailing)
+        return trailing if await _accept(stream, raw) else None
 
     async def _static(self, stream: trio.abc.Stream, request: h11.Request) -> None:
         method = request.method.decode("ascii", "replace")

@@ -1,4 +1,4 @@
-"""The server's WebSocket engine (WebSocketServerStream, wsproto driven directly): close
+"""The server's WebSocket engine (WebSocketServerStream, websockets' sans-I/O framing): close
 codes, control frames, framing, and the stream's own contract. Clients are the project's own,
 trio-websocket, and wsproto by hand over loopback TCP (for what no client library sends)."""
 
@@ -329,7 +329,7 @@ class Pair:
         assert server.connection is not None
         assert client.connection is not None
         self.client = client.connection
-        self.stream = WebSocketServerStream(server_end, server.connection, max_message_size=max_message_size)
+        self.stream = WebSocketServerStream(server_end, max_message_size=max_message_size)
 
     async def send(self, *events: Event) -> None:
         await self.peer.send_all(b"".join(self.client.send(event) for event in events))
