@@ -1,6 +1,6 @@
-// One of three JavaScript clients against a merging server (tests/runtime/test_merge_js.py):
-// KIND is "pomelo" (the official pomelo-jsclient-websocket), "starx" (nano's bundled client,
-// starx/) or "trionano" (trionano/js/trionano.js, an ES module). It joins the room, asks for a
+// One of two JavaScript clients against a merging server (tests/runtime/test_merge_js.py):
+// KIND is "pomelo" (the official pomelo-jsclient-websocket) or "trionano"
+// (trionano/js/trionano.js, an ES module). It joins the room, asks for a
 // burst of N broadcasts (notify room.burst), then, having all N, for a last push and a Kick
 // (notify room.finale). Every WebSocket message is counted on the way in, with the packet types
 // it holds, so the test can see which pushes came merged in one message.
@@ -65,7 +65,8 @@ async function main() {
     trionano.notify("room.burst", { n: total });
     return;
   }
-  const lib = kind === "pomelo" ? require("./pomelo_env.cjs") : require("./starx_env.cjs");
+  if (kind !== "pomelo") throw new Error("unknown client kind " + kind);
+  const lib = require("./pomelo_env.cjs");
   client = lib;
   lib.on("onSeq", onSeq);
   lib.on("onLast", onLast);
