@@ -239,3 +239,21 @@ async def test_a_stopped_fan_out_drops_and_counts_what_was_waiting() -> None:
     assert job.queued + counters.dropped_closed == 2 * BUCKET_SIZE
     assert counters.dropped_closed > 0  # stopped before it could run every step
     assert fanout.waiting == 0
+
+
+async def test_a_cluster_push_to_every_session_goes_through_the_fan_out() -> None:
+    # the gate side of a cluster-wide push to uids or to everyone (trionano.cluster's push
+    # hub): no Group, yet bucket by bucket and in order with the sessions' other Pushes
+    from trionano.cluster._push import _fan_out
+
+    async with members(N) as (_, sessions, log):
+        assert _fan_out(sessions, "onAll", b"{}") == N  # queued at once, or handed over
+        assert len(log) == BUCKET_SIZE  # the first bucket only, in the caller
+        sessions[-1].push("onDirect", {})  # not reached yet: behind onAll
+        gone = sessions[-2].entity
+        assert isinstance(gone, Recorder)
+        gone.closed = True  # its connection breaks before the fan-out reaches it: skipped
+        await idle()
+        assert [n for n, what in log if what == "onAll"] == [n for n in range(N) if n != N - 2]
+        assert seen(sessions[-1]) == ["onAll", "onDirect"]
+        assert _fan_out([], "onNone", b"{}") == 0
