@@ -88,6 +88,7 @@ class Agent:
         "_log",
         "_max_bytes",
         "_on_working",
+        "_outbound_pipeline",
         "_queued",
         "_queued_bytes",
         "_reader_scope",
@@ -128,6 +129,7 @@ class Agent:
         self._counters = counters
         self._log = log
         self._on_working = on_working
+        self._outbound_pipeline = config.pipeline.outbound  # its .funcs: tested on every answer
         self.conn: Final = WireConnection(Role.SERVER, heartbeat=config.heartbeat, codec=codec, now=trio.current_time())
         self._send, self._receive = trio.open_memory_channel[bytes](float("inf"))
         self._queued = 0  # packets in the outbox
@@ -475,7 +477,7 @@ class Agent:
         # every request's answer comes here: _not_working's checks, folded into the encoding
         if self.closed:
             raise trio.BrokenResourceError("the session is closed")
-        if self._config.pipeline.outbound.funcs:
+        if self._outbound_pipeline.funcs:
             if self._not_working():
                 return False
             refined = self._outbound(MessageType.RESPONSE, "", body, mid)
@@ -490,10 +492,21 @@ class Agent:
             raise self._too_large(body) from None
         counters = self._counters
         counters.encoded += 1
-        if self._enqueue(packet, droppable=False):
-            counters.responses_out += 1
-            return True
-        return False
+        # _enqueue, inlined for the common case (the outbox under its soft limits); a
+        # Response is never dropped, only the memory bound applies to it
+        if self._queued >= self._soft_limit or self._queued_bytes >= self._soft_bytes:
+            if not self._enqueue(packet, droppable=False):
+                return False
+        else:
+            try:
+                self._send.send_nowait(packet)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                counters.dropped_closed += 1
+                return False
+            self._queued += 1
+            self._queued_bytes += len(packet)
+        counters.responses_out += 1
+        return True
 
     def heartbeat(self, now: float) -> bool:
         """Kick a peer silent past its deadline (returns True), or send the heartbeat that

@@ -21,6 +21,7 @@ code   when
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Mapping
 from time import perf_counter
 from typing import Final, Protocol, TypeAlias
@@ -33,7 +34,7 @@ from ._log import RateLimitedLog, client_text
 from ._pipeline import Pipeline, PipelineMessage
 from ._serializer import Unmarshal
 from ._session import Call, Session, current_call
-from ._stats import ROUTE_FORWARDED, ROUTE_UNKNOWN, Counters, RouteCounters
+from ._stats import LATENCY_BOUNDS, ROUTE_FORWARDED, ROUTE_UNKNOWN, Counters, RouteCounters
 from .nursery_scheduler import Lane, Scheduler, Task
 from .wire import MessageType, Notify, Request
 
@@ -55,6 +56,9 @@ CODE_TOO_LARGE: Final = 413
 CODE_RATE_LIMITED: Final = 429
 CODE_INTERNAL: Final = 500
 CODE_UNAVAILABLE: Final = 503
+
+_set_call: Final = current_call.set
+_reset_call: Final = current_call.reset
 
 #: What :meth:`Router.dispatch` hands back when the reader must wait: the full lane and the
 #: task to push onto it.
@@ -194,42 +198,68 @@ class Router:
     # -- the per-request error boundary -----------------------------------------------------
 
     def _call(self, session: Session, handler: Handler, arg: object, mid: int, timing: RouteCounters) -> Task:
+        """The task that calls ``handler``: the per-request error boundary, with the common
+        answer fused in (a value serialized and queued as the Response without a call of ours
+        in between: the serializer's ``marshal`` and the entity's ``send_response``)."""
         func = handler.func
         route = handler.route
+        entity = session.entity
+        marshal = session.serializer.marshal
+        buckets = timing.buckets  # Timing.observe, inlined below
         if handler.is_async:
 
             async def call_async() -> None:
                 call = Call(route, mid)
-                token = current_call.set(call)
+                token = _set_call(call)
                 start = perf_counter()
                 try:
                     result = await func(session, arg)
                 except Exception as exc:
                     self._failed(session, call, exc)
                 else:
-                    if mid:
-                        self._answer(session, call, result)
+                    if mid and not call.answered:
+                        if result is None:
+                            self._answer(session, call, result)
+                        else:
+                            try:  # a closed session raises BrokenResourceError: _failed counts it
+                                entity.send_response(session, mid, marshal(result))
+                            except Exception as exc:  # SerializeError, MessageTooLarge, closed
+                                self._failed(session, call, exc)
+                            else:
+                                call.answered = True
                 finally:
-                    timing.observe(perf_counter() - start)
-                    current_call.reset(token)
+                    elapsed = perf_counter() - start
+                    buckets[bisect_left(LATENCY_BOUNDS, elapsed)] += 1
+                    timing.seconds += elapsed
+                    _reset_call(token)
 
             return call_async
 
         # the twin of call_async: a sync handler's call costs no coroutine per message
         def call_sync() -> None:
             call = Call(route, mid)
-            token = current_call.set(call)
+            token = _set_call(call)
             start = perf_counter()
             try:
                 result = func(session, arg)
             except Exception as exc:
                 self._failed(session, call, exc)
             else:
-                if mid:
-                    self._answer(session, call, result)
+                if mid and not call.answered:
+                    if result is None:
+                        self._answer(session, call, result)
+                    else:
+                        try:  # a closed session raises BrokenResourceError: _failed counts it
+                            entity.send_response(session, mid, marshal(result))
+                        except Exception as exc:  # SerializeError, MessageTooLarge, closed
+                            self._failed(session, call, exc)
+                        else:
+                            call.answered = True
             finally:
-                timing.observe(perf_counter() - start)
-                current_call.reset(token)
+                elapsed = perf_counter() - start
+                buckets[bisect_left(LATENCY_BOUNDS, elapsed)] += 1
+                timing.seconds += elapsed
+                _reset_call(token)
 
         return call_sync
 

@@ -193,7 +193,7 @@ class Session(metaclass=_NoPublicConstructor):
     store per-session data; nano's ``set``/``value``/``get_int``... are aliases.
     """
 
-    __slots__ = ("__weakref__", "_data", "_entity", "_remote", "id", "serializer", "uid")
+    __slots__ = ("__weakref__", "_data", "_remote", "entity", "id", "serializer", "uid")
 
     def __init__(
         self, id: int, entity: NetworkEntity, serializer: Serializer, remote: RemoteCaller | None = None
@@ -201,7 +201,9 @@ class Session(metaclass=_NoPublicConstructor):
         self.id: Final = id  # unique per server (per cluster with a cluster's id source), < 2^53
         self.uid = 0
         self.serializer: Final = serializer
-        self._entity = entity
+        #: Where this session's messages go (its agent, or a cluster gate's stand-in); fixed
+        #: for the session's life (an attribute, not a property: every answer reads it).
+        self.entity: Final = entity
         self._remote = remote
         self._data: dict[str, Any] = {}
 
@@ -217,20 +219,15 @@ class Session(metaclass=_NoPublicConstructor):
         self.uid = uid
 
     @property
-    def entity(self) -> NetworkEntity:
-        """Where this session's messages go (its agent, or a cluster gate's stand-in)."""
-        return self._entity
-
-    @property
     def remote_address(self) -> str:
         """The client's ``"host:port"`` (over a cluster, the gate's view of it)."""
-        return self._entity.remote_address
+        return self.entity.remote_address
 
     @property
     def closed(self) -> bool:
         """Whether the connection is closing or closed: pushes and responses now raise
         trio.BrokenResourceError."""
-        return self._entity.closed
+        return self.entity.closed
 
     @property
     def last_mid(self) -> int:
@@ -250,9 +247,9 @@ class Session(metaclass=_NoPublicConstructor):
         """Serialize ``value`` and queue it as a Push. Returns False if it was dropped (slow
         consumer, refused by a pipeline). Raises trio.BrokenResourceError if closed,
         SerializeError, MessageTooLarge."""
-        if self._entity.closed:
+        if self.entity.closed:
             raise trio.BrokenResourceError("the session is closed")
-        return self._entity.send_push(self, route, self.serializer.marshal(value))
+        return self.entity.send_push(self, route, self.serializer.marshal(value))
 
     def response(self, value: object, *, mid: int | None = None) -> bool:
         """Answer the Request being handled, or the one whose id is ``mid`` (see :meth:`defer`
@@ -273,9 +270,9 @@ class Session(metaclass=_NoPublicConstructor):
     def respond_raw(self, mid: int, body: bytes) -> bool:
         """Queue an already serialized Response body for request ``mid``. Raises
         trio.BrokenResourceError if closed, MessageTooLarge."""
-        if self._entity.closed:
+        if self.entity.closed:
             raise trio.BrokenResourceError("the session is closed")
-        return self._entity.send_response(self, mid, body)
+        return self.entity.send_response(self, mid, body)
 
     def defer(self) -> DeferredResponse:
         """Promise to answer the Request being handled later (from a timer, another lane, a
@@ -298,11 +295,11 @@ class Session(metaclass=_NoPublicConstructor):
 
     def kick(self, reason: str = "") -> None:
         """Send a Kick with ``reason`` (pomelo's ``{"reason": ...}``), then close. Idempotent."""
-        self._entity.kick(reason)
+        self.entity.kick(reason)
 
     def close(self) -> None:
         """Close the connection without a Kick. Idempotent; close hooks run once."""
-        self._entity.close()
+        self.entity.close()
 
     # -- data -------------------------------------------------------------------------------
 
