@@ -93,10 +93,12 @@ class WebSocketServerStream(trio.abc.Stream):
         "_closed",
         "_eof",
         "_framing_failed",
+        "_nowait",
         "_parts",
         "_pending",
         "_received",
         "_receiving",
+        "_rest",
         "_sending",
         "_text",
         "_write_turn",
@@ -119,6 +121,9 @@ class WebSocketServerStream(trio.abc.Stream):
         self._sending = False
         self._writing = False
         self._write_turn = trio.lowlevel.ParkingLot()
+        # the transport's non-blocking write (FdStream's), if it has one
+        self._nowait: Callable[[bytes], int] | None = getattr(transport, "send_some_nowait", None)
+        self._rest: bytes | None = None  # a message send_some_nowait left under way: its unsent bytes
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._closed:
@@ -190,11 +195,56 @@ class WebSocketServerStream(trio.abc.Stream):
                 return messages[0] if len(messages) == 1 else b"".join(messages)
         return b""
 
+    def send_some_nowait(self, data: bytes) -> int:
+        """Send ``data`` as one binary message without waiting, as far as the transport takes
+        it now (the agent's writer tries this before it waits, as over TCP). Returns how many
+        bytes of ``data`` went out: all of them, or fewer when the transport's buffer filled;
+        then the message is under way, and the next call must be ``send_all`` with the rest of
+        ``data`` (it completes the message; the receiver's control frames wait for it). Not a
+        checkpoint. Raises trio.WouldBlock (nothing sent: the transport cannot take it now, has
+        no non-blocking write, or a control frame is being written), trio.BusyResourceError,
+        trio.ClosedResourceError, trio.BrokenResourceError (the WebSocket is closing)."""
+        if self._closed:
+            raise trio.ClosedResourceError("the WebSocket was closed")
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this WebSocket")
+        nowait = self._nowait
+        if nowait is None or self._writing:
+            raise trio.WouldBlock
+        ws = self._ws
+        if ws.state is not _OPEN:
+            raise trio.BrokenResourceError("the WebSocket is closing")
+        ws.send_binary(data)
+        frames = ws.data_to_send()
+        frame = frames[0] if len(frames) == 1 else b"".join(frames)
+        try:
+            sent = nowait(frame)
+        except trio.WouldBlock:
+            sent = 0
+        if sent == len(frame):
+            return len(data)
+        # the rest waits for send_all: the write turn is held so that no control frame lands
+        # inside this message's frame
+        self._rest = frame[sent:]
+        self._writing = True
+        return max(0, sent - (len(frame) - len(data)))
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._closed:
             raise trio.ClosedResourceError("the WebSocket was closed")
         if self._sending:
             raise trio.BusyResourceError("another task is sending on this WebSocket")
+        rest = self._rest
+        if rest is not None:  # the rest of a message send_some_nowait began (``data``'s tail)
+            self._sending = True
+            try:
+                await self.transport_stream.send_all(rest)
+            finally:
+                self._rest = None
+                self._sending = self._writing = False
+                if self._write_turn:
+                    self._write_turn.unpark()
+            return
         ws = self._ws
         if ws.state is not _OPEN:
             raise trio.BrokenResourceError("the WebSocket is closing")
@@ -231,6 +281,13 @@ class WebSocketServerStream(trio.abc.Stream):
             return
         self._closed = True
         ws = self._ws
+        if self._rest is not None:  # a message left half sent: no clean close frame can follow
+            self._rest = None
+            self._writing = False
+            if self._write_turn:
+                self._write_turn.unpark()
+            await self.transport_stream.aclose()
+            return
         try:
             if ws.state is _OPEN:
                 ws.send_close(CloseCode.NORMAL_CLOSURE)

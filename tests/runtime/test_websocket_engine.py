@@ -28,6 +28,7 @@ from wsproto.handshake import H11Handshake
 from tests.runtime.apps import echo_components, wait_until
 from tests.runtime.test_websocket import packets_of
 from trionano import Kicked, Server, WebSocketEndpoint, wire
+from trionano._fdstream import FdStream
 from trionano._websocket import WebSocketServerStream
 from trionano.client import open_websocket_client
 
@@ -431,3 +432,50 @@ async def test_a_transport_eof_is_an_eof() -> None:
     async with stream_pair() as pair:
         await pair.peer.aclose()
         assert await pair.stream.receive_some(10) == b""
+
+
+async def test_a_nonblocking_send_left_under_way_is_completed_by_send_all_before_a_pong() -> None:
+    # over a real socket pair (FdStream's non-blocking write): a message larger than the
+    # kernel's buffers goes out in part; the pong answering a ping that arrives meanwhile waits
+    # until send_all has written the rest, so the client sees the message whole, then the pong
+    a, b = trio.socket.socketpair()
+    server_end = FdStream(a)
+    peer = FdStream(b)
+    server = H11Handshake(ConnectionType.SERVER)
+    client_handshake = H11Handshake(ConnectionType.CLIENT)
+    server.receive_data(client_handshake.send(Request(host="x", target="/")))
+    server.events()
+    client_handshake.receive_data(server.send(AcceptConnection()))
+    client_handshake.events()
+    client = client_handshake.connection
+    assert client is not None
+    stream = WebSocketServerStream(server_end, max_message_size=1 << 20)
+    assert stream.send_some_nowait(b"small") == 5  # all of it, at once
+    message = bytes(range(256)) * (16 * 1024)  # 4 MiB: more than the buffers hold
+    sent = stream.send_some_nowait(message)
+    assert 0 <= sent < len(message)
+    with pytest.raises(trio.WouldBlock):  # the message is under way: nothing else goes first
+        stream.send_some_nowait(b"next")
+    events: list[Event] = []
+
+    async def read_client() -> None:
+        while not any(isinstance(event, Pong) for event in events):
+            client.receive_data(bytes(await peer.receive_some(1 << 20)))
+            events.extend(client.events())
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await peer.send_all(client.send(Ping(b"hi")))
+            nursery.start_soon(stream.receive_some, 10)  # answers the ping (it waits its turn)
+            nursery.start_soon(read_client)
+            await trio.sleep(0.05)
+            await stream.send_all(memoryview(message)[sent:])
+            while not any(isinstance(event, Pong) for event in events):
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()  # the receiver waits for messages that never come
+    received = b"".join(event.data for event in events if isinstance(event, BytesMessage))
+    assert received == b"small" + message
+    assert isinstance(events[-1], Pong)
+    assert stream.send_some_nowait(b"again") == 5  # the write turn is free again
+    await trio.aclose_forcefully(stream)
+    await peer.aclose()
