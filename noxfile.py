@@ -53,16 +53,17 @@ def bench(session: nox.Session) -> None:
     session.run("python", "-m", "bench.websocket")
     session.run("python", "-m", "bench.profile")
     session.run("python", "-m", "bench.runtime", *session.posargs)
+    session.run("python", "-m", "bench.cluster", *session.posargs)
     session.run("python", "-m", "bench.hostile", *session.posargs)
     session.run("python", "-m", "bench.push_api", *session.posargs)  # B13: needs the push and examples extras
 
 
 @nox.session(python=PYTHON)
 def proto(session: nox.Session) -> None:
-    """Regenerate trionano/cluster/_generated from proto/*.proto (nano's clusterpb and trionano's
-    push service); fail if it changed."""
+    """Regenerate trionano/cluster/_generated from proto/*.proto (nano's clusterpb, trionano's
+    push service and fast-path stream); fail if it changed."""
     session.install("betterproto[compiler]==2.0.0b7", "grpcio-tools")
     target = "trionano/cluster/_generated"
-    protos = ["proto/cluster.proto", "proto/push.proto"]
+    protos = ["proto/cluster.proto", "proto/push.proto", "proto/stream.proto"]
     session.run("python", "-m", "grpc_tools.protoc", "-I", "proto", f"--python_betterproto_out={target}", *protos)
     session.run("git", "diff", "--exit-code", "--", target, external=True)

@@ -1,4 +1,5 @@
-"""Runtime benchmarks B1, B3, B4 and B8, each beside a same-run baseline.
+"""Runtime benchmarks B1, B3, B4 and B8, each beside a same-run baseline (B12, the cluster's,
+is bench/cluster.py).
 
 Servers and the load generator each run in their own process (bench/_servers.py,
 bench/_loadgen.py); the load generator is plain sockets and epoll with precomputed frames and
@@ -15,8 +16,6 @@ reports its own CPU share, so it can be seen not to be the bottleneck.
   socket.send loop (target >= 0.5), encodes per broadcast (exactly 1, from the counter), and the
   burst over WebSocket against TCP per delivery (goal >= 0.5).
 - B8: idle memory per connected session at 10,000 sessions (target <= 16 KiB).
-- B12 (issue #5): request/response forwarded through a gate to one backend over gRPC, against
-  the same handler served locally in the same run (target >= 0.1), with each node's CPU.
 
 Run: ``nox -s bench`` or ``python -m bench.runtime [--quick]``.
 """
@@ -30,7 +29,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
@@ -283,52 +282,6 @@ def b3(seconds: float, repeats: int, goals: list[str]) -> None:
     print()
 
 
-def node(kind: str, listen: str, master: str) -> AbstractContextManager[tuple[int, int]]:
-    return server(kind, "--listen", listen, "--master", master)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def b12(seconds: float, repeats: int) -> None:
-    print(f"B12 forwarded request/response: client -> gate -> backend over gRPC, 50 connections, {seconds:g} s per run")
-    ratios = []
-    for run in range(repeats):
-        local = closed_loop("trionano", seconds, "--pomelo")
-        local_cpu = local["server_cpu_us"]
-        master = f"127.0.0.1:{free_port()}"
-        with (
-            node("master", master, master),
-            node("backend", f"127.0.0.1:{free_port()}", master) as (_, backend_pid),
-            node("gate", f"127.0.0.1:{free_port()}", master) as (gate_port, gate_pid),
-        ):
-            time.sleep(0.5)
-            cpu_gate, cpu_backend = cpu_seconds(gate_pid), cpu_seconds(backend_pid)
-            remote = loadgen("b1", str(gate_port), "--connections", "50", "--seconds", str(seconds), "--pomelo")
-            gate_cpu = (cpu_seconds(gate_pid) - cpu_gate) / remote["requests"] * 1e6
-            backend_cpu = (cpu_seconds(backend_pid) - cpu_backend) / remote["requests"] * 1e6
-        ratios.append(remote["rps"] / local["rps"])
-        print(
-            f"  run {run + 1} local     {local['rps']:>9,.0f} req/s   p99 {local['p99_us']:>7,.0f} us"
-            f"   server {local_cpu:>6.1f} CPU-us/req"
-        )
-        print(
-            f"  run {run + 1} forwarded {remote['rps']:>9,.0f} req/s   p99 {remote['p99_us']:>7,.0f} us"
-            f"   gate {gate_cpu:>6.1f} + backend {backend_cpu:>6.1f} CPU-us/req"
-        )
-    ratio = median(ratios)
-    print(
-        f"  ratio forwarded / local: {', '.join(f'{r:.2f}' for r in ratios)}; median {ratio:.2f}"
-        f"   (target >= 0.1: {'met' if ratio >= 0.1 else 'MISSED'})\n"
-    )
-
-
 def b4(sizes: list[int], rounds: int, repeats: int, goals: list[str]) -> None:
     sys.path.insert(0, str(ROOT))
     from bench._servers import blast_packet
@@ -405,10 +358,10 @@ def b8(sessions: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="trionano runtime benchmarks")
     parser.add_argument("--quick", action="store_true", help="shorter runs, smaller fan-out")
-    parser.add_argument("--only", choices=["b1", "b3", "b4", "b8", "b12"], action="append")
+    parser.add_argument("--only", choices=["b1", "b3", "b4", "b8"], action="append")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (medians need >= 3)")
     args = parser.parse_args()
-    only = set(args.only or ["b1", "b3", "b4", "b8", "b12"])
+    only = set(args.only or ["b1", "b3", "b4", "b8"])
     repeats = args.repeats
     goals: list[str] = []
     started = os.getloadavg()[0]
@@ -418,8 +371,6 @@ def main() -> None:
         b3(2.0 if args.quick else 5.0, repeats, goals)
     if "b4" in only:
         b4([1000] if args.quick else [1000, 10000], 50, repeats, goals)
-    if "b12" in only:
-        b12(2.0 if args.quick else 5.0, repeats)
     if "b8" in only:
         b8(2000 if args.quick else 10000)
     if goals:

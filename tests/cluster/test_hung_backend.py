@@ -1,6 +1,8 @@
 """A hung backend never gets healthy clients kicked: a gate's reader hands forwarded messages
-to the session's forwarding queue and goes on reading (heartbeats, local routes); a forwarded
-Request is answered 503 at the RPC deadline; per-session order is kept; the queue is bounded."""
+to the session's forwarding queue (or the stream to the member) and goes on reading
+(heartbeats, local routes); a forwarded Request is answered 503 at the RPC deadline; per-session
+order is kept; the queue is bounded. The first test runs over the fast path (two trionano
+nodes), the second over nano's unary calls (a member without the stream service)."""
 
 from __future__ import annotations
 
@@ -52,6 +54,7 @@ async def test_a_frozen_backend_answers_503_at_the_deadline_and_the_client_stays
             finally:
                 c.signal("chat", signal.SIGCONT)
             assert "heartbeat timeout" not in c.log("gate")
+            assert "stream to 127.0.0.1:" in c.log("gate")  # two trionano nodes: the fast path
 
 
 class HungMember(pb.MemberBase):

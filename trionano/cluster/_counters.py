@@ -16,7 +16,11 @@ class Statistics:
     waiting (a Request is answered 503); ``forward_errors``: forwards the member failed (a
     Request is answered 503 or 404); ``unknown_routes``: client messages for routes no member
     hosts (a Request is answered 404); ``dropped_outbound``: pushes and responses for other
-    gates' clients not delivered (the client had left, the outbox was full, the gate failed).
+    gates' clients not delivered (the client had left, the outbox was full, the gate failed);
+    ``late_frames``: responses and pushes that came over a stream for a client no longer
+    waiting (its request already answered 503, the client gone); ``frames_out``/``frames_in``
+    and ``batches_out``/``batches_in``: what this node's streams to other trionano nodes
+    carried (the fast path, :mod:`trionano.cluster._links`).
     """
 
     forwarded: int
@@ -24,6 +28,11 @@ class Statistics:
     forward_errors: int
     unknown_routes: int
     dropped_outbound: int
+    late_frames: int = 0
+    frames_out: int = 0
+    frames_in: int = 0
+    batches_out: int = 0
+    batches_in: int = 0
 
 
 @attrs.define(kw_only=True)
@@ -35,6 +44,8 @@ class Counters:
     forward_errors: int = 0
     unknown_routes: int = 0
     dropped_outbound: int = 0
+    late_frames: int = 0
 
-    def snapshot(self) -> Statistics:
-        return Statistics(**attrs.asdict(self))
+    def snapshot(self, **streams: int) -> Statistics:
+        """The counts now, with the streams' (``frames_out`` ...) given by their owner."""
+        return Statistics(**attrs.asdict(self), **streams)

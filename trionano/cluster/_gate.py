@@ -12,6 +12,8 @@ after the session's forwards have gone out); a stand-in's end is never announced
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -19,22 +21,25 @@ from typing import Final
 
 import attrs
 import trio
+from grpclib.const import Status
 
 from .._errors import MessageTooLarge
 from .._log import RateLimitedLog, client_text
-from .._router import CODE_NOT_FOUND, CODE_UNAVAILABLE
+from .._router import CODE_NOT_FOUND, CODE_TOO_LARGE, CODE_UNAVAILABLE
 from .._server import Server
 from .._session import Session, SessionKey
 from ..wire import Notify, Request
+from . import _frames as frames
 from ._counters import Counters
 from ._errors import ClusterError, DeadlineExceeded, InvalidRequest, NotFound
 from ._generated import clusterpb as pb
+from ._links import Link, Links
 from ._membership import Membership
 from ._peers import Peers
 from ._remote import RemoteEntity
 from ._tasks import Tasks
 
-__all__ = ["Forward", "Forwarder", "Gate", "RemoteRoute"]
+__all__ = ["Forward", "Forwarder", "Gate", "InFlight", "RemoteRoute"]
 
 _logger = logging.getLogger("trionano.cluster")
 
@@ -60,13 +65,19 @@ class Forward:
 
 
 class Forwarder:
-    """One session's queue of forwards, drained by :meth:`Gate._drain` (a task of the node).
+    """One session's forwarding state: its queue, drained by :meth:`Gate._drain` (a task of
+    the node, started on the first message that must wait: for a stream to open, or for a
+    unary call), and its requests in flight on streams. While nothing waits in the queue, a
+    message for a member with a live stream goes straight onto it (same order either way).
     ``gate`` and ``sid`` are what the members see: this node and the session's id, or, for
     a stand-in, its client's gate and id there (so replies go straight to that gate)."""
 
     def __init__(self, gate: str, sid: int, bound: int) -> None:
         self.gate = gate
         self.sid = sid
+        self.queued = 0  # in the queue, or being sent by the task
+        self.in_flight = 0  # requests sent on a stream, not answered yet
+        self.started = False
         self.send, self.receive = trio.open_memory_channel[Forward](bound)
 
     def put(self, item: Forward) -> bool:
@@ -85,6 +96,23 @@ class Forwarder:
 _FORWARDER: Final = SessionKey[Forwarder]("trionano.cluster.forwarder")
 
 
+@attrs.define(eq=False)
+class InFlight:
+    """A client's Request ``mid`` sent on a stream, waiting for its Response (or Error) until
+    ``deadline`` (trio time); failed at once when ``link`` goes down. On the stream it carries
+    an id of the gate's (unique on this node), never the client's: a client that reuses a
+    request id still gets each answer once."""
+
+    session: Session
+    forwarder: Forwarder
+    mid: int
+    service: str
+    route: str
+    member: str
+    link: Link
+    deadline: float
+
+
 class Gate:
     """The forwarding role of a node (every node forwards: a gate its clients' messages, any
     node its sessions' ``session.rpc``). It is the server's remote router (:meth:`forward`,
@@ -95,6 +123,7 @@ class Gate:
         address: str,
         membership: Membership,
         peers: Peers,
+        links: Links,
         tasks: Tasks,
         *,
         rpc_timeout: float,
@@ -106,6 +135,7 @@ class Gate:
         self.address = address
         self._membership = membership
         self._peers = peers
+        self._links = links
         self._tasks = tasks
         self._rpc_timeout = rpc_timeout
         self._bound = max_pending_forwards
@@ -114,6 +144,10 @@ class Gate:
         self._log = log
         self._server: Server | None = None
         self._calls: dict[int, tuple[trio.Event, list[bytes]]] = {}  # call id -> (answered, [body])
+        self._in_flight: dict[int, InFlight] = {}  # the gate's request id -> a request on a stream
+        self._deadlines: list[tuple[float, int]] = []  # a heap of (deadline, request id)
+        self._request_ids = itertools.count(1)
+        self._earlier = trio.Event()  # set when a deadline earlier than every other one arrives
 
     def attach(self, server: Server) -> None:
         self._server = server
@@ -140,7 +174,7 @@ class Gate:
             if mid:
                 self.server.router.answer_error(session, mid, CODE_NOT_FOUND, f"route not found: {route}")
             return
-        if not self._queue(session, member.service_addr, service, route, mid, message.body) and mid:
+        if not self._queue(session, member, service, route, mid, message.body) and mid:
             self.server.router.answer_error(
                 session, mid, CODE_UNAVAILABLE, f"{service} unavailable: too many messages waiting"
             )
@@ -154,30 +188,35 @@ class Gate:
         member = self._select(service, session)
         if member is None:
             raise NotFound(f"{service} not found(forgot registered?)")
-        self._queue(session, member.service_addr, service, route, 0, body)
+        self._queue(session, member, service, route, 0, body)
 
-    def _select(self, service: str, session: Session) -> pb.MemberInfo | None:
-        """The member for ``service``: the session's binding, else the custom selector's or a
-        random choice, which is then bound (sticky per session and service, as nano)."""
-        candidates = self._membership.hosting(service)
+    def _select(self, service: str, session: Session) -> str | None:
+        """The member (its address) for ``service``: the session's binding, else the custom
+        selector's or a random choice, which is then bound (sticky per session and service,
+        as nano)."""
+        hosting = self._membership.hosting_by_address(service)
         bindings = session.get(_BINDINGS)
         if bindings is None:
             bindings = session[_BINDINGS] = {}
         bound = bindings.get(service)
         if bound is not None:
-            for member in candidates:
-                if member.service_addr == bound:
-                    return member
+            if bound in hosting:
+                return bound
             del bindings[service]  # the bound member is gone: choose again
-        if not candidates:
+        if not hosting:
             return None
+        candidates = list(hosting.values())
         chooser = self._remote_route
         chosen = chooser(service, session, candidates) if chooser else random.choice(candidates)
-        if chosen is not None:
-            bindings[service] = chosen.service_addr
-        return chosen
+        if chosen is None:
+            return None
+        address: str = chosen.service_addr
+        bindings[service] = address
+        return address
 
     def _queue(self, session: Session, member: str, service: str, route: str, mid: int, body: bytes) -> bool:
+        """Send or queue one message; False (counted, logged) when the session's bound is
+        reached: the caller answers a Request 503."""
         forwarder = session.get(_FORWARDER)
         if forwarder is None:
             entity = session.entity
@@ -185,13 +224,26 @@ class Gate:
                 forwarder = Forwarder(entity.gate, entity.sid, self._bound)
             else:
                 forwarder = Forwarder(self.address, session.id, self._bound)
+            session[_FORWARDER] = forwarder
+        if mid and forwarder.in_flight + forwarder.queued >= self._bound:
+            return self._refused(session, route)
+        if not forwarder.queued:  # nothing waits before it: straight onto a live stream
+            link = self._links.current(member)
+            if link is not None:
+                self._stream(link, session, forwarder, member, service, route, mid, body, self._rpc_timeout)
+                return True
+        if not forwarder.started:
             if not self._tasks.start(self._drain, session, forwarder):
                 self._counters.forwards_refused += 1
                 return False  # this node is stopping
-            session[_FORWARDER] = forwarder
+            forwarder.started = True
         item = Forward(member, service, route, mid, body, trio.current_time() + self._rpc_timeout)
         if forwarder.put(item):
+            forwarder.queued += 1
             return True
+        return self._refused(session, route)
+
+    def _refused(self, session: Session, route: str) -> bool:
         self._counters.forwards_refused += 1
         self._log.warning(
             "forwards refused",
@@ -202,26 +254,72 @@ class Gate:
         )
         return False
 
+    def _stream(
+        self,
+        link: Link,
+        session: Session,
+        forwarder: Forwarder,
+        member: str,
+        service: str,
+        route: str,
+        mid: int,
+        body: bytes,
+        timeout: float,
+    ) -> None:
+        """Put one message on ``link``; a Request waits in :attr:`_in_flight` for its answer
+        until ``timeout`` from now. A link that refuses it fails it as a unary call would."""
+        gate = forwarder.gate
+        own = gate == self.address
+        if mid:
+            # a stand-in's session.rpc never makes Requests; its client's gate would get the answer
+            rid = next(self._request_ids)
+            frame: frames.Frame = frames.Request("" if own else gate, forwarder.sid, rid, route, body)
+        else:
+            frame = frames.Notify("" if own else gate, forwarder.sid, route, body)
+        if not link.send(frames.encode_frame(frame)):
+            self._failed(session, member, service, route, mid, ClusterError("the stream is down or full"))
+            return
+        self._counters.forwarded += 1
+        if mid:
+            deadline = trio.current_time() + timeout
+            self._in_flight[rid] = InFlight(session, forwarder, mid, service, route, member, link, deadline)
+            forwarder.in_flight += 1
+            deadlines = self._deadlines
+            if not deadlines or deadline < deadlines[0][0]:
+                self._earlier.set()
+            heapq.heappush(deadlines, (deadline, rid))
+
     # -- a session's forwarding task --------------------------------------------------------
 
     async def _drain(self, session: Session, forwarder: Forwarder) -> None:
-        """Send the session's forwards in order until it closes; then, if this node owns the
-        session, announce its end to every member."""
+        """Send the session's queued forwards in order until it closes; then, if this node owns
+        the session, announce its end to every member."""
         async with forwarder.receive:
             async for item in forwarder.receive:
-                if item.mid and session.closed:
-                    continue  # nobody left to answer; its notifies still go out, in order
-                await self._send(session, forwarder, item)
+                try:
+                    if item.mid and session.closed:
+                        continue  # nobody left to answer; its notifies still go out, in order
+                    await self._send(session, forwarder, item)
+                finally:
+                    forwarder.queued -= 1
         if not isinstance(session.entity, RemoteEntity):
-            for address in self._membership.addresses:
-                self._tasks.start(self._announce_closed, address, session.id)
+            self._announce_closed(session.id)
 
     async def _send(self, session: Session, forwarder: Forwarder, item: Forward) -> None:
-        peer = self._peers[item.member]
         try:
             timeout = item.deadline - trio.current_time()
             if timeout <= 0:
                 raise DeadlineExceeded("it waited for the session's earlier messages past its deadline")
+
+            def then(link: Link) -> None:  # sessions waiting for the same new stream: in order
+                remaining = item.deadline - trio.current_time()
+                self._stream(
+                    link, session, forwarder, item.member, item.service, item.route, item.mid, item.body, remaining
+                )
+
+            if await self._links.open(item.member, timeout, then) is not None:
+                return
+            peer = self._peers[item.member]
             gate, sid = forwarder.gate, forwarder.sid
             if item.mid:
                 request = pb.RequestMessage(
@@ -233,26 +331,82 @@ class Gate:
                 await peer.handle_notify(notify, seconds=timeout)
             self._counters.forwarded += 1
         except ClusterError as exc:  # the request boundary: answer the client, keep serving
-            self._counters.forward_errors += 1
-            self._log.warning("forward failed", "Process remote message (%d:%s) error: %r", session.id, item.route, exc)
-            bindings = session.get(_BINDINGS)
-            if bindings is not None and bindings.get(item.service) == item.member:
-                del bindings[item.service]  # choose again next time
-            if item.mid and not session.closed:
-                code = CODE_NOT_FOUND if isinstance(exc, NotFound) else CODE_UNAVAILABLE
-                self.server.router.answer_error(session, item.mid, code, f"{item.service} unavailable: {exc.message}")
+            self._failed(session, item.member, item.service, item.route, item.mid, exc)
 
-    async def _announce_closed(self, address: str, sid: int) -> None:
+    def _failed(self, session: Session, member: str, service: str, route: str, mid: int, exc: ClusterError) -> None:
+        """A forward failed: count, log, unbind the member, answer a Request 404 or 503."""
+        self._counters.forward_errors += 1
+        self._log.warning("forward failed", "Process remote message (%d:%s) error: %r", session.id, route, exc)
+        bindings = session.get(_BINDINGS)
+        if bindings is not None and bindings.get(service) == member:
+            del bindings[service]  # choose again next time
+        if mid and not session.closed:
+            code = CODE_NOT_FOUND if isinstance(exc, NotFound) else CODE_UNAVAILABLE
+            self.server.router.answer_error(session, mid, code, f"{service} unavailable: {exc.message}")
+
+    def _announce_closed(self, sid: int) -> None:
+        """This node's session ``sid`` ended: tell every member (on its stream when one is up,
+        after the session's messages there; else nano's unary SessionClosed)."""
+        frame = frames.encode_frame(frames.SessionClosed(sid))
+        for address in self._membership.addresses:
+            self._announce_to(address, sid, frame)
+
+    def _announce_to(self, address: str, sid: int, frame: bytes | None = None) -> None:
+        link = self._links.current(address)
+        if link is not None and link.send(frame or frames.encode_frame(frames.SessionClosed(sid))):
+            return
+        if not self._tasks.start(self._announce_unary, address, sid):
+            _logger.debug("session %d: this node is stopping; its end is not announced to %s", sid, address)
+
+    async def _announce_unary(self, address: str, sid: int) -> None:
         try:
             await self._peers[address].session_closed(sid)
         except ClusterError as exc:
             self._log.warning("session closed", "SessionClosed to %s failed: %r", address, exc)
 
     def session_closed(self, session: Session) -> None:
-        """A session closed (a close hook): its forwarder finishes what is queued, then ends."""
+        """A session closed (a close hook): its forwarder finishes what is queued, then ends
+        and announces the end; a session that never queued announces it now."""
         forwarder = session.get(_FORWARDER)
-        if forwarder is not None:
+        if forwarder is None:
+            return
+        if forwarder.started:
             forwarder.close()
+        elif not isinstance(session.entity, RemoteEntity):
+            self._announce_closed(session.id)
+
+    # -- requests in flight on streams --------------------------------------------------------
+
+    def _settle(self, rid: int) -> InFlight | None:
+        entry = self._in_flight.pop(rid, None)
+        if entry is not None:
+            entry.forwarder.in_flight -= 1
+        return entry
+
+    async def expire_requests(self) -> None:
+        """A task of the node: answer 503 each Request on a stream unanswered by its deadline."""
+        deadlines = self._deadlines
+        while True:
+            self._earlier = trio.Event()
+            with trio.move_on_at(deadlines[0][0] if deadlines else float("inf")):
+                await self._earlier.wait()
+            now = trio.current_time()
+            while deadlines and deadlines[0][0] <= now:
+                _, rid = heapq.heappop(deadlines)
+                entry = self._settle(rid)
+                if entry is None:
+                    continue  # answered meanwhile
+                error = DeadlineExceeded(f"no answer within {self._rpc_timeout:g}s")
+                self._failed(entry.session, entry.member, entry.service, entry.route, entry.mid, error)
+
+    def link_down(self, link: Link) -> None:
+        """``link`` died: its requests in flight are answered 503 now."""
+        lost = [rid for rid, entry in self._in_flight.items() if entry.link is link]
+        for rid in lost:
+            entry = self._settle(rid)
+            assert entry is not None
+            error = ClusterError(f"the stream to {link.peer} was lost", Status.UNAVAILABLE)
+            self._failed(entry.session, entry.member, entry.service, entry.route, entry.mid, error)
 
     # -- replies for this node's clients (clusterpb.Member, Trio side) ------------------------
 
@@ -291,6 +445,52 @@ class Gate:
             session.close()
         return pb.CloseSessionResponse()
 
+    # -- replies for this node's clients (frames on a stream, Trio side; never raise) --------
+
+    def on_response(self, frame: frames.Response) -> None:
+        sid, rid, data = frame
+        if self._answer_call(sid, data):
+            return
+        entry = self._settle(rid)
+        if entry is None:  # answered 503 already (its deadline passed, its stream was lost)
+            self._counters.late_frames += 1
+            return
+        session, mid = entry.session, entry.mid
+        try:
+            session.entity.send_response(session, mid, data)
+        except trio.BrokenResourceError:
+            self._counters.late_frames += 1  # the client has left
+        except MessageTooLarge as exc:
+            self.server.router.answer_error(session, mid, CODE_TOO_LARGE, str(exc))
+
+    def on_error(self, frame: frames.Error) -> None:
+        """The member could not take a Request: answered as a failed unary call would be."""
+        entry = self._settle(frame.mid)
+        if entry is None:
+            self._counters.late_frames += 1
+            return
+        message = frame.message
+        error = (
+            NotFound(message) if frame.status == Status.NOT_FOUND.value else ClusterError(message, Status.UNAVAILABLE)
+        )
+        self._failed(entry.session, entry.member, entry.service, entry.route, entry.mid, error)
+
+    def on_push(self, sid: int, route: str, data: bytes) -> None:
+        session = self.server.sessions.get(sid)
+        if session is None or session.closed:
+            self._counters.late_frames += 1
+            return
+        try:
+            session.entity.send_push(session, route, data)
+        except (trio.BrokenResourceError, MessageTooLarge) as exc:
+            self._counters.late_frames += 1
+            self._log.warning("push", "push %s to session %d not delivered: %r", client_text(route), sid, exc)
+
+    def on_close_session(self, sid: int) -> None:
+        session = self.server.sessions.get(sid)
+        if session is not None:
+            session.close()
+
     # -- request-style calls ----------------------------------------------------------------
 
     async def call(self, route: str, body: bytes) -> bytes:
@@ -315,8 +515,7 @@ class Gate:
         finally:
             del self._calls[call_id]
             # this node owns the call's id: it ends the call's session on the member
-            if not self._tasks.start(self._announce_closed, member.service_addr, call_id):
-                _logger.debug("call %d: this node is stopping; its session on %s is left", call_id, member.service_addr)
+            self._announce_to(member.service_addr, call_id)
         return box[0]
 
     def _answer_call(self, sid: int, body: bytes) -> bool:

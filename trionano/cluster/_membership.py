@@ -15,6 +15,9 @@ class Membership:
     def __init__(self, address: str) -> None:
         self.address = address
         self._members: dict[str, pb.MemberInfo] = {}
+        # service -> its members, built on first use after a change (a betterproto message's
+        # attributes cost ~1 us each: not read again for every forwarded message)
+        self._hosting: dict[str, dict[str, pb.MemberInfo]] = {}
 
     def __contains__(self, address: str) -> bool:
         return address in self._members
@@ -27,9 +30,11 @@ class Membership:
         if not info.service_addr or info.service_addr == self.address:
             return False
         self._members[info.service_addr] = info
+        self._hosting.clear()
         return True
 
     def remove(self, address: str) -> pb.MemberInfo | None:
+        self._hosting.clear()
         return self._members.pop(address, None)
 
     @property
@@ -42,7 +47,18 @@ class Membership:
 
     def hosting(self, service: str) -> list[pb.MemberInfo]:
         """The members hosting ``service``, by address."""
-        return sorted((m for m in self._members.values() if service in m.services), key=lambda m: m.service_addr)
+        return list(self.hosting_by_address(service).values())
+
+    def hosting_by_address(self, service: str) -> dict[str, pb.MemberInfo]:
+        """The members hosting ``service``: address -> member, sorted by address (the caller
+        must not change it)."""
+        members = self._hosting.get(service)
+        if members is None:
+            members = {m.service_addr: m for m in sorted(self._members.values(), key=lambda m: m.service_addr)}
+            members = {address: m for address, m in members.items() if service in m.services}
+            if len(self._hosting) < 4096:  # routes clients name, hosted or not: bounded
+                self._hosting[service] = members
+        return members
 
     @property
     def remote_services(self) -> list[str]:

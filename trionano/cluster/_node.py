@@ -4,12 +4,15 @@
 
     Node                       the server it builds, its membership, and its life
     ├── Peers        _peers       one channel per node; typed calls under a deadline
+    ├── Links        _links       the fast path: one stream per trionano peer, batches of frames
     ├── Membership   _membership  the other nodes and their services
     ├── Registry     _registry    the master's: Register/Unregister/Heartbeat, eviction
     ├── Gate         _gate        forwarding (per-session queues), replies for clients, calls
     ├── RemoteSessions _remote    stand-ins for other gates' clients, and their outboxes
     ├── PushHub      _push        cluster-wide groups and pushes (trionano.push.Push)
-    └── services     _services    clusterpb.Member / clusterpb.Master over the bridge
+    ├── FrameReceiver _receiver   frames that come in over the streams, to the gate or stand-ins
+    └── services     _services    clusterpb.Member / clusterpb.Master over the bridge (and the
+                     _links       trionano.cluster.Stream service)
 
 Every node serves ``Member`` on its service address; the master also serves ``Master``. A
 node with client endpoints is a gate. State lives on the Trio side; grpclib's handlers cross
@@ -19,7 +22,9 @@ Beyond nano: every RPC has a deadline; a client whose request cannot be forwarde
 Response (nano leaves it waiting); a hung member never stalls a client's reader; members'
 channels are closed when they leave; stand-in sessions die with their gate; NewMember and
 DelMember failures are logged, never abort a registration; session ids are unique across the
-cluster with no configuration (:mod:`trionano.cluster._ids`).
+cluster with no configuration (:mod:`trionano.cluster._ids`); between two trionano nodes,
+messages ride one long-lived stream per peer in batches (:mod:`trionano.cluster._links`), and
+nano's unary methods stay for the others.
 """
 
 from __future__ import annotations
@@ -45,9 +50,11 @@ from ._errors import ClusterError
 from ._gate import Gate, RemoteRoute
 from ._generated import clusterpb as pb
 from ._ids import NODE_BITS, SessionIds
+from ._links import Links, StreamService
 from ._membership import Membership
 from ._peers import Peers, split_address
 from ._push import Audience, ClusterGroup, PushHub, PushStatistics
+from ._receiver import FrameReceiver
 from ._registry import Registry
 from ._remote import RemoteSessions
 from ._services import MasterService, MemberService, PushService
@@ -70,6 +77,9 @@ class ClusterConfig:
     session's queue of messages for other nodes (over it a Request is answered 503).
     ``node_id`` fixes the node part of session ids (``0 <= node_id < 2**20``, unique among
     running nodes); by default it is drawn at random (:mod:`trionano.cluster._ids`).
+    ``fast_path`` (beyond nano): talk to other trionano nodes over one stream each, in
+    batches (:mod:`trionano.cluster._links`); False serves and uses nano's unary methods
+    only, as a Go nano node does.
     """
 
     service_address: str
@@ -85,6 +95,7 @@ class ClusterConfig:
         default=None,
         validator=attrs.validators.optional([attrs.validators.ge(0), attrs.validators.lt(1 << NODE_BITS)]),
     )
+    fast_path: bool = True
     remote_route: RemoteRoute | None = None
     unregister_callback: Callable[[pb.MemberInfo], None] | None = None
 
@@ -107,11 +118,19 @@ class Node:
         self._tasks = Tasks()
         self.rpc_stats: Final = RpcCounters()  # every gRPC call this node makes, by method and peer
         self._peers = Peers(config.rpc_timeout, self.rpc_stats)
+        self._links = Links(
+            self.address,
+            self._tasks,
+            enabled=config.fast_path,
+            timeout=config.rpc_timeout,
+            channel=lambda address: self._peers[address].channel,
+        )
         self.membership: Final = Membership(self.address)
         self._gate = Gate(
             self.address,
             self.membership,
             self._peers,
+            self._links,
             self._tasks,
             rpc_timeout=config.rpc_timeout,
             max_pending_forwards=config.max_pending_forwards,
@@ -123,9 +142,14 @@ class Node:
             components, server_config, session_ids=SessionIds(config.node_id), remote=self._gate
         )
         self._gate.attach(self.server)
-        self._push = PushHub(self.address, self.membership, self._peers, self._tasks, bound=config.max_pending_pushes)
+        self._push = PushHub(
+            self.address, self.membership, self._peers, self._links, self._tasks, bound=config.max_pending_pushes
+        )
         self._push.attach(self.server)
-        self._remote = RemoteSessions(self.server, self._peers, self._tasks, counters=self._counters, log=self._log)
+        self._remote = RemoteSessions(
+            self.server, self._peers, self._links, self._tasks, counters=self._counters, log=self._log
+        )
+        self._receiver = FrameReceiver(self._gate, self._remote, self._push, self._log)
         self._registry = (
             Registry(
                 self.membership,
@@ -164,7 +188,13 @@ class Node:
 
     def statistics(self) -> Statistics:
         """The node's cluster counters now (its server's are ``server.statistics()``)."""
-        return self._counters.snapshot()
+        counts = self._links.counts
+        return self._counters.snapshot(
+            frames_out=counts.frames_out,
+            frames_in=counts.frames_in,
+            batches_out=counts.batches_out,
+            batches_in=counts.batches_in,
+        )
 
     def push_statistics(self) -> PushStatistics:
         """The node's cluster-push counters now (drops, failures, deliveries)."""
@@ -207,10 +237,12 @@ class Node:
         grpc = grpclib.server.Server(self.services(bridge))
         self._push.serves_clients = bool(endpoints)
         self._peers.attach(bridge)
+        self._links.attach(bridge, self._receiver)
         await bridge.to_asyncio(lambda: grpc.start(host, port))
         try:
             async with trio.open_nursery() as nursery:
                 self._tasks.open(nursery)
+                nursery.start_soon(self._gate.expire_requests)
                 ports: list[int] = await nursery.start(self._serve, endpoints, nursery.cancel_scope)
                 if self._registry is not None:
                     nursery.start_soon(self._registry.evict_silent_members)
@@ -227,15 +259,20 @@ class Node:
                 await bridge.to_asyncio(grpc.wait_closed)
             self._peers.close_all()
             self._peers.attach(None)
+            self._links.attach(None, None)
 
-    def services(self, bridge: Bridge) -> list[MemberService | MasterService | PushService]:
-        """The gRPC services this node serves (``Master`` on the master too), over ``bridge``."""
-        services: list[MemberService | MasterService | PushService] = [
+    def services(self, bridge: Bridge) -> list[MemberService | MasterService | PushService | StreamService]:
+        """The gRPC services this node serves over ``bridge``: nano's ``Member`` (and
+        ``Master`` on the master), trionano's ``Push``, and ``Stream`` unless ``fast_path``
+        is off."""
+        services: list[MemberService | MasterService | PushService | StreamService] = [
             MemberService(bridge, forwarded=self._remote, gate=self._gate, view=self),
             PushService(bridge, push=self._push),
         ]
         if self._registry is not None:
             services.append(MasterService(bridge, registry=self._registry))
+        if self.config.fast_path:
+            services.append(StreamService(bridge, self._links))
         return services
 
     async def _serve(
@@ -297,6 +334,7 @@ class Node:
     def _forget(self, address: str) -> None:
         """A node left: drop it, close its channel, end the stand-ins of its clients."""
         self.membership.remove(address)
+        self._links.forget(address)
         self._peers.close(address)
         self._remote.gate_gone(address)
         self._push.gate_gone(address)

@@ -42,6 +42,11 @@ class Peer:
         self._master = TimedMasterStub(self._channel, peer=address, counters=pool.rpc_stats)
         self._push = TimedPushStub(self._channel, peer=address, counters=pool.rpc_stats)
 
+    @property
+    def channel(self) -> grpclib.client.Channel:
+        """The channel to the node (made on the asyncio side: use it there)."""
+        return self._channel
+
     def close(self) -> None:
         self._channel.close()
 

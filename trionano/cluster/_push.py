@@ -37,8 +37,10 @@ from .._log import RateLimitedLog, client_text
 from .._server import Server
 from .._session import Broadcast, Session
 from ..wire import MAX_ROUTE_LENGTH
-from ._errors import ClusterError
+from . import _frames as frames
+from ._errors import ClusterError, Unavailable
 from ._generated.trionano import push as pushpb
+from ._links import Links
 from ._membership import Membership
 from ._peers import Peers
 from ._tasks import Tasks
@@ -146,7 +148,9 @@ class PushCounters:
 class GateLink:
     """The sending side to one other node: a bounded queue of push items and the sender task
     (:meth:`run`) that drains it in order, up to ``batch`` items per call. :meth:`send` is the
-    one place a batch crosses to the gate (today ``trionano.push.Push/Deliver`` over grpclib).
+    one place a batch crosses to the gate: ``trionano.push.Push/Deliver`` over grpclib until
+    the node has answered that it is a gate, then, to a trionano node, a frame on the stream
+    to it (:mod:`._links`, the fast path; no answer to wait for).
 
     ``gate`` is None until the node first answers; then whether it takes pushes (a node that
     does not is never sent to again)."""
@@ -157,6 +161,7 @@ class GateLink:
         *,
         origin: str,
         peers: Peers,
+        links: Links,
         bound: int,
         batch: int,
         counters: PushCounters,
@@ -166,6 +171,7 @@ class GateLink:
         self.gate: bool | None = None
         self._origin = origin
         self._peers = peers
+        self._links = links
         self._batch = batch
         self._counters = counters
         self._log = log
@@ -223,9 +229,16 @@ class GateLink:
                     self.gate = True
 
     async def send(self, batch: list[pushpb.PushItem]) -> pushpb.PushResult:
-        """Hand ``batch`` to the gate; its answer. Raises ClusterError (UNIMPLEMENTED: the
-        node does not take pushes)."""
-        return await self._peers[self.address].deliver(pushpb.PushBatch(origin=self._origin, items=batch))
+        """Hand ``batch`` to the gate; its answer (on the stream: taken as a gate's). Raises
+        ClusterError (UNIMPLEMENTED: the node does not take pushes)."""
+        message = pushpb.PushBatch(origin=self._origin, items=batch)
+        if self.gate:
+            link = await self._links.open(self.address, self._peers.timeout)
+            if link is not None:
+                if not link.send(frames.encode_frame(frames.PushBatch(bytes(message)))):
+                    raise Unavailable(f"the stream to {self.address} is down or full")
+                return pushpb.PushResult(gate=True, delivered=0)
+        return await self._peers[self.address].deliver(message)
 
     def _not_a_gate(self, why: str) -> None:
         if self.gate is not False:
@@ -284,6 +297,7 @@ class PushHub:
         address: str,
         membership: Membership,
         peers: Peers,
+        links: Links,
         tasks: Tasks,
         *,
         bound: int,
@@ -293,6 +307,7 @@ class PushHub:
         self.serves_clients = False
         self._membership = membership
         self._peers = peers
+        self._streams = links
         self._tasks = tasks
         self._bound = bound
         self._batch = batch
@@ -362,6 +377,7 @@ class PushHub:
                 address,
                 origin=self.address,
                 peers=self._peers,
+                links=self._streams,
                 bound=self._bound,
                 batch=self._batch,
                 counters=self._counters,
@@ -387,6 +403,17 @@ class PushHub:
             self._counters.received += 1
             delivered += self.deliver(item)
         return pushpb.PushResult(gate=self.serves_clients, delivered=delivered)
+
+    async def on_push_batch(self, data: bytes) -> None:
+        """A ``trionano.push.PushBatch`` that came as a frame on a stream (never raises for
+        what the peer sent: a batch that does not parse is refused and counted)."""
+        try:
+            batch = pushpb.PushBatch().parse(data)
+        except Exception:  # betterproto raises what its parser hits
+            self._counters.refused += 1
+            self._log.warning("push refused", "a push batch on a stream did not parse")
+            return
+        await self.handle_deliver(batch)
 
     def deliver(self, item: pushpb.PushItem) -> int:
         """Queue ``item`` for this node's sessions in its audience: one Broadcast, encoded once

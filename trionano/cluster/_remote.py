@@ -10,55 +10,47 @@ responses and close go back to the gate in order, through its own outbox and sen
 from __future__ import annotations
 
 import logging
-from typing import TypeAlias
+from typing import Final, TypeAlias
 
-import attrs
 import trio
 
-from .._log import RateLimitedLog
+from .._log import RateLimitedLog, client_text
 from .._server import Server
 from .._session import Broadcast, Session
 from ..wire import Notify, Request
+from . import _frames as frames
 from ._counters import Counters
-from ._errors import ClusterError, NodeStopping, NotFound
+from ._errors import ClusterError, NodeStopping, NotFound, Unavailable
 from ._generated import clusterpb as pb
+from ._links import Link, Links
 from ._peers import Peers
 from ._tasks import Tasks
 
-__all__ = ["OutboundClose", "OutboundPush", "OutboundResponse", "RemoteEntity", "RemoteSessions"]
+__all__ = ["Outbound", "RemoteEntity", "RemoteSessions"]
 
 _logger = logging.getLogger("trionano.cluster")
+_MAX_ENDED: Final = 8192
 
 
-@attrs.frozen
-class OutboundPush:
-    route: str
-    body: bytes
-
-
-@attrs.frozen
-class OutboundResponse:
-    mid: int
-    body: bytes
-
-
-@attrs.frozen
-class OutboundClose:
-    """Ask the gate to close the client (nano's CloseSession)."""
-
-
-Outbound: TypeAlias = OutboundPush | OutboundResponse | OutboundClose
+#: what a stand-in sends its client's gate, in order: frames of the fast path, or (to a peer
+#: that speaks only nano's unary methods) HandlePush, HandleResponse and CloseSession calls
+Outbound: TypeAlias = frames.Push | frames.Response | frames.CloseSession
 
 
 class RemoteEntity:
-    """The network entity of a stand-in session: what the session sends is queued here and
-    sent to the client's gate, in order, by :meth:`run` (a task of the node). A full outbox
+    """The network entity of a stand-in session: what the session sends goes to the client's
+    gate in order: straight onto the stream to it while one is up and nothing waits in the
+    outbox, else through the outbox, sent by :meth:`run` (a task of the node). A full outbox
     drops (and counts) the message."""
 
-    def __init__(self, gate: str, sid: int, *, outbox_size: int, counters: Counters, log: RateLimitedLog) -> None:
+    def __init__(
+        self, gate: str, sid: int, *, links: Links, outbox_size: int, counters: Counters, log: RateLimitedLog
+    ) -> None:
         self.gate = gate
         self.sid = sid
         self.closed = False
+        self._links = links
+        self._queued = 0  # in the outbox, or being sent by run()
         self._counters = counters
         self._log = log
         self._send, self._receive = trio.open_memory_channel[Outbound](outbox_size)
@@ -68,6 +60,10 @@ class RemoteEntity:
         return f"{self.gate}#{self.sid}"
 
     def _put(self, item: Outbound) -> bool:
+        if not self._queued:
+            link = self._links.current(self.gate)
+            if link is not None and link.send(frames.encode_frame(item)):
+                return True
         try:
             self._send.send_nowait(item)
         except trio.WouldBlock:
@@ -77,22 +73,23 @@ class RemoteEntity:
         except trio.ClosedResourceError:
             self._counters.dropped_outbound += 1
             return False
+        self._queued += 1
         return True
 
     def send_push(self, session: Session, route: str, body: bytes) -> bool:
         if self.closed:
             raise trio.BrokenResourceError("the session is closed")
-        return self._put(OutboundPush(route, body))
+        return self._put(frames.Push(self.sid, route, body))
 
     def send_broadcast(self, session: Session, broadcast: Broadcast) -> bool:
         if self.closed:
             return False
-        return self._put(OutboundPush(broadcast.route, broadcast.body))
+        return self._put(frames.Push(self.sid, broadcast.route, broadcast.body))
 
     def send_response(self, session: Session, mid: int, body: bytes) -> bool:
         if self.closed:
             raise trio.BrokenResourceError("the session is closed")
-        return self._put(OutboundResponse(mid, body))
+        return self._put(frames.Response(self.sid, mid, body))
 
     def kick(self, reason: str) -> None:
         self.close()  # nano's acceptor has no kick: the gate closes the client
@@ -100,7 +97,7 @@ class RemoteEntity:
     def close(self) -> None:
         """Ask the gate to close the client, after what is queued. Idempotent."""
         if not self.closed:
-            self._put(OutboundClose())
+            self._put(frames.CloseSession(self.sid))
             self.closed = True
             self._send.close()
 
@@ -110,19 +107,13 @@ class RemoteEntity:
         self._send.close()
 
     async def run(self, peers: Peers) -> None:
-        """Send what is queued, in order, each call under the deadline. A client that has
-        left (the gate answers NOT_FOUND) ends it quietly: what is still queued is dropped."""
+        """Send what is queued, in order, each under the deadline: on the stream to the gate
+        (opened if needed), or as nano's unary calls to a gate without one. A client that has
+        left (a unary call answered NOT_FOUND) ends it quietly: what is still queued is dropped."""
         async with self._receive:
             async for item in self._receive:
-                peer = peers[self.gate]
                 try:
-                    match item:
-                        case OutboundPush(route, body):
-                            await peer.handle_push(pb.PushMessage(session_id=self.sid, route=route, data=body))
-                        case OutboundResponse(mid, body):
-                            await peer.handle_response(pb.ResponseMessage(session_id=self.sid, id=mid, data=body))
-                        case OutboundClose():
-                            await peer.close_session(self.sid)
+                    await self._send_one(peers, item)
                 except NotFound:
                     _logger.debug("remote session %s: the client has left", self.remote_address)
                     self.drop()
@@ -131,6 +122,23 @@ class RemoteEntity:
                 except ClusterError as exc:
                     self._counters.dropped_outbound += 1
                     self._log.warning("gate failed", "remote session %s: the gate failed: %r", self.remote_address, exc)
+                finally:
+                    self._queued -= 1
+
+    async def _send_one(self, peers: Peers, item: Outbound) -> None:
+        link = await self._links.open(self.gate, peers.timeout)
+        if link is not None:
+            if not link.send(frames.encode_frame(item)):
+                raise Unavailable(f"the stream to {self.gate} is down or full")
+            return
+        peer = peers[self.gate]
+        match item:
+            case frames.Push(sid, route, body):
+                await peer.handle_push(pb.PushMessage(session_id=sid, route=route, data=body))
+            case frames.Response(sid, mid, body):
+                await peer.handle_response(pb.ResponseMessage(session_id=sid, id=mid, data=body))
+            case frames.CloseSession(sid):
+                await peer.close_session(sid)
 
 
 def _drain(receive: trio.MemoryReceiveChannel[Outbound]) -> int:
@@ -146,13 +154,20 @@ def _drain(receive: trio.MemoryReceiveChannel[Outbound]) -> int:
 class RemoteSessions:
     """This node's stand-ins for other gates' clients, by (gate, gate's session id)."""
 
-    def __init__(self, server: Server, peers: Peers, tasks: Tasks, *, counters: Counters, log: RateLimitedLog) -> None:
+    def __init__(
+        self, server: Server, peers: Peers, links: Links, tasks: Tasks, *, counters: Counters, log: RateLimitedLog
+    ) -> None:
         self._server = server
         self._peers = peers
+        self._links = links
         self._tasks = tasks
         self._counters = counters
         self._log = log
         self._sessions: dict[tuple[str, int], Session] = {}
+        # the latest sessions announced ended (ids are unique across the cluster): a message for
+        # one that comes later, relayed by another node (gate -> master -> here), makes no
+        # stand-in that nothing would ever end
+        self._ended: dict[int, None] = {}
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -170,9 +185,34 @@ class RemoteSessions:
     async def session_closed(self, request: pb.SessionClosedRequest) -> pb.SessionClosedResponse:
         """A gate's client left: end its stand-ins (by id alone, as nano: ids are unique
         across the cluster). Unknown ids are ignored."""
-        for key in [key for key in self._sessions if key[1] == request.session_id]:
-            self._end(key)
+        self.on_session_closed(request.session_id)
         return pb.SessionClosedResponse()
+
+    # -- frames on a stream (Trio side; never raise for what the peer sent) -------------------
+
+    async def on_request(self, link: Link, frame: frames.Request) -> None:
+        """A Request from the gate at the stream's other end (or the one it names); what cannot
+        be taken is answered with an Error frame, as a unary call's status would be."""
+        gate, sid, mid, route, data = frame
+        try:
+            await self._handle(gate or link.peer, sid, Request(mid, route, data))
+        except ClusterError as exc:
+            link.send(frames.encode_frame(frames.Error(sid, mid, exc.status.value, exc.message)))
+
+    async def on_notify(self, link: Link, frame: frames.Notify) -> None:
+        gate, sid, route, data = frame
+        try:
+            await self._handle(gate or link.peer, sid, Notify(route, data))
+        except ClusterError as exc:
+            self._log.warning("notify", "Notify %s from %s refused: %r", client_text(route), link.peer, exc)
+
+    def on_session_closed(self, sid: int) -> None:
+        ended = self._ended
+        ended[sid] = None
+        if len(ended) > _MAX_ENDED:
+            del ended[next(iter(ended))]
+        for key in [key for key in self._sessions if key[1] == sid]:
+            self._end(key)
 
     # -- the stand-ins ----------------------------------------------------------------------
 
@@ -181,6 +221,9 @@ class RemoteSessions:
         handler's lane is full."""
         if not self._server.router.hosts(message.route):
             raise NotFound(f"service not found in current node: {message.route}")
+        if sid in self._ended and (gate, sid) not in self._sessions:
+            _logger.debug("session %s#%d has ended: %s dropped", gate, sid, message.route)
+            return
         pending = self._server.router.dispatch(self._session(gate, sid), message)
         if pending is not None:
             lane, task = pending
@@ -191,7 +234,12 @@ class RemoteSessions:
         session = self._sessions.get(key)
         if session is None:
             entity = RemoteEntity(
-                gate, sid, outbox_size=self._server.config.outbox_size, counters=self._counters, log=self._log
+                gate,
+                sid,
+                links=self._links,
+                outbox_size=self._server.config.outbox_size,
+                counters=self._counters,
+                log=self._log,
             )
             if not self._tasks.start(entity.run, self._peers):
                 raise NodeStopping("this node is stopping")

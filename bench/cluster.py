@@ -1,0 +1,303 @@
+"""B12 (issues #5, #11): a request/response forwarded through a gate to one backend, against
+the same handler served locally, in the same run, over both cluster paths:
+
+- ``stream``: trionano <-> trionano, the fast path (one stream per peer, batches of frames);
+- ``unary``: nano's unary ``clusterpb`` calls (every node with ``fast_path=False``), as with a
+  Go nano node on the other side.
+
+Each run starts fresh processes: the local server (``bench._servers trionano``), then a master,
+a backend and a gate per path (``python -m bench.cluster node ROLE``). The load is B1's: 50
+connections in a closed loop, 64 B JSON bodies (``bench._loadgen``). Printed per path: req/s
+and its ratio to local, p50/p99, CPU per forwarded request on the gate and on the backend (from
+/proc), and for the fast path the p50/p99 under an open-loop load at half its closed-loop rate
+(``python -m bench.cluster paced``). Medians of the runs (>= 3).
+
+Targets (issue #11): stream >= 0.3 of local (stretch 0.5), p99 < 10 ms at half load; unary >= 0.1.
+
+Run: ``nox -s bench`` or ``python -m bench.cluster [--quick] [--runs N]``. ``--profile DIR``
+runs the gate and backend under cProfile (their stats in DIR/{gate,backend}-{path}.prof).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import functools
+import json
+import os
+import selectors
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+TICK = os.sysconf("SC_CLK_TCK")
+PATHS = ("stream", "unary")
+
+
+# -- the processes ----------------------------------------------------------------------------
+
+
+@contextmanager
+def process(*args: str) -> Iterator[tuple[int, int]]:
+    """Start ``python ARGS``; yields (the port it prints on its first line, pid); stops it after
+    (closing its stdin)."""
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        yield int(proc.stdout.readline().split()[0]), proc.pid
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+
+def free_address() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+def run_json(*args: str) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def closed_loop(port: int, seconds: float) -> dict[str, Any]:
+    return run_json(
+        "-m", "bench._loadgen", "b1", str(port), "--connections", "50", "--seconds", str(seconds), "--pomelo"
+    )
+
+
+@contextmanager
+def cluster(path: str, profile: Path | None) -> Iterator[tuple[int, int, int]]:
+    """A master, a backend and a gate on ``path``; yields (the gate's client port, gate pid,
+    backend pid)."""
+    master = free_address()
+    extra = ["--unary"] if path == "unary" else []
+
+    def node(role: str) -> list[str]:
+        prof = ["--profile", str(profile / f"{role}-{path}.prof")] if profile and role != "master" else []
+        listen = master if role == "master" else free_address()
+        return ["-m", "bench.cluster", "node", role, "--listen", listen, "--master", master, *extra, *prof]
+
+    with ExitStack() as stack:
+        stack.enter_context(process(*node("master")))
+        _, backend_pid = stack.enter_context(process(*node("backend")))
+        gate_port, gate_pid = stack.enter_context(process(*node("gate")))
+        time.sleep(0.5)
+        yield gate_port, gate_pid, backend_pid
+
+
+# -- B12 --------------------------------------------------------------------------------------
+
+
+def b12(seconds: float, runs: int, profile: Path | None) -> None:
+    print(
+        f"B12 forwarded request/response: client -> gate -> backend, 50 connections, closed loop, 64 B JSON,"
+        f" {seconds:g} s per run; baseline: the same handler served locally, same run"
+    )
+    results: dict[str, list[dict[str, float]]] = collections.defaultdict(list)
+    for run in range(runs):
+        with process("-m", "bench._servers", "trionano") as (port, pid):
+            cpu0 = cpu_seconds(pid)
+            local = closed_loop(port, seconds)
+            local["cpu_us"] = (cpu_seconds(pid) - cpu0) / local["requests"] * 1e6
+        results["local"].append(local)
+        print(
+            f"  run {run + 1} local   {local['rps']:>8,.0f} req/s   p50 {local['p50_us']:>7,.0f} us"
+            f"   p99 {local['p99_us']:>7,.0f} us   server {local['cpu_us']:>6.1f} CPU-us/req"
+        )
+        for path in PATHS:
+            with cluster(path, profile) as (gate_port, gate_pid, backend_pid):
+                gate0, backend0 = cpu_seconds(gate_pid), cpu_seconds(backend_pid)
+                measured = closed_loop(gate_port, seconds)
+                measured["gate_us"] = (cpu_seconds(gate_pid) - gate0) / measured["requests"] * 1e6
+                measured["backend_us"] = (cpu_seconds(backend_pid) - backend0) / measured["requests"] * 1e6
+                measured["ratio"] = measured["rps"] / local["rps"]
+                if path == "stream":
+                    rate = measured["rps"] / 2
+                    half = run_json(
+                        "-m", "bench.cluster", "paced", str(gate_port), "--rate", str(rate), "--seconds", str(seconds)
+                    )
+                    measured["half_rate"] = rate
+                    measured["half_p50_us"] = half["p50_us"]
+                    measured["half_p99_us"] = half["p99_us"]
+            results[path].append(measured)
+            line = (
+                f"  run {run + 1} {path:<7} {measured['rps']:>8,.0f} req/s   p50 {measured['p50_us']:>7,.0f} us"
+                f"   p99 {measured['p99_us']:>7,.0f} us   gate {measured['gate_us']:>6.1f}"
+                f" + backend {measured['backend_us']:>6.1f} CPU-us/req   ratio {measured['ratio']:.2f}"
+            )
+            if path == "stream":
+                at_half = f"p50 {measured['half_p50_us']:,.0f} us p99 {measured['half_p99_us']:,.0f} us"
+                line += f"   at {measured['half_rate']:,.0f} req/s: {at_half}"
+            print(line)
+    print("  medians:")
+    local_cpu = med(results["local"], "cpu_us")
+    print(f"    local   {med(results['local'], 'rps'):>8,.0f} req/s   server {local_cpu:.1f} CPU-us/req")
+    targets = {"stream": 0.3, "unary": 0.1}
+    for path in PATHS:
+        ratios = ", ".join(f"{r['ratio']:.2f}" for r in results[path])
+        ratio = med(results[path], "ratio")
+        print(
+            f"    {path:<7} {med(results[path], 'rps'):>8,.0f} req/s   ratio {ratio:.2f} ({ratios})"
+            f"   p50 {med(results[path], 'p50_us'):,.0f} us   p99 {med(results[path], 'p99_us'):,.0f} us"
+            f"   gate {med(results[path], 'gate_us'):.1f} + backend {med(results[path], 'backend_us'):.1f} CPU-us/req"
+            f"   (target >= {targets[path]}: {'met' if ratio >= targets[path] else 'MISSED'})"
+        )
+    half_p99 = med(results["stream"], "half_p99_us")
+    print(
+        f"    stream at half load ({med(results['stream'], 'half_rate'):,.0f} req/s, open loop):"
+        f" p50 {med(results['stream'], 'half_p50_us'):,.0f} us   p99 {half_p99:,.0f} us"
+        f"   (target < 10 ms: {'met' if half_p99 < 10_000 else 'MISSED'})\n"
+    )
+
+
+def med(results: list[dict[str, float]], key: str) -> float:
+    return statistics.median(result[key] for result in results)
+
+
+# -- an open-loop load ------------------------------------------------------------------------
+
+
+def paced(port: int, rate: float, seconds: float, connections: int) -> dict[str, float]:
+    """Send ``rate`` requests per second in all over ``connections``, whatever is answered
+    (open loop); the latency of each answer from its send time (answers come in order per
+    connection)."""
+    sys.path.insert(0, str(ROOT))
+    from bench._loadgen import BODY, connect, packet_types
+    from trionano import wire
+
+    frame = wire.MessageCodec().request_packet(1, "bench.echo", BODY)
+    socks = [connect(port, pomelo=True) for _ in range(connections)]
+    selector = selectors.DefaultSelector()
+    sent: dict[socket.socket, collections.deque[int]] = {}
+    bufs: dict[socket.socket, bytearray] = {}
+    for sock in socks:
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ)
+        sent[sock] = collections.deque()
+        bufs[sock] = bytearray()
+    latencies: list[int] = []
+    start = time.perf_counter()
+    count = 0
+    while (now := time.perf_counter()) < start + seconds:
+        due = int((now - start) * rate)
+        while count < due:
+            sock = socks[count % connections]
+            sent[sock].append(time.perf_counter_ns())
+            sock.send(frame)
+            count += 1
+        for key, _ in selector.select(timeout=0.0005):
+            sock = key.fileobj  # type: ignore[assignment]
+            bufs[sock] += sock.recv(65536)
+            answers = sum(1 for ptype in packet_types(bufs[sock]) if ptype == wire.PacketType.DATA)
+            now_ns = time.perf_counter_ns()
+            waiting = sent[sock]
+            for _ in range(min(answers, len(waiting))):
+                latencies.append(now_ns - waiting.popleft())  # noqa: PERF401 - popleft in order
+    for sock in socks:
+        sock.close()
+    latencies.sort()
+    return {
+        "sent": count,
+        "answered": len(latencies),
+        "p50_us": latencies[len(latencies) // 2] / 1000 if latencies else float("inf"),
+        "p99_us": latencies[int(len(latencies) * 0.99)] / 1000 if latencies else float("inf"),
+    }
+
+
+# -- a node -----------------------------------------------------------------------------------
+
+
+def node(role: str, listen: str, master: str, unary: bool) -> None:
+    """B12's nodes: a master, a backend hosting the bench component, a gate forwarding to it.
+    Prints the gate's client port (0 for the others), serves until stdin closes."""
+    import trio
+
+    import trionano
+    from bench._servers import Bench
+    from trionano import Components, Config
+    from trionano.cluster import Bridge, ClusterConfig, Node, run
+
+    components = Components()
+    if role == "backend":
+        components.register(Bench(), name="bench")
+    cluster_node = Node(
+        components,
+        ClusterConfig(
+            service_address=listen,
+            master_address=None if role == "master" else master,
+            is_master=role == "master",
+            fast_path=not unary,
+        ),
+        Config(heartbeat=0, outbox_size=1024, rate_limit=None),
+    )
+    endpoints = [trionano.TCPEndpoint("127.0.0.1")] if role == "gate" else []
+
+    async def main(bridge: Bridge) -> None:
+        async with trio.open_nursery() as nursery:
+            ports = await nursery.start(functools.partial(cluster_node.run, bridge, *endpoints))
+            print(ports[0] if ports else 0, flush=True)
+            await trio.to_thread.run_sync(sys.stdin.read)
+            cluster_node.server.shutdown()
+
+    run(main)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="B12: forwarded request/response over both cluster paths")
+    sub = parser.add_subparsers(dest="command")
+    node_parser = sub.add_parser("node", help="(internal) one node of the bench cluster")
+    node_parser.add_argument("role", choices=["master", "backend", "gate"])
+    node_parser.add_argument("--listen", required=True)
+    node_parser.add_argument("--master", required=True)
+    node_parser.add_argument("--unary", action="store_true", help="nano's unary path only (fast_path=False)")
+    node_parser.add_argument("--profile", type=Path, help="write cProfile stats here")
+    paced_parser = sub.add_parser("paced", help="(internal) an open-loop load; prints JSON")
+    paced_parser.add_argument("port", type=int)
+    paced_parser.add_argument("--rate", type=float, required=True)
+    paced_parser.add_argument("--seconds", type=float, default=5.0)
+    paced_parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--quick", action="store_true", help="2 s runs")
+    parser.add_argument("--runs", "--repeats", type=int, default=3, help="runs (medians need >= 3)")
+    parser.add_argument(
+        "--profile", type=Path, help="run the gates and backends under cProfile, stats in this directory"
+    )
+    args, _ = parser.parse_known_args()  # nox -s bench passes bench.runtime's options too
+    if args.command == "node":
+        if args.profile is None:
+            node(args.role, args.listen, args.master, args.unary)
+        else:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.runcall(node, args.role, args.listen, args.master, args.unary)
+            profiler.dump_stats(args.profile)
+    elif args.command == "paced":
+        print(json.dumps(paced(args.port, args.rate, args.seconds, args.connections)))
+    else:
+        if args.profile is not None:
+            args.profile.mkdir(parents=True, exist_ok=True)
+        b12(2.0 if args.quick else 5.0, max(args.runs, 1), args.profile)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,315 @@
+"""The fast path's frames (``proto/stream.proto``, package ``trionano.cluster``), encoded and
+decoded by hand: the hot path never builds a betterproto message. The bytes are protobuf's,
+exactly as the generated classes would write them (the tests check both ways), so any
+protobuf implementation can read a batch.
+
+Frames are typed named tuples; :func:`encode_frame` turns one into the bytes of a ``Frame``,
+:func:`join_batch` joins encoded frames into one ``Batch``, :func:`decode_batch` reads a
+``Batch`` back. Decoding never raises anything but :class:`FrameError` (a ValueError) for
+bytes that are not a batch; unknown fields and frame kinds are skipped (a newer peer's).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final, NamedTuple, TypeAlias
+
+__all__ = [
+    "Batch",
+    "CloseSession",
+    "Error",
+    "Frame",
+    "FrameError",
+    "Notify",
+    "Push",
+    "PushBatch",
+    "Request",
+    "Response",
+    "SessionClosed",
+    "decode_batch",
+    "encode_frame",
+    "join_batch",
+]
+
+
+class FrameError(ValueError):
+    """Bytes that are not a valid ``Batch``."""
+
+
+class Request(NamedTuple):
+    gate: str  # "" : the stream's other end
+    sid: int
+    mid: int
+    route: str
+    data: bytes
+
+
+class Notify(NamedTuple):
+    gate: str
+    sid: int
+    route: str
+    data: bytes
+
+
+class Response(NamedTuple):
+    sid: int
+    mid: int
+    data: bytes
+
+
+class Push(NamedTuple):
+    sid: int
+    route: str
+    data: bytes
+
+
+class SessionClosed(NamedTuple):
+    sid: int
+
+
+class CloseSession(NamedTuple):
+    sid: int
+
+
+class Error(NamedTuple):
+    sid: int
+    mid: int
+    status: int  # a gRPC status code
+    message: str
+
+
+class PushBatch(NamedTuple):
+    """Cluster-wide pushes: an encoded ``trionano.push.PushBatch`` (:mod:`._push` reads it)."""
+
+    data: bytes
+
+
+Frame: TypeAlias = Request | Notify | Response | Push | SessionClosed | CloseSession | Error | PushBatch
+
+_KIND: Final = {
+    Request: 1,
+    Notify: 2,
+    Response: 3,
+    Push: 4,
+    SessionClosed: 5,
+    CloseSession: 6,
+    Error: 7,
+    PushBatch: 8,
+}
+_SFIXED64: Final = struct.Struct("<q")
+_pack_q = _SFIXED64.pack
+_unpack_q = _SFIXED64.unpack_from
+_SMALL: Final = [bytes((n,)) for n in range(128)]
+
+
+def _varint(n: int) -> bytes:
+    if n < 128:
+        return _SMALL[n] if n >= 0 else _varint(n + (1 << 64))
+    out = bytearray()
+    while n >= 128:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _len(tag: bytes, value: bytes) -> bytes:
+    return tag + _varint(len(value)) + value if value else b""
+
+
+def _str(tag: bytes, value: str) -> bytes:
+    return _len(tag, value.encode()) if value else b""
+
+
+def _sid(tag: bytes, sid: int) -> bytes:
+    return tag + _pack_q(sid) if sid else b""
+
+
+def _uint(tag: bytes, value: int) -> bytes:
+    return tag + _varint(value) if value else b""
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """The bytes of one ``Frame`` field of a ``Batch`` (tag and length included): join them
+    with :func:`join_batch`. Raises KeyError for an object that is not a frame."""
+    if isinstance(frame, Request):
+        gate, sid, mid, route, data = frame
+        inner = b"".join(
+            (_str(b"\x0a", gate), _sid(b"\x11", sid), _uint(b"\x18", mid), _str(b"\x22", route), _len(b"\x2a", data))
+        )
+    elif isinstance(frame, Response):
+        inner = b"".join((_sid(b"\x09", frame.sid), _uint(b"\x10", frame.mid), _len(b"\x1a", frame.data)))
+    elif isinstance(frame, Push):
+        inner = b"".join((_sid(b"\x09", frame.sid), _str(b"\x12", frame.route), _len(b"\x1a", frame.data)))
+    elif isinstance(frame, Notify):
+        inner = b"".join(
+            (_str(b"\x0a", frame.gate), _sid(b"\x11", frame.sid), _str(b"\x1a", frame.route), _len(b"\x22", frame.data))
+        )
+    elif isinstance(frame, SessionClosed | CloseSession):
+        inner = _sid(b"\x09", frame.sid)
+    elif isinstance(frame, Error):
+        inner = b"".join(
+            (
+                _sid(b"\x09", frame.sid),
+                _uint(b"\x10", frame.mid),
+                _uint(b"\x18", frame.status),
+                _str(b"\x22", frame.message),
+            )
+        )
+    else:
+        inner = frame.data
+    kind = type(frame)
+    field = _SMALL[(_KIND[kind] << 3) | 2]
+    frame_bytes = field + _varint(len(inner)) + inner
+    return b"\x0a" + _varint(len(frame_bytes)) + frame_bytes
+
+
+def join_batch(encoded: list[bytes]) -> bytes:
+    """One ``Batch`` of frames encoded by :func:`encode_frame`, in order."""
+    return b"".join(encoded)
+
+
+class Batch:
+    """A ``Batch`` as grpclib's protobuf codec sees it: raw bytes both ways (decoded by
+    :func:`decode_batch` where errors can be handled), never a betterproto message."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def SerializeToString(self) -> bytes:  # the protobuf method grpclib calls
+        return self.data
+
+    @classmethod
+    def FromString(cls, data: bytes) -> Batch:
+        return cls(data)
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    byte = buf[pos]
+    pos += 1
+    if byte < 0x80:
+        return byte, pos
+    result = byte & 0x7F
+    shift = 7
+    while True:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise FrameError("varint too long")
+
+
+def _fields(buf: bytes, pos: int, end: int, count: int) -> list[int | bytes]:
+    """The last value of fields 1..count of the message in ``buf[pos:end]`` (index 0 unused;
+    absent: 0). Length-delimited values are bytes; fixed64 are signed."""
+    values: list[int | bytes] = [0] * (count + 1)
+    while pos < end:
+        key, pos = _read_varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 2:
+            size, pos = _read_varint(buf, pos)
+            value: int | bytes = buf[pos : pos + size]
+            pos += size
+        elif wire == 0:
+            value, pos = _read_varint(buf, pos)
+        elif wire == 1:
+            (value,) = _unpack_q(buf, pos)
+            pos += 8
+        elif wire == 5:
+            value = int.from_bytes(buf[pos : pos + 4], "little")
+            pos += 4
+        else:
+            raise FrameError(f"unsupported wire type {wire}")
+        if 0 < number <= count:
+            values[number] = value
+    if pos != end:
+        raise FrameError("truncated message")
+    return values
+
+
+def _as_bytes(value: int | bytes) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if value:
+        raise FrameError("expected a length-delimited field")
+    return b""
+
+
+def _as_str(value: int | bytes) -> str:
+    return _as_bytes(value).decode()
+
+
+def _as_int(value: int | bytes) -> int:
+    if isinstance(value, bytes):
+        raise FrameError("expected a scalar field")
+    return value
+
+
+def _decode_frame(kind: int, buf: bytes, pos: int, end: int) -> Frame | None:
+    if kind == 1:
+        _, gate, sid, mid, route, data = _fields(buf, pos, end, 5)
+        return Request(_as_str(gate), _as_int(sid), _as_int(mid), _as_str(route), _as_bytes(data))
+    if kind == 3:
+        _, sid, mid, data = _fields(buf, pos, end, 3)
+        return Response(_as_int(sid), _as_int(mid), _as_bytes(data))
+    if kind == 4:
+        _, sid, route, data = _fields(buf, pos, end, 3)
+        return Push(_as_int(sid), _as_str(route), _as_bytes(data))
+    if kind == 2:
+        _, gate, sid, route, data = _fields(buf, pos, end, 4)
+        return Notify(_as_str(gate), _as_int(sid), _as_str(route), _as_bytes(data))
+    if kind == 5:
+        return SessionClosed(_as_int(_fields(buf, pos, end, 1)[1]))
+    if kind == 6:
+        return CloseSession(_as_int(_fields(buf, pos, end, 1)[1]))
+    if kind == 7:
+        _, sid, mid, status, message = _fields(buf, pos, end, 4)
+        return Error(_as_int(sid), _as_int(mid), _as_int(status), _as_str(message))
+    if kind == 8:
+        return PushBatch(buf[pos:end])
+    return None  # a kind this node does not know (a newer peer's): skipped
+
+
+def decode_batch(data: bytes) -> list[Frame]:
+    """The frames of a ``Batch``, in order. Raises FrameError for bytes that are not one."""
+    frames: list[Frame] = []
+    pos, end = 0, len(data)
+    try:
+        while pos < end:
+            key, pos = _read_varint(data, pos)
+            if key != 0x0A:  # Batch.frames; anything else is skipped if its wire type allows
+                if key & 7 != 2:
+                    raise FrameError(f"unexpected field {key >> 3} of wire type {key & 7}")
+                size, pos = _read_varint(data, pos)
+                pos += size
+                continue
+            size, pos = _read_varint(data, pos)
+            frame_end = pos + size
+            if frame_end > end:
+                raise FrameError("truncated frame")
+            frame: Frame | None = None
+            while pos < frame_end:  # a Frame: its one field (the last wins, as protobuf's oneof)
+                fkey, pos = _read_varint(data, pos)
+                if fkey & 7 != 2:
+                    raise FrameError(f"unexpected frame field of wire type {fkey & 7}")
+                fsize, pos = _read_varint(data, pos)
+                if pos + fsize > frame_end:
+                    raise FrameError("truncated frame")
+                frame = _decode_frame(fkey >> 3, data, pos, pos + fsize) or frame
+                pos += fsize
+            if frame is not None:
+                frames.append(frame)
+    except FrameError:
+        raise
+    except (IndexError, struct.error) as exc:
+        raise FrameError("truncated batch") from exc
+    except UnicodeDecodeError as exc:
+        raise FrameError(f"a string field is not UTF-8: {exc.reason}") from exc
+    if pos != end:
+        raise FrameError("truncated batch")
+    return frames
