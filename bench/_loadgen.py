@@ -144,6 +144,11 @@ def packets(buf: bytearray) -> list[bytes]:
     return out
 
 
+def packet_types(buf: bytearray) -> list[int]:
+    """Take whole packets off ``buf``; their types."""
+    return [packet[0] for packet in packets(buf)]
+
+
 def message_packets(buf: bytearray) -> list[bytes]:
     """Take whole WebSocket messages off ``buf``; the packets they carry."""
     out = []
