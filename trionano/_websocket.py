@@ -3,7 +3,8 @@
 Each accepted connection's HTTP request head is read here (h11): an ``Upgrade: websocket``
 request to the configured path is accepted (wsproto's handshake), and the connection becomes a
 :class:`WebSocketServerStream`, then an agent; a plain ``GET`` is answered from the static
-directory, if any. The server drives the framing of websockets' sans-I/O engine itself, in
+directory, if any. The server drives websockets' sans-I/O engine itself (inbound frames and
+control frames; its outbound data frames, unmasked binary FIN frames, are framed inline), in
 the agent's reader and writer (measured against wsproto's, bench/websocket.py: several times
 cheaper per message); trio-websocket serves the client side (:class:`WebSocketStream`). Inbound, binary and
 text messages both feed the packet stream (a packet may span messages; a message may hold
@@ -52,6 +53,24 @@ _PONG: Final = Opcode.PONG
 _CONT: Final = Opcode.CONT
 _TEXT: Final = Opcode.TEXT
 OriginCheck = Callable[[str | None], bool]
+
+
+# a server's binary message as one unmasked FIN frame (RFC 6455 section 5.2): the head by length
+_SHORT_HEADS: Final = tuple(bytes((0x80 | Opcode.BINARY, n)) for n in range(126))
+_HEAD_16: Final = bytes((0x80 | Opcode.BINARY, 126))
+_HEAD_64: Final = bytes((0x80 | Opcode.BINARY, 127))
+
+
+def _binary_frame(data: bytes | bytearray | memoryview) -> bytes:
+    """``data`` framed as one binary message by a server (unmasked, FIN): the outbound data
+    path, built here rather than by the engine (whose frame objects cost several times more);
+    control frames stay the engine's."""
+    n = len(data)
+    if n < 126:
+        return _SHORT_HEADS[n] + data
+    if n < 1 << 16:
+        return _HEAD_16 + n.to_bytes(2, "big") + data
+    return _HEAD_64 + n.to_bytes(8, "big") + data
 
 
 class _EngineLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -214,9 +233,7 @@ class WebSocketServerStream(trio.abc.Stream):
         ws = self._ws
         if ws.state is not _OPEN:
             raise trio.BrokenResourceError("the WebSocket is closing")
-        ws.send_binary(data)
-        frames = ws.data_to_send()
-        frame = frames[0] if len(frames) == 1 else b"".join(frames)
+        frame = _binary_frame(data)
         try:
             sent = nowait(frame)
         except trio.WouldBlock:
@@ -248,11 +265,10 @@ class WebSocketServerStream(trio.abc.Stream):
         ws = self._ws
         if ws.state is not _OPEN:
             raise trio.BrokenResourceError("the WebSocket is closing")
-        ws.send_binary(data)
-        frames = ws.data_to_send()
+        frame = _binary_frame(data)
         self._sending = True
         try:
-            await self._write(frames[0] if len(frames) == 1 else b"".join(frames))
+            await self._write(frame)
         finally:
             self._sending = False
 

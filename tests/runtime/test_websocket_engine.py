@@ -476,3 +476,20 @@ async def test_a_nonblocking_send_left_under_way_is_completed_by_send_all_before
     assert stream.send_some_nowait(b"again") == 5  # the write turn is free again
     await trio.aclose_forcefully(stream)
     await peer.aclose()
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 70000])
+async def test_each_message_length_is_framed_as_a_client_reads_it(size: int) -> None:
+    # the three length encodings of a server's frame head, at and around their bounds
+    message = bytes(n % 251 for n in range(size))
+    async with stream_pair(max_message_size=1 << 20) as pair, trio.open_nursery() as nursery:
+        nursery.start_soon(pair.stream.send_all, message)
+        received = b""
+        while len(received) < size or not received:
+            pair.client.receive_data(bytes(await pair.peer.receive_some(1 << 20)))
+            events = list(pair.client.events())
+            received += b"".join(bytes(e.data) for e in events if isinstance(e, BytesMessage))
+            if size == 0 and events:
+                assert events == [BytesMessage(b"")]
+                break
+        assert received == message
