@@ -208,7 +208,9 @@ def b1(seconds: float, repeats: int, connection_counts: list[int], goals: list[s
         f"B1 request/response over TCP: closed loop, 64 B JSON echo, {seconds:g} s per run, "
         f"{repeats} interleaved rounds; server on core {SERVER_CORE}, load generator on core {LOADGEN_CORE}.\n"
         "  baseline: the floor (bench._servers floor: trionano's required shape, reader + writer tasks per"
-        " connection, memory channels, one scheduler task; an inline codec and nothing else)"
+        " connection, memory channels, one scheduler task; an inline codec and nothing else)\n"
+        "  server CPU is sampled once every connection is up and again when the time is up (connecting and"
+        " closing are not charged to requests); every answer is checked to be the echo"
     )
     results: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for run in range(repeats):

@@ -5,7 +5,9 @@
     Server.serve_connection  (a task in the server's connections nursery)
     └── Agent.run: nursery
         ├── reader: this task: receive, let the wire.Connection decode, hand each Request or
-        │           Notify to the router (waiting only when its lane is full)
+        │           Notify to the router (waiting only when its lane is full); a read of whole
+        │           Requests (the common case) takes the fused path: receive_requests decodes
+        │           them at once, Router.dispatch_request queues each handler call
         └── writer: drain the outbox, join what is queued into one write
 
 Every packet in either direction goes through the connection's ``wire.Connection``, so nothing
