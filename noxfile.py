@@ -48,7 +48,7 @@ def docs(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmarks: figures as ratios against a same-run baseline. Never part of the tests."""
-    session.install("-e", ".[speedups,examples]")
+    session.install("-e", ".[bench,examples]")
     session.run("python", "-m", "bench.wire")
     session.run("python", "-m", "bench.websocket")
     session.run("python", "-m", "bench.profile")
@@ -56,6 +56,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "-m", "bench.cluster", *session.posargs)
     session.run("python", "-m", "bench.hostile", *session.posargs)
     session.run("python", "-m", "bench.push_api", *session.posargs)  # B13: needs the push and examples extras
+    session.run("python", "-m", "bench.push", *session.posargs)  # B5, buckets, B14: matplotlib (the bench extra)
 
 
 @nox.session(python=PYTHON)

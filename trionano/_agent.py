@@ -26,6 +26,7 @@ session is kicked "slow consumer" (or, under the drop policy, a Push is dropped)
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from typing import Final
@@ -35,6 +36,7 @@ import trio
 from ._config import Config, SlowConsumerPolicy
 from ._errors import HandshakeRejected, MessageTooLarge
 from ._log import RateLimitedLog
+from ._merge import MergeClock
 from ._pipeline import PipelineMessage
 from ._ratelimit import RateLimiter, Verdict
 from ._router import CODE_RATE_LIMITED, Router
@@ -73,6 +75,7 @@ EVENTS_PER_WAKEUP: Final = 64
 WRITES_PER_CHECKPOINT: Final = 16
 _HEARTBEAT: Final = Heartbeat()
 _WORKING: Final = State.WORKING
+_NEVER: Final = math.inf  # no queued packet has asked for a merge window
 
 
 class Agent:
@@ -81,11 +84,14 @@ class Agent:
     users. ``on_working(agent)`` runs when the client acknowledges the handshake."""
 
     __slots__ = (
+        "_clock",
         "_codec",
         "_config",
         "_counters",
         "_final",
         "_finished",
+        "_flush_at",
+        "_held",
         "_limiter",
         "_log",
         "_max_bytes",
@@ -101,6 +107,7 @@ class Agent:
         "_soft_bytes",
         "_soft_limit",
         "_stream",
+        "_window",
         "_write_started",
         "_writer_scope",
         "_writing",
@@ -122,6 +129,7 @@ class Agent:
         log: RateLimitedLog,
         make_session: Callable[[Agent], Session],
         on_working: Callable[[Agent], None],
+        clock: MergeClock | None = None,
     ) -> None:
         self._stream = stream
         self.remote_address: Final = remote_address
@@ -149,6 +157,11 @@ class Agent:
         self._finished = False  # the closing sequence has begun
         self._reader_scope = trio.CancelScope()
         self._writer_scope = trio.CancelScope()
+        # merge window (Config.merge_window): the writer holds a write until _flush_at
+        self._window = config.merge_window or 0.0  # what a Push asks for
+        self._flush_at = _NEVER  # the earliest deadline the packets queued since the last write asked for
+        self._clock = clock  # the server's MergeClock, which wakes a holding writer
+        self._held: trio.lowlevel.Task | None = None  # the writer, while it holds
         self.session: Final = make_session(self)
 
     def __repr__(self) -> str:
@@ -342,6 +355,10 @@ class Agent:
                             break
                         self._queued -= 1
                         self._queued_bytes -= len(data)
+                        if self._flush_at != _NEVER:  # a merge window was asked for
+                            if self._flush_at > trio.current_time():
+                                await self._hold()
+                            self._flush_at = _NEVER
                     size = len(data)
                     parts: list[bytes] | None = None
                     while True:  # join what is queued, never past MAX_WRITE
@@ -360,6 +377,7 @@ class Agent:
                         size += len(more)
                     if parts is not None:
                         data = b"".join(parts)
+                    self._counters.writes += 1
                     if write_nowait is not None:
                         try:
                             sent = write_nowait(data)
@@ -378,6 +396,7 @@ class Agent:
                     self._writing = False
                     budget = WRITES_PER_CHECKPOINT
                 if self._final is not None:
+                    self._counters.writes += 1
                     await write(self._final)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the peer is gone
@@ -386,10 +405,56 @@ class Agent:
             self.closed = True
             agent_scope.cancel()
 
+    # -- merge window ------------------------------------------------------------------------
+
+    async def _hold(self) -> None:
+        """Hold the write until ``_flush_at`` (the merge window: the server's MergeClock wakes
+        it), or until a packet that must not wait (a Response, heartbeat, Kick), a full
+        write's worth or a close ends it. Without a running clock, writes at once."""
+        clock = self._clock
+        if clock is None or not clock.running:
+            return
+        self._held = trio.lowlevel.current_task()
+        clock.wake_at(self._flush_at, self)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._held = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def flush_due(self, now: float) -> None:
+        """The MergeClock's call: write now if the window has ended by ``now``."""
+        if self._held is not None and self._flush_at <= now:
+            self._release()
+
+    def _release(self) -> None:
+        task, self._held = self._held, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
+
+    def _ask_flush(self, window: float) -> None:
+        """The packet just queued must be written within ``window`` seconds (0: at once, with
+        everything queued before it). The earliest deadline asked since the last write wins,
+        so no packet waits past its own window; packets queued before any window was asked
+        for (``_flush_at`` still ``_NEVER`` with others queued) were not to wait either."""
+        if not window or self._queued_bytes >= MAX_WRITE or (self._flush_at == _NEVER and self._queued > 1):
+            at = -_NEVER
+        else:
+            at = trio.current_time() + window
+        if at < self._flush_at:
+            self._flush_at = at
+            if self._held is not None:
+                if at == -_NEVER:
+                    self._release()
+                elif self._clock is not None:
+                    self._clock.wake_at(at, self)
+
     # -- sending (the NetworkEntity protocol) -----------------------------------------------
 
-    def _enqueue(self, packet: bytes, *, droppable: bool = True) -> bool:
-        """Queue ``packet`` for the writer. A Push (``droppable``) meets the slow-consumer
+    def _enqueue(self, packet: bytes, *, droppable: bool = True, window: float = 0.0) -> bool:
+        """Queue ``packet`` for the writer, to be written within ``window`` seconds (the merge
+        window; 0: at once). A Push (``droppable``) meets the slow-consumer
         policy when the client does not read (see the module docstring); anything meets it
         past ``max_outbox_bytes``. Returns whether it was queued."""
         if self._queued >= self._soft_limit or self._queued_bytes >= self._soft_bytes:
@@ -404,6 +469,8 @@ class Agent:
             return False
         self._queued += 1
         self._queued_bytes += len(packet)
+        if window or self._flush_at != _NEVER:
+            self._ask_flush(window)
         return True
 
     def _slow_consumer(self, droppable: bool) -> bool:
@@ -456,19 +523,20 @@ class Agent:
             if refined is None:
                 return False
             body = refined
-        return self._push_now(route, body)
+        return self._push_now(route, body, self._window)
 
     def send_broadcast(self, session: Session, broadcast: Broadcast) -> bool:
         """Queue one Push of a broadcast, encoded once per codec and shared. Returns whether
         it was queued. Raises trio.BrokenResourceError once closed, MessageTooLarge."""
         if self._not_working():
             return False
+        window = self._window if broadcast.merge_window is None else broadcast.merge_window
         if self._config.pipeline.outbound.funcs:
             refined = self._outbound(MessageType.PUSH, broadcast.route, broadcast.body)
             if refined is None:
                 return False
             if refined is not broadcast.body:  # rewritten for this session: its own encoding
-                return self._push_now(broadcast.route, refined)
+                return self._push_now(broadcast.route, refined, window)
         if broadcast.encoder is not self._codec:
             try:
                 broadcast.packet = self.conn.send_push(broadcast.route, broadcast.body)
@@ -476,22 +544,22 @@ class Agent:
                 raise self._too_large(broadcast.body) from None
             broadcast.encoder = self._codec
             self._counters.encoded += 1
-            return self._enqueue_push(broadcast.packet)
-        if self._enqueue(self.conn.send_encoded(broadcast.packet)):  # _enqueue_push, inlined: a broadcast's loop
+            return self._enqueue_push(broadcast.packet, window)
+        if self._enqueue(self.conn.send_encoded(broadcast.packet), window=window):  # _enqueue_push, inlined
             self._counters.pushes_out += 1
             return True
         return False
 
-    def _push_now(self, route: str, body: bytes) -> bool:
+    def _push_now(self, route: str, body: bytes, window: float) -> bool:
         try:
             packet = self.conn.send_push(route, body)
         except LocalProtocolError:
             raise self._too_large(body) from None
         self._counters.encoded += 1
-        return self._enqueue_push(packet)
+        return self._enqueue_push(packet, window)
 
-    def _enqueue_push(self, packet: bytes) -> bool:
-        if self._enqueue(packet):
+    def _enqueue_push(self, packet: bytes, window: float) -> bool:
+        if self._enqueue(packet, window=window):
             self._counters.pushes_out += 1
             return True
         return False
@@ -584,6 +652,7 @@ class Agent:
         self.closed = True
         self._final = final
         self._send.close()
+        self._ask_flush(0.0)  # a writer holding a merge window writes what is queued now
         if discard:
             while True:
                 try:

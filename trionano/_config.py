@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
@@ -17,7 +17,11 @@ from .wire import EMPTY_ROUTES, MAX_BODY_SIZE, MAX_HEARTBEAT, MIN_HEARTBEAT, Han
 if TYPE_CHECKING:
     from ._session import Session
 
-__all__ = ["Config", "HandshakeValidator", "RateLimit", "SlowConsumerPolicy"]
+__all__ = ["MAX_MERGE_WINDOW", "Config", "HandshakeValidator", "RateLimit", "SlowConsumerPolicy"]
+
+#: The longest merge window (seconds): a window is a latency budget, and one past a second
+#: would be noticed by players long before it saved anything.
+MAX_MERGE_WINDOW: Final = 1.0
 
 HandshakeValidator = Callable[["Session", Handshake], Awaitable[None] | None]
 
@@ -38,6 +42,11 @@ def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
 def _heartbeat(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if check_heartbeat(value) is None:
         raise ValueError(f"heartbeat must be 0 (disabled) or {MIN_HEARTBEAT}..{MAX_HEARTBEAT} seconds, not {value!r}")
+
+
+def _merge_window(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and not 0 < value <= MAX_MERGE_WINDOW:
+        raise ValueError(f"{attribute.name} must be None (off) or 0 < seconds <= {MAX_MERGE_WINDOW}, not {value!r}")
 
 
 def _precision(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -81,6 +90,15 @@ class Config:
       session is kicked "slow consumer" (or, under the drop policy, a Push is dropped).
     - ``expose_errors``: send a handler's exception text to the client in its 500 Response
       (default: ``"internal error"``; the text is logged either way).
+    - ``merge_window``: seconds (0 < w <= 1) a connection's writer may hold a Push to merge
+      it with those that follow into one write (TCP: one ``send``; WebSocket: one message
+      holding several packets, which pomelo's, nano's and trionano's clients all decode), as
+      go-push and goim batch by time; None (the default) writes at once. The window starts
+      when the first packet of a write is queued, so no Push waits longer than it; a
+      Response, heartbeat or Kick ends the window at once (it is written with whatever is
+      queued before it, in order). A :class:`~trionano.Group` may set its own window for its
+      broadcasts. Pays off when clients get several Pushes a window: one send per window
+      instead of one per Push (see bench/push.py, B5).
     - ``max_packet_size``: the largest packet body accepted or sent (nano: 64 KiB).
     - ``serializer``: values to bodies (JSON by default; see :mod:`trionano._serializer`).
     - ``routes``: the route dictionary for compression, announced in the handshake.
@@ -101,6 +119,7 @@ class Config:
     outbox_bytes: int = attrs.field(default=1 << 20, validator=attrs.validators.ge(1024))
     max_outbox_bytes: int = attrs.field(default=16 << 20, validator=attrs.validators.ge(64 * 1024))
     slow_consumer_after: float = attrs.field(default=1.0, validator=_positive)
+    merge_window: float | None = attrs.field(default=None, validator=_merge_window)
     max_packet_size: int = attrs.field(
         default=MAX_BODY_SIZE, validator=[attrs.validators.ge(64), attrs.validators.le((1 << 24) - 1)]
     )

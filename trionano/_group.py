@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import trio
 
+from ._config import MAX_MERGE_WINDOW
 from ._errors import GroupError
+from ._fanout import BUCKET_SIZE, FanOut, FanOutJob
 from ._session import Broadcast, Session
 
 __all__ = ["Group", "SessionFilter"]
@@ -29,12 +31,26 @@ class Group:
     for every member without waiting for any of them: a member whose outbox is full is handled
     by its server's slow-consumer policy (dropped and counted, or kicked).
 
+    Large groups: a broadcast queues its first :data:`~trionano._fanout.BUCKET_SIZE` (128)
+    members at once and hands the rest to its server's fan-out task, which queues them a
+    bucket at a time (go-push's buckets hold 512, goim's are 32 shards) and lets every other
+    task run in between, so a broadcast to 100,000 members never stalls the server's other
+    clients. It goes to the members of the
+    moment it is called, and each member gets its Pushes in the order they were issued: a
+    member's later Pushes (broadcasts, ``session.push``), Kick or close wait behind a
+    broadcast still on its way to it (Responses do not). :meth:`broadcast_and_wait` waits
+    until every member has been reached.
+
     Error handling: GroupError with nano's texts; see each method.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, merge_window: float | None = None) -> None:
+        if merge_window is not None and not 0 <= merge_window <= MAX_MERGE_WINDOW:
+            raise ValueError(f"merge_window must be None or 0..{MAX_MERGE_WINDOW} seconds, not {merge_window!r}")
         self.name = name
+        self._merge_window = merge_window
         self._members: dict[int, Session] = {}
+        self._fanouts: dict[FanOut | None, int] = {}  # members per server fan-out
         self._closed = False
 
     def __repr__(self) -> str:
@@ -43,6 +59,14 @@ class Group:
     def _check_open(self) -> None:
         if self._closed:
             raise GroupError(ERR_CLOSED_GROUP)
+
+    @property
+    def merge_window(self) -> float | None:
+        """The merge window (seconds) of this group's broadcasts: each member's writer may
+        hold one that long to merge it with what follows (``Config.merge_window``, which
+        applies when this is None; 0: never held). A connection holds its write until the
+        earliest deadline any packet queued on it asked for, so the smallest window wins."""
+        return self._merge_window
 
     @property
     def closed(self) -> bool:
@@ -58,16 +82,29 @@ class Group:
         if session.id in self._members:
             raise GroupError(ERR_SESSION_DUPLICATION)
         self._members[session.id] = session
+        fanout = session.fanout
+        self._fanouts[fanout] = self._fanouts.get(fanout, 0) + 1
 
     def leave(self, session: Session) -> None:
         """Remove ``session`` (not being a member is fine). Raises GroupError when closed."""
         self._check_open()
-        self._members.pop(session.id, None)
+        self._forget(session)
 
     def leave_all(self) -> None:
         """Remove every member. Raises GroupError when closed."""
         self._check_open()
         self._members.clear()
+        self._fanouts.clear()
+
+    def _forget(self, session: Session) -> None:
+        if self._members.get(session.id) is session:
+            del self._members[session.id]
+            fanout = session.fanout
+            left = self._fanouts[fanout] - 1
+            if left:
+                self._fanouts[fanout] = left
+            else:
+                del self._fanouts[fanout]
 
     def member(self, uid: int) -> Session:
         """The member bound to ``uid``. Raises GroupError (``member not found in the group``)."""
@@ -114,33 +151,72 @@ class Group:
         if len(live) != len(members):
             for session in members:
                 if session.closed:
-                    del self._members[session.id]
+                    self._forget(session)
         return live
 
     def broadcast(self, route: str, value: object) -> int:
         """Push to every member. Returns how many members it was queued for (closed members
-        and slow consumers' drops are skipped and counted). Raises GroupError when closed,
-        SerializeError when ``value`` cannot be serialized."""
-        return self._push(route, value, None)
+        and slow consumers' drops are skipped and counted); of a large broadcast, those queued
+        at once plus those handed to the fan-out. Raises GroupError when closed,
+        SerializeError when ``value`` cannot be serialized, MessageTooLarge."""
+        queued, jobs = self._push(route, value, None)
+        return queued + sum(len(job.members) for job in jobs)
 
     def multicast(self, route: str, value: object, predicate: SessionFilter) -> int:
         """Push to the members for which ``predicate`` is true; as :meth:`broadcast`."""
-        return self._push(route, value, predicate)
+        queued, jobs = self._push(route, value, predicate)
+        return queued + sum(len(job.members) for job in jobs)
 
-    def _push(self, route: str, value: object, predicate: SessionFilter | None) -> int:
-        self._check_open()
-        members = self._live()
-        if predicate is not None:
-            members = [session for session in members if predicate(session)]
-        queued = 0
-        serializer: object = None
-        broadcast = Broadcast(route, b"")
-        for session in members:
-            if session.serializer is not serializer:  # serialize once per serializer (almost always one)
-                serializer = session.serializer
-                broadcast = Broadcast(route, session.serializer.marshal(value))
-            queued += session.entity.send_broadcast(session, broadcast)
+    async def broadcast_and_wait(self, route: str, value: object, predicate: SessionFilter | None = None) -> int:
+        """:meth:`broadcast` (or :meth:`multicast` with ``predicate``), then wait until it has
+        been queued for every member; returns for how many it was. Raises as
+        :meth:`broadcast`."""
+        queued, jobs = self._push(route, value, predicate)
+        if not jobs:
+            await trio.lowlevel.checkpoint()
+        for job in jobs:
+            await job.done.wait()
+            queued += job.queued
         return queued
+
+    def _push(self, route: str, value: object, predicate: SessionFilter | None) -> tuple[int, list[FanOutJob]]:
+        self._check_open()
+        # a large group's closed members are skipped (and dropped) as the fan-out reaches them
+        members = self._live() if len(self._members) <= BUCKET_SIZE else list(self._members.values())
+        if predicate is not None:
+            members = [session for session in members if not session.closed and predicate(session)]
+        if not members:
+            return 0, []
+        window = self._merge_window
+        first = members[0].serializer
+        broadcast = Broadcast(route, first.marshal(value), window)  # serialize once, in the caller
+        others: dict[int, Broadcast] = {}  # per other serializer (rare: members of several servers)
+        forget = self._forget
+
+        def deliver(session: Session) -> bool:
+            if session.closed:
+                forget(session)
+                return False
+            serializer = session.serializer
+            if serializer is first:
+                return session.entity.send_broadcast(session, broadcast)
+            other = others.get(id(serializer))
+            if other is None:
+                other = others[id(serializer)] = Broadcast(route, serializer.marshal(value), window)
+            return session.entity.send_broadcast(session, other)
+
+        if len(self._fanouts) == 1:  # every member on one server (almost always)
+            return _send(next(iter(self._fanouts)), members, deliver)
+        by_fanout: dict[FanOut | None, list[Session]] = {}
+        for session in members:
+            by_fanout.setdefault(session.fanout, []).append(session)
+        queued = 0
+        jobs: list[FanOutJob] = []
+        for fanout, part in by_fanout.items():
+            count, more = _send(fanout, part, deliver)
+            queued += count
+            jobs += more
+        return queued, jobs
 
     def close(self) -> None:
         """Drop every member and refuse further changes. Raises GroupError the second time."""
@@ -148,3 +224,13 @@ class Group:
             raise GroupError(ERR_CLOSE_CLOSED_GROUP)
         self._closed = True
         self._members.clear()
+        self._fanouts.clear()
+
+
+def _send(
+    fanout: FanOut | None, members: Sequence[Session], deliver: Callable[[Session], bool]
+) -> tuple[int, list[FanOutJob]]:
+    if fanout is None:  # sessions made outside a server: everything now
+        return sum(deliver(session) for session in members), []
+    queued, job = fanout.send(members, deliver)
+    return queued, [job] if job is not None else []

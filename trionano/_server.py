@@ -5,6 +5,8 @@
     Server.serve(*endpoints)                 returns after shutdown(); takes task_status
     └── root nursery
         ├── scheduler (main lane, named lanes, timers)       nursery_scheduler.Scheduler.run
+        ├── fan-out (large broadcasts, bucket by bucket)     _fanout.FanOut.run
+        ├── merge clock (ends merge windows)                 _merge.MergeClock.run
         ├── heartbeat sweeper (one task for every session)
         └── connections nursery
             ├── accept loop per listener                     Endpoint.start
@@ -32,8 +34,10 @@ from ._agent import Agent
 from ._component import LIFECYCLE_HOOKS, Components
 from ._config import Config
 from ._errors import ComponentError
+from ._fanout import FanOut
 from ._listen import Endpoint, TCPEndpoint
 from ._log import RateLimitedLog
+from ._merge import MergeClock
 from ._router import RemoteRouter, Router
 from ._session import NetworkEntity, Session
 from ._stats import Counters, Statistics
@@ -138,6 +142,8 @@ class Server:
         )
         self._log = RateLimitedLog(_logger)
         self._agent_log = RateLimitedLog(logging.getLogger("trionano.agent"))
+        self._fanout = FanOut(self._counters, RateLimitedLog(logging.getLogger("trionano.fanout")))
+        self._merge_clock = MergeClock()
         self.router: Final = Router(
             components.resolve(self.serializer),
             scheduler=self.scheduler,
@@ -190,7 +196,7 @@ class Server:
         remote router; for a cluster node's stand-ins of other gates' clients (local
         connections get theirs when they are accepted). The caller owns its life and calls
         :meth:`session_closed` when it ends."""
-        return Session._create(next(self._session_ids), entity, self.serializer, self._remote)
+        return Session._create(next(self._session_ids), entity, self.serializer, self._remote, self._fanout)
 
     def next_id(self) -> int:
         """The next id of this server's id source (unique across a cluster when a cluster node
@@ -233,6 +239,9 @@ class Server:
             async with trio.open_nursery() as root:
                 self._nursery = root
                 await root.start(self.scheduler.run)
+                await root.start(self._fanout.run)
+                clock = trio.CancelScope()
+                await root.start(self._run_clock, clock)
                 await self._lifecycle("init")
                 await self._lifecycle("after_init")
                 sweeper = trio.CancelScope()
@@ -249,6 +258,8 @@ class Server:
                 sweeper.cancel()
                 await self._lifecycle("shutdown", reverse=True)
                 self.scheduler.stop()
+                self._fanout.stop()
+                clock.cancel()
             if root.cancel_scope.cancelled_caught:
                 _logger.warning("shutdown took over shutdown_timeout: queued handlers and hooks were cancelled")
         finally:
@@ -292,6 +303,7 @@ class Server:
                 log=self._agent_log,
                 make_session=self._make_session,
                 on_working=self._session_opened,
+                clock=self._merge_clock,
             )
         except Exception as exc:  # the last guard, as below
             self._log.exception("connection failed", "connection from %s failed", remote_address, exc_info=exc)
@@ -387,6 +399,10 @@ class Server:
         await done.wait()
         if errors:
             raise errors[0]
+
+    async def _run_clock(self, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]) -> None:
+        with scope:
+            await self._merge_clock.run(task_status=task_status)
 
     async def _sweep(self, scope: trio.CancelScope) -> None:
         """One task for every connection: every interval/8, send the heartbeats that are due

@@ -15,6 +15,7 @@ from typing import Any, Final, Generic, NoReturn, Protocol, TypeVar, overload
 import trio
 
 from ._errors import ERROR_CODES, MessageTooLarge, SerializeError, SessionError
+from ._fanout import FanOut
 from ._serializer import Serializer
 
 __all__ = [
@@ -65,13 +66,16 @@ class SessionKey(Generic[T]):
 
 class Broadcast:
     """One Push for many sessions: serialized once by its sender, encoded into a packet by the
-    first entity that sends it and reused by every other entity sharing that encoder."""
+    first entity that sends it and reused by every other entity sharing that encoder.
+    ``merge_window``: the seconds each member's writer may hold it to merge it with what
+    follows (see ``Config.merge_window``); None: the server's window."""
 
-    __slots__ = ("body", "encoder", "packet", "route")
+    __slots__ = ("body", "encoder", "merge_window", "packet", "route")
 
-    def __init__(self, route: str, body: bytes) -> None:
+    def __init__(self, route: str, body: bytes, merge_window: float | None = None) -> None:
         self.route: Final = route
         self.body: Final = body
+        self.merge_window: Final = merge_window
         self.encoder: object = None  # whatever encoded ``packet`` (a server's codec)
         self.packet = b""
 
@@ -193,10 +197,15 @@ class Session(metaclass=_NoPublicConstructor):
     store per-session data; nano's ``set``/``value``/``get_int``... are aliases.
     """
 
-    __slots__ = ("__weakref__", "_data", "_remote", "entity", "id", "serializer", "uid")
+    __slots__ = ("__weakref__", "_data", "_fanout", "_remote", "entity", "id", "serializer", "uid")
 
     def __init__(
-        self, id: int, entity: NetworkEntity, serializer: Serializer, remote: RemoteCaller | None = None
+        self,
+        id: int,
+        entity: NetworkEntity,
+        serializer: Serializer,
+        remote: RemoteCaller | None = None,
+        fanout: FanOut | None = None,
     ) -> None:
         self.id: Final = id  # unique per server (per cluster with a cluster's id source), < 2^53
         self.uid = 0
@@ -205,6 +214,7 @@ class Session(metaclass=_NoPublicConstructor):
         #: for the session's life (an attribute, not a property: every answer reads it).
         self.entity: Final = entity
         self._remote = remote
+        self._fanout = fanout
         self._data: dict[str, Any] = {}
 
     def __repr__(self) -> str:
@@ -217,6 +227,12 @@ class Session(metaclass=_NoPublicConstructor):
         if uid < 1:
             raise SessionError("illegal uid")
         self.uid = uid
+
+    @property
+    def fanout(self) -> FanOut | None:
+        """The server's fan-out, which runs large broadcasts bucket by bucket and keeps this
+        session's Pushes in order behind them (None for a session made outside a server)."""
+        return self._fanout
 
     @property
     def remote_address(self) -> str:
@@ -245,11 +261,18 @@ class Session(metaclass=_NoPublicConstructor):
 
     def push(self, route: str, value: object) -> bool:
         """Serialize ``value`` and queue it as a Push. Returns False if it was dropped (slow
-        consumer, refused by a pipeline). Raises trio.BrokenResourceError if closed,
+        consumer, refused by a pipeline). While a large broadcast is still on its way to this
+        session (see :class:`~trionano.Group`), the Push is queued behind it by the server's
+        fan-out and counts as queued. Raises trio.BrokenResourceError if closed,
         SerializeError, MessageTooLarge."""
         if self.entity.closed:
             raise trio.BrokenResourceError("the session is closed")
-        return self.entity.send_push(self, route, self.serializer.marshal(value))
+        body = self.serializer.marshal(value)
+        fanout = self._fanout
+        if fanout is not None and fanout.behind(self):  # a broadcast is still on its way here: after it
+            fanout.after(self, lambda session: session.entity.send_push(session, route, body))
+            return True
+        return self.entity.send_push(self, route, body)
 
     def response(self, value: object, *, mid: int | None = None) -> bool:
         """Answer the Request being handled, or the one whose id is ``mid`` (see :meth:`defer`
@@ -294,11 +317,30 @@ class Session(metaclass=_NoPublicConstructor):
         self._remote.rpc(self, route, self.serializer.marshal(value))
 
     def kick(self, reason: str = "") -> None:
-        """Send a Kick with ``reason`` (pomelo's ``{"reason": ...}``), then close. Idempotent."""
+        """Send a Kick with ``reason`` (pomelo's ``{"reason": ...}``), then close. Idempotent.
+        Behind a large broadcast still on its way here, as :meth:`push` (so is :meth:`close`)."""
+        fanout = self._fanout
+        if fanout is not None and fanout.behind(self):  # after the broadcasts on their way here
+
+            def kick_now(session: Session) -> bool:
+                session.entity.kick(reason)
+                return True
+
+            fanout.after(self, kick_now)
+            return
         self.entity.kick(reason)
 
     def close(self) -> None:
         """Close the connection without a Kick. Idempotent; close hooks run once."""
+        fanout = self._fanout
+        if fanout is not None and fanout.behind(self):
+
+            def close_now(session: Session) -> bool:
+                session.entity.close()
+                return True
+
+            fanout.after(self, close_now)
+            return
         self.entity.close()
 
     # -- data -------------------------------------------------------------------------------

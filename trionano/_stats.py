@@ -162,6 +162,8 @@ class Statistics:
     - ``protocol_errors``, ``handler_errors``, ``unknown_routes``;
     - ``error_responses``: error Responses sent, by code (400, 404, 413, 429, 500, ...);
     - ``pushes_out``, ``responses_out``: Pushes and Responses queued to clients;
+    - ``writes``: writes to clients' connections, each the packets joined into one ``send``
+      (or one WebSocket message); what ``Config.merge_window`` saves;
     - ``outbox_queued`` (now): packets waiting in every client's outbox; ``outbox_max`` (now):
       the most in one outbox;
     - ``routes``: per route, messages in and handler durations (:class:`RouteStatistics`):
@@ -186,6 +188,7 @@ class Statistics:
     error_responses: Mapping[int, int]
     pushes_out: int
     responses_out: int
+    writes: int
     outbox_queued: int
     outbox_max: int
     routes: Mapping[str, RouteStatistics]
@@ -217,6 +220,7 @@ class Counters:
         "sessions_closed",
         "sessions_opened",
         "unknown_routes",
+        "writes",
     )
 
     def __init__(self) -> None:
@@ -236,6 +240,7 @@ class Counters:
         self.error_responses: Final[dict[int, int]] = {}
         self.pushes_out = 0
         self.responses_out = 0
+        self.writes = 0
         self.routes: Final[dict[str, RouteCounters]] = {}
 
     def route(self, route: str) -> RouteCounters:
@@ -272,6 +277,7 @@ class Counters:
             error_responses=MappingProxyType(dict(self.error_responses)),
             pushes_out=self.pushes_out,
             responses_out=self.responses_out,
+            writes=self.writes,
             outbox_queued=sum(depths),
             outbox_max=max(depths, default=0),
             routes=MappingProxyType(

@@ -162,6 +162,7 @@ class _Collector(Collector):
             kicks.add_metric([reason], count)
         yield kicks
         yield counter("encoded_packets", "Data packets encoded (a broadcast once per server)", stats.encoded)
+        yield counter("writes", "Writes to clients' connections (a send, or a WebSocket message)", stats.writes)
 
         yield GaugeMetricFamily("trionano_outbox_messages", "Packets queued in all outboxes", value=stats.outbox_queued)
         yield GaugeMetricFamily("trionano_outbox_max_messages", "Packets in the fullest outbox", value=stats.outbox_max)

@@ -98,11 +98,12 @@ class FakeSession:
         self.id = id
         self.uid = uid
         self.closed = False
+        self.fanout = None
 
 
 def test_group_api_and_nanos_errors() -> None:
     group = Group("g")
-    # groups only read .id, .uid and .closed: stand-ins keep this test about the group alone
+    # groups only read .id, .uid, .closed and .fanout: stand-ins keep this test about the group alone
     a, b = cast(Session, FakeSession(1, 10)), cast(Session, FakeSession(2, 20))
     group.add(a)
     group.add(b)

@@ -471,14 +471,26 @@ def _which(item: pushpb.PushItem) -> tuple[str, object]:
 
 
 def _fan_out(sessions: list[Session], route: str, data: bytes) -> int:
-    """One Push for ``sessions``: ``data`` (already serialized) framed once per codec and
-    shared. A session closing meanwhile is skipped; MessageTooLarge propagates (a body over
-    the packet limit is over it for everyone)."""
+    """One Push for ``sessions`` (all of this node's server): ``data`` (already serialized)
+    framed once per codec and shared, handed to the server's fan-out like a large group's
+    broadcast, so that it proceeds a bucket at a time and each session gets it in order with its
+    other Pushes. A session closing meanwhile is skipped; MessageTooLarge propagates (a body over
+    the packet limit is over it for everyone). Returns how many were queued now plus how many
+    were handed to the fan-out."""
+    if not sessions:
+        return 0
     broadcast = Broadcast(route, data)
-    queued = 0
-    for session in sessions:
+
+    def deliver(session: Session) -> bool:
+        if session.closed:
+            return False
         try:
-            queued += session.entity.send_broadcast(session, broadcast)
+            return session.entity.send_broadcast(session, broadcast)
         except trio.BrokenResourceError:
-            pass
-    return queued
+            return False
+
+    fanout = sessions[0].fanout
+    if fanout is None:  # sessions made outside a serving server: everything now
+        return sum(deliver(session) for session in sessions)
+    queued, job = fanout.send(sessions, deliver)
+    return queued + (len(job.members) if job is not None else 0)

@@ -1,0 +1,259 @@
+"""Large broadcasts go bucket by bucket through the server's fan-out task, and each member still
+gets its Pushes in the order they were issued: a second broadcast, a small group's broadcast, a
+direct push, a Kick issued while a broadcast is on its way all land behind it.
+
+Members here are sessions of a running Server (``server.make_session``, as a cluster gate makes
+its stand-ins) whose entity records what it is given, so thousands of members cost no sockets;
+what the fan-out does over real sockets is in test_merge.py and the benchmarks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+import trio.testing
+
+from tests.runtime.apps import echo_components
+from trionano import Group, Server, Session
+from trionano._fanout import BUCKET_SIZE, FanOut
+from trionano._log import RateLimitedLog
+from trionano._session import Broadcast
+from trionano._stats import Counters
+
+N = 5 * BUCKET_SIZE + 17
+
+
+class Recorder:
+    """A NetworkEntity that records the routes it is given (and kicks, closes)."""
+
+    def __init__(self, log: list[tuple[int, str]], n: int) -> None:
+        self.seen: list[str] = []
+        self.closed = False
+        self.log = log  # every delivery, across members, in the order they happened
+        self.n = n
+
+    @property
+    def remote_address(self) -> str:
+        return f"recorder#{self.n}"
+
+    def _record(self, what: str) -> bool:
+        if self.closed:
+            raise trio.BrokenResourceError("closed")
+        self.seen.append(what)
+        self.log.append((self.n, what))
+        return True
+
+    def send_push(self, session: Session, route: str, body: bytes) -> bool:
+        return self._record(route)
+
+    def send_broadcast(self, session: Session, broadcast: Broadcast) -> bool:
+        return self._record(broadcast.route)
+
+    def send_response(self, session: Session, mid: int, body: bytes) -> bool:
+        return self._record(f"response {mid}")
+
+    def kick(self, reason: str) -> None:
+        self._record(f"kick {reason}")
+        self.closed = True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@asynccontextmanager
+async def members(n: int) -> AsyncIterator[tuple[Server, list[Session], list[tuple[int, str]]]]:
+    server = Server(echo_components())
+    log: list[tuple[int, str]] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        sessions = [server.make_session(Recorder(log, i)) for i in range(n)]
+        try:
+            yield server, sessions, log
+        finally:
+            server.shutdown()
+
+
+def seen(session: Session) -> list[str]:
+    entity = session.entity
+    assert isinstance(entity, Recorder)
+    return entity.seen
+
+
+async def idle() -> None:
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_a_large_broadcast_goes_bucket_by_bucket_and_lets_others_run() -> None:
+    async with members(N) as (_, sessions, log):
+        group = Group("big")
+        for session in sessions:
+            group.add(session)
+        progress: list[int] = []
+
+        async def watch() -> None:  # an unrelated task: it runs between the buckets
+            while len(log) < N:
+                progress.append(len(log))
+                await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as nursery:
+            assert group.broadcast("onBig", {}) == N  # queued at once, or handed over
+            assert len(log) == BUCKET_SIZE  # the caller queued the first bucket only
+            nursery.start_soon(watch)
+        steps = sorted(set(progress))
+        assert len([step for step in steps if BUCKET_SIZE <= step < N]) >= 3, steps  # the watcher ran in between
+        assert all(count % BUCKET_SIZE == 0 for count in steps), steps  # whole buckets per step
+        assert [what for _, what in log] == ["onBig"] * N
+        assert [n for n, _ in log] == list(range(N))  # in joining order
+
+
+async def test_a_second_broadcast_and_direct_pushes_wait_behind_the_first() -> None:
+    async with members(N) as (_, sessions, _log):
+        group = Group("big")
+        small = Group("small")  # the last two members, in a small group of their own too
+        for session in sessions:
+            group.add(session)
+        for session in sessions[-2:]:
+            small.add(session)
+        group.broadcast("onA", {})
+        await trio.lowlevel.checkpoint()  # the fan-out may have run a bucket or so: not all of it
+        sessions[0].push("onFirst", {})  # reached already: at once
+        assert seen(sessions[0]) == ["onA", "onFirst"]
+        sessions[-1].push("onDirect", {})  # not reached yet: behind onA
+        small.broadcast("onSmall", {})
+        group.broadcast("onB", {})
+        sessions[-2].kick("bye")  # a Kick too waits for what is on its way
+        assert seen(sessions[-1]) == []
+        await idle()
+        assert seen(sessions[0]) == ["onA", "onFirst", "onB"]
+        for session in sessions[1:-2]:
+            assert seen(session) == ["onA", "onB"]
+        assert seen(sessions[-1]) == ["onA", "onDirect", "onSmall", "onB"]
+        assert seen(sessions[-2]) == ["onA", "onSmall", "onB", "kick bye"]
+
+
+async def test_a_broadcast_that_yielded_midway_keeps_everyones_order() -> None:
+    async with members(N) as (_, sessions, log):
+        group = Group("big")
+        for session in sessions:
+            group.add(session)
+        group.broadcast("onA", {})
+        while len(log) < 2 * BUCKET_SIZE:  # the fan-out has run at least one step
+            await trio.lowlevel.checkpoint()
+        assert len(log) < N
+        for i, session in enumerate(sessions):
+            session.push("onP", {"i": i})
+        group.broadcast("onB", {})
+        await idle()
+        for session in sessions:
+            assert seen(session) == ["onA", "onP", "onB"]
+
+
+async def test_a_small_group_is_not_held_by_a_large_broadcast_it_does_not_share() -> None:
+    async with members(N) as (_, sessions, _log):
+        group = Group("big")
+        for session in sessions[:-1]:
+            group.add(session)
+        outsider = sessions[-1]
+        room = Group("room")
+        room.add(outsider)
+        group.broadcast("onA", {})
+        assert room.broadcast("onRoom", {}) == 1
+        assert seen(outsider) == ["onRoom"]  # at once: nothing on its way to it
+        outsider.push("onDirect", {})
+        assert seen(outsider) == ["onRoom", "onDirect"]
+
+
+async def test_broadcast_and_wait_returns_once_every_member_has_it() -> None:
+    async with members(N) as (_, sessions, log):
+        group = Group("big", merge_window=0.05)
+        for session in sessions:
+            group.add(session)
+        sessions[5].close()  # closed members are skipped and leave the group
+        assert await group.broadcast_and_wait("onA", {}) == N - 1
+        assert len(log) == N - 1
+        assert group.count() == N - 1
+        assert await group.broadcast_and_wait("onB", {}, lambda s: s.id % 2 == 0) == len(
+            [s for s in sessions if s.id % 2 == 0 and not s.closed]
+        )
+
+
+async def test_the_first_bucket_raises_in_the_caller() -> None:
+    async with members(N) as (_, sessions, log):
+        group = Group("big")
+        for session in sessions:
+            group.add(session)
+        with pytest.raises(Exception, match="serializ"):
+            group.broadcast("onBad", {"x": {1, 2}})  # a set is not JSON
+        assert log == []
+
+
+async def test_a_fan_out_past_its_backlog_catches_up_in_the_caller() -> None:
+    counters = Counters()
+    fanout = FanOut(counters, RateLimitedLog(logging.getLogger("test")), max_behind=2 * BUCKET_SIZE)
+    delivered: list[tuple[int, str]] = []
+
+    class Member:
+        def __init__(self, id: int) -> None:
+            self.id = id
+
+    people = [Member(i) for i in range(2 * BUCKET_SIZE)]
+
+    def record(what: str) -> Callable[[Member], bool]:
+        def deliver(member: Member) -> bool:
+            delivered.append((member.id, what))
+            return True
+
+        return deliver
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fanout.run)
+        assert fanout.send(people, record("a"))[1] is not None
+        assert fanout.waiting == BUCKET_SIZE
+        # over the backlog: the waiting deliveries are made now, in order, then this one
+        queued, job = fanout.send(people, record("b"))
+        assert job is None
+        assert queued == len(people)
+        assert fanout.waiting == 0
+        assert delivered == [(m.id, "a") for m in people] + [(m.id, "b") for m in people]
+        fanout.stop()
+
+
+async def test_a_stopped_fan_out_drops_and_counts_what_was_waiting() -> None:
+    counters = Counters()
+    fanout = FanOut(counters, RateLimitedLog(logging.getLogger("test")))
+
+    class Member:
+        def __init__(self, id: int) -> None:
+            self.id = id
+
+    people = [Member(i) for i in range(3 * BUCKET_SIZE)]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fanout.run)
+        _, job = fanout.send(people, lambda m: True)
+        assert job is not None
+        fanout.stop()
+    assert job.done.is_set()
+    assert job.queued + counters.dropped_closed == 2 * BUCKET_SIZE
+    assert counters.dropped_closed > 0  # stopped before it could run every step
+    assert fanout.waiting == 0
+
+
+async def test_a_cluster_push_to_every_session_goes_through_the_fan_out() -> None:
+    # the gate side of a cluster-wide push to uids or to everyone (trionano.cluster's push
+    # hub): no Group, yet bucket by bucket and in order with the sessions' other Pushes
+    from trionano.cluster._push import _fan_out
+
+    async with members(N) as (_, sessions, log):
+        assert _fan_out(sessions, "onAll", b"{}") == N  # queued at once, or handed over
+        assert len(log) == BUCKET_SIZE  # the first bucket only, in the caller
+        sessions[-1].push("onDirect", {})  # not reached yet: behind onAll
+        gone = sessions[-2].entity
+        assert isinstance(gone, Recorder)
+        gone.closed = True  # its connection breaks before the fan-out reaches it: skipped
+        await idle()
+        assert [n for n, what in log if what == "onAll"] == [n for n in range(N) if n != N - 2]
+        assert seen(sessions[-1]) == ["onAll", "onDirect"]
+        assert _fan_out([], "onNone", b"{}") == 0

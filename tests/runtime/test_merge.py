@@ -1,0 +1,268 @@
+"""The merge window (``Config.merge_window``, ``Group(merge_window=...)``) over real sockets with
+trio's MockClock frozen: what the writer holds and when it writes are read from the server's
+``writes`` counter and the bytes the client gets, never from timings. Time moves only when a
+test jumps the clock, so a packet that arrives without a jump was not held."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.lowlevel
+import trio.testing
+
+from trionano import Component, Components, Config, Group, Server, Session, wire
+from trionano._merge import TICK, MergeClock
+from trionano.testing import RawConnection, open_test_server
+
+WINDOW = 0.05
+
+
+class Room(Component):
+    def __init__(self, merge_window: float | None = None) -> None:
+        self.group = Group("room", merge_window=merge_window)
+
+    def join(self, session: Session, msg: dict[str, Any]) -> dict[str, int]:
+        self.group.add(session)
+        return {"members": self.group.count()}
+
+    def echo(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
+        return msg
+
+
+async def settle(predicate: Callable[[], bool] = lambda: True) -> None:
+    """Let every task run until ``predicate`` holds and nothing can run (the clock frozen)."""
+    for _ in range(200):
+        await trio.testing.wait_all_tasks_blocked()
+        if predicate():
+            return
+        await trio.lowlevel.checkpoint()
+    raise AssertionError("the server never got there")
+
+
+@asynccontextmanager
+async def room_server(
+    clock: trio.testing.MockClock, config: Config, room: Room
+) -> AsyncIterator[tuple[Server, list[RawConnection]]]:
+    components = Components()
+    components.register(room, name="room")
+    server = Server(components, config)
+    async with open_test_server(server) as running:
+        raws: list[RawConnection] = []
+        async with trio.open_nursery() as nursery:
+            for _ in range(2):
+
+                async def connect(task_status: trio.TaskStatus[RawConnection]) -> None:
+                    async with running.raw() as raw:
+                        await raw.handshake()
+                        await raw.send(raw.codec.request_packet(1, "room.join", b"{}"))
+                        await raw.receive_response()
+                        task_status.started(raw)
+                        await trio.sleep_forever()
+
+                raws.append(await nursery.start(connect))
+            await settle(lambda: server.statistics().writes == 2 * len(raws))  # handshakes, joins
+            try:
+                yield server, raws
+            finally:
+                clock.autojump_threshold = 0  # let the shutdown's own timeouts pass
+                nursery.cancel_scope.cancel()
+
+
+async def pushes(raw: RawConnection, n: int) -> list[Any]:
+    out = []
+    for _ in range(n):
+        message = await raw.receive_message()
+        assert isinstance(message, wire.Push), message
+        out.append(message.route)
+    return out
+
+
+async def test_pushes_in_a_window_go_out_in_one_write_per_connection(mock_clock: trio.testing.MockClock) -> None:
+    room = Room()
+    async with room_server(mock_clock, Config(merge_window=WINDOW, heartbeat=0), room) as (server, raws):
+        before = server.statistics()
+        for i in range(5):
+            room.group.broadcast(f"on{i}", {"i": i})
+            await settle()  # each writer has run: it holds the first, the rest queue behind
+        held = server.statistics()
+        assert held.writes == before.writes  # nothing written yet: time has not moved
+        assert held.outbox_queued == 2 * 4  # per connection: one held by its writer, four queued
+        mock_clock.jump(WINDOW)
+        await settle(lambda: server.statistics().writes == before.writes + 2)
+        for raw in raws:
+            assert await pushes(raw, 5) == [f"on{i}" for i in range(5)]  # in order
+        assert server.statistics().encoded == before.encoded + 5  # one encoding per broadcast
+        assert server.statistics().pushes_out == before.pushes_out + 10
+
+
+async def test_without_a_window_each_push_is_its_own_write(mock_clock: trio.testing.MockClock) -> None:
+    room = Room()
+    async with room_server(mock_clock, Config(heartbeat=0), room) as (server, raws):
+        before = server.statistics().writes
+        for i in range(5):
+            room.group.broadcast(f"on{i}", {"i": i})
+            await settle()
+        assert server.statistics().writes == before + 10
+        for raw in raws:
+            assert await pushes(raw, 5) == [f"on{i}" for i in range(5)]
+
+
+async def test_a_response_ends_the_window_at_once_after_what_is_queued(mock_clock: trio.testing.MockClock) -> None:
+    room = Room()
+    async with room_server(mock_clock, Config(merge_window=WINDOW, heartbeat=0), room) as (server, raws):
+        before = server.statistics().writes
+        room.group.broadcast("onA", {})
+        room.group.broadcast("onB", {})
+        await settle()
+        raw = raws[0]
+        await raw.send(raw.codec.request_packet(2, "room.echo", b'{"x":1}'))
+        # the clock never moves: the Response (and the two pushes before it) were not held
+        assert await pushes(raw, 2) == ["onA", "onB"]
+        response = await raw.receive_response()
+        assert response.id == 2
+        assert server.statistics().writes == before + 1  # the other connection still holds
+        mock_clock.jump(WINDOW)
+        await settle(lambda: server.statistics().writes == before + 2)
+        assert await pushes(raws[1], 2) == ["onA", "onB"]
+
+
+async def test_a_response_queued_first_is_not_held_by_a_push_behind_it(mock_clock: trio.testing.MockClock) -> None:
+    room = Room()
+    async with room_server(mock_clock, Config(merge_window=WINDOW, heartbeat=0), room) as (server, raws):
+        session = next(iter(server.sessions.values()))
+        raw = raws[0] if room.group.sessions()[0] is session else raws[1]
+        session.response({"r": 1}, mid=9)  # a deferred answer, then a push, in one go
+        session.push("onAfter", {})
+        await settle(lambda: server.statistics().outbox_queued == 0)
+        response = await raw.receive_response()
+        assert response.id == 9
+        assert await pushes(raw, 1) == ["onAfter"]
+
+
+async def test_a_kick_is_not_held(mock_clock: trio.testing.MockClock) -> None:
+    room = Room()
+    async with room_server(mock_clock, Config(merge_window=WINDOW, heartbeat=0), room) as (_server, raws):
+        room.group.broadcast("onA", {})
+        await settle()
+        for session in room.group.sessions():
+            session.kick("bye")
+        for raw in raws:
+            packets = await raw.receive_until_closed()  # the clock never moved
+            kinds = [packet.type for packet in packets]
+            assert kinds == [wire.PacketType.DATA, wire.PacketType.KICK], packets
+            assert wire.Kick.parse(packets[1].body).reason == "bye"
+
+
+async def test_a_heartbeat_is_not_held(mock_clock: trio.testing.MockClock) -> None:
+    room = Room()
+    async with room_server(mock_clock, Config(merge_window=1.0, heartbeat=1), room) as (server, raws):
+        mock_clock.jump(0.9)
+        await settle()
+        room.group.broadcast("onA", {})  # held until 1.9
+        await settle()
+        before = server.statistics().writes
+        while server.statistics().writes < before + 2:  # the heartbeats fall due at 1.0 (swept every 1/8 s)
+            assert trio.current_time() < 1.9
+            mock_clock.jump(1 / 8)
+            await settle()
+        for raw in raws:
+            first, second = await raw.receive_packet(), await raw.receive_packet()
+            assert (first.type, second.type) == (wire.PacketType.DATA, wire.PacketType.HEARTBEAT)
+
+
+async def test_a_groups_own_window_and_the_smallest_wins(mock_clock: trio.testing.MockClock) -> None:
+    room = Room(merge_window=WINDOW)  # the group's broadcasts: 50 ms; the server's pushes: 1 s
+    async with room_server(mock_clock, Config(merge_window=1.0, heartbeat=0), room) as (server, raws):
+        before = server.statistics().writes
+        for session in room.group.sessions():
+            session.push("onSlow", {})  # asks for 1 s
+        await settle()
+        room.group.broadcast("onFast", {})  # asks for 50 ms: the earlier deadline wins
+        await settle()
+        mock_clock.jump(WINDOW)
+        await settle(lambda: server.statistics().writes == before + 2)
+        for raw in raws:
+            assert await pushes(raw, 2) == ["onSlow", "onFast"]
+
+
+async def test_a_group_without_a_window_on_a_merging_server_is_not_held(mock_clock: trio.testing.MockClock) -> None:
+    room = Room(merge_window=0)
+    async with room_server(mock_clock, Config(merge_window=1.0, heartbeat=0), room) as (_server, raws):
+        room.group.broadcast("onNow", {})
+        for raw in raws:
+            assert await pushes(raw, 1) == ["onNow"]
+
+
+async def test_a_window_on_a_server_that_does_not_merge(mock_clock: trio.testing.MockClock) -> None:
+    room = Room(merge_window=WINDOW)
+    async with room_server(mock_clock, Config(heartbeat=0), room) as (server, raws):
+        before = server.statistics().writes
+        room.group.broadcast("onA", {})
+        await settle()
+        room.group.broadcast("onB", {})
+        await settle()
+        assert server.statistics().writes == before
+        mock_clock.jump(WINDOW)
+        for raw in raws:
+            assert await pushes(raw, 2) == ["onA", "onB"]
+        assert server.statistics().writes == before + 2
+
+
+async def test_a_full_writes_worth_is_not_held(mock_clock: trio.testing.MockClock) -> None:
+    room = Room()
+    async with room_server(mock_clock, Config(merge_window=1.0, heartbeat=0), room) as (_server, raws):
+        for i in range(6):  # 6 x 60 KB: past the 256 KiB a write holds
+            room.group.broadcast("onPad", {"i": i, "pad": "x" * 60_000})
+            await settle()
+        for raw in raws:
+            assert len(await pushes(raw, 4)) == 4  # written without the clock moving
+        mock_clock.jump(1.0)
+        for raw in raws:
+            assert len(await pushes(raw, 2)) == 2
+
+
+def test_the_window_is_validated() -> None:
+    for bad in (0, -1, 1.5, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="merge_window"):
+            Config(merge_window=bad)
+        if bad != 0:
+            with pytest.raises(ValueError, match="merge_window"):
+                Group("g", merge_window=bad)
+    assert attrs.evolve(Config(), merge_window=0.05).merge_window == 0.05
+    assert Group("g", merge_window=0).merge_window == 0
+
+
+async def test_the_merge_clock_wakes_each_waiter_by_its_deadline_never_a_tick_late(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    clock = MergeClock()
+    woken: list[tuple[str, float]] = []
+
+    class Waiter:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def flush_due(self, now: float) -> None:
+            woken.append((self.name, trio.current_time()))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(clock.run)
+        clock.wake_at(0.5, Waiter("late"))
+        await settle()
+        clock.wake_at(0.2, Waiter("soon"))  # sooner than what the clock sleeps until
+        clock.wake_at(0.2, Waiter("soon too"))
+        await settle()
+        assert woken == []
+        for _ in range(600):
+            mock_clock.jump(TICK)
+            await settle()
+        nursery.cancel_scope.cancel()
+    assert [name for name, _ in woken] == ["soon", "soon too", "late"]
+    for (_, at), deadline in zip(woken, (0.2, 0.2, 0.5), strict=True):
+        assert deadline - TICK <= at <= deadline + 1e-9
+    assert not clock.running

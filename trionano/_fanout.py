@@ -1,0 +1,193 @@
+"""Fan-out: a broadcast to many members proceeds bucket by bucket, in a task the server owns,
+and never lets a member's later Pushes overtake it.
+
+go-push keeps its sessions in buckets of 512 and goim in 32 buckets, so that a broadcast holds
+one bucket's lock at a time. Trio has no locks, but queuing a Push to 50,000 members in one go
+holds the event loop for tens of milliseconds (and wakes 50,000 writers into one scheduler
+batch), so every other client's request waits behind it. Here a broadcast queues its first
+:data:`BUCKET_SIZE` members in the caller (so that what the caller may see fail, a value too
+large, fails there) and hands the rest to the server's :class:`FanOut`, which queues one bucket,
+lets every other task run (``trio.lowlevel.checkpoint``), then the next.
+
+Order: the fan-out runs what it is handed in order, and a member with a delivery still waiting
+in it (:meth:`FanOut.behind`) gets its later Pushes, broadcasts, Kick or close through the
+fan-out too, behind that delivery. So each member sees its Pushes in the order they were
+issued, whether a broadcast yielded midway or not; members with nothing waiting get theirs at
+once. Responses are not held behind a broadcast: a Response answers a request (pomelo's
+clients hand it to the request's callback, not to the push routes) and waiting on a fan-out
+would make every member's requests as slow as the largest broadcast.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Protocol, TypeVar
+
+import trio
+
+from ._errors import MessageTooLarge
+from ._log import RateLimitedLog
+from ._stats import Counters
+
+__all__ = ["BUCKET_SIZE", "MAX_BEHIND", "FanOut", "FanOutJob", "Member"]
+
+#: Members queued between two checkpoints of a broadcast. go-push keeps 512 sessions per
+#: bucket and goim shards into 32 buckets, to bound what one lock holds; in Trio what a step
+#: holds is the loop, and each member queued also wakes its writer into the next scheduler
+#: batch, so a step is kept small: 128 members make a batch of ~256 task steps, 1-3 ms on the
+#: 2-core machine of bench/push.py, where 512 made ~15 ms.
+BUCKET_SIZE: Final = 128
+#: Deliveries the fan-out may have waiting; past it a broadcast catches up in the caller, all at
+#: once (the server cannot keep up: stalling the caller is the back-pressure left).
+MAX_BEHIND: Final = 1_000_000
+
+
+class Member(Protocol):
+    """What the fan-out needs of a member (a :class:`~trionano.Session`): an id, for its log."""
+
+    @property
+    def id(self) -> int: ...
+
+
+M = TypeVar("M", bound=Member)
+Deliver = Callable[[Any], bool]  # called with the members it was handed with
+
+
+class FanOutJob:
+    """Deliveries handed to the fan-out: ``deliver(member)`` for each of ``members`` in order.
+    ``queued`` counts those that queued a message; ``done`` is set when every member has been
+    visited (or the server stopped)."""
+
+    __slots__ = ("deliver", "done", "members", "next", "queued", "waiting")
+
+    def __init__(self, members: Sequence[Member], deliver: Deliver) -> None:
+        self.members: Final = members
+        self.waiting: Final = set(members)  # not visited yet
+        self.deliver: Final = deliver
+        self.next = 0  # the index of the next member to visit
+        self.queued = 0
+        self.done: Final = trio.Event()
+
+
+class FanOut:
+    """One server's fan-out task and what it has been handed (see the module docstring). The
+    server runs :meth:`run` in its nursery; groups hand work over with :meth:`send`, sessions
+    with :meth:`after`. ``max_behind``: see :data:`MAX_BEHIND`. Never raises for a member: a
+    closed one is skipped (counted as ``dropped_closed``), an error in delivering is logged."""
+
+    def __init__(self, counters: Counters, log: RateLimitedLog, *, max_behind: int = MAX_BEHIND) -> None:
+        self._counters = counters
+        self._max_behind = max_behind
+        self._log = log
+        self._jobs: collections.deque[FanOutJob] = collections.deque()
+        self._behind = 0  # deliveries waiting in _jobs
+        self._wake = trio.Event()
+        self._running = False
+        self._stopping = False
+
+    @property
+    def waiting(self) -> int:
+        """Deliveries handed over and not yet made."""
+        return self._behind
+
+    def behind(self, session: Member) -> bool:
+        """Whether ``session`` has a delivery waiting here: its next Push must come after it."""
+        jobs = self._jobs
+        if not jobs:
+            return False
+        return any(session in job.waiting for job in jobs)
+
+    def send(self, members: Sequence[M], deliver: Callable[[M], bool]) -> tuple[int, FanOutJob | None]:
+        """Deliver to ``members``, in order, after whatever each has waiting here: up to a
+        bucket of those with nothing waiting at once (in the caller), the rest handed to the
+        fan-out task. Returns how many the caller's part queued, and the job handed over
+        (None when nothing was). What ``deliver`` raises for the caller's part propagates."""
+        if not self._running:  # no task to hand over to (not serving): everything now
+            return sum(deliver(session) for session in members), None
+        if not self._jobs and len(members) <= BUCKET_SIZE:
+            return sum(deliver(session) for session in members), None  # the common case
+        if self._behind + len(members) > self._max_behind:
+            self._log.warning(
+                "fan-out backlog", "fan-out: %d deliveries waiting; catching up in the caller", self._behind
+            )
+            self._catch_up()
+            return sum(deliver(session) for session in members), None
+        now: list[M] = []
+        later: list[M] = []
+        for session in members[:BUCKET_SIZE]:
+            (later if later or self.behind(session) else now).append(session)
+        later.extend(members[BUCKET_SIZE:])
+        queued = sum(deliver(session) for session in now)
+        return queued, self._hand_over(later, deliver) if later else None
+
+    def after(self, session: M, deliver: Callable[[M], bool]) -> None:
+        """Deliver to ``session`` after what it has waiting here (call when :meth:`behind`)."""
+        self._hand_over([session], deliver)
+
+    def _hand_over(self, members: Sequence[Member], deliver: Deliver) -> FanOutJob:
+        job = FanOutJob(members, deliver)
+        self._jobs.append(job)
+        self._behind += len(members)
+        self._wake.set()
+        return job
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Make the deliveries handed over, in order, a bucket per step, until :meth:`stop`
+        (what is still waiting then is dropped). The server's nursery owns this task."""
+        self._running = True
+        task_status.started()
+        try:
+            while not self._stopping:
+                if not self._jobs:
+                    self._wake = trio.Event()
+                    await self._wake.wait()
+                    continue
+                job = self._jobs[0]
+                while job.next < len(job.members):
+                    self._step(job, BUCKET_SIZE)
+                    await trio.lowlevel.checkpoint()
+                self._finish(job)
+        finally:
+            self._running = False
+            while self._jobs:
+                job = self._jobs[0]
+                self._counters.dropped_closed += len(job.members) - job.next
+                self._behind -= len(job.members) - job.next
+                job.next = len(job.members)
+                self._finish(job)
+
+    def stop(self) -> None:
+        """End :meth:`run` (the server is stopping). Idempotent."""
+        self._stopping = True
+        self._wake.set()
+
+    def _step(self, job: FanOutJob, count: int) -> None:
+        """Visit the next ``count`` members of ``job``."""
+        start = job.next
+        end = job.next = min(start + count, len(job.members))
+        self._behind -= end - start
+        waiting = job.waiting
+        deliver = job.deliver
+        for session in job.members[start:end]:
+            waiting.discard(session)
+            try:
+                job.queued += deliver(session)
+            except trio.BrokenResourceError:
+                self._counters.dropped_closed += 1
+            except MessageTooLarge as exc:
+                self._log.warning("fan-out", "fan-out: a Push for session %d is too large: %s", session.id, exc)
+            except Exception as exc:  # a user's serializer or pipeline: this member only
+                self._log.exception("fan-out", "fan-out: delivering to session %d failed", session.id, exc_info=exc)
+
+    def _finish(self, job: FanOutJob) -> None:
+        if self._jobs and self._jobs[0] is job:
+            self._jobs.popleft()
+        job.done.set()
+
+    def _catch_up(self) -> None:
+        """Make every waiting delivery now, in order (the backlog is over MAX_BEHIND)."""
+        while self._jobs:
+            job = self._jobs[0]
+            self._step(job, len(job.members))
+            self._finish(job)
