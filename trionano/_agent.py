@@ -598,6 +598,8 @@ class Agent:
                 return False
             self._queued += 1
             self._queued_bytes += len(packet)
+            if self._flush_at != _NEVER:  # a merge window is open: a Response ends it
+                self._ask_flush(0.0)
         counters.responses_out += 1
         return True
 
