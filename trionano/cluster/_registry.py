@@ -85,11 +85,30 @@ class Registry:
         info = request.member_info
         if info is None or not info.service_addr:
             raise InvalidRequest("invalid heartbeat request")
-        if info.service_addr not in self._membership:  # the master restarted: rebuild from heartbeats
-            _logger.info("member %s re-appeared through its heartbeat", info.service_addr)
-            self._membership.add(info)
-        self._last_heartbeat[info.service_addr] = trio.current_time()
+        address = info.service_addr
+        if address not in self._membership:
+            self._check_running()
+            self._rejoin(info)
+        self._last_heartbeat[address] = trio.current_time()
         return pb.HeartbeatResponse()
+
+    def _rejoin(self, info: pb.MemberInfo) -> None:
+        """A heartbeat from a member this master does not know: it was evicted (silent for
+        four heartbeats: a frozen or partitioned process that came back), or this master
+        restarted. It joins again as a registration would: every other member is told
+        NewMember (they were told DelMember at its eviction, and forgot its services), and it
+        is told NewMember for each member and this master (what a RegisterResponse lists: it
+        may have missed changes while it was silent). nano (nano.md §5.6) only re-adds it
+        here, with no NewMember: the others then never route to an evicted member again.
+        What it still holds for members that left meanwhile is not withdrawn (nano's
+        NewMember only adds)."""
+        address = info.service_addr
+        known = [m for m in self._membership.infos if m.service_addr != address]
+        for member in known:
+            self._tasks.start(self._tell_new_member, member.service_addr, info)
+        self._membership.add(info)
+        self._tasks.start(self._tell_members, address, [self._me(), *known])
+        _logger.info("member %s re-appeared through its heartbeat: announced to %d member(s)", address, len(known))
 
     # -- the registry's own work ------------------------------------------------------------
 
@@ -129,6 +148,16 @@ class Registry:
             await self._peers[address].new_member(info)
         except ClusterError as exc:  # one dead member never blocks the others
             _logger.warning("NewMember to %s failed: %r", address, exc)
+
+    async def _tell_members(self, address: str, members: list[pb.MemberInfo]) -> None:
+        """Tell ``address`` NewMember for each of ``members``, in order; stop at a failure
+        (it is unreachable again: its next heartbeat or registration brings them anew)."""
+        for member in members:
+            try:
+                await self._peers[address].new_member(member)
+            except ClusterError as exc:
+                _logger.warning("NewMember to %s failed: %r", address, exc)
+                return
 
     async def _tell_del_member(self, address: str, gone: str) -> None:
         try:

@@ -115,11 +115,23 @@ class RemoteEntity:
     async def run(self, peers: Peers) -> None:
         """Send what is queued, in order, each under the deadline: on the stream to the gate
         (opened if needed), or as nano's unary calls to a gate without one. A client that has
-        left (a unary call answered NOT_FOUND) ends it quietly: what is still queued is dropped."""
+        left (a unary call answered NOT_FOUND) ends it quietly: what is still queued is dropped.
+
+        A failed stream or call is not the gate's end (only the master's DelMember says the
+        gate left, :meth:`RemoteSessions.gate_gone`): the item is tried once more on a stream
+        opened anew (the gate may have dropped the old one, e.g. after this node was evicted
+        and came back); if that fails too the item alone is dropped, counted and logged, and
+        the stand-in lives on."""
         async with self._receive:
             async for item in self._receive:
                 try:
-                    await self._send_one(peers, item)
+                    try:
+                        await self._send_one(peers, item)
+                    except NodeStopping:
+                        raise
+                    except Unavailable as exc:
+                        _logger.debug("remote session %s: %r; trying once more", self.remote_address, exc)
+                        await self._send_one(peers, item)
                 except NotFound:
                     _logger.debug("remote session %s: the client has left", self.remote_address)
                     self.drop()
