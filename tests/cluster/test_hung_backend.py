@@ -110,12 +110,17 @@ def test_forwards_wait_in_order_in_a_bounded_queue_while_the_reader_serves_on() 
                         seen["hang"] = await client.request("Slow.hang", {})
                         seen["hang_after"] = trio.current_time() - started
 
+                    async def refused() -> None:
+                        seen["refused"] = await client.request("Slow.refused", {})
+                        seen["refused_after"] = trio.current_time() - started
+
                     requests.start_soon(hang)
                     await trio.sleep(0.2)  # Slow.hang is in flight
                     for n in range(3):  # the queue's bound
                         await client.notify(f"Slow.n{n}", {})
-                    with trio.fail_after(2):  # over the bound: answered before the hung forward's deadline
-                        seen["refused"] = await client.request("Slow.refused", {})
+                    requests.start_soon(refused)  # over the bound: answered 503 after Slow.hang's answer
+                    await trio.sleep(0.2)
+                    with trio.fail_after(2):  # before the hung forward's deadline
                         seen["local"] = await client.request("Echo.ping", {})  # local routes are served
                 await trio.sleep(0.5)  # past two heartbeats, the queue drained
                 seen["connected"] = client.error is None
@@ -128,6 +133,7 @@ def test_forwards_wait_in_order_in_a_bounded_queue_while_the_reader_serves_on() 
     assert seen["local"] == {"pong": True}
     assert seen["hang"]["code"] == 503  # at the deadline, not never
     assert 2.9 < seen["hang_after"] < 3.0 + 10  # at the gate's rpc_timeout
+    assert seen["refused_after"] >= seen["hang_after"]  # never before the answer ahead of it
     assert seen["connected"]
     assert seen["heartbeats"] >= 2
     assert [route for route, _ in member.received] == ["Slow.hang", "Slow.n0", "Slow.n1", "Slow.n2"]

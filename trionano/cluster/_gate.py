@@ -4,7 +4,9 @@ replies that come back for this node's clients, and request-style calls between 
 Each session that forwards gets a :class:`Forwarder`: a bounded queue with its own task,
 which sends its messages in order, each answered by its deadline. The reader that hands a
 message over never waits (a hung member never stops it from reading heartbeats or serving
-local routes); over the bound a Request is answered 503 and counted.
+local routes); over the bound a Request is answered 503 and counted. Error answers made here
+(404, 503) keep the session's order: while earlier Requests of the session wait or are in
+flight, the error answer waits behind them in the queue (see :class:`Refusal`).
 
 Only the gate that owns a client session announces its end (SessionClosed to every member,
 after the session's forwards have gone out); a stand-in's end is never announced.
@@ -40,7 +42,7 @@ from ._peers import Peers
 from ._remote import RemoteEntity
 from ._tasks import Tasks
 
-__all__ = ["Forward", "Forwarder", "Gate", "InFlight", "RemoteRoute"]
+__all__ = ["Forward", "Forwarder", "Gate", "InFlight", "Refusal", "RemoteRoute"]
 
 _logger = logging.getLogger("trionano.cluster")
 
@@ -65,6 +67,17 @@ class Forward:
     deadline: float
 
 
+@attrs.frozen
+class Refusal:
+    """An error answer to Request ``mid`` (404: nobody hosts the route; 503: too many waiting),
+    queued behind the session's earlier forwards so it never overtakes their answers: the
+    queue's task gives it once every earlier Request is answered."""
+
+    mid: int
+    code: int
+    text: str
+
+
 class Forwarder:
     """One session's forwarding state: its queue, drained by :meth:`Gate._drain` (a task of
     the node, started on the first message that must wait: for a stream to open, or for a
@@ -76,12 +89,20 @@ class Forwarder:
     def __init__(self, gate: str, sid: int, bound: int) -> None:
         self.gate = gate
         self.sid = sid
-        self.queued = 0  # in the queue, or being sent by the task
+        self.queued = 0  # in the queue (forwards and refusals), or being sent by the task
+        self.refusals = 0  # refusals in the queue
         self.in_flight = 0  # requests sent on a stream, not answered yet
+        self.settled: trio.Event | None = None  # set when in_flight reaches 0, if one waits
         self.started = False
-        self.send, self.receive = trio.open_memory_channel[Forward](bound)
+        # up to ``bound`` forwards waiting plus up to ``bound`` refusals behind them
+        self.send, self.receive = trio.open_memory_channel[Forward | Refusal](2 * bound)
 
-    def put(self, item: Forward) -> bool:
+    @property
+    def pending(self) -> int:
+        """Forwards waiting or in flight (refusals not counted): what the bound limits."""
+        return self.in_flight + self.queued - self.refusals
+
+    def put(self, item: Forward | Refusal) -> bool:
         """Queue ``item``; False when the queue is full or closed."""
         try:
             self.send.send_nowait(item)
@@ -173,12 +194,23 @@ class Gate:
             self._counters.unknown_routes += 1
             self._log.warning("no member", "nano/handler: %s not found(forgot registered?)", client_text(route))
             if mid:
-                self.server.router.answer_error(session, mid, CODE_NOT_FOUND, f"route not found: {route}")
+                self._refuse(session, mid, CODE_NOT_FOUND, f"route not found: {route}")
             return
         if not self._queue(session, member, service, route, mid, message.body) and mid:
-            self.server.router.answer_error(
-                session, mid, CODE_UNAVAILABLE, f"{service} unavailable: too many messages waiting"
-            )
+            self._refuse(session, mid, CODE_UNAVAILABLE, f"{service} unavailable: too many messages waiting")
+
+    def _refuse(self, session: Session, mid: int, code: int, text: str) -> None:
+        """Answer Request ``mid`` with an error, after the answers of the session's earlier
+        forwarded Requests: queued behind them while any wait or are in flight, else now. Only
+        a session with ``max_pending_forwards`` refusals already queued (a flood far past the
+        bound) is answered at once."""
+        forwarder = session.get(_FORWARDER)
+        if forwarder is not None and forwarder.started and (forwarder.queued or forwarder.in_flight):
+            if forwarder.refusals < self._bound and forwarder.put(Refusal(mid, code, text)):
+                forwarder.queued += 1
+                forwarder.refusals += 1
+                return
+        self.server.router.answer_error(session, mid, code, text)
 
     def rpc(self, session: Session, route: str, body: bytes) -> None:
         """nano's ``session.RPC``: a Notify to the member hosting ``route``'s service, after the
@@ -226,7 +258,7 @@ class Gate:
             else:
                 forwarder = Forwarder(self.address, session.id, self._bound)
             session[_FORWARDER] = forwarder
-        if mid and forwarder.in_flight + forwarder.queued >= self._bound:
+        if mid and forwarder.pending >= self._bound:
             return self._refused(session, route)
         if not forwarder.queued:  # nothing waits before it: straight onto a live stream
             link = self._links.current(member)
@@ -298,6 +330,11 @@ class Gate:
         async with forwarder.receive:
             async for item in forwarder.receive:
                 try:
+                    if type(item) is Refusal:
+                        forwarder.refusals -= 1
+                        await self._answer_refusal(session, forwarder, item)
+                        continue
+                    assert type(item) is Forward
                     if item.mid and session.closed:
                         continue  # nobody left to answer; its notifies still go out, in order
                     await self._send(session, forwarder, item)
@@ -305,6 +342,15 @@ class Gate:
                     forwarder.queued -= 1
         if not isinstance(session.entity, RemoteEntity):
             self._announce_closed(session.id)
+
+    async def _answer_refusal(self, session: Session, forwarder: Forwarder, refusal: Refusal) -> None:
+        """Give ``refusal`` once the Requests sent before it on streams are answered (each is,
+        by its deadline at the latest)."""
+        while forwarder.in_flight and not session.closed:
+            settled = forwarder.settled = trio.Event()
+            await settled.wait()
+        if not session.closed:
+            self.server.router.answer_error(session, refusal.mid, refusal.code, refusal.text)
 
     async def _send(self, session: Session, forwarder: Forwarder, item: Forward) -> None:
         try:
@@ -378,7 +424,11 @@ class Gate:
     def _settle(self, rid: int) -> InFlight | None:
         entry = self._in_flight.pop(rid, None)
         if entry is not None:
-            entry.forwarder.in_flight -= 1
+            forwarder = entry.forwarder
+            forwarder.in_flight -= 1
+            if not forwarder.in_flight and forwarder.settled is not None:
+                forwarder.settled.set()  # the refusal waiting runs after this entry's answer
+                forwarder.settled = None
         return entry
 
     async def expire_requests(self) -> None:

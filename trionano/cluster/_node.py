@@ -74,7 +74,11 @@ class ClusterConfig:
     ``heartbeat`` is the member->master keepalive (the master evicts after 4 silent intervals);
     ``rpc_timeout`` bounds every call (a forwarded Request unanswered by then is answered 503);
     ``retry_interval`` spaces registration attempts. ``max_pending_forwards`` bounds each
-    session's queue of messages for other nodes (over it a Request is answered 503).
+    session's messages for other nodes, waiting or in flight (over it a Request is answered
+    503 "too many messages waiting", after the answers of the Requests ahead of it). 1,024 by
+    default: a client's burst a local server answers (it queues 4,096 tasks per lane) goes
+    through a gate too, while a hung member holds at most that many per session, each its
+    body plus a few hundred bytes of bookkeeping, until their deadlines.
     ``node_id`` fixes the node part of session ids (``0 <= node_id < 2**20``, unique among
     running nodes); by default it is drawn at random (:mod:`trionano.cluster._ids`).
     ``fast_path`` (beyond nano): talk to other trionano nodes over one stream each, in
@@ -89,7 +93,7 @@ class ClusterConfig:
     heartbeat: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
     retry_interval: float = attrs.field(default=3.0, validator=attrs.validators.gt(0))
     rpc_timeout: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
-    max_pending_forwards: int = attrs.field(default=64, validator=attrs.validators.ge(1))
+    max_pending_forwards: int = attrs.field(default=1024, validator=attrs.validators.ge(1))
     max_pending_pushes: int = attrs.field(default=1024, validator=attrs.validators.ge(1))
     node_id: int | None = attrs.field(
         default=None,

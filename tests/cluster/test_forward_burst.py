@@ -1,0 +1,82 @@
+"""A client's burst of forwarded Requests in one write is answered as a local server answers
+it (every one, in the order of their ids), and error answers made by the gate (503 over
+``max_pending_forwards``, 404 for a route nobody hosts) never overtake the answers of the
+session's Requests ahead of them."""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+import trio
+
+from trionano import Component, Components, Config, Session, TCPEndpoint, wire
+from trionano.cluster import Bridge, ClusterConfig, Node, run
+from trionano.testing import open_raw_connection
+
+from ._harness import free_address
+
+
+def request(mid: int, route: str, body: object) -> bytes:
+    data = json.dumps(body).encode()
+    return wire.encode_packet(wire.PacketType.DATA, wire.encode_message(wire.Request(mid, route, data)))
+
+
+class Echo(Component):
+    def echo(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
+        return {"seq": msg["seq"]}
+
+    async def slow(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
+        await trio.sleep(0.5)  # the answers of the Requests behind it wait
+        return {"seq": msg["seq"]}
+
+
+def burst(payload: list[bytes], count: int, *, max_pending_forwards: int | None = None) -> list[wire.Response]:
+    """A gate (the master) and a backend hosting Echo; one raw client sends ``payload`` in one
+    write; returns the first ``count`` Responses in the order they arrived."""
+    gate_address, backend_address = free_address(), free_address()
+    extra = {} if max_pending_forwards is None else {"max_pending_forwards": max_pending_forwards}
+    gate = Node(
+        Components(),
+        ClusterConfig(service_address=gate_address, is_master=True, rpc_timeout=20, **extra),  # type: ignore[arg-type]
+        Config(heartbeat=0),
+    )
+    components = Components()
+    components.register(Echo(), name="Echo")
+    backend = Node(components, ClusterConfig(service_address=backend_address, master_address=gate_address))
+    answers: list[wire.Response] = []
+
+    async def main(bridge: Bridge) -> None:
+        async with trio.open_nursery() as nursery:
+            (port,) = await nursery.start(functools.partial(gate.run, bridge, TCPEndpoint("127.0.0.1", 0)))
+            await nursery.start(functools.partial(backend.run, bridge))
+            async with open_raw_connection("127.0.0.1", port) as raw:
+                await raw.handshake()
+                await raw.send(b"".join(payload))
+                with trio.fail_after(60):
+                    answers.extend([await raw.receive_response() for _ in range(count)])
+            backend.server.shutdown()
+            gate.server.shutdown()
+
+    run(main)
+    return answers
+
+
+def test_a_burst_of_200_forwarded_requests_is_answered_in_order() -> None:
+    answers = burst([request(mid, "Echo.echo", {"seq": mid}) for mid in range(1, 201)], 200)
+    assert [answer.id for answer in answers] == list(range(1, 201))
+    assert [json.loads(answer.body) for answer in answers] == [{"seq": mid} for mid in range(1, 201)]
+
+
+def test_error_answers_wait_behind_the_answers_ahead_of_them() -> None:
+    """A slow Request, then more than the bound behind it and a route nobody hosts: the
+    refusals (503) and the 404 come after every answer ahead of them, all in id order."""
+    payload = [request(1, "Echo.slow", {"seq": 1})]
+    payload += [request(mid, "Echo.echo", {"seq": mid}) for mid in range(2, 7)]
+    payload += [request(7, "Nobody.here", {}), request(8, "Echo.echo", {"seq": 8})]
+    answers = burst(payload, 8, max_pending_forwards=4)
+    assert [answer.id for answer in answers] == list(range(1, 9))
+    bodies = [json.loads(answer.body) for answer in answers]
+    assert bodies[:4] == [{"seq": mid} for mid in range(1, 5)]  # the bound: 4 pending
+    assert [body["code"] for body in bodies[4:]] == [503, 503, 404, 503]
