@@ -205,11 +205,16 @@ class Gate:
         a session with ``max_pending_forwards`` refusals already queued (a flood far past the
         bound) is answered at once."""
         forwarder = session.get(_FORWARDER)
-        if forwarder is not None and forwarder.started and (forwarder.queued or forwarder.in_flight):
-            if forwarder.refusals < self._bound and forwarder.put(Refusal(mid, code, text)):
-                forwarder.queued += 1
-                forwarder.refusals += 1
-                return
+        if (
+            forwarder is not None
+            and forwarder.started
+            and (forwarder.queued or forwarder.in_flight)
+            and forwarder.refusals < self._bound
+            and forwarder.put(Refusal(mid, code, text))
+        ):
+            forwarder.queued += 1
+            forwarder.refusals += 1
+            return
         self.server.router.answer_error(session, mid, code, text)
 
     def rpc(self, session: Session, route: str, body: bytes) -> None:
