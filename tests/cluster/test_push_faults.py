@@ -71,7 +71,7 @@ def test_text_that_cannot_be_utf8_is_refused_at_the_origin_and_never_ends_a_send
                         logic.push("onX", {"text": SURROGATE}, Audience.all())
                     # an item that does not encode, handed to a sender by hand: dropped and
                     # counted; the link goes on with the items around it
-                    link = logic._push._link(gate_a.address)  # noqa: SLF001 - the sender under test
+                    link = logic._push._link(gate_a.address)  # the sender under test
                     assert link is not None
                     assert link.put(Audience.of_group("room").item("onComment", b'"before"'))
                     assert link.put(Audience.of_group("room").item(SURROGATE, b"1"))
@@ -243,7 +243,8 @@ async def test_a_slow_body_is_answered_408() -> None:
         with trio.fail_after(60):
             async with stream:
                 await stream.send_all(
-                    b"POST /v1/push HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                    b"POST /v1/push HTTP/1.1\r\nHost: x\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
                 )
 
                 async def trickle() -> None:

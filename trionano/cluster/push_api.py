@@ -226,7 +226,9 @@ class PushAPI:
                 gates = await self._handle(scope, receive)
         except trio.TooSlowError:
             self.refused += 1
-            await _answer(send, 408, {"error": f"the body took over {self.body_timeout:g} s"}, ((b"connection", b"close"),))
+            await _answer(
+                send, 408, {"error": f"the body took over {self.body_timeout:g} s"}, ((b"connection", b"close"),)
+            )
             return
         except BadRequest as exc:
             self.refused += 1
@@ -428,16 +430,16 @@ async def serve_push_api(
                 raise cancelled from None
             if not isinstance(group, ExceptionGroup):
                 raise  # KeyboardInterrupt, SystemExit: not the server's failure
-            exc: BaseException = group
+            error: BaseException = group
         except Exception as single:
-            exc = single
+            error = single
         if bound is None:  # the first start failed: the caller hears of it
-            while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-                exc = exc.exceptions[0]
-            raise exc
+            while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+                error = error.exceptions[0]
+            raise error
         if trio.current_time() - since > 60:
             delay = RESTART_DELAY
-        log.error("push api restart", "the push API's server failed; restarting in %gs", delay, exc_info=exc)
+        log.error("push api restart", "the push API's server failed; restarting in %gs", delay, exc_info=error)
         with trio.move_on_after(delay):
             await stop.wait()
         delay = min(delay * 2, MAX_RESTART_DELAY)
