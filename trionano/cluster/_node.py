@@ -310,12 +310,19 @@ class Node:
             _logger.warning("unregister from the master failed: %r", exc)
 
     async def _keepalive(self) -> None:
+        """nano's member keepalive: a Heartbeat every ``heartbeat`` seconds. Beyond nano, whose
+        member only logs a failed heartbeat (and waits for the next one, which a restarted
+        master takes as a registration without telling anyone): a failed heartbeat means
+        the master is down or restarting, so the member registers again at once, retrying
+        every ``retry_interval`` (:meth:`_register`), and a restarted master (with the pushes
+        it makes) knows it as soon as it is back."""
         while True:
             await trio.sleep(self.config.heartbeat)
             try:
                 await self._peers[self._master()].heartbeat(self.info())
             except ClusterError as exc:
-                _logger.warning("heartbeat to the master failed: %r", exc)
+                _logger.warning("heartbeat to the master failed: %r; registering again", exc)
+                await self._register()
 
     # -- membership changes (clusterpb.Member NewMember/DelMember, Trio side) -----------------
 
