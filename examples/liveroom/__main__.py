@@ -20,7 +20,9 @@ from . import build, commands, serve
 parser = argparse.ArgumentParser(prog="python -m examples.liveroom", description="the live room demo on trionano")
 parser.add_argument("role", nargs="?", default="local", choices=["local", "logic", "gate"])
 parser.add_argument("--host", default="127.0.0.1")
-parser.add_argument("--base-port", type=int, default=24600, help="local: the first of the 6 ports it uses (below the ephemeral range)")
+parser.add_argument(
+    "--base-port", type=int, default=24600, help="local: the first of the 6 ports it uses (below the ephemeral range)"
+)
 parser.add_argument("--listen", help="this node's gRPC service address (host:port)")
 parser.add_argument("--master", help="the master's service address (the logic node's)")
 parser.add_argument("--ws-port", type=int, help="gate: the WebSocket port, which also serves the page")

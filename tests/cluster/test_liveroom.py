@@ -304,7 +304,7 @@ async def test_after_the_logic_node_restarts_pushes_say_503_until_the_gates_are_
         await join(ann, "ann")
         await join(bob, "bob")
         await c.kill("logic")
-        await c.start_command("logic", launched["logic"][1:], ready="liveroom logic ready")
+        await c.start_command("logic again", launched["logic"][1:], ready="liveroom logic ready")
         answers = []
         with trio.fail_after(60):
             for attempt in range(10_000):

@@ -202,7 +202,8 @@ class Node:
 
     def group(self, name: str) -> ClusterGroup:
         """The cluster-wide group ``name``: this node's clients join it here, and its
-        broadcast reaches the members on every gate (beyond nano, whose groups are per node)."""
+        broadcast reaches the members on every gate (beyond nano, whose groups are per node).
+        Raises ValueError for an empty name or one that cannot be UTF-8."""
         return self._push.group(name)
 
     def push(self, route: str, value: object, audience: Audience) -> int:
@@ -210,7 +211,8 @@ class Node:
         the cluster, this node included when it serves clients; returns how many gates it was
         delivered or queued for. Never waits: each other node has a bounded queue and a sender
         task (a slow or stopped gate drops its overflow, counted in :meth:`push_statistics`).
-        Raises ValueError for an empty route or one over 255 UTF-8 bytes, SerializeError,
+        Raises ValueError for an empty route, one over 255 UTF-8 bytes or one that cannot be
+        UTF-8 (a lone surrogate), SerializeError (message text that cannot be UTF-8 too),
         MessageTooLarge (over the server's ``max_packet_size``)."""
         return self._push.push(route, value, audience)
 

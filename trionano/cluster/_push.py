@@ -110,13 +110,14 @@ class Audience:
 class PushStatistics:
     """A node's cluster-push counters at one moment (:meth:`Node.push_statistics`).
 
-    Origin side: ``pushes``: pushes made here; ``queued``: (push, gate) pairs queued for other
-    nodes; ``dropped``: not queued because that gate's queue was full (the gate is slow or
-    down); ``failed``: queued but lost because the call to the gate failed; ``not_gates``:
-    nodes found not to take pushes (no ``trionano.push`` service, as Go nano; or no clients).
-    Gate side: ``received``: pushes received from other nodes; ``delivered``: pushes queued
-    for this node's sessions (one per session), from here or elsewhere; ``refused``: received
-    pushes refused as malformed (no audience, a bad route) or too large.
+        Origin side: ``pushes``: pushes made here; ``queued``: (push, gate) pairs queued for other
+        nodes; ``dropped``: not queued because that gate's queue was full (the gate is slow or
+        down); ``failed``: queued but lost because the call to the gate failed (or, never for
+    what :meth:`push` queued, an item that did not encode); ``not_gates``:
+        nodes found not to take pushes (no ``trionano.push`` service, as Go nano; or no clients).
+        Gate side: ``received``: pushes received from other nodes; ``delivered``: pushes queued
+        for this node's sessions (one per session), from here or elsewhere; ``refused``: received
+        pushes refused as malformed (no audience, a bad route) or too large.
     """
 
     pushes: int
@@ -371,7 +372,8 @@ class PushHub:
         clients now, the others' through their queues); returns how many gates it was
         delivered or queued for (a node not yet heard from counts as a gate). Never waits.
 
-        Raises ValueError for an empty or over-long route, SerializeError, MessageTooLarge
+        Raises ValueError for an empty or over-long route or one that cannot be UTF-8 (a lone
+        surrogate), SerializeError (message text that cannot be UTF-8 too), MessageTooLarge
         (over the server's ``max_packet_size``)."""
         server = self.server
         check_route(route)

@@ -13,20 +13,29 @@ design of go-push and goim's ``/push`` endpoints, not part of nano).
 
     202 {"gates": 2}                 gates the push was delivered or queued for
     4xx {"error": "<reason>"}        nothing was pushed
+    503 {"error": "<reason>"}        nothing was delivered: retry after Retry-After seconds
 
 Exactly one audience: ``uids`` (1 to 10,000 integers from 1 to 2**63-1: the sessions bound to
 them, on any gate), ``group`` (a cluster-wide group's name, 1 to 255 characters) or
 ``everyone`` (``true``: every client session). ``route`` is 1 to 255 UTF-8 bytes; ``message``
-any JSON value, serialized once by the node's serializer. Errors: 400 malformed JSON, a
-missing field, a wrong type or value; 401 no or a wrong bearer token (compared in constant
-time); 404 another path; 405 another method; 413 a body over ``max_body`` (64 KiB by
-default) or a message over the node's packet limit; 415 a content type other than
-``application/json``.
+any JSON value, serialized once by the node's serializer. Text that cannot be UTF-8 (a lone
+surrogate, ``"\\ud800"``) in the route, the group or the message is refused. Errors: 400
+malformed JSON, a missing field, a wrong type or value; 401 no or a wrong bearer token
+(compared in constant time); 404 another path; 405 another method; 408 a body slower than
+``body_timeout``; 413 a body over ``max_body`` (64 KiB by default) or a message over the
+node's packet limit; 415 a content type other than ``application/json``; 503 (with
+``Retry-After``) no gate took the push (none known yet, as after the node restarted, or all
+their queues full), or over ``max_requests`` requests at once. A refused body is read (up to
+DRAIN_LIMIT bytes) before the answer.
+
+What it guarantees: 202 is queued, not delivered (a slow or gone gate drops, counted in
+:meth:`Node.push_statistics`); at most once, no persistence; 503 is nothing delivered.
 
 :class:`PushAPI` is the ASGI application; :func:`serve_push_api` serves it with Hypercorn's
 Trio worker (``pip install trionano[push]``). Hypercorn parses HTTP (malformed requests get
-its 400 and never reach the app); an error in the app is logged and answered 500, never
-raised into the node.
+its 400 and never reach the app); an error in the app is logged and answered 500, and a
+failure of Hypercorn itself (its HTTP/2 code, pgjones/hypercorn#329) restarts the server:
+neither is ever raised into the node.
 """
 
 from __future__ import annotations
@@ -44,10 +53,18 @@ from .._log import RateLimitedLog, client_text
 from ._push import MAX_UID, Audience, check_group, check_route
 
 __all__ = [
+    "BODY_TIMEOUT",
+    "DRAIN_LIMIT",
+    "KEEP_ALIVE_TIMEOUT",
     "MAX_BODY",
     "MAX_GROUP_NAME",
+    "MAX_REQUESTS",
+    "MAX_RESTART_DELAY",
     "MAX_UIDS",
     "PATH",
+    "READ_TIMEOUT",
+    "RESTART_DELAY",
+    "RETRY_AFTER",
     "BadRequest",
     "PushAPI",
     "Pusher",
