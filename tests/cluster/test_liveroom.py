@@ -335,7 +335,10 @@ async def test_the_launcher_stops_the_room_when_a_node_ends(tmp_path: Path) -> N
         )
     try:
         with trio.fail_after(30):
-            while "Ctrl-C stops it" not in (printed := log.read_text(errors="replace")):
+            while True:
+                printed = log.read_text(errors="replace")
+                if "Ctrl-C stops it" in printed:
+                    break
                 await trio.sleep(0.1)
         pids = {name: int(pid) for name, pid in re.findall(r"(\w+) pid (\d+)", printed)}
         assert set(pids) == {"logic", "gate1", "gate2"}
