@@ -84,6 +84,8 @@ def test_text_that_cannot_be_utf8_is_refused_at_the_origin_and_never_ends_a_send
                     for client in on_a + on_b:
                         assert await client.receive_push("onComment") == "ok"
             seen["statuses"] = statuses
+            api = logic.push_statistics()
+            seen["api"] = (api.api_accepted, api.api_refused, api.api_unreached)
             stop.set()
             for node in (gate_a, gate_b, logic):
                 node.server.shutdown()
@@ -97,6 +99,7 @@ def test_text_that_cannot_be_utf8_is_refused_at_the_origin_and_never_ends_a_send
         (400, "route:"),
     ]
     assert seen["failed"] == 1
+    assert seen["api"] == (1, 5, 0)  # the push API's answers, counted on the node
 
 
 async def h2_post(port: int, body: bytes, *, after_answer: int) -> int | None:

@@ -200,6 +200,12 @@ class Node:
         """The node's cluster-push counters now (drops, failures, deliveries)."""
         return self._push.statistics()
 
+    def count_push_api(self, answer: str) -> None:
+        """Count one answer of the HTTP push API served for this node ("accepted", "refused"
+        or "unreached"; :func:`~trionano.cluster.push_api.serve_push_api` calls it), in
+        :meth:`push_statistics`."""
+        self._push.count_api(answer)
+
     def group(self, name: str) -> ClusterGroup:
         """The cluster-wide group ``name``: this node's clients join it here, and its
         broadcast reaches the members on every gate (beyond nano, whose groups are per node).

@@ -118,6 +118,9 @@ class PushStatistics:
         Gate side: ``received``: pushes received from other nodes; ``delivered``: pushes queued
         for this node's sessions (one per session), from here or elsewhere; ``refused``: received
         pushes refused as malformed (no audience, a bad route) or too large.
+    HTTP push API (:mod:`trionano.cluster.push_api`) served for this node: ``api_accepted``:
+    requests answered 202; ``api_refused``: answered 4xx or 500; ``api_unreached``: answered
+    503 (no gate took the push, or too many requests at once).
     """
 
     pushes: int
@@ -128,6 +131,9 @@ class PushStatistics:
     received: int
     delivered: int
     refused: int
+    api_accepted: int
+    api_refused: int
+    api_unreached: int
 
 
 @attrs.define(kw_only=True)
@@ -142,6 +148,9 @@ class PushCounters:
     received: int = 0
     delivered: int = 0
     refused: int = 0
+    api_accepted: int = 0
+    api_refused: int = 0
+    api_unreached: int = 0
 
     def snapshot(self) -> PushStatistics:
         return PushStatistics(**attrs.asdict(self))
@@ -351,6 +360,15 @@ class PushHub:
 
     def statistics(self) -> PushStatistics:
         return self._counters.snapshot()
+
+    def count_api(self, answer: str) -> None:
+        """Count one answer of the push API: "accepted", "refused" or "unreached"."""
+        if answer == "accepted":
+            self._counters.api_accepted += 1
+        elif answer == "refused":
+            self._counters.api_refused += 1
+        elif answer == "unreached":
+            self._counters.api_unreached += 1
 
     def check_local(self, session: Session) -> None:
         if self.server.sessions.get(session.id) is not session:

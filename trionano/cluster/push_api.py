@@ -178,7 +178,8 @@ def _audience(key: str, value: object) -> Audience:
 class PushAPI:
     """The ASGI application of the push API (see the module). ``pusher`` receives the pushes;
     ``token``, when given, is required as ``Authorization: Bearer <token>``; ``max_body``
-    bounds a request body in bytes; ``body_timeout`` (seconds) bounds reading one request's
+    bounds a request body in bytes; ``on_answer`` is told each answer ("accepted", "refused",
+    "unreached": :meth:`Node.count_push_api`); ``body_timeout`` (seconds) bounds reading one request's
     body (answered 408 after it); ``max_requests`` bounds the requests handled at once (more
     are answered 503); ``retry_after`` (whole seconds) is the ``Retry-After`` of a 503. Owned
     by whoever serves it; it keeps only counters.
@@ -196,6 +197,7 @@ class PushAPI:
         body_timeout: float = BODY_TIMEOUT,
         max_requests: int = MAX_REQUESTS,
         retry_after: int = RETRY_AFTER,
+        on_answer: Callable[[str], None] | None = None,
     ) -> None:
         if max_body < 1:
             raise ValueError("max_body must be at least 1")
@@ -210,6 +212,7 @@ class PushAPI:
         self.max_requests: Final = max_requests
         self.retry_after: Final = retry_after
         self._log = RateLimitedLog(_logger)
+        self._on_answer = on_answer
         self._active = 0
         self.accepted = 0
         """Requests answered 202."""
@@ -226,7 +229,7 @@ class PushAPI:
             return  # hypercorn answers WebSocket upgrades itself when the app does not accept
         reader = _Reader(receive)
         if self._active >= self.max_requests:
-            self.unreached += 1
+            self._count("unreached")
             self._log.warning("push api busy", "the push API is at %d requests: one answered 503", self.max_requests)
             await self._drain(reader)
             await _answer(send, 503, {"error": "too many requests at once"}, self._retry_after())
@@ -242,30 +245,40 @@ class PushAPI:
             with trio.fail_after(self.body_timeout):
                 gates = await self._handle(scope, receive)
         except trio.TooSlowError:
-            self.refused += 1
+            self._count("refused")
             await _answer(
                 send, 408, {"error": f"the body took over {self.body_timeout:g} s"}, ((b"connection", b"close"),)
             )
             return
         except BadRequest as exc:
-            self.refused += 1
+            self._count("refused")
             await self._drain(receive)
             await _answer(send, exc.status, {"error": exc.reason}, exc.headers)
             return
         except Exception:
-            self.refused += 1
+            self._count("refused")
             self._log.exception("push api", "the push API failed on a request")
             await self._drain(receive)
             await _answer(send, 500, {"error": "internal error"})
             return
         if gates == 0:
-            self.unreached += 1
+            self._count("unreached")
             self._log.warning("push unreached", "a push reached no gate (none known yet, or all full): answered 503")
             reason = "no gate took the push (none is known yet, or their queues are full): nothing was delivered"
             await _answer(send, 503, {"error": reason}, self._retry_after())
             return
-        self.accepted += 1
+        self._count("accepted")
         await _answer(send, 202, {"gates": gates})
+
+    def _count(self, answer: str) -> None:
+        if answer == "accepted":
+            self.accepted += 1
+        elif answer == "refused":
+            self.refused += 1
+        else:
+            self.unreached += 1
+        if self._on_answer is not None:
+            self._on_answer(answer)
 
     def _retry_after(self) -> tuple[tuple[bytes, bytes], ...]:
         return ((b"retry-after", str(self.retry_after).encode()),)
@@ -390,6 +403,8 @@ async def serve_push_api(
     nothing for that long; ``keep_alive_timeout`` (seconds) closes an idle kept-alive one.
     The app's: ``body_timeout`` (seconds) bounds reading one body (408), ``max_requests``
     bounds the requests handled at once (503), ``retry_after`` is a 503's ``Retry-After``.
+    A pusher with a ``count_push_api`` method (a :class:`~trionano.cluster.Node`) has each
+    answer counted there (:meth:`Node.push_statistics`, :mod:`trionano.metrics`).
 
     Hypercorn also speaks HTTP/2 (h2c upgrade, prior knowledge) and offers no switch to turn
     it off; the API is specified on HTTP/1.1. Whatever Hypercorn raises (as its HTTP/2 code on
@@ -411,6 +426,7 @@ async def serve_push_api(
         body_timeout=body_timeout,
         max_requests=max_requests,
         retry_after=retry_after,
+        on_answer=getattr(pusher, "count_push_api", None),
     )
     stop = shutdown if shutdown is not None else trio.Event()
     log = RateLimitedLog(_logger)
