@@ -148,36 +148,6 @@ def serve_rawsend() -> None:
     sys.stdin.read()
 
 
-def serve_cluster_node(role: str, listen: str, master: str) -> None:
-    """B12's nodes: a master, a backend hosting the bench component, a gate forwarding to it."""
-    from trionano.cluster import ClusterConfig, Node, run
-
-    components = Components()
-    if role == "backend":
-        components.register(Bench(), name="bench")
-    node = Node(
-        components,
-        ClusterConfig(
-            service_address=listen,
-            master_address=None if role == "master" else master,
-            is_master=role == "master",
-            node_id={"master": 1, "backend": 2, "gate": 3}[role],
-        ),
-        Config(heartbeat=0, outbox_size=1024, rate_limit=None),
-    )
-    server = node.server
-    endpoints = [trionano.TCPEndpoint("127.0.0.1")] if role == "gate" else []
-
-    async def main(bridge: Any) -> None:
-        async with trio.open_nursery() as nursery:
-            ports = await nursery.start(functools.partial(node.run, bridge, *endpoints))
-            print(ports[0] if ports else 0, flush=True)
-            await wait_stdin_closed()
-            server.shutdown()
-
-    run(main)
-
-
 # -- the floor: trionano's required shape with nothing else ---------------------------------
 
 _FLOOR_HANDSHAKE: Final = wire.encode_packet(wire.PacketType.HANDSHAKE, wire.HandshakeResponse(heartbeat=0).encode())
@@ -365,18 +335,10 @@ def main() -> None:
             "floor-ws",
             "echo",
             "rawsend",
-            "master",
-            "backend",
-            "gate",
         ],
     )
-    parser.add_argument("--listen", default="")
-    parser.add_argument("--master", default="")
     parsed = parser.parse_args()
     kind = parsed.kind
-    if kind in ("master", "backend", "gate"):
-        serve_cluster_node(kind, parsed.listen, parsed.master)
-        return
     os.environ.setdefault("PYTHONHASHSEED", "0")
     if kind in ("trionano", "trionano-ws"):
         trio.run(serve_trionano, kind == "trionano-ws")

@@ -14,6 +14,12 @@ and its ratio to local, p50/p99, CPU per forwarded request on the gate and on th
 
 Targets (issue #11): stream >= 0.3 of local (stretch 0.5), p99 < 10 ms at half load; unary >= 0.1.
 
+The local server also takes the open-loop load at the stream path's half rate (what the
+machine itself adds to the tail, same run), and each run prints the load average (the bench
+machine's 2 cores are shared). ``python -m bench.cluster crossing``: the bridge's crossing
+micro-bench (asyncio -> idle Trio -> asyncio, guest mode's thread against the selector wait).
+``B12_GUEST_THREAD=1`` in the environment runs B12's nodes in Trio's stock guest mode (A/B).
+
 Run: ``nox -s bench`` or ``python -m bench.cluster [--quick] [--runs N]``. ``--profile DIR``
 runs the gate and backend under cProfile (their stats in DIR/{gate,backend}-{path}.prof).
 """
@@ -115,30 +121,29 @@ def b12(seconds: float, runs: int, profile: Path | None) -> None:
     )
     results: dict[str, list[dict[str, float]]] = collections.defaultdict(list)
     for run in range(runs):
+        load = os.getloadavg()[0]
         with process("-m", "bench._servers", "trionano") as (port, pid):
             cpu0 = cpu_seconds(pid)
             local = closed_loop(port, seconds)
             local["cpu_us"] = (cpu_seconds(pid) - cpu0) / local["requests"] * 1e6
+            local_port = port
+            measured_paths: dict[str, dict[str, float]] = {}
+            for path in PATHS:
+                measured_paths[path] = measure(path, profile, seconds, local)
+            # the same open-loop load on the local server, at the stream path's half rate: what
+            # the machine itself (2 shared cores) adds to the tail, same run
+            half_local = paced_json(local_port, measured_paths["stream"]["half_rate"], seconds)
+            local["half_p50_us"], local["half_p99_us"] = half_local["p50_us"], half_local["p99_us"]
+        local["load"] = (load + os.getloadavg()[0]) / 2
         results["local"].append(local)
         print(
             f"  run {run + 1} local   {local['rps']:>8,.0f} req/s   p50 {local['p50_us']:>7,.0f} us"
             f"   p99 {local['p99_us']:>7,.0f} us   server {local['cpu_us']:>6.1f} CPU-us/req"
+            f"   at the stream's half rate: p50 {local['half_p50_us']:,.0f} us p99 {local['half_p99_us']:,.0f} us"
+            f"   (load average {local['load']:.1f})"
         )
         for path in PATHS:
-            with cluster(path, profile) as (gate_port, gate_pid, backend_pid):
-                gate0, backend0 = cpu_seconds(gate_pid), cpu_seconds(backend_pid)
-                measured = closed_loop(gate_port, seconds)
-                measured["gate_us"] = (cpu_seconds(gate_pid) - gate0) / measured["requests"] * 1e6
-                measured["backend_us"] = (cpu_seconds(backend_pid) - backend0) / measured["requests"] * 1e6
-                measured["ratio"] = measured["rps"] / local["rps"]
-                if path == "stream":
-                    rate = measured["rps"] / 2
-                    half = run_json(
-                        "-m", "bench.cluster", "paced", str(gate_port), "--rate", str(rate), "--seconds", str(seconds)
-                    )
-                    measured["half_rate"] = rate
-                    measured["half_p50_us"] = half["p50_us"]
-                    measured["half_p99_us"] = half["p99_us"]
+            measured = measured_paths[path]
             results[path].append(measured)
             line = (
                 f"  run {run + 1} {path:<7} {measured['rps']:>8,.0f} req/s   p50 {measured['p50_us']:>7,.0f} us"
@@ -166,8 +171,33 @@ def b12(seconds: float, runs: int, profile: Path | None) -> None:
     print(
         f"    stream at half load ({med(results['stream'], 'half_rate'):,.0f} req/s, open loop):"
         f" p50 {med(results['stream'], 'half_p50_us'):,.0f} us   p99 {half_p99:,.0f} us"
-        f"   (target < 10 ms: {'met' if half_p99 < 10_000 else 'MISSED'})\n"
+        f"   (target < 10 ms: {'met' if half_p99 < 10_000 else 'MISSED'});"
+        f" local at that rate: p50 {med(results['local'], 'half_p50_us'):,.0f} us"
+        f"   p99 {med(results['local'], 'half_p99_us'):,.0f} us"
     )
+    print(f"    load average during the runs: {med(results['local'], 'load'):.1f} (2 cores, shared)\n")
+
+
+def measure(path: str, profile: Path | None, seconds: float, local: dict[str, float]) -> dict[str, float]:
+    """One path's figures: closed loop, CPU per request on gate and backend, and for the
+    stream path an open loop at half its rate."""
+    with cluster(path, profile) as (gate_port, gate_pid, backend_pid):
+        gate0, backend0 = cpu_seconds(gate_pid), cpu_seconds(backend_pid)
+        measured = closed_loop(gate_port, seconds)
+        measured["gate_us"] = (cpu_seconds(gate_pid) - gate0) / measured["requests"] * 1e6
+        measured["backend_us"] = (cpu_seconds(backend_pid) - backend0) / measured["requests"] * 1e6
+        measured["ratio"] = measured["rps"] / local["rps"]
+        if path == "stream":
+            rate = measured["rps"] / 2
+            half = paced_json(gate_port, rate, seconds)
+            measured["half_rate"] = rate
+            measured["half_p50_us"] = half["p50_us"]
+            measured["half_p99_us"] = half["p99_us"]
+    return measured
+
+
+def paced_json(port: int, rate: float, seconds: float) -> dict[str, Any]:
+    return run_json("-m", "bench.cluster", "paced", str(port), "--rate", str(rate), "--seconds", str(seconds))
 
 
 def med(results: list[dict[str, float]], key: str) -> float:
@@ -224,6 +254,61 @@ def paced(port: int, rate: float, seconds: float, connections: int) -> dict[str,
     }
 
 
+# -- the bridge's crossing ---------------------------------------------------------------------
+
+
+def crossing(guest_thread: bool, count: int) -> dict[str, float]:
+    """asyncio -> Trio -> asyncio: ``Bridge.call_soon`` of a no-op from an asyncio task, each
+    after a short random idle gap (so that Trio is idle, waiting, when the call comes); the
+    round trip's latency and the process CPU per crossing. ``guest_thread``: Trio's stock guest
+    mode (its idle wait in a worker thread) instead of the bridge's wait on asyncio's selector."""
+    import asyncio
+    import random
+
+    import trio
+
+    from trionano.cluster import Bridge, run
+
+    latencies: list[float] = []
+    cpu: list[float] = []
+
+    async def main(bridge: Bridge) -> None:
+        async def ping() -> None:
+            cpu0 = time.process_time()
+            for _ in range(count):
+                await asyncio.sleep(random.random() * 0.002)
+                start = time.perf_counter()
+                await bridge.call_soon(int)
+                latencies.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - cpu0)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.sleep_forever)  # a Trio with a task waiting, as a node's
+            await bridge.to_asyncio(ping)
+            nursery.cancel_scope.cancel()
+
+    run(main, guest_thread=guest_thread)
+    latencies.sort()
+    return {
+        "p50_us": latencies[len(latencies) // 2] * 1e6,
+        "p99_us": latencies[int(len(latencies) * 0.99)] * 1e6,
+        "cpu_us": cpu[0] / count * 1e6,
+    }
+
+
+def crossings(runs: int) -> None:
+    print("bridge crossing (asyncio -> Trio -> asyncio round trip into an idle Trio), 2,000 per run:")
+    for label, thread in (("guest thread (stock)", True), ("selector wait (bridge)", False)):
+        figures = [
+            run_json("-m", "bench.cluster", "crossing-one", *(["--guest-thread"] if thread else []))
+            for _ in range(runs)
+        ]
+        print(
+            f"  {label:<24} p50 {med(figures, 'p50_us'):>6,.0f} us   p99 {med(figures, 'p99_us'):>7,.0f} us"
+            f"   {med(figures, 'cpu_us'):>6.1f} CPU-us per crossing (incl. the idle gaps' loop work)"
+        )
+
+
 # -- a node -----------------------------------------------------------------------------------
 
 
@@ -255,11 +340,12 @@ def node(role: str, listen: str, master: str, unary: bool) -> None:
     async def main(bridge: Bridge) -> None:
         async with trio.open_nursery() as nursery:
             ports = await nursery.start(functools.partial(cluster_node.run, bridge, *endpoints))
+            trionano.tune_gc()  # as trionano.run, trionano.cluster.run_node and the local server do
             print(ports[0] if ports else 0, flush=True)
             await trio.to_thread.run_sync(sys.stdin.read)
             cluster_node.server.shutdown()
 
-    run(main)
+    run(main, guest_thread=os.environ.get("B12_GUEST_THREAD") == "1")
 
 
 def main() -> None:
@@ -276,6 +362,10 @@ def main() -> None:
     paced_parser.add_argument("--rate", type=float, required=True)
     paced_parser.add_argument("--seconds", type=float, default=5.0)
     paced_parser.add_argument("--connections", type=int, default=50)
+    crossing_parser = sub.add_parser("crossing", help="the bridge's crossing micro-bench")
+    crossing_parser.add_argument("--runs", type=int, default=3)
+    one_parser = sub.add_parser("crossing-one", help="(internal) one crossing run; prints JSON")
+    one_parser.add_argument("--guest-thread", action="store_true")
     parser.add_argument("--quick", action="store_true", help="2 s runs")
     parser.add_argument("--runs", "--repeats", type=int, default=3, help="runs (medians need >= 3)")
     parser.add_argument(
@@ -291,6 +381,10 @@ def main() -> None:
             profiler = cProfile.Profile()
             profiler.runcall(node, args.role, args.listen, args.master, args.unary)
             profiler.dump_stats(args.profile)
+    elif args.command == "crossing":
+        crossings(max(args.runs, 1))
+    elif args.command == "crossing-one":
+        print(json.dumps(crossing(args.guest_thread, 2000)))
     elif args.command == "paced":
         print(json.dumps(paced(args.port, args.rate, args.seconds, args.connections)))
     else:

@@ -160,6 +160,11 @@ async def test_a_go_nano_node_in_the_cluster_is_left_alone_and_counted(tmp_path:
 
 
 async def test_a_stopped_gate_never_holds_up_the_other(tmp_path: Path) -> None:
+    """Pushes to a gate ride the stream once it has answered as a gate: a stopped gate's
+    pushes wait on that stream (nothing dropped) while the other gate gets every one at once;
+    back, it gets them all in order. (Before its stream is up, a stopped gate's pushes fill its
+    bounded queue instead: which one happens depended on timing, so this test first makes
+    sure the stream is up.)"""
     async with (
         liveroom(tmp_path, heartbeat=10.0, rpc_timeout=5.0, push_queue=8) as (c, push_url, (gate1, gate2)),
         httpx.AsyncClient(headers=AUTH, timeout=10) as http,
@@ -169,11 +174,15 @@ async def test_a_stopped_gate_never_holds_up_the_other(tmp_path: Path) -> None:
         await join(ann, "ann")
         await join(bob, "bob")
         await viewers_seen(ann, 2)
+        await viewers_seen(bob, 2)  # gate 2 has answered a Deliver as a gate: its stream comes next
+        warm = {"route": "onComment", "message": {"name": "ops", "text": "warm"}, "group": "room"}
+        await http.post(push_url, json=warm)
+        with trio.fail_after(20):
+            assert (await bob.receive_push("onComment"))["text"] == "warm"  # it rode the stream
+            assert (await ann.receive_push("onComment"))["text"] == "warm"
         c.signal("gate2", signal.SIGSTOP)
         try:
             reached = []
-            # 40 POSTs (well within the 5 s deadline of the batch in flight to gate 2): gate 2's
-            # queue (8) overflows; gate 1 gets every one
             with trio.fail_after(20):
                 for number in range(40):
                     message = {"name": "ops", "text": f"#{number}"}
@@ -183,14 +192,11 @@ async def test_a_stopped_gate_never_holds_up_the_other(tmp_path: Path) -> None:
                     reached.append(response.json()["gates"])
                 for number in range(40):
                     assert (await ann.receive_push("onComment"))["text"] == f"#{number}"
-            assert reached[0] == 2
-            assert reached[-1] == 1  # gate 2's queue is full: it was not reached
+            assert reached == [2] * 40  # queued for gate 2 on its stream
             stats = await ann.request("live.stats", {})
-            assert stats["push"]["dropped"] >= 40 - 8 - 1 - 1  # the queue, the batch in flight
-            await trio.sleep(6)  # past the deadline (rpc_timeout 5 s) of the batch in flight
+            assert stats["push"]["dropped"] == 0
         finally:
             c.signal("gate2", signal.SIGCONT)
-        # gate 2 is back: what was queued arrives in order, then what comes next
         await http.post(
             push_url, json={"route": "onComment", "message": {"name": "ops", "text": "back"}, "group": "room"}
         )
@@ -198,11 +204,10 @@ async def test_a_stopped_gate_never_holds_up_the_other(tmp_path: Path) -> None:
             texts: list[str] = []
             while not texts or texts[-1] != "back":
                 texts.append((await bob.receive_push("onComment"))["text"])
-        numbers = [int(text[1:]) for text in texts[:-1]]
-        assert numbers == sorted(numbers)
+        assert texts == [f"#{number}" for number in range(40)] + ["back"]
         assert (await ann.receive_push("onComment"))["text"] == "back"
         stats = await ann.request("live.stats", {})
-        assert stats["push"]["failed"] >= 1  # the batch in flight when it stopped timed out
+        assert stats["push"]["failed"] == 0
 
 
 def test_the_live_room_page_quotes_examples_liveroom_verbatim() -> None:

@@ -13,7 +13,12 @@ servers never need this: they keep plain ``trio.run``.
 
 from __future__ import annotations
 
+import functools
+
+import trio
+
 from .._listen import Endpoint
+from .._run import tune_gc
 from ._bridge import Bridge as Bridge
 from ._bridge import run as run
 from ._counters import Statistics as Statistics
@@ -54,9 +59,13 @@ __all__ = [
 
 def run_node(node: Node, *endpoints: Endpoint) -> None:
     """Run ``node`` (its server on ``endpoints``, its gRPC service, its membership) in this
-    process until SIGINT/SIGTERM, which shut the server down gracefully and leave the cluster."""
+    process until SIGINT/SIGTERM, which shut the server down gracefully and leave the cluster.
+    Once the node is up, the garbage collector is tuned for a long-running server, as
+    :func:`trionano.run` does (:func:`trionano.tune_gc`)."""
 
     async def main(bridge: Bridge) -> None:
-        await node.run(bridge, *endpoints)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(functools.partial(node.run, bridge, *endpoints))
+            tune_gc()
 
     run(main, on_signal=node.server.shutdown)

@@ -29,6 +29,7 @@ from .._router import CODE_NOT_FOUND, CODE_TOO_LARGE, CODE_UNAVAILABLE
 from .._server import Server
 from .._session import Session, SessionKey
 from ..wire import Notify, Request
+from . import _codec as codec
 from . import _frames as frames
 from ._counters import Counters
 from ._errors import ClusterError, DeadlineExceeded, InvalidRequest, NotFound
@@ -322,13 +323,10 @@ class Gate:
             peer = self._peers[item.member]
             gate, sid = forwarder.gate, forwarder.sid
             if item.mid:
-                request = pb.RequestMessage(
-                    gate_addr=gate, session_id=sid, id=item.mid, route=item.route, data=item.body
-                )
+                request = codec.RequestMessage(gate, sid, item.mid, item.route, item.body)
                 await peer.handle_request(request, seconds=timeout)
             else:
-                notify = pb.NotifyMessage(gate_addr=gate, session_id=sid, route=item.route, data=item.body)
-                await peer.handle_notify(notify, seconds=timeout)
+                await peer.handle_notify(codec.NotifyMessage(gate, sid, item.route, item.body), seconds=timeout)
             self._counters.forwarded += 1
         except ClusterError as exc:  # the request boundary: answer the client, keep serving
             self._failed(session, item.member, item.service, item.route, item.mid, exc)
@@ -416,17 +414,18 @@ class Gate:
             raise NotFound(f"session not found: {sid}")
         return session
 
-    async def handle_push(self, message: pb.PushMessage) -> pb.MemberHandleResponse:
+    def take_push(self, message: codec.PushMessage) -> None:
+        """nano's HandlePush (Trio side, synchronous): raises NotFound (the client has left),
+        InvalidRequest (over the packet limit)."""
         session = self._client(message.session_id)
         self._deliver(message.session_id, lambda: session.entity.send_push(session, message.route, message.data))
-        return pb.MemberHandleResponse()
 
-    async def handle_response(self, message: pb.ResponseMessage) -> pb.MemberHandleResponse:
+    def take_response(self, message: codec.ResponseMessage) -> None:
+        """nano's HandleResponse (Trio side, synchronous): as :meth:`take_push`."""
         if self._answer_call(message.session_id, message.data):
-            return pb.MemberHandleResponse()
+            return
         session = self._client(message.session_id)
         self._deliver(message.session_id, lambda: session.entity.send_response(session, message.id, message.data))
-        return pb.MemberHandleResponse()
 
     @staticmethod
     def _deliver(sid: int, send: Callable[[], bool]) -> None:
@@ -505,7 +504,7 @@ class Gate:
         answered, box = self._calls[call_id] = (trio.Event(), [])
         peer = self._peers[member.service_addr]
         seconds = self._rpc_timeout
-        request = pb.RequestMessage(gate_addr=self.address, session_id=call_id, id=1, route=route, data=body)
+        request = codec.RequestMessage(self.address, call_id, 1, route, body)
         try:
             with trio.fail_after(seconds):
                 await peer.handle_request(request)

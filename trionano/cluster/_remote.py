@@ -9,7 +9,9 @@ responses and close go back to the gate in order, through its own outbox and sen
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Final, TypeAlias
 
 import trio
@@ -18,6 +20,7 @@ from .._log import RateLimitedLog, client_text
 from .._server import Server
 from .._session import Broadcast, Session
 from ..wire import Notify, Request
+from . import _codec as codec
 from . import _frames as frames
 from ._counters import Counters
 from ._errors import ClusterError, NodeStopping, NotFound, Unavailable
@@ -31,6 +34,9 @@ __all__ = ["Outbound", "RemoteEntity", "RemoteSessions"]
 _logger = logging.getLogger("trionano.cluster")
 _MAX_ENDED: Final = 8192
 
+
+#: what must still be awaited (in a Trio task) after a synchronous take: None when nothing
+Then: TypeAlias = Callable[[], Awaitable[None]] | None
 
 #: what a stand-in sends its client's gate, in order: frames of the fast path, or (to a peer
 #: that speaks only nano's unary methods) HandlePush, HandleResponse and CloseSession calls
@@ -134,9 +140,9 @@ class RemoteEntity:
         peer = peers[self.gate]
         match item:
             case frames.Push(sid, route, body):
-                await peer.handle_push(pb.PushMessage(session_id=sid, route=route, data=body))
+                await peer.handle_push(codec.PushMessage(sid, route, body))
             case frames.Response(sid, mid, body):
-                await peer.handle_response(pb.ResponseMessage(session_id=sid, id=mid, data=body))
+                await peer.handle_response(codec.ResponseMessage(sid, mid, body))
             case frames.CloseSession(sid):
                 await peer.close_session(sid)
 
@@ -174,13 +180,14 @@ class RemoteSessions:
 
     # -- clusterpb.Member (Trio side) -------------------------------------------------------
 
-    async def handle_request(self, message: pb.RequestMessage) -> pb.MemberHandleResponse:
-        await self._handle(message.gate_addr, message.session_id, Request(message.id, message.route, message.data))
-        return pb.MemberHandleResponse()
+    def take_request(self, message: codec.RequestMessage) -> Then:
+        """nano's HandleRequest (Trio side, synchronous): queue the handler call on the
+        stand-in. Returns None, or the push onto a full handler lane the call must await."""
+        return self._take(message.gate_addr, message.session_id, Request(message.id, message.route, message.data))
 
-    async def handle_notify(self, message: pb.NotifyMessage) -> pb.MemberHandleResponse:
-        await self._handle(message.gate_addr, message.session_id, Notify(message.route, message.data))
-        return pb.MemberHandleResponse()
+    def take_notify(self, message: codec.NotifyMessage) -> Then:
+        """nano's HandleNotify: as :meth:`take_request`."""
+        return self._take(message.gate_addr, message.session_id, Notify(message.route, message.data))
 
     async def session_closed(self, request: pb.SessionClosedRequest) -> pb.SessionClosedResponse:
         """A gate's client left: end its stand-ins (by id alone, as nano: ids are unique
@@ -219,15 +226,23 @@ class RemoteSessions:
     async def _handle(self, gate: str, sid: int, message: Request | Notify) -> None:
         """Queue the handler call on the stand-in; the gate's call waits only while the
         handler's lane is full."""
+        then = self._take(gate, sid, message)
+        if then is not None:
+            await then()
+
+    def _take(self, gate: str, sid: int, message: Request | Notify) -> Then:
+        """Queue the handler call on the stand-in: None when done, else the push onto the
+        full lane to await. Raises NotFound (the route is not hosted here), NodeStopping."""
         if not self._server.router.hosts(message.route):
             raise NotFound(f"service not found in current node: {message.route}")
         if sid in self._ended and (gate, sid) not in self._sessions:
             _logger.debug("session %s#%d has ended: %s dropped", gate, sid, message.route)
-            return
+            return None
         pending = self._server.router.dispatch(self._session(gate, sid), message)
-        if pending is not None:
-            lane, task = pending
-            await lane.push(task)
+        if pending is None:
+            return None
+        lane, task = pending
+        return functools.partial(lane.push, task)
 
     def _session(self, gate: str, sid: int) -> Session:
         key = (gate, sid)

@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeAlias, TypeVar
 
+import grpclib.const
+import grpclib.exceptions
+import grpclib.server
+from grpclib.const import Status
+
+from . import _codec as codec
 from ._bridge import Bridge
 from ._errors import to_status
 from ._generated import clusterpb as pb
@@ -49,19 +55,26 @@ def crosses(
     return on_asyncio
 
 
-class ForwardedSide(Protocol):
-    """Messages forwarded to this node's services, and their sessions' ends."""
+#: what a hot handler's Trio side returns: None (done), or what must still be awaited in a
+#: Trio task (rare: a handler lane was full) before the call is answered
+Then: TypeAlias = Callable[[], Awaitable[None]] | None
 
-    async def handle_request(self, message: pb.RequestMessage) -> pb.MemberHandleResponse: ...
-    async def handle_notify(self, message: pb.NotifyMessage) -> pb.MemberHandleResponse: ...
+
+class ForwardedSide(Protocol):
+    """Messages forwarded to this node's services, and their sessions' ends. ``take_*`` run
+    synchronously in Trio's context (no task per call) and raise ClusterError."""
+
+    def take_request(self, message: codec.RequestMessage) -> Then: ...
+    def take_notify(self, message: codec.NotifyMessage) -> Then: ...
     async def session_closed(self, request: pb.SessionClosedRequest) -> pb.SessionClosedResponse: ...
 
 
 class GateSide(Protocol):
-    """Replies for this node's clients."""
+    """Replies for this node's clients. ``take_*`` run synchronously in Trio's context and
+    raise ClusterError (NotFound: the client has left)."""
 
-    async def handle_push(self, message: pb.PushMessage) -> pb.MemberHandleResponse: ...
-    async def handle_response(self, message: pb.ResponseMessage) -> pb.MemberHandleResponse: ...
+    def take_push(self, message: codec.PushMessage) -> None: ...
+    def take_response(self, message: codec.ResponseMessage) -> None: ...
     async def close_session(self, request: pb.CloseSessionRequest) -> pb.CloseSessionResponse: ...
 
 
@@ -95,21 +108,46 @@ class MemberService(pb.MemberBase):
         self._gate = gate
         self._view = view
 
-    @crosses
-    async def handle_request(self, request_message: pb.RequestMessage) -> pb.MemberHandleResponse:
-        return await self._forwarded.handle_request(request_message)
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        """betterproto's mapping, with the four hot methods on hand codecs (:mod:`._codec`)
+        and synchronous Trio-side handlers: no betterproto message, no Trio task per call."""
+        mapping: dict[str, grpclib.const.Handler] = super().__mapping__()
+        hot = {
+            "HandleRequest": (self._handle_request, codec.RequestMessage),
+            "HandleNotify": (self._handle_notify, codec.NotifyMessage),
+            "HandlePush": (self._handle_push, codec.PushMessage),
+            "HandleResponse": (self._handle_response, codec.ResponseMessage),
+        }
+        for name, (handler, request_type) in hot.items():
+            mapping[f"/clusterpb.Member/{name}"] = grpclib.const.Handler(
+                handler, grpclib.const.Cardinality.UNARY_UNARY, request_type, codec.MemberHandleResponse
+            )
+        return mapping
 
-    @crosses
-    async def handle_notify(self, notify_message: pb.NotifyMessage) -> pb.MemberHandleResponse:
-        return await self._forwarded.handle_notify(notify_message)
+    async def _hot(self, stream: grpclib.server.Stream[Any, Any], take: Callable[[Any], Then], name: str) -> None:
+        try:
+            message = await stream.recv_message()
+        except codec.MessageError as exc:
+            raise grpclib.exceptions.GRPCError(Status.INVALID_ARGUMENT, f"{name}: {exc}") from None
+        try:
+            then = await self.bridge.call_soon(take, message)
+            if then is not None:
+                await self.bridge.to_trio(then)
+        except Exception as exc:
+            raise to_status(exc, name) from None
+        await stream.send_message(_ANSWERED)
 
-    @crosses
-    async def handle_push(self, push_message: pb.PushMessage) -> pb.MemberHandleResponse:
-        return await self._gate.handle_push(push_message)
+    async def _handle_request(self, stream: grpclib.server.Stream[Any, Any]) -> None:
+        await self._hot(stream, self._forwarded.take_request, "handle_request")
 
-    @crosses
-    async def handle_response(self, response_message: pb.ResponseMessage) -> pb.MemberHandleResponse:
-        return await self._gate.handle_response(response_message)
+    async def _handle_notify(self, stream: grpclib.server.Stream[Any, Any]) -> None:
+        await self._hot(stream, self._forwarded.take_notify, "handle_notify")
+
+    async def _handle_push(self, stream: grpclib.server.Stream[Any, Any]) -> None:
+        await self._hot(stream, self._gate.take_push, "handle_push")
+
+    async def _handle_response(self, stream: grpclib.server.Stream[Any, Any]) -> None:
+        await self._hot(stream, self._gate.take_response, "handle_response")
 
     @crosses
     async def new_member(self, new_member_request: pb.NewMemberRequest) -> pb.NewMemberResponse:
@@ -126,6 +164,9 @@ class MemberService(pb.MemberBase):
     @crosses
     async def close_session(self, close_session_request: pb.CloseSessionRequest) -> pb.CloseSessionResponse:
         return await self._gate.close_session(close_session_request)
+
+
+_ANSWERED: Final = codec.MemberHandleResponse()
 
 
 class MasterService(pb.MasterBase):
