@@ -309,6 +309,9 @@ async def test_after_the_logic_node_restarts_pushes_say_503_until_the_gates_are_
         await join(ann, "ann")
         await join(bob, "bob")
         await c.kill("logic")
+        # down past a heartbeat: the gates' heartbeats fail, and they register again as soon
+        # as it is back
+        await c.wait_log("gate1", "registering again", seconds=30)
         await c.start_command("logic again", launched["logic"][1:], ready="liveroom logic ready")
         answers = []
         with trio.fail_after(60):
@@ -328,7 +331,7 @@ async def test_after_the_logic_node_restarts_pushes_say_503_until_the_gates_are_
                 while (await viewer.receive_push("onComment")) != message:
                     pass
         assert set(answers) <= {503, 202}
-        assert "heartbeat to the master failed" in c.log("gate1") + c.log("gate2")
+        assert "registered" in c.log("logic again")
 
 
 async def test_the_launcher_stops_the_room_when_a_node_ends(tmp_path: Path) -> None:
