@@ -94,7 +94,7 @@ class Config:
       (default: ``"internal error"``; the text is logged either way).
     - ``merge_window``: seconds (0 < w <= 1; None or 0: off) a connection's writer may hold a Push to merge
       it with those that follow into one write (TCP: one ``send``; WebSocket: one message
-      holding several packets, which pomelo's, nano's and trionano's clients all decode), as
+      holding several packets, which pomelo's and trionano's JS clients decode), as
       go-push and goim batch by time; None (the default) writes at once. The window starts
       when the first packet of a write is queued, so no Push waits longer than it; a
       Response, heartbeat or Kick ends the window at once (it is written with whatever is
