@@ -2,7 +2,7 @@
 it stays cheap beside the server it loads. Run in its own process by bench/runtime.py; prints
 one JSON line of results, including its own CPU seconds.
 
-``python -m bench._loadgen b1 PORT --connections 50 --seconds 5 [--pomelo]``
+``python -m bench._loadgen b1 PORT --connections 50 --seconds 5 [--pomelo] [--window]``
 ``python -m bench._loadgen b4 PORT --sessions N --rounds K --packet-len L [--websocket]``
 ``python -m bench._loadgen hold PORT --sessions N`` (connect, handshake, hold until stdin closes)
 """
@@ -16,6 +16,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 from trionano import wire
 
@@ -122,14 +123,8 @@ class _Conn:
         self.sent_at = 0
 
 
-def _closed_loop_result(
-    socks: list[socket.socket], done: int, start: float, cpu0: float, latencies: list[int]
-) -> dict[str, float]:
-    elapsed = time.perf_counter() - start
-    used = cpu() - cpu0
+def _closed_loop_result(done: int, elapsed: float, used: float, latencies: list[int]) -> dict[str, Any]:
     latencies.sort()
-    for sock in socks:
-        sock.close()
     return {
         "requests": done,
         "seconds": elapsed,
@@ -140,42 +135,77 @@ def _closed_loop_result(
     }
 
 
+def packets(buf: bytearray) -> list[bytes]:
+    """Take whole packets off ``buf``."""
+    out = []
+    while len(buf) >= 4 and len(buf) >= (end := 4 + int.from_bytes(buf[1:4], "big")):
+        out.append(bytes(buf[:end]))
+        del buf[:end]
+    return out
+
+
 def packet_types(buf: bytearray) -> list[int]:
     """Take whole packets off ``buf``; their types."""
-    types = []
-    while len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[1:4], "big"):
-        types.append(buf[0])
-        del buf[: 4 + int.from_bytes(buf[1:4], "big")]
-    return types
+    return [packet[0] for packet in packets(buf)]
 
 
-def message_types(buf: bytearray) -> list[int]:
-    """Take whole WebSocket messages off ``buf``; the type of the packet each one carries."""
-    return [payload[0] for payload in ws_payloads(buf)]
+def message_packets(buf: bytearray) -> list[bytes]:
+    """Take whole WebSocket messages off ``buf``; the packets they carry."""
+    out = []
+    for payload in ws_payloads(buf):
+        out.extend(packets(bytearray(payload)))
+    return out
 
 
 def b1(
-    port: int, connections: int, seconds: float, pomelo: bool, websocket: bool = False, route: str = ROUTE
-) -> dict[str, float]:
+    port: int,
+    connections: int,
+    seconds: float,
+    pomelo: bool,
+    websocket: bool = False,
+    route: str = ROUTE,
+    window: bool = False,
+) -> dict[str, Any]:
     """Closed loop: each connection sends a request to ``route`` and waits for its answer,
-    again and again. ``websocket``: the same over WebSocket (one masked frame per request)."""
+    again and again; every answer must be the echo (the Response packet carrying the request's
+    body, byte for byte), or it is counted in ``wrong``. ``websocket``: the same over WebSocket
+    (one masked frame per request). ``window``: see :func:`closed_loop`."""
     frame = wire.MessageCodec().request_packet(1, route, BODY)
+    expected = wire.MessageCodec().response_packet(1, BODY)
     if websocket:
         socks = [connect(port, pomelo=True, websocket=True) for _ in range(connections)]
-        return closed_loop(socks, ws_frame(frame), seconds, message_types)
-    return closed_loop([connect(port, pomelo) for _ in range(connections)], frame, seconds, packet_types)
+        return closed_loop(socks, ws_frame(frame), expected, seconds, message_packets, window)
+    return closed_loop([connect(port, pomelo) for _ in range(connections)], frame, expected, seconds, packets, window)
+
+
+def _handshake_with_caller(what: str) -> None:
+    """Say ``what`` on stdout and wait for the caller's line on stdin."""
+    print(what, flush=True)
+    sys.stdin.readline()
 
 
 def closed_loop(
-    socks: list[socket.socket], frame: bytes, seconds: float, replies: Callable[[bytearray], list[int]]
-) -> dict[str, float]:
+    socks: list[socket.socket],
+    frame: bytes,
+    expected: bytes,
+    seconds: float,
+    replies: Callable[[bytearray], list[bytes]],
+    window: bool = False,
+) -> dict[str, Any]:
+    """``window``: the timed window is the caller's too: "ready" on stdout once every
+    connection is up (handshakes done), then wait for a line on stdin to start; "done" when the
+    time is up, then wait for a line before closing the connections. The caller samples the
+    server's CPU at those two points, so connecting and closing are not charged to requests."""
     selector = selectors.DefaultSelector()
     state = {}
     for sock in socks:
         sock.setblocking(False)
         selector.register(sock, selectors.EVENT_READ)
         state[sock] = _Conn()
+    if window:
+        _handshake_with_caller("ready")
     latencies: list[int] = []
+    wrong: list[bytes] = []
     cpu0 = cpu()
     start = time.perf_counter()
     deadline = start + seconds
@@ -183,20 +213,30 @@ def closed_loop(
         state[sock].sent_at = time.perf_counter_ns()
         sock.send(frame)
     done = 0
+    heartbeat = wire.PacketType.HEARTBEAT
     while time.perf_counter() < deadline:
         for key, _ in selector.select():
             sock = key.fileobj  # type: ignore[assignment]
             conn = state[sock]
             conn.buf += sock.recv(65536)
-            for ptype in replies(conn.buf):
-                if ptype == wire.PacketType.HEARTBEAT:
-                    continue
+            for packet in replies(conn.buf):
+                if packet != expected:
+                    if packet[0] == heartbeat:
+                        continue
+                    wrong.append(packet)
                 now = time.perf_counter_ns()
                 latencies.append(now - conn.sent_at)
                 done += 1
                 conn.sent_at = now
                 sock.send(frame)
-    return _closed_loop_result(socks, done, start, cpu0, latencies)
+    result = _closed_loop_result(done, time.perf_counter() - start, cpu() - cpu0, latencies)
+    if window:
+        _handshake_with_caller("done")
+    for sock in socks:
+        sock.close()
+    result["wrong"] = len(wrong)
+    result["first_wrong"] = wrong[0].hex() if wrong else ""
+    return result
 
 
 def b4(
@@ -284,9 +324,12 @@ def main() -> None:
     parser.add_argument("--paced", action="store_true", help="b4: yield after each broadcast")
     parser.add_argument("--route", default=ROUTE, help="b1: the echo handler's route")
     parser.add_argument("--websocket", action="store_true", help="b1, b4: over WebSocket")
+    parser.add_argument("--window", action="store_true", help="b1: the caller times the window (closed_loop)")
     args = parser.parse_args()
     if args.mode == "b1":
-        result = b1(args.port, args.connections, args.seconds, args.pomelo, args.websocket, args.route)
+        result: dict[str, Any] = b1(
+            args.port, args.connections, args.seconds, args.pomelo, args.websocket, args.route, args.window
+        )
     elif args.mode == "b4":
         result = b4(args.port, args.sessions, args.rounds, args.packet_len, args.baseline, args.paced, args.websocket)
     else:

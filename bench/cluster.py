@@ -17,8 +17,7 @@ Targets (issue #11): stream >= 0.3 of local (stretch 0.5), p99 < 10 ms at half l
 The local server also takes the open-loop load at the stream path's half rate (what the
 machine itself adds to the tail, same run), and each run prints the load average (the bench
 machine's 2 cores are shared). ``python -m bench.cluster crossing``: the bridge's crossing
-micro-bench (asyncio -> idle Trio -> asyncio, guest mode's thread against the selector wait).
-``B12_GUEST_THREAD=1`` in the environment runs B12's nodes in Trio's stock guest mode (A/B).
+micro-bench (asyncio -> idle Trio -> asyncio through guest mode's worker thread).
 
 Run: ``nox -s bench`` or ``python -m bench.cluster [--quick] [--runs N]``. ``--profile DIR``
 runs the gate and backend under cProfile (their stats in DIR/{gate,backend}-{path}.prof).
@@ -257,11 +256,10 @@ def paced(port: int, rate: float, seconds: float, connections: int) -> dict[str,
 # -- the bridge's crossing ---------------------------------------------------------------------
 
 
-def crossing(guest_thread: bool, count: int) -> dict[str, float]:
+def crossing(count: int) -> dict[str, float]:
     """asyncio -> Trio -> asyncio: ``Bridge.call_soon`` of a no-op from an asyncio task, each
     after a short random idle gap (so that Trio is idle, waiting, when the call comes); the
-    round trip's latency and the process CPU per crossing. ``guest_thread``: Trio's stock guest
-    mode (its idle wait in a worker thread) instead of the bridge's wait on asyncio's selector."""
+    round trip's latency and the process CPU per crossing."""
     import asyncio
     import random
 
@@ -287,7 +285,7 @@ def crossing(guest_thread: bool, count: int) -> dict[str, float]:
             await bridge.to_asyncio(ping)
             nursery.cancel_scope.cancel()
 
-    run(main, guest_thread=guest_thread)
+    run(main)
     latencies.sort()
     return {
         "p50_us": latencies[len(latencies) // 2] * 1e6,
@@ -298,15 +296,11 @@ def crossing(guest_thread: bool, count: int) -> dict[str, float]:
 
 def crossings(runs: int) -> None:
     print("bridge crossing (asyncio -> Trio -> asyncio round trip into an idle Trio), 2,000 per run:")
-    for label, thread in (("guest thread (stock)", True), ("selector wait (bridge)", False)):
-        figures = [
-            run_json("-m", "bench.cluster", "crossing-one", *(["--guest-thread"] if thread else []))
-            for _ in range(runs)
-        ]
-        print(
-            f"  {label:<24} p50 {med(figures, 'p50_us'):>6,.0f} us   p99 {med(figures, 'p99_us'):>7,.0f} us"
-            f"   {med(figures, 'cpu_us'):>6.1f} CPU-us per crossing (incl. the idle gaps' loop work)"
-        )
+    figures = [run_json("-m", "bench.cluster", "crossing-one") for _ in range(runs)]
+    print(
+        f"  {'guest mode':<24} p50 {med(figures, 'p50_us'):>6,.0f} us   p99 {med(figures, 'p99_us'):>7,.0f} us"
+        f"   {med(figures, 'cpu_us'):>6.1f} CPU-us per crossing (incl. the idle gaps' loop work)"
+    )
 
 
 # -- a node -----------------------------------------------------------------------------------
@@ -345,7 +339,7 @@ def node(role: str, listen: str, master: str, unary: bool) -> None:
             await trio.to_thread.run_sync(sys.stdin.read)
             cluster_node.server.shutdown()
 
-    run(main, guest_thread=os.environ.get("B12_GUEST_THREAD") == "1")
+    run(main)
 
 
 def main() -> None:
@@ -364,8 +358,7 @@ def main() -> None:
     paced_parser.add_argument("--connections", type=int, default=50)
     crossing_parser = sub.add_parser("crossing", help="the bridge's crossing micro-bench")
     crossing_parser.add_argument("--runs", type=int, default=3)
-    one_parser = sub.add_parser("crossing-one", help="(internal) one crossing run; prints JSON")
-    one_parser.add_argument("--guest-thread", action="store_true")
+    sub.add_parser("crossing-one", help="(internal) one crossing run; prints JSON")
     parser.add_argument("--quick", action="store_true", help="2 s runs")
     parser.add_argument("--runs", "--repeats", type=int, default=3, help="runs (medians need >= 3)")
     parser.add_argument(
@@ -384,7 +377,7 @@ def main() -> None:
     elif args.command == "crossing":
         crossings(max(args.runs, 1))
     elif args.command == "crossing-one":
-        print(json.dumps(crossing(args.guest_thread, 2000)))
+        print(json.dumps(crossing(2000)))
     elif args.command == "paced":
         print(json.dumps(paced(args.port, args.rate, args.seconds, args.connections)))
     else:

@@ -3,7 +3,8 @@
 In-process, no sockets: one Request packet at a time through the parts a served request
 passes (B1's echo: 64 B JSON body), timed per layer over many requests, best of 5 rounds:
 
-- protocol: ``wire.Connection`` takes the bytes and hands out the Request (then None);
+- protocol: ``wire.Connection.receive_requests`` takes the bytes and hands out the Request's
+  id, route and body (the agent's fused path for reads of whole Requests);
 - router: the route, its counters, the body's JSON decoding, the task queued on the lane;
 - handler + answer: the lane's task: the handler, its error boundary and timing, the JSON
   encoding, the Response packet, the outbox;
@@ -61,17 +62,17 @@ def trionano_layers() -> dict[str, float]:
     packet = wire.MessageCodec().request_packet(1, "bench.echo", BODY)
     lane = server.router._main._receive
     outbox = agent._receive
-    dispatch = server.router.dispatch
+    dispatch = server.router.dispatch_request
+    receive_requests = conn.receive_requests
     session = agent.session
     clock = time.perf_counter
     totals = dict.fromkeys(("protocol", "router", "handler + answer", "channels"), 0.0)
     for _ in range(REQUESTS):
         t0 = clock()
-        conn.receive_data(packet, 0.0)
-        event = conn.next_event()
-        conn.next_event()
+        requests = receive_requests(packet, 0.0)  # the reader's fused path
         t1 = clock()
-        dispatch(session, event)  # type: ignore[arg-type]
+        for mid, route, body in requests:  # type: ignore[union-attr]
+            dispatch(session, mid, route, body)
         t2 = clock()
         task = lane.receive_nowait()
         t3 = clock()

@@ -131,13 +131,39 @@ def median(values: list[float]) -> float:
 def closed_loop(kind: str, seconds: float, *extra: str, connections: int = 50) -> dict[str, Any]:
     """B1's load (a closed loop over ``connections``) against a fresh server ``kind`` (see
     :func:`peer`), the server and the load generator each pinned to a core of its own. Adds
-    ``server_cpu_us``: the server's CPU (every process of it) per request."""
+    ``server_cpu_us``: the server's CPU (every process of it) per request, sampled when every
+    connection is up and again when the time is up (connecting, handshakes and closing are not
+    charged to requests). Raises RuntimeError when an answer was not the echo."""
     with peer(kind) as (port, pids):
-        time.sleep(0.2)  # start-up work is not charged to the requests
+        args = ["b1", str(port), "--connections", str(connections), "--seconds", str(seconds), "--window", *extra]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench._loadgen", *args],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        pin(proc.pid, LOADGEN_CORE)
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            proc.kill()
+            raise RuntimeError(f"the load generator did not connect to {kind}")
+        time.sleep(0.2)  # the handshakes' work is done
         cpu0 = sum(cpu_seconds(pid) for pid in pids)
-        args = ["b1", str(port), "--connections", str(connections), "--seconds", str(seconds), *extra]
-        result = loadgen(*args, pinned=True)
-        result["server_cpu_us"] = (sum(cpu_seconds(pid) for pid in pids) - cpu0) / result["requests"] * 1e6
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        if proc.stdout.readline().strip() != "done":
+            proc.kill()
+            raise RuntimeError(f"the load generator failed against {kind}")
+        cpu1 = sum(cpu_seconds(pid) for pid in pids)
+        out, _ = proc.communicate("close\n")
+        if proc.returncode:
+            raise subprocess.CalledProcessError(proc.returncode, proc.args, out)
+        result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        result["server_cpu_us"] = (cpu1 - cpu0) / result["requests"] * 1e6
+    if result["wrong"]:
+        raise RuntimeError(f"{kind}: {result['wrong']} answers were not the echo; the first: {result['first_wrong']}")
     return result
 
 
@@ -182,7 +208,9 @@ def b1(seconds: float, repeats: int, connection_counts: list[int], goals: list[s
         f"B1 request/response over TCP: closed loop, 64 B JSON echo, {seconds:g} s per run, "
         f"{repeats} interleaved rounds; server on core {SERVER_CORE}, load generator on core {LOADGEN_CORE}.\n"
         "  baseline: the floor (bench._servers floor: trionano's required shape, reader + writer tasks per"
-        " connection, memory channels, one scheduler task; an inline codec and nothing else)"
+        " connection, memory channels, one scheduler task; an inline codec and nothing else)\n"
+        "  server CPU is sampled once every connection is up and again when the time is up (connecting and"
+        " closing are not charged to requests); every answer is checked to be the echo"
     )
     results: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for run in range(repeats):

@@ -5,7 +5,9 @@
     Server.serve_connection  (a task in the server's connections nursery)
     └── Agent.run: nursery
         ├── reader: this task: receive, let the wire.Connection decode, hand each Request or
-        │           Notify to the router (waiting only when its lane is full)
+        │           Notify to the router (waiting only when its lane is full); a read of whole
+        │           Requests (the common case) takes the fused path: receive_requests decodes
+        │           them at once, Router.dispatch_request queues each handler call
         └── writer: drain the outbox, join what is queued into one write
 
 Every packet in either direction goes through the connection's ``wire.Connection``, so nothing
@@ -94,6 +96,7 @@ class Agent:
         "_log",
         "_max_bytes",
         "_on_working",
+        "_outbound_pipeline",
         "_queued",
         "_queued_bytes",
         "_reader_scope",
@@ -136,6 +139,7 @@ class Agent:
         self._counters = counters
         self._log = log
         self._on_working = on_working
+        self._outbound_pipeline = config.pipeline.outbound  # its .funcs: tested on every answer
         self.conn: Final = WireConnection(Role.SERVER, heartbeat=config.heartbeat, codec=codec, now=trio.current_time())
         self._send, self._receive = trio.open_memory_channel[bytes](float("inf"))
         self._queued = 0  # packets in the outbox
@@ -210,14 +214,37 @@ class Agent:
         session = self.session
         limiter = self._limiter
         current_time = trio.lowlevel.current_clock().current_time  # trio.current_time, two calls fewer
+        receive_requests = conn.receive_requests
+        dispatch_request = self._router.dispatch_request
         handshake_scope = trio.CancelScope(deadline=current_time() + self._config.handshake_timeout)
         try:
             with handshake_scope:
                 while True:
                     data = await receive_some(read_size)
                     now = current_time()
-                    conn.receive_data(data, now)
                     budget = EVENTS_PER_WAKEUP
+                    requests = receive_requests(data, now)
+                    if requests is not None:
+                        # the fused fast path: only whole Requests were read (the common case),
+                        # decoded without event objects, each handed to the router at once
+                        for mid, route, body in requests:
+                            if limiter is not None:
+                                verdict = limiter.check(now)
+                                if verdict is not Verdict.OK:
+                                    if verdict is Verdict.KICK:
+                                        return self._rate_kick()
+                                    self._counters.dropped_rate += 1
+                                    self._router.answer_error(session, mid, CODE_RATE_LIMITED, "rate limit exceeded")
+                                    continue
+                            pending = dispatch_request(session, mid, route, body)
+                            if pending is not None:
+                                await pending[0].push(pending[1])  # the lane is full: wait for room
+                            budget -= 1
+                            if not budget:
+                                budget = EVENTS_PER_WAKEUP
+                                await trio.lowlevel.checkpoint()
+                        continue
+                    conn.receive_data(data, now)
                     while True:
                         event = conn.next_event()
                         if event is None:
@@ -226,14 +253,7 @@ class Agent:
                             verdict = limiter.check(now)
                             if verdict is not Verdict.OK:
                                 if verdict is Verdict.KICK:
-                                    self._log.warning(
-                                        "rate limit",
-                                        "session %d from %s kicked: over its rate limit",
-                                        session.id,
-                                        self.remote_address,
-                                    )
-                                    self._counters.kicked("rate limit")
-                                    return Kick("rate limit")
+                                    return self._rate_kick()
                                 self._refuse(event)
                                 continue
                         kind = type(event)
@@ -264,6 +284,13 @@ class Agent:
         self._log.info("handshake timeout", "%s did not complete a handshake in time", self.remote_address)
         self._counters.kicked("handshake timeout")
         return Kick("handshake timeout")
+
+    def _rate_kick(self) -> Kick:
+        self._log.warning(
+            "rate limit", "session %d from %s kicked: over its rate limit", self.session.id, self.remote_address
+        )
+        self._counters.kicked("rate limit")
+        return Kick("rate limit")
 
     def _refuse(self, event: object) -> None:
         """A packet over the rate limit: dropped and counted; a Request is answered 429."""
@@ -543,7 +570,7 @@ class Agent:
         # every request's answer comes here: _not_working's checks, folded into the encoding
         if self.closed:
             raise trio.BrokenResourceError("the session is closed")
-        if self._config.pipeline.outbound.funcs:
+        if self._outbound_pipeline.funcs:
             if self._not_working():
                 return False
             refined = self._outbound(MessageType.RESPONSE, "", body, mid)
@@ -558,10 +585,23 @@ class Agent:
             raise self._too_large(body) from None
         counters = self._counters
         counters.encoded += 1
-        if self._enqueue(packet, droppable=False):
-            counters.responses_out += 1
-            return True
-        return False
+        # _enqueue, inlined for the common case (the outbox under its soft limits); a
+        # Response is never dropped, only the memory bound applies to it
+        if self._queued >= self._soft_limit or self._queued_bytes >= self._soft_bytes:
+            if not self._enqueue(packet, droppable=False):
+                return False
+        else:
+            try:
+                self._send.send_nowait(packet)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                counters.dropped_closed += 1
+                return False
+            self._queued += 1
+            self._queued_bytes += len(packet)
+            if self._flush_at != _NEVER:  # a merge window is open: a Response ends it
+                self._ask_flush(0.0)
+        counters.responses_out += 1
+        return True
 
     def heartbeat(self, now: float) -> bool:
         """Kick a peer silent past its deadline (returns True), or send the heartbeat that

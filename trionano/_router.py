@@ -21,6 +21,7 @@ code   when
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Mapping
 from time import perf_counter
 from typing import Final, Protocol, TypeAlias
@@ -33,7 +34,7 @@ from ._log import RateLimitedLog, client_text
 from ._pipeline import Pipeline, PipelineMessage
 from ._serializer import Unmarshal
 from ._session import Call, Session, current_call
-from ._stats import ROUTE_FORWARDED, ROUTE_UNKNOWN, Counters, RouteCounters
+from ._stats import LATENCY_BOUNDS, ROUTE_FORWARDED, ROUTE_UNKNOWN, Counters, RouteCounters
 from .nursery_scheduler import Lane, Scheduler, Task
 from .wire import MessageType, Notify, Request
 
@@ -55,6 +56,9 @@ CODE_TOO_LARGE: Final = 413
 CODE_RATE_LIMITED: Final = 429
 CODE_INTERNAL: Final = 500
 CODE_UNAVAILABLE: Final = 503
+
+_set_call: Final = current_call.set
+_reset_call: Final = current_call.reset
 
 #: What :meth:`Router.dispatch` hands back when the reader must wait: the full lane and the
 #: task to push onto it.
@@ -122,13 +126,37 @@ class Router:
         """Queue ``message``'s handler call (or its error answer) on its lane, or hand a route
         hosted elsewhere to the remote router. Returns None when done, or the full lane and the
         task the reader must push first (see :data:`Pending`): waiting on a full lane is
-        backpressure on that connection alone; a remote route never makes it wait. Not a coroutine: no allocation
-        per message for the common case. Never raises for anything the client sent."""
-        route = message.route
+        backpressure on that connection alone; a remote route never makes it wait. Not a
+        coroutine: no allocation per message for the common case. Never raises for anything
+        the client sent."""
         if type(message) is Request:
-            is_request, mid = True, message.id
-        else:
-            is_request, mid = False, 0
+            return self.dispatch_request(session, message.id, message.route, message.body)
+        return self._dispatch(session, message, 0)
+
+    def dispatch_request(self, session: Session, mid: int, route: str, body: bytes) -> Pending | None:
+        """:meth:`dispatch` for Request ``mid`` to ``route`` with ``body``, without the
+        Request object: the reader's fused fast path. Same returns and guarantees."""
+        entry = self._handlers.get(route)
+        if entry is None or self._inbound.funcs:  # forwarded, unknown, or a pipeline to run
+            return self._dispatch(session, Request(mid, route, body), mid)
+        handler, unmarshal, counts = entry
+        counts.requests += 1
+        try:
+            arg = unmarshal(body)
+        except SerializeError as exc:
+            return self._undecodable(session, route, mid, exc)
+        lane = self._main if not handler.lane else self._lane(session, handler)
+        task = self._call(session, handler, arg, mid, counts)
+        try:  # _queue, inlined: every request comes here
+            lane.push_nowait(task)
+        except trio.WouldBlock:
+            return lane, task
+        return None
+
+    def _dispatch(self, session: Session, message: Request | Notify, mid: int) -> Pending | None:
+        """:meth:`dispatch` in full: any message (``mid``: a Request's id, else 0)."""
+        route = message.route
+        is_request = type(message) is Request
         entry = self._handlers.get(route)
         if entry is None:
             remote = self.remote
@@ -142,10 +170,7 @@ class Router:
             self._log.warning("unknown route", "unknown route %s from session %d", client_text(route), session.id)
             return self._refuse(session, mid, CODE_NOT_FOUND, f"route not found: {route}")
         handler, unmarshal, counts = entry
-        if is_request:
-            counts.requests += 1
-        else:
-            counts.notifies += 1
+        _count_in(counts, is_request)
         body = message.body
         if self._inbound.funcs:
             pipeline_message = PipelineMessage(MessageType(message.type), route, body, mid)
@@ -159,15 +184,13 @@ class Router:
         try:
             arg = unmarshal(body)
         except SerializeError as exc:
-            self._log.warning("bad body", "undecodable body for %s: %s", route, client_text(str(exc)))
-            return self._refuse(session, mid, CODE_BAD_REQUEST, str(exc))
+            return self._undecodable(session, route, mid, exc)
         lane = self._main if not handler.lane else self._lane(session, handler)
-        task = self._call(session, handler, arg, mid, counts)
-        try:  # _queue, inlined: every message comes here
-            lane.push_nowait(task)
-        except trio.WouldBlock:
-            return lane, task
-        return None
+        return self._queue(lane, self._call(session, handler, arg, mid, counts))
+
+    def _undecodable(self, session: Session, route: str, mid: int, exc: SerializeError) -> Pending | None:
+        self._log.warning("bad body", "undecodable body for %s: %s", route, client_text(str(exc)))
+        return self._refuse(session, mid, CODE_BAD_REQUEST, str(exc))
 
     def _lane(self, session: Session, handler: Handler) -> Lane:
         own = session.get(handler.lane)
@@ -194,42 +217,68 @@ class Router:
     # -- the per-request error boundary -----------------------------------------------------
 
     def _call(self, session: Session, handler: Handler, arg: object, mid: int, timing: RouteCounters) -> Task:
+        """The task that calls ``handler``: the per-request error boundary, with the common
+        answer fused in (a value serialized and queued as the Response without a call of ours
+        in between: the serializer's ``marshal`` and the entity's ``send_response``)."""
         func = handler.func
         route = handler.route
+        entity = session.entity
+        marshal = session.serializer.marshal
+        buckets = timing.buckets  # Timing.observe, inlined below
         if handler.is_async:
 
             async def call_async() -> None:
                 call = Call(route, mid)
-                token = current_call.set(call)
+                token = _set_call(call)
                 start = perf_counter()
                 try:
                     result = await func(session, arg)
                 except Exception as exc:
                     self._failed(session, call, exc)
                 else:
-                    if mid:
-                        self._answer(session, call, result)
+                    if mid and not call.answered:
+                        if result is None:
+                            self._answer(session, call, result)
+                        else:
+                            try:  # a closed session raises BrokenResourceError: _failed counts it
+                                entity.send_response(session, mid, marshal(result))
+                            except Exception as exc:  # SerializeError, MessageTooLarge, closed
+                                self._failed(session, call, exc)
+                            else:
+                                call.answered = True
                 finally:
-                    timing.observe(perf_counter() - start)
-                    current_call.reset(token)
+                    elapsed = perf_counter() - start
+                    buckets[bisect_left(LATENCY_BOUNDS, elapsed)] += 1
+                    timing.seconds += elapsed
+                    _reset_call(token)
 
             return call_async
 
         # the twin of call_async: a sync handler's call costs no coroutine per message
         def call_sync() -> None:
             call = Call(route, mid)
-            token = current_call.set(call)
+            token = _set_call(call)
             start = perf_counter()
             try:
                 result = func(session, arg)
             except Exception as exc:
                 self._failed(session, call, exc)
             else:
-                if mid:
-                    self._answer(session, call, result)
+                if mid and not call.answered:
+                    if result is None:
+                        self._answer(session, call, result)
+                    else:
+                        try:  # a closed session raises BrokenResourceError: _failed counts it
+                            entity.send_response(session, mid, marshal(result))
+                        except Exception as exc:  # SerializeError, MessageTooLarge, closed
+                            self._failed(session, call, exc)
+                        else:
+                            call.answered = True
             finally:
-                timing.observe(perf_counter() - start)
-                current_call.reset(token)
+                elapsed = perf_counter() - start
+                buckets[bisect_left(LATENCY_BOUNDS, elapsed)] += 1
+                timing.seconds += elapsed
+                _reset_call(token)
 
         return call_sync
 

@@ -543,9 +543,15 @@ class JSONSerializer:
         if annotation in (Any, object, None):
             return loads
         if _is_plain_dict(annotation):
+            orjson_module = self._orjson
+            fast = orjson_module.loads if orjson_module is not None else loads
+            failed = orjson_module.JSONDecodeError if orjson_module is not None else SerializeError
 
             def to_dict(body: bytes) -> Any:
-                value = loads(body)
+                try:  # the common case without loads' own call: orjson reads it
+                    value = fast(body)
+                except failed:  # loads decides (CESU-8, lone surrogates, or not JSON)
+                    value = loads(body)
                 if type(value) is not dict:
                     raise SerializeError(f"deserialize to dict failed: expected an object, got {_json_type(value)}")
                 return value

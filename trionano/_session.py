@@ -197,7 +197,7 @@ class Session(metaclass=_NoPublicConstructor):
     store per-session data; nano's ``set``/``value``/``get_int``... are aliases.
     """
 
-    __slots__ = ("__weakref__", "_data", "_entity", "_fanout", "_remote", "id", "serializer", "uid")
+    __slots__ = ("__weakref__", "_data", "_fanout", "_remote", "entity", "id", "serializer", "uid")
 
     def __init__(
         self,
@@ -210,7 +210,9 @@ class Session(metaclass=_NoPublicConstructor):
         self.id: Final = id  # unique per server (per cluster with a cluster's id source), < 2^53
         self.uid = 0
         self.serializer: Final = serializer
-        self._entity = entity
+        #: Where this session's messages go (its agent, or a cluster gate's stand-in); fixed
+        #: for the session's life (an attribute, not a property: every answer reads it).
+        self.entity: Final = entity
         self._remote = remote
         self._fanout = fanout
         self._data: dict[str, Any] = {}
@@ -227,11 +229,6 @@ class Session(metaclass=_NoPublicConstructor):
         self.uid = uid
 
     @property
-    def entity(self) -> NetworkEntity:
-        """Where this session's messages go (its agent, or a cluster gate's stand-in)."""
-        return self._entity
-
-    @property
     def fanout(self) -> FanOut | None:
         """The server's fan-out, which runs large broadcasts bucket by bucket and keeps this
         session's Pushes in order behind them (None for a session made outside a server)."""
@@ -240,13 +237,13 @@ class Session(metaclass=_NoPublicConstructor):
     @property
     def remote_address(self) -> str:
         """The client's ``"host:port"`` (over a cluster, the gate's view of it)."""
-        return self._entity.remote_address
+        return self.entity.remote_address
 
     @property
     def closed(self) -> bool:
         """Whether the connection is closing or closed: pushes and responses now raise
         trio.BrokenResourceError."""
-        return self._entity.closed
+        return self.entity.closed
 
     @property
     def last_mid(self) -> int:
@@ -268,14 +265,14 @@ class Session(metaclass=_NoPublicConstructor):
         session (see :class:`~trionano.Group`), the Push is queued behind it by the server's
         fan-out and counts as queued. Raises trio.BrokenResourceError if closed,
         SerializeError, MessageTooLarge."""
-        if self._entity.closed:
+        if self.entity.closed:
             raise trio.BrokenResourceError("the session is closed")
         body = self.serializer.marshal(value)
         fanout = self._fanout
         if fanout is not None and fanout.behind(self):  # a broadcast is still on its way here: after it
             fanout.after(self, lambda session: session.entity.send_push(session, route, body))
             return True
-        return self._entity.send_push(self, route, body)
+        return self.entity.send_push(self, route, body)
 
     def response(self, value: object, *, mid: int | None = None) -> bool:
         """Answer the Request being handled, or the one whose id is ``mid`` (see :meth:`defer`
@@ -296,9 +293,9 @@ class Session(metaclass=_NoPublicConstructor):
     def respond_raw(self, mid: int, body: bytes) -> bool:
         """Queue an already serialized Response body for request ``mid``. Raises
         trio.BrokenResourceError if closed, MessageTooLarge."""
-        if self._entity.closed:
+        if self.entity.closed:
             raise trio.BrokenResourceError("the session is closed")
-        return self._entity.send_response(self, mid, body)
+        return self.entity.send_response(self, mid, body)
 
     def defer(self) -> DeferredResponse:
         """Promise to answer the Request being handled later (from a timer, another lane, a
@@ -331,7 +328,7 @@ class Session(metaclass=_NoPublicConstructor):
 
             fanout.after(self, kick_now)
             return
-        self._entity.kick(reason)
+        self.entity.kick(reason)
 
     def close(self) -> None:
         """Close the connection without a Kick. Idempotent; close hooks run once."""
@@ -344,7 +341,7 @@ class Session(metaclass=_NoPublicConstructor):
 
             fanout.after(self, close_now)
             return
-        self._entity.close()
+        self.entity.close()
 
     # -- data -------------------------------------------------------------------------------
 

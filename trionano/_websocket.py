@@ -3,7 +3,8 @@
 Each accepted connection's HTTP request head is read here (h11): an ``Upgrade: websocket``
 request to the configured path is accepted (wsproto's handshake), and the connection becomes a
 :class:`WebSocketServerStream`, then an agent; a plain ``GET`` is answered from the static
-directory, if any. The server drives the framing of websockets' sans-I/O engine itself, in
+directory, if any. The server drives websockets' sans-I/O engine itself (inbound frames and
+control frames; its outbound data frames, unmasked binary FIN frames, are framed inline), in
 the agent's reader and writer (measured against wsproto's, bench/websocket.py: several times
 cheaper per message); trio-websocket serves the client side (:class:`WebSocketStream`). Inbound, binary and
 text messages both feed the packet stream (a packet may span messages; a message may hold
@@ -54,6 +55,24 @@ _TEXT: Final = Opcode.TEXT
 OriginCheck = Callable[[str | None], bool]
 
 
+# a server's binary message as one unmasked FIN frame (RFC 6455 section 5.2): the head by length
+_SHORT_HEADS: Final = tuple(bytes((0x80 | Opcode.BINARY, n)) for n in range(126))
+_HEAD_16: Final = bytes((0x80 | Opcode.BINARY, 126))
+_HEAD_64: Final = bytes((0x80 | Opcode.BINARY, 127))
+
+
+def _binary_frame(data: bytes | bytearray | memoryview) -> bytes:
+    """``data`` framed as one binary message by a server (unmasked, FIN): the outbound data
+    path, built here rather than by the engine (whose frame objects cost several times more);
+    control frames stay the engine's."""
+    n = len(data)
+    if n < 126:
+        return _SHORT_HEADS[n] + data
+    if n < 1 << 16:
+        return _HEAD_16 + n.to_bytes(2, "big") + data
+    return _HEAD_64 + n.to_bytes(8, "big") + data
+
+
 class _EngineLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     """websockets' log for the server's connections: its per-connection INFO ("connection
     closed") dropped, the rest to trionano's WebSocket logger."""
@@ -93,10 +112,12 @@ class WebSocketServerStream(trio.abc.Stream):
         "_closed",
         "_eof",
         "_framing_failed",
+        "_nowait",
         "_parts",
         "_pending",
         "_received",
         "_receiving",
+        "_rest",
         "_sending",
         "_text",
         "_write_turn",
@@ -119,6 +140,9 @@ class WebSocketServerStream(trio.abc.Stream):
         self._sending = False
         self._writing = False
         self._write_turn = trio.lowlevel.ParkingLot()
+        # the transport's non-blocking write (FdStream's), if it has one
+        self._nowait: Callable[[bytes], int] | None = getattr(transport, "send_some_nowait", None)
+        self._rest: bytes | None = None  # a message send_some_nowait left under way: its unsent bytes
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._closed:
@@ -190,19 +214,61 @@ class WebSocketServerStream(trio.abc.Stream):
                 return messages[0] if len(messages) == 1 else b"".join(messages)
         return b""
 
+    def send_some_nowait(self, data: bytes) -> int:
+        """Send ``data`` as one binary message without waiting, as far as the transport takes
+        it now (the agent's writer tries this before it waits, as over TCP). Returns how many
+        bytes of ``data`` went out: all of them, or fewer when the transport's buffer filled;
+        then the message is under way, and the next call must be ``send_all`` with the rest of
+        ``data`` (it completes the message; the receiver's control frames wait for it). Not a
+        checkpoint. Raises trio.WouldBlock (nothing sent: the transport cannot take it now, has
+        no non-blocking write, or a control frame is being written), trio.BusyResourceError,
+        trio.ClosedResourceError, trio.BrokenResourceError (the WebSocket is closing)."""
+        if self._closed:
+            raise trio.ClosedResourceError("the WebSocket was closed")
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this WebSocket")
+        nowait = self._nowait
+        if nowait is None or self._writing:
+            raise trio.WouldBlock
+        ws = self._ws
+        if ws.state is not _OPEN:
+            raise trio.BrokenResourceError("the WebSocket is closing")
+        frame = _binary_frame(data)
+        try:
+            sent = nowait(frame)
+        except trio.WouldBlock:
+            sent = 0
+        if sent == len(frame):
+            return len(data)
+        # the rest waits for send_all: the write turn is held so that no control frame lands
+        # inside this message's frame
+        self._rest = frame[sent:]
+        self._writing = True
+        return max(0, sent - (len(frame) - len(data)))
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._closed:
             raise trio.ClosedResourceError("the WebSocket was closed")
         if self._sending:
             raise trio.BusyResourceError("another task is sending on this WebSocket")
+        rest = self._rest
+        if rest is not None:  # the rest of a message send_some_nowait began (``data``'s tail)
+            self._sending = True
+            try:
+                await self.transport_stream.send_all(rest)
+            finally:
+                self._rest = None
+                self._sending = self._writing = False
+                if self._write_turn:
+                    self._write_turn.unpark()
+            return
         ws = self._ws
         if ws.state is not _OPEN:
             raise trio.BrokenResourceError("the WebSocket is closing")
-        ws.send_binary(data)
-        frames = ws.data_to_send()
+        frame = _binary_frame(data)
         self._sending = True
         try:
-            await self._write(frames[0] if len(frames) == 1 else b"".join(frames))
+            await self._write(frame)
         finally:
             self._sending = False
 
@@ -231,6 +297,13 @@ class WebSocketServerStream(trio.abc.Stream):
             return
         self._closed = True
         ws = self._ws
+        if self._rest is not None:  # a message left half sent: no clean close frame can follow
+            self._rest = None
+            self._writing = False
+            if self._write_turn:
+                self._write_turn.unpark()
+            await self.transport_stream.aclose()
+            return
         try:
             if ws.state is _OPEN:
                 ws.send_close(CloseCode.NORMAL_CLOSURE)

@@ -1,49 +1,18 @@
-"""The asyncio <-> Trio bridge: an idle Trio waits on asyncio's selector (no guest-mode worker
-thread), and still wakes for its timers, its sockets and calls from asyncio; calls from asyncio
-run in order, at Trio's next tick, with their results and errors."""
+"""The asyncio <-> Trio bridge: an idle Trio (hosted in guest mode) wakes for its timers, its
+sockets and calls from asyncio; calls from asyncio run in order, at Trio's next tick, with their
+results and errors."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
-import subprocess
-import sys
-from pathlib import Path
 
-import pytest
 import trio
 
 from trionano.cluster import Bridge, NodeStopping, run
 
-IDLE_THREADS = """
-import os, sys, trio
-from trionano.cluster import run
 
-async def main(bridge):
-    await trio.sleep(0.2)  # idle: Trio waits for its next deadline
-    print(len(os.listdir("/proc/self/task")))
-
-run(main, guest_thread=sys.argv[1] == "thread")
-"""
-
-
-@pytest.mark.parametrize("guest_thread", [False, True], ids=["selector", "guest-thread"])
-def test_an_idle_trio_waits_in_no_thread(guest_thread: bool) -> None:
-    """In a fresh process (no thread cached by anything before): guest mode waits in a worker
-    thread, the bridge's selector wait in none."""
-    out = subprocess.run(
-        [sys.executable, "-c", IDLE_THREADS, "thread" if guest_thread else "selector"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-        cwd=Path(__file__).resolve().parents[2],  # this checkout's trionano
-    ).stdout
-    assert int(out) == (2 if guest_thread else 1)
-
-
-@pytest.mark.parametrize("guest_thread", [False, True], ids=["selector", "guest-thread"])
-def test_an_idle_trio_wakes_for_timers_sockets_and_asyncio(guest_thread: bool) -> None:
+def test_an_idle_trio_wakes_for_timers_sockets_and_asyncio() -> None:
     seen: dict[str, object] = {}
 
     async def main(bridge: Bridge) -> None:
@@ -70,7 +39,7 @@ def test_an_idle_trio_wakes_for_timers_sockets_and_asyncio(guest_thread: bool) -
 
             seen["call"] = await bridge.to_asyncio(from_asyncio)
 
-    run(main, guest_thread=guest_thread)
+    run(main)
     assert seen["socket"] == b"x"
     assert seen["call"] == 42
 

@@ -28,6 +28,7 @@ from wsproto.handshake import H11Handshake
 from tests.runtime.apps import echo_components, wait_until
 from tests.runtime.test_websocket import packets_of
 from trionano import Kicked, Server, WebSocketEndpoint, wire
+from trionano._fdstream import FdStream
 from trionano._websocket import WebSocketServerStream
 from trionano.client import open_websocket_client
 
@@ -431,3 +432,64 @@ async def test_a_transport_eof_is_an_eof() -> None:
     async with stream_pair() as pair:
         await pair.peer.aclose()
         assert await pair.stream.receive_some(10) == b""
+
+
+async def test_a_nonblocking_send_left_under_way_is_completed_by_send_all_before_a_pong() -> None:
+    # over a real socket pair (FdStream's non-blocking write): a message larger than the
+    # kernel's buffers goes out in part; the pong answering a ping that arrives meanwhile waits
+    # until send_all has written the rest, so the client sees the message whole, then the pong
+    a, b = trio.socket.socketpair()
+    server_end = FdStream(a)
+    peer = FdStream(b)
+    server = H11Handshake(ConnectionType.SERVER)
+    client_handshake = H11Handshake(ConnectionType.CLIENT)
+    server.receive_data(client_handshake.send(Request(host="x", target="/")))
+    server.events()
+    client_handshake.receive_data(server.send(AcceptConnection()))
+    client_handshake.events()
+    client = client_handshake.connection
+    assert client is not None
+    stream = WebSocketServerStream(server_end, max_message_size=1 << 20)
+    assert stream.send_some_nowait(b"small") == 5  # all of it, at once
+    message = bytes(range(256)) * (16 * 1024)  # 4 MiB: more than the buffers hold
+    sent = stream.send_some_nowait(message)
+    assert 0 <= sent < len(message)
+    with pytest.raises(trio.WouldBlock):  # the message is under way: nothing else goes first
+        stream.send_some_nowait(b"next")
+    events: list[Event] = []
+
+    async def read_client() -> None:
+        while not any(isinstance(event, Pong) for event in events):
+            client.receive_data(bytes(await peer.receive_some(1 << 20)))
+            events.extend(client.events())
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await peer.send_all(client.send(Ping(b"hi")))
+            nursery.start_soon(stream.receive_some, 10)  # answers the ping (it waits its turn)
+            nursery.start_soon(stream.send_all, memoryview(message)[sent:])
+            await read_client()
+            nursery.cancel_scope.cancel()  # the receiver waits for messages that never come
+    received = b"".join(event.data for event in events if isinstance(event, BytesMessage))
+    assert received == b"small" + message
+    assert isinstance(events[-1], Pong)
+    assert stream.send_some_nowait(b"again") == 5  # the write turn is free again
+    await trio.aclose_forcefully(stream)
+    await peer.aclose()
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 70000])
+async def test_each_message_length_is_framed_as_a_client_reads_it(size: int) -> None:
+    # the three length encodings of a server's frame head, at and around their bounds
+    message = bytes(n % 251 for n in range(size))
+    async with stream_pair(max_message_size=1 << 20) as pair, trio.open_nursery() as nursery:
+        nursery.start_soon(pair.stream.send_all, message)
+        received = b""
+        while len(received) < size or not received:
+            pair.client.receive_data(bytes(await pair.peer.receive_some(1 << 20)))
+            events = list(pair.client.events())
+            received += b"".join(bytes(e.data) for e in events if isinstance(e, BytesMessage))
+            if size == 0 and events:
+                assert events == [BytesMessage(b"")]
+                break
+        assert received == message

@@ -222,3 +222,64 @@ def test_whole_packet_encoders_refuse_what_a_decoder_would() -> None:
         codec.response_packet(-1, b"")  # not the last cached head
     for id in (0, 127, 128, 16383, 16384):  # either side of the cached heads and of 2-byte varints
         assert codec.decode(codec.response_packet(id, b"x")[4:]) == wire.Response(id, b"x")
+
+
+def _working_server(max_body: int = wire.MAX_BODY_SIZE) -> wire.Connection:
+    conn = wire.Connection(wire.Role.SERVER, heartbeat=0, max_body=max_body)
+    conn.receive_data(wire.encode_packet(wire.PacketType.HANDSHAKE, b"{}"), now=0)
+    conn.next_event()
+    conn.send(wire.HandshakeResponse(heartbeat=0))
+    conn.receive_data(wire.encode_packet(wire.PacketType.HANDSHAKE_ACK), now=0)
+    conn.next_event()
+    assert conn.state is wire.State.WORKING
+    return conn
+
+
+def _general_path(conn: wire.Connection, data: bytes) -> list[object]:
+    events: list[object] = []
+    conn.receive_data(data, now=1)
+    with contextlib.suppress(RemoteProtocolError):
+        while (event := conn.next_event()) is not None:
+            events.append(event)
+    return events
+
+
+_request_packets = st.builds(
+    lambda id, route, body: wire.MessageCodec().request_packet(id, route, body), ids, st.text(max_size=20), bodies
+)
+
+
+@given(
+    st.lists(_request_packets | st.binary(max_size=30), max_size=6),
+    st.sampled_from([wire.MAX_BODY_SIZE, 40]),
+)
+@example(packets=[b"\x04\x00\x00\x03\x00\x81\x80"], max_body=wire.MAX_BODY_SIZE)  # an unterminated id
+@example(packets=[b"\x04\x00\x00\x04\x00\x05\x02\xc3"], max_body=wire.MAX_BODY_SIZE)  # a route overrun
+@example(packets=[b"\x04\x00\x00\x04\x00\x05\x01\xff"], max_body=wire.MAX_BODY_SIZE)  # a route not UTF-8
+def test_the_fused_request_path_agrees_with_the_general_one(packets: list[bytes], max_body: int) -> None:
+    # receive_requests either declines (taking nothing) or gives exactly the Requests the
+    # general path decodes from the same bytes, which then holds nothing more
+    data = b"".join(packets)
+    fused = _working_server(max_body)
+    requests = fused.receive_requests(data, now=1)
+    general = _general_path(_working_server(max_body), data)
+    if requests is None:
+        assert _general_path(fused, data) == general  # nothing was taken
+        return
+    assert [wire.Request(*request) for request in requests] == general
+    assert fused.last_received == 1
+    assert fused.next_event() is None
+
+
+def test_the_fused_request_path_declines_outside_working_and_after_eof() -> None:
+    packet = wire.MessageCodec().request_packet(1, "a.b", b"{}")
+    assert wire.Connection(wire.Role.SERVER, heartbeat=0).receive_requests(packet, now=0) is None
+    conn = _working_server()
+    conn.receive_data(packet[:3], now=0)  # something buffered: the general path goes on
+    assert conn.receive_requests(packet, now=0) is None
+    conn = _working_server()
+    conn.receive_data(b"", now=0)
+    assert conn.receive_requests(packet, now=0) is None
+    assert isinstance(conn.next_event(), wire.ConnectionClosed)
+    assert _working_server().receive_requests(bytearray(packet), now=0) is None
+    assert _working_server().receive_requests(packet, now=0) == [(1, "a.b", b"{}")]

@@ -7,10 +7,9 @@ asyncio (trio-asyncio ~1.5x, a loop in a thread ~1.3x).
 
 Crossings from asyncio to Trio are queued and run together at Trio's next tick: one crossing
 per wake-up of the asyncio loop, however many calls and batches it brought
-(:meth:`Bridge.call_soon`, :meth:`Bridge.to_trio_nowait`). An idle Trio waits on asyncio's own
-selector rather than in guest mode's worker thread (:func:`_first_tick`): waking it costs no
-thread switch (``python -m bench.cluster crossing``: p99 of a crossing into an idle Trio
-~3.6 ms -> ~0.3 ms on this project's loaded 2-core machine).
+(:meth:`Bridge.call_soon`, :meth:`Bridge.to_trio_nowait`). An idle Trio waits for its I/O in
+guest mode's worker thread, as Trio ships it: waking it costs two thread switches
+(``python -m bench.cluster crossing`` measures a crossing into an idle Trio).
 
 Traps handled here: grpclib objects are made while the asyncio loop runs (they are, whenever
 Trio code runs); on Ctrl-C ``asyncio.run`` cancels its main task, which cancels Trio's root
@@ -24,7 +23,7 @@ import asyncio
 import functools
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Final, TypeVar, TypeVarTuple
+from typing import Any, TypeVar, TypeVarTuple
 
 import outcome
 import trio
@@ -164,13 +163,8 @@ def run(
     main: Callable[[Bridge], Awaitable[None]],
     *,
     on_signal: Callable[[], None] | None = None,
-    guest_thread: bool = False,
 ) -> None:
     """Run ``main(bridge)`` in Trio hosted on a fresh asyncio loop, until it returns.
-
-    An idle Trio waits on asyncio's own selector (see :func:`_first_tick`);
-    ``guest_thread`` True keeps Trio's stock guest mode (its waits in a worker thread), for
-    comparison (``python -m bench.cluster crossing``).
 
     SIGINT/SIGTERM call ``on_signal()`` in Trio (a graceful stop) when given; a second signal,
     or any signal without it, cancels Trio's root scope and waits for it to unwind. Raises what
@@ -209,7 +203,7 @@ def run(
         trio.lowlevel.start_guest_run(
             trio_main,
             run_sync_soon_threadsafe=loop.call_soon_threadsafe,
-            run_sync_soon_not_threadsafe=loop.call_soon if guest_thread else _first_tick(loop),
+            run_sync_soon_not_threadsafe=loop.call_soon,
             done_callback=done,
             host_uses_signal_set_wakeup_fd=True,  # asyncio owns the wakeup fd (its signal handlers)
         )
@@ -223,108 +217,3 @@ def run(
         result.unwrap()
 
     asyncio.run(host())
-
-
-# -- Trio's idle wait on asyncio's selector, not in a thread ----------------------------------
-#
-# Stock guest mode waits for Trio's I/O in a worker thread (``get_events(timeout)``), which
-# hands back to the host with ``call_soon_threadsafe``: every wake-up of an idle Trio (a client
-# socket readable, a crossing from asyncio) costs two thread switches and a GIL handoff, the
-# tail of a lightly loaded node's latency (issue #11: p99 31 ms at half load). On Linux, Trio's
-# I/O manager is one epoll object, itself pollable: the host's selector waits on its fd (and a
-# timer for Trio's next deadline) instead, and calls the tick in its own thread. The tick is
-# Trio's own (``GuestState.guest_tick`` in trio/_core/_run.py, trio 0.35), but for that wait.
-# Any other I/O manager, or a Trio whose internals differ, keeps the stock thread.
-
-
-#: Trio releases whose ``GuestState.guest_tick`` the override below was checked against (the
-#: tests fail, rather than lose the selector wait silently, past them: re-check, then widen)
-_VERIFIED_TRIO: Final = ((0, 35), (0, 36))
-
-
-def _version(text: str) -> tuple[int, int]:
-    major, _, rest = text.partition(".")
-    minor = rest.partition(".")[0]
-    return (int(major), int(minor)) if major.isdigit() and minor.isdigit() else (0, 0)
-
-
-def _first_tick(loop: asyncio.AbstractEventLoop) -> Callable[[Callable[[], object]], object]:
-    """``run_sync_soon_not_threadsafe`` for :func:`trio.lowlevel.start_guest_run`: the first
-    call carries the guest's tick, whose state is switched to :func:`_threadless_state`'s class
-    when this Trio allows it."""
-    first = True
-
-    def call_soon(fn: Callable[[], object]) -> object:
-        nonlocal first
-        if first:
-            first = False
-            state = getattr(fn, "__self__", None)
-            threadless = _threadless_state(loop, state)
-            if threadless is not None and state is not None:
-                state.__class__ = threadless
-                fn = state.guest_tick
-        return loop.call_soon(fn)
-
-    return call_soon
-
-
-def _threadless_state(loop: asyncio.AbstractEventLoop, state: object) -> type | None:
-    """A subclass of Trio's GuestState whose idle wait is on ``loop``'s selector, or None when
-    this Trio does not look like the one it was written against."""
-    try:
-        from outcome import Error, capture
-        from sniffio import thread_local as sniffio_library
-        from trio._core._run import GuestState  # private: checked below, fallback otherwise
-    except ImportError:  # pragma: no cover - another trio layout
-        return None
-    if not _VERIFIED_TRIO[0] <= _version(trio.__version__) < _VERIFIED_TRIO[1]:
-        return None  # a Trio whose guest tick this was not checked against: the stock thread
-    runner = getattr(state, "runner", None)
-    epoll = getattr(getattr(runner, "io_manager", None), "_epoll", None)
-    if type(state) is not GuestState or not hasattr(epoll, "fileno") or not hasattr(GuestState, "__slots__"):
-        return None
-    assert epoll is not None
-    epoll_fd: int = epoll.fileno()
-
-    class ThreadlessGuestState(GuestState):
-        __slots__ = ()
-
-        def guest_tick(self) -> None:
-            prev_library, sniffio_library.name = sniffio_library.name, "trio"
-            try:
-                timeout = self.unrolled_run_next_send.send(self.unrolled_run_gen)
-            except StopIteration:
-                assert self.runner.main_task_outcome is not None
-                self.done_callback(self.runner.main_task_outcome)
-                return
-            except trio.TrioInternalError as exc:
-                self.done_callback(Error(exc))
-                return
-            finally:
-                sniffio_library.name = prev_library
-            io_manager = self.runner.io_manager
-            events = capture(io_manager.get_events, 0)
-            if timeout <= 0 or isinstance(events, Error) or events.value:
-                self.unrolled_run_next_send = events
-                self.runner.guest_tick_scheduled = True
-                self.run_sync_soon_not_threadsafe(self.guest_tick)
-                return
-            # idle: wait for Trio's epoll fd (its sockets, its wakeup socket) or its deadline
-            self.runner.guest_tick_scheduled = False
-            woken = False
-
-            def wake() -> None:
-                nonlocal woken
-                if woken:
-                    return
-                woken = True
-                loop.remove_reader(epoll_fd)
-                timer.cancel()
-                self.unrolled_run_next_send = capture(io_manager.get_events, 0)
-                self.runner.guest_tick_scheduled = True
-                self.guest_tick()
-
-            loop.add_reader(epoll_fd, wake)
-            timer = loop.call_later(timeout, wake)
-
-    return ThreadlessGuestState

@@ -291,6 +291,8 @@ _HEARTBEAT: Final = Heartbeat()
 _ACK: Final = HandshakeAck()
 _DATA: Final = PacketType.DATA
 _CLOSED: Final = State.CLOSED
+_DATA_BYTE: Final = int(PacketType.DATA)
+_MAX_MESSAGE_ID: Final = (1 << 64) - 1
 
 
 class Connection:
@@ -398,6 +400,57 @@ class Connection:
             raise LocalProtocolError("data received after the peer closed")
         self._now = now
         self._decoder.feed(data)
+
+    def receive_requests(self, data: bytes | bytearray | memoryview, now: float) -> list[tuple[int, str, bytes]] | None:
+        """:meth:`receive_data` and :meth:`next_event` fused for the common case: a WORKING
+        server with nothing buffered receives ``data`` holding only whole Data packets, each a
+        Request with an uncompressed route. Returns their ``(id, route, body)`` in order, or
+        None, having taken nothing (then feed ``data`` to :meth:`receive_data` as usual): for
+        anything else (a partial packet, another packet or message type, a compressed route,
+        anything malformed, end of file), so the general path decides, errors included. Never
+        raises."""
+        if not data or type(data) is not bytes or Request not in self._data_in or self._eof or self._decoder.buffered:
+            return None
+        requests = []
+        max_body = self.codec.max_body
+        n = len(data)
+        pos = 0
+        while pos < n:
+            if n - pos < 6 or data[pos] != _DATA_BYTE:  # 6: a header, a flag and an id at least
+                return None
+            end = pos + 4 + (data[pos + 1] << 16 | data[pos + 2] << 8 | data[pos + 3])
+            if end > n or end - pos - 4 > max_body or data[pos + 4]:  # flag 0: a Request, route uncompressed
+                return None
+            offset = pos + 5
+            mid = data[offset]
+            offset += 1
+            if mid >= 0x80:  # a varint of more bytes
+                mid &= 0x7F
+                shift = 7
+                while True:
+                    if offset >= end or shift > 63:
+                        return None
+                    b = data[offset]
+                    offset += 1
+                    mid |= (b & 0x7F) << shift
+                    if b < 0x80:
+                        break
+                    shift += 7
+                if mid > _MAX_MESSAGE_ID:
+                    return None
+            if offset >= end:
+                return None
+            route_end = offset + 1 + data[offset]
+            if route_end > end:
+                return None
+            try:
+                route = data[offset + 1 : route_end].decode()
+            except UnicodeDecodeError:
+                return None
+            requests.append((mid, route, data[route_end:end]))
+            pos = end
+        self._now = self.last_received = now
+        return requests
 
     def next_event(self) -> Event | None:
         """The next event, or None until more data arrives (and for ever once CLOSED).
