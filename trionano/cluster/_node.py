@@ -318,19 +318,28 @@ class Node:
             _logger.warning("unregister from the master failed: %r", exc)
 
     async def _keepalive(self) -> None:
-        """nano's member keepalive: a Heartbeat every ``heartbeat`` seconds. Beyond nano, whose
-        member only logs a failed heartbeat (and waits for the next one, which a restarted
-        master takes as a registration without telling anyone): a failed heartbeat means
-        the master is down or restarting, so the member registers again at once, retrying
-        every ``retry_interval`` (:meth:`_register`), and a restarted master (with the pushes
-        it makes) knows it as soon as it is back."""
+        """nano's member keepalive: a Heartbeat every ``heartbeat`` seconds; a master that does
+        not know the member (it restarted) takes the heartbeat as its registration, as nano's
+        does. Beyond nano, whose member waits a whole interval after a failed heartbeat: a
+        failed heartbeat means the master is down or restarting, so the next one goes after
+        ``retry_interval`` (until one succeeds), and a restarted master (with the pushes it
+        makes) knows every member within ``retry_interval`` of being back. A heartbeat that
+        merely timed out changes nothing at the master: what it holds for the member stays."""
+        interval = self.config.heartbeat
+        retry = min(self.config.retry_interval, interval)
+        delay = interval
         while True:
-            await trio.sleep(self.config.heartbeat)
+            await trio.sleep(delay)
             try:
                 await self._peers[self._master()].heartbeat(self.info())
             except ClusterError as exc:
-                _logger.warning("heartbeat to the master failed: %r; registering again", exc)
-                await self._register()
+                if delay == interval:  # the first failure of a run: once, not every retry
+                    _logger.warning("heartbeat to the master failed: %r; retrying every %gs", exc, retry)
+                delay = retry
+            else:
+                if delay != interval:
+                    _logger.info("heartbeat to the master answered again")
+                delay = interval
 
     # -- membership changes (clusterpb.Member NewMember/DelMember, Trio side) -----------------
 
