@@ -190,3 +190,12 @@ async def test_stop_runs_what_is_queued(autojump_clock: trio.testing.MockClock) 
 def test_logger_default() -> None:
     assert Scheduler()._logger.name == "trionano.scheduler"
     assert Scheduler(logger=logging.getLogger("x"))._logger.name == "x"
+
+
+async def test_an_interval_shorter_than_the_tick_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    scheduler = Scheduler(precision=0.5)
+    with caplog.at_level(logging.WARNING, logger="trionano.scheduler"):
+        scheduler.every(0.01, lambda: None)
+        scheduler.every(0.5, lambda: None)
+    (record,) = caplog.records
+    assert "fires at most once per tick" in record.getMessage()

@@ -45,8 +45,10 @@ def _heartbeat(_: object, attribute: attrs.Attribute[Any], value: float) -> None
 
 
 def _merge_window(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and not 0 < value <= MAX_MERGE_WINDOW:
-        raise ValueError(f"{attribute.name} must be None (off) or 0 < seconds <= {MAX_MERGE_WINDOW}, not {value!r}")
+    if value is not None and not 0 <= value <= MAX_MERGE_WINDOW:
+        raise ValueError(
+            f"{attribute.name} must be None or 0 (off) or 0 < seconds <= {MAX_MERGE_WINDOW}, not {value!r}"
+        )
 
 
 def _precision(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -90,9 +92,9 @@ class Config:
       session is kicked "slow consumer" (or, under the drop policy, a Push is dropped).
     - ``expose_errors``: send a handler's exception text to the client in its 500 Response
       (default: ``"internal error"``; the text is logged either way).
-    - ``merge_window``: seconds (0 < w <= 1) a connection's writer may hold a Push to merge
+    - ``merge_window``: seconds (0 < w <= 1; None or 0: off) a connection's writer may hold a Push to merge
       it with those that follow into one write (TCP: one ``send``; WebSocket: one message
-      holding several packets, which pomelo's, nano's and trionano's clients all decode), as
+      holding several packets, which pomelo's and trionano's JS clients decode), as
       go-push and goim batch by time; None (the default) writes at once. The window starts
       when the first packet of a write is queued, so no Push waits longer than it; a
       Response, heartbeat or Kick ends the window at once (it is written with whatever is

@@ -53,7 +53,9 @@ node (pass the :class:`~trionano.cluster.Node` instead of its server) adds:
   <trionano.cluster.Node.push>`), by outcome, as :class:`~trionano.cluster.PushStatistics`
   counts them: ``pushes`` made here, ``queued``/``dropped``/``failed`` per other gate,
   ``received`` from other nodes, ``delivered`` to sessions here, ``refused`` as malformed;
-  ``trionano_cluster_not_gates`` (gauge): nodes found to take no pushes (Go nano nodes).
+  ``trionano_cluster_not_gates`` (gauge): nodes found to take no pushes (Go nano nodes);
+- ``trionano_push_api_requests_total{answer}``: requests to the HTTP push API served for the
+  node, by answer: ``accepted`` (202), ``refused`` (4xx, 500), ``unreached`` (503).
 """
 
 from __future__ import annotations
@@ -201,6 +203,12 @@ class _Collector(Collector):
         for outcome in ("pushes", "queued", "dropped", "failed", "received", "delivered", "refused"):
             pushes.add_metric([outcome], getattr(push, outcome))
         yield pushes
+        api = CounterMetricFamily(
+            "trionano_push_api_requests", "Requests to the HTTP push API, by answer", labels=["answer"]
+        )
+        for answer in ("accepted", "refused", "unreached"):
+            api.add_metric([answer], getattr(push, f"api_{answer}"))
+        yield api
         yield GaugeMetricFamily(
             "trionano_cluster_not_gates", "Nodes found to take no cluster pushes", value=push.not_gates
         )

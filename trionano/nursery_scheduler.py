@@ -162,6 +162,12 @@ class Scheduler:
             raise ValueError("nano/timer: nil timer function")
         if condition is None and not 0 < interval < math.inf:
             raise ValueError("non-positive interval for NewTimer")
+        if condition is None and interval < self.precision:
+            self._logger.warning(
+                "a timer every %gs fires at most once per tick of %gs (Config.timer_precision)",
+                interval,
+                self.precision,
+            )
         now = trio.current_time() if self._nursery is not None else self._epoch
         timer = Timer(next(self._timer_ids), interval, fn, count, now + interval, condition)
         self._pending.append(timer)
@@ -169,7 +175,9 @@ class Scheduler:
         return timer
 
     def every(self, interval: float, fn: Task) -> Timer:
-        """Call ``fn`` every ``interval`` seconds until stopped (nano's NewTimer)."""
+        """Call ``fn`` every ``interval`` seconds until stopped (nano's NewTimer). Timers fire
+        on the scheduler's tick (``precision``, ``Config.timer_precision``: 1 s by default, as
+        nano's): an interval shorter than the tick fires once per tick, and is logged."""
         return self._add(interval, fn, -1)
 
     def count(self, interval: float, count: int, fn: Task) -> Timer:

@@ -43,6 +43,9 @@ WEB = Path(__file__).resolve().parent / "web"
 ROOM = "room"
 MAX_NAME = 40
 MAX_TEXT = 200
+#: a viewer's comments: at most COMMENTS in any COMMENT_WINDOW seconds (more are answered 429)
+COMMENTS = 5
+COMMENT_WINDOW = 10.0
 
 
 @attrs.frozen
@@ -84,7 +87,7 @@ class RoomService(NodeComponent):
 
     def join(self, session: Session, msg: JoinRequest) -> dict[str, Any]:
         if not 0 <= msg.uid < 1 << 53:
-            raise HandlerError("uid: 1 to 2**53-1, or 0 for the session id")
+            raise HandlerError("uid: 1 to 2**53-1, or 0 for the session id", code=400)
         name = msg.name.strip()[:MAX_NAME] or f"viewer {session.id % 100_000}"
         session.bind(msg.uid or session.id)
         room = self.node.group(ROOM)
@@ -100,6 +103,7 @@ class LiveService(NodeComponent):
     def __init__(self) -> None:
         self.viewers: dict[int, Session] = {}  # stand-in session id -> its session
         self.shown = -1  # the count last pushed
+        self.said: dict[int, list[float]] = {}  # uid -> when its recent comments came (trio time)
 
     def after_init(self) -> None:
         self.server.on_session_closed(self.left)
@@ -107,6 +111,7 @@ class LiveService(NodeComponent):
 
     def left(self, session: Session) -> None:
         self.viewers.pop(session.id, None)
+        self.said.pop(session.uid or session.id, None)
 
     def report(self) -> None:
         if len(self.viewers) != self.shown:
@@ -120,9 +125,14 @@ class LiveService(NodeComponent):
     def comment(self, session: Session, msg: CommentRequest) -> dict[str, Any]:
         text = msg.text.strip()[:MAX_TEXT]
         if not text:
-            raise HandlerError("say something")
+            raise HandlerError("say something", code=400)
         if session.id not in self.viewers:
-            raise HandlerError("join the room first")
+            raise HandlerError("join the room first", code=400)
+        now = trio.current_time()
+        said = [at for at in self.said.get(session.uid or session.id, ()) if at > now - COMMENT_WINDOW]
+        if len(said) >= COMMENTS:
+            raise HandlerError(f"slow down: {COMMENTS} comments per {COMMENT_WINDOW:g} s", code=429)
+        self.said[session.uid or session.id] = [*said, now]
         gates = self.node.push("onComment", {"name": session.get(NAME, ""), "text": text}, Audience.of_group(ROOM))
         return {"code": 0, "gates": gates}
 

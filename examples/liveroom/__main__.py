@@ -20,7 +20,9 @@ from . import build, commands, serve
 parser = argparse.ArgumentParser(prog="python -m examples.liveroom", description="the live room demo on trionano")
 parser.add_argument("role", nargs="?", default="local", choices=["local", "logic", "gate"])
 parser.add_argument("--host", default="127.0.0.1")
-parser.add_argument("--base-port", type=int, default=34600, help="local: the first of the 6 ports it uses")
+parser.add_argument(
+    "--base-port", type=int, default=24600, help="local: the first of the 6 ports it uses (below the ephemeral range)"
+)
 parser.add_argument("--listen", help="this node's gRPC service address (host:port)")
 parser.add_argument("--master", help="the master's service address (the logic node's)")
 parser.add_argument("--ws-port", type=int, help="gate: the WebSocket port, which also serves the page")
@@ -37,26 +39,45 @@ def interrupted(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def port_free(host: str, port: int) -> bool:
+    """Whether nothing listens on ``host:port`` now (binding it succeeds)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def wait_listening(host: str, port: int, process: subprocess.Popen[bytes], seconds: float = 30) -> None:
-    """Wait until ``process`` accepts connections on ``port``. Raises SystemExit if it ends
-    first or takes over ``seconds``."""
+    """Wait until ``process`` accepts connections on ``port`` (free before it started, so what
+    answers is that process, if it is still running). Raises SystemExit if it ends first or
+    takes over ``seconds``."""
     deadline = time.monotonic() + seconds
     while True:
         try:
             socket.create_connection((host, port), timeout=1).close()
-            return
         except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"a node did not start listening on {host}:{port}") from None
-            time.sleep(0.1)
+            pass
+        else:
+            if process.poll() is None:
+                return
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"a node did not start listening on {host}:{port}")
+        time.sleep(0.1)
 
 
-def local() -> None:
-    """The whole room, one process per node, until Ctrl-C or SIGTERM (which stop them all)."""
+def local() -> int:
+    """The whole room, one process per node, until Ctrl-C or SIGTERM (which stop them all: exit
+    status 0) or until a node ends (the others are stopped: exit status 1)."""
     signal.signal(signal.SIGTERM, interrupted)
     host, base = args.host, args.base_port
     master = f"{host}:{base}"
     gates = [(f"{host}:{base + 2}", base + 3), (f"{host}:{base + 4}", base + 5)]
+    taken = [port for port in range(base, base + 6) if not port_free(host, port)]
+    if taken:
+        raise SystemExit(f"ports {taken} on {host} are in use: stop what holds them or pick another --base-port")
     launched = commands(
         master=master,
         gates=gates,
@@ -65,12 +86,12 @@ def local() -> None:
         rpc_timeout=args.rpc_timeout,
         push_queue=args.push_queue,
     )
-    processes: list[subprocess.Popen[bytes]] = []
+    processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
         ready = {"logic": base + 1, "gate1": base + 3, "gate2": base + 5}  # the last port each node opens
         for name, command in launched.items():
             process = subprocess.Popen([*command, "--master", master, "--heartbeat", str(args.heartbeat)])
-            processes.append(process)
+            processes[name] = process
             wait_listening(host, ready[name], process)
         auth = f" -H 'Authorization: Bearer {args.token}'" if args.token else ""
         body = '{"route": "onComment", "message": {"name": "ops", "text": "hello room"}, "group": "room"}'
@@ -80,23 +101,28 @@ def local() -> None:
             f"  push API: curl -X POST http://{host}:{base + 1}/v1/push -H 'Content-Type: application/json'{auth} \\",
             f"       -d '{body}'",
             f"  load: python -m examples.liveroom.load 1000 --base-port {base}",
+            "  nodes: " + ", ".join(f"{name} pid {process.pid}" for name, process in processes.items()),
             "Ctrl-C stops it",
         ]
         print("\n".join(lines), flush=True)
-        for process in processes:
-            process.wait()
+        while True:
+            for name, process in processes.items():
+                if process.poll() is not None:
+                    print(f"the {name} node ended (exit status {process.returncode}): stopping the room", flush=True)
+                    return 1
+            time.sleep(0.2)
     except KeyboardInterrupt:
-        pass
+        return 0
     finally:
-        for process in reversed(processes):
-            process.terminate()
-        for process in processes:
+        for process in reversed(processes.values()):
+            if process.poll() is None:
+                process.terminate()
+        for process in processes.values():
             process.wait()
 
 
 if args.role == "local":
-    local()
-    sys.exit(0)
+    sys.exit(local())
 
 master = args.master or args.listen
 if not args.listen or not master:

@@ -154,7 +154,7 @@ def cli() -> None:
     parser = argparse.ArgumentParser(prog="python -m examples.liveroom.load", description=__doc__.split("\n\n")[1])
     parser.add_argument("viewers", type=int)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--base-port", type=int, default=34600, help="the launcher's --base-port")
+    parser.add_argument("--base-port", type=int, default=24600, help="the launcher's --base-port")
     parser.add_argument("--posts", type=int, default=50)
     parser.add_argument("--rate", type=float, default=10.0, help="posts per second")
     parser.add_argument("--token")

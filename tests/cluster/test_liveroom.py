@@ -4,6 +4,7 @@ node reach them through cluster-wide groups; a stopped gate never holds up the o
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
 from examples.liveroom import commands, load
@@ -29,9 +31,15 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @asynccontextmanager
 async def liveroom(
-    tmp_path: Path, *, heartbeat: float = 5.0, rpc_timeout: float = 5.0, push_queue: int = 1024
+    tmp_path: Path,
+    *,
+    heartbeat: float = 5.0,
+    rpc_timeout: float = 5.0,
+    push_queue: int = 1024,
+    launched_out: dict[str, list[str]] | None = None,
 ) -> AsyncIterator[tuple[Cluster, str, list[str]]]:
-    """The launcher's three processes; yields the cluster, the push URL and the gates' ws URLs."""
+    """The launcher's three processes; yields the cluster, the push URL and the gates' ws URLs
+    (their commands go to ``launched_out``)."""
     async with cluster(tmp_path, "examples.liveroom", heartbeat=heartbeat) as c:
         gates = [(free_address(), free_port()), (free_address(), free_port())]
         push_port = free_port()
@@ -43,6 +51,8 @@ async def liveroom(
             rpc_timeout=rpc_timeout,
             push_queue=push_queue,
         )
+        if launched_out is not None:
+            launched_out.update(launched)
         for name, command in launched.items():
             assert command[1:3] == ["-m", "examples.liveroom"]
             await c.start_command(name, command[1:], ready=f"liveroom {'logic' if name == 'logic' else 'gate'} ready")
@@ -282,3 +292,89 @@ def launcher_base_port() -> int:
             continue
         return base
     raise RuntimeError("no 6 free ports in a row")
+
+
+async def test_after_the_logic_node_restarts_pushes_say_503_until_the_gates_are_back(tmp_path: Path) -> None:
+    """The attacker's finding: after the logic node (the master) restarted, the push API said
+    202 {"gates": 0} for up to a heartbeat and the pushes reached nobody. Now such a push is
+    503 with Retry-After (nothing was delivered, counted); the gates, whose heartbeat to the
+    master failed, heartbeat again every retry_interval, and the restarted master learns them
+    from the first that arrives; the next push reaches both."""
+    launched: dict[str, list[str]] = {}
+    async with (
+        liveroom(tmp_path, heartbeat=1.0, launched_out=launched) as (c, push_url, (gate1, gate2)),
+        httpx.AsyncClient(headers=AUTH, timeout=10) as http,
+        open_viewer(gate1) as ann,
+        open_viewer(gate2) as bob,
+    ):
+        await join(ann, "ann")
+        await join(bob, "bob")
+        await c.kill("logic")
+        # down past a heartbeat: the gates' heartbeats fail, and they retry until it is back
+        await c.wait_log("gate1", "heartbeat to the master failed", seconds=30)
+        await c.start_command("logic again", launched["logic"][1:], ready="liveroom logic ready")
+        answers = []
+        with trio.fail_after(60):
+            for attempt in range(10_000):
+                message = {"name": "ops", "text": f"back {attempt}"}
+                response = await http.post(push_url, json={"route": "onComment", "message": message, "group": "room"})
+                answers.append(response.status_code)
+                if response.status_code == 202 and response.json() == {"gates": 2}:
+                    break
+                if response.status_code == 503:
+                    assert response.headers["retry-after"] == "1"
+                    assert "no gate" in response.json()["error"]
+                else:  # one gate back before the other
+                    assert (response.status_code, response.json()) == (202, {"gates": 1})
+                await trio.sleep(0.1)
+            for viewer in (ann, bob):
+                while (await viewer.receive_push("onComment")) != message:
+                    pass
+        assert set(answers) <= {503, 202}
+        assert "re-appeared through its heartbeat" in c.log("logic again")
+
+
+async def test_the_launcher_stops_the_room_when_a_node_ends(tmp_path: Path) -> None:
+    base = launcher_base_port()
+    log = tmp_path / "launcher.log"
+    with log.open("wb") as out:
+        launcher = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "examples.liveroom", "--base-port", str(base)], cwd=ROOT, stdout=out, stderr=out
+        )
+    try:
+        with trio.fail_after(30):
+            while True:
+                printed = log.read_text(errors="replace")
+                if "Ctrl-C stops it" in printed:
+                    break
+                await trio.sleep(0.1)
+        pids = {name: int(pid) for name, pid in re.findall(r"(\w+) pid (\d+)", printed)}
+        assert set(pids) == {"logic", "gate1", "gate2"}
+        assert launcher.pid not in pids.values()
+        os.kill(pids["gate1"], signal.SIGKILL)
+        with trio.fail_after(30):
+            await launcher.wait()
+    finally:
+        if launcher.returncode is None:
+            launcher.kill()
+    assert launcher.returncode == 1
+    assert "the gate1 node ended" in log.read_text(errors="replace")
+    for pid in (pids["logic"], pids["gate2"]):  # stopped with it (reaped by the launcher)
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+async def test_the_launcher_refuses_ports_in_use(tmp_path: Path) -> None:
+    base = launcher_base_port()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", base + 3))
+        holder.listen()
+        result = await trio.run_process(
+            [sys.executable, "-m", "examples.liveroom", "--base-port", str(base)],
+            cwd=ROOT,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode != 0
+    assert f"[{base + 3}]" in result.stderr.decode()

@@ -204,9 +204,16 @@ class Node:
         """The node's cluster-push counters now (drops, failures, deliveries)."""
         return self._push.statistics()
 
+    def count_push_api(self, answer: str) -> None:
+        """Count one answer of the HTTP push API served for this node ("accepted", "refused"
+        or "unreached"; :func:`~trionano.cluster.push_api.serve_push_api` calls it), in
+        :meth:`push_statistics`."""
+        self._push.count_api(answer)
+
     def group(self, name: str) -> ClusterGroup:
         """The cluster-wide group ``name``: this node's clients join it here, and its
-        broadcast reaches the members on every gate (beyond nano, whose groups are per node)."""
+        broadcast reaches the members on every gate (beyond nano, whose groups are per node).
+        Raises ValueError for an empty name or one that cannot be UTF-8."""
         return self._push.group(name)
 
     def push(self, route: str, value: object, audience: Audience) -> int:
@@ -214,7 +221,8 @@ class Node:
         the cluster, this node included when it serves clients; returns how many gates it was
         delivered or queued for. Never waits: each other node has a bounded queue and a sender
         task (a slow or stopped gate drops its overflow, counted in :meth:`push_statistics`).
-        Raises ValueError for an empty route or one over 255 UTF-8 bytes, SerializeError,
+        Raises ValueError for an empty route, one over 255 UTF-8 bytes or one that cannot be
+        UTF-8 (a lone surrogate), SerializeError (message text that cannot be UTF-8 too),
         MessageTooLarge (over the server's ``max_packet_size``)."""
         return self._push.push(route, value, audience)
 
@@ -314,12 +322,28 @@ class Node:
             _logger.warning("unregister from the master failed: %r", exc)
 
     async def _keepalive(self) -> None:
+        """nano's member keepalive: a Heartbeat every ``heartbeat`` seconds; a master that does
+        not know the member (it restarted) takes the heartbeat as its registration, as nano's
+        does. Beyond nano, whose member waits a whole interval after a failed heartbeat: a
+        failed heartbeat means the master is down or restarting, so the next one goes after
+        ``retry_interval`` (until one succeeds), and a restarted master (with the pushes it
+        makes) knows every member within ``retry_interval`` of being back. A heartbeat that
+        merely timed out changes nothing at the master: what it holds for the member stays."""
+        interval = self.config.heartbeat
+        retry = min(self.config.retry_interval, interval)
+        delay = interval
         while True:
-            await trio.sleep(self.config.heartbeat)
+            await trio.sleep(delay)
             try:
                 await self._peers[self._master()].heartbeat(self.info())
             except ClusterError as exc:
-                _logger.warning("heartbeat to the master failed: %r", exc)
+                if delay == interval:  # the first failure of a run: once, not every retry
+                    _logger.warning("heartbeat to the master failed: %r; retrying every %gs", exc, retry)
+                delay = retry
+            else:
+                if delay != interval:
+                    _logger.info("heartbeat to the master answered again")
+                delay = interval
 
     # -- membership changes (clusterpb.Member NewMember/DelMember, Trio side) -----------------
 

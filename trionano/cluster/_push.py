@@ -53,6 +53,7 @@ __all__ = [
     "PushCounters",
     "PushHub",
     "PushStatistics",
+    "check_group",
     "check_route",
 ]
 
@@ -78,8 +79,8 @@ class Audience:
             raise ValueError("an audience is exactly one of uids, group, everyone")
         if self.uids is not None and not all(type(uid) is int and 1 <= uid <= MAX_UID for uid in self.uids):
             raise ValueError("uids are integers from 1 to 2**63-1")
-        if self.group is not None and not self.group:
-            raise ValueError("a group has a name")
+        if self.group is not None:
+            check_group(self.group)
 
     @classmethod
     def of_uids(cls, uids: Iterable[int]) -> Audience:
@@ -109,13 +110,17 @@ class Audience:
 class PushStatistics:
     """A node's cluster-push counters at one moment (:meth:`Node.push_statistics`).
 
-    Origin side: ``pushes``: pushes made here; ``queued``: (push, gate) pairs queued for other
-    nodes; ``dropped``: not queued because that gate's queue was full (the gate is slow or
-    down); ``failed``: queued but lost because the call to the gate failed; ``not_gates``:
-    nodes found not to take pushes (no ``trionano.push`` service, as Go nano; or no clients).
-    Gate side: ``received``: pushes received from other nodes; ``delivered``: pushes queued
-    for this node's sessions (one per session), from here or elsewhere; ``refused``: received
-    pushes refused as malformed (no audience, a bad route) or too large.
+        Origin side: ``pushes``: pushes made here; ``queued``: (push, gate) pairs queued for other
+        nodes; ``dropped``: not queued because that gate's queue was full (the gate is slow or
+        down); ``failed``: queued but lost because the call to the gate failed (or, never for
+    what :meth:`push` queued, an item that did not encode); ``not_gates``:
+        nodes found not to take pushes (no ``trionano.push`` service, as Go nano; or no clients).
+        Gate side: ``received``: pushes received from other nodes; ``delivered``: pushes queued
+        for this node's sessions (one per session), from here or elsewhere; ``refused``: received
+        pushes refused as malformed (no audience, a bad route) or too large.
+    HTTP push API (:mod:`trionano.cluster.push_api`) served for this node: ``api_accepted``:
+    requests answered 202; ``api_refused``: answered 4xx or 500; ``api_unreached``: answered
+    503 (no gate took the push, or too many requests at once).
     """
 
     pushes: int
@@ -126,6 +131,9 @@ class PushStatistics:
     received: int
     delivered: int
     refused: int
+    api_accepted: int
+    api_refused: int
+    api_unreached: int
 
 
 @attrs.define(kw_only=True)
@@ -140,6 +148,9 @@ class PushCounters:
     received: int = 0
     delivered: int = 0
     refused: int = 0
+    api_accepted: int = 0
+    api_refused: int = 0
+    api_unreached: int = 0
 
     def snapshot(self) -> PushStatistics:
         return PushStatistics(**attrs.asdict(self))
@@ -215,18 +226,39 @@ class GateLink:
                 if self.gate is False:
                     continue  # learnt meanwhile: not a gate
                 try:
-                    result = await self.send(batch)
-                except ClusterError as exc:
-                    if _unimplemented(exc):
-                        self._not_a_gate("it does not serve trionano.push (a Go nano node?)")
-                        continue
+                    await self._send_batch(batch)
+                except Exception:  # one bad batch never ends the link (nor the node)
                     self._counters.failed += len(batch)
-                    self._log.warning("push failed", "%d pushes to %s lost: %r", len(batch), self.address, exc)
-                    continue
-                if not result.gate:
-                    self._not_a_gate("it serves no clients")
-                else:
-                    self.gate = True
+                    self._log.exception("push failed", "%d pushes to %s lost", len(batch), self.address)
+
+    async def _send_batch(self, batch: list[pushpb.PushItem]) -> None:
+        """Send ``batch``. Should an item not encode (text that cannot be UTF-8; refused at the
+        origin, so only from a caller building items itself), the batch is split: the items
+        that do not encode are dropped, counted as failed, and the rest is sent."""
+        try:
+            result = await self.send(batch)
+        except ClusterError as exc:
+            if _unimplemented(exc):
+                self._not_a_gate("it does not serve trionano.push (a Go nano node?)")
+                return
+            self._counters.failed += len(batch)
+            self._log.warning("push failed", "%d pushes to %s lost: %r", len(batch), self.address, exc)
+            return
+        except (UnicodeError, ValueError, TypeError):
+            good = [item for item in batch if _encodes(item)]
+            if len(good) == len(batch):
+                raise
+            self._counters.failed += len(batch) - len(good)
+            self._log.warning(
+                "push refused", "%d pushes to %s do not encode: dropped", len(batch) - len(good), self.address
+            )
+            if good:
+                await self._send_batch(good)
+            return
+        if not result.gate:
+            self._not_a_gate("it serves no clients")
+        else:
+            self.gate = True
 
     async def send(self, batch: list[pushpb.PushItem]) -> pushpb.PushResult:
         """Hand ``batch`` to the gate; its answer (on the stream: taken as a gate's). Raises
@@ -329,12 +361,23 @@ class PushHub:
     def statistics(self) -> PushStatistics:
         return self._counters.snapshot()
 
+    def count_api(self, answer: str) -> None:
+        """Count one answer of the push API: "accepted", "refused" or "unreached"."""
+        if answer == "accepted":
+            self._counters.api_accepted += 1
+        elif answer == "refused":
+            self._counters.api_refused += 1
+        elif answer == "unreached":
+            self._counters.api_unreached += 1
+
     def check_local(self, session: Session) -> None:
         if self.server.sessions.get(session.id) is not session:
             raise ValueError("only this node's own clients join its part of a cluster-wide group: join on their gate")
 
     def group(self, name: str) -> ClusterGroup:
-        """The cluster-wide group ``name`` (this node's part made on first use)."""
+        """The cluster-wide group ``name`` (this node's part made on first use). Raises
+        ValueError for an empty name or one that cannot be UTF-8."""
+        check_group(name)
         local = self._groups.get(name)
         if local is None or local.closed:
             local = self._groups[name] = Group(name)
@@ -347,7 +390,8 @@ class PushHub:
         clients now, the others' through their queues); returns how many gates it was
         delivered or queued for (a node not yet heard from counts as a gate). Never waits.
 
-        Raises ValueError for an empty or over-long route, SerializeError, MessageTooLarge
+        Raises ValueError for an empty or over-long route or one that cannot be UTF-8 (a lone
+        surrogate), SerializeError (message text that cannot be UTF-8 too), MessageTooLarge
         (over the server's ``max_packet_size``)."""
         server = self.server
         check_route(route)
@@ -461,9 +505,34 @@ def _unimplemented(exc: ClusterError) -> bool:
 
 def check_route(route: str) -> None:
     """Raises ValueError unless ``route`` is 1 to MAX_ROUTE_LENGTH (255) UTF-8 bytes (pomelo's
-    limit for an uncompressed route)."""
-    if not route or len(route.encode("utf-8", "surrogatepass")) > MAX_ROUTE_LENGTH:
+    limit for an uncompressed route): text that cannot be UTF-8 (a lone surrogate) is refused
+    here, at the origin, never on the wire."""
+    try:
+        size = len(route.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError("a route is UTF-8 text (no lone surrogates)") from None
+    if not 1 <= size <= MAX_ROUTE_LENGTH:
         raise ValueError(f"a route is 1 to {MAX_ROUTE_LENGTH} UTF-8 bytes")
+
+
+def check_group(name: str) -> None:
+    """Raises ValueError unless ``name`` is a non-empty string that can be UTF-8 (protobuf's
+    ``string``: a lone surrogate cannot cross the wire)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError("a group has a name")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("a group's name is UTF-8 text (no lone surrogates)") from None
+
+
+def _encodes(item: pushpb.PushItem) -> bool:
+    """Whether ``item`` encodes as protobuf (its text is UTF-8)."""
+    try:
+        bytes(item)
+    except (UnicodeError, ValueError, TypeError):
+        return False
+    return True
 
 
 def _which(item: pushpb.PushItem) -> tuple[str, object]:

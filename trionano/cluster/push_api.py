@@ -13,20 +13,29 @@ design of go-push and goim's ``/push`` endpoints, not part of nano).
 
     202 {"gates": 2}                 gates the push was delivered or queued for
     4xx {"error": "<reason>"}        nothing was pushed
+    503 {"error": "<reason>"}        nothing was delivered: retry after Retry-After seconds
 
 Exactly one audience: ``uids`` (1 to 10,000 integers from 1 to 2**63-1: the sessions bound to
 them, on any gate), ``group`` (a cluster-wide group's name, 1 to 255 characters) or
 ``everyone`` (``true``: every client session). ``route`` is 1 to 255 UTF-8 bytes; ``message``
-any JSON value, serialized once by the node's serializer. Errors: 400 malformed JSON, a
-missing field, a wrong type or value; 401 no or a wrong bearer token (compared in constant
-time); 404 another path; 405 another method; 413 a body over ``max_body`` (64 KiB by
-default) or a message over the node's packet limit; 415 a content type other than
-``application/json``.
+any JSON value, serialized once by the node's serializer. Text that cannot be UTF-8 (a lone
+surrogate, ``"\\ud800"``) in the route, the group or the message is refused. Errors: 400
+malformed JSON, a missing field, a wrong type or value; 401 no or a wrong bearer token
+(compared in constant time); 404 another path; 405 another method; 408 a body slower than
+``body_timeout``; 413 a body over ``max_body`` (64 KiB by default) or a message over the
+node's packet limit; 415 a content type other than ``application/json``; 503 (with
+``Retry-After``) no gate took the push (none known yet, as after the node restarted, or all
+their queues full), or over ``max_requests`` requests at once. A refused body is read (up to
+DRAIN_LIMIT bytes) before the answer.
+
+What it guarantees: 202 is queued, not delivered (a slow or gone gate drops, counted in
+:meth:`Node.push_statistics`); at most once, no persistence; 503 is nothing delivered.
 
 :class:`PushAPI` is the ASGI application; :func:`serve_push_api` serves it with Hypercorn's
 Trio worker (``pip install trionano[push]``). Hypercorn parses HTTP (malformed requests get
-its 400 and never reach the app); an error in the app is logged and answered 500, never
-raised into the node.
+its 400 and never reach the app); an error in the app is logged and answered 500, and a
+failure of Hypercorn itself (its HTTP/2 code, pgjones/hypercorn#329) restarts the server:
+neither is ever raised into the node.
 """
 
 from __future__ import annotations
@@ -41,13 +50,21 @@ import trio
 
 from .._errors import MessageTooLarge, SerializeError
 from .._log import RateLimitedLog, client_text
-from ._push import MAX_UID, Audience, check_route
+from ._push import MAX_UID, Audience, check_group, check_route
 
 __all__ = [
+    "BODY_TIMEOUT",
+    "DRAIN_LIMIT",
+    "KEEP_ALIVE_TIMEOUT",
     "MAX_BODY",
     "MAX_GROUP_NAME",
+    "MAX_REQUESTS",
+    "MAX_RESTART_DELAY",
     "MAX_UIDS",
     "PATH",
+    "READ_TIMEOUT",
+    "RESTART_DELAY",
+    "RETRY_AFTER",
     "BadRequest",
     "PushAPI",
     "Pusher",
@@ -61,6 +78,22 @@ _logger = logging.getLogger("trionano.cluster.push_api")
 PATH: Final = "/v1/push"
 #: The default limit of a request body, in bytes.
 MAX_BODY: Final = 64 * 1024
+#: The default bound of reading one request's body, in seconds (then 408).
+BODY_TIMEOUT: Final = 10.0
+#: The default bound of requests handled at once (more are answered 503).
+MAX_REQUESTS: Final = 1024
+#: The default ``Retry-After`` of a 503, in seconds.
+RETRY_AFTER: Final = 1
+#: The most bytes of a refused request's body read and discarded before answering.
+DRAIN_LIMIT: Final = 1024 * 1024
+#: The default Hypercorn ``read_timeout``: a connection silent this long is closed, in seconds.
+READ_TIMEOUT: Final = 10
+#: The default Hypercorn ``keep_alive_timeout``, in seconds.
+KEEP_ALIVE_TIMEOUT: Final = 5.0
+#: The first delay before restarting a failed server, in seconds (doubling to MAX_RESTART_DELAY).
+RESTART_DELAY: Final = 0.1
+#: The longest delay before restarting a failed server, in seconds.
+MAX_RESTART_DELAY: Final = 5.0
 #: The most uids one request may name.
 MAX_UIDS: Final = 10_000
 #: The longest group name, in characters.
@@ -132,6 +165,10 @@ def _audience(key: str, value: object) -> Audience:
     if key == "group":
         if not isinstance(value, str) or not 1 <= len(value) <= MAX_GROUP_NAME:
             raise BadRequest(400, f"group: a name of 1 to {MAX_GROUP_NAME} characters is required")
+        try:
+            check_group(value)
+        except ValueError as exc:
+            raise BadRequest(400, f"group: {exc}") from None
         return Audience.of_group(value)
     if value is not True:
         raise BadRequest(400, "everyone: true is the only value")
@@ -141,21 +178,48 @@ def _audience(key: str, value: object) -> Audience:
 class PushAPI:
     """The ASGI application of the push API (see the module). ``pusher`` receives the pushes;
     ``token``, when given, is required as ``Authorization: Bearer <token>``; ``max_body``
-    bounds a request body in bytes. Owned by whoever serves it; it keeps only counters."""
+    bounds a request body in bytes; ``on_answer`` is told each answer ("accepted", "refused",
+    "unreached": :meth:`Node.count_push_api`); ``body_timeout`` (seconds) bounds reading one request's
+    body (answered 408 after it); ``max_requests`` bounds the requests handled at once (more
+    are answered 503); ``retry_after`` (whole seconds) is the ``Retry-After`` of a 503. Owned
+    by whoever serves it; it keeps only counters.
 
-    def __init__(self, pusher: Pusher, *, token: str | None = None, max_body: int = MAX_BODY) -> None:
+    A refused request's body is read and discarded (up to ``DRAIN_LIMIT`` bytes, within
+    ``body_timeout``) before the answer, so that the client has finished sending when it is
+    answered (HTTP/2 servers have raced on late DATA frames, pgjones/hypercorn#329)."""
+
+    def __init__(
+        self,
+        pusher: Pusher,
+        *,
+        token: str | None = None,
+        max_body: int = MAX_BODY,
+        body_timeout: float = BODY_TIMEOUT,
+        max_requests: int = MAX_REQUESTS,
+        retry_after: int = RETRY_AFTER,
+        on_answer: Callable[[str], None] | None = None,
+    ) -> None:
         if max_body < 1:
             raise ValueError("max_body must be at least 1")
+        if body_timeout <= 0 or max_requests < 1 or retry_after < 0:
+            raise ValueError("body_timeout > 0, max_requests >= 1 and retry_after >= 0 are required")
         self._pusher = pusher
         if token is not None and (not token or not token.isascii() or not token.isprintable() or " " in token):
             raise ValueError("a bearer token is printable ASCII without spaces")
         self._token = None if token is None else token.encode()
         self.max_body: Final = max_body
+        self.body_timeout: Final = body_timeout
+        self.max_requests: Final = max_requests
+        self.retry_after: Final = retry_after
         self._log = RateLimitedLog(_logger)
+        self._on_answer = on_answer
+        self._active = 0
         self.accepted = 0
         """Requests answered 202."""
         self.refused = 0
-        """Requests answered 4xx or 500."""
+        """Requests answered 4xx or 500 (nothing was pushed)."""
+        self.unreached = 0
+        """Requests answered 503: valid, but no gate took the push, or too many requests."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -163,21 +227,71 @@ class PushAPI:
             return
         if scope["type"] != "http":
             return  # hypercorn answers WebSocket upgrades itself when the app does not accept
+        reader = _Reader(receive)
+        if self._active >= self.max_requests:
+            self._count("unreached")
+            self._log.warning("push api busy", "the push API is at %d requests: one answered 503", self.max_requests)
+            await self._drain(reader)
+            await _answer(send, 503, {"error": "too many requests at once"}, self._retry_after())
+            return
+        self._active += 1
         try:
-            gates = await self._handle(scope, receive)
+            await self._respond(scope, reader, send)
+        finally:
+            self._active -= 1
+
+    async def _respond(self, scope: Scope, receive: _Reader, send: Send) -> None:
+        try:
+            with trio.fail_after(self.body_timeout):
+                gates = await self._handle(scope, receive)
+        except trio.TooSlowError:
+            self._count("refused")
+            await _answer(
+                send, 408, {"error": f"the body took over {self.body_timeout:g} s"}, ((b"connection", b"close"),)
+            )
+            return
         except BadRequest as exc:
-            self.refused += 1
+            self._count("refused")
+            await self._drain(receive)
             await _answer(send, exc.status, {"error": exc.reason}, exc.headers)
             return
         except Exception:
-            self.refused += 1
+            self._count("refused")
             self._log.exception("push api", "the push API failed on a request")
+            await self._drain(receive)
             await _answer(send, 500, {"error": "internal error"})
             return
-        self.accepted += 1
+        if gates == 0:
+            self._count("unreached")
+            self._log.warning("push unreached", "a push reached no gate (none known yet, or all full): answered 503")
+            reason = "no gate took the push (none is known yet, or their queues are full): nothing was delivered"
+            await _answer(send, 503, {"error": reason}, self._retry_after())
+            return
+        self._count("accepted")
         await _answer(send, 202, {"gates": gates})
 
-    async def _handle(self, scope: Scope, receive: Receive) -> int:
+    def _count(self, answer: str) -> None:
+        if answer == "accepted":
+            self.accepted += 1
+        elif answer == "refused":
+            self.refused += 1
+        else:
+            self.unreached += 1
+        if self._on_answer is not None:
+            self._on_answer(answer)
+
+    def _retry_after(self) -> tuple[tuple[bytes, bytes], ...]:
+        return ((b"retry-after", str(self.retry_after).encode()),)
+
+    async def _drain(self, receive: _Reader) -> None:
+        """Read and discard what is left of the body: up to DRAIN_LIMIT bytes, within
+        ``body_timeout``; the client going away ends it."""
+        size = 0
+        with trio.move_on_after(self.body_timeout):
+            while size <= DRAIN_LIMIT and not receive.done:
+                size += len(await receive.chunk())
+
+    async def _handle(self, scope: Scope, receive: _Reader) -> int:
         if scope.get("path") != PATH:
             raise BadRequest(404, f"not found: the push API is POST {PATH}")
         if scope.get("method") != "POST":
@@ -211,20 +325,18 @@ class PushAPI:
         scheme, _, credentials = header.strip().partition(b" ")
         return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self._token)
 
-    async def _body(self, receive: Receive) -> bytes:
+    async def _body(self, receive: _Reader) -> bytes:
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
+        while not receive.done:
+            chunk = await receive.chunk()
+            if receive.gone:
                 raise BadRequest(400, "the client went away")
-            chunk = bytes(message.get("body", b""))
             size += len(chunk)
             if size > self.max_body:
                 raise BadRequest(413, f"the body is over {self.max_body} bytes")
             chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+        return b"".join(chunks)
 
     @staticmethod
     async def _lifespan(receive: Receive, send: Send) -> None:
@@ -235,6 +347,25 @@ class PushAPI:
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+class _Reader:
+    """One request's body, a chunk at a time; ``done`` once it has all come (or the client
+    went away: ``gone``), after which nothing more is read."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.done = False
+        self.gone = False
+
+    async def chunk(self) -> bytes:
+        message = await self._receive()
+        if message["type"] != "http.request":
+            self.done = self.gone = True
+            return b""
+        if not message.get("more_body", False):
+            self.done = True
+        return bytes(message.get("body", b""))
 
 
 async def _answer(send: Send, status: int, document: object, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
@@ -256,32 +387,92 @@ async def serve_push_api(
     *,
     token: str | None = None,
     max_body: int = MAX_BODY,
+    read_timeout: int = READ_TIMEOUT,
+    keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT,
+    body_timeout: float = BODY_TIMEOUT,
+    max_requests: int = MAX_REQUESTS,
+    retry_after: int = RETRY_AFTER,
     shutdown: trio.Event | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve :class:`PushAPI` for ``pusher`` on ``host:port`` with Hypercorn's Trio worker
     until ``shutdown`` is set (a graceful stop: requests in flight get 1 s) or the task is
-    cancelled. ``task_status.started`` gets the bound port (``port=0`` picks one). Raises
-    ImportError without Hypercorn (``pip install trionano[push]``), OSError when the port
-    cannot be bound."""
+    cancelled. ``task_status.started`` gets the bound port (``port=0`` picks one).
+
+    Hypercorn's limits: ``read_timeout`` (whole seconds) closes a connection that sends
+    nothing for that long; ``keep_alive_timeout`` (seconds) closes an idle kept-alive one.
+    The app's: ``body_timeout`` (seconds) bounds reading one body (408), ``max_requests``
+    bounds the requests handled at once (503), ``retry_after`` is a 503's ``Retry-After``.
+    A pusher with a ``count_push_api`` method (a :class:`~trionano.cluster.Node`) has each
+    answer counted there (:meth:`Node.push_statistics`, :mod:`trionano.metrics`).
+
+    Hypercorn also speaks HTTP/2 (h2c upgrade, prior knowledge) and offers no switch to turn
+    it off; the API is specified on HTTP/1.1. Whatever Hypercorn raises (as its HTTP/2 code on
+    a stream answered early, pgjones/hypercorn#329) never ends the caller: it is logged
+    (rate-limited) and the server restarted on the same port after a back-off (0.1 s,
+    doubling up to 5 s; back to 0.1 s after a minute of service). Raises ImportError without
+    Hypercorn (``pip install trionano[push]``), OSError when the port cannot be bound at
+    the start."""
     try:
         from hypercorn.config import Config as HypercornConfig
         from hypercorn.trio import serve
         from hypercorn.typing import ASGIFramework
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("the push API needs Hypercorn: pip install trionano[push]") from exc
-    config = HypercornConfig()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    config.graceful_timeout = 1.0
-    config.accesslog = None
-    app = PushAPI(pusher, token=token, max_body=max_body)
+    app = PushAPI(
+        pusher,
+        token=token,
+        max_body=max_body,
+        body_timeout=body_timeout,
+        max_requests=max_requests,
+        retry_after=retry_after,
+        on_answer=getattr(pusher, "count_push_api", None),
+    )
     stop = shutdown if shutdown is not None else trio.Event()
+    log = RateLimitedLog(_logger)
 
-    async def started(task_status: trio.TaskStatus[list[str]]) -> None:
+    def configure(bind_port: int) -> HypercornConfig:
+        config = HypercornConfig()
+        config.bind = [f"[{host}]:{bind_port}" if ":" in host else f"{host}:{bind_port}"]
+        config.graceful_timeout = 1.0
+        config.accesslog = None
+        config.read_timeout = read_timeout
+        config.keep_alive_timeout = keep_alive_timeout
+        return config
+
+    async def hypercorn(config: HypercornConfig, task_status: trio.TaskStatus[list[str]]) -> None:
         await serve(cast(ASGIFramework, app), config, shutdown_trigger=stop.wait, task_status=task_status, mode="asgi")
 
-    async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(started)
-        bound = int(binds[0].rpartition(":")[2])
-        _logger.info("push API on http://%s:%d%s", host, bound, PATH)
-        task_status.started(bound)
+    bound: int | None = None
+    delay = RESTART_DELAY
+    while not stop.is_set():
+        since = trio.current_time()
+        try:
+            async with trio.open_nursery() as nursery:
+                binds: list[str] = await nursery.start(hypercorn, configure(port if bound is None else bound))
+                if bound is None:
+                    bound = int(binds[0].rpartition(":")[2])
+                    _logger.info("push API on http://%s:%d%s", host, bound, PATH)
+                    task_status.started(bound)
+            return  # a graceful stop
+        except BaseExceptionGroup as group:
+            cancelled, failure = group.split(trio.Cancelled)
+            if cancelled is not None:  # being cancelled (perhaps failing meanwhile): goes on
+                if failure is not None:
+                    log.error("push api failed", "the push API's server failed while stopping", exc_info=failure)
+                raise cancelled from None
+            if not isinstance(group, ExceptionGroup):
+                raise  # KeyboardInterrupt, SystemExit: not the server's failure
+            error: BaseException = group
+        except Exception as single:
+            error = single
+        if bound is None:  # the first start failed: the caller hears of it
+            while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+                error = error.exceptions[0]
+            raise error
+        if trio.current_time() - since > 60:
+            delay = RESTART_DELAY
+        log.error("push api restart", "the push API's server failed; restarting in %gs", delay, exc_info=error)
+        with trio.move_on_after(delay):
+            await stop.wait()
+        delay = min(delay * 2, MAX_RESTART_DELAY)
