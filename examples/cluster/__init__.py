@@ -91,11 +91,14 @@ class TopicService(Component):
         self.next_uid += 1
         session.bind(self.next_uid)
         names = ",".join(user["nickname"] for user in self.users.values())
-        session.push("onMembers", {"members": names})
         self.users[session.uid] = {"nickname": msg.nickname, "balance": 1000}
+        # seat the user in chat's room before telling the client (nano's demo pushes first):
+        # the client answers onMembers by talking to the room, through the gate straight to
+        # chat, and nothing orders that path after this RPC but its head start
         session.rpc(
             "RoomService.JoinRoom", {"nickname": msg.nickname, "gateUid": msg.gateUid, "masterUid": session.uid}
         )
+        session.push("onMembers", {"members": names})
 
     def Stats(self, session: Session, msg: MasterStats) -> None:
         user = self.users.get(msg.uid)
