@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Final, NamedTuple
 
+from ._protowire import length_field, string_field, varint
+
 __all__ = [
     "MemberHandleResponse",
     "MessageError",
@@ -28,33 +30,11 @@ class MessageError(ValueError):
     """Bytes that are not the expected ``clusterpb`` message."""
 
 
-_SMALL: Final = [bytes((n,)) for n in range(128)]
 _U64: Final = 1 << 64
 
 
-def _varint(n: int) -> bytes:
-    if 0 <= n < 128:
-        return _SMALL[n]
-    if n < 0:
-        n += _U64
-    out = bytearray()
-    while n >= 128:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _bytes_field(tag: bytes, value: bytes) -> bytes:
-    return tag + _varint(len(value)) + value if value else b""
-
-
-def _str_field(tag: bytes, value: str) -> bytes:
-    return _bytes_field(tag, value.encode()) if value else b""
-
-
 def _int_field(tag: bytes, value: int) -> bytes:
-    return tag + _varint(value) if value else b""
+    return tag + varint(value) if value else b""
 
 
 def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -138,11 +118,11 @@ class RequestMessage(NamedTuple):
     def SerializeToString(self) -> bytes:  # protobuf's name, called by grpclib
         return b"".join(
             (
-                _str_field(b"\x0a", self.gate_addr),
+                string_field(b"\x0a", self.gate_addr),
                 _int_field(b"\x10", self.session_id),
                 _int_field(b"\x18", self.id),
-                _str_field(b"\x22", self.route),
-                _bytes_field(b"\x2a", self.data),
+                string_field(b"\x22", self.route),
+                length_field(b"\x2a", self.data),
             )
         )
 
@@ -163,10 +143,10 @@ class NotifyMessage(NamedTuple):
     def SerializeToString(self) -> bytes:
         return b"".join(
             (
-                _str_field(b"\x0a", self.gate_addr),
+                string_field(b"\x0a", self.gate_addr),
                 _int_field(b"\x10", self.session_id),
-                _str_field(b"\x1a", self.route),
-                _bytes_field(b"\x22", self.data),
+                string_field(b"\x1a", self.route),
+                length_field(b"\x22", self.data),
             )
         )
 
@@ -185,7 +165,7 @@ class ResponseMessage(NamedTuple):
 
     def SerializeToString(self) -> bytes:
         return b"".join(
-            (_int_field(b"\x08", self.session_id), _int_field(b"\x10", self.id), _bytes_field(b"\x1a", self.data))
+            (_int_field(b"\x08", self.session_id), _int_field(b"\x10", self.id), length_field(b"\x1a", self.data))
         )
 
     @classmethod
@@ -203,7 +183,7 @@ class PushMessage(NamedTuple):
 
     def SerializeToString(self) -> bytes:
         return b"".join(
-            (_int_field(b"\x08", self.session_id), _str_field(b"\x12", self.route), _bytes_field(b"\x1a", self.data))
+            (_int_field(b"\x08", self.session_id), string_field(b"\x12", self.route), length_field(b"\x1a", self.data))
         )
 
     @classmethod

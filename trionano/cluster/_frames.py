@@ -14,6 +14,8 @@ from __future__ import annotations
 import struct
 from typing import Final, NamedTuple, TypeAlias
 
+from ._protowire import length_field, string_field, varint
+
 __all__ = [
     "Batch",
     "CloseSession",
@@ -99,26 +101,6 @@ _KIND: Final = {
 _SFIXED64: Final = struct.Struct("<q")
 _pack_q = _SFIXED64.pack
 _unpack_q = _SFIXED64.unpack_from
-_SMALL: Final = [bytes((n,)) for n in range(128)]
-
-
-def _varint(n: int) -> bytes:
-    if n < 128:
-        return _SMALL[n] if n >= 0 else _varint(n + (1 << 64))
-    out = bytearray()
-    while n >= 128:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _len(tag: bytes, value: bytes) -> bytes:
-    return tag + _varint(len(value)) + value if value else b""
-
-
-def _str(tag: bytes, value: str) -> bytes:
-    return _len(tag, value.encode()) if value else b""
 
 
 def _sid(tag: bytes, sid: int) -> bytes:
@@ -126,7 +108,7 @@ def _sid(tag: bytes, sid: int) -> bytes:
 
 
 def _uint(tag: bytes, value: int) -> bytes:
-    return tag + _varint(value) if value else b""
+    return tag + varint(value) if value else b""
 
 
 def encode_frame(frame: Frame) -> bytes:
@@ -135,15 +117,28 @@ def encode_frame(frame: Frame) -> bytes:
     if isinstance(frame, Request):
         gate, sid, mid, route, data = frame
         inner = b"".join(
-            (_str(b"\x0a", gate), _sid(b"\x11", sid), _uint(b"\x18", mid), _str(b"\x22", route), _len(b"\x2a", data))
+            (
+                string_field(b"\x0a", gate),
+                _sid(b"\x11", sid),
+                _uint(b"\x18", mid),
+                string_field(b"\x22", route),
+                length_field(b"\x2a", data),
+            )
         )
     elif isinstance(frame, Response):
-        inner = b"".join((_sid(b"\x09", frame.sid), _uint(b"\x10", frame.mid), _len(b"\x1a", frame.data)))
+        inner = b"".join((_sid(b"\x09", frame.sid), _uint(b"\x10", frame.mid), length_field(b"\x1a", frame.data)))
     elif isinstance(frame, Push):
-        inner = b"".join((_sid(b"\x09", frame.sid), _str(b"\x12", frame.route), _len(b"\x1a", frame.data)))
+        inner = b"".join(
+            (_sid(b"\x09", frame.sid), string_field(b"\x12", frame.route), length_field(b"\x1a", frame.data))
+        )
     elif isinstance(frame, Notify):
         inner = b"".join(
-            (_str(b"\x0a", frame.gate), _sid(b"\x11", frame.sid), _str(b"\x1a", frame.route), _len(b"\x22", frame.data))
+            (
+                string_field(b"\x0a", frame.gate),
+                _sid(b"\x11", frame.sid),
+                string_field(b"\x1a", frame.route),
+                length_field(b"\x22", frame.data),
+            )
         )
     elif isinstance(frame, SessionClosed | CloseSession):
         inner = _sid(b"\x09", frame.sid)
@@ -153,15 +148,15 @@ def encode_frame(frame: Frame) -> bytes:
                 _sid(b"\x09", frame.sid),
                 _uint(b"\x10", frame.mid),
                 _uint(b"\x18", frame.status),
-                _str(b"\x22", frame.message),
+                string_field(b"\x22", frame.message),
             )
         )
     else:
         inner = frame.data
     kind = type(frame)
-    field = _SMALL[(_KIND[kind] << 3) | 2]
-    frame_bytes = field + _varint(len(inner)) + inner
-    return b"\x0a" + _varint(len(frame_bytes)) + frame_bytes
+    field = varint((_KIND[kind] << 3) | 2)
+    frame_bytes = field + varint(len(inner)) + inner
+    return b"\x0a" + varint(len(frame_bytes)) + frame_bytes
 
 
 def join_batch(encoded: list[bytes]) -> bytes:
