@@ -92,6 +92,8 @@ class Agent:
         "_finished",
         "_flush_at",
         "_held",
+        "_held_bytes",
+        "_held_window",
         "_limiter",
         "_log",
         "_max_bytes",
@@ -141,8 +143,9 @@ class Agent:
         self._on_working = on_working
         self._outbound_pipeline = config.pipeline.outbound  # its .funcs: tested on every answer
         self.conn: Final = WireConnection(Role.SERVER, heartbeat=config.heartbeat, codec=codec, now=trio.current_time())
-        self._send, self._receive = trio.open_memory_channel[bytes](float("inf"))
-        self._queued = 0  # packets in the outbox
+        # the outbox: a packet, or the packets a merge window held (the writer joins them)
+        self._send, self._receive = trio.open_memory_channel[bytes | list[bytes]](float("inf"))
+        self._queued = 0  # packets in the outbox (and held for a merge window)
         self._queued_bytes = 0  # and their bytes
         self._writing = False  # a write is under way (it may be waiting for the client)
         self._write_started = 0.0
@@ -157,11 +160,13 @@ class Agent:
         self._finished = False  # the closing sequence has begun
         self._reader_scope = trio.CancelScope()
         self._writer_scope = trio.CancelScope()
-        # merge window (Config.merge_window): the writer holds a write until _flush_at
+        # merge window (Config.merge_window): Pushes held here, off the outbox, until _flush_at
         self._window = config.merge_window or 0.0  # what a Push asks for
-        self._flush_at = _NEVER  # the earliest deadline the packets queued since the last write asked for
-        self._clock = clock  # the server's MergeClock, which wakes a holding writer
-        self._held: trio.lowlevel.Task | None = None  # the writer, while it holds
+        self._held: list[bytes] = []  # the packets held for the window, in order (after the outbox's)
+        self._held_bytes = 0
+        self._held_window = 0.0  # the window the first held packet asked for
+        self._flush_at = _NEVER  # the earliest deadline the held packets asked for
+        self._clock = clock  # the server's MergeClock, which ends a window (flush_due)
         self.session: Final = make_session(self)
 
     def __repr__(self) -> str:
@@ -337,6 +342,7 @@ class Agent:
         write_nowait: Callable[[bytes], int] | None = getattr(self._stream, "send_some_nowait", None)
         budget = WRITES_PER_CHECKPOINT
         carry: bytes | None = None
+        item: bytes | list[bytes]
         try:
             with self._writer_scope:
                 while True:
@@ -344,29 +350,35 @@ class Agent:
                         data, carry = carry, None
                     else:
                         try:
-                            data = receive.receive_nowait()
+                            item = receive.receive_nowait()
                         except trio.WouldBlock:
                             budget = WRITES_PER_CHECKPOINT
                             try:
-                                data = await receive.receive()
+                                item = await receive.receive()
                             except trio.EndOfChannel:
                                 break
                         except trio.EndOfChannel:
                             break
-                        self._queued -= 1
+                        if type(item) is list:  # a merge window's packets (at most MAX_WRITE)
+                            self._queued -= len(item)
+                            data = b"".join(item)
+                        else:
+                            self._queued -= 1
+                            data = item  # type: ignore[assignment]
                         self._queued_bytes -= len(data)
-                        if self._flush_at != _NEVER:  # a merge window was asked for
-                            if self._flush_at > trio.current_time():
-                                await self._hold()
-                            self._flush_at = _NEVER
                     size = len(data)
                     parts: list[bytes] | None = None
                     while True:  # join what is queued, never past MAX_WRITE
                         try:
-                            more = receive.receive_nowait()
+                            item = receive.receive_nowait()
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
-                        self._queued -= 1
+                        if type(item) is list:
+                            self._queued -= len(item)
+                            more = b"".join(item)
+                        else:
+                            self._queued -= 1
+                            more = item  # type: ignore[assignment]
                         self._queued_bytes -= len(more)
                         if size + len(more) > MAX_WRITE:
                             carry = more
@@ -407,61 +419,79 @@ class Agent:
 
     # -- merge window ------------------------------------------------------------------------
 
-    async def _hold(self) -> None:
-        """Hold the write until ``_flush_at`` (the merge window: the server's MergeClock wakes
-        it), or until a packet that must not wait (a Response, heartbeat, Kick), a full
-        write's worth or a close ends it. Without a running clock, writes at once."""
+    def _hold(self, packet: bytes, window: float) -> bool:
+        """Hold ``packet`` for a merge window of ``window`` seconds, off the outbox: the writer
+        is not woken for it. The window ends (:meth:`_flush_window`, which hands every held
+        packet to the writer as one item) at the earliest deadline a held packet asked for
+        (the server's MergeClock calls :meth:`flush_due`), or before a packet that must not
+        wait (a Response, heartbeat, Kick), a full write's worth or a close. Returns False
+        (the caller queues ``packet`` at once) without a running clock, or when the outbox
+        has packets the writer is about to write anyway."""
+        held = self._held
+        size = len(packet)
+        if held:
+            if self._held_bytes + size <= MAX_WRITE:
+                held.append(packet)
+                self._held_bytes += size
+                self._queued += 1
+                self._queued_bytes += size
+                if window < self._held_window:  # it may ask for an earlier deadline
+                    at = trio.current_time() + window
+                    if at < self._flush_at:
+                        self._flush_at = at
+                        self._clock.wake_at(at, self)  # type: ignore[union-attr]
+                return True
+            self._flush_window()  # a full write's worth: written now; this packet opens a window
+            held = self._held
+        elif self._queued or self.closed:
+            return False
         clock = self._clock
         if clock is None or not clock.running:
-            return
-        self._held = trio.lowlevel.current_task()
-        clock.wake_at(self._flush_at, self)
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self._held = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
+            return False
+        held.append(packet)
+        self._held_bytes = size
+        self._held_window = window
+        self._queued += 1
+        self._queued_bytes += size
+        self._flush_at = at = trio.current_time() + window
+        clock.wake_at(at, self)
+        return True
 
     def flush_due(self, now: float) -> None:
-        """The MergeClock's call: write now if the window has ended by ``now``."""
-        if self._held is not None and self._flush_at <= now:
-            self._release()
+        """The MergeClock's call: end the window if its deadline has come by ``now``."""
+        if self._held and self._flush_at <= now:
+            self._flush_window()
 
-    def _release(self) -> None:
-        task, self._held = self._held, None
-        if task is not None:
-            trio.lowlevel.reschedule(task)
-
-    def _ask_flush(self, window: float) -> None:
-        """The packet just queued must be written within ``window`` seconds (0: at once, with
-        everything queued before it). The earliest deadline asked since the last write wins,
-        so no packet waits past its own window; packets queued before any window was asked
-        for (``_flush_at`` still ``_NEVER`` with others queued) were not to wait either."""
-        if not window or self._queued_bytes >= MAX_WRITE or (self._flush_at == _NEVER and self._queued > 1):
-            at = -_NEVER
-        else:
-            at = trio.current_time() + window
-        if at < self._flush_at:
-            self._flush_at = at
-            if self._held is not None:
-                if at == -_NEVER:
-                    self._release()
-                elif self._clock is not None:
-                    self._clock.wake_at(at, self)
+    def _flush_window(self) -> None:
+        """Hand the held packets to the writer, one item (it joins them into one write)."""
+        held = self._held
+        self._held = []
+        self._held_bytes = 0
+        self._flush_at = _NEVER
+        try:
+            self._send.send_nowait(held if len(held) > 1 else held[0])
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self._counters.dropped_closed += len(held)
+            self._queued -= len(held)
+            self._queued_bytes -= sum(map(len, held))
 
     # -- sending (the NetworkEntity protocol) -----------------------------------------------
 
     def _enqueue(self, packet: bytes, *, droppable: bool = True, window: float = 0.0) -> bool:
         """Queue ``packet`` for the writer, to be written within ``window`` seconds (the merge
-        window; 0: at once). A Push (``droppable``) meets the slow-consumer
-        policy when the client does not read (see the module docstring); anything meets it
-        past ``max_outbox_bytes``. Returns whether it was queued."""
+        window; 0: at once, after whatever a window held). A Push (``droppable``) meets the
+        slow-consumer policy when the client does not read (see the module docstring);
+        anything meets it past ``max_outbox_bytes``. Returns whether it was queued."""
         if self._queued >= self._soft_limit or self._queued_bytes >= self._soft_bytes:
             if self._queued_bytes >= self._max_bytes:
                 return self._slow_consumer(droppable)
             if droppable and self._writing and trio.current_time() - self._write_started >= self._slow_after:
                 return self._slow_consumer(droppable)
+        if window:
+            if self._hold(packet, window):
+                return True
+        elif self._held:
+            self._flush_window()  # what the window held goes first, now
         try:
             self._send.send_nowait(packet)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -469,8 +499,6 @@ class Agent:
             return False
         self._queued += 1
         self._queued_bytes += len(packet)
-        if window or self._flush_at != _NEVER:
-            self._ask_flush(window)
         return True
 
     def _slow_consumer(self, droppable: bool) -> bool:
@@ -591,6 +619,8 @@ class Agent:
             if not self._enqueue(packet, droppable=False):
                 return False
         else:
+            if self._held:  # a merge window is open: a Response ends it, after what it held
+                self._flush_window()
             try:
                 self._send.send_nowait(packet)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -598,8 +628,6 @@ class Agent:
                 return False
             self._queued += 1
             self._queued_bytes += len(packet)
-            if self._flush_at != _NEVER:  # a merge window is open: a Response ends it
-                self._ask_flush(0.0)
         counters.responses_out += 1
         return True
 
@@ -653,16 +681,18 @@ class Agent:
         self._finished = True
         self.closed = True
         self._final = final
+        if self._held:  # a merge window ends: what it held is written before the close
+            self._flush_window()
         self._send.close()
-        self._ask_flush(0.0)  # a writer holding a merge window writes what is queued now
         if discard:
             while True:
                 try:
-                    self._receive.receive_nowait()
+                    item = self._receive.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-                self._queued -= 1
-                self._counters.dropped_slow += 1
+                count = len(item) if type(item) is list else 1
+                self._queued -= count
+                self._counters.dropped_slow += count
             self._queued_bytes = 0
         self._reader_scope.cancel()
         self._writer_scope.deadline = min(self._writer_scope.deadline, trio.current_time() + self._config.close_timeout)

@@ -91,7 +91,7 @@ async def test_pushes_in_a_window_go_out_in_one_write_per_connection(mock_clock:
             await settle()  # each writer has run: it holds the first, the rest queue behind
         held = server.statistics()
         assert held.writes == before.writes  # nothing written yet: time has not moved
-        assert held.outbox_queued == 2 * 4  # per connection: one held by its writer, four queued
+        assert held.outbox_queued == 2 * 5  # per connection: all five held for the window, off the outbox
         mock_clock.jump(WINDOW)
         await settle(lambda: server.statistics().writes == before.writes + 2)
         for raw in raws:
