@@ -10,6 +10,11 @@
         │           them at once, Router.dispatch_request queues each handler call
         └── writer: drain the outbox, join what is queued into one write
 
+A merge window (``Config.merge_window``) holds Pushes in a list beside the outbox, without
+waking the writer; when the window ends (the server's MergeClock, or a packet that must not
+wait: a Response, heartbeat or Kick) the list goes onto the outbox as one item, behind what
+was queued before it and ahead of what follows, so order is kept.
+
 Every packet in either direction goes through the connection's ``wire.Connection``, so nothing
 reaches the client out of protocol order (no Push before the handshake response). Everything
 that sends to the client (handlers, broadcasts, the heartbeat sweeper, the reader's handshake
@@ -432,10 +437,12 @@ class Agent:
         if held:
             if self._held_bytes + size <= MAX_WRITE:
                 held.append(packet)
-                self._held_bytes += size
                 self._queued += 1
                 self._queued_bytes += size
-                if window < self._held_window:  # it may ask for an earlier deadline
+                self._held_bytes += size
+                if self._held_bytes == MAX_WRITE:  # a full write's worth: written now
+                    self._flush_window()
+                elif window < self._held_window:  # it may ask for an earlier deadline
                     at = trio.current_time() + window
                     if at < self._flush_at:
                         self._flush_at = at
@@ -446,7 +453,7 @@ class Agent:
         elif self._queued or self.closed:
             return False
         clock = self._clock
-        if clock is None or not clock.running:
+        if clock is None or not clock.running or size >= MAX_WRITE:
             return False
         held.append(packet)
         self._held_bytes = size
@@ -681,8 +688,16 @@ class Agent:
         self._finished = True
         self.closed = True
         self._final = final
-        if self._held:  # a merge window ends: what it held is written before the close
-            self._flush_window()
+        held = self._held
+        if held:  # a merge window ends: what it held is written before the close, or dropped
+            if discard:
+                self._held = []
+                self._held_bytes = 0
+                self._flush_at = _NEVER
+                self._queued -= len(held)
+                self._counters.dropped_slow += len(held)
+            else:
+                self._flush_window()
         self._send.close()
         if discard:
             while True:
