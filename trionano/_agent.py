@@ -42,7 +42,7 @@ from ._ratelimit import RateLimiter, Verdict
 from ._router import CODE_RATE_LIMITED, Router
 from ._session import Broadcast, Session
 from ._stats import Counters
-from ._util import call_user
+from ._util import call_user, passes_through
 from .wire import (
     CODE_OK,
     CODE_SERVER_ERROR,
@@ -307,7 +307,9 @@ class Agent:
             except HandshakeRejected as exc:
                 code = exc.code
                 self._log.info("handshake rejected", "handshake from %s rejected: %s", self.remote_address, exc)
-            except Exception as exc:  # a user's validator: refuse this client, serve on
+            except BaseException as exc:  # a user's validator: refuse this client, serve on
+                if passes_through(exc):
+                    raise
                 code = CODE_SERVER_ERROR
                 self._log.exception(
                     "handshake validator", "handshake validator failed for %s", self.remote_address, exc_info=exc
@@ -491,7 +493,9 @@ class Agent:
         message = PipelineMessage(kind, route, body, mid)
         try:
             self._config.pipeline.outbound.process(self.session, message)
-        except Exception as exc:  # a user's pipeline function: drop the message, go on
+        except BaseException as exc:  # a user's pipeline function: drop the message, go on
+            if passes_through(exc):
+                raise
             self._counters.dropped_pipeline += 1
             self._log.warning(
                 "pipeline", "outbound pipeline refused %s for session %d: %r", route, self.session.id, exc

@@ -35,6 +35,7 @@ from ._pipeline import Pipeline, PipelineMessage
 from ._serializer import Unmarshal
 from ._session import Call, Session, current_call
 from ._stats import LATENCY_BOUNDS, ROUTE_FORWARDED, ROUTE_UNKNOWN, Counters, RouteCounters
+from ._util import passes_through
 from .nursery_scheduler import Lane, Scheduler, Task
 from .wire import MessageType, Notify, Request
 
@@ -176,7 +177,9 @@ class Router:
             pipeline_message = PipelineMessage(MessageType(message.type), route, body, mid)
             try:
                 self._inbound.process(session, pipeline_message)
-            except Exception as exc:  # a user's pipeline function: refuse the message, go on
+            except BaseException as exc:  # a user's pipeline function: refuse the message, go on
+                if passes_through(exc):
+                    raise
                 self._counters.dropped_pipeline += 1
                 self._log.warning("pipeline", "inbound pipeline refused %s: %r", route, exc)
                 return self._refuse(session, mid, CODE_BAD_REQUEST, str(exc))
@@ -233,7 +236,9 @@ class Router:
                 start = perf_counter()
                 try:
                     result = await func(session, arg)
-                except Exception as exc:
+                except BaseException as exc:
+                    if passes_through(exc):
+                        raise
                     self._failed(session, call, exc)
                 else:
                     if mid and not call.answered:
@@ -242,7 +247,9 @@ class Router:
                         else:
                             try:  # a closed session raises BrokenResourceError: _failed counts it
                                 entity.send_response(session, mid, marshal(result))
-                            except Exception as exc:  # SerializeError, MessageTooLarge, closed
+                            except BaseException as exc:  # SerializeError, MessageTooLarge, closed
+                                if passes_through(exc):
+                                    raise
                                 self._failed(session, call, exc)
                             else:
                                 call.answered = True
@@ -261,7 +268,9 @@ class Router:
             start = perf_counter()
             try:
                 result = func(session, arg)
-            except Exception as exc:
+            except BaseException as exc:
+                if passes_through(exc):
+                    raise
                 self._failed(session, call, exc)
             else:
                 if mid and not call.answered:
@@ -270,7 +279,9 @@ class Router:
                     else:
                         try:  # a closed session raises BrokenResourceError: _failed counts it
                             entity.send_response(session, mid, marshal(result))
-                        except Exception as exc:  # SerializeError, MessageTooLarge, closed
+                        except BaseException as exc:  # SerializeError, MessageTooLarge, closed
+                            if passes_through(exc):
+                                raise
                             self._failed(session, call, exc)
                         else:
                             call.answered = True
@@ -301,12 +312,14 @@ class Router:
             return
         try:  # a closed session raises BrokenResourceError: _failed counts it as dropped
             session.respond_raw(call.mid, session.serializer.marshal(result))
-        except Exception as exc:  # SerializeError, MessageTooLarge, a broken connection
+        except BaseException as exc:  # SerializeError, MessageTooLarge, a broken connection
+            if passes_through(exc):
+                raise
             self._failed(session, call, exc)
             return
         call.answered = True
 
-    def _failed(self, session: Session, call: Call, exc: Exception) -> None:
+    def _failed(self, session: Session, call: Call, exc: BaseException) -> None:
         if isinstance(exc, trio.BrokenResourceError) and session.closed:
             self._counters.dropped_closed += 1  # the client left while it was being served
             return

@@ -41,7 +41,7 @@ from ._merge import MergeClock
 from ._router import RemoteRouter, Router
 from ._session import NetworkEntity, Session
 from ._stats import Counters, Statistics
-from ._util import call_user, call_user_logged
+from ._util import call_user, call_user_logged, passes_through
 from ._websocket import OriginCheck, WebSocketEndpoint
 from .nursery_scheduler import Scheduler
 from .wire import Connection as WireConnection
@@ -305,14 +305,18 @@ class Server:
                 on_working=self._session_opened,
                 clock=self._merge_clock,
             )
-        except Exception as exc:  # the last guard, as below
+        except BaseException as exc:  # the last guard, as below
+            if passes_through(exc):
+                raise
             self._log.exception("connection failed", "connection from %s failed", remote_address, exc_info=exc)
             await trio.aclose_forcefully(stream)
             return
         self._agents.add(agent)
         try:
             await agent.run()
-        except Exception as exc:  # the last guard: nothing one client does ends the server
+        except BaseException as exc:  # the last guard: nothing one client does ends the server
+            if passes_through(exc):
+                raise
             self._log.exception("connection failed", "connection from %s failed", remote_address, exc_info=exc)
         finally:
             self._connection_closed(agent)
