@@ -8,7 +8,9 @@ handler does, a Request gets exactly one Response (its value, a deferred answer,
 =====  =====================================================================================
 code   when
 =====  =====================================================================================
-400    the body cannot be decoded to the handler's type, or an inbound pipeline refused it
+400    the body cannot be decoded to the handler's type, or an inbound pipeline refused it,
+       or the Request's id is 0 (answered with id 0; the handler is not called: nano and
+       pomelo take such a Request for a Notify and never answer it)
 404    no handler for the route (nano leaves the client waiting)
 413    the answer is larger than ``max_packet_size``
 429    the connection is over its rate limit (answered by the agent)
@@ -137,6 +139,8 @@ class Router:
     def dispatch_request(self, session: Session, mid: int, route: str, body: bytes) -> Pending | None:
         """:meth:`dispatch` for Request ``mid`` to ``route`` with ``body``, without the
         Request object: the reader's fused fast path. Same returns and guarantees."""
+        if not mid:
+            return self._id_zero(session, route)
         entry = self._handlers.get(route)
         if entry is None or self._inbound.funcs:  # forwarded, unknown, or a pipeline to run
             return self._dispatch(session, Request(mid, route, body), mid)
@@ -190,6 +194,19 @@ class Router:
             return self._undecodable(session, route, mid, exc)
         lane = self._main if not handler.lane else self._lane(session, handler)
         return self._queue(lane, self._call(session, handler, arg, mid, counts))
+
+    def _id_zero(self, session: Session, route: str) -> Pending | None:
+        """A Request with id 0: an id no client of pomelo's or nano's sends (theirs start at 1;
+        0 is a Notify's), which nano and pomelo take for a Notify, so its handler's answer is
+        dropped and the client waits forever. trionano answers it instead, without calling
+        the handler: a 400 Response with id 0, in order behind the session's earlier
+        requests; counted as a protocol error and logged (rate-limited)."""
+        self._counters.protocol_errors += 1
+        self._log.warning(
+            "request id 0", "request with id 0 for %s from session %d: answered 400", client_text(route), session.id
+        )
+        text = "request id 0 is not allowed: request ids start at 1 (id 0 is a notify's)"
+        return self._queue(self._main, lambda: self.answer_error(session, 0, CODE_BAD_REQUEST, text))
 
     def _undecodable(self, session: Session, route: str, mid: int, exc: SerializeError) -> Pending | None:
         self._log.warning("bad body", "undecodable body for %s: %s", route, client_text(str(exc)))
