@@ -340,14 +340,16 @@ class Server:
         session = agent.session
         self._sessions[session.id] = session
         self._counters.sessions_opened += 1
-        _logger.info("session %d opened from %s", session.id, agent.remote_address)
+        # DEBUG: a churn of connections must not flood the log; operators count them instead
+        # (statistics(): connections_accepted, sessions_opened, sessions_closed)
+        _logger.debug("session %d opened from %s", session.id, agent.remote_address)
 
     def _connection_closed(self, agent: Agent) -> None:
         self._agents.discard(agent)
         session = agent.session
         if self._sessions.pop(session.id, None) is not None:
             self._counters.sessions_closed += 1
-            _logger.info("session %d (uid %d) from %s closed", session.id, session.uid, agent.remote_address)
+            _logger.debug("session %d (uid %d) from %s closed", session.id, session.uid, agent.remote_address)
             self.session_closed(session)
         if self._stopping and not self._agents:
             self._all_closed.set()
