@@ -17,7 +17,19 @@ import trio.lowlevel
 import trio.testing
 
 from tests.runtime.apps import s_components, wait_until
-from trionano import Component, Components, Config, HandshakeRejected, Pipeline, RateLimit, Server, Session, wire
+from trionano import (
+    Component,
+    Components,
+    Config,
+    HandshakeRejected,
+    Pipeline,
+    RateLimit,
+    Server,
+    Session,
+    WebSocketEndpoint,
+    wire,
+)
+from trionano.client import open_websocket_client
 from trionano.testing import RawConnection, RunningServer, open_test_server
 
 
@@ -336,3 +348,40 @@ async def test_connection_churn_writes_no_info_lines_per_connection(caplog: pyte
         assert (stats.connections_accepted, stats.sessions_opened) == (40, 40)  # what operators see instead
     per_connection = [r for r in caplog.records if r.levelno >= logging.INFO and "session" in r.getMessage()]
     assert per_connection == []
+
+
+async def test_silent_sockets_before_a_websocket_upgrade_are_bounded_too() -> None:
+    """The HTTP upgrade comes before the server's handshake accounting: a WebSocket endpoint
+    bounds the sockets still in it the same way, per peer and in all."""
+    endpoint = WebSocketEndpoint("127.0.0.1", handshake_timeout=60, max_upgrading=8, max_upgrading_per_host=3)
+    server = Server(s_components()[0])
+    async with trio.open_nursery() as nursery:
+        (port,) = await nursery.start(server.serve, endpoint)
+        open_now = 0
+
+        async def silent(address: str) -> None:
+            nonlocal open_now
+            stream = await trio.open_tcp_stream("127.0.0.1", port, local_address=address)
+            async with stream:
+                open_now += 1
+                try:
+                    while await stream.receive_some(4096):
+                        pass
+                except trio.BrokenResourceError:
+                    pass
+                open_now -= 1
+
+        async with trio.open_nursery() as silents:
+            for _ in range(10):  # one peer: 3 kept, the rest refused at once
+                silents.start_soon(silent, "127.0.0.2")
+            await wait_until(lambda: endpoint.upgrades_refused == 7, timeout=30)
+            await wait_until(lambda: open_now == 3, timeout=30)
+            for i in range(10):  # all peers: 8 in all
+                silents.start_soon(silent, f"127.0.0.{20 + i}")
+            await wait_until(lambda: endpoint.upgrades_refused == 12, timeout=30)
+            await trio.sleep(1.5)  # HANDSHAKE_GRACE: now a newcomer evicts the oldest
+            async with open_websocket_client(f"ws://127.0.0.1:{port}/") as client:
+                assert await client.request("s.echo", {}, timeout=30) == {}
+            assert endpoint.upgrades_evicted == 1
+            silents.cancel_scope.cancel()
+        server.shutdown()
