@@ -200,8 +200,7 @@ class Router:
         0 is a Notify's), which nano and pomelo take for a Notify, so its handler's answer is
         dropped and the client waits forever. trionano answers it instead, without calling
         the handler: a 400 Response with id 0, in order behind the session's earlier
-        requests; counted as a protocol error and logged (rate-limited)."""
-        self._counters.protocol_errors += 1
+        requests; counted with the error Responses (400) and logged (rate-limited)."""
         self._log.warning(
             "request id 0", "request with id 0 for %s from session %d: answered 400", client_text(route), session.id
         )
