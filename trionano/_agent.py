@@ -581,9 +581,37 @@ class Agent:
     def send_broadcast(self, session: Session, broadcast: Broadcast) -> bool:
         """Queue one Push of a broadcast, encoded once per codec and shared. Returns whether
         it was queued. Raises trio.BrokenResourceError once closed, MessageTooLarge."""
+        window = self._window if broadcast.merge_window is None else broadcast.merge_window
+        if broadcast.encoder is self._codec and not self._outbound_pipeline.funcs:  # the common case
+            if self.closed:
+                raise trio.BrokenResourceError("the session is closed")
+            try:
+                packet = self.conn.send_encoded(broadcast.packet)
+            except LocalProtocolError:
+                if self._not_working():  # not WORKING (yet, or any more): counted, not sent
+                    return False
+                raise
+            held = self._held
+            if (
+                held  # a merge window is open: joined at once (what _enqueue and _hold do, inlined)
+                and window >= self._held_window
+                and self._held_bytes + len(packet) < MAX_WRITE
+                and self._queued < self._soft_limit
+                and self._queued_bytes < self._soft_bytes
+            ):
+                held.append(packet)
+                size = len(packet)
+                self._held_bytes += size
+                self._queued += 1
+                self._queued_bytes += size
+                self._counters.pushes_out += 1
+                return True
+            if self._enqueue(packet, window=window):
+                self._counters.pushes_out += 1
+                return True
+            return False
         if self._not_working():
             return False
-        window = self._window if broadcast.merge_window is None else broadcast.merge_window
         if self._config.pipeline.outbound.funcs:
             refined = self._outbound(MessageType.PUSH, broadcast.route, broadcast.body)
             if refined is None:
@@ -598,10 +626,7 @@ class Agent:
             broadcast.encoder = self._codec
             self._counters.encoded += 1
             return self._enqueue_push(broadcast.packet, window)
-        if self._enqueue(self.conn.send_encoded(broadcast.packet), window=window):  # _enqueue_push, inlined
-            self._counters.pushes_out += 1
-            return True
-        return False
+        return self._enqueue_push(self.conn.send_encoded(broadcast.packet), window)
 
     def _push_now(self, route: str, body: bytes, window: float) -> bool:
         try:

@@ -223,6 +223,35 @@ async def test_held_pushes_count_against_the_memory_bound(
             await settle(lambda: server.statistics().outbox_queued == 0)
 
 
+@pytest.mark.parametrize("window", [WINDOW, None], ids=["merging", "not-merging"])
+async def test_a_broadcast_counts_a_member_still_in_its_handshake_and_reaches_the_rest(
+    mock_clock: trio.testing.MockClock, window: float | None
+) -> None:
+    """The member after the one that encoded the broadcast takes the shared packet's fast path;
+    one that has not acknowledged its handshake yet is skipped and counted there too."""
+    room = Room()
+    pending: list[Session] = []
+    config = Config(merge_window=window, heartbeat=0, handshake_validator=lambda session, _: pending.append(session))
+    components = Components()
+    components.register(room, name="room")
+    server = Server(components, config)
+    async with open_test_server(server) as running, running.raw() as working, running.raw() as waiting:
+        await working.handshake()
+        await working.send(working.codec.request_packet(1, "room.join", b"{}"))
+        await working.receive_response()
+        await waiting.send(wire.encode_packet(wire.PacketType.HANDSHAKE, b""))  # never acknowledged
+        assert (await waiting.receive_packet()).type is wire.PacketType.HANDSHAKE
+        (late,) = pending[1:]
+        room.group.add(late)  # joined in its handshake (a validator's doing): it may not get Data yet
+        before = server.statistics()
+        assert room.group.broadcast("onA", {}) == 1
+        after = server.statistics()
+        assert after.pushes_out - before.pushes_out == 1
+        assert after.dropped_closed - before.dropped_closed == 1
+        mock_clock.jump(WINDOW)
+        assert await pushes(working, 1) == ["onA"]
+
+
 @pytest.mark.parametrize("off", [None, 0], ids=["None", "0"])
 async def test_without_a_window_each_push_is_its_own_write(
     mock_clock: trio.testing.MockClock, off: float | None
