@@ -283,3 +283,38 @@ def test_the_fused_request_path_declines_outside_working_and_after_eof() -> None
     assert isinstance(conn.next_event(), wire.ConnectionClosed)
     assert _working_server().receive_requests(bytearray(packet), now=0) is None
     assert _working_server().receive_requests(packet, now=0) == [(1, "a.b", b"{}")]
+
+
+def cesu8(text: str) -> bytes:
+    """``text`` as pomelo's JS client encodes it (protocol.js strencode): each UTF-16 code unit
+    encoded on its own, so a character outside the BMP is two 3-byte surrogate sequences."""
+    units = text.encode("utf-16-le")
+    return "".join(chr(int.from_bytes(units[i : i + 2], "little")) for i in range(0, len(units), 2)).encode(
+        "utf-8", "surrogatepass"
+    )
+
+
+@given(st.text(max_size=60), ids, bodies)
+@example(text="s.\U0001f600", id=1, body=b"{}")
+def test_a_cesu8_route_decodes_as_its_utf8_spelling(text: str, id: int, body: bytes) -> None:
+    raw = cesu8(text)
+    if len(raw) > wire.MAX_ROUTE_LENGTH:
+        return
+    codec = wire.MessageCodec()
+    frame = codec.encode(wire.Request(id, "", body))  # flag + id + an empty route, then the body
+    head = frame[: len(frame) - len(body) - 1]
+    assert codec.decode(head + bytes((len(raw),)) + raw + body) == wire.Request(id, text, body)
+    notify = bytes((wire.MessageType.NOTIFY << 1, len(raw))) + raw + body
+    assert codec.decode(notify) == wire.Notify(text, body)
+    assert wire.decode_route(raw) == text
+
+
+@given(st.binary(max_size=40))
+@example(raw="\ud83d".encode("utf-8", "surrogatepass"))  # a lone high surrogate: U+FFFD
+@example(raw=b"\xff")
+def test_a_route_decodes_to_text_or_raises_remote_protocol_error(raw: bytes) -> None:
+    try:
+        text = wire.decode_route(raw)
+    except RemoteProtocolError:
+        return
+    text.encode()  # a str with no surrogate left: encodable as UTF-8

@@ -52,6 +52,7 @@ from ._message import Response as Response
 from ._message import RouteDict as RouteDict
 from ._message import build_message as build_message
 from ._message import decode_message as decode_message
+from ._message import decode_route as decode_route
 from ._message import encode_message as encode_message
 from ._message import encode_varint as encode_varint
 from ._packet import HEAD_LENGTH as HEAD_LENGTH

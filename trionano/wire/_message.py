@@ -29,6 +29,7 @@ __all__ = [
     "Response",
     "RouteDict",
     "decode_message",
+    "decode_route",
     "encode_message",
 ]
 
@@ -277,7 +278,8 @@ class MessageCodec:
         """Parse one message frame. Raises RemoteProtocolError with nano's error text.
 
         Unlike nano: an unterminated or over-64-bit id, a truncated route code and a route that
-        is not UTF-8 are errors (``wrong message``), and a Response may have an empty body.
+        is neither UTF-8 nor CESU-8 are errors (``wrong message``), and a Response may have an
+        empty body. A CESU-8 route (pomelo's JS client) decodes as :func:`decode_route` says.
         """
         n = len(data)
         if n < 2:
@@ -290,7 +292,7 @@ class MessageCodec:
                 try:
                     request_route = data[3:end].decode()
                 except UnicodeDecodeError:
-                    raise RemoteProtocolError("wrong message: the route is not UTF-8") from None
+                    request_route = decode_route(data[3:end])
                 request = _new_request(Request)
                 _set_request_id(request, data[1])
                 _set_request_route(request, request_route)
@@ -333,7 +335,7 @@ class MessageCodec:
             try:
                 route = data[offset + 1 : end].decode()
             except UnicodeDecodeError:
-                raise RemoteProtocolError("wrong message: the route is not UTF-8") from None
+                route = decode_route(data[offset + 1 : end])
             offset = end
         body = data[offset:]
         if mtype == MessageType.REQUEST:
@@ -341,6 +343,25 @@ class MessageCodec:
         if mtype == MessageType.NOTIFY:
             return Notify(route, body)
         return Push(route, body)
+
+
+def decode_route(raw: bytes) -> str:
+    """An uncompressed route's text: UTF-8, or CESU-8 as pomelo's JS client sends it (its
+    ``protocol.js`` ``strencode`` encodes each UTF-16 code unit on its own, so U+1F600 arrives
+    as two 3-byte surrogate sequences), decoded to the same str as its UTF-8 spelling; a lone
+    surrogate becomes U+FFFD (as in bodies: see ``trionano._serializer``), so such a route
+    names no handler and is answered 404. Raises RemoteProtocolError (``wrong message: the
+    route is not UTF-8``) for any other invalid bytes."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        pass
+    try:
+        text = raw.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        raise RemoteProtocolError("wrong message: the route is not UTF-8") from None
+    # joins each high + low surrogate pair into its character; a lone one becomes U+FFFD
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 def encode_message(message: Message, routes: RouteDict = EMPTY_ROUTES) -> bytes:
