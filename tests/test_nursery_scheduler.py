@@ -199,3 +199,40 @@ async def test_an_interval_shorter_than_the_tick_is_logged(caplog: pytest.LogCap
         scheduler.every(0.5, lambda: None)
     (record,) = caplog.records
     assert "fires at most once per tick" in record.getMessage()
+
+
+async def test_a_one_shot_timer_shorter_than_the_tick_is_logged_as_late_not_repeating(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    scheduler = Scheduler(precision=1.0)
+    with caplog.at_level(logging.WARNING, logger="trionano.scheduler"):
+        scheduler.after(0.2, lambda: None)
+        scheduler.count(0.2, 3, lambda: None)
+    after, count = (record.getMessage() for record in caplog.records)
+    assert "every" not in after
+    assert "once per tick" not in after
+    assert "a timer after 0.2s fires on the first tick after that: up to 1s late" in after
+    assert "a timer every 0.2s fires at most once per tick of 1s" in count
+
+
+async def test_the_scheduler_log_is_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    scheduler = Scheduler(precision=0.01, backlog=1000)
+
+    def boom() -> None:
+        raise SystemExit(7)
+
+    with caplog.at_level(logging.WARNING, logger="trionano.scheduler"):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(scheduler.run)
+            for _ in range(500):
+                scheduler.after(0.001, boom)  # shorter than the tick: a warning each, and a panic each
+                scheduler.push_nowait(boom)  # a task that raises: a message panic each
+            await trio.sleep(0.1)
+            scheduler.stop()
+    kinds: dict[str, int] = {}
+    for record in caplog.records:
+        message = record.getMessage()
+        kind = message.split(" ", 3)[0] if message.startswith("Handle") else message[:20]
+        kinds[kind] = kinds.get(kind, 0) + 1
+    assert len(caplog.records) <= 3 * 10, kinds
+    assert scheduler.log.suppressed_total == 3 * 500 - 3 * 10

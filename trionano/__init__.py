@@ -46,6 +46,7 @@ from ._stats import Statistics as Statistics
 from ._websocket import BROWSER_CLIENT as BROWSER_CLIENT
 from ._websocket import WebSocketEndpoint as WebSocketEndpoint
 from .wire import Handshake as Handshake
+from .wire import RouteDict as RouteDict
 
 __version__ = "0.2.0"
 

@@ -68,7 +68,7 @@ from .wire import (
 )
 from .wire import Connection as WireConnection
 
-__all__ = ["EVICTED", "MAX_WRITE", "Agent"]
+__all__ = ["EVICTED", "MAX_WRITE", "Agent", "fitting_kick"]
 
 #: The most bytes the writer joins into one write: over WebSocket, one message. Every client
 #: trionano ships accepts messages of 4 * 64 KiB + 64 bytes; a single packet larger than this
@@ -83,6 +83,22 @@ EVICTED: Final = "handshake evicted"
 _HEARTBEAT: Final = Heartbeat()
 _WORKING: Final = State.WORKING
 _NEVER: Final = math.inf  # no queued packet has asked for a merge window
+
+
+def fitting_kick(reason: str, max_body: int) -> Kick:
+    """A Kick with ``reason``, or with its longest prefix whose Kick fits ``max_body`` bytes
+    and ``...`` after it (a JSON escape takes at most 12 bytes per character)."""
+    kick = Kick(reason)
+    if len(reason) * 12 + 16 <= max_body or len(kick.encode()) <= max_body:
+        return kick
+    fits, too_long = 0, len(reason)  # a bisection: the encoding grows with the prefix
+    while too_long - fits > 1:
+        middle = (fits + too_long) // 2
+        if len(Kick(reason[:middle] + "...").encode()) <= max_body:
+            fits = middle
+        else:
+            too_long = middle
+    return Kick(reason[:fits] + "...")
 
 
 class Agent:
@@ -701,10 +717,12 @@ class Agent:
         return False
 
     def kick(self, reason: str) -> None:
-        """Send a Kick with ``reason`` after what is queued, then close. Idempotent."""
+        """Send a Kick with ``reason`` after what is queued, then close. Idempotent. A reason
+        too long for one packet (``max_packet_size`` once JSON-encoded) is cut to fit and ends
+        with ``...``."""
         if not self._finished:
             self._counters.kicked("application")
-            self._send_kick(Kick(reason))
+            self._send_kick(fitting_kick(reason, self._codec.max_body))
 
     def evict(self) -> None:
         """Kick with reason "handshake evicted": a newcomer needs the place of this connection,

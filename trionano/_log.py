@@ -14,6 +14,7 @@ As everywhere in trionano, nothing here configures handlers or levels: that is t
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections.abc import Callable
@@ -124,9 +125,12 @@ class RateLimitedLog:
     counted, never formatted (a suppressed call costs a level check, a clock reading, a dict look-up and a few
     comparisons; the arguments are still evaluated by the caller, so keep them cheap: :func:`client_text` is).
     The first record let through after some were dropped reports them, appended to its message: ``unknown route
-    'x' (1234 similar messages suppressed in the last 10.0 s)``, whatever its level.
-    :meth:`flush` reports the counts still pending (call it at shutdown). A record below the logger's effective
-    level is neither logged nor counted. Each method returns whether it logged the record.
+    'x' (1234 similar messages suppressed in the last 10.0 s)``, whatever its level. A window that ends without a
+    record of its kind after it is reported by the next record of *any* kind, or by :meth:`flush_due` (a server
+    calls it every second: see ``Server.serve``), as its own record: ``1234 similar messages suppressed in the last
+    10.0 s (unknown route)``; so a flood that stops is reported within a second of its window's end, with no task
+    per kind. :meth:`flush` reports the counts still pending (call it at shutdown). A record below the logger's
+    effective level is neither logged nor counted. Each method returns whether it logged the record.
 
     ``kind`` must be a constant string of the calling code, never text from a peer: the state kept per kind is what
     bounds this object's memory. As a guard, past ``max_kinds`` distinct kinds every new kind shares one overflow
@@ -140,7 +144,17 @@ class RateLimitedLog:
     ``window`` is positive and finite. The logging methods raise nothing of their own; ``clock`` errors propagate.
     """
 
-    __slots__ = ("_clock", "_kinds", "_logger", "_max_kinds", "_overflow", "_per_window", "_window", "suppressed_total")
+    __slots__ = (
+        "_clock",
+        "_due",
+        "_kinds",
+        "_logger",
+        "_max_kinds",
+        "_overflow",
+        "_per_window",
+        "_window",
+        "suppressed_total",
+    )
 
     def __init__(
         self,
@@ -164,6 +178,7 @@ class RateLimitedLog:
         self._clock: Final = clock
         self._kinds: Final[dict[str, _Kind]] = {}
         self._overflow: _Kind | None = None
+        self._due = math.inf  # the earliest end of a window with records dropped and not reported
         self.suppressed_total = 0
         """Records dropped since construction, over all kinds."""
 
@@ -198,13 +213,26 @@ class RateLimitedLog:
     def flush(self) -> int:
         """Log, for each kind with dropped records not yet reported, one record saying how many, at the highest
         level among them; return the total reported. The windows go on: this lets nothing more through."""
+        return self._report(self._clock(), ended_only=False)
+
+    def flush_due(self) -> int:
+        """:meth:`flush` for the kinds whose window has ended only (what a record of any kind would report); return
+        the total reported. Costs a clock reading and a comparison when there is nothing to report."""
         now = self._clock()
+        return self._report(now, ended_only=True) if now >= self._due else 0
+
+    def _report(self, now: float, *, ended_only: bool) -> int:
         total = 0
+        due = math.inf
+        window = self._window
         states = list(self._kinds.items())
         if self._overflow is not None:
             states.append(("kinds beyond max_kinds", self._overflow))
         for kind, state in states:
             if state.suppressed:
+                if ended_only and now - state.start < window:
+                    due = min(due, state.start + window)
+                    continue
                 self._logger.log(
                     state.level,
                     "%d similar messages suppressed in the last %.1f s (%s)",
@@ -215,6 +243,7 @@ class RateLimitedLog:
                 total += state.suppressed
                 state.suppressed = 0
                 state.level = logging.NOTSET
+        self._due = due
         return total
 
     def _log(self, level: int, kind: str, msg: str, args: tuple[object, ...], exc_info: _ExcInfo) -> bool:
@@ -236,7 +265,14 @@ class RateLimitedLog:
             if level > state.level:
                 state.level = level
             self.suppressed_total += 1
+            due = state.start + self._window
+            if due < self._due:
+                self._due = due
+            elif now >= self._due:  # another kind's window has ended with records dropped: report them
+                self._report(now, ended_only=True)
             return False
+        if now >= self._due:  # another kind's window has ended with records dropped: report them first
+            self._report(now, ended_only=True)
         state.emitted += 1
         if reported:
             if not args:

@@ -269,6 +269,8 @@ class Router:
                                 self._failed(session, call, exc)
                             else:
                                 call.answered = True
+                    elif result is not None and mid:
+                        self._answered_before(call)
                 finally:
                     elapsed = perf_counter() - start
                     buckets[bisect_left(LATENCY_BOUNDS, elapsed)] += 1
@@ -301,6 +303,8 @@ class Router:
                             self._failed(session, call, exc)
                         else:
                             call.answered = True
+                elif result is not None and mid:
+                    self._answered_before(call)
             finally:
                 elapsed = perf_counter() - start
                 buckets[bisect_left(LATENCY_BOUNDS, elapsed)] += 1
@@ -308,6 +312,17 @@ class Router:
                 _reset_call(token)
 
         return call_sync
+
+    def _answered_before(self, call: Call) -> None:
+        """A Request handler answered (``session.response()``, a deferred answer) and then
+        returned a value too: a Request gets one Response, so the value is dropped, and logged."""
+        self._log.warning(
+            "answered before",
+            "%s returned a value for request %d after answering it: the value is dropped"
+            " (answer once: return the value, or answer and return None)",
+            call.route,
+            call.mid,
+        )
 
     def _answer(self, session: Session, call: Call, result: object) -> None:
         """A Request handler returned ``result``: make it the Response, unless answered."""

@@ -144,14 +144,18 @@ class Server:
         )
         self._log = RateLimitedLog(_logger)
         self._agent_log = RateLimitedLog(logging.getLogger("trionano.agent"))
-        self._fanout = FanOut(self._counters, RateLimitedLog(logging.getLogger("trionano.fanout")))
+        fanout_log = RateLimitedLog(logging.getLogger("trionano.fanout"))
+        self._fanout = FanOut(self._counters, fanout_log)
         self._merge_clock = MergeClock()
+        router_log = RateLimitedLog(logging.getLogger("trionano.router"))
+        #: every rate-limited log of this server: flushed every second (_flush_logs), and at the end
+        self._logs: Final = (self._log, self._agent_log, fanout_log, router_log, self.scheduler.log)
         self.router: Final = Router(
             components.resolve(self.serializer),
             scheduler=self.scheduler,
             pipeline=self.config.pipeline,
             counters=self._counters,
-            log=RateLimitedLog(logging.getLogger("trionano.router")),
+            log=router_log,
             expose_errors=self.config.expose_errors,
             remote=remote,
         )
@@ -250,6 +254,8 @@ class Server:
                 await root.start(self._fanout.run)
                 clock = trio.CancelScope()
                 await root.start(self._run_clock, clock)
+                flusher = trio.CancelScope()
+                root.start_soon(self._flush_logs, flusher)
                 await self._lifecycle("init")
                 await self._lifecycle("after_init")
                 sweeper = trio.CancelScope()
@@ -268,9 +274,12 @@ class Server:
                 self.scheduler.stop()
                 self._fanout.stop()
                 clock.cancel()
+                flusher.cancel()
             if root.cancel_scope.cancelled_caught:
                 _logger.warning("shutdown took over shutdown_timeout: queued handlers and hooks were cancelled")
         finally:
+            for log in self._logs:  # what the last windows suppressed
+                log.flush()
             self._running = False
             self._nursery = None
             self._stopped.set()
@@ -397,7 +406,7 @@ class Server:
 
         async def run_hooks() -> None:
             for hook in hooks:
-                await call_user_logged(_logger, "session close hook", hook, session)
+                await call_user_logged(self._log, "session close hook", hook, session)
 
         try:
             self.scheduler.push_nowait(run_hooks)
@@ -405,7 +414,9 @@ class Server:
             if self._nursery is not None:
                 self._nursery.start_soon(self.scheduler.push, run_hooks)
         except (trio.ClosedResourceError, trio.BrokenResourceError):  # stopped, or cancelled
-            _logger.warning("the scheduler has stopped: close hooks of session %d skipped", session.id)
+            self._log.warning(
+                "close hooks skipped", "the scheduler has stopped: close hooks of session %d skipped", session.id
+            )
 
     # -- the scheduler side -----------------------------------------------------------------
 
@@ -425,7 +436,7 @@ class Server:
                     if method is None:
                         continue
                     if not strict:
-                        await call_user_logged(_logger, f"{type(component).__name__}.{hook}", method)
+                        await call_user_logged(self._log, f"{type(component).__name__}.{hook}", method)
                         continue
                     try:
                         await call_user(method)
@@ -443,6 +454,17 @@ class Server:
     async def _run_clock(self, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]) -> None:
         with scope:
             await self._merge_clock.run(task_status=task_status)
+
+    async def _flush_logs(self, scope: trio.CancelScope) -> None:
+        """Every second, report what the rate-limited logs suppressed in windows that have
+        ended (:meth:`RateLimitedLog.flush_due`): a flood that stops is reported within a
+        second of its window's end, not at the next record of its kind, which may never come.
+        A comparison per log when there is nothing to report."""
+        with scope:
+            while True:
+                await trio.sleep(1.0)
+                for log in self._logs:
+                    log.flush_due()
 
     async def _sweep(self, scope: trio.CancelScope) -> None:
         """One task for every connection: every interval/8, send the heartbeats that are due

@@ -276,9 +276,11 @@ class Session(metaclass=_NoPublicConstructor):
 
     def response(self, value: object, *, mid: int | None = None) -> bool:
         """Answer the Request being handled, or the one whose id is ``mid`` (see :meth:`defer`
-        for answering later). Raises SessionError (``current session working on notify
-        mode``) when there is no request to answer, trio.BrokenResourceError if closed,
-        SerializeError, MessageTooLarge."""
+        for answering later). A Request gets one Response: a handler that answers this way and
+        then returns a value has that value dropped, and logged (``trionano.router``,
+        rate-limited). Raises SessionError (``current session working on notify mode``) when
+        there is no request to answer, trio.BrokenResourceError if closed, SerializeError,
+        MessageTooLarge."""
         call = current_call.get()
         if mid is None:
             mid = call.mid if call is not None else 0
@@ -318,6 +320,8 @@ class Session(metaclass=_NoPublicConstructor):
 
     def kick(self, reason: str = "") -> None:
         """Send a Kick with ``reason`` (pomelo's ``{"reason": ...}``), then close. Idempotent.
+        A reason too long for one packet (over ``max_packet_size``, 64 KiB by default, once
+        JSON-encoded) is cut to fit and ends with ``...``: the client is always told.
         Behind a large broadcast still on its way here, as :meth:`push` (so is :meth:`close`)."""
         fanout = self._fanout
         if fanout is not None and fanout.behind(self):  # after the broadcasts on their way here

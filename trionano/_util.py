@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import inspect
-import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
+
+if TYPE_CHECKING:
+    from ._log import RateLimitedLog
 
 __all__ = ["call_user", "call_user_logged", "open_nursery_around", "passes_through"]
 
@@ -36,17 +38,18 @@ async def call_user(func: Callable[..., object], *args: Any) -> object:
     return result
 
 
-async def call_user_logged(logger: logging.Logger, what: str, func: Callable[..., object], *args: Any) -> bool:
-    """:func:`call_user`, logging (with the traceback) instead of raising an ``Exception``:
-    the one place a user's hook may fail without taking its caller down. ``what`` names the
-    hook in the log line. Returns whether it succeeded. What :func:`passes_through` names
-    (``trio.Cancelled``, ``KeyboardInterrupt``...) propagates; ``SystemExit`` is logged."""
+async def call_user_logged(log: RateLimitedLog, what: str, func: Callable[..., object], *args: Any) -> bool:
+    """:func:`call_user`, logging (with the traceback, rate-limited: ``what`` is the kind, so a
+    constant string) instead of raising an ``Exception``: the one place a user's hook may fail
+    without taking its caller down. ``what`` names the hook in the log line. Returns whether
+    it succeeded. What :func:`passes_through` names (``trio.Cancelled``,
+    ``KeyboardInterrupt``...) propagates; ``SystemExit`` is logged."""
     try:
         await call_user(func, *args)
     except BaseException as exc:
         if passes_through(exc):
             raise
-        logger.exception("%s failed", what)
+        log.exception(what, "%s failed", what, exc_info=exc)
         return False
     return True
 

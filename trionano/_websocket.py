@@ -34,7 +34,7 @@ from wsproto.utilities import RemoteProtocolError
 
 from ._admission import Handshaking
 from ._listen import ConnectionHandler, accept_forever, open_listeners, peer_host
-from ._log import RateLimitedLog
+from ._log import RateLimitedLog, client_text
 
 __all__ = ["BROWSER_CLIENT", "OriginCheck", "WebSocketEndpoint", "WebSocketServerStream", "WebSocketStream"]
 
@@ -544,7 +544,7 @@ class WebSocketEndpoint:
             return None
         origin = _header(request, b"origin")
         if self.check_origin is not None and not self.check_origin(origin):
-            _logger.info("WebSocket from origin %r refused", origin)
+            self._log.info("origin refused", "WebSocket from origin %s refused", client_text(origin or ""))
             await _respond(stream, 403, b"origin not allowed\n", "text/plain", False)
             return None
         return trailing if await _accept(stream, raw) else None

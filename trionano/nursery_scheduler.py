@@ -9,10 +9,11 @@ to the next tick, at most one firing per tick.
 
 Resource handling: :meth:`Scheduler.run` owns every lane task; it returns after
 :meth:`Scheduler.stop` once the queued tasks have run. Error handling: an exception from a task
-or timer is logged (``Handle message panic`` / ``Handle timer panic``) and the scheduler goes
-on, ``SystemExit`` included (only ``trio.Cancelled``, ``KeyboardInterrupt`` and
-``GeneratorExit`` propagate: see :func:`trionano._util.passes_through`); ``push`` on a
-stopped scheduler raises ``trio.ClosedResourceError``.
+or timer is logged (``Handle message panic`` / ``Handle timer panic``, rate-limited per kind:
+see :class:`trionano._log.RateLimitedLog`) and the scheduler goes on, ``SystemExit`` included
+(only ``trio.Cancelled``, ``KeyboardInterrupt`` and ``GeneratorExit`` propagate: see
+:func:`trionano._util.passes_through`); ``push`` on a stopped scheduler raises
+``trio.ClosedResourceError``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Final
 import attrs
 import trio
 
+from ._log import RateLimitedLog
 from ._util import passes_through
 
 __all__ = ["Lane", "Scheduler", "Task", "Timer"]
@@ -39,9 +41,16 @@ TimerCondition = Callable[[float], bool]
 MAIN_LANE: Final = ""
 
 
-async def run_task(task: Task, logger: logging.Logger, what: str = "Handle message panic") -> None:
-    """Run a sync or async task; log what it raises. ``trio.Cancelled`` and
-    ``KeyboardInterrupt`` pass through (:func:`~trionano._util.passes_through`)."""
+#: The rate-limited kinds of the scheduler's log records (see :class:`trionano._log.RateLimitedLog`).
+MESSAGE_PANIC: Final = "Handle message panic"
+TIMER_PANIC: Final = "Handle timer panic"
+TIMER_TICK: Final = "timer shorter than the tick"
+
+
+async def run_task(task: Task, log: RateLimitedLog, what: str = MESSAGE_PANIC) -> None:
+    """Run a sync or async task; log what it raises (rate-limited, ``what`` is the kind).
+    ``trio.Cancelled`` and ``KeyboardInterrupt`` pass through
+    (:func:`~trionano._util.passes_through`)."""
     try:
         result = task()
         if result is not None and inspect.isawaitable(result):
@@ -49,16 +58,16 @@ async def run_task(task: Task, logger: logging.Logger, what: str = "Handle messa
     except BaseException as exc:
         if passes_through(exc):
             raise
-        logger.exception(what)
+        log.exception(what, what, exc_info=exc)
 
 
 class Lane:
     """A serial queue of tasks with its own task. Created by :meth:`Scheduler.lane`."""
 
-    def __init__(self, name: str, backlog: int, logger: logging.Logger) -> None:
+    def __init__(self, name: str, backlog: int, log: RateLimitedLog) -> None:
         self.name: Final = name
         self._send, self._receive = trio.open_memory_channel[Task](backlog)
-        self._logger = logger
+        self._log = log
         #: ``push_nowait(task)``: queue ``task`` or raise ``trio.WouldBlock`` when the lane is
         #: full (``trio.ClosedResourceError`` once closed). The channel's own method: no call
         #: of ours in between, on every message's path.
@@ -75,7 +84,7 @@ class Lane:
     async def run(self) -> None:
         """Run the queued tasks one at a time until :meth:`close`; started by the scheduler."""
         # Drain everything queued per wake-up: one task switch for a batch, not one per task.
-        logger = self._logger
+        log = self._log
         receive = self._receive
         async with receive:
             while True:
@@ -95,7 +104,7 @@ class Lane:
                 except BaseException as exc:
                     if passes_through(exc):
                         raise
-                    logger.exception("Handle message panic")
+                    log.exception(MESSAGE_PANIC, MESSAGE_PANIC, exc_info=exc)
 
 
 @attrs.define(eq=False)
@@ -123,6 +132,8 @@ class Scheduler:
     """One server's scheduler: the main lane, named lanes and timers.
 
     ``backlog`` tasks may wait per lane; ``precision`` is the timer tick in seconds (>= 1 ms).
+    ``logger`` (``trionano.scheduler`` by default) gets the scheduler's records, at most 10 of
+    each kind per 10 s (:attr:`log`).
     """
 
     def __init__(self, *, backlog: int = 256, precision: float = 1.0, logger: logging.Logger | None = None) -> None:
@@ -131,7 +142,8 @@ class Scheduler:
         self.precision: Final = precision
         self._backlog = backlog
         self._logger = logger or logging.getLogger("trionano.scheduler")
-        self._main = Lane(MAIN_LANE, backlog, self._logger)
+        self._log = RateLimitedLog(self._logger)
+        self._main = Lane(MAIN_LANE, backlog, self._log)
         self._lanes: dict[str, Lane] = {}
         self._nursery: trio.Nursery | None = None
         self._timers: list[Timer] = []  # active, in creation order
@@ -140,6 +152,11 @@ class Scheduler:
         self._timers_changed = trio.Event()
         self._epoch = 0.0
         self._stopped = False
+
+    @property
+    def log(self) -> RateLimitedLog:
+        """The scheduler's rate-limited log (its server flushes what it suppressed)."""
+        return self._log
 
     # -- tasks ------------------------------------------------------------------------------
 
@@ -160,7 +177,7 @@ class Scheduler:
         if lane is None:
             if self._nursery is None or self._stopped:
                 raise RuntimeError("the scheduler is not running")
-            lane = self._lanes[name] = Lane(name, self._backlog, self._logger)
+            lane = self._lanes[name] = Lane(name, self._backlog, self._log)
             self._nursery.start_soon(lane.run, name=f"trionano lane {name!r}")
         return lane
 
@@ -172,11 +189,20 @@ class Scheduler:
         if condition is None and not 0 < interval < math.inf:
             raise ValueError("non-positive interval for NewTimer")
         if condition is None and interval < self.precision:
-            self._logger.warning(
-                "a timer every %gs fires at most once per tick of %gs (Config.timer_precision)",
-                interval,
-                self.precision,
-            )
+            if count == 1:
+                self._log.warning(
+                    TIMER_TICK,
+                    "a timer after %gs fires on the first tick after that: up to %gs late (Config.timer_precision)",
+                    interval,
+                    self.precision,
+                )
+            else:
+                self._log.warning(
+                    TIMER_TICK,
+                    "a timer every %gs fires at most once per tick of %gs (Config.timer_precision)",
+                    interval,
+                    self.precision,
+                )
         now = trio.current_time() if self._nursery is not None else self._epoch
         timer = Timer(next(self._timer_ids), interval, fn, count, now + interval, condition)
         self._pending.append(timer)
@@ -220,15 +246,15 @@ class Scheduler:
                 except BaseException as exc:
                     if passes_through(exc):
                         raise
-                    self._logger.exception("Handle timer panic")
+                    self._log.exception(TIMER_PANIC, TIMER_PANIC, exc_info=exc)
                     continue
                 if due:
-                    await run_task(timer.fn, self._logger, "Handle timer panic")
+                    await run_task(timer.fn, self._log, TIMER_PANIC)
             elif timer.next_due <= now:
                 timer.next_due += timer.interval
                 if timer.count > 0:
                     timer.count -= 1
-                await run_task(timer.fn, self._logger, "Handle timer panic")
+                await run_task(timer.fn, self._log, TIMER_PANIC)
         self._timers = [t for t in self._timers if not t.stopped]
 
     async def _ticker(self) -> None:

