@@ -15,7 +15,8 @@ code   when
 413    the answer is larger than ``max_packet_size``
 429    the connection is over its rate limit (answered by the agent)
 500    the handler raised (:class:`~trionano.HandlerError` chooses the code), its value cannot
-       be serialized, or it returned None without answering or deferring
+       be serialized, or it returned None without answering or deferring, or its deferred
+       answer was dropped unanswered (see :class:`~trionano.DeferredResponse`)
 503    a forwarded route's cluster member failed, or the session has too many forwards
        waiting (cluster)
 =====  =====================================================================================
@@ -114,6 +115,7 @@ class Router:
         self._log = log
         self._expose_errors = expose_errors
         self.remote: Final = remote
+        self._on_dropped: Final = self._dropped  # bound once: every Call holds it
 
     @property
     def routes(self) -> list[str]:
@@ -241,13 +243,14 @@ class Router:
         in between: the serializer's ``marshal`` and the entity's ``send_response``)."""
         func = handler.func
         route = handler.route
+        on_dropped = self._on_dropped
         entity = session.entity
         marshal = session.serializer.marshal
         buckets = timing.buckets  # Timing.observe, inlined below
         if handler.is_async:
 
             async def call_async() -> None:
-                call = Call(route, mid)
+                call = Call(route, mid, on_dropped)
                 token = _set_call(call)
                 start = perf_counter()
                 try:
@@ -281,7 +284,7 @@ class Router:
 
         # the twin of call_async: a sync handler's call costs no coroutine per message
         def call_sync() -> None:
-            call = Call(route, mid)
+            call = Call(route, mid, on_dropped)
             token = _set_call(call)
             start = perf_counter()
             try:
@@ -312,6 +315,27 @@ class Router:
                 _reset_call(token)
 
         return call_sync
+
+    def _dropped(self, session: Session, call: Call) -> None:
+        """Every :class:`~trionano.DeferredResponse` of ``call`` was dropped unanswered (run by
+        Trio's run loop, handed over by the last one's finalizer): answer 500 and log. Not
+        when it was answered meanwhile, or a new promise of it was made since."""
+        if call.answered or call.promises:
+            return
+        call.answered = True
+        if session.closed:
+            self._counters.dropped_closed += 1
+            return
+        self._counters.handler_errors += 1
+        self._log.warning(
+            "deferred dropped",
+            "the deferred answer to %s (request %d, session %d) was dropped unanswered: answered 500"
+            " (keep the DeferredResponse until you answer it)",
+            call.route,
+            call.mid,
+            session.id,
+        )
+        self.answer_error(session, call.mid, CODE_INTERNAL, "internal error")
 
     def _answered_before(self, call: Call) -> None:
         """A Request handler answered (``session.response()``, a deferred answer) and then

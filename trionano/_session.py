@@ -9,7 +9,7 @@ sees the server.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final, Generic, NoReturn, Protocol, TypeVar, overload
 
 import trio
@@ -39,13 +39,21 @@ class Call:
     variable, so ``session.response()`` answers the right request even after the handler
     awaited (nano answers whichever request came last)."""
 
-    __slots__ = ("answered", "deferred", "mid", "route")
+    __slots__ = ("answered", "deferred", "mid", "on_dropped", "promises", "route")
 
-    def __init__(self, route: str, mid: int) -> None:
+    def __init__(self, route: str, mid: int, on_dropped: OnDropped | None = None) -> None:
         self.route = route
         self.mid = mid
         self.answered = False
         self.deferred = False
+        #: called (from Trio's run loop, never from a finalizer) when every DeferredResponse
+        #: of this call was dropped unanswered: the router answers 500 and logs
+        self.on_dropped = on_dropped
+        self.promises = 0  # DeferredResponse objects of this call alive
+
+
+#: What a :class:`Call`'s owner does when its deferred answers were all dropped unanswered.
+OnDropped = Callable[["Session", Call], None]
 
 
 current_call: Final[contextvars.ContextVar[Call | None]] = contextvars.ContextVar("trionano_call", default=None)
@@ -123,13 +131,40 @@ class _NoPublicConstructor(type):
 
 class DeferredResponse:
     """A promise to answer one Request later, from :meth:`Session.defer`. Answer it once with
-    :meth:`respond` or :meth:`error`; answering a closed session is a no-op (returns False)."""
+    :meth:`respond` or :meth:`error`; answering a closed session is a no-op (returns False).
 
-    __slots__ = ("_call", "_session")
+    A promise dropped unanswered (garbage-collected: the handler, timer or task holding it let
+    go of every reference, and of every other promise of the same Request) is answered for
+    it: a 500 error Response (``"internal error"``), logged (``trionano.router``,
+    rate-limited) and counted with the handler errors, so the client never waits for an
+    answer nobody can send. There is no deadline otherwise: a promise held unanswered is the
+    application's to keep (a match being made may take minutes), and the client's own
+    request timeout bounds its wait; a session that closes first is answered nothing. Answer
+    through the promise (not ``session.response(value, mid=...)``, which it cannot see)."""
+
+    __slots__ = ("_call", "_session", "_token")
 
     def __init__(self, session: Session, call: Call) -> None:
         self._session = session
         self._call = call
+        call.promises += 1
+        try:
+            self._token: trio.lowlevel.TrioToken | None = trio.lowlevel.current_trio_token()
+        except RuntimeError:  # outside Trio: nobody to answer for it when dropped
+            self._token = None
+
+    def __del__(self) -> None:
+        # a finalizer runs wherever the garbage collector does (inside any code of this
+        # thread, or at exit): it only counts, and hands the answer to Trio's run loop
+        # (run_sync_soon is safe to call from anywhere); it never raises
+        call = self._call
+        call.promises -= 1
+        if call.promises or call.answered or call.on_dropped is None or self._token is None:
+            return
+        try:
+            self._token.run_sync_soon(call.on_dropped, self._session, call)
+        except Exception:  # trio.RunFinishedError: the server has stopped, nobody to answer
+            return
 
     @property
     def mid(self) -> int:

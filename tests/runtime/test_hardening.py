@@ -6,18 +6,31 @@ contracts of sessions (a long kick reason, an answer after an answer)."""
 
 from __future__ import annotations
 
+import functools
+import gc
 import json
-import re
 import logging
+import re
 import shutil
 from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 
 from tests.runtime.apps import s_components
 from tests.runtime.test_browser import HAVE_POMELO, JS_DIR, require
-from trionano import Component, Components, Config, Server, Session, WebSocketEndpoint, wire
+from trionano import (
+    Component,
+    Components,
+    Config,
+    DeferredResponse,
+    Server,
+    Session,
+    WebSocketEndpoint,
+    wire,
+)
+from trionano.client import Client
 from trionano.testing import open_test_server
 
 # -- 1. CESU-8 routes ----------------------------------------------------------------------------
@@ -152,3 +165,77 @@ async def test_timers_from_client_traffic_cannot_flood_the_scheduler_log(caplog:
     reported = sum(int(m.group(1)) for r in scheduler if (m := re.search(r"(\d+) similar messages", r.getMessage())))
     shown = len([r for r in scheduler if "similar messages" not in r.getMessage()])
     assert shown + reported == 3 * count  # every record is shown or counted, none lost
+
+
+# -- 3. a deferred answer dropped unanswered --------------------------------------------------------
+
+
+class Promises(Component):
+    def __init__(self) -> None:
+        self.promises: list[DeferredResponse] = []
+
+    def dropped(self, session: Session, msg: dict[str, Any]) -> None:
+        session.defer()  # the promise is dropped at once: never answered
+
+    async def dropped_async(self, session: Session, msg: dict[str, Any]) -> None:
+        answer = session.defer()
+        await trio.lowlevel.checkpoint()
+        del answer
+
+    def twice_one_kept(self, session: Session, msg: dict[str, Any]) -> None:
+        session.defer()  # dropped, but another promise for the same request lives on
+        answer = session.defer()
+        self.server.scheduler.after(0.01, lambda: answer.respond({"kept": True}))
+
+    def kept(self, session: Session, msg: dict[str, Any]) -> None:
+        self.promises.append(session.defer())
+
+    def answer_kept(self, session: Session, msg: dict[str, Any]) -> dict[str, int]:
+        for answer in self.promises:
+            answer.respond({"late": True})
+        self.promises.clear()
+        return {"answered": 1}
+
+    def cycle(self, session: Session, msg: dict[str, Any]) -> None:
+        holder: list[Any] = [session.defer()]
+        holder.append(holder)  # dropped in a reference cycle: the garbage collector finds it
+
+
+def promises_components() -> Components:
+    components, _, _ = s_components()
+    components.register(Promises(), name="p")
+    return components
+
+
+@pytest.mark.parametrize("route", ["p.dropped", "p.dropped_async", "p.cycle"])
+async def test_a_deferred_answer_dropped_unanswered_is_answered_500_and_logged(
+    route: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="trionano")
+    async with open_test_server(promises_components()) as running, running.connect() as client:
+        for _ in range(2):
+            answers: list[Any] = []
+
+            async def ask(client: Client = client, answers: list[Any] = answers) -> None:
+                answers.append(await client.request(route, {}, timeout=30))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ask)
+                await trio.sleep(0.05)
+                gc.collect()  # p.cycle: the promise is found by the garbage collector
+            assert answers == [{"code": 500, "message": "internal error"}]
+        assert await client.request("s.echo", {"next": 1}, timeout=10) == {"next": 1}
+        assert running.server.statistics().error_responses.get(500, 0) == 2
+    assert any("dropped unanswered" in r.getMessage() and route in r.getMessage() for r in caplog.records)
+
+
+async def test_a_kept_or_answered_promise_is_not_answered_twice() -> None:
+    async with open_test_server(promises_components()) as running, running.connect() as client:
+        assert await client.request("p.twice_one_kept", {}, timeout=30) == {"kept": True}
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(client.request, "p.kept", {}, timeout=30))
+            await trio.sleep(0.1)
+            gc.collect()  # the promise is held by the component: not dropped
+            assert await client.request("p.answer_kept", {}, timeout=30) == {"answered": 1}
+        assert await client.request("s.echo", {"next": 1}, timeout=10) == {"next": 1}
+        assert running.server.statistics().error_responses.get(500, 0) == 0
