@@ -26,6 +26,14 @@ had a chance to write yet: the policy applies to a Push when ``outbox_size`` mes
 ``slow_consumer_after`` seconds*. Responses, heartbeats and Kicks are never dropped that way;
 the only other bound is memory: past ``max_outbox_bytes`` queued, whatever the reason, the
 session is kicked "slow consumer" (or, under the drop policy, a Push is dropped).
+
+A client's own Requests are paced rather than judged (backpressure): before taking a Request,
+the reader waits while ``outbox_bytes`` are queued for the client (resuming below half of it)
+or ``max_pending_requests`` of its Requests are unanswered; the client's next bytes wait in the
+socket and TCP's flow control holds it back. So an honest client pipelining more answers than
+``max_outbox_bytes`` is served as fast as it reads. Meanwhile its silence counts against it only
+once the writer has waited on it for the heartbeat timeout; under the kick policy, a writer
+waiting ``slow_consumer_after`` with the outbox over its soft bounds kicks it "slow consumer".
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ from ._util import call_user, passes_through
 from .wire import (
     CODE_OK,
     CODE_SERVER_ERROR,
+    TIMEOUT_INTERVALS,
     ConnectionClosed,
     Handshake,
     HandshakeAck,
@@ -120,19 +129,24 @@ class Agent:
         "_held_window",
         "_limiter",
         "_log",
+        "_low_bytes",
         "_max_bytes",
+        "_max_pending",
         "_on_working",
         "_outbound_pipeline",
+        "_pending",
         "_queued",
         "_queued_bytes",
         "_reader_scope",
         "_receive",
+        "_resume",
         "_router",
         "_send",
         "_slow_after",
         "_soft_bytes",
         "_soft_limit",
         "_stream",
+        "_timeout_span",
         "_window",
         "_write_started",
         "_writer_scope",
@@ -177,6 +191,12 @@ class Agent:
         self._soft_limit = config.outbox_size
         self._soft_bytes = config.outbox_bytes
         self._max_bytes = config.max_outbox_bytes
+        # backpressure on Requests (see the module docstring): the reader waits on _resume
+        self._pending = 0  # Requests read and not yet answered
+        self._max_pending = config.max_pending_requests
+        self._low_bytes = config.outbox_bytes // 2  # the reader resumes below this
+        self._resume: trio.Event | None = None  # set while the reader waits
+        self._timeout_span = TIMEOUT_INTERVALS * config.heartbeat  # a writer stuck this long: gone
         self._slow_after = config.slow_consumer_after
         limit = config.rate_limit
         if limiter is None and limit is not None:
@@ -265,6 +285,9 @@ class Agent:
                         # the fused fast path: only whole Requests were read (the common case),
                         # decoded without event objects, each handed to the router at once
                         for mid, route, body in requests:
+                            if self._pending >= self._max_pending or self._queued_bytes >= self._soft_bytes:
+                                await self._backpressure()
+                            self._pending += 1
                             if limiter is not None:
                                 verdict = limiter.check(now)
                                 if verdict is not Verdict.OK:
@@ -287,6 +310,10 @@ class Agent:
                         if event is None:
                             break
                         kind = type(event)
+                        if kind is Request:
+                            if self._pending >= self._max_pending or self._queued_bytes >= self._soft_bytes:
+                                await self._backpressure()
+                            self._pending += 1
                         # the handshake's two packets are not rate-limited: a connection makes
                         # them once (again is a protocol error), and one that inherits its
                         # peer's spent budget (PeerBudgets) must still be answered or kicked
@@ -324,6 +351,37 @@ class Agent:
         self._log.info("handshake timeout", "%s did not complete a handshake in time", self.remote_address)
         self._counters.kicked("handshake timeout")
         return Kick("handshake timeout")
+
+    async def _backpressure(self) -> None:
+        """Take no Request until the outbox is under half its ``outbox_bytes`` watermark and
+        fewer than ``max_pending_requests`` are unanswered: the client's next bytes stay in
+        the socket, and TCP's flow control holds it back. While the reader waits, the
+        client's silence is not held against it as long as the writer makes progress (see
+        :meth:`heartbeat`); under the kick policy, a writer that has waited
+        ``slow_consumer_after`` on the client with the outbox over its soft bounds kicks it
+        "slow consumer", as a Push queued then would."""
+        kick = self._config.slow_consumer is SlowConsumerPolicy.KICK
+        try:
+            while self._pending >= self._max_pending or self._queued_bytes >= self._low_bytes:
+                resume = self._resume = trio.Event()
+                with trio.move_on_after(self._slow_after):
+                    await resume.wait()
+                if (  # under the kick policy, a client that does not read what it asked for is judged too
+                    kick
+                    and not resume.is_set()
+                    and self._writing
+                    and trio.current_time() - self._write_started >= self._slow_after
+                    and (self._queued >= self._soft_limit or self._queued_bytes >= self._soft_bytes)
+                ):
+                    self._slow_consumer(droppable=False)  # kicks; the reader is cancelled
+                    await trio.lowlevel.checkpoint()
+        finally:
+            self._resume = None
+
+    def _maybe_resume(self) -> None:
+        """Wake the reader waiting in :meth:`_backpressure` once it may take Requests again."""
+        if self._pending < self._max_pending and self._queued_bytes < self._low_bytes:
+            self._resume.set()  # type: ignore[union-attr]
 
     def _rate_kick(self) -> Kick:
         self._log.warning(
@@ -426,6 +484,8 @@ class Agent:
                         size += len(more)
                     if parts is not None:
                         data = b"".join(parts)
+                    if self._resume is not None:  # the reader waits for the outbox to drain
+                        self._maybe_resume()
                     self._counters.writes += 1
                     if write_nowait is not None:
                         try:
@@ -664,6 +724,10 @@ class Agent:
         # every request's answer comes here: _not_working's checks, folded into the encoding
         if self.closed:
             raise trio.BrokenResourceError("the session is closed")
+        if self._pending:  # one Request fewer waits for its answer
+            self._pending -= 1
+            if self._resume is not None:
+                self._maybe_resume()
         if self._outbound_pipeline.funcs:
             if self._not_working():
                 return False
@@ -702,6 +766,11 @@ class Agent:
         is due."""
         conn = self.conn
         if now >= conn.timeout_deadline:
+            if self._resume is not None and not (self._writing and now - self._write_started >= self._timeout_span):
+                # the client's next packets wait in the socket for our reader (backpressure),
+                # and the writer makes progress: silence of our making is not the client's
+                conn.last_received = now
+                return False
             if not self._finished:
                 self._log.info(
                     "heartbeat timeout", "session %d from %s: heartbeat timeout", self.session.id, self.remote_address

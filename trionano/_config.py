@@ -112,6 +112,15 @@ class Config:
       the ``slow_consumer`` policy applies to its Pushes; it applies only once a write has
       waited ``slow_consumer_after`` seconds for the client to read (a burst the server has
       not yet had a chance to write is never judged). Responses are never dropped that way.
+      ``outbox_bytes`` is also the high watermark of the backpressure on a client's Requests:
+      while that many bytes wait to be written to it, its connection's reader takes no new
+      Request (TCP's flow control then holds the client back) and resumes below half of it.
+    - ``max_pending_requests``: Requests of one connection read and not yet answered (deferred
+      answers included); at the bound its reader takes no new Request until one is answered.
+      With the watermark above, this bounds what a pipelining client makes the server queue
+      (``outbox_bytes + max_pending_requests * max_packet_size``: 9 MiB by default), so an
+      honest client that reads its answers is paced, never kicked; one that stops reading is
+      reaped by the heartbeat timeout (its writer made no progress) or the memory bound.
     - ``max_outbox_bytes``: the memory bound per connection, whatever the reason: past it the
       session is kicked "slow consumer" (or, under the drop policy, a Push is dropped).
     - ``expose_errors``: send a handler's exception text to the client in its 500 Response
@@ -145,6 +154,7 @@ class Config:
     outbox_size: int = attrs.field(default=128, validator=attrs.validators.ge(1))
     outbox_bytes: int = attrs.field(default=1 << 20, validator=attrs.validators.ge(1024))
     max_outbox_bytes: int = attrs.field(default=16 << 20, validator=attrs.validators.ge(64 * 1024))
+    max_pending_requests: int = attrs.field(default=128, validator=attrs.validators.ge(1))
     slow_consumer_after: float = attrs.field(default=1.0, validator=_positive)
     merge_window: float | None = attrs.field(default=None, validator=_merge_window)
     max_packet_size: int = attrs.field(

@@ -18,7 +18,7 @@ import pytest
 import trio
 import trio.lowlevel
 
-from tests.runtime.apps import s_components
+from tests.runtime.apps import s_components, wait_until
 from tests.runtime.test_browser import HAVE_POMELO, JS_DIR, require
 from trionano import (
     Component,
@@ -31,7 +31,7 @@ from trionano import (
     wire,
 )
 from trionano.client import Client
-from trionano.testing import open_test_server
+from trionano.testing import RunningServer, open_test_server
 
 # -- 1. CESU-8 routes ----------------------------------------------------------------------------
 
@@ -239,3 +239,83 @@ async def test_a_kept_or_answered_promise_is_not_answered_twice() -> None:
             assert await client.request("p.answer_kept", {}, timeout=30) == {"answered": 1}
         assert await client.request("s.echo", {"next": 1}, timeout=10) == {"next": 1}
         assert running.server.statistics().error_responses.get(500, 0) == 0
+
+
+# -- 4. backpressure on a pipelining client ---------------------------------------------------------
+
+
+async def bystander_served(running: RunningServer, rounds: int = 3) -> None:
+    async with running.connect() as client:
+        for i in range(rounds):
+            assert await client.request("s.echo", {"i": i}, timeout=60) == {"i": i}
+
+
+@pytest.mark.parametrize("count", [400])
+async def test_a_client_pipelining_a_large_burst_is_paced_not_kicked(count: int) -> None:
+    """400 answers of 60 KB (24 MB, over max_outbox_bytes) asked at once, read as fast as the
+    client can: every one answered, in order; the reader stops taking Requests while the
+    answers wait, so the outbox stays bounded, and a bystander is served meanwhile."""
+    components, _, _ = s_components()
+    async with open_test_server(components) as running, running.raw() as raw:
+        await raw.handshake()
+        body = json.dumps({"size": 60_000}).encode()
+        await raw.send(b"".join(request(mid, "s.sized", body) for mid in range(1, count + 1)))
+        ids: list[int] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(bystander_served, running)
+            with trio.fail_after(120):
+                for _ in range(count):
+                    response = await raw.receive_response()
+                    assert len(response.body) > 60_000
+                    ids.append(response.id)
+        assert ids == list(range(1, count + 1))
+        statistics = running.server.statistics()
+        assert statistics.kicks.get("slow consumer", 0) == 0
+
+
+async def test_a_client_that_pipelines_and_never_reads_is_still_reaped() -> None:
+    """The same burst from a client that reads nothing: the reader stops taking its Requests,
+    the writer waits on it, and the heartbeat timeout reaps it; a bystander is served."""
+    components, _, _ = s_components()
+    async with open_test_server(components, Config(heartbeat=1)) as running, running.raw() as raw:
+        await raw.handshake()
+        body = json.dumps({"size": 60_000}).encode()
+        await raw.send(b"".join(request(mid, "s.sized", body) for mid in range(1, 401)))
+        await bystander_served(running)
+        await wait_until(lambda: not running.server.sessions, timeout=60)
+        kicks = running.server.statistics().kicks
+        assert kicks.get("heartbeat timeout", 0) + kicks.get("slow consumer", 0) == 1, kicks
+
+
+class Nap(Component):
+    async def nap(self, session: Session, msg: dict[str, Any]) -> dict[str, float]:
+        await trio.sleep(msg["seconds"])
+        return {"slept": msg["seconds"]}
+
+
+async def test_a_client_held_back_by_backpressure_is_not_timed_out_for_the_silence_it_was_made_to_keep() -> None:
+    """One Request may be unanswered at a time: the reader does not read the client's next
+    Request, nor the heartbeats it sends behind it, for 4 heartbeat timeouts' worth of seconds;
+    the client is not kicked for that silence, and both Requests are answered."""
+    components, _, _ = s_components()
+    components.register(Nap(), name="nap", lane="naps")
+    config = Config(heartbeat=0.5, max_pending_requests=1)
+    heartbeat = wire.encode_packet(wire.PacketType.HEARTBEAT)
+    async with open_test_server(components, config) as running, running.raw() as raw:
+        await raw.handshake()
+        await raw.send(request(1, "nap.nap", b'{"seconds": 5}') + request(2, "s.echo", b'{"after": 1}'))
+        answers: list[wire.Response] = []
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+
+                async def beat() -> None:
+                    while True:
+                        await raw.send(heartbeat)
+                        await trio.sleep(0.25)
+
+                nursery.start_soon(beat)
+                while len(answers) < 2:
+                    answers.append(await raw.receive_response())
+                nursery.cancel_scope.cancel()
+        assert [(a.id, json.loads(a.body)) for a in answers] == [(1, {"slept": 5}), (2, {"after": 1})]
+        assert running.server.statistics().kicks == {}
