@@ -343,14 +343,14 @@ class Agent:
                     if carry is not None:
                         data, carry = carry, None
                     else:
+                        # _queued counts the packets in the outbox: an empty one is waited on
+                        # without trying it first (trio's WouldBlock costs a raise per write)
                         try:
-                            data = receive.receive_nowait()
-                        except trio.WouldBlock:
-                            budget = WRITES_PER_CHECKPOINT
-                            try:
+                            if self._queued:
+                                data = receive.receive_nowait()
+                            else:
+                                budget = WRITES_PER_CHECKPOINT
                                 data = await receive.receive()
-                            except trio.EndOfChannel:
-                                break
                         except trio.EndOfChannel:
                             break
                         self._queued -= 1
@@ -361,11 +361,8 @@ class Agent:
                             self._flush_at = _NEVER
                     size = len(data)
                     parts: list[bytes] | None = None
-                    while True:  # join what is queued, never past MAX_WRITE
-                        try:
-                            more = receive.receive_nowait()
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
+                    while self._queued:  # join what is queued, never past MAX_WRITE
+                        more = receive.receive_nowait()
                         self._queued -= 1
                         self._queued_bytes -= len(more)
                         if size + len(more) > MAX_WRITE:
