@@ -3,13 +3,17 @@
 Each accepted connection's HTTP request head is read here (h11): an ``Upgrade: websocket``
 request to the configured path is accepted (wsproto's handshake), and the connection becomes a
 :class:`WebSocketServerStream`, then an agent; a plain ``GET`` is answered from the static
-directory, if any. The server drives websockets' sans-I/O engine itself (inbound frames and
-control frames; its outbound data frames, unmasked binary FIN frames, are framed inline), in
-the agent's reader and writer (measured against wsproto's, bench/websocket.py: several times
-cheaper per message); trio-websocket serves the client side (:class:`WebSocketStream`). Inbound, binary and
-text messages both feed the packet stream (a packet may span messages; a message may hold
-several). Outbound, the agent's writer hands over whole packets only, and each ``send_all`` is
-one message: JS clients cannot reassemble a split packet.
+directory, if any. The server drives websockets' sans-I/O engine itself, in the agent's
+reader and writer: a whole single-frame message (what clients send) is read inline, with the
+engine's own C unmasking, and every other frame (control frames, fragments, a frame split
+across reads, anything malformed) goes to the engine, which also writes the answers (pongs,
+close frames); the server's data frames, unmasked binary FIN frames, are framed inline
+(bench/websocket.py measures the path beside both engines: several times cheaper per message
+than wsproto's, the engine the server drove first); trio-websocket serves the client side
+(:class:`WebSocketStream`). Inbound, binary and text messages both feed the packet stream (a
+packet may span messages; a message may hold several). Outbound, the agent's writer hands over
+whole packets only, and each ``send_all`` is one message: JS clients cannot reassemble a split
+packet.
 """
 
 from __future__ import annotations
@@ -92,7 +96,10 @@ _ENGINE_LOG: Final = _EngineLog(_logger.getChild("frames"), {})
 class WebSocketServerStream(trio.abc.Stream):
     """The server side of an accepted WebSocket as a byte stream: the framing of websockets'
     sans-I/O engine (``websockets.protocol.Protocol``) driven directly over the transport, in
-    the calling tasks (no task, channel or lock of its own).
+    the calling tasks (no task, channel or lock of its own). A whole single-frame message is
+    read without the engine (its header inline, its payload unmasked by the engine's
+    ``apply_mask``); every other frame is fed to the engine whole and from its first byte,
+    so it judges each as it would alone (tests: random sessions cut into random reads).
 
     Inbound, the payloads of binary and text messages (text as its UTF-8 bytes, checked) make
     the byte stream; a message is handed over once it is whole, so one larger than
