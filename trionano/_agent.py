@@ -42,7 +42,7 @@ from ._ratelimit import RateLimiter, Verdict
 from ._router import CODE_RATE_LIMITED, Router
 from ._session import Broadcast, Session
 from ._stats import Counters
-from ._util import call_user
+from ._util import call_user, passes_through
 from .wire import (
     CODE_OK,
     CODE_SERVER_ERROR,
@@ -63,7 +63,7 @@ from .wire import (
 )
 from .wire import Connection as WireConnection
 
-__all__ = ["MAX_WRITE", "Agent"]
+__all__ = ["EVICTED", "MAX_WRITE", "Agent"]
 
 #: The most bytes the writer joins into one write: over WebSocket, one message. Every client
 #: trionano ships accepts messages of 4 * 64 KiB + 64 bytes; a single packet larger than this
@@ -73,6 +73,8 @@ MAX_WRITE: Final = 256 * 1024
 EVENTS_PER_WAKEUP: Final = 64
 #: Writes the writer makes in a row without waiting before it lets other tasks run.
 WRITES_PER_CHECKPOINT: Final = 16
+#: The Kick reason (and ``statistics().kicks`` key) of a connection evicted from its handshake.
+EVICTED: Final = "handshake evicted"
 _HEARTBEAT: Final = Heartbeat()
 _WORKING: Final = State.WORKING
 _NEVER: Final = math.inf  # no queued packet has asked for a merge window
@@ -81,7 +83,8 @@ _NEVER: Final = math.inf  # no queued packet has asked for a merge window
 class Agent:
     """A connection's reader, writer and outbox; the :class:`~trionano.Session`'s network
     entity. Built and run by its server (``make_session`` gives it its session); never by
-    users. ``on_working(agent)`` runs when the client acknowledges the handshake."""
+    users. ``on_working(agent)`` runs when the client acknowledges the handshake; ``limiter``
+    (default: a fresh one of ``config.rate_limit``) is its inbound rate limiter."""
 
     __slots__ = (
         "_clock",
@@ -130,6 +133,7 @@ class Agent:
         make_session: Callable[[Agent], Session],
         on_working: Callable[[Agent], None],
         clock: MergeClock | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self._stream = stream
         self.remote_address: Final = remote_address
@@ -151,7 +155,9 @@ class Agent:
         self._max_bytes = config.max_outbox_bytes
         self._slow_after = config.slow_consumer_after
         limit = config.rate_limit
-        self._limiter = RateLimiter(limit.rate, limit.burst, limit.kick_after) if limit is not None else None
+        if limiter is None and limit is not None:
+            limiter = RateLimiter(limit.rate, limit.burst, limit.kick_after)
+        self._limiter = limiter if limit is not None else None
         self.closed = False  # no more messages are accepted
         self._final: bytes | None = None  # a Kick, written after the outbox drains
         self._finished = False  # the closing sequence has begun
@@ -166,6 +172,11 @@ class Agent:
 
     def __repr__(self) -> str:
         return f"<Agent session={self.session.id} {self.remote_address} {self.conn.state.name}>"
+
+    @property
+    def limiter(self) -> RateLimiter | None:
+        """The connection's inbound rate limiter (None: unlimited); its server's to remember."""
+        return self._limiter
 
     @property
     def queued(self) -> int:
@@ -249,14 +260,17 @@ class Agent:
                         event = conn.next_event()
                         if event is None:
                             break
-                        if limiter is not None:
+                        kind = type(event)
+                        # the handshake's two packets are not rate-limited: a connection makes
+                        # them once (again is a protocol error), and one that inherits its
+                        # peer's spent budget (PeerBudgets) must still be answered or kicked
+                        if limiter is not None and kind is not Handshake and kind is not HandshakeAck:
                             verdict = limiter.check(now)
                             if verdict is not Verdict.OK:
                                 if verdict is Verdict.KICK:
                                     return self._rate_kick()
                                 self._refuse(event)
                                 continue
-                        kind = type(event)
                         if kind is Request or kind is Notify:
                             pending = dispatch(session, event)  # type: ignore[arg-type]
                             if pending is not None:
@@ -307,7 +321,9 @@ class Agent:
             except HandshakeRejected as exc:
                 code = exc.code
                 self._log.info("handshake rejected", "handshake from %s rejected: %s", self.remote_address, exc)
-            except Exception as exc:  # a user's validator: refuse this client, serve on
+            except BaseException as exc:  # a user's validator: refuse this client, serve on
+                if passes_through(exc):
+                    raise
                 code = CODE_SERVER_ERROR
                 self._log.exception(
                     "handshake validator", "handshake validator failed for %s", self.remote_address, exc_info=exc
@@ -488,7 +504,9 @@ class Agent:
         message = PipelineMessage(kind, route, body, mid)
         try:
             self._config.pipeline.outbound.process(self.session, message)
-        except Exception as exc:  # a user's pipeline function: drop the message, go on
+        except BaseException as exc:  # a user's pipeline function: drop the message, go on
+            if passes_through(exc):
+                raise
             self._counters.dropped_pipeline += 1
             self._log.warning(
                 "pipeline", "outbound pipeline refused %s for session %d: %r", route, self.session.id, exc
@@ -624,6 +642,13 @@ class Agent:
         if not self._finished:
             self._counters.kicked("application")
             self._send_kick(Kick(reason))
+
+    def evict(self) -> None:
+        """Kick with reason "handshake evicted": a newcomer needs the place of this connection,
+        still in its handshake past the grace (see :mod:`trionano._admission`)."""
+        if not self._finished:
+            self._counters.kicked(EVICTED)
+            self._send_kick(Kick(EVICTED))
 
     def shutdown(self) -> None:
         """Kick with reason "shutdown" (the server is stopping)."""

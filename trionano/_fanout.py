@@ -29,6 +29,7 @@ import trio
 from ._errors import MessageTooLarge
 from ._log import RateLimitedLog
 from ._stats import Counters
+from ._util import passes_through
 
 __all__ = ["BUCKET_SIZE", "MAX_BEHIND", "FanOut", "FanOutJob", "Member"]
 
@@ -177,7 +178,9 @@ class FanOut:
                 self._counters.dropped_closed += 1
             except MessageTooLarge as exc:
                 self._log.warning("fan-out", "fan-out: a Push for session %d is too large: %s", session.id, exc)
-            except Exception as exc:  # a user's serializer or pipeline: this member only
+            except BaseException as exc:  # a user's serializer or pipeline: this member only
+                if passes_through(exc):
+                    raise
                 self._log.exception("fan-out", "fan-out: delivering to session %d failed", session.id, exc_info=exc)
 
     def _finish(self, job: FanOutJob) -> None:
