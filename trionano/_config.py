@@ -116,11 +116,12 @@ class Config:
       session is kicked "slow consumer" (or, under the drop policy, a Push is dropped).
     - ``expose_errors``: send a handler's exception text to the client in its 500 Response
       (default: ``"internal error"``; the text is logged either way).
-    - ``merge_window``: seconds (0 < w <= 1; None or 0: off) a connection's writer may hold a Push to merge
+    - ``merge_window``: seconds (0 < w <= 1; None or 0: off) a connection may hold a Push to merge
       it with those that follow into one write (TCP: one ``send``; WebSocket: one message
       holding several packets, which pomelo's and trionano's JS clients decode), as
       go-push and goim batch by time; None (the default) writes at once. The window starts
-      when the first packet of a write is queued, so no Push waits longer than it; a
+      when the first Push of a write is queued, so no Push waits longer than it; the held
+      Pushes do not wake the connection's writer until the window ends; a
       Response, heartbeat or Kick ends the window at once (it is written with whatever is
       queued before it, in order). A :class:`~trionano.Group` may set its own window for its
       broadcasts. Pays off when clients get several Pushes a window: one send per window
