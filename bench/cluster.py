@@ -19,6 +19,13 @@ machine itself adds to the tail, same run), and each run prints the load average
 machine's 2 cores are shared). ``python -m bench.cluster crossing``: the bridge's crossing
 micro-bench (asyncio -> idle Trio -> asyncio through guest mode's worker thread).
 
+``python -m bench.cluster tail [--runs N]``: where the fast path's half-load tail comes from,
+by instrumentation: per node process and thread, CPU, run-queue wait (time runnable but not
+running, from ``/proc/PID/task/TID/schedstat``) and context switches per request; inside each
+node, the collector's pauses per generation (``gc.callbacks``) and the bridge's crossing
+latency while loaded (an asyncio task crossing into Trio and back every ~10 ms); and the load
+generator's own CPU, run-queue wait and lateness against its schedule.
+
 Run: ``nox -s bench`` or ``python -m bench.cluster [--quick] [--runs N]``. ``--profile DIR``
 runs the gate and backend under cProfile (their stats in DIR/{gate,backend}-{path}.prof).
 """
@@ -28,6 +35,7 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
+import gc
 import json
 import os
 import selectors
@@ -35,8 +43,9 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -53,10 +62,17 @@ PATHS = ("stream", "unary")
 def process(*args: str) -> Iterator[tuple[int, int]]:
     """Start ``python ARGS``; yields (the port it prints on its first line, pid); stops it after
     (closing its stdin)."""
-    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
+    with popen(*args) as proc:
         assert proc.stdout is not None
         yield int(proc.stdout.readline().split()[0]), proc.pid
+
+
+@contextmanager
+def popen(*args: str) -> Iterator[subprocess.Popen[str]]:
+    """Start ``python ARGS`` with pipes; stops it after (closing its stdin)."""
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        yield proc
     finally:
         assert proc.stdin is not None
         proc.stdin.close()
@@ -70,6 +86,41 @@ def process(*args: str) -> Iterator[tuple[int, int]]:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+
+def schedstat(pid: int | str) -> dict[str, int]:
+    """The threads of process ``pid`` ("self": this one) together: CPU and run-queue wait
+    (ns, ``/proc/PID/task/TID/schedstat``) and context switches (voluntary, involuntary)."""
+    return _sum(thread_stats(pid).values())
+
+
+def thread_stats(pid: int | str) -> dict[str, dict[str, int]]:
+    """As :func:`schedstat`, per thread: "main" (the process's first thread), "others" (the
+    rest together: in a node, Trio's guest-mode I/O thread and an idle stdin reader)."""
+    main: list[dict[str, int]] = []
+    others: list[dict[str, int]] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            cpu, wait, _ = (int(field) for field in (task / "schedstat").read_text().split())
+            status = dict(line.split(":\t") for line in (task / "status").read_text().splitlines() if ":\t" in line)
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a thread that ended meanwhile
+        stats = {
+            "cpu_ns": cpu,
+            "wait_ns": wait,
+            "voluntary": int(status["voluntary_ctxt_switches"]),
+            "involuntary": int(status["nonvoluntary_ctxt_switches"]),
+        }
+        (main if int(status["Pid"]) == int(status["Tgid"]) else others).append(stats)
+    return {"main": _sum(main), "others": _sum(others)}
+
+
+def _sum(stats: Iterable[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = collections.Counter()
+    for one in stats:
+        for key, value in one.items():
+            total[key] += value
+    return {key: total[key] for key in ("cpu_ns", "wait_ns", "voluntary", "involuntary")}
 
 
 def free_address() -> str:
@@ -94,20 +145,46 @@ def closed_loop(port: int, seconds: float) -> dict[str, Any]:
 def cluster(path: str, profile: Path | None) -> Iterator[tuple[int, int, int]]:
     """A master, a backend and a gate on ``path``; yields (the gate's client port, gate pid,
     backend pid)."""
+    with traced_cluster(path, profile, None) as (gate_port, gate_pid, backend_pid, _):
+        yield gate_port, gate_pid, backend_pid
+
+
+@contextmanager
+def traced_cluster(
+    path: str, profile: Path | None, trace: Path | None
+) -> Iterator[tuple[int, int, int, Callable[[], None]]]:
+    """:func:`cluster`, the gate and backend with ``--trace trace/ROLE.json`` when ``trace`` is
+    given; also yields ``mark()``, which has both write what their probes saw since the last
+    mark (and start anew)."""
     master = free_address()
     extra = ["--unary"] if path == "unary" else []
 
     def node(role: str) -> list[str]:
         prof = ["--profile", str(profile / f"{role}-{path}.prof")] if profile and role != "master" else []
+        traced = ["--trace", str(trace / f"{role}.json")] if trace and role != "master" else []
         listen = master if role == "master" else free_address()
-        return ["-m", "bench.cluster", "node", role, "--listen", listen, "--master", master, *extra, *prof]
+        return ["-m", "bench.cluster", "node", role, "--listen", listen, "--master", master, *extra, *prof, *traced]
 
     with ExitStack() as stack:
         stack.enter_context(process(*node("master")))
-        _, backend_pid = stack.enter_context(process(*node("backend")))
-        gate_port, gate_pid = stack.enter_context(process(*node("gate")))
+        backend = stack.enter_context(popen(*node("backend")))
+        gate = stack.enter_context(popen(*node("gate")))
+        assert backend.stdout is not None
+        assert gate.stdout is not None
+        backend.stdout.readline()
+        gate_port = int(gate.stdout.readline().split()[0])
+
+        def mark() -> None:
+            for proc in (gate, backend):
+                assert proc.stdin is not None
+                proc.stdin.write("mark\n")
+                proc.stdin.flush()
+            for proc in (gate, backend):
+                assert proc.stdout is not None
+                proc.stdout.readline()  # "marked": the file is written
+
         time.sleep(0.5)
-        yield gate_port, gate_pid, backend_pid
+        yield gate_port, gate.pid, backend.pid, mark
 
 
 # -- B12 --------------------------------------------------------------------------------------
@@ -203,13 +280,102 @@ def med(results: list[dict[str, float]], key: str) -> float:
     return statistics.median(result[key] for result in results)
 
 
+# -- the half-load tail, attributed ------------------------------------------------------------
+
+
+def tail(seconds: float, runs: int, rate: float | None) -> None:
+    """Per run: a fresh stream-path cluster, its closed-loop rate (unless ``rate`` is given),
+    then the open loop at half that rate with every probe on; then the local server at the same
+    rate (what the machine and the load generator add without a cluster). Medians of the runs."""
+    print(
+        f"fast path at half load, attributed: open loop over 50 connections, {seconds:g} s per run;"
+        " per forwarded request: CPU, run-queue wait (runnable, not running) and context switches per"
+        " process and thread (/proc schedstat); crossings asyncio -> Trio -> asyncio sampled every"
+        " ~10 ms inside each node; the collector's pauses (gc.callbacks); the load generator's own share"
+    )
+    results: list[dict[str, float]] = []
+    for run in range(runs):
+        load = os.getloadavg()[0]
+        figures: dict[str, float] = {}
+        with tempfile.TemporaryDirectory() as tmp, traced_cluster("stream", None, Path(tmp)) as cluster_:
+            port, gate_pid, backend_pid, mark = cluster_
+            half = rate or closed_loop(port, seconds)["rps"] / 2
+            mark()  # the probes start anew
+            pids = {"gate": gate_pid, "backend": backend_pid}
+            before = {name: thread_stats(pid) for name, pid in pids.items()}
+            measured = paced_json(port, half, seconds)
+            after = {name: thread_stats(pid) for name, pid in pids.items()}
+            mark()
+            answered = max(measured["answered"], 1)
+            figures.update(rate=half, p50_us=measured["p50_us"], p99_us=measured["p99_us"])
+            figures.update(
+                {f"loadgen_{key}": measured[key] for key in ("cpu_share", "wait_us", "late_p50_us", "late_p99_us")}
+            )
+            for name in pids:
+                for thread in ("main", "others"):
+                    delta = {key: after[name][thread][key] - before[name][thread][key] for key in after[name][thread]}
+                    figures[f"{name}_{thread}_cpu_us"] = delta["cpu_ns"] / 1e3 / answered
+                    figures[f"{name}_{thread}_wait_us"] = delta["wait_ns"] / 1e3 / answered
+                    figures[f"{name}_{thread}_switches"] = (delta["voluntary"] + delta["involuntary"]) / answered
+                    figures[f"{name}_{thread}_involuntary"] = delta["involuntary"] / answered
+                probes = json.loads((Path(tmp) / f"{name}.json").read_text())
+                for key in ("cross_p50_us", "cross_p99_us", "cross_max_us"):
+                    figures[f"{name}_{key}"] = probes[key]
+                figures[f"{name}_gc_count"] = sum(g["count"] for g in probes["gc"])
+                figures[f"{name}_gc_total_ms"] = sum(g["total_ms"] for g in probes["gc"])
+                figures[f"{name}_gc_max_ms"] = max(g["max_ms"] for g in probes["gc"])
+        with process("-m", "bench._servers", "trionano") as (local_port, local_pid):
+            before_local = schedstat(local_pid)
+            local = paced_json(local_port, half, seconds)
+            after_local = schedstat(local_pid)
+            answered = max(local["answered"], 1)
+            figures.update(local_p50_us=local["p50_us"], local_p99_us=local["p99_us"])
+            figures["local_cpu_us"] = (after_local["cpu_ns"] - before_local["cpu_ns"]) / 1e3 / answered
+            figures["local_wait_us"] = (after_local["wait_ns"] - before_local["wait_ns"]) / 1e3 / answered
+            figures["local_loadgen_wait_us"] = local["wait_us"]
+        figures["load"] = (load + os.getloadavg()[0]) / 2
+        results.append(figures)
+        print(f"  run {run + 1} (load average {figures['load']:.1f}):")
+        print_tail(figures)
+    print("  medians:")
+    print_tail({key: med(results, key) for key in results[0]})
+
+
+def print_tail(f: dict[str, float]) -> None:
+    print(
+        f"    {f['rate']:,.0f} req/s: p50 {f['p50_us']:,.0f} us  p99 {f['p99_us']:,.0f} us"
+        f"   (local server at that rate: p50 {f['local_p50_us']:,.0f} us  p99 {f['local_p99_us']:,.0f} us;"
+        f" its CPU {f['local_cpu_us']:.0f} us + run-queue wait {f['local_wait_us']:.0f} us per request)"
+    )
+    for name in ("gate", "backend"):
+        threads = "   ".join(
+            f"{label}: CPU {f[f'{name}_{thread}_cpu_us']:.0f} us,"
+            f" run-queue wait {f[f'{name}_{thread}_wait_us']:.0f} us,"
+            f" {f[f'{name}_{thread}_switches']:.1f} switches ({f[f'{name}_{thread}_involuntary']:.1f} preempted)"
+            for thread, label in (("main", "main thread"), ("others", "Trio's I/O thread"))
+        )
+        print(f"    {name:<8} per request   {threads}")
+        print(
+            f"    {name:<8} crossings p50 {f[f'{name}_cross_p50_us']:,.0f} us  p99 {f[f'{name}_cross_p99_us']:,.0f} us"
+            f"  max {f[f'{name}_cross_max_us']:,.0f} us;   collector: {f[f'{name}_gc_count']:.0f} pauses,"
+            f" {f[f'{name}_gc_total_ms']:.1f} ms in all, longest {f[f'{name}_gc_max_ms']:.1f} ms"
+        )
+    print(
+        f"    loadgen  {f['loadgen_cpu_share'] * 100:.0f}% of a core, run-queue wait {f['loadgen_wait_us']:.0f} us"
+        f" per request (beside the local server: {f['local_loadgen_wait_us']:.0f} us), sends late against"
+        f" the schedule p50 {f['loadgen_late_p50_us']:,.0f} us  p99 {f['loadgen_late_p99_us']:,.0f} us"
+    )
+
+
 # -- an open-loop load ------------------------------------------------------------------------
 
 
 def paced(port: int, rate: float, seconds: float, connections: int) -> dict[str, float]:
     """Send ``rate`` requests per second in all over ``connections``, whatever is answered
     (open loop); the latency of each answer from its send time (answers come in order per
-    connection)."""
+    connection). Between sends it waits in ``select`` until the next one is due (no polling:
+    its CPU competes with the nodes'). Also returned: its own CPU (share of a core), its
+    run-queue wait per request and how late its sends went out against the schedule."""
     sys.path.insert(0, str(ROOT))
     from bench._loadgen import BODY, connect, packet_types
     from trionano import wire
@@ -225,16 +391,21 @@ def paced(port: int, rate: float, seconds: float, connections: int) -> dict[str,
         sent[sock] = collections.deque()
         bufs[sock] = bytearray()
     latencies: list[int] = []
+    late: list[float] = []
+    sched0 = schedstat("self")
     start = time.perf_counter()
     count = 0
     while (now := time.perf_counter()) < start + seconds:
         due = int((now - start) * rate)
+        if count < due:
+            late.append(now - start - (count + 1) / rate)
         while count < due:
             sock = socks[count % connections]
             sent[sock].append(time.perf_counter_ns())
             sock.send(frame)
             count += 1
-        for key, _ in selector.select(timeout=0.0005):
+        wait = start + (count + 1) / rate - time.perf_counter()
+        for key, _ in selector.select(timeout=max(wait, 0.0)):
             sock = key.fileobj  # type: ignore[assignment]
             bufs[sock] += sock.recv(65536)
             answers = sum(1 for ptype in packet_types(bufs[sock]) if ptype == wire.PacketType.DATA)
@@ -242,10 +413,17 @@ def paced(port: int, rate: float, seconds: float, connections: int) -> dict[str,
             waiting = sent[sock]
             for _ in range(min(answers, len(waiting))):
                 latencies.append(now_ns - waiting.popleft())  # noqa: PERF401 - popleft in order
+    used = {key: value - sched0.get(key, 0) for key, value in schedstat("self").items()}
     for sock in socks:
         sock.close()
     latencies.sort()
+    late.sort()
+    answered = max(len(latencies), 1)
     return {
+        "cpu_share": used["cpu_ns"] / 1e9 / seconds,
+        "wait_us": used["wait_ns"] / 1e3 / answered,
+        "late_p50_us": late[len(late) // 2] * 1e6 if late else 0.0,
+        "late_p99_us": late[int(len(late) * 0.99)] * 1e6 if late else 0.0,
         "sent": count,
         "answered": len(latencies),
         "p50_us": latencies[len(latencies) // 2] / 1000 if latencies else float("inf"),
@@ -306,9 +484,57 @@ def crossings(runs: int) -> None:
 # -- a node -----------------------------------------------------------------------------------
 
 
-def node(role: str, listen: str, master: str, unary: bool) -> None:
+class Probes:
+    """``bench.cluster tail``'s probes inside a node: the collector's pauses per generation
+    (``gc.callbacks``) and the bridge's crossing latency while the node is loaded (an asyncio
+    task crossing into Trio and back every 5-15 ms: ``Bridge.call_soon`` of a no-op, as a
+    grpclib handler's call does). :meth:`mark` writes what was seen since the last mark to
+    ``path`` (JSON) and starts anew."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.gc_pauses: list[list[float]] = [[], [], []]
+        self.crossings: list[float] = []
+        self._gc_start = 0.0
+        gc.callbacks.append(self._gc)
+
+    def _gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self.gc_pauses[info["generation"]].append(time.perf_counter() - self._gc_start)
+
+    async def cross(self, bridge: Any) -> None:
+        """(asyncio) Cross into Trio and back now and then, until cancelled."""
+        import asyncio
+        import random
+
+        while True:
+            await asyncio.sleep(0.005 + random.random() * 0.01)
+            start = time.perf_counter()
+            await bridge.call_soon(int)
+            self.crossings.append(time.perf_counter() - start)
+
+    def mark(self) -> None:
+        crossings = sorted(self.crossings)
+        figures = {
+            "gc": [
+                {"count": len(p), "total_ms": sum(p) * 1e3, "max_ms": max(p, default=0) * 1e3} for p in self.gc_pauses
+            ],
+            "crossings": len(crossings),
+            "cross_p50_us": crossings[len(crossings) // 2] * 1e6 if crossings else 0.0,
+            "cross_p99_us": crossings[int(len(crossings) * 0.99)] * 1e6 if crossings else 0.0,
+            "cross_max_us": crossings[-1] * 1e6 if crossings else 0.0,
+        }
+        self.path.write_text(json.dumps(figures))
+        self.gc_pauses = [[], [], []]
+        self.crossings = []
+
+
+def node(role: str, listen: str, master: str, unary: bool, trace: Path | None = None) -> None:
     """B12's nodes: a master, a backend hosting the bench component, a gate forwarding to it.
-    Prints the gate's client port (0 for the others), serves until stdin closes."""
+    Prints the gate's client port (0 for the others), serves until stdin closes. ``trace``: run
+    :class:`Probes`; each line read on stdin writes their figures there, then "marked" is printed."""
     import trio
 
     import trionano
@@ -335,8 +561,16 @@ def node(role: str, listen: str, master: str, unary: bool) -> None:
         async with trio.open_nursery() as nursery:
             ports = await nursery.start(functools.partial(cluster_node.run, bridge, *endpoints))
             trionano.tune_gc()  # as trionano.run, trionano.cluster.run_node and the local server do
-            print(ports[0] if ports else 0, flush=True)
-            await trio.to_thread.run_sync(sys.stdin.read)
+            probes = Probes(trace) if trace else None
+            async with trio.open_nursery() as probing:
+                if probes is not None:
+                    probing.start_soon(bridge.to_asyncio, lambda: probes.cross(bridge))
+                print(ports[0] if ports else 0, flush=True)
+                while await trio.to_thread.run_sync(sys.stdin.readline):
+                    if probes is not None:
+                        probes.mark()
+                    print("marked", flush=True)
+                probing.cancel_scope.cancel()
             cluster_node.server.shutdown()
 
     run(main)
@@ -351,6 +585,7 @@ def main() -> None:
     node_parser.add_argument("--master", required=True)
     node_parser.add_argument("--unary", action="store_true", help="nano's unary path only (fast_path=False)")
     node_parser.add_argument("--profile", type=Path, help="write cProfile stats here")
+    node_parser.add_argument("--trace", type=Path, help="run the tail probes; their figures here at each mark")
     paced_parser = sub.add_parser("paced", help="(internal) an open-loop load; prints JSON")
     paced_parser.add_argument("port", type=int)
     paced_parser.add_argument("--rate", type=float, required=True)
@@ -359,6 +594,8 @@ def main() -> None:
     crossing_parser = sub.add_parser("crossing", help="the bridge's crossing micro-bench")
     crossing_parser.add_argument("--runs", type=int, default=3)
     sub.add_parser("crossing-one", help="(internal) one crossing run; prints JSON")
+    tail_parser = sub.add_parser("tail", help="the fast path's half-load tail, attributed by instrumentation")
+    tail_parser.add_argument("--rate", type=float, help="requests/s (default: half the closed loop's, per run)")
     parser.add_argument("--quick", action="store_true", help="2 s runs")
     parser.add_argument("--runs", "--repeats", type=int, default=3, help="runs (medians need >= 3)")
     parser.add_argument(
@@ -367,7 +604,7 @@ def main() -> None:
     args, _ = parser.parse_known_args()  # nox -s bench passes bench.runtime's options too
     if args.command == "node":
         if args.profile is None:
-            node(args.role, args.listen, args.master, args.unary)
+            node(args.role, args.listen, args.master, args.unary, args.trace)
         else:
             import cProfile
 
@@ -376,6 +613,8 @@ def main() -> None:
             profiler.dump_stats(args.profile)
     elif args.command == "crossing":
         crossings(max(args.runs, 1))
+    elif args.command == "tail":
+        tail(2.0 if args.quick else 5.0, max(args.runs, 1), args.rate)
     elif args.command == "crossing-one":
         print(json.dumps(crossing(2000)))
     elif args.command == "paced":
