@@ -37,6 +37,7 @@ import trio.testing
 
 import trionano
 from trionano import Component, Components, Config, Group, Session, wire
+from bench._trace import Trace
 from trionano._session import Broadcast  # --inline: the fan-out as it was before buckets
 
 
@@ -179,7 +180,7 @@ class Loop(Component):
             fan.count += 1
 
 
-async def serve_fanout(members: int, inline: bool, freeze: bool) -> None:
+async def serve_fanout(members: int, inline: bool, freeze: bool, trace_path: str | None, steps: bool) -> None:
     fan = Fan()
     components = Components()
     components.register(fan, name="fan")
@@ -203,8 +204,13 @@ async def serve_fanout(members: int, inline: bool, freeze: bool) -> None:
             gc.collect()
             gc.freeze()
             gc.set_threshold(700, 10, 10_000)  # and full collections rare
+        if trace is not None:
+            trace.install()
 
+    trace = Trace(steps=steps, sizes=os.environ.get("TRACE_SIZES") == "1") if trace_path else None
     await serve(components, config, trionano.TCPEndpoint("127.0.0.1"), ready=ready)
+    if trace is not None and trace_path:
+        trace.dump(trace_path)
 
 
 # -- scale (B14) ----------------------------------------------------------------------------
@@ -256,11 +262,13 @@ def main() -> None:
     parser.add_argument("--inline", action="store_true")
     parser.add_argument("--no-freeze", action="store_true")
     parser.add_argument("--ws", action="store_true")
+    parser.add_argument("--trace", default=None, help="fanout: write bench._trace's timings to this file")
+    parser.add_argument("--trace-steps", action="store_true", help="and time each task step")
     args = parser.parse_args()
     if args.kind == "room":
         trio.run(serve_room, args.window)
     elif args.kind == "fanout":
-        trio.run(serve_fanout, args.members, args.inline, not args.no_freeze)
+        trio.run(serve_fanout, args.members, args.inline, not args.no_freeze, args.trace, args.trace_steps)
     else:
         trio.run(serve_scale, args.ws)
 

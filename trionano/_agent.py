@@ -25,6 +25,7 @@ session is kicked "slow consumer" (or, under the drop policy, a Push is dropped)
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import time
@@ -97,12 +98,12 @@ class Agent:
         "_max_bytes",
         "_on_working",
         "_outbound_pipeline",
+        "_outbox",
+        "_outbox_closed",
         "_queued",
         "_queued_bytes",
         "_reader_scope",
-        "_receive",
         "_router",
-        "_send",
         "_slow_after",
         "_soft_bytes",
         "_soft_limit",
@@ -110,6 +111,7 @@ class Agent:
         "_window",
         "_write_started",
         "_writer_scope",
+        "_writer_waiting",
         "_writing",
         "closed",
         "conn",
@@ -141,7 +143,15 @@ class Agent:
         self._on_working = on_working
         self._outbound_pipeline = config.pipeline.outbound  # its .funcs: tested on every answer
         self.conn: Final = WireConnection(Role.SERVER, heartbeat=config.heartbeat, codec=codec, now=trio.current_time())
-        self._send, self._receive = trio.open_memory_channel[bytes](float("inf"))
+        # the outbox: packets for the writer, which parks itself (_writer_waiting) when it is
+        # empty. Not a memory channel: a channel's receive leaves a dozen objects for the cyclic
+        # garbage collector alive per waiting writer (its coroutine, closure, cells, the
+        # WouldBlock of the miss), every one of them young and surviving collections until the
+        # next packet; with 50,000 members between two broadcasts that made the young
+        # collections tens of milliseconds long. A bare wait leaves three.
+        self._outbox: collections.deque[bytes] = collections.deque()
+        self._outbox_closed = False  # no more packets: the writer ends once it has written them
+        self._writer_waiting: trio.lowlevel.Task | None = None
         self._queued = 0  # packets in the outbox
         self._queued_bytes = 0  # and their bytes
         self._writing = False  # a write is under way (it may be waiting for the client)
@@ -328,8 +338,31 @@ class Agent:
         )
         self._enqueue(self.conn.send(response), droppable=False)
 
+    def _put(self, packet: bytes) -> bool:
+        """Append ``packet`` to the outbox and wake the writer if it waits; False (counted)
+        once the outbox is closed."""
+        if self._outbox_closed:
+            self._counters.dropped_closed += 1
+            return False
+        self._outbox.append(packet)
+        self._queued += 1
+        self._queued_bytes += len(packet)
+        task = self._writer_waiting
+        if task is not None:
+            self._writer_waiting = None
+            trio.lowlevel.reschedule(task)
+        return True
+
+    def _writer_aborted(self, _: object) -> trio.lowlevel.Abort:
+        self._writer_waiting = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
     async def _writer(self, agent_scope: trio.CancelScope) -> None:
-        receive = self._receive
+        outbox = self._outbox
+        take = outbox.popleft
+        wait = trio.lowlevel.wait_task_rescheduled
+        aborted = self._writer_aborted  # bound once: a wait makes no closure
+        current_task = trio.lowlevel.current_task
         write = self._stream.send_all
         # a stream that can write without waiting (FdStream) is tried first: no coroutine, no
         # checkpoint per write while the client reads; every WRITES_PER_CHECKPOINT writes in a
@@ -343,16 +376,14 @@ class Agent:
                     if carry is not None:
                         data, carry = carry, None
                     else:
-                        try:
-                            data = receive.receive_nowait()
-                        except trio.WouldBlock:
-                            budget = WRITES_PER_CHECKPOINT
-                            try:
-                                data = await receive.receive()
-                            except trio.EndOfChannel:
+                        if not outbox:
+                            if self._outbox_closed:
                                 break
-                        except trio.EndOfChannel:
-                            break
+                            budget = WRITES_PER_CHECKPOINT
+                            self._writer_waiting = current_task()
+                            await wait(aborted)  # _put or _finish wakes it
+                            continue
+                        data = take()
                         self._queued -= 1
                         self._queued_bytes -= len(data)
                         if self._flush_at != _NEVER:  # a merge window was asked for
@@ -361,11 +392,8 @@ class Agent:
                             self._flush_at = _NEVER
                     size = len(data)
                     parts: list[bytes] | None = None
-                    while True:  # join what is queued, never past MAX_WRITE
-                        try:
-                            more = receive.receive_nowait()
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
+                    while outbox:  # join what is queued, never past MAX_WRITE
+                        more = take()
                         self._queued -= 1
                         self._queued_bytes -= len(more)
                         if size + len(more) > MAX_WRITE:
@@ -462,13 +490,8 @@ class Agent:
                 return self._slow_consumer(droppable)
             if droppable and self._writing and trio.current_time() - self._write_started >= self._slow_after:
                 return self._slow_consumer(droppable)
-        try:
-            self._send.send_nowait(packet)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            self._counters.dropped_closed += 1
+        if not self._put(packet):
             return False
-        self._queued += 1
-        self._queued_bytes += len(packet)
         if window or self._flush_at != _NEVER:
             self._ask_flush(window)
         return True
@@ -591,13 +614,8 @@ class Agent:
             if not self._enqueue(packet, droppable=False):
                 return False
         else:
-            try:
-                self._send.send_nowait(packet)
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                counters.dropped_closed += 1
+            if not self._put(packet):
                 return False
-            self._queued += 1
-            self._queued_bytes += len(packet)
             if self._flush_at != _NEVER:  # a merge window is open: a Response ends it
                 self._ask_flush(0.0)
         counters.responses_out += 1
@@ -653,16 +671,16 @@ class Agent:
         self._finished = True
         self.closed = True
         self._final = final
-        self._send.close()
+        self._outbox_closed = True
+        task = self._writer_waiting
+        if task is not None:  # an empty outbox: the writer writes the final packet, or ends
+            self._writer_waiting = None
+            trio.lowlevel.reschedule(task)
         self._ask_flush(0.0)  # a writer holding a merge window writes what is queued now
         if discard:
-            while True:
-                try:
-                    self._receive.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-                self._queued -= 1
-                self._counters.dropped_slow += 1
+            self._counters.dropped_slow += len(self._outbox)
+            self._queued -= len(self._outbox)
+            self._outbox.clear()
             self._queued_bytes = 0
         self._reader_scope.cancel()
         self._writer_scope.deadline = min(self._writer_scope.deadline, trio.current_time() + self._config.close_timeout)
