@@ -58,7 +58,9 @@ class Trace(trio.abc.Instrument):
 
     def before_io_wait(self, timeout: float) -> None:
         now = time.perf_counter()
-        self.batches.append((self._batch_start, now - self._batch_start, time.thread_time() - self._batch_cpu, self._steps))
+        self.batches.append(
+            (self._batch_start, now - self._batch_start, time.thread_time() - self._batch_cpu, self._steps)
+        )
 
     def dump(self, path: str) -> None:
         with open(path, "w") as out:
