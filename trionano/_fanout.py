@@ -24,7 +24,7 @@ collection, hardly moves: without help the youngest generation grows by every wr
 broadcasts wake until something else triggers a collection, which then walks them all (55,000
 objects, 30-40 ms, measured at 50,000 members). So while the collector is enabled the fan-out
 collects the youngest generation itself after each step (what the last buckets' writers left,
-about a thousand objects: well under a millisecond), and the middle one when CPython would
+a few hundred objects: well under a millisecond), and the middle one when CPython would
 (``gc.get_count()[1]`` past ``gc.get_threshold()[1]``); full collections stay CPython's.
 ``gc.disable()`` turns this off with the collector.
 """
@@ -47,9 +47,10 @@ __all__ = ["BUCKET_SIZE", "MAX_BEHIND", "FanOut", "FanOutJob", "Member"]
 #: Members queued between two checkpoints of a broadcast. go-push keeps 512 sessions per
 #: bucket and goim shards into 32 buckets, to bound what one lock holds; in Trio what a step
 #: holds is the loop, and each member queued also wakes its writer into the next scheduler
-#: batch, so a step is kept small: 128 members make a batch of ~256 task steps, 1-3 ms on the
-#: 2-core machine of bench/push.py, where 512 made ~15 ms.
-BUCKET_SIZE: Final = 128
+#: batch, so a step is kept small: on the 2-core machine of bench/push.py (50,000 members) a
+#: scheduler batch took a median 0.7-0.9 ms with 64, 1.8-2.0 ms with 128 and ~15 ms with 512,
+#: and an unrelated request crosses three or four batches.
+BUCKET_SIZE: Final = 64
 #: Deliveries the fan-out may have waiting; past it a broadcast catches up in the caller, all at
 #: once (the server cannot keep up: stalling the caller is the back-pressure left).
 MAX_BEHIND: Final = 1_000_000
