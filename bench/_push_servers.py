@@ -190,7 +190,15 @@ async def serve_fanout(members: int, inline: bool, gc_mode: str, trace_path: str
     components = Components()
     components.register(fan, name="fan")
     components.register(Loop(fan, inline), name="loop", lane="loop")
-    config = Config(heartbeat=0, rate_limit=None, outbox_size=1 << 16, max_outbox_bytes=64 << 20)
+    config = Config(
+        heartbeat=0,
+        rate_limit=None,
+        outbox_size=1 << 16,
+        max_outbox_bytes=64 << 20,
+        max_connections=1_000_000,  # every member handshakes at once, from one process
+        max_handshaking=1_000_000,
+        max_handshaking_per_host=None,
+    )
     hello = (
         wire.encode_packet(wire.PacketType.HANDSHAKE)
         + wire.encode_packet(wire.PacketType.HANDSHAKE_ACK)
