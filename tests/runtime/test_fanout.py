@@ -337,9 +337,11 @@ class Sink(trio.abc.Stream):
 
 async def test_a_parked_writer_leaves_few_objects_for_the_collector() -> None:
     # every delivery wakes the member's writer, which parks again: what a parked writer keeps
-    # alive is new, and what the young collections walk. The bare wait keeps 4 objects (trio
-    # 0.35: its coroutine, generator, trap and the trap's dict); the memory channel's receive
-    # it replaced kept 13 (its coroutine, closure and cells, the WouldBlock and its traceback).
+    # alive is new, and what the young collections walk. The outbox is a memory channel (the
+    # required shape); parked in its receive, a writer keeps 9 (trio 0.35: the receive's
+    # coroutine, its abort closure and cells, the wait's coroutine and trap); a writer that
+    # awaited the receive inside its ``except WouldBlock`` kept 13 (the WouldBlock and its
+    # traceback too).
     count = 300
     group = Group("room")
     components = Components()
@@ -377,5 +379,5 @@ async def test_a_parked_writer_leaves_few_objects_for_the_collector() -> None:
             finally:
                 gc.unfreeze()
         assert all(sink.written > before for sink, before in zip(sinks, written, strict=True))  # every writer wrote
-        assert young <= 6 * count, young / count
+        assert young <= 10 * count, young / count
         server.shutdown()
