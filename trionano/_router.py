@@ -106,6 +106,7 @@ class Router:
         expose_errors: bool = False,
         remote: RemoteRouter | None = None,
     ) -> None:
+        self._on_dropped: Final = self._dropped  # bound once: every Call holds it
         # route -> (handler, body decoder, counters, a sync handler's call built once: each
         # Request queues it with its arguments bound; None for an async handler)
         self._handlers: Final[dict[str, tuple[Handler, Unmarshal, RouteCounters, SyncCall | None]]] = {}
@@ -122,7 +123,6 @@ class Router:
         self._log = log
         self._expose_errors = expose_errors
         self.remote: Final = remote
-        self._on_dropped: Final = self._dropped  # bound once: every Call holds it
 
     @property
     def routes(self) -> list[str]:

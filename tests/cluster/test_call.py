@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import socket
 from typing import Any
 
@@ -77,3 +78,20 @@ def test_call_returns_the_answer_and_keeps_its_deadline() -> None:
     assert seen["sum"] == {"sum": 42}
     assert seen["error"] == {"code": 500, "message": "internal error"}  # exception text stays in the log
     assert seen["leftover"] == 0  # each call's session was dropped on the member
+
+
+def test_a_bug_answered_internal_is_logged_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    """What a cluster method's Trio side raises beyond a ClusterError is answered INTERNAL and
+    logged with its traceback, at most 10 times per 10 s however often a peer hits it."""
+    import grpclib.const
+
+    from trionano._log import RateLimitedLog
+    from trionano.cluster._errors import to_status
+
+    caplog.set_level(logging.ERROR, logger="trionano.cluster")
+    log = RateLimitedLog(logging.getLogger("trionano.cluster"))
+    for _ in range(1000):
+        status = to_status(RuntimeError("a bug"), "HandleRequest", log)
+        assert status.status is grpclib.const.Status.INTERNAL
+    assert len(caplog.records) == 10
+    assert log.pending("rpc failed") == 990

@@ -17,7 +17,6 @@ Any other status from a peer comes out as a plain ClusterError carrying it.
 
 from __future__ import annotations
 
-import logging
 from typing import ClassVar
 
 import grpclib.exceptions
@@ -25,6 +24,7 @@ import h2.exceptions
 from grpclib.const import Status
 
 from .._errors import TrionanoError
+from .._log import RateLimitedLog
 
 __all__ = [
     "ClusterError",
@@ -36,8 +36,6 @@ __all__ = [
     "from_call",
     "to_status",
 ]
-
-_logger = logging.getLogger("trionano.cluster")
 
 
 class ClusterError(TrionanoError):
@@ -108,13 +106,13 @@ def from_call(exc: Exception) -> ClusterError | None:
     return None
 
 
-def to_status(exc: Exception, method: str) -> grpclib.exceptions.GRPCError:
+def to_status(exc: Exception, method: str, log: RateLimitedLog) -> grpclib.exceptions.GRPCError:
     """The gRPC status a caller gets for what ``method``'s Trio side raised. A ClusterError
-    carries its own; anything else is a bug here: logged with its traceback, answered
-    INTERNAL."""
+    carries its own; anything else is a bug here: logged with its traceback to ``log``
+    (rate-limited: a peer's traffic may hit it again and again), answered INTERNAL."""
     if isinstance(exc, grpclib.exceptions.GRPCError):
         return exc
     if isinstance(exc, ClusterError):
         return grpclib.exceptions.GRPCError(exc.status, exc.message)
-    _logger.error("%s failed", method, exc_info=exc)
+    log.error("rpc failed", "%s failed", method, exc_info=exc)
     return grpclib.exceptions.GRPCError(Status.INTERNAL, f"{method} failed: {type(exc).__name__}")

@@ -7,6 +7,7 @@ a Go nano node keeps working with a trionano node in every role. trionano nodes 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final, Protocol, TypeAlias, TypeVar
 
@@ -15,6 +16,7 @@ import grpclib.exceptions
 import grpclib.server
 from grpclib.const import Status
 
+from .._log import RateLimitedLog
 from . import _codec as codec
 from ._bridge import Bridge
 from ._errors import to_status
@@ -50,7 +52,7 @@ def crosses(
         try:
             return await self.bridge.to_trio(functools.partial(method, self, request))
         except Exception as exc:
-            raise to_status(exc, name) from None
+            raise to_status(exc, name, self.log) from None
 
     return on_asyncio
 
@@ -104,6 +106,8 @@ class MemberService(pb.MemberBase):
 
     def __init__(self, bridge: Bridge, *, forwarded: ForwardedSide, gate: GateSide, view: ViewSide) -> None:
         self.bridge = bridge
+        #: the asyncio side's log of failed calls (used from grpclib's thread only)
+        self.log = RateLimitedLog(logging.getLogger("trionano.cluster"))
         self._forwarded = forwarded
         self._gate = gate
         self._view = view
@@ -134,7 +138,7 @@ class MemberService(pb.MemberBase):
             if then is not None:
                 await self.bridge.to_trio(then)
         except Exception as exc:
-            raise to_status(exc, name) from None
+            raise to_status(exc, name, self.log) from None
         await stream.send_message(_ANSWERED)
 
     async def _handle_request(self, stream: grpclib.server.Stream[Any, Any]) -> None:
@@ -174,6 +178,8 @@ class MasterService(pb.MasterBase):
 
     def __init__(self, bridge: Bridge, *, registry: MasterSide) -> None:
         self.bridge = bridge
+        #: the asyncio side's log of failed calls (used from grpclib's thread only)
+        self.log = RateLimitedLog(logging.getLogger("trionano.cluster"))
         self._registry = registry
 
     @crosses
@@ -194,6 +200,8 @@ class PushService(pushpb.PushBase):
 
     def __init__(self, bridge: Bridge, *, push: PushSide) -> None:
         self.bridge = bridge
+        #: the asyncio side's log of failed calls (used from grpclib's thread only)
+        self.log = RateLimitedLog(logging.getLogger("trionano.cluster"))
         self._push = push
 
     @crosses
