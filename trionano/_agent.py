@@ -10,6 +10,11 @@
         │           them at once, Router.dispatch_request queues each handler call
         └── writer: drain the outbox, join what is queued into one write
 
+A merge window (``Config.merge_window``) holds Pushes in a list beside the outbox, without
+waking the writer; when the window ends (the server's MergeClock, or a packet that must not
+wait: a Response, heartbeat or Kick) the list goes onto the outbox as one item, behind what
+was queued before it and ahead of what follows, so order is kept.
+
 Every packet in either direction goes through the connection's ``wire.Connection``, so nothing
 reaches the client out of protocol order (no Push before the handshake response). Everything
 that sends to the client (handlers, broadcasts, the heartbeat sweeper, the reader's handshake
@@ -42,7 +47,7 @@ from ._ratelimit import RateLimiter, Verdict
 from ._router import CODE_RATE_LIMITED, Router
 from ._session import Broadcast, Session
 from ._stats import Counters
-from ._util import call_user
+from ._util import call_user, passes_through
 from .wire import (
     CODE_OK,
     CODE_SERVER_ERROR,
@@ -63,7 +68,7 @@ from .wire import (
 )
 from .wire import Connection as WireConnection
 
-__all__ = ["MAX_WRITE", "Agent"]
+__all__ = ["EVICTED", "MAX_WRITE", "Agent"]
 
 #: The most bytes the writer joins into one write: over WebSocket, one message. Every client
 #: trionano ships accepts messages of 4 * 64 KiB + 64 bytes; a single packet larger than this
@@ -73,6 +78,8 @@ MAX_WRITE: Final = 256 * 1024
 EVENTS_PER_WAKEUP: Final = 64
 #: Writes the writer makes in a row without waiting before it lets other tasks run.
 WRITES_PER_CHECKPOINT: Final = 16
+#: The Kick reason (and ``statistics().kicks`` key) of a connection evicted from its handshake.
+EVICTED: Final = "handshake evicted"
 _HEARTBEAT: Final = Heartbeat()
 _WORKING: Final = State.WORKING
 _NEVER: Final = math.inf  # no queued packet has asked for a merge window
@@ -81,7 +88,8 @@ _NEVER: Final = math.inf  # no queued packet has asked for a merge window
 class Agent:
     """A connection's reader, writer and outbox; the :class:`~trionano.Session`'s network
     entity. Built and run by its server (``make_session`` gives it its session); never by
-    users. ``on_working(agent)`` runs when the client acknowledges the handshake."""
+    users. ``on_working(agent)`` runs when the client acknowledges the handshake; ``limiter``
+    (default: a fresh one of ``config.rate_limit``) is its inbound rate limiter."""
 
     __slots__ = (
         "_clock",
@@ -92,6 +100,8 @@ class Agent:
         "_finished",
         "_flush_at",
         "_held",
+        "_held_bytes",
+        "_held_window",
         "_limiter",
         "_log",
         "_max_bytes",
@@ -130,6 +140,7 @@ class Agent:
         make_session: Callable[[Agent], Session],
         on_working: Callable[[Agent], None],
         clock: MergeClock | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self._stream = stream
         self.remote_address: Final = remote_address
@@ -141,8 +152,9 @@ class Agent:
         self._on_working = on_working
         self._outbound_pipeline = config.pipeline.outbound  # its .funcs: tested on every answer
         self.conn: Final = WireConnection(Role.SERVER, heartbeat=config.heartbeat, codec=codec, now=trio.current_time())
-        self._send, self._receive = trio.open_memory_channel[bytes](float("inf"))
-        self._queued = 0  # packets in the outbox
+        # the outbox: a packet, or the packets a merge window held (the writer joins them)
+        self._send, self._receive = trio.open_memory_channel[bytes | list[bytes]](float("inf"))
+        self._queued = 0  # packets in the outbox (and held for a merge window)
         self._queued_bytes = 0  # and their bytes
         self._writing = False  # a write is under way (it may be waiting for the client)
         self._write_started = 0.0
@@ -151,21 +163,30 @@ class Agent:
         self._max_bytes = config.max_outbox_bytes
         self._slow_after = config.slow_consumer_after
         limit = config.rate_limit
-        self._limiter = RateLimiter(limit.rate, limit.burst, limit.kick_after) if limit is not None else None
+        if limiter is None and limit is not None:
+            limiter = RateLimiter(limit.rate, limit.burst, limit.kick_after)
+        self._limiter = limiter if limit is not None else None
         self.closed = False  # no more messages are accepted
         self._final: bytes | None = None  # a Kick, written after the outbox drains
         self._finished = False  # the closing sequence has begun
         self._reader_scope = trio.CancelScope()
         self._writer_scope = trio.CancelScope()
-        # merge window (Config.merge_window): the writer holds a write until _flush_at
+        # merge window (Config.merge_window): Pushes held here, off the outbox, until _flush_at
         self._window = config.merge_window or 0.0  # what a Push asks for
-        self._flush_at = _NEVER  # the earliest deadline the packets queued since the last write asked for
-        self._clock = clock  # the server's MergeClock, which wakes a holding writer
-        self._held: trio.lowlevel.Task | None = None  # the writer, while it holds
+        self._held: list[bytes] = []  # the packets held for the window, in order (after the outbox's)
+        self._held_bytes = 0
+        self._held_window = 0.0  # the window the first held packet asked for
+        self._flush_at = _NEVER  # the earliest deadline the held packets asked for
+        self._clock = clock  # the server's MergeClock, which ends a window (flush_due)
         self.session: Final = make_session(self)
 
     def __repr__(self) -> str:
         return f"<Agent session={self.session.id} {self.remote_address} {self.conn.state.name}>"
+
+    @property
+    def limiter(self) -> RateLimiter | None:
+        """The connection's inbound rate limiter (None: unlimited); its server's to remember."""
+        return self._limiter
 
     @property
     def queued(self) -> int:
@@ -249,14 +270,17 @@ class Agent:
                         event = conn.next_event()
                         if event is None:
                             break
-                        if limiter is not None:
+                        kind = type(event)
+                        # the handshake's two packets are not rate-limited: a connection makes
+                        # them once (again is a protocol error), and one that inherits its
+                        # peer's spent budget (PeerBudgets) must still be answered or kicked
+                        if limiter is not None and kind is not Handshake and kind is not HandshakeAck:
                             verdict = limiter.check(now)
                             if verdict is not Verdict.OK:
                                 if verdict is Verdict.KICK:
                                     return self._rate_kick()
                                 self._refuse(event)
                                 continue
-                        kind = type(event)
                         if kind is Request or kind is Notify:
                             pending = dispatch(session, event)  # type: ignore[arg-type]
                             if pending is not None:
@@ -307,7 +331,9 @@ class Agent:
             except HandshakeRejected as exc:
                 code = exc.code
                 self._log.info("handshake rejected", "handshake from %s rejected: %s", self.remote_address, exc)
-            except Exception as exc:  # a user's validator: refuse this client, serve on
+            except BaseException as exc:  # a user's validator: refuse this client, serve on
+                if passes_through(exc):
+                    raise
                 code = CODE_SERVER_ERROR
                 self._log.exception(
                     "handshake validator", "handshake validator failed for %s", self.remote_address, exc_info=exc
@@ -337,6 +363,7 @@ class Agent:
         write_nowait: Callable[[bytes], int] | None = getattr(self._stream, "send_some_nowait", None)
         budget = WRITES_PER_CHECKPOINT
         carry: bytes | None = None
+        item: bytes | list[bytes]
         try:
             with self._writer_scope:
                 while True:
@@ -344,29 +371,35 @@ class Agent:
                         data, carry = carry, None
                     else:
                         try:
-                            data = receive.receive_nowait()
+                            item = receive.receive_nowait()
                         except trio.WouldBlock:
                             budget = WRITES_PER_CHECKPOINT
                             try:
-                                data = await receive.receive()
+                                item = await receive.receive()
                             except trio.EndOfChannel:
                                 break
                         except trio.EndOfChannel:
                             break
-                        self._queued -= 1
+                        if type(item) is list:  # a merge window's packets (at most MAX_WRITE)
+                            self._queued -= len(item)
+                            data = b"".join(item)
+                        else:
+                            self._queued -= 1
+                            data = item  # type: ignore[assignment]
                         self._queued_bytes -= len(data)
-                        if self._flush_at != _NEVER:  # a merge window was asked for
-                            if self._flush_at > trio.current_time():
-                                await self._hold()
-                            self._flush_at = _NEVER
                     size = len(data)
                     parts: list[bytes] | None = None
                     while True:  # join what is queued, never past MAX_WRITE
                         try:
-                            more = receive.receive_nowait()
+                            item = receive.receive_nowait()
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
-                        self._queued -= 1
+                        if type(item) is list:
+                            self._queued -= len(item)
+                            more = b"".join(item)
+                        else:
+                            self._queued -= 1
+                            more = item  # type: ignore[assignment]
                         self._queued_bytes -= len(more)
                         if size + len(more) > MAX_WRITE:
                             carry = more
@@ -407,61 +440,81 @@ class Agent:
 
     # -- merge window ------------------------------------------------------------------------
 
-    async def _hold(self) -> None:
-        """Hold the write until ``_flush_at`` (the merge window: the server's MergeClock wakes
-        it), or until a packet that must not wait (a Response, heartbeat, Kick), a full
-        write's worth or a close ends it. Without a running clock, writes at once."""
+    def _hold(self, packet: bytes, window: float) -> bool:
+        """Hold ``packet`` for a merge window of ``window`` seconds, off the outbox: the writer
+        is not woken for it. The window ends (:meth:`_flush_window`, which hands every held
+        packet to the writer as one item) at the earliest deadline a held packet asked for
+        (the server's MergeClock calls :meth:`flush_due`), or before a packet that must not
+        wait (a Response, heartbeat, Kick), a full write's worth or a close. Returns False
+        (the caller queues ``packet`` at once) without a running clock, or when the outbox
+        has packets the writer is about to write anyway."""
+        held = self._held
+        size = len(packet)
+        if held:
+            if self._held_bytes + size <= MAX_WRITE:
+                held.append(packet)
+                self._queued += 1
+                self._queued_bytes += size
+                self._held_bytes += size
+                if self._held_bytes == MAX_WRITE:  # a full write's worth: written now
+                    self._flush_window()
+                elif window < self._held_window:  # it may ask for an earlier deadline
+                    at = trio.current_time() + window
+                    if at < self._flush_at:
+                        self._flush_at = at
+                        self._clock.wake_at(at, self)  # type: ignore[union-attr]
+                return True
+            self._flush_window()  # a full write's worth: written now; this packet opens a window
+            held = self._held
+        elif self._queued or self.closed:
+            return False
         clock = self._clock
-        if clock is None or not clock.running:
-            return
-        self._held = trio.lowlevel.current_task()
-        clock.wake_at(self._flush_at, self)
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self._held = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
+        if clock is None or not clock.running or size >= MAX_WRITE:
+            return False
+        held.append(packet)
+        self._held_bytes = size
+        self._held_window = window
+        self._queued += 1
+        self._queued_bytes += size
+        self._flush_at = at = trio.current_time() + window
+        clock.wake_at(at, self)
+        return True
 
     def flush_due(self, now: float) -> None:
-        """The MergeClock's call: write now if the window has ended by ``now``."""
-        if self._held is not None and self._flush_at <= now:
-            self._release()
+        """The MergeClock's call: end the window if its deadline has come by ``now``."""
+        if self._held and self._flush_at <= now:
+            self._flush_window()
 
-    def _release(self) -> None:
-        task, self._held = self._held, None
-        if task is not None:
-            trio.lowlevel.reschedule(task)
-
-    def _ask_flush(self, window: float) -> None:
-        """The packet just queued must be written within ``window`` seconds (0: at once, with
-        everything queued before it). The earliest deadline asked since the last write wins,
-        so no packet waits past its own window; packets queued before any window was asked
-        for (``_flush_at`` still ``_NEVER`` with others queued) were not to wait either."""
-        if not window or self._queued_bytes >= MAX_WRITE or (self._flush_at == _NEVER and self._queued > 1):
-            at = -_NEVER
-        else:
-            at = trio.current_time() + window
-        if at < self._flush_at:
-            self._flush_at = at
-            if self._held is not None:
-                if at == -_NEVER:
-                    self._release()
-                elif self._clock is not None:
-                    self._clock.wake_at(at, self)
+    def _flush_window(self) -> None:
+        """Hand the held packets to the writer, one item (it joins them into one write)."""
+        held = self._held
+        self._held = []
+        self._held_bytes = 0
+        self._flush_at = _NEVER
+        try:
+            self._send.send_nowait(held if len(held) > 1 else held[0])
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self._counters.dropped_closed += len(held)
+            self._queued -= len(held)
+            self._queued_bytes -= sum(map(len, held))
 
     # -- sending (the NetworkEntity protocol) -----------------------------------------------
 
     def _enqueue(self, packet: bytes, *, droppable: bool = True, window: float = 0.0) -> bool:
         """Queue ``packet`` for the writer, to be written within ``window`` seconds (the merge
-        window; 0: at once). A Push (``droppable``) meets the slow-consumer
-        policy when the client does not read (see the module docstring); anything meets it
-        past ``max_outbox_bytes``. Returns whether it was queued."""
+        window; 0: at once, after whatever a window held). A Push (``droppable``) meets the
+        slow-consumer policy when the client does not read (see the module docstring);
+        anything meets it past ``max_outbox_bytes``. Returns whether it was queued."""
         if self._queued >= self._soft_limit or self._queued_bytes >= self._soft_bytes:
             if self._queued_bytes >= self._max_bytes:
                 return self._slow_consumer(droppable)
             if droppable and self._writing and trio.current_time() - self._write_started >= self._slow_after:
                 return self._slow_consumer(droppable)
+        if window:
+            if self._hold(packet, window):
+                return True
+        elif self._held:
+            self._flush_window()  # what the window held goes first, now
         try:
             self._send.send_nowait(packet)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -469,8 +522,6 @@ class Agent:
             return False
         self._queued += 1
         self._queued_bytes += len(packet)
-        if window or self._flush_at != _NEVER:
-            self._ask_flush(window)
         return True
 
     def _slow_consumer(self, droppable: bool) -> bool:
@@ -491,7 +542,9 @@ class Agent:
         message = PipelineMessage(kind, route, body, mid)
         try:
             self._config.pipeline.outbound.process(self.session, message)
-        except Exception as exc:  # a user's pipeline function: drop the message, go on
+        except BaseException as exc:  # a user's pipeline function: drop the message, go on
+            if passes_through(exc):
+                raise
             self._counters.dropped_pipeline += 1
             self._log.warning(
                 "pipeline", "outbound pipeline refused %s for session %d: %r", route, self.session.id, exc
@@ -528,9 +581,37 @@ class Agent:
     def send_broadcast(self, session: Session, broadcast: Broadcast) -> bool:
         """Queue one Push of a broadcast, encoded once per codec and shared. Returns whether
         it was queued. Raises trio.BrokenResourceError once closed, MessageTooLarge."""
+        window = self._window if broadcast.merge_window is None else broadcast.merge_window
+        if broadcast.encoder is self._codec and not self._outbound_pipeline.funcs:  # the common case
+            if self.closed:
+                raise trio.BrokenResourceError("the session is closed")
+            try:
+                packet = self.conn.send_encoded(broadcast.packet)
+            except LocalProtocolError:
+                if self._not_working():  # not WORKING (yet, or any more): counted, not sent
+                    return False
+                raise
+            held = self._held
+            if (
+                held  # a merge window is open: joined at once (what _enqueue and _hold do, inlined)
+                and window >= self._held_window
+                and self._held_bytes + len(packet) < MAX_WRITE
+                and self._queued < self._soft_limit
+                and self._queued_bytes < self._soft_bytes
+            ):
+                held.append(packet)
+                size = len(packet)
+                self._held_bytes += size
+                self._queued += 1
+                self._queued_bytes += size
+                self._counters.pushes_out += 1
+                return True
+            if self._enqueue(packet, window=window):
+                self._counters.pushes_out += 1
+                return True
+            return False
         if self._not_working():
             return False
-        window = self._window if broadcast.merge_window is None else broadcast.merge_window
         if self._config.pipeline.outbound.funcs:
             refined = self._outbound(MessageType.PUSH, broadcast.route, broadcast.body)
             if refined is None:
@@ -545,10 +626,7 @@ class Agent:
             broadcast.encoder = self._codec
             self._counters.encoded += 1
             return self._enqueue_push(broadcast.packet, window)
-        if self._enqueue(self.conn.send_encoded(broadcast.packet), window=window):  # _enqueue_push, inlined
-            self._counters.pushes_out += 1
-            return True
-        return False
+        return self._enqueue_push(self.conn.send_encoded(broadcast.packet), window)
 
     def _push_now(self, route: str, body: bytes, window: float) -> bool:
         try:
@@ -591,6 +669,8 @@ class Agent:
             if not self._enqueue(packet, droppable=False):
                 return False
         else:
+            if self._held:  # a merge window is open: a Response ends it, after what it held
+                self._flush_window()
             try:
                 self._send.send_nowait(packet)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -598,8 +678,6 @@ class Agent:
                 return False
             self._queued += 1
             self._queued_bytes += len(packet)
-            if self._flush_at != _NEVER:  # a merge window is open: a Response ends it
-                self._ask_flush(0.0)
         counters.responses_out += 1
         return True
 
@@ -628,6 +706,13 @@ class Agent:
             self._counters.kicked("application")
             self._send_kick(Kick(reason))
 
+    def evict(self) -> None:
+        """Kick with reason "handshake evicted": a newcomer needs the place of this connection,
+        still in its handshake past the grace (see :mod:`trionano._admission`)."""
+        if not self._finished:
+            self._counters.kicked(EVICTED)
+            self._send_kick(Kick(EVICTED))
+
     def shutdown(self) -> None:
         """Kick with reason "shutdown" (the server is stopping)."""
         if not self._finished:
@@ -653,16 +738,26 @@ class Agent:
         self._finished = True
         self.closed = True
         self._final = final
+        held = self._held
+        if held:  # a merge window ends: what it held is written before the close, or dropped
+            if discard:
+                self._held = []
+                self._held_bytes = 0
+                self._flush_at = _NEVER
+                self._queued -= len(held)
+                self._counters.dropped_slow += len(held)
+            else:
+                self._flush_window()
         self._send.close()
-        self._ask_flush(0.0)  # a writer holding a merge window writes what is queued now
         if discard:
             while True:
                 try:
-                    self._receive.receive_nowait()
+                    item = self._receive.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-                self._queued -= 1
-                self._counters.dropped_slow += 1
+                count = len(item) if type(item) is list else 1
+                self._queued -= count
+                self._counters.dropped_slow += count
             self._queued_bytes = 0
         self._reader_scope.cancel()
         self._writer_scope.deadline = min(self._writer_scope.deadline, trio.current_time() + self._config.close_timeout)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from ._pipeline import Pipeline
-from ._ratelimit import DEFAULT_BURST, DEFAULT_KICK_AFTER, DEFAULT_RATE
+from ._ratelimit import DEFAULT_BURST, DEFAULT_KICK_AFTER, DEFAULT_PEERS, DEFAULT_RATE
 from ._serializer import JSONSerializer, Serializer
 from .wire import EMPTY_ROUTES, MAX_BODY_SIZE, MAX_HEARTBEAT, MIN_HEARTBEAT, Handshake, RouteDict, check_heartbeat
 
@@ -51,6 +51,11 @@ def _merge_window(_: object, attribute: attrs.Attribute[Any], value: float | Non
         )
 
 
+def _optional_count(_: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
+    if value is not None and not value >= 1:
+        raise ValueError(f"{attribute.name} must be None or at least 1, not {value!r}")
+
+
 def _precision(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not 0.001 <= value < math.inf:
         raise ValueError("time precision can not less than a Millisecond")
@@ -64,11 +69,19 @@ class RateLimit:
     ``kick_after`` times, net of a forgiveness of ``rate`` per second, is kicked with reason
     ``"rate limit"`` (see :class:`trionano._ratelimit.RateLimiter`). The defaults accept a
     login burst of 2,000 requests at once and 500 a second after that; a flood of 20,000 a
-    second is kicked within about 0.2 s."""
+    second is kicked within about 0.2 s.
+
+    Reconnecting does not refill a budget: a connection that went over its limit leaves its
+    state to the next connection from the same peer (an IPv4 address, an IPv6 /64) until its
+    buckets would have refilled (at most ``max(burst, kick_after) / rate`` seconds), for up to
+    ``peers`` peers at once (0: forget at once; see :class:`trionano._ratelimit.PeerBudgets`).
+    Peers that stay within their limit, and so the other users behind a NAT address, are not
+    affected."""
 
     rate: float = attrs.field(default=DEFAULT_RATE, validator=_positive)
     burst: float = attrs.field(default=DEFAULT_BURST, validator=[_positive, attrs.validators.ge(1)])
     kick_after: float = attrs.field(default=DEFAULT_KICK_AFTER, validator=_positive)
+    peers: int = attrs.field(default=DEFAULT_PEERS, validator=attrs.validators.ge(0))
 
 
 @attrs.frozen(kw_only=True)
@@ -82,7 +95,18 @@ class Config:
       ``pomelo_handshake`` it must be whole seconds.
     - ``handshake_timeout``: seconds a connection may take to complete its handshake (and
       acknowledge it) before it is kicked, on every transport.
-    - ``max_connections``: connections served at once; one more is kicked "server full".
+    - ``max_connections``: connections served at once. A connection counts from when it is
+      accepted; when the server is full, a newcomer takes the place of the oldest connection
+      that has been in its handshake for a second or more (kicked "handshake evicted"), and is
+      kicked "server full" only when there is none: sockets that never handshake cannot lock
+      clients out (see :mod:`trionano._admission`).
+    - ``max_handshaking``: connections (all peers) that have not completed their handshake; at
+      the bound, a newcomer evicts the oldest of them that has been at it a second, or is
+      kicked "server busy". Bounds the descriptors silent sockets can hold, whatever
+      ``max_connections`` and the process's file limit.
+    - ``max_handshaking_per_host``: the same bound for one peer (an IPv4 address, an IPv6
+      /64); None: none. Generous by default for users behind one NAT, who handshake in one
+      round trip each; behind a reverse proxy every client has the proxy's address.
     - ``rate_limit``: the per-connection :class:`RateLimit` (None: unlimited).
     - ``outbox_size``, ``outbox_bytes``: messages, or bytes, a client may leave unread before
       the ``slow_consumer`` policy applies to its Pushes; it applies only once a write has
@@ -92,11 +116,12 @@ class Config:
       session is kicked "slow consumer" (or, under the drop policy, a Push is dropped).
     - ``expose_errors``: send a handler's exception text to the client in its 500 Response
       (default: ``"internal error"``; the text is logged either way).
-    - ``merge_window``: seconds (0 < w <= 1; None or 0: off) a connection's writer may hold a Push to merge
+    - ``merge_window``: seconds (0 < w <= 1; None or 0: off) a connection may hold a Push to merge
       it with those that follow into one write (TCP: one ``send``; WebSocket: one message
       holding several packets, which pomelo's and trionano's JS clients decode), as
       go-push and goim batch by time; None (the default) writes at once. The window starts
-      when the first packet of a write is queued, so no Push waits longer than it; a
+      when the first Push of a write is queued, so no Push waits longer than it; the held
+      Pushes do not wake the connection's writer until the window ends; a
       Response, heartbeat or Kick ends the window at once (it is written with whatever is
       queued before it, in order). A :class:`~trionano.Group` may set its own window for its
       broadcasts. Pays off when clients get several Pushes a window: one send per window
@@ -134,6 +159,8 @@ class Config:
     )
     handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
     max_connections: int = attrs.field(default=100_000, validator=attrs.validators.ge(1))
+    max_handshaking: int = attrs.field(default=1024, validator=attrs.validators.ge(1))
+    max_handshaking_per_host: int | None = attrs.field(default=128, validator=_optional_count)
     rate_limit: RateLimit | None = attrs.field(factory=RateLimit)
     expose_errors: bool = False
     pomelo_handshake: bool = False

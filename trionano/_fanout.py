@@ -29,6 +29,7 @@ import trio
 from ._errors import MessageTooLarge
 from ._log import RateLimitedLog
 from ._stats import Counters
+from ._util import passes_through
 
 __all__ = ["BUCKET_SIZE", "MAX_BEHIND", "FanOut", "FanOutJob", "Member"]
 
@@ -59,11 +60,10 @@ class FanOutJob:
     ``queued`` counts those that queued a message; ``done`` is set when every member has been
     visited (or the server stopped)."""
 
-    __slots__ = ("deliver", "done", "members", "next", "queued", "waiting")
+    __slots__ = ("deliver", "done", "members", "next", "queued")
 
     def __init__(self, members: Sequence[Member], deliver: Deliver) -> None:
         self.members: Final = members
-        self.waiting: Final = set(members)  # not visited yet
         self.deliver: Final = deliver
         self.next = 0  # the index of the next member to visit
         self.queued = 0
@@ -82,6 +82,9 @@ class FanOut:
         self._log = log
         self._jobs: collections.deque[FanOutJob] = collections.deque()
         self._behind = 0  # deliveries waiting in _jobs
+        # per member, its deliveries waiting in _jobs: behind() in O(1), however many jobs wait
+        # (a scan of every job per member made a lagging fan-out lag further)
+        self._waiting: collections.Counter[Member] = collections.Counter()
         self._wake = trio.Event()
         self._running = False
         self._stopping = False
@@ -93,10 +96,7 @@ class FanOut:
 
     def behind(self, session: Member) -> bool:
         """Whether ``session`` has a delivery waiting here: its next Push must come after it."""
-        jobs = self._jobs
-        if not jobs:
-            return False
-        return any(session in job.waiting for job in jobs)
+        return session in self._waiting
 
     def send(self, members: Sequence[M], deliver: Callable[[M], bool]) -> tuple[int, FanOutJob | None]:
         """Deliver to ``members``, in order, after whatever each has waiting here: up to a
@@ -129,6 +129,7 @@ class FanOut:
         job = FanOutJob(members, deliver)
         self._jobs.append(job)
         self._behind += len(members)
+        self._waiting.update(members)  # counted in C
         self._wake.set()
         return job
 
@@ -156,6 +157,7 @@ class FanOut:
                 self._behind -= len(job.members) - job.next
                 job.next = len(job.members)
                 self._finish(job)
+            self._waiting.clear()
 
     def stop(self) -> None:
         """End :meth:`run` (the server is stopping). Idempotent."""
@@ -167,17 +169,23 @@ class FanOut:
         start = job.next
         end = job.next = min(start + count, len(job.members))
         self._behind -= end - start
-        waiting = job.waiting
+        waiting = self._waiting
         deliver = job.deliver
         for session in job.members[start:end]:
-            waiting.discard(session)
+            left = waiting[session] - 1
+            if left:
+                waiting[session] = left
+            else:
+                del waiting[session]
             try:
                 job.queued += deliver(session)
             except trio.BrokenResourceError:
                 self._counters.dropped_closed += 1
             except MessageTooLarge as exc:
                 self._log.warning("fan-out", "fan-out: a Push for session %d is too large: %s", session.id, exc)
-            except Exception as exc:  # a user's serializer or pipeline: this member only
+            except BaseException as exc:  # a user's serializer or pipeline: this member only
+                if passes_through(exc):
+                    raise
                 self._log.exception("fan-out", "fan-out: delivering to session %d failed", session.id, exc_info=exc)
 
     def _finish(self, job: FanOutJob) -> None:

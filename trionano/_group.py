@@ -62,7 +62,7 @@ class Group:
 
     @property
     def merge_window(self) -> float | None:
-        """The merge window (seconds) of this group's broadcasts: each member's writer may
+        """The merge window (seconds) of this group's broadcasts: each member's connection may
         hold one that long to merge it with what follows (``Config.merge_window``, which
         applies when this is None; 0: never held). A connection holds its write until the
         earliest deadline any packet queued on it asked for, so the smallest window wins."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import ipaddress
 import logging
 import socket
 import ssl
@@ -30,6 +31,7 @@ __all__ = [
     "TCPEndpoint",
     "accept_forever",
     "open_listeners",
+    "peer_host",
     "remote_address",
 ]
 
@@ -73,6 +75,25 @@ def remote_address(stream: trio.abc.Stream) -> str:
     except (AttributeError, OSError, ValueError, TypeError):
         return "unknown"
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def peer_host(address: str) -> str | None:
+    """The peer a ``"host:port"`` (``"[v6]:port"``) address of :func:`remote_address` belongs
+    to, for the per-peer bounds: the IPv4 address; for IPv6 its /64 network (one subscriber's
+    share, which a client may hop across at will); an IPv4-mapped IPv6 address as the IPv4
+    address. None for anything else (``"unknown"``, a custom transport's text)."""
+    host = address.rpartition(":")[0]
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 async def open_listeners(

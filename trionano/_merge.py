@@ -1,11 +1,11 @@
-"""The merge windows' clock: one task per server wakes the writers whose window has ended.
+"""The merge windows' clock: one task per server ends the merge windows that are due.
 
-A writer holding a write for its merge window (``Config.merge_window``) parks here instead of
-arming a cancel scope of its own: at 1,000 connections and a 50 ms window that is 20,000
-deadlines a second, and each cancel scope that fires raises and unwinds a ``Cancelled``. Here
-a writer parks with ``wait_task_rescheduled`` and this clock reschedules every writer due, a
-millisecond tick at a time (as goim's push rounds do): a window may end up to a tick early,
-never late.
+An agent holding Pushes for a merge window (``Config.merge_window``) keeps them off its outbox
+and registers the window's deadline here instead of arming a cancel scope or a timer of its
+own: at 1,000 connections and a 50 ms window that is 20,000 deadlines a second, and each
+cancel scope that fires raises and unwinds a ``Cancelled``. This clock calls every agent due
+(``flush_due``: the held Pushes go to the writer as one item), a millisecond tick at a time
+(as goim's push rounds do): a window may end up to a tick early, never late.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ TICK: Final = 0.001
 
 
 class Waiter(Protocol):
-    """A writer holding a write (an agent)."""
+    """What holds a merge window (an agent)."""
 
     def flush_due(self, now: float) -> None:
         """Write now if the window asked for has ended by ``now`` (and it still holds)."""

@@ -16,7 +16,16 @@ import enum
 import math
 from typing import Final
 
-__all__ = ["DEFAULT_BURST", "DEFAULT_KICK_AFTER", "DEFAULT_RATE", "RateLimiter", "TokenBucket", "Verdict"]
+__all__ = [
+    "DEFAULT_BURST",
+    "DEFAULT_KICK_AFTER",
+    "DEFAULT_PEERS",
+    "DEFAULT_RATE",
+    "PeerBudgets",
+    "RateLimiter",
+    "TokenBucket",
+    "Verdict",
+]
 
 DEFAULT_RATE: Final = 500.0
 """Messages per second a connection may send, sustained."""
@@ -24,6 +33,8 @@ DEFAULT_BURST: Final = 2000.0
 """Messages a connection may send at once (a full bucket): a login burst of up to 2,000 requests is accepted."""
 DEFAULT_KICK_AFTER: Final = 2000.0
 """Refusals, net of forgiveness at ``rate`` per second, after which a connection is kicked."""
+DEFAULT_PEERS: Final = 65536
+"""Peers whose spent budgets a server remembers across reconnects (:class:`PeerBudgets`)."""
 
 
 _SLACK: Final = 1e-6
@@ -83,6 +94,15 @@ class TokenBucket:
         if now > self._stamp:
             return min(self.burst, self._tokens + (now - self._stamp) * self.rate)
         return self._tokens
+
+    def full_at(self, now: float) -> float:
+        """When the bucket will be full again (``now`` if it is), if nothing is taken meanwhile."""
+        return now + (self.burst - self.tokens(now)) / self.rate
+
+    def resume(self, other: TokenBucket) -> None:
+        """Take over ``other``'s tokens and time stamp (a bucket of the same ``rate`` and ``burst``)."""
+        self._tokens = other._tokens
+        self._stamp = other._stamp
 
     def __repr__(self) -> str:
         return f"TokenBucket(rate={self.rate!r}, burst={self.burst!r}, tokens={self._tokens!r})"
@@ -161,8 +181,92 @@ class RateLimiter(TokenBucket):
         self.refused += 1
         return _REFUSE if self._patience.take(now) else _KICK
 
+    def full_at(self, now: float) -> float:
+        """When both the message bucket and the patience will be full again: from then on this limiter
+        is as good as a new one."""
+        return max(super().full_at(now), self._patience.full_at(now))
+
+    def resume(self, other: TokenBucket) -> None:
+        """Go on from where ``other`` (a RateLimiter of the same settings) left off: its tokens and
+        its patience; ``refused`` starts at 0."""
+        super().resume(other)
+        if isinstance(other, RateLimiter):
+            self._patience.resume(other._patience)
+
     def __repr__(self) -> str:
         return (
             f"RateLimiter(rate={self.rate!r}, burst={self.burst!r}, kick_after={self.kick_after!r}, "
             f"refused={self.refused!r})"
         )
+
+
+class PeerBudgets:
+    """What a server remembers of its peers' rate limits across reconnects, so that a flooder
+    cannot refill its budget by reconnecting.
+
+    A connection that was refused at least once (it went over its limit) leaves its limiter
+    here on :meth:`closed`, under its peer's key (a host; see ``trionano._listen.peer_host``);
+    the next connection from that peer :meth:`opened` goes on from that state (its tokens, and
+    the patience a kick is measured by: a peer kicked for its rate is kicked again at its first
+    refusal) instead of a full bucket. A peer that stays within its limit leaves nothing: its
+    reconnects start full, and so do the other users behind the same NAT address. An entry is
+    forgotten once its buckets would be full again (``max(burst, kick_after) / rate`` seconds
+    at most: 4 s with the defaults), and the oldest go first past ``max_peers`` entries:
+    memory is bounded whatever the churn. Only reconnects are covered: connections open at
+    the same time have a budget each.
+
+    Pure and synchronous (every call takes ``now``, seconds on one monotonic clock); owned by
+    one server. Error handling: the constructor raises ValueError for a negative ``max_peers``
+    (0 remembers nothing).
+    """
+
+    __slots__ = ("_entries", "burst", "kick_after", "max_peers", "rate")
+
+    def __init__(self, rate: float, burst: float, kick_after: float, max_peers: int = DEFAULT_PEERS) -> None:
+        if max_peers < 0:
+            raise ValueError(f"max_peers must be 0 or more, not {max_peers!r}")
+        RateLimiter(rate, burst, kick_after)  # the same validation
+        self.rate: Final = rate
+        self.burst: Final = burst
+        self.kick_after: Final = kick_after
+        self.max_peers: Final = max_peers
+        self._entries: dict[str, tuple[float, RateLimiter]] = {}  # key -> (forget at, state); oldest first
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def opened(self, key: str | None, now: float) -> RateLimiter:
+        """A limiter for a new connection of peer ``key`` (None: unknown, a fresh one) at ``now``."""
+        limiter = RateLimiter(self.rate, self.burst, self.kick_after)
+        if key is not None and self._entries:
+            self._expire(now)
+            entry = self._entries.get(key)
+            if entry is not None:
+                limiter.resume(entry[1])
+        return limiter
+
+    def closed(self, key: str | None, limiter: RateLimiter, now: float) -> None:
+        """The connection of peer ``key`` with ``limiter`` closed at ``now``: remember its state if
+        it went over its limit and its buckets are not yet full again."""
+        if key is None or not limiter.refused or not self.max_peers:
+            return
+        forget_at = limiter.full_at(now)
+        self._expire(now)
+        entries = self._entries
+        previous = entries.pop(key, None)
+        # an earlier connection of the peer that left less (refills later) is the one kept
+        entry = previous if previous is not None and previous[0] > forget_at else (forget_at, limiter)
+        if entry[0] <= now:
+            return
+        entries[key] = entry
+        while len(entries) > self.max_peers:
+            del entries[next(iter(entries))]
+
+    def _expire(self, now: float) -> None:
+        """Forget the entries at the front (the oldest) whose buckets are full again."""
+        entries = self._entries
+        while entries:
+            key, (forget_at, _) = next(iter(entries.items()))
+            if forget_at > now:
+                return
+            del entries[key]

@@ -8,7 +8,9 @@ handler does, a Request gets exactly one Response (its value, a deferred answer,
 =====  =====================================================================================
 code   when
 =====  =====================================================================================
-400    the body cannot be decoded to the handler's type, or an inbound pipeline refused it
+400    the body cannot be decoded to the handler's type, or an inbound pipeline refused it,
+       or the Request's id is 0 (answered with id 0; the handler is not called: nano and
+       pomelo take such a Request for a Notify and never answer it)
 404    no handler for the route (nano leaves the client waiting)
 413    the answer is larger than ``max_packet_size``
 429    the connection is over its rate limit (answered by the agent)
@@ -35,6 +37,7 @@ from ._pipeline import Pipeline, PipelineMessage
 from ._serializer import Unmarshal
 from ._session import Call, Session, current_call
 from ._stats import LATENCY_BOUNDS, ROUTE_FORWARDED, ROUTE_UNKNOWN, Counters, RouteCounters
+from ._util import passes_through
 from .nursery_scheduler import Lane, Scheduler, Task
 from .wire import MessageType, Notify, Request
 
@@ -136,6 +139,8 @@ class Router:
     def dispatch_request(self, session: Session, mid: int, route: str, body: bytes) -> Pending | None:
         """:meth:`dispatch` for Request ``mid`` to ``route`` with ``body``, without the
         Request object: the reader's fused fast path. Same returns and guarantees."""
+        if not mid:
+            return self._id_zero(session, route)
         entry = self._handlers.get(route)
         if entry is None or self._inbound.funcs:  # forwarded, unknown, or a pipeline to run
             return self._dispatch(session, Request(mid, route, body), mid)
@@ -176,7 +181,9 @@ class Router:
             pipeline_message = PipelineMessage(MessageType(message.type), route, body, mid)
             try:
                 self._inbound.process(session, pipeline_message)
-            except Exception as exc:  # a user's pipeline function: refuse the message, go on
+            except BaseException as exc:  # a user's pipeline function: refuse the message, go on
+                if passes_through(exc):
+                    raise
                 self._counters.dropped_pipeline += 1
                 self._log.warning("pipeline", "inbound pipeline refused %s: %r", route, exc)
                 return self._refuse(session, mid, CODE_BAD_REQUEST, str(exc))
@@ -187,6 +194,18 @@ class Router:
             return self._undecodable(session, route, mid, exc)
         lane = self._main if not handler.lane else self._lane(session, handler)
         return self._queue(lane, self._call(session, handler, arg, mid, counts))
+
+    def _id_zero(self, session: Session, route: str) -> Pending | None:
+        """A Request with id 0: an id no client of pomelo's or nano's sends (theirs start at 1;
+        0 is a Notify's), which nano and pomelo take for a Notify, so its handler's answer is
+        dropped and the client waits forever. trionano answers it instead, without calling
+        the handler: a 400 Response with id 0, in order behind the session's earlier
+        requests; counted with the error Responses (400) and logged (rate-limited)."""
+        self._log.warning(
+            "request id 0", "request with id 0 for %s from session %d: answered 400", client_text(route), session.id
+        )
+        text = "request id 0 is not allowed: request ids start at 1 (id 0 is a notify's)"
+        return self._queue(self._main, lambda: self.answer_error(session, 0, CODE_BAD_REQUEST, text))
 
     def _undecodable(self, session: Session, route: str, mid: int, exc: SerializeError) -> Pending | None:
         self._log.warning("bad body", "undecodable body for %s: %s", route, client_text(str(exc)))
@@ -233,7 +252,9 @@ class Router:
                 start = perf_counter()
                 try:
                     result = await func(session, arg)
-                except Exception as exc:
+                except BaseException as exc:
+                    if passes_through(exc):
+                        raise
                     self._failed(session, call, exc)
                 else:
                     if mid and not call.answered:
@@ -242,7 +263,9 @@ class Router:
                         else:
                             try:  # a closed session raises BrokenResourceError: _failed counts it
                                 entity.send_response(session, mid, marshal(result))
-                            except Exception as exc:  # SerializeError, MessageTooLarge, closed
+                            except BaseException as exc:  # SerializeError, MessageTooLarge, closed
+                                if passes_through(exc):
+                                    raise
                                 self._failed(session, call, exc)
                             else:
                                 call.answered = True
@@ -261,7 +284,9 @@ class Router:
             start = perf_counter()
             try:
                 result = func(session, arg)
-            except Exception as exc:
+            except BaseException as exc:
+                if passes_through(exc):
+                    raise
                 self._failed(session, call, exc)
             else:
                 if mid and not call.answered:
@@ -270,7 +295,9 @@ class Router:
                     else:
                         try:  # a closed session raises BrokenResourceError: _failed counts it
                             entity.send_response(session, mid, marshal(result))
-                        except Exception as exc:  # SerializeError, MessageTooLarge, closed
+                        except BaseException as exc:  # SerializeError, MessageTooLarge, closed
+                            if passes_through(exc):
+                                raise
                             self._failed(session, call, exc)
                         else:
                             call.answered = True
@@ -301,12 +328,14 @@ class Router:
             return
         try:  # a closed session raises BrokenResourceError: _failed counts it as dropped
             session.respond_raw(call.mid, session.serializer.marshal(result))
-        except Exception as exc:  # SerializeError, MessageTooLarge, a broken connection
+        except BaseException as exc:  # SerializeError, MessageTooLarge, a broken connection
+            if passes_through(exc):
+                raise
             self._failed(session, call, exc)
             return
         call.answered = True
 
-    def _failed(self, session: Session, call: Call, exc: Exception) -> None:
+    def _failed(self, session: Session, call: Call, exc: BaseException) -> None:
         if isinstance(exc, trio.BrokenResourceError) and session.closed:
             self._counters.dropped_closed += 1  # the client left while it was being served
             return

@@ -30,18 +30,20 @@ from typing import Final
 
 import trio
 
+from ._admission import Handshaking
 from ._agent import Agent
 from ._component import LIFECYCLE_HOOKS, Components
 from ._config import Config
 from ._errors import ComponentError
 from ._fanout import FanOut
-from ._listen import Endpoint, TCPEndpoint
+from ._listen import Endpoint, TCPEndpoint, peer_host
 from ._log import RateLimitedLog
 from ._merge import MergeClock
+from ._ratelimit import PeerBudgets
 from ._router import RemoteRouter, Router
 from ._session import NetworkEntity, Session
 from ._stats import Counters, Statistics
-from ._util import call_user, call_user_logged
+from ._util import call_user, call_user_logged, passes_through
 from ._websocket import OriginCheck, WebSocketEndpoint
 from .nursery_scheduler import Scheduler
 from .wire import Connection as WireConnection
@@ -160,6 +162,12 @@ class Server:
                 component.attach(self)
         self._sessions: dict[int, Session] = {}
         self._agents: set[Agent] = set()
+        # connections still in their handshake, and what peers spent of their rate limits
+        self._handshaking: Final = Handshaking[Agent](self.config.max_handshaking, self.config.max_handshaking_per_host)
+        limit = self.config.rate_limit
+        self._budgets: Final = (
+            PeerBudgets(limit.rate, limit.burst, limit.kick_after, limit.peers) if limit is not None else None
+        )
         self._close_hooks: list[CloseHook] = []
         self._stop = trio.Event()
         self._stopped = trio.Event()
@@ -287,11 +295,30 @@ class Server:
         endpoint is started with; usable for custom transports). Owns ``stream``. Never raises
         for anything the peer does."""
         counters = self._counters
-        if self._stopping or len(self._agents) >= self.config.max_connections:
+        if self._stopping:
             counters.connections_refused += 1
-            await self._refuse(stream, "shutdown" if self._stopping else "server full")
+            await self._refuse(stream, "shutdown")
             return
+        host = peer_host(remote_address)
+        now = trio.current_time()
+        room = self._handshaking.make_room(
+            host, now, connections=len(self._agents), max_connections=self.config.max_connections
+        )
+        if room.refuse is not None:
+            counters.connections_refused += 1
+            await self._refuse(stream, room.refuse)
+            return
+        for victim in room.evict:  # its place is the newcomer's from now on
+            self._agents.discard(victim)
+            self._log.warning(
+                "handshake evicted",
+                "connection from %s evicted: still in its handshake when %s connected",
+                victim.remote_address,
+                remote_address,
+            )
+            victim.evict()
         counters.connections_accepted += 1
+        budgets = self._budgets
         try:
             agent = Agent(
                 stream,
@@ -304,18 +331,27 @@ class Server:
                 make_session=self._make_session,
                 on_working=self._session_opened,
                 clock=self._merge_clock,
+                limiter=budgets.opened(host, now) if budgets is not None else None,
             )
-        except Exception as exc:  # the last guard, as below
+        except BaseException as exc:  # the last guard, as below
+            if passes_through(exc):
+                raise
             self._log.exception("connection failed", "connection from %s failed", remote_address, exc_info=exc)
             await trio.aclose_forcefully(stream)
             return
         self._agents.add(agent)
+        self._handshaking.add(agent, host, now)
         try:
             await agent.run()
-        except Exception as exc:  # the last guard: nothing one client does ends the server
+        except BaseException as exc:  # the last guard: nothing one client does ends the server
+            if passes_through(exc):
+                raise
             self._log.exception("connection failed", "connection from %s failed", remote_address, exc_info=exc)
         finally:
             self._connection_closed(agent)
+            limiter = agent.limiter
+            if budgets is not None and limiter is not None:
+                budgets.closed(host, limiter, trio.current_time())
 
     async def _refuse(self, stream: trio.abc.Stream, reason: str) -> None:
         self._log.warning("refused", "connection refused: %s", reason)
@@ -333,17 +369,21 @@ class Server:
         return self.make_session(agent)
 
     def _session_opened(self, agent: Agent) -> None:
+        self._handshaking.remove(agent)
         session = agent.session
         self._sessions[session.id] = session
         self._counters.sessions_opened += 1
-        _logger.info("session %d opened from %s", session.id, agent.remote_address)
+        # DEBUG: a churn of connections must not flood the log; operators count them instead
+        # (statistics(): connections_accepted, sessions_opened, sessions_closed)
+        _logger.debug("session %d opened from %s", session.id, agent.remote_address)
 
     def _connection_closed(self, agent: Agent) -> None:
         self._agents.discard(agent)
+        self._handshaking.remove(agent)
         session = agent.session
         if self._sessions.pop(session.id, None) is not None:
             self._counters.sessions_closed += 1
-            _logger.info("session %d (uid %d) from %s closed", session.id, session.uid, agent.remote_address)
+            _logger.debug("session %d (uid %d) from %s closed", session.id, session.uid, agent.remote_address)
             self.session_closed(session)
         if self._stopping and not self._agents:
             self._all_closed.set()

@@ -67,7 +67,7 @@ class SessionKey(Generic[T]):
 class Broadcast:
     """One Push for many sessions: serialized once by its sender, encoded into a packet by the
     first entity that sends it and reused by every other entity sharing that encoder.
-    ``merge_window``: the seconds each member's writer may hold it to merge it with what
+    ``merge_window``: the seconds each member's connection may hold it to merge it with what
     follows (see ``Config.merge_window``); None: the server's window."""
 
     __slots__ = ("body", "encoder", "merge_window", "packet", "route")

@@ -10,7 +10,21 @@ from typing import Any
 
 import trio
 
-__all__ = ["call_user", "call_user_logged", "open_nursery_around"]
+__all__ = ["call_user", "call_user_logged", "open_nursery_around", "passes_through"]
+
+
+def passes_through(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by a user's callback (a handler, hook, validator, pipeline
+    function, timer), must propagate past the guard around it rather than be logged and
+    answered: ``trio.Cancelled`` (its cancel scope catches it), ``KeyboardInterrupt`` (Ctrl-C
+    stops the server; Trio may deliver it inside any callback), ``GeneratorExit`` (the frame is
+    being closed), or a group holding any of those. Anything else, ``SystemExit`` included, is
+    one callback's failure: a client's request must never end the server."""
+    if isinstance(exc, (trio.Cancelled, KeyboardInterrupt, GeneratorExit)):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup((trio.Cancelled, KeyboardInterrupt, GeneratorExit)) is not None
+    return False
 
 
 async def call_user(func: Callable[..., object], *args: Any) -> object:
@@ -25,10 +39,13 @@ async def call_user(func: Callable[..., object], *args: Any) -> object:
 async def call_user_logged(logger: logging.Logger, what: str, func: Callable[..., object], *args: Any) -> bool:
     """:func:`call_user`, logging (with the traceback) instead of raising an ``Exception``:
     the one place a user's hook may fail without taking its caller down. ``what`` names the
-    hook in the log line. Returns whether it succeeded; ``trio.Cancelled`` passes through."""
+    hook in the log line. Returns whether it succeeded. What :func:`passes_through` names
+    (``trio.Cancelled``, ``KeyboardInterrupt``...) propagates; ``SystemExit`` is logged."""
     try:
         await call_user(func, *args)
-    except Exception:
+    except BaseException as exc:
+        if passes_through(exc):
+            raise
         logger.exception("%s failed", what)
         return False
     return True

@@ -32,7 +32,9 @@ from wsproto.events import AcceptConnection, RejectConnection, Request
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError
 
-from ._listen import ConnectionHandler, accept_forever, open_listeners
+from ._admission import Handshaking
+from ._listen import ConnectionHandler, accept_forever, open_listeners, peer_host
+from ._log import RateLimitedLog
 
 __all__ = ["BROWSER_CLIENT", "OriginCheck", "WebSocketEndpoint", "WebSocketServerStream", "WebSocketStream"]
 
@@ -445,6 +447,14 @@ class WebSocketEndpoint:
     under it on the same port (``/`` is ``index.html``); ``static_files`` maps extra URL paths
     to files. ``handshake_timeout`` bounds how long a connection may take to say what it
     wants (nano never reaps a silent WebSocket).
+
+    Until then a connection is not the server's yet (its handshake bounds,
+    ``Config.max_handshaking``, start at the upgrade), so the endpoint bounds these itself, as
+    :mod:`trionano._admission` does: at most ``max_upgrading`` at once, and
+    ``max_upgrading_per_host`` (None: no bound) from one peer (an IPv4 address, an IPv6 /64).
+    At a bound the oldest of them (of that peer, or of all) that has been at it a second is
+    closed (counted in ``upgrades_evicted``), or else the newcomer is answered ``503`` and
+    closed (``upgrades_refused``); both logged, rate-limited.
     """
 
     host: str | None = None
@@ -455,9 +465,18 @@ class WebSocketEndpoint:
     static_dir: Path | None = None
     static_files: dict[str, Path] = attrs.field(factory=dict)
     handshake_timeout: float = 10.0
+    max_upgrading: int = 1024
+    max_upgrading_per_host: int | None = 128
 
     max_message_size: int = 4 * 64 * 1024 + 64
     _listeners: list[trio.abc.Listener[Any]] = attrs.field(factory=list, init=False)
+    upgrades_refused: int = attrs.field(default=0, init=False)
+    upgrades_evicted: int = attrs.field(default=0, init=False)
+    _upgrading: Handshaking[trio.CancelScope] = attrs.field(init=False)
+    _log: RateLimitedLog = attrs.field(init=False, factory=lambda: RateLimitedLog(_logger))
+
+    def __attrs_post_init__(self) -> None:
+        self._upgrading = Handshaking(self.max_upgrading, self.max_upgrading_per_host)
 
     async def start(self, handle: ConnectionHandler, nursery: trio.Nursery) -> int:
         """Bind and accept in ``nursery``: each connection's WebSocket handshake (or static
@@ -480,9 +499,29 @@ class WebSocketEndpoint:
     async def _serve(self, stream: trio.abc.Stream, address: str, handle: ConnectionHandler) -> None:
         async with stream:
             try:
+                host = peer_host(address)
+                now = trio.current_time()
+                # connections=0 of 1: the bound of connections is the server's, after the upgrade
+                room = self._upgrading.make_room(host, now, connections=0, max_connections=1)
+                if room.refuse is not None:
+                    self.upgrades_refused += 1
+                    self._log.warning("upgrade refused", "WebSocket from %s refused: server busy", address)
+                    with trio.move_on_after(1.0):
+                        await _respond(stream, 503, b"server busy\n", "text/plain", False)
+                    return
+                for victim in room.evict:
+                    self.upgrades_evicted += 1
+                    self._log.warning("upgrade evicted", "a connection still in its upgrade closed for %s", address)
+                    victim.cancel()
                 upgrade = None
-                with trio.move_on_after(self.handshake_timeout):  # too slow to say what it wants: closed
-                    upgrade = await self._route(stream)
+                # too slow to say what it wants, or evicted for a newcomer: closed
+                scope = trio.CancelScope(deadline=now + self.handshake_timeout)
+                self._upgrading.add(scope, host, now)
+                try:
+                    with scope:
+                        upgrade = await self._route(stream)
+                finally:
+                    self._upgrading.remove(scope)
                 if upgrade is not None:
                     ws = WebSocketServerStream(stream, max_message_size=self.max_message_size, received=upgrade)
                     await handle(ws, address)

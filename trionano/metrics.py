@@ -17,8 +17,8 @@ The metrics (counters end in ``_total``; durations are histograms in seconds):
 
 - ``trionano_sessions_open`` (gauge): sessions now (handshake acknowledged);
   ``trionano_sessions_opened_total``, ``trionano_sessions_closed_total``;
-- ``trionano_connections_accepted_total``; ``trionano_connections_refused_total`` (over
-  ``max_connections``, or while stopping);
+- ``trionano_connections_accepted_total``; ``trionano_connections_refused_total`` (server
+  full, server busy with handshakes, or stopping);
 - ``trionano_messages_in_total{route, type}``: Requests and Notifies received (``type``
   "request" or "notify"), counted before the body is decoded;
 - ``trionano_messages_out_total{type}``: Pushes and Responses queued to clients (``type``
@@ -33,7 +33,7 @@ The metrics (counters end in ``_total``; durations are histograms in seconds):
   "closed" (for a session closing or not yet working), "pipeline" (refused by a pipeline
   function), "rate" (over the connection's rate limit);
 - ``trionano_kicks_total{reason}``: sessions kicked, by the server's own reasons ("slow
-  consumer", "rate limit", "heartbeat timeout", "handshake timeout", "shutdown", and
+  consumer", "rate limit", "heartbeat timeout", "handshake timeout", "handshake evicted", "shutdown", and
   "application" for ``session.kick``);
 - ``trionano_encoded_packets_total``: Data packets encoded (a broadcast once per server);
 - ``trionano_outbox_messages`` (gauge): packets queued in every outbox now;
@@ -126,7 +126,9 @@ class _Collector(Collector):
         yield counter("sessions_opened", "Sessions opened (handshake acknowledged)", stats.sessions_opened)
         yield counter("sessions_closed", "Sessions closed", stats.sessions_closed)
         yield counter("connections_accepted", "Connections accepted", stats.connections_accepted)
-        yield counter("connections_refused", "Connections refused (server full or stopping)", stats.connections_refused)
+        yield counter(
+            "connections_refused", "Connections refused (server full or busy, or stopping)", stats.connections_refused
+        )
 
         messages_in = CounterMetricFamily(
             "trionano_messages_in", "Requests and Notifies received, by route", labels=["route", "type"]

@@ -10,7 +10,9 @@ to the next tick, at most one firing per tick.
 Resource handling: :meth:`Scheduler.run` owns every lane task; it returns after
 :meth:`Scheduler.stop` once the queued tasks have run. Error handling: an exception from a task
 or timer is logged (``Handle message panic`` / ``Handle timer panic``) and the scheduler goes
-on; ``push`` on a stopped scheduler raises ``trio.ClosedResourceError``.
+on, ``SystemExit`` included (only ``trio.Cancelled``, ``KeyboardInterrupt`` and
+``GeneratorExit`` propagate: see :func:`trionano._util.passes_through`); ``push`` on a
+stopped scheduler raises ``trio.ClosedResourceError``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from typing import Final
 import attrs
 import trio
 
+from ._util import passes_through
+
 __all__ = ["Lane", "Scheduler", "Task", "Timer"]
 
 #: A task: a function of no arguments, sync or async (what it returns is awaited if awaitable,
@@ -36,12 +40,15 @@ MAIN_LANE: Final = ""
 
 
 async def run_task(task: Task, logger: logging.Logger, what: str = "Handle message panic") -> None:
-    """Run a sync or async task; log what it raises. ``trio.Cancelled`` passes through."""
+    """Run a sync or async task; log what it raises. ``trio.Cancelled`` and
+    ``KeyboardInterrupt`` pass through (:func:`~trionano._util.passes_through`)."""
     try:
         result = task()
         if result is not None and inspect.isawaitable(result):
             await result
-    except Exception:
+    except BaseException as exc:
+        if passes_through(exc):
+            raise
         logger.exception(what)
 
 
@@ -85,7 +92,9 @@ class Lane:
                     result = task()
                     if result is not None and inspect.isawaitable(result):
                         await result
-                except Exception:
+                except BaseException as exc:
+                    if passes_through(exc):
+                        raise
                     logger.exception("Handle message panic")
 
 
@@ -208,7 +217,9 @@ class Scheduler:
             if timer.condition is not None:
                 try:
                     due = timer.condition(now)
-                except Exception:
+                except BaseException as exc:
+                    if passes_through(exc):
+                        raise
                     self._logger.exception("Handle timer panic")
                     continue
                 if due:

@@ -103,7 +103,9 @@ async def test_a_large_broadcast_goes_bucket_by_bucket_and_lets_others_run() -> 
             assert len(log) == BUCKET_SIZE  # the caller queued the first bucket only
             nursery.start_soon(watch)
         steps = sorted(set(progress))
-        assert len([step for step in steps if BUCKET_SIZE <= step < N]) >= 3, steps  # the watcher ran in between
+        # the watcher ran in between: with one bucket per batch of Trio's run loop it sees at least
+        # every other step, whichever order Trio picks for the two tasks in each batch (it shuffles)
+        assert len([step for step in steps if BUCKET_SIZE <= step < N]) >= 2, steps
         assert all(count % BUCKET_SIZE == 0 for count in steps), steps  # whole buckets per step
         assert [what for _, what in log] == ["onBig"] * N
         assert [n for n, _ in log] == list(range(N))  # in joining order

@@ -15,7 +15,7 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from trionano import Component, Components, Config, Group, Server, Session, wire
+from trionano import Component, Components, Config, Group, Server, Session, SlowConsumerPolicy, wire
 from trionano._merge import TICK, MergeClock
 from trionano.testing import RawConnection, open_test_server
 
@@ -91,13 +91,165 @@ async def test_pushes_in_a_window_go_out_in_one_write_per_connection(mock_clock:
             await settle()  # each writer has run: it holds the first, the rest queue behind
         held = server.statistics()
         assert held.writes == before.writes  # nothing written yet: time has not moved
-        assert held.outbox_queued == 2 * 4  # per connection: one held by its writer, four queued
+        assert held.outbox_queued == 2 * 5  # per connection: all five held for the window, off the outbox
         mock_clock.jump(WINDOW)
         await settle(lambda: server.statistics().writes == before.writes + 2)
         for raw in raws:
             assert await pushes(raw, 5) == [f"on{i}" for i in range(5)]  # in order
         assert server.statistics().encoded == before.encoded + 5  # one encoding per broadcast
         assert server.statistics().pushes_out == before.pushes_out + 10
+
+
+class WriterSteps(trio.abc.Instrument):
+    """Counts the steps the connections' writer tasks take (each is a wake-up)."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.startswith("trionano writer"):
+            self.steps += 1
+
+
+async def test_held_pushes_do_not_wake_the_writer_until_the_window_ends(mock_clock: trio.testing.MockClock) -> None:
+    room = Room()
+    async with room_server(mock_clock, Config(merge_window=WINDOW, heartbeat=0), room) as (server, raws):
+        before = server.statistics().writes
+        writers = WriterSteps()
+        trio.lowlevel.add_instrument(writers)
+        try:
+            for i in range(5):
+                room.group.broadcast(f"on{i}", {"i": i})
+                await settle()
+            assert writers.steps == 0  # five Pushes each, held off the outbox: no writer woke
+            mock_clock.jump(WINDOW)
+            await settle(lambda: server.statistics().writes == before + 2)
+            assert writers.steps <= len(raws)  # once each, for the window's one write
+        finally:
+            trio.lowlevel.remove_instrument(writers)
+        for raw in raws:
+            assert await pushes(raw, 5) == [f"on{i}" for i in range(5)]
+
+
+async def test_a_window_runs_from_its_first_push(mock_clock: trio.testing.MockClock) -> None:
+    room = Room()
+    async with room_server(mock_clock, Config(merge_window=WINDOW, heartbeat=0), room) as (server, raws):
+        before = server.statistics().writes
+        room.group.broadcast("onA", {})
+        await settle()
+        mock_clock.jump(WINDOW * 0.6)
+        await settle()
+        room.group.broadcast("onB", {})  # joins the open window: it does not start a new one
+        await settle()
+        assert server.statistics().writes == before
+        mock_clock.jump(WINDOW * 0.4)  # onA's deadline: both go, onB after 0.4 of a window
+        await settle(lambda: server.statistics().writes == before + 2)
+        for raw in raws:
+            assert await pushes(raw, 2) == ["onA", "onB"]
+
+
+@pytest.mark.parametrize("settled", [True, False], ids=["settled", "in-one-go"])
+async def test_other_traffic_inside_a_window_keeps_the_order_it_was_sent_in(
+    mock_clock: trio.testing.MockClock, settled: bool
+) -> None:
+    """Held Pushes, a direct push, another group's broadcast that may not wait, a Response and
+    a Kick, interleaved on one connection: it gets them in the order they were sent, and the
+    clock never moves (nothing waits past what ended the window)."""
+    room = Room()
+    other = Group("other", merge_window=0)
+    async with room_server(mock_clock, Config(merge_window=WINDOW, heartbeat=0), room) as (server, raws):
+        session = room.group.sessions()[0]
+        raw = raws[0] if next(iter(server.sessions.values())) is session else raws[1]
+        other.add(session)
+
+        async def step() -> None:
+            if settled:  # each writer has run (and written) before the next send
+                await settle()
+
+        room.group.broadcast("onA", {})  # held
+        await step()
+        session.push("onB", {})  # held behind it (the server's window)
+        await step()
+        other.broadcast("onC", {})  # may not wait: ends the window after A and B
+        await step()
+        room.group.broadcast("onD", {})
+        await step()
+        session.response({"r": 1}, mid=7)  # ends the window after D
+        await step()
+        room.group.broadcast("onE", {})
+        await step()
+        session.kick("bye")  # ends it after E
+        packets = await raw.receive_until_closed()
+        seen = []
+        for packet in packets:
+            if packet.type is wire.PacketType.DATA:
+                message = raw.codec.decode(packet.body)
+                assert isinstance(message, wire.Push | wire.Response), message
+                seen.append(message.route if isinstance(message, wire.Push) else f"response {message.id}")
+            else:
+                seen.append(packet.type.name)
+        assert seen == ["onA", "onB", "onC", "onD", "response 7", "onE", "KICK"]
+        assert trio.current_time() == 0  # the clock never moved
+        mock_clock.jump(WINDOW)  # the other connection held its own
+        other_raw = raws[1] if raw is raws[0] else raws[0]
+        assert await pushes(other_raw, 3) == ["onA", "onD", "onE"]
+
+
+@pytest.mark.parametrize("policy", [SlowConsumerPolicy.KICK, SlowConsumerPolicy.DROP], ids=["kick", "drop"])
+async def test_held_pushes_count_against_the_memory_bound(
+    mock_clock: trio.testing.MockClock, policy: SlowConsumerPolicy
+) -> None:
+    room = Room()
+    config = Config(
+        merge_window=WINDOW, heartbeat=0, outbox_bytes=32 * 1024, max_outbox_bytes=64 * 1024, slow_consumer=policy
+    )
+    async with room_server(mock_clock, config, room) as (server, raws):
+        before = server.statistics()
+        for _ in range(80):  # 80 KB each, past the 64 KiB bound, all inside one window
+            room.group.broadcast("onPad", {"pad": "x" * 1000})
+        after = server.statistics()
+        assert after.writes == before.writes  # nothing was written: all of it was held
+        queued = after.pushes_out - before.pushes_out
+        if policy is SlowConsumerPolicy.KICK:
+            assert after.kicks.get("slow consumer") == 2
+            assert after.dropped_slow - before.dropped_slow == queued  # what was held, dropped and counted
+            await settle(lambda: server.statistics().outbox_queued == 0)
+        else:
+            assert after.dropped_slow - before.dropped_slow == 2 * 80 - queued  # the rest, dropped
+            assert queued < 2 * 70  # held up to the bound only
+            mock_clock.jump(WINDOW)
+            for raw in raws:
+                assert len(await pushes(raw, queued // 2)) == queued // 2
+            await settle(lambda: server.statistics().outbox_queued == 0)
+
+
+@pytest.mark.parametrize("window", [WINDOW, None], ids=["merging", "not-merging"])
+async def test_a_broadcast_counts_a_member_still_in_its_handshake_and_reaches_the_rest(
+    mock_clock: trio.testing.MockClock, window: float | None
+) -> None:
+    """The member after the one that encoded the broadcast takes the shared packet's fast path;
+    one that has not acknowledged its handshake yet is skipped and counted there too."""
+    room = Room()
+    pending: list[Session] = []
+    config = Config(merge_window=window, heartbeat=0, handshake_validator=lambda session, _: pending.append(session))
+    components = Components()
+    components.register(room, name="room")
+    server = Server(components, config)
+    async with open_test_server(server) as running, running.raw() as working, running.raw() as waiting:
+        await working.handshake()
+        await working.send(working.codec.request_packet(1, "room.join", b"{}"))
+        await working.receive_response()
+        await waiting.send(wire.encode_packet(wire.PacketType.HANDSHAKE, b""))  # never acknowledged
+        assert (await waiting.receive_packet()).type is wire.PacketType.HANDSHAKE
+        (late,) = pending[1:]
+        room.group.add(late)  # joined in its handshake (a validator's doing): it may not get Data yet
+        before = server.statistics()
+        assert room.group.broadcast("onA", {}) == 1
+        after = server.statistics()
+        assert after.pushes_out - before.pushes_out == 1
+        assert after.dropped_closed - before.dropped_closed == 1
+        mock_clock.jump(WINDOW)
+        assert await pushes(working, 1) == ["onA"]
 
 
 @pytest.mark.parametrize("off", [None, 0], ids=["None", "0"])

@@ -12,6 +12,7 @@ from trionano._ratelimit import (
     DEFAULT_BURST,
     DEFAULT_KICK_AFTER,
     DEFAULT_RATE,
+    PeerBudgets,
     RateLimiter,
     TokenBucket,
     Verdict,
@@ -218,3 +219,53 @@ def test_a_stream_at_exactly_the_rate_survives_float_rounding(origin: float, rat
     if origin <= 1e6 or rate <= 200.0:
         bucket = TokenBucket(rate, burst=1.0)
         assert all(bucket.take(t) for t in times)
+
+
+# --- PeerBudgets: what a server remembers across reconnects -----------------------------------------------------
+
+
+def exhaust(limiter: RateLimiter, now: float) -> None:
+    while limiter.check(now) is not Verdict.KICK:
+        pass
+
+
+def test_a_peer_that_went_over_its_limit_goes_on_from_where_it_left() -> None:
+    budgets = PeerBudgets(rate=10, burst=100, kick_after=50)
+    first = budgets.opened("1.2.3.4", 0.0)
+    exhaust(first, 0.0)
+    budgets.closed("1.2.3.4", first, 0.0)
+    again = budgets.opened("1.2.3.4", 0.5)  # 5 tokens refilled, and 5 of patience
+    assert [again.check(0.5) for _ in range(5)] == [Verdict.OK] * 5
+    assert [again.check(0.5) for _ in range(6)] == [Verdict.REFUSE] * 5 + [Verdict.KICK]
+    assert budgets.opened("5.6.7.8", 0.5).tokens(0.5) == 100  # another peer: its own
+    assert budgets.opened(None, 0.5).tokens(0.5) == 100  # an unknown one: fresh
+
+
+def test_a_peer_within_its_limit_leaves_nothing_and_entries_expire() -> None:
+    budgets = PeerBudgets(rate=10, burst=100, kick_after=50)
+    polite = budgets.opened("1.2.3.4", 0.0)
+    assert all(polite.check(0.0) is Verdict.OK for _ in range(90))
+    budgets.closed("1.2.3.4", polite, 0.0)
+    assert len(budgets) == 0  # a login burst within the limit: nothing remembered
+    assert budgets.opened("1.2.3.4", 0.0).tokens(0.0) == 100
+    flooder = budgets.opened("1.2.3.4", 0.0)
+    exhaust(flooder, 0.0)
+    budgets.closed("1.2.3.4", flooder, 0.0)
+    assert len(budgets) == 1
+    assert budgets.opened("1.2.3.4", 10.0).tokens(10.0) == 100  # refilled after burst / rate = 10 s
+    budgets.opened("9.9.9.9", 10.0)
+    assert len(budgets) == 0  # and forgotten
+
+
+def test_peer_memory_is_bounded_oldest_first() -> None:
+    budgets = PeerBudgets(rate=10, burst=100, kick_after=50, max_peers=3)
+    for i in range(10):
+        limiter = budgets.opened(f"10.0.0.{i}", 0.0)
+        exhaust(limiter, 0.0)
+        budgets.closed(f"10.0.0.{i}", limiter, 0.0)
+        assert len(budgets) <= 3
+    assert budgets.opened("10.0.0.9", 0.0).tokens(0.0) < 1  # the newest are remembered
+    assert budgets.opened("10.0.0.0", 0.0).tokens(0.0) == 100  # the oldest forgotten
+    assert len(PeerBudgets(10, 100, 50, max_peers=0)) == 0
+    with pytest.raises(ValueError, match="max_peers"):
+        PeerBudgets(10, 100, 50, max_peers=-1)

@@ -434,6 +434,22 @@ def test_fast_paths_are_the_codecs_bytes_and_refuse_what_it_refuses() -> None:
     assert conn.state is S.WORKING
 
 
+def test_a_request_with_id_0_is_a_request_on_both_receive_paths_and_id_0_can_be_answered() -> None:
+    """The wire layer reports what was sent: a Request with id 0 stays a Request (nano and
+    pomelo take it for a Notify); the runtime answers it 400 with a Response of id 0."""
+    data = packet(wire.PacketType.DATA, wire.encode_message(wire.Request(0, "a.b", b"{}")))
+    fused = connection_in(Role.SERVER, S.WORKING)
+    assert fused.receive_requests(data, 0) == [(0, "a.b", b"{}")]
+    full = connection_in(Role.SERVER, S.WORKING)
+    full.receive_data(packet(wire.PacketType.HEARTBEAT) + data, now=0)
+    assert isinstance(full.next_event(), wire.Heartbeat)
+    assert full.next_event() == wire.Request(0, "a.b", b"{}")
+    assert full.send_response(0, b"{}") == full.codec.response_packet(0, b"{}")
+    client = connection_in(Role.CLIENT, S.WORKING)
+    client.receive_data(full.send_response(0, b"{}"), now=0)
+    assert client.next_event() == wire.Response(0, b"{}")
+
+
 # -- heartbeats -----------------------------------------------------------------------------
 
 
