@@ -7,14 +7,19 @@ then serves until stdin closes. Kinds:
   {"rate", "seconds", "size"}`` broadcasts ``rate`` messages a second of ``size`` bytes for
   ``seconds``, lets the writers finish, and answers with what the server did over the run:
   writes, Pushes queued, encodes, and this process's CPU seconds (B5).
-- ``fanout --members N [--inline] [--no-freeze]``: ``N`` members in one group, each a real
-  agent (reader, writer, outbox, wire state) over a sink stream that takes whatever is
-  written with one ``write(2)`` to /dev/null (this machine's file limit allows ~20,000
-  sockets, not 50,000), and a TCP port for a probe client. ``loop.start`` (a Notify, on a lane
-  of its own) starts broadcasts back to back (``broadcast_and_wait``; with ``--inline``, the
-  whole group in one go, as before buckets); ``fan.stop`` stops them and answers with how
-  many ran; ``fan.echo`` answers at once. Once the members have joined, ``gc.freeze()`` and
-  ``gc.set_threshold(700, 10, 10_000)`` (unless ``--no-freeze``), as the pushing page says.
+- ``fanout --members N [--inline] [--gc run|page|off] [--trace PATH [--trace-steps]]``: ``N``
+  members in one group, each a real agent (reader, writer, outbox, wire state) over a sink
+  stream that takes whatever is written with one ``write(2)`` to /dev/null (this machine's file
+  limit allows ~20,000 sockets, not 50,000), and a TCP port for a probe client. ``loop.start``
+  (a Notify, on a lane of its own) starts broadcasts back to back (``broadcast_and_wait``;
+  with ``--inline``, the whole group in one go, as before buckets); ``fan.stop`` stops them
+  and answers with how many ran; ``fan.echo`` answers at once. The collector: ``run`` (the
+  default) as ``trionano.run`` sets it (``tune_gc`` once the server listens), and one
+  ``gc.collect()`` once the members have joined (the joins' young objects, out of the way of
+  the measurement); ``page``: ``gc.collect()``, ``gc.freeze()`` and ``gc.set_threshold(700,
+  10, 10_000)`` once the members have joined, as the pushing page once advised; ``off``:
+  CPython's defaults. ``--trace``: bench/_trace.py's timings (collections, scheduler batches,
+  with ``--trace-steps`` task steps over 0.5 ms) written to PATH when the server stops.
 - ``scale [--ws]``: raises RLIMIT_NOFILE to its hard limit and serves TCP (or WebSocket) on
   the second port it prints (the first is TCP, for control).
   ``scale.join`` joins the group; ``scale.stats`` answers the RSS (KiB), sessions and the file
@@ -36,6 +41,7 @@ import trio
 import trio.testing
 
 import trionano
+from bench._trace import Trace
 from trionano import Component, Components, Config, Group, Session, wire
 from trionano._session import Broadcast  # --inline: the fan-out as it was before buckets
 
@@ -179,12 +185,20 @@ class Loop(Component):
             fan.count += 1
 
 
-async def serve_fanout(members: int, inline: bool, freeze: bool) -> None:
+async def serve_fanout(members: int, inline: bool, gc_mode: str, trace_path: str | None, steps: bool) -> None:
     fan = Fan()
     components = Components()
     components.register(fan, name="fan")
     components.register(Loop(fan, inline), name="loop", lane="loop")
-    config = Config(heartbeat=0, rate_limit=None, outbox_size=1 << 16, max_outbox_bytes=64 << 20)
+    config = Config(
+        heartbeat=0,
+        rate_limit=None,
+        outbox_size=1 << 16,
+        max_outbox_bytes=64 << 20,
+        max_connections=1_000_000,  # every member handshakes at once, from one process
+        max_handshaking=1_000_000,
+        max_handshaking_per_host=None,
+    )
     hello = (
         wire.encode_packet(wire.PacketType.HANDSHAKE)
         + wire.encode_packet(wire.PacketType.HANDSHAKE_ACK)
@@ -193,18 +207,27 @@ async def serve_fanout(members: int, inline: bool, freeze: bool) -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
 
     async def ready(server: trionano.Server, nursery: trio.Nursery) -> None:
+        if gc_mode == "run":  # as trionano.run does: once the server listens
+            trionano.tune_gc()
         for i in range(members):
             nursery.start_soon(server.serve_connection, SinkStream(hello, devnull), f"sink#{i}")
             if i % 512 == 0:
                 await trio.lowlevel.checkpoint()
         while fan.group.count() < members:  # noqa: ASYNC110 - polling the joins, a bench's setup
             await trio.sleep(0.05)
-        if freeze:  # the members' objects out of the full collections' walks (see the pushing page)
+        if gc_mode == "run":
+            gc.collect()
+        if gc_mode == "page":  # the members' objects out of the full collections' walks
             gc.collect()
             gc.freeze()
             gc.set_threshold(700, 10, 10_000)  # and full collections rare
+        if trace is not None:
+            trace.install()
 
+    trace = Trace(steps=steps, sizes=os.environ.get("TRACE_SIZES") == "1") if trace_path else None
     await serve(components, config, trionano.TCPEndpoint("127.0.0.1"), ready=ready)
+    if trace is not None and trace_path:
+        trace.dump(trace_path)
 
 
 # -- scale (B14) ----------------------------------------------------------------------------
@@ -254,13 +277,15 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=None)
     parser.add_argument("--members", type=int, default=50_000)
     parser.add_argument("--inline", action="store_true")
-    parser.add_argument("--no-freeze", action="store_true")
+    parser.add_argument("--gc", choices=["page", "run", "off"], default="page")
     parser.add_argument("--ws", action="store_true")
+    parser.add_argument("--trace", default=None, help="fanout: write bench._trace's timings to this file")
+    parser.add_argument("--trace-steps", action="store_true", help="and time each task step")
     args = parser.parse_args()
     if args.kind == "room":
         trio.run(serve_room, args.window)
     elif args.kind == "fanout":
-        trio.run(serve_fanout, args.members, args.inline, not args.no_freeze)
+        trio.run(serve_fanout, args.members, args.inline, args.gc, args.trace, args.trace_steps)
     else:
         trio.run(serve_scale, args.ws)
 

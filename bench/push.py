@@ -294,6 +294,12 @@ def b5(rates: list[float], seconds: float, viewers: int, repeats: int) -> list[d
 
 # -- buckets ----------------------------------------------------------------------------------
 
+GC_MODES = {
+    "run": "as `trionano.run` sets it (`tune_gc` once listening), one `gc.collect()` after the joins",
+    "page": "`gc.freeze()` after the joins, thresholds (700, 10, 10,000)",
+    "off": "CPython's defaults",
+}
+
 
 async def probe(port: int, count: int) -> list[float]:
     latencies = []
@@ -317,13 +323,16 @@ async def probe_under_load(port: int, count: int) -> tuple[list[float], list[flo
     return idle, loaded, int(done["broadcasts"]), elapsed
 
 
-def buckets(members: int, count: int, repeats: int) -> dict[str, Any]:
-    print(f"Buckets: a probe's echo p99 while {members:,}-member broadcasts run back to back ({count} probes)")
-    out: dict[str, Any] = {"members": members}
+def buckets(members: int, count: int, repeats: int, gc_mode: str) -> dict[str, Any]:
+    print(
+        f"Buckets: a probe's echo p99 while {members:,}-member broadcasts run back to back ({count} probes;"
+        f" collector: {gc_mode})"
+    )
+    out: dict[str, Any] = {"members": members, "gc": gc_mode}
     for mode in ("buckets", "inline"):
         runs = []
         for _ in range(repeats if mode == "buckets" else max(1, repeats - 2)):
-            args = ["--members", str(members)] + (["--inline"] if mode == "inline" else [])
+            args = ["--members", str(members), "--gc", gc_mode] + (["--inline"] if mode == "inline" else [])
             probes = count if mode == "buckets" else max(20, count // 5)  # one go: each probe waits seconds
             with server("fanout", *args) as (port, _):
                 idle, loaded, done, elapsed = trio.run(probe_under_load, port, probes)
@@ -445,7 +454,9 @@ def write_results(new: dict[str, Any]) -> None:
         lines += [
             f"## Buckets: an unrelated request while {b['members']:,}-member broadcasts run back to back",
             "",
-            f"Run {report['buckets_when']}.",
+            f"Run {report['buckets_when']}. The server's collector: "
+            + GC_MODES.get(b.get("gc", "page"), b.get("gc", "page"))
+            + ".",
             "",
             "| fan-out | idle p99 | loaded p99 | goal (<= 2x idle + 10 ms) | broadcasts/s |",
             "| --- | --- | --- | --- | --- |",
@@ -533,6 +544,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller N, shorter runs")
     parser.add_argument("--only", default="b5,buckets,b14")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--fanout-gc", choices=["run", "page", "off"], default="run", help="buckets: the server's collector"
+    )
     args, _ = parser.parse_known_args()
     if args.mode == "viewers":
         run_viewers(args.port, args.count)
@@ -549,7 +563,9 @@ def main() -> None:
         rates = [100.0] if args.quick else [10.0, 100.0]
         report["b5"] = b5(rates, 2.0 if args.quick else 4.0, 1000, repeats)
     if "buckets" in only:
-        report["buckets"] = buckets(5_000 if args.quick else 50_000, 100 if args.quick else 300, repeats)
+        report["buckets"] = buckets(
+            5_000 if args.quick else 50_000, 100 if args.quick else 300, repeats, args.fanout_gc
+        )
     if "b14" in only:
         report["b14"] = b14(2_000 if args.quick else 100_000, 4, 1 if args.quick else repeats)
     busy1, total1 = machine_busy()

@@ -370,14 +370,20 @@ class Agent:
                     if carry is not None:
                         data, carry = carry, None
                     else:
+                        # _queued counts the packets in the outbox and those a merge window
+                        # holds: with none above the held the writer waits without trying
+                        # first (trio's WouldBlock costs a raise per write); a hint only, a
+                        # miss waits as well
                         try:
-                            item = receive.receive_nowait()
-                        except trio.WouldBlock:
-                            budget = WRITES_PER_CHECKPOINT
-                            try:
+                            if self._queued > len(self._held):
+                                try:
+                                    item = receive.receive_nowait()
+                                except trio.WouldBlock:
+                                    budget = WRITES_PER_CHECKPOINT
+                                    item = await receive.receive()
+                            else:
+                                budget = WRITES_PER_CHECKPOINT
                                 item = await receive.receive()
-                            except trio.EndOfChannel:
-                                break
                         except trio.EndOfChannel:
                             break
                         if type(item) is list:  # a merge window's packets (at most MAX_WRITE)
@@ -389,7 +395,7 @@ class Agent:
                         self._queued_bytes -= len(data)
                     size = len(data)
                     parts: list[bytes] | None = None
-                    while True:  # join what is queued, never past MAX_WRITE
+                    while self._queued > len(self._held):  # join what is queued, never past MAX_WRITE
                         try:
                             item = receive.receive_nowait()
                         except (trio.WouldBlock, trio.EndOfChannel):

@@ -31,7 +31,7 @@ class Group:
     for every member without waiting for any of them: a member whose outbox is full is handled
     by its server's slow-consumer policy (dropped and counted, or kicked).
 
-    Large groups: a broadcast queues its first :data:`~trionano._fanout.BUCKET_SIZE` (128)
+    Large groups: a broadcast queues its first :data:`~trionano._fanout.BUCKET_SIZE` (64)
     members at once and hands the rest to its server's fan-out task, which queues them a
     bucket at a time (go-push's buckets hold 512, goim's are 32 shards) and lets every other
     task run in between, so a broadcast to 100,000 members never stalls the server's other

@@ -24,7 +24,8 @@ code   when
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from time import perf_counter
 from typing import Final, Protocol, TypeAlias
 
@@ -63,6 +64,8 @@ CODE_UNAVAILABLE: Final = 503
 _set_call: Final = current_call.set
 _reset_call: Final = current_call.reset
 
+#: A sync handler's call: ``(session, arg, mid)``.
+SyncCall: TypeAlias = Callable[[Session, object, int], None]
 #: What :meth:`Router.dispatch` hands back when the reader must wait: the full lane and the
 #: task to push onto it.
 Pending: TypeAlias = tuple[Lane, Task]
@@ -102,9 +105,13 @@ class Router:
         expose_errors: bool = False,
         remote: RemoteRouter | None = None,
     ) -> None:
-        self._handlers: Final = {
-            route: (handler, unmarshal, counters.route(route)) for route, (handler, unmarshal) in handlers.items()
-        }
+        # route -> (handler, body decoder, counters, a sync handler's call built once: each
+        # Request queues it with its arguments bound; None for an async handler)
+        self._handlers: Final[dict[str, tuple[Handler, Unmarshal, RouteCounters, SyncCall | None]]] = {}
+        for route, (handler, unmarshal) in handlers.items():
+            counts = counters.route(route)
+            call = None if handler.is_async else self._sync_call(handler, counts)
+            self._handlers[route] = (handler, unmarshal, counts, call)
         self._unknown: Final = counters.route(ROUTE_UNKNOWN)
         self._forwarded: Final = counters.route(ROUTE_FORWARDED) if remote is not None else None
         self._scheduler = scheduler
@@ -144,14 +151,14 @@ class Router:
         entry = self._handlers.get(route)
         if entry is None or self._inbound.funcs:  # forwarded, unknown, or a pipeline to run
             return self._dispatch(session, Request(mid, route, body), mid)
-        handler, unmarshal, counts = entry
+        handler, unmarshal, counts, call = entry
         counts.requests += 1
         try:
             arg = unmarshal(body)
         except SerializeError as exc:
             return self._undecodable(session, route, mid, exc)
         lane = self._main if not handler.lane else self._lane(session, handler)
-        task = self._call(session, handler, arg, mid, counts)
+        task = partial(call, session, arg, mid) if call is not None else self._call(session, handler, arg, mid, counts)
         try:  # _queue, inlined: every request comes here
             lane.push_nowait(task)
         except trio.WouldBlock:
@@ -174,7 +181,7 @@ class Router:
             self._counters.unknown_routes += 1
             self._log.warning("unknown route", "unknown route %s from session %d", client_text(route), session.id)
             return self._refuse(session, mid, CODE_NOT_FOUND, f"route not found: {route}")
-        handler, unmarshal, counts = entry
+        handler, unmarshal, counts, call = entry
         _count_in(counts, is_request)
         body = message.body
         if self._inbound.funcs:
@@ -193,7 +200,9 @@ class Router:
         except SerializeError as exc:
             return self._undecodable(session, route, mid, exc)
         lane = self._main if not handler.lane else self._lane(session, handler)
-        return self._queue(lane, self._call(session, handler, arg, mid, counts))
+        if call is None:
+            return self._queue(lane, self._call(session, handler, arg, mid, counts))
+        return self._queue(lane, partial(call, session, arg, mid))
 
     def _id_zero(self, session: Session, route: str) -> Pending | None:
         """A Request with id 0: an id no client of pomelo's or nano's sends (theirs start at 1;
@@ -236,54 +245,21 @@ class Router:
     # -- the per-request error boundary -----------------------------------------------------
 
     def _call(self, session: Session, handler: Handler, arg: object, mid: int, timing: RouteCounters) -> Task:
-        """The task that calls ``handler``: the per-request error boundary, with the common
-        answer fused in (a value serialized and queued as the Response without a call of ours
-        in between: the serializer's ``marshal`` and the entity's ``send_response``)."""
+        """The task that calls async ``handler``: the per-request error boundary, with the
+        common answer fused in (a value serialized and queued as the Response without a call
+        of ours in between: the serializer's ``marshal`` and the entity's ``send_response``)."""
         func = handler.func
         route = handler.route
         entity = session.entity
         marshal = session.serializer.marshal
         buckets = timing.buckets  # Timing.observe, inlined below
-        if handler.is_async:
 
-            async def call_async() -> None:
-                call = Call(route, mid)
-                token = _set_call(call)
-                start = perf_counter()
-                try:
-                    result = await func(session, arg)
-                except BaseException as exc:
-                    if passes_through(exc):
-                        raise
-                    self._failed(session, call, exc)
-                else:
-                    if mid and not call.answered:
-                        if result is None:
-                            self._answer(session, call, result)
-                        else:
-                            try:  # a closed session raises BrokenResourceError: _failed counts it
-                                entity.send_response(session, mid, marshal(result))
-                            except BaseException as exc:  # SerializeError, MessageTooLarge, closed
-                                if passes_through(exc):
-                                    raise
-                                self._failed(session, call, exc)
-                            else:
-                                call.answered = True
-                finally:
-                    elapsed = perf_counter() - start
-                    buckets[bisect_left(LATENCY_BOUNDS, elapsed)] += 1
-                    timing.seconds += elapsed
-                    _reset_call(token)
-
-            return call_async
-
-        # the twin of call_async: a sync handler's call costs no coroutine per message
-        def call_sync() -> None:
+        async def call_async() -> None:
             call = Call(route, mid)
             token = _set_call(call)
             start = perf_counter()
             try:
-                result = func(session, arg)
+                result = await func(session, arg)
             except BaseException as exc:
                 if passes_through(exc):
                     raise
@@ -299,6 +275,47 @@ class Router:
                             if passes_through(exc):
                                 raise
                             self._failed(session, call, exc)
+                        else:
+                            call.answered = True
+            finally:
+                elapsed = perf_counter() - start
+                buckets[bisect_left(LATENCY_BOUNDS, elapsed)] += 1
+                timing.seconds += elapsed
+                _reset_call(token)
+
+        return call_async
+
+    def _sync_call(self, handler: Handler, timing: RouteCounters) -> SyncCall:
+        """``call(session, arg, mid)``: the twin of :meth:`_call`'s task for sync ``handler``,
+        built once per route (a Request's task binds its arguments to it: no function object
+        per message, no coroutine)."""
+        func = handler.func
+        route = handler.route
+        buckets = timing.buckets  # Timing.observe, inlined below
+        failed = self._failed
+        answer = self._answer
+
+        def call_sync(session: Session, arg: object, mid: int) -> None:
+            call = Call(route, mid)
+            token = _set_call(call)
+            start = perf_counter()
+            try:
+                result = func(session, arg)
+            except BaseException as exc:
+                if passes_through(exc):
+                    raise
+                failed(session, call, exc)
+            else:
+                if mid and not call.answered:
+                    if result is None:
+                        answer(session, call, result)
+                    else:
+                        try:  # a closed session raises BrokenResourceError: _failed counts it
+                            session.entity.send_response(session, mid, session.serializer.marshal(result))
+                        except BaseException as exc:  # SerializeError, MessageTooLarge, closed
+                            if passes_through(exc):
+                                raise
+                            failed(session, call, exc)
                         else:
                             call.answered = True
             finally:

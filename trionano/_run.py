@@ -27,21 +27,30 @@ SHUTDOWN_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 _logger = logging.getLogger("trionano.server")
 
 #: The cyclic garbage collector's thresholds :func:`tune_gc` sets (CPython's are 700, 10, 10).
-GC_THRESHOLDS: Final = (20_000, 50, 100)
+GC_THRESHOLDS: Final = (20_000, 10, 1_000)
 
 
 def tune_gc() -> None:
     """Set CPython's cyclic garbage collector up for a long-running server, once it has
     started: the objects alive now (modules, classes, components: never garbage) are frozen
     out of every later collection (``gc.freeze``), and the thresholds become
-    :data:`GC_THRESHOLDS`, so the youngest generation is collected every 20,000 net
-    allocations instead of 700.
+    :data:`GC_THRESHOLDS`: the youngest generation is collected every 20,000 net allocations
+    instead of 700, the middle one every 10 of those (CPython's own ratio), and a full
+    collection may run after 1,000 middle ones (and, as always in CPython, only once the
+    objects promoted since the last full one reach a quarter of what it kept).
 
     Why: each waiting task holds a few fresh objects (its coroutine frames); with a thousand
     connections, thousands of them are alive at every young collection, survive it, and push
     the collector into frequent full collections of every object the server holds. Measured
     (bench/runtime.py B1, 1,000 connections): about 20 CPU-us per request in the collector
-    with the defaults, under 1 with these. Garbage in reference cycles lives a little longer.
+    with the defaults, under 1 with these. The middle generation stays at CPython's 10: a
+    middle collection walks everything promoted since the last, and with 50,000 members
+    receiving broadcasts a multiplier of 50 made it 20-40 ms, 10 makes it 1-2 ms
+    (bench/push.py, buckets). Full collections walk every object the sessions hold (hundreds
+    of milliseconds at tens of thousands of sessions), so they are kept rare: a large
+    broadcast collects the young generations between its buckets (see :class:`~trionano.Group`), and
+    each of those middle collections counts towards a full one. Garbage in reference cycles
+    lives a little longer.
 
     Process-wide: :func:`run` calls it unless told not to; a program that runs the server
     otherwise may call it itself. ``gc.unfreeze()`` and ``gc.set_threshold`` undo it."""

@@ -497,6 +497,15 @@ class JSONSerializer:
         self._converter: Final = _make_converter()
         encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=self._default)
         self._dumps: Final = _make_dumps(self._orjson, encoder, self._default)
+        # marshal's fast path for the common answers (a dict, a list): _make_dumps' orjson
+        # call, inlined
+        self._fast_dumps: Final = self._orjson.dumps if self._orjson is not None else None
+        self._fast_default: Final = self._default
+        self._fast_options: Final = (
+            self._orjson.OPT_PASSTHROUGH_DATACLASS | self._orjson.OPT_PASSTHROUGH_DATETIME
+            if self._orjson is not None
+            else 0
+        )
         self._loads: Final = _loads_stdlib if self._orjson is None else _make_loads_orjson(self._orjson)
 
     def _default(self, value: object) -> object:
@@ -518,6 +527,17 @@ class JSONSerializer:
     def marshal(self, value: object) -> bytes:
         """``value`` as compact JSON (bytes pass through, betterproto messages are protobuf
         unless ``protobuf_as_json``). Raises SerializeError."""
+        kind = type(value)
+        if (kind is dict or kind is list) and self._fast_dumps is not None:
+            # _make_dumps' dumps, inlined for the common answers: what it would send the
+            # reference (orjson refused it, or perhaps wrote NaN as null) goes the long way
+            try:
+                data: bytes = self._fast_dumps(value, default=self._fast_default, option=self._fast_options)
+            except TypeError:  # orjson.JSONEncodeError
+                pass
+            else:
+                if data.find(b"null") < 0:
+                    return data if data.isascii() else _NON_BMP_UTF8.sub(_surrogate_pair_escape, data)
         if isinstance(value, bytes):
             return value
         # (betterproto's isinstance is an ABC check: skipped for the common containers)

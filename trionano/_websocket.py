@@ -3,13 +3,17 @@
 Each accepted connection's HTTP request head is read here (h11): an ``Upgrade: websocket``
 request to the configured path is accepted (wsproto's handshake), and the connection becomes a
 :class:`WebSocketServerStream`, then an agent; a plain ``GET`` is answered from the static
-directory, if any. The server drives websockets' sans-I/O engine itself (inbound frames and
-control frames; its outbound data frames, unmasked binary FIN frames, are framed inline), in
-the agent's reader and writer (measured against wsproto's, bench/websocket.py: several times
-cheaper per message); trio-websocket serves the client side (:class:`WebSocketStream`). Inbound, binary and
-text messages both feed the packet stream (a packet may span messages; a message may hold
-several). Outbound, the agent's writer hands over whole packets only, and each ``send_all`` is
-one message: JS clients cannot reassemble a split packet.
+directory, if any. The server drives websockets' sans-I/O engine itself, in the agent's
+reader and writer: a whole single-frame message (what clients send) is read inline, with the
+engine's own C unmasking, and every other frame (control frames, fragments, a frame split
+across reads, anything malformed) goes to the engine, which also writes the answers (pongs,
+close frames); the server's data frames, unmasked binary FIN frames, are framed inline
+(bench/websocket.py measures the path beside both engines: several times cheaper per message
+than wsproto's, the engine the server drove first); trio-websocket serves the client side
+(:class:`WebSocketStream`). Inbound, binary and text messages both feed the packet stream (a
+packet may span messages; a message may hold several). Outbound, the agent's writer hands over
+whole packets only, and each ``send_all`` is one message: JS clients cannot reassemble a split
+packet.
 """
 
 from __future__ import annotations
@@ -35,6 +39,11 @@ from wsproto.utilities import RemoteProtocolError
 from ._admission import Handshaking
 from ._listen import ConnectionHandler, accept_forever, open_listeners, peer_host
 from ._log import RateLimitedLog
+
+try:  # the engine's own unmasking, in C
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets without its C extension
+    from websockets.utils import apply_mask
 
 __all__ = ["BROWSER_CLIENT", "OriginCheck", "WebSocketEndpoint", "WebSocketServerStream", "WebSocketStream"]
 
@@ -89,7 +98,10 @@ _ENGINE_LOG: Final = _EngineLog(_logger.getChild("frames"), {})
 class WebSocketServerStream(trio.abc.Stream):
     """The server side of an accepted WebSocket as a byte stream: the framing of websockets'
     sans-I/O engine (``websockets.protocol.Protocol``) driven directly over the transport, in
-    the calling tasks (no task, channel or lock of its own).
+    the calling tasks (no task, channel or lock of its own). A whole single-frame message is
+    read without the engine (its header inline, its payload unmasked by the engine's
+    ``apply_mask``); every other frame is fed to the engine whole and from its first byte,
+    so it judges each as it would alone (tests: random sessions cut into random reads).
 
     Inbound, the payloads of binary and text messages (text as its UTF-8 bytes, checked) make
     the byte stream; a message is handed over once it is whole, so one larger than
@@ -111,10 +123,14 @@ class WebSocketServerStream(trio.abc.Stream):
     """
 
     __slots__ = (
+        "_answers",
         "_closed",
         "_eof",
         "_framing_failed",
+        "_head",
+        "_max_size",
         "_nowait",
+        "_owed",
         "_parts",
         "_pending",
         "_received",
@@ -131,7 +147,11 @@ class WebSocketServerStream(trio.abc.Stream):
     def __init__(self, transport: trio.abc.Stream, *, max_message_size: int, received: bytes = b"") -> None:
         self.transport_stream: Final = transport
         self._ws = Protocol(Side.SERVER, state=_OPEN, max_size=max_message_size, logger=_ENGINE_LOG)
+        self._max_size = max_message_size
         self._received = received  # read from the transport past the handshake, not yet parsed
+        self._head: bytes | bytearray = b""  # the start of a frame header the last read split
+        self._owed = 0  # bytes of the frame being fed to the engine that it has yet to see
+        self._answers = False  # the engine was fed: it may have frames to send (pong, close)
         self._parts: list[bytes] = []  # the message being received, until it is whole
         self._text = False  # it is a text message: its UTF-8 is checked once whole
         self._pending: bytes | bytearray = b""  # what the last receive_some had no room for
@@ -154,10 +174,26 @@ class WebSocketServerStream(trio.abc.Stream):
         self._receiving = True
         try:
             if self._pending:
-                data, self._pending = self._pending, b""
+                data: bytes | bytearray = self._pending
+                self._pending = b""
                 await trio.lowlevel.checkpoint()
             else:
-                data = await self._receive()
+                # the payloads of the messages the next read(s) complete; b"" at the end
+                data = b""
+                while not self._eof:
+                    read: bytes | bytearray
+                    if self._received:
+                        read, self._received = self._received, b""
+                    else:
+                        read = await self.transport_stream.receive_some(_READ_SIZE)
+                    if not read:
+                        self._eof = True
+                        break
+                    data = self._parse(read)
+                    if self._answers:
+                        await self._answer()
+                    if data:
+                        break
             if max_bytes is not None and len(data) > max_bytes:
                 if max_bytes < 1:
                     raise ValueError("max_bytes must be >= 1")
@@ -166,55 +202,122 @@ class WebSocketServerStream(trio.abc.Stream):
         finally:
             self._receiving = False
 
-    async def _receive(self) -> bytes:
-        """The payloads of the messages the next read(s) complete; b"" at the end."""
+    def _parse(self, read: bytes | bytearray) -> bytes:
+        """The payloads of the messages ``read`` completes (b"": none).
+
+        A whole frame that is a whole binary or text message (FIN, no RSV bit, masked, within
+        ``max_message_size``) is taken here, outside any message in fragments: its header read
+        inline and its payload unmasked by websockets' own ``apply_mask`` (the engine's parser,
+        a generator coroutine several levels deep per frame, costs several times more). Every
+        other frame (control frames, fragments, anything malformed or too big, and a frame
+        this read does not complete) is fed to the engine, byte for byte, until it ends, so
+        the engine sees every frame it must judge whole and from its first byte."""
+        if self._head:  # a frame header split by the last read
+            read = self._head + read
+            self._head = b""
         ws = self._ws
-        receive_some = self.transport_stream.receive_some
-        while not self._eof:
-            data: bytes | bytearray
-            if self._received:
-                data, self._received = self._received, b""
-            else:
-                data = await receive_some(_READ_SIZE)
-            if not data:
-                self._eof = True
-                break
-            ws.receive_data(data)
-            messages: list[bytes] = []
-            frames: list[Frame] = ws.events_received()  # type: ignore[assignment]  # only frames once open
-            for frame in frames:
-                opcode = frame.opcode
-                if opcode is _CLOSE:  # the peer's: answered by the engine
-                    self._eof = True
+        n = len(read)
+        pos = 0
+        messages: list[bytes] | None = None
+        limit = self._max_size
+        while pos < n:
+            owed = self._owed
+            if owed:  # the rest of a frame the engine is parsing
+                take = owed if owed < n - pos else n - pos
+                self._owed = owed - take
+                pos += take
+                done = self._engine(read[pos - take : pos])
+                if done:
+                    messages = [*messages, *done] if messages is not None else done
+                if self._eof:
                     break
-                if opcode is _PING or opcode is _PONG:  # a ping is answered by the engine
-                    continue
-                if opcode is not _CONT:
-                    self._text = opcode is _TEXT
-                payload = bytes(frame.data)
-                if not frame.fin:
-                    self._parts.append(payload)
-                    continue
-                if self._parts:
-                    self._parts.append(payload)
-                    payload = b"".join(self._parts)
-                    self._parts.clear()
-                if self._text:
+                continue
+            if n - pos < 2:
+                self._head = read[pos:]
+                break
+            head1 = read[pos]
+            length = read[pos + 1] & 0x7F
+            start = pos + 2
+            if length >= 126:
+                start = pos + (4 if length == 126 else 10)
+                if start > n:
+                    self._head = read[pos:]
+                    break
+                length = int.from_bytes(read[pos + 2 : start], "big")
+            end = start + 4 + length
+            if (
+                (head1 == 0x82 or head1 == 0x81)  # FIN, a binary or text frame: a whole message
+                and read[pos + 1] & 0x80  # masked, as a client's must be
+                and end <= n
+                and length <= limit
+                and ws.current_size is None  # not inside a fragmented message
+            ):
+                payload = apply_mask(read[start + 4 : end], read[start : start + 4])
+                if head1 == 0x81:
                     try:
                         payload.decode()
                     except UnicodeDecodeError:
                         ws.fail(CloseCode.INVALID_DATA, "invalid UTF-8 text")
                         self._framing_failed = self._eof = True
+                        self._answers = True
                         break
+                if messages is None:
+                    messages = [payload]
+                else:
+                    messages.append(payload)
+                pos = end
+            else:
+                self._owed = end - pos  # the engine's frame (a refused header ends it sooner)
+        if messages is None:
+            return b""
+        return messages[0] if len(messages) == 1 else b"".join(messages)
+
+    def _engine(self, data: bytes | bytearray) -> list[bytes] | None:
+        """Feed ``data`` (part of a frame, or its end) to the engine; the payloads of the
+        messages it completes."""
+        ws = self._ws
+        ws.receive_data(data)
+        messages: list[bytes] | None = None
+        frames: list[Frame] = ws.events_received()  # type: ignore[assignment]  # only frames once open
+        for frame in frames:
+            opcode = frame.opcode
+            if opcode is _CLOSE:  # the peer's: answered by the engine
+                self._eof = True
+                break
+            if opcode is _PING or opcode is _PONG:  # a ping is answered by the engine
+                continue
+            if opcode is not _CONT:
+                self._text = opcode is _TEXT
+            payload = bytes(frame.data)
+            if not frame.fin:
+                self._parts.append(payload)
+                continue
+            if self._parts:
+                self._parts.append(payload)
+                payload = b"".join(self._parts)
+                self._parts.clear()
+            if self._text:
+                try:
+                    payload.decode()
+                except UnicodeDecodeError:
+                    ws.fail(CloseCode.INVALID_DATA, "invalid UTF-8 text")
+                    self._framing_failed = self._eof = True
+                    break
+            if messages is None:
+                messages = [payload]
+            else:
                 messages.append(payload)
-            if ws.parser_exc is not None:  # a frame refused (1002, 1009): the close is queued
-                self._framing_failed = self._eof = True
-            control = ws.data_to_send()
-            if control:
-                await self._write(b"".join(control))
-            if messages:
-                return messages[0] if len(messages) == 1 else b"".join(messages)
-        return b""
+        if ws.parser_exc is not None:  # a frame refused (1002, 1009): the close is queued
+            self._framing_failed = self._eof = True
+        self._answers = True
+        return messages
+
+    async def _answer(self) -> None:
+        """Write what the engine has to say (pongs, close frames)."""
+        self._answers = False
+        control = self._ws.data_to_send()
+        if control:
+            await self._write(b"".join(control))
 
     def send_some_nowait(self, data: bytes) -> int:
         """Send ``data`` as one binary message without waiting, as far as the transport takes
@@ -338,6 +441,8 @@ class WebSocketServerStream(trio.abc.Stream):
                 return
             if self._framing_failed:
                 continue
+            if self._head:  # the engine has seen whole frames so far: from a header's start
+                data, self._head = self._head + data, b""
             ws.receive_data(data)
             ws.events_received()
             if ws.close_rcvd is not None:

@@ -8,16 +8,17 @@ what the fan-out does over real sockets is in test_merge.py and the benchmarks."
 
 from __future__ import annotations
 
+import gc
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import pytest
 import trio
 import trio.testing
 
 from tests.runtime.apps import echo_components
-from trionano import Group, Server, Session
+from trionano import Component, Components, Config, Group, Server, Session, wire
 from trionano._fanout import BUCKET_SIZE, FanOut
 from trionano._log import RateLimitedLog
 from trionano._session import Broadcast
@@ -259,3 +260,124 @@ async def test_a_cluster_push_to_every_session_goes_through_the_fan_out() -> Non
         assert [n for n, what in log if what == "onAll"] == [n for n in range(N) if n != N - 2]
         assert seen(sessions[-1]) == ["onAll", "onDirect"]
         assert _fan_out([], "onNone", b"{}") == 0
+
+
+# -- the cyclic garbage collector -------------------------------------------------------------
+
+
+@contextmanager
+def collector(enabled: bool, thresholds: tuple[int, int, int]) -> Iterator[list[int]]:
+    """The collector on or off with ``thresholds``; yields the generation of every collection
+    that starts meanwhile. Restores what it changed."""
+    started: list[int] = []
+
+    def note(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started.append(info["generation"])
+
+    was_enabled, was = gc.isenabled(), gc.get_threshold()
+    gc.collect()
+    gc.set_threshold(*thresholds)
+    (gc.enable if enabled else gc.disable)()
+    gc.callbacks.append(note)
+    try:
+        yield started
+    finally:
+        gc.callbacks.remove(note)
+        gc.set_threshold(*was)
+        (gc.enable if was_enabled else gc.disable)()
+
+
+async def test_the_fan_out_collects_the_young_generations_between_buckets() -> None:
+    # thresholds no allocation here reaches: every collection is the fan-out's; the middle
+    # generation is due once two young collections have run since its last (count > 1)
+    steps = -(-(N - BUCKET_SIZE) // BUCKET_SIZE)  # the fan-out's part, a bucket per step
+    async with members(N) as (_, sessions, _log):
+        group = Group("big")
+        for session in sessions:
+            group.add(session)
+        with collector(True, (10**9, 1, 10**9)) as started:
+            assert await group.broadcast_and_wait("onFirst", {}) == N
+        assert len(started) == steps, started  # one per step
+        assert 0 in started, started
+        assert 1 in started, started  # the middle one when CPython would
+        assert 2 not in started  # full collections are CPython's own
+        with collector(False, (10**9, 1, 10**9)) as started:
+            assert await group.broadcast_and_wait("onSecond", {}) == N
+        assert started == []  # gc.disable() turns it off
+        assert all(seen(session) == ["onFirst", "onSecond"] for session in sessions)
+
+
+class Sink(trio.abc.Stream):
+    """A client that sends ``hello`` (handshake, ack, a Notify joining the group), then only
+    reads, and whatever is written to it is counted."""
+
+    def __init__(self, hello: bytes) -> None:
+        self.hello = hello
+        self.written = 0
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        if self.hello:
+            hello, self.hello = self.hello, b""
+            return hello
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+        self.written += len(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_a_parked_writer_leaves_few_objects_for_the_collector() -> None:
+    # every delivery wakes the member's writer, which parks again: what a parked writer keeps
+    # alive is new, and what the young collections walk. The outbox is a memory channel (the
+    # required shape); parked in its receive, a writer keeps 9 (trio 0.35: the receive's
+    # coroutine, its abort closure and cells, the wait's coroutine and trap); a writer that
+    # awaited the receive inside its ``except WouldBlock`` kept 13 (the WouldBlock and its
+    # traceback too).
+    count = 300
+    group = Group("room")
+    components = Components()
+    joined = trio.Event()
+
+    class Room(Component):
+        def join(self, session: Session, msg: bytes) -> None:
+            group.add(session)
+            if group.count() == count:
+                joined.set()
+
+    components.register(Room(), name="room")
+    server = Server(components, Config(heartbeat=0, rate_limit=None))
+    hello = (
+        wire.encode_packet(wire.PacketType.HANDSHAKE)
+        + wire.encode_packet(wire.PacketType.HANDSHAKE_ACK)
+        + wire.MessageCodec().notify_packet("room.join", b"")
+    )
+    sinks = [Sink(hello) for _ in range(count)]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        for i, sink in enumerate(sinks):
+            nursery.start_soon(server.serve_connection, sink, f"sink#{i}")
+        with trio.fail_after(60):
+            await joined.wait()
+        await group.broadcast_and_wait("onWarm", {})
+        await idle()
+        written = [sink.written for sink in sinks]
+        with collector(False, gc.get_threshold()):
+            gc.freeze()  # what is alive now is not counted
+            try:
+                await group.broadcast_and_wait("onCounted", {})
+                await idle()
+                young = len(gc.get_objects(generation=0))
+            finally:
+                gc.unfreeze()
+        assert all(sink.written > before for sink, before in zip(sinks, written, strict=True))  # every writer wrote
+        assert young <= 10 * count, young / count
+        server.shutdown()

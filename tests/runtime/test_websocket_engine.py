@@ -4,6 +4,7 @@ trio-websocket, and wsproto by hand over loopback TCP (for what no client librar
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,6 +12,9 @@ import pytest
 import trio
 import trio.testing
 import trio_websocket
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.protocol import Protocol, Side, State
+from websockets.utils import apply_mask
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection, ConnectionState
 from wsproto.events import (
@@ -493,3 +497,149 @@ async def test_each_message_length_is_framed_as_a_client_reads_it(size: int) -> 
                 assert events == [BytesMessage(b"")]
                 break
         assert received == message
+
+
+# -- the inline fast path against the engine alone ---------------------------------------------
+
+
+class ScriptedTransport(trio.abc.Stream):
+    """A transport whose reads are ``chunks``, one each, then the end; it keeps what is
+    written to it."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+        self.written = bytearray()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        return self.chunks.pop(0) if self.chunks else b""
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+        self.written += data
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+def client_frame(rng: random.Random, opcode: int, payload: bytes, *, fin: bool = True, head: int = 0) -> bytes:
+    """A masked client frame with a random key and any length encoding; ``head`` ORs bits
+    into the first byte (RSV bits)."""
+    n = len(payload)
+    if n < 126 and rng.random() < 0.9:
+        length = bytes([0x80 | n])
+    elif n < 1 << 16 and rng.random() < 0.8:
+        length = bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        length = bytes([0x80 | 127]) + n.to_bytes(8, "big")
+    key = rng.randbytes(4)
+    return bytes([(0x80 if fin else 0) | head | opcode]) + length + key + apply_mask(payload, key)
+
+
+def random_session(rng: random.Random, limit: int) -> list[bytes]:
+    """A client's frames: messages whole and in fragments (control frames between them),
+    binary and text, of every length encoding, now and then ending in a frame the server must
+    refuse or a close frame."""
+    frames: list[bytes] = []
+    for _ in range(rng.randrange(1, 12)):
+        size = rng.choice([0, 1, 5, 60, 125, 126, 127, 300, 65535, 65536, limit, limit + 1])
+        size = min(size, rng.choice([size, rng.randrange(0, 130)]))
+        text = rng.random() < 0.3
+        payload = ("é" * (size // 2)).encode() if text else rng.randbytes(size)
+        if text and rng.random() < 0.1:
+            payload += b"\xff"  # invalid UTF-8
+        opcode = 1 if text else 2
+        if rng.random() < 0.3 and len(payload) > 1:  # in fragments, control frames between
+            cuts = sorted(rng.sample(range(1, len(payload)), min(len(payload) - 1, rng.randrange(1, 4))))
+            parts = [payload[a:b] for a, b in zip([0, *cuts], [*cuts, len(payload)], strict=True)]
+            for i, part in enumerate(parts):
+                frames.append(client_frame(rng, opcode if i == 0 else 0, part, fin=i == len(parts) - 1))
+                if rng.random() < 0.3:
+                    frames.append(client_frame(rng, rng.choice([9, 10]), rng.randbytes(rng.randrange(0, 126))))
+        else:
+            frames.append(client_frame(rng, opcode, payload))
+        if rng.random() < 0.15:
+            frames.append(client_frame(rng, 9, rng.randbytes(rng.randrange(0, 126))))
+    ending = rng.random()
+    if ending < 0.1:
+        frames.append(frame(2, b"unmasked", masked=False))
+    elif ending < 0.2:
+        frames.append(client_frame(rng, 2, b"rsv", head=0x40))
+    elif ending < 0.3:
+        frames.append(client_frame(rng, 3, b"reserved opcode"))
+    elif ending < 0.4:
+        frames.append(client_frame(rng, 0, b"a continuation of nothing"))
+    elif ending < 0.5:
+        frames.append(client_frame(rng, 9, b"fragmented ping", fin=False))
+    elif ending < 0.6:
+        frames.append(client_frame(rng, 2, b"unfinished", fin=False) + client_frame(rng, 2, b"not a continuation"))
+    elif ending < 0.7:
+        frames.append(client_frame(rng, 8, (1000).to_bytes(2, "big") + b"bye"))
+        frames.append(client_frame(rng, 2, b"after the close"))
+    elif ending < 0.75:
+        frames.append(bytes([0x82, 0xFF]) + (1 << 40).to_bytes(8, "big"))  # far too big, never sent
+    return frames
+
+
+def engine_alone(frames: list[bytes], limit: int) -> tuple[bytes, bytes]:
+    """What the server must make of ``frames``: websockets' engine fed one frame at a time,
+    the payloads of the messages it completes until it stops parsing (a close frame, a frame
+    refused, invalid UTF-8 text), and the bytes it answers with."""
+    ws = Protocol(Side.SERVER, state=State.OPEN, max_size=limit)
+    received = bytearray()
+    message = bytearray()
+    text = False
+    for data in frames:
+        ws.receive_data(data)
+        stop = False
+        for event in ws.events_received():
+            assert isinstance(event, Frame)
+            if event.opcode is Opcode.CLOSE:
+                stop = True
+                break
+            if event.opcode in (Opcode.PING, Opcode.PONG):
+                continue
+            if event.opcode is not Opcode.CONT:
+                text = event.opcode is Opcode.TEXT
+            message += event.data
+            if event.fin:
+                if text:
+                    try:
+                        message.decode()
+                    except UnicodeDecodeError:
+                        ws.fail(CloseCode.INVALID_DATA, "invalid UTF-8 text")
+                        stop = True
+                        break
+                received += message
+                message.clear()
+        if stop or ws.parser_exc is not None:
+            break
+    return bytes(received), b"".join(ws.data_to_send())
+
+
+@pytest.mark.parametrize("seed", range(40))
+async def test_the_inline_path_reads_as_the_engine_alone_whatever_the_reads(seed: int) -> None:
+    # random sessions cut into random reads (down to a byte each): the same payloads, the same
+    # pongs and close frames (same codes) as the engine fed one frame at a time
+    rng = random.Random(seed)
+    for _ in range(10):
+        limit = rng.choice([300, 1000, 70000, 1 << 20])
+        frames = random_session(rng, limit)
+        expected, answers = engine_alone(frames, limit)
+        stream_bytes = b"".join(frames)
+        chunks, pos = [], 0
+        while pos < len(stream_bytes):
+            size = rng.choice([1, 2, 3, 7, 14, rng.randrange(1, 200), rng.randrange(1, 1 << 17)])
+            chunks.append(stream_bytes[pos : pos + size])
+            pos += size
+        transport = ScriptedTransport(chunks)
+        stream = WebSocketServerStream(transport, max_message_size=limit)
+        received = bytearray()
+        with trio.fail_after(10):
+            while data := await stream.receive_some(rng.choice([None, 1 << 20, rng.randrange(1, 500)])):
+                received += data
+        assert bytes(received) == expected
+        assert bytes(transport.written) == answers
