@@ -55,7 +55,7 @@ class Cluster:
     def log(self, name: str) -> str:
         return self.logs[name].read_text(errors="replace")
 
-    async def wait_log(self, name: str, text: str, *, seconds: float = 15) -> str:
+    async def wait_log(self, name: str, text: str, *, seconds: float = 60) -> str:
         with trio.fail_after(seconds):
             while True:
                 content = self.log(name)
