@@ -17,7 +17,7 @@ async def visit(url: str, name: str, say: str) -> dict[str, Any]:
     """Log in through the gate at ``url``, say something, and return what came back."""
     async with open_websocket_client(url) as client:
         await client.request("BindService.Login", {"nickname": name})  # the gate's own service
-        members = await client.receive_push("onMembers")  # pushed by the master
+        members = await client.receive_push("onMembers")  # from chat, once it has seated us
         await client.notify("RoomService.SyncMessage", {"name": name, "content": say})  # forwarded
         heard = await client.receive_push("onMessage")  # broadcast by the chat backend
         balance = await client.receive_push("onBalance")  # the master again, after chat's RPC

@@ -4,7 +4,7 @@
 - gate: ``BindService`` (Login); clients connect to ``ws://GATE/nano``.
 - chat: ``RoomService`` (JoinRoom, SyncMessage).
 
-Pushes: onMembers (from the master), onNewUser and onMessage (from chat), onBalance (master).
+Pushes: onMembers, onNewUser and onMessage (from chat), onBalance (master).
 The gate -> master -> chat RPC chain carries the client's gate and session id, so chat's
 pushes go straight to the gate. One command per process, as nano's::
 
@@ -45,6 +45,7 @@ class JoinRoomRequest:
     nickname: str
     gateUid: int
     masterUid: int
+    members: str = ""  # the others' nicknames, comma-separated, for onMembers
 
 
 @attrs.frozen
@@ -92,13 +93,13 @@ class TopicService(Component):
         session.bind(self.next_uid)
         names = ",".join(user["nickname"] for user in self.users.values())
         self.users[session.uid] = {"nickname": msg.nickname, "balance": 1000}
-        # seat the user in chat's room before telling the client (nano's demo pushes first):
-        # the client answers onMembers by talking to the room, through the gate straight to
-        # chat, and nothing orders that path after this RPC but its head start
+        # chat seats the user in its room, then pushes the member list (nano's demo pushes it
+        # from here, before the RPC): the client answers onMembers by talking to the room,
+        # through the gate straight to chat, and nothing would order that path after this RPC
         session.rpc(
-            "RoomService.JoinRoom", {"nickname": msg.nickname, "gateUid": msg.gateUid, "masterUid": session.uid}
+            "RoomService.JoinRoom",
+            {"nickname": msg.nickname, "gateUid": msg.gateUid, "masterUid": session.uid, "members": names},
         )
-        session.push("onMembers", {"members": names})
 
     def Stats(self, session: Session, msg: MasterStats) -> None:
         user = self.users.get(msg.uid)
@@ -125,6 +126,7 @@ class RoomService(Component):
         session.bind(msg.masterUid)
         self.room.broadcast("onNewUser", {"content": f"New user: {msg.nickname}"})
         self.room.add(session)
+        session.push("onMembers", {"members": msg.members})  # seated: the client may talk now
 
     def SyncMessage(self, session: Session, msg: SyncMessage) -> None:
         session.rpc("TopicService.Stats", {"uid": session.uid})

@@ -7,11 +7,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import socket
+import subprocess
+import sys
 import threading
 
 import trio
 
 from trionano.cluster import Bridge, NodeStopping, run
+
+from ._harness import ROOT
 
 
 def test_an_idle_trio_wakes_for_timers_sockets_and_asyncio() -> None:
@@ -98,7 +102,16 @@ def test_calls_into_a_stopping_trio_are_refused() -> None:
 def test_trio_and_asyncio_share_one_thread_and_wake_each_other() -> None:
     """No thread waits for either side's I/O: asyncio's sockets and timers wake the Trio task
     that drives asyncio, and work that Trio code gives asyncio while it is idle (a new task, a
-    resolved future) is run without any I/O to wake it."""
+    resolved future) is run without any I/O to wake it. In a fresh interpreter: an earlier
+    test's idle Trio worker threads would be counted otherwise."""
+    code = "from tests.cluster.test_bridge import share_one_thread; share_one_thread(); print('ok')"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip() == "ok", done.stdout + done.stderr
+
+
+def share_one_thread() -> None:
+    """The body of the test above, run in its own interpreter."""
     seen: dict[str, object] = {}
 
     async def main(bridge: Bridge) -> None:

@@ -24,7 +24,7 @@ async def test_three_nodes_as_nanos_scenario(tmp_path: Path) -> None:
         assert "RuntimeWarning" not in master_log + gate_log
         async with c.client() as ann, c.client() as bob:  # type: ignore[attr-defined]
             assert await ann.request("BindService.Login", {"nickname": "ann"}) == {}  # gate, local
-            assert await ann.receive_push("onMembers") == {"members": ""}  # from the master, via RPC
+            assert await ann.receive_push("onMembers") == {"members": ""}  # from chat, via the master's RPC
             assert await bob.request("BindService.Login", {"nickname": "bob"}) == {}
             assert await bob.receive_push("onMembers") == {"members": "ann"}
             assert await ann.receive_push("onNewUser") == {"content": "New user: bob"}  # chat, via the RPC chain
