@@ -124,6 +124,7 @@ class WebSocketServerStream(trio.abc.Stream):
 
     __slots__ = (
         "_answers",
+        "_check",
         "_closed",
         "_eof",
         "_framing_failed",
@@ -137,6 +138,7 @@ class WebSocketServerStream(trio.abc.Stream):
         "_receiving",
         "_rest",
         "_sending",
+        "_skipping",
         "_text",
         "_write_turn",
         "_writing",
@@ -151,6 +153,8 @@ class WebSocketServerStream(trio.abc.Stream):
         self._received = received  # read from the transport past the handshake, not yet parsed
         self._head: bytes | bytearray = b""  # the start of a frame header the last read split
         self._owed = 0  # bytes of the frame being fed to the engine that it has yet to see
+        self._skipping = False  # ... or of the control frame being skipped
+        self._check: Callable[[], bool] | None = None  # limit_frames's
         self._answers = False  # the engine was fed: it may have frames to send (pong, close)
         self._parts: list[bytes] = []  # the message being received, until it is whole
         self._text = False  # it is a text message: its UTF-8 is checked once whole
@@ -165,6 +169,25 @@ class WebSocketServerStream(trio.abc.Stream):
         # the transport's non-blocking write (FdStream's), if it has one
         self._nowait: Callable[[bytes], int] | None = getattr(transport, "send_some_nowait", None)
         self._rest: bytes | None = None  # a message send_some_nowait left under way: its unsent bytes
+
+    def limit_frames(self, check: Callable[[], bool]) -> None:
+        """Call ``check()`` for every frame that carries no payload bytes for the stream, as
+        its header arrives: a ping or a pong the engine would accept, and an empty binary, text
+        or continuation frame (the agent charges them to the connection's rate limit, as it
+        does packets: a flood of them costs the server as much as one of packets). Returning
+        False refuses the frame: a ping is then not answered (a pong or an empty frame is
+        nothing either way). An exception ``check`` raises propagates from ``receive_some``,
+        and the stream reads no more (``receive_some`` returns b"" after it; ``aclose`` still
+        says goodbye and waits for the peer to go quiet). Not called for whole non-empty
+        messages, the data path. Without it (the default) every such frame is accepted."""
+        self._check = check
+
+    def _charge(self, check: Callable[[], bool]) -> bool:
+        try:
+            return check()
+        except BaseException:
+            self._framing_failed = self._eof = True  # the read stops mid-frame: parse no more
+            raise
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._closed:
@@ -189,7 +212,12 @@ class WebSocketServerStream(trio.abc.Stream):
                     if not read:
                         self._eof = True
                         break
-                    data = self._parse(read)
+                    try:
+                        data = self._parse(read)
+                    except Exception:  # from limit_frames's check: the answers owed go first
+                        if self._answers:
+                            await self._answer()
+                        raise
                     if self._answers:
                         await self._answer()
                     if data:
@@ -222,10 +250,13 @@ class WebSocketServerStream(trio.abc.Stream):
         limit = self._max_size
         while pos < n:
             owed = self._owed
-            if owed:  # the rest of a frame the engine is parsing
+            if owed:  # the rest of a frame the engine is parsing (or one skipped)
                 take = owed if owed < n - pos else n - pos
                 self._owed = owed - take
                 pos += take
+                if self._skipping:  # a control frame refused or needing no answer: not the engine's
+                    self._skipping = self._owed > 0
+                    continue
                 done = self._engine(read[pos - take : pos])
                 if done:
                     messages = [*messages, *done] if messages is not None else done
@@ -249,6 +280,7 @@ class WebSocketServerStream(trio.abc.Stream):
                 (head1 == 0x82 or head1 == 0x81)  # FIN, a binary or text frame: a whole message
                 and read[pos + 1] & 0x80  # masked, as a client's must be
                 and end <= n
+                and length  # an empty message carries no pomelo data: charged below
                 and length <= limit
                 and ws.current_size is None  # not inside a fragmented message
             ):
@@ -268,6 +300,16 @@ class WebSocketServerStream(trio.abc.Stream):
                 pos = end
             else:
                 self._owed = end - pos  # the engine's frame (a refused header ends it sooner)
+                check = self._check
+                if check is not None:
+                    if head1 == 0x89 or head1 == 0x8A:  # FIN, a ping or a pong
+                        if read[pos + 1] & 0x80 and length <= 125 and length <= limit - (ws.current_size or 0):
+                            # one the engine would accept: charged; skipped (the engine's state
+                            # is not a control frame's business) unless a ping to answer
+                            refused = not self._charge(check)
+                            self._skipping = refused or head1 == 0x8A
+                    elif not length and head1 & 0x70 == 0 and head1 & 0x0F < 3:
+                        self._charge(check)  # an empty data frame: fed to the engine whatever the verdict
         if messages is None:
             return b""
         return messages[0] if len(messages) == 1 else b"".join(messages)
