@@ -106,7 +106,11 @@ class WebSocketServerStream(trio.abc.Stream):
     Inbound, the payloads of binary and text messages (text as its UTF-8 bytes, checked) make
     the byte stream; a message is handed over once it is whole, so one larger than
     ``max_message_size`` is refused (close 1009) before any of it is read, and every message
-    a read completes comes back from one ``receive_some``. Pings are answered with pongs.
+    a read completes comes back from one ``receive_some``; a read that completes none (empty
+    messages, control frames only, part of a frame) is not the end: reading goes on. Pings are
+    answered with pongs, written by the receiver in turn with the sender's messages (a peer
+    that pings and never reads stops the receiver at the transport's buffers). Frames that
+    carry no payload (pings, pongs, empty messages) may be limited: :meth:`limit_frames`.
     Outbound, each ``send_all`` is one binary message.
 
     Resource handling: owns ``transport_stream`` and closes it in ``aclose``, which first sends
@@ -483,10 +487,18 @@ class WebSocketServerStream(trio.abc.Stream):
                 return
             if self._framing_failed:
                 continue
+            if self._skipping:  # the rest of a control frame skipped (limit_frames): not the engine's
+                skip = min(self._owed, len(data))
+                self._owed -= skip
+                self._skipping = self._owed > 0
+                data = data[skip:]
+                if not data:
+                    continue
             if self._head:  # the engine has seen whole frames so far: from a header's start
                 data, self._head = self._head + data, b""
             ws.receive_data(data)
             ws.events_received()
+            ws.data_to_send()  # pongs to pings after our close: not sent, not kept either
             if ws.close_rcvd is not None:
                 return
             if ws.parser_exc is not None:

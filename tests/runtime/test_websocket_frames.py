@@ -316,3 +316,28 @@ async def test_the_handshake_ack_and_requests_after_it_still_count_as_packets() 
         await client.stream.send_all(frame(0x2, ACK) + request(1))  # the tenth token
         assert data_packets(await packets_without_pongs(client)) == [wire.Response(1, b'{"n":1}')]
         assert server.statistics().dropped_rate == 0
+
+
+async def test_a_refused_ping_split_by_the_close_is_still_skipped(autojump_clock: trio.testing.MockClock) -> None:
+    # the kick's close while a refused ping is half read: the closing wait skips the rest of it
+    # and sees the peer's close frame (not garbage, after which it could only wait for quiet)
+    peer, server_end = trio.testing.memory_stream_pair()
+    stream = WebSocketServerStream(server_end, max_message_size=1000)
+    stream.limit_frames(lambda: False)
+    ping = frame(0x9, b"refused, and split")
+    await peer.send_all(frame(0x2, b"data") + ping[:8])
+    assert await stream.receive_some(100) == b"data"
+    async with trio.open_nursery() as nursery:
+        start = trio.current_time()
+        nursery.start_soon(stream.aclose)
+        await trio.testing.wait_all_tasks_blocked()
+        assert isinstance(close_of(await peer.receive_some(100)), bytes)  # our close frame, 1000
+        await peer.send_all(ping[8:] + frame(0x8, (1000).to_bytes(2, "big")) + frame(0x9, b"more"))
+    assert trio.current_time() == start  # done at the peer's close, with no wait for quiet
+    assert await peer.receive_some(100) == b""  # and the transport closed, no pong sent
+
+
+def close_of(data: bytes | bytearray) -> bytes:
+    assert data[:2] == b"\x88\x02", data
+    assert int.from_bytes(data[2:4], "big") == 1000
+    return bytes(data)
