@@ -17,7 +17,7 @@ Targets (issue #11): stream >= 0.3 of local (stretch 0.5), p99 < 10 ms at half l
 The local server also takes the open-loop load at the stream path's half rate (what the
 machine itself adds to the tail, same run), and each run prints the load average (the bench
 machine's 2 cores are shared). ``python -m bench.cluster crossing``: the bridge's crossing
-micro-bench (asyncio -> idle Trio -> asyncio through guest mode's worker thread).
+micro-bench (asyncio -> idle Trio -> asyncio).
 
 ``python -m bench.cluster tail [--runs N]``: where the fast path's half-load tail comes from,
 by instrumentation: per node process and thread, CPU, run-queue wait (time runnable but not
@@ -96,7 +96,7 @@ def schedstat(pid: int | str) -> dict[str, int]:
 
 def thread_stats(pid: int | str) -> dict[str, dict[str, int]]:
     """As :func:`schedstat`, per thread: "main" (the process's first thread), "others" (the
-    rest together: in a node, Trio's guest-mode I/O thread and an idle stdin reader)."""
+    rest together: in a node, an idle stdin reader; with Trio in guest mode, its I/O thread)."""
     main: list[dict[str, int]] = []
     others: list[dict[str, int]] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -352,7 +352,7 @@ def print_tail(f: dict[str, float]) -> None:
             f"{label}: CPU {f[f'{name}_{thread}_cpu_us']:.0f} us,"
             f" run-queue wait {f[f'{name}_{thread}_wait_us']:.0f} us,"
             f" {f[f'{name}_{thread}_switches']:.1f} switches ({f[f'{name}_{thread}_involuntary']:.1f} preempted)"
-            for thread, label in (("main", "main thread"), ("others", "Trio's I/O thread"))
+            for thread, label in (("main", "main thread"), ("others", "other threads"))
         )
         print(f"    {name:<8} per request   {threads}")
         print(
@@ -476,7 +476,7 @@ def crossings(runs: int) -> None:
     print("bridge crossing (asyncio -> Trio -> asyncio round trip into an idle Trio), 2,000 per run:")
     figures = [run_json("-m", "bench.cluster", "crossing-one") for _ in range(runs)]
     print(
-        f"  {'guest mode':<24} p50 {med(figures, 'p50_us'):>6,.0f} us   p99 {med(figures, 'p99_us'):>7,.0f} us"
+        f"  {'driven asyncio loop':<24} p50 {med(figures, 'p50_us'):>6,.0f} us   p99 {med(figures, 'p99_us'):>7,.0f} us"
         f"   {med(figures, 'cpu_us'):>6.1f} CPU-us per crossing (incl. the idle gaps' loop work)"
     )
 

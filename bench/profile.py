@@ -8,7 +8,7 @@ passes (B1's echo: 64 B JSON body), timed per layer over many requests, best of 
 - router: the route, its counters, the body's JSON decoding, the task queued on the lane;
 - handler + answer: the lane's task: the handler, its error boundary and timing, the JSON
   encoding, the Response packet, the outbox;
-- channels: taking the task off the lane and the packet off the outbox (a deque).
+- channels: taking the task off the lane and the packet off the outbox.
 
 The floor's column is bench._servers' inline codec doing the same work (parse, JSON in and
 out, Response packet) with two memory channels. What neither column holds: the socket calls,
@@ -58,10 +58,10 @@ def trionano_layers() -> dict[str, float]:
     agent._enqueue(conn.send(wire.HandshakeResponse(heartbeat=0)), droppable=False)
     conn.receive_data(wire.encode_packet(wire.PacketType.HANDSHAKE_ACK), 0.0)
     conn.next_event()
-    agent._outbox.popleft()
+    agent._receive.receive_nowait()
     packet = wire.MessageCodec().request_packet(1, "bench.echo", BODY)
     lane = server.router._main._receive
-    outbox = agent._outbox
+    outbox = agent._receive
     dispatch = server.router.dispatch_request
     receive_requests = conn.receive_requests
     session = agent.session
@@ -78,7 +78,7 @@ def trionano_layers() -> dict[str, float]:
         t3 = clock()
         task()
         t4 = clock()
-        outbox.popleft()
+        outbox.receive_nowait()
         t5 = clock()
         agent._queued, agent._queued_bytes = 0, 0
         totals["protocol"] += t1 - t0

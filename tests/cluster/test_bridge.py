@@ -1,11 +1,13 @@
-"""The asyncio <-> Trio bridge: an idle Trio (hosted in guest mode) wakes for its timers, its
-sockets and calls from asyncio; calls from asyncio run in order, at Trio's next tick, with their
-results and errors."""
+"""The asyncio <-> Trio bridge: an idle node (Trio driving asyncio's loop in one thread) wakes
+for its timers, its sockets, asyncio's timers and sockets, and work given to asyncio from Trio;
+calls from asyncio run in order, with their results and errors; no other thread is involved."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
+import threading
 
 import trio
 
@@ -91,3 +93,51 @@ def test_calls_into_a_stopping_trio_are_refused() -> None:
 
     run(main)
     assert len(refused) == 1
+
+
+def test_trio_and_asyncio_share_one_thread_and_wake_each_other() -> None:
+    """No thread waits for either side's I/O: asyncio's sockets and timers wake the Trio task
+    that drives asyncio, and work that Trio code gives asyncio while it is idle (a new task, a
+    resolved future) is run without any I/O to wake it."""
+    seen: dict[str, object] = {}
+
+    async def main(bridge: Bridge) -> None:
+        with trio.fail_after(10):
+            loop = bridge.loop
+            future: asyncio.Future[str] = loop.create_future()
+
+            async def waits() -> str:
+                return await future
+
+            task = loop.create_task(waits())
+            await trio.sleep(0.05)  # asyncio idle meanwhile, its task waiting on the future
+            future.set_result("set from Trio")  # no I/O follows: the set alone must wake asyncio
+
+            async def finished() -> str:
+                return await task
+
+            seen["future"] = await bridge.to_asyncio(finished)
+
+            async def over_a_socket() -> bytes:
+                reader, writer = await asyncio.open_connection(*address)
+                writer.write(b"ping")
+                await writer.drain()
+                data = await reader.readexactly(4)
+                writer.close()
+                await writer.wait_closed()
+                return data
+
+            async def serve(stream: trio.SocketStream) -> None:
+                await stream.send_all(await stream.receive_some(4))
+
+            async with trio.open_nursery() as nursery:
+                (listener,) = await nursery.start(functools.partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
+                address = listener.socket.getsockname()[:2]
+                seen["echo"] = await bridge.to_asyncio(over_a_socket)  # asyncio's socket, Trio's server
+                nursery.cancel_scope.cancel()
+            seen["threads"] = [thread.name for thread in threading.enumerate()]
+
+    run(main)
+    assert seen["future"] == "set from Trio"
+    assert seen["echo"] == b"ping"
+    assert seen["threads"] == [threading.main_thread().name]

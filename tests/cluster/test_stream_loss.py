@@ -94,4 +94,7 @@ def test_a_lost_stream_fails_its_requests_at_once_and_the_next_call_reopens_one(
     assert seen["lost_after"] < RPC_TIMEOUT / 2  # when the stream died, not at the deadline
     assert seen["connected"]
     assert seen["statistics"].forward_errors >= 1
-    assert caplog.text.count(f"stream to {backend_address} up") == 2  # a new stream to the new process
+    # a new stream to the new process: at least one more. The old member's registration may
+    # outlive the kill until the master evicts it (the new process then registers at the same
+    # address, which ends the links to it: a stream opened in between goes down and comes up again)
+    assert caplog.text.count(f"stream to {backend_address} up") >= 2

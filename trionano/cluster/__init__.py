@@ -6,9 +6,9 @@ nano's ``clusterpb`` (``proto/cluster.proto``).
     node = Node(components, ClusterConfig(service_address="127.0.0.1:34580", master_address="127.0.0.1:34567"))
     run_node(node, TCPEndpoint("127.0.0.1", 3250))       # until SIGINT/SIGTERM
 
-grpclib runs on asyncio; trionano on Trio: :func:`run_node` hosts Trio as a guest on the
-asyncio loop (the bridge lives in one module, :mod:`trionano.cluster._bridge`). Standalone
-servers never need this: they keep plain ``trio.run``.
+grpclib runs on asyncio; trionano on Trio: :func:`run_node` runs Trio, and a Trio task drives
+grpclib's asyncio loop in the same thread (the bridge lives in one module,
+:mod:`trionano.cluster._bridge`). Standalone servers never need this: they keep plain ``trio.run``.
 """
 
 from __future__ import annotations

@@ -1,26 +1,32 @@
 """The one place where asyncio (grpclib) and Trio (everything else) meet.
 
-Trio runs as a guest on the asyncio loop (``trio.lowlevel.start_guest_run``): both share the
-loop's thread, so each side may start work on the other directly, and cancellation crosses in
-both directions. Measured on this project's machine: ~1.12x the CPU per gRPC call of pure
-asyncio (trio-asyncio ~1.5x, a loop in a thread ~1.3x).
+Trio is the host: ``trio.run`` owns the thread, and a task of Trio's drives asyncio's loop one
+iteration at a time (:class:`_DrivenLoop`). Between iterations the task waits in Trio for the
+loop's epoll selector to become readable (one file descriptor standing for every socket asyncio
+watches), for asyncio's next timer, or for Trio code to give asyncio work (``call_soon``, which
+wakes it). Both sides share one thread and one scheduler: asyncio code runs inside that Trio
+task, so a call from asyncio into Trio is a plain function call in Trio's context, and Trio
+never hands its I/O wait to another thread (Trio's guest mode on asyncio, used before, waits
+for Trio's I/O in a worker thread: every wake-up of an idle Trio then cost two thread switches
+and, on a loaded machine, the run-queue waits of both threads; see ``python -m bench.cluster
+tail``). Only public interfaces: asyncio's ``SelectorEventLoop(selector)``, ``loop.stop()``
+from within an iteration (the loop then returns from ``run_forever`` once that iteration is
+done), ``selectors.EpollSelector.fileno``, and ``trio.lowlevel.wait_readable``.
 
-Crossings from asyncio to Trio are queued and run together at Trio's next tick: one crossing
-per wake-up of the asyncio loop, however many calls and batches it brought
-(:meth:`Bridge.call_soon`, :meth:`Bridge.to_trio_nowait`). An idle Trio waits for its I/O in
-guest mode's worker thread, as Trio ships it: waking it costs two thread switches
-(``python -m bench.cluster crossing`` measures a crossing into an idle Trio).
-
-Traps handled here: grpclib objects are made while the asyncio loop runs (they are, whenever
-Trio code runs); on Ctrl-C ``asyncio.run`` cancels its main task, which cancels Trio's root
-scope and then waits for Trio to finish, so the guest run is never abandoned; a client
-deadline's ``asyncio.TimeoutError`` comes out as the builtin ``TimeoutError``.
+Traps handled here: grpclib objects may be made from Trio code (they look the loop up with
+``asyncio.get_event_loop()``: the driven loop is set as the thread's loop); the driving task is
+shielded from Trio's cancellation until the main function has returned, so asyncio keeps serving
+Trio's clean-up (graceful gRPC close); SIGINT/SIGTERM are Trio's (``trio.open_signal_receiver``);
+once Trio has finished, the asyncio tasks left are cancelled and run to their end on asyncio
+alone, and calls from them into Trio are refused; a client deadline's ``asyncio.TimeoutError``
+comes out as the builtin ``TimeoutError``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextvars
+import selectors
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar, TypeVarTuple
@@ -36,59 +42,119 @@ T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
 
+_TURNS = 8  # asyncio iterations in a row at most, before Trio's tasks get their turn
+
+
+class _Selector(selectors.EpollSelector):
+    """asyncio's selector, never blocking. The loop runs iterations in a row while it has
+    work (at most ``_TURNS``); once it has none (nothing ready, no I/O), the selector notes how
+    long the loop wanted to wait (``wanted``, None: until I/O) and stops the loop after this
+    iteration: the driving Trio task does the waiting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop: _DrivenLoop | None = None  # driven while set
+        self.turns = 0
+        self.wanted: float | None = 0.0
+        self.idle = False  # the loop stopped for want of work (not after _TURNS)
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        loop = self.loop
+        if loop is None:  # asyncio alone (after Trio has finished)
+            return super().select(timeout)
+        events = super().select(0)
+        self.turns += 1
+        if not events and timeout != 0:
+            self.idle, self.wanted = True, timeout
+            loop.more = False  # work given from here on makes the driver go on at once
+            loop.stop()  # after this iteration
+        elif self.turns >= _TURNS:
+            self.idle = False
+            loop.stop()
+        return events
+
+
+class _DrivenLoop(asyncio.SelectorEventLoop):
+    """asyncio's loop, run by :func:`_drive` while it has work. Work given to it once it has
+    stopped (``call_soon``, ``call_at``: new tasks, resolved futures, set events, from Trio
+    code or from its own last callbacks) wakes the driving task or keeps it going."""
+
+    def __init__(self) -> None:
+        selector = _Selector()
+        super().__init__(selector)
+        selector.loop = self
+        self.selector = selector
+        self.waiting: trio.CancelScope | None = None  # the driving task's wait, while it waits
+        self.more = False  # work was given since the loop chose to stop
+
+    def call_soon(
+        self, callback: Callable[[*Ts], object], *args: *Ts, context: contextvars.Context | None = None
+    ) -> asyncio.Handle:
+        handle = super().call_soon(callback, *args, context=context)
+        self.more = True
+        if self.waiting is not None:
+            self.waiting.cancel()
+        return handle
+
+    def call_at(
+        self, when: float, callback: Callable[[*Ts], object], *args: *Ts, context: contextvars.Context | None = None
+    ) -> asyncio.TimerHandle:
+        handle = super().call_at(when, callback, *args, context=context)
+        self.more = True
+        if self.waiting is not None:
+            self.waiting.cancel()  # the new timer may be due before the wait would end
+        return handle
+
+
+async def _drive(loop: _DrivenLoop, scope: trio.CancelScope) -> None:
+    """Run ``loop`` until ``scope`` is cancelled: a few iterations at a time, letting Trio's
+    other tasks run in between; when asyncio has nothing to do, wait (in Trio) for its
+    selector's descriptor, its next timer or new work from Trio code."""
+    selector = loop.selector
+    fd = selector.fileno()
+    with scope:
+        while True:
+            selector.turns = 0
+            loop.run_forever()  # until the selector stops it
+            wanted = selector.wanted
+            if loop.more or not selector.idle or (wanted is not None and wanted <= 0):
+                if scope.cancel_called:
+                    return
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                continue
+            with trio.CancelScope() as waiting:
+                if wanted is not None:
+                    waiting.deadline = trio.current_time() + wanted
+                loop.waiting = waiting
+                try:
+                    await trio.lowlevel.wait_readable(fd)
+                finally:
+                    loop.waiting = None
+
+
 class Bridge:
-    """Calls across the two loops. Made by :func:`run`; owned by the Trio main function."""
+    """Calls across the two loops. Made by :func:`run`; owned by the Trio main function.
+    Code on asyncio's side runs inside Trio (in the task that drives asyncio), so its calls
+    into Trio are direct; ``call_soon``, ``to_trio_nowait`` and ``to_trio`` refuse once
+    Trio has finished (the asyncio tasks left are then being cancelled)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, token: trio.lowlevel.TrioToken, nursery: trio.Nursery) -> None:
         self.loop = loop
         self._token = token
         self._nursery = nursery
-        self._soon: list[Callable[[], object]] = []  # for Trio, from asyncio: run at its next tick
+        self.finished = False  # Trio has finished: nothing more runs there
 
-    # -- asyncio -> Trio: one crossing per wake-up ------------------------------------------
-
-    def _cross(self, fn: Callable[[], object]) -> None:
-        """Queue ``fn`` (synchronous, never raises) for Trio; the first one queued since Trio
-        last ran them schedules the run, the others ride along (one crossing per wake-up of
-        the asyncio loop, however many calls and batches it brought). Raises RunFinishedError
-        once Trio has finished."""
-        soon = self._soon
-        soon.append(fn)
-        if len(soon) == 1:
-            try:
-                self._token.run_sync_soon(self._run_soon)
-            except trio.RunFinishedError:
-                soon.clear()
-                raise
-
-    def _run_soon(self) -> None:
-        soon, self._soon = self._soon, []
-        for fn in soon:
-            fn()
+    # -- asyncio -> Trio --------------------------------------------------------------------
 
     async def call_soon(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
-        """From asyncio (a grpclib handler): call ``fn(*args)`` (synchronous) in Trio's context
-        at its next tick and return its result: no Trio task, and one crossing for all the
-        calls of a wake-up. Raises what ``fn`` raises; NodeStopping once Trio is winding down.
-        Cancelling the asyncio side before ``fn`` runs drops the call."""
-        future: asyncio.Future[T] = self.loop.create_future()
-
-        def call() -> None:
-            if future.cancelled():
-                return
-            if self._nursery.cancel_scope.cancel_called:
-                future.set_exception(NodeStopping("this node is stopping"))
-                return
-            try:
-                future.set_result(fn(*args))
-            except Exception as exc:
-                future.set_exception(exc)
-
-        try:
-            self._cross(call)
-        except trio.RunFinishedError as exc:
-            raise NodeStopping("this node has stopped") from exc
-        return await future
+        """From asyncio (a grpclib handler): call ``fn(*args)`` (synchronous) in Trio's
+        context and return its result: no Trio task, no thread. Raises what ``fn`` raises;
+        NodeStopping once Trio is winding down."""
+        if self.finished:
+            raise NodeStopping("this node has stopped")
+        if self._nursery.cancel_scope.cancel_called:
+            raise NodeStopping("this node is stopping")
+        return fn(*args)
 
     async def to_asyncio(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """From Trio: run ``make()`` as an asyncio task and wait for it. Cancelling the Trio
@@ -110,24 +176,21 @@ class Bridge:
             raise NodeStopping("the call was cancelled: the node is stopping") from exc
 
     def _done(self, done: trio.Event) -> None:
-        try:
-            self._cross(done.set)
-        except trio.RunFinishedError:
-            pass
+        if not self.finished:
+            done.set()
 
     def to_trio_nowait(self, fn: Callable[[*Ts], object], *args: *Ts) -> None:
-        """From asyncio: call ``fn(*args)`` soon in Trio's context (synchronous, no task: the
-        cheapest crossing; the fast path's one per batch). ``fn`` must not raise. Dropped
-        once Trio has finished."""
-        try:
-            self._cross(functools.partial(fn, *args))
-        except trio.RunFinishedError:
-            pass
+        """From asyncio: call ``fn(*args)`` now in Trio's context (synchronous, no task: the
+        fast path's one per batch). ``fn`` must not raise. Dropped once Trio has finished."""
+        if not self.finished:
+            fn(*args)
 
     async def to_trio(self, fn: Callable[[], Awaitable[T]]) -> T:
         """From asyncio (a grpclib handler): run ``fn()`` as a Trio task and wait for it.
         Cancelling the asyncio side cancels the Trio task. Raises what ``fn`` raises;
         NodeStopping once Trio is winding down (it starts nothing new then)."""
+        if self.finished:
+            raise NodeStopping("this node has stopped")
         future: asyncio.Future[T] = self.loop.create_future()
         scope = trio.CancelScope()
 
@@ -142,20 +205,15 @@ class Bridge:
             if scope.cancelled_caught and not future.done():
                 future.cancel()
 
-        def start() -> None:
-            try:
-                self._nursery.start_soon(runner)
-            except RuntimeError:  # "Nursery is closed to new arrivals": Trio is winding down
-                future.set_exception(NodeStopping("this node is stopping"))
-
         try:
-            self._cross(start)
-        except trio.RunFinishedError as exc:
-            raise NodeStopping("this node has stopped") from exc
+            self._nursery.start_soon(runner)
+        except RuntimeError:  # "Nursery is closed to new arrivals": Trio is winding down
+            raise NodeStopping("this node is stopping") from None
         try:
             return await future
         except asyncio.CancelledError:
-            self._token.run_sync_soon(scope.cancel)
+            if not self.finished:
+                scope.cancel()
             raise
 
 
@@ -164,56 +222,71 @@ def run(
     *,
     on_signal: Callable[[], None] | None = None,
 ) -> None:
-    """Run ``main(bridge)`` in Trio hosted on a fresh asyncio loop, until it returns.
+    """Run ``main(bridge)`` in Trio, with a fresh asyncio loop driven by it, until it returns.
+    Must be called from the main thread (Trio's signal handling).
 
     SIGINT/SIGTERM call ``on_signal()`` in Trio (a graceful stop) when given; a second signal,
-    or any signal without it, cancels Trio's root scope and waits for it to unwind. Raises what
-    ``main`` raises."""
+    or any signal without it, cancels ``main`` and waits for it to unwind. Raises what ``main``
+    raises."""
+    loop = _DrivenLoop()
+    asyncio.set_event_loop(loop)  # grpclib looks it up from Trio code too
+    bridges: list[Bridge] = []
 
-    async def host() -> None:
-        loop = asyncio.get_running_loop()
-        main_task = asyncio.current_task()
-        signals = 0
-
-        def on_host_signal() -> None:
-            nonlocal signals
-            signals += 1
-            if on_signal is not None and signals == 1 and tokens:
-                tokens[0].run_sync_soon(on_signal)
-            elif main_task is not None:
-                main_task.cancel()
-
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, on_host_signal)
-        finished: asyncio.Future[outcome.Outcome[None]] = loop.create_future()
+    async def trio_main() -> None:
+        driving = trio.CancelScope(shield=True)  # asyncio serves Trio's clean-up to the end
         root = trio.CancelScope()
-        tokens: list[trio.lowlevel.TrioToken] = []
+        ended: list[outcome.Outcome[None]] = []
 
-        async def trio_main() -> None:
-            tokens.append(trio.lowlevel.current_trio_token())
+        async def main_in_root() -> None:
             with root:
                 async with trio.open_nursery() as nursery:
-                    await main(Bridge(loop, tokens[0], nursery))
+                    bridge = Bridge(loop, trio.lowlevel.current_trio_token(), nursery)
+                    bridges.append(bridge)
+                    await main(bridge)
                     nursery.cancel_scope.cancel()  # calls from asyncio still in flight
 
-        def done(result: outcome.Outcome[None]) -> None:
-            if not finished.done():
-                finished.set_result(result)
+        async with trio.open_nursery() as host:
+            host.start_soon(_drive, loop, driving)
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
 
-        trio.lowlevel.start_guest_run(
-            trio_main,
-            run_sync_soon_threadsafe=loop.call_soon_threadsafe,
-            run_sync_soon_not_threadsafe=loop.call_soon,
-            done_callback=done,
-            host_uses_signal_set_wakeup_fd=True,  # asyncio owns the wakeup fd (its signal handlers)
-        )
-        try:
-            result = await asyncio.shield(finished)
-        except asyncio.CancelledError:
-            if tokens:
-                tokens[0].run_sync_soon(root.cancel)
-            (await finished).unwrap()
-            raise
-        result.unwrap()
+                async def watch() -> None:
+                    count = 0
+                    async for _ in signals:
+                        count += 1
+                        if on_signal is not None and count == 1:
+                            on_signal()
+                        else:
+                            root.cancel()
 
-    asyncio.run(host())
+                host.start_soon(watch)
+                try:
+                    ended.append(await outcome.acapture(main_in_root))
+                finally:
+                    for bridge in bridges:
+                        bridge.finished = True
+                    host.cancel_scope.cancel()
+                    driving.cancel()
+        ended[0].unwrap()  # what main raised, as it raised it
+
+    try:
+        trio.run(trio_main)
+    finally:
+        for bridge in bridges:
+            bridge.finished = True
+        loop.selector.loop = None  # asyncio on its own from here
+        _close(loop)
+
+
+def _close(loop: asyncio.AbstractEventLoop) -> None:
+    """As ``asyncio.run`` ends: cancel the tasks left and run them to their end, then close."""
+    try:
+        tasks = asyncio.all_tasks(loop)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
