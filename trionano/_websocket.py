@@ -182,15 +182,21 @@ class WebSocketServerStream(trio.abc.Stream):
         False refuses the frame: a ping is then not answered (a pong or an empty frame is
         nothing either way). An exception ``check`` raises propagates from ``receive_some``,
         and the stream reads no more (``receive_some`` returns b"" after it; ``aclose`` still
-        says goodbye and waits for the peer to go quiet). Not called for whole non-empty
-        messages, the data path. Without it (the default) every such frame is accepted."""
+        says goodbye and waits for the peer's close frame, parsing on from the frame checked).
+        Not called for whole non-empty messages, the data path. Without it (the default) every
+        such frame is accepted."""
         self._check = check
 
-    def _charge(self, check: Callable[[], bool]) -> bool:
+    def _charge(self, check: Callable[[], bool], read: bytes | bytearray, pos: int) -> bool:
+        """``check()`` for the frame whose header starts at ``read[pos]``."""
         try:
             return check()
         except BaseException:
-            self._framing_failed = self._eof = True  # the read stops mid-frame: parse no more
+            # reading stops at this frame's header: the closing wait (aclose) parses from it
+            self._eof = True
+            self._owed = 0
+            self._skipping = False
+            self._received = bytes(read[pos:])
             raise
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
@@ -310,10 +316,10 @@ class WebSocketServerStream(trio.abc.Stream):
                         if read[pos + 1] & 0x80 and length <= 125 and length <= limit - (ws.current_size or 0):
                             # one the engine would accept: charged; skipped (the engine's state
                             # is not a control frame's business) unless a ping to answer
-                            refused = not self._charge(check)
+                            refused = not self._charge(check, read, pos)
                             self._skipping = refused or head1 == 0x8A
                     elif not length and head1 & 0x70 == 0 and head1 & 0x0F < 3:
-                        self._charge(check)  # an empty data frame: fed to the engine whatever the verdict
+                        self._charge(check, read, pos)  # an empty data frame: fed to the engine whatever the verdict
         if messages is None:
             return b""
         return messages[0] if len(messages) == 1 else b"".join(messages)
@@ -475,8 +481,11 @@ class WebSocketServerStream(trio.abc.Stream):
         quiet."""
         ws = self._ws
         receive_some = self.transport_stream.receive_some
+        data: bytes | bytearray
         while True:
-            if self._framing_failed:
+            if self._received and not self._framing_failed:  # read, not yet parsed
+                data, self._received = self._received, b""
+            elif self._framing_failed:
                 with trio.move_on_after(_QUIET) as quiet:
                     data = await receive_some(_READ_SIZE)
                 if quiet.cancelled_caught:

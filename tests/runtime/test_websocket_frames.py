@@ -341,3 +341,30 @@ def close_of(data: bytes | bytearray) -> bytes:
     assert data[:2] == b"\x88\x02", data
     assert int.from_bytes(data[2:4], "big") == 1000
     return bytes(data)
+
+
+class Kicked(Exception):
+    pass
+
+
+async def test_after_a_check_raises_the_closing_wait_parses_from_that_frame(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # the kick's exception stops reading at the frame checked; aclose parses on from there and
+    # sees the peer's close frame, which follows that frame in the same read
+    peer, server_end = trio.testing.memory_stream_pair()
+    stream = WebSocketServerStream(server_end, max_message_size=1000)
+
+    def kick() -> bool:
+        raise Kicked
+
+    stream.limit_frames(kick)
+    await peer.send_all(frame(0x2, b"data") + EMPTY + frame(0x8, (1000).to_bytes(2, "big")))
+    with pytest.raises(Kicked):
+        await stream.receive_some(100)
+    assert await stream.receive_some(100) == b""  # no more reading
+    start = trio.current_time()
+    await stream.aclose()
+    assert trio.current_time() == start  # the peer's close was found: no wait for quiet
+    close_of(await peer.receive_some(100))
+    assert await peer.receive_some(100) == b""
