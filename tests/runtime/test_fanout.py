@@ -19,7 +19,7 @@ import trio.testing
 
 from tests.runtime.apps import echo_components
 from trionano import Component, Components, Config, Group, Server, Session, wire
-from trionano._fanout import BUCKET_SIZE, FanOut
+from trionano._fanout import BUCKET_SIZE, SWEEP_EVERY, FanOut
 from trionano._log import RateLimitedLog
 from trionano._session import Broadcast
 from trionano._stats import Counters
@@ -291,19 +291,19 @@ def collector(enabled: bool, thresholds: tuple[int, int, int]) -> Iterator[list[
 async def test_the_fan_out_collects_the_young_generations_between_buckets() -> None:
     # thresholds no allocation here reaches: every collection is the fan-out's; the middle
     # generation is due once two young collections have run since its last (count > 1)
-    steps = -(-(N - BUCKET_SIZE) // BUCKET_SIZE)  # the fan-out's part, a bucket per step
-    async with members(N) as (_, sessions, _log):
+    many = 5 * SWEEP_EVERY + BUCKET_SIZE + 17  # the fan-out visits 5 * SWEEP_EVERY + 17
+    async with members(many) as (_, sessions, _log):
         group = Group("big")
         for session in sessions:
             group.add(session)
         with collector(True, (10**9, 1, 10**9)) as started:
-            assert await group.broadcast_and_wait("onFirst", {}) == N
-        assert len(started) == steps, started  # one per step
+            assert await group.broadcast_and_wait("onFirst", {}) == many
+        assert len(started) == 5, started  # one per SWEEP_EVERY members visited, not per bucket
         assert 0 in started, started
         assert 1 in started, started  # the middle one when CPython would
         assert 2 not in started  # full collections are CPython's own
         with collector(False, (10**9, 1, 10**9)) as started:
-            assert await group.broadcast_and_wait("onSecond", {}) == N
+            assert await group.broadcast_and_wait("onSecond", {}) == many
         assert started == []  # gc.disable() turns it off
         assert all(seen(session) == ["onFirst", "onSecond"] for session in sessions)
 
