@@ -57,6 +57,8 @@ _READ_SIZE: Final = 65536
 _CLOSE_WAIT: Final = 1.0
 #: ... or, when it cannot parse the peer's frames any more, for the peer to send nothing for.
 _QUIET: Final = 0.1
+#: Bytes of the peer's frames that wait parses, at most: past them (a flood), it waits for quiet.
+_CLOSE_PARSE: Final = 65536
 _OPEN: Final = State.OPEN
 _CLOSE: Final = Opcode.CLOSE
 _PING: Final = Opcode.PING
@@ -477,11 +479,13 @@ class WebSocketServerStream(trio.abc.Stream):
 
     async def _await_close(self) -> None:
         """Read, discarding messages, until the peer's close frame or the end of the transport;
-        once the engine has refused a frame (it parses nothing more), until the peer goes
-        quiet."""
+        once the engine has refused a frame (it parses nothing more), or after parsing
+        ``_CLOSE_PARSE`` bytes without finding the close (a peer flooding frames costs the
+        engine's parsing no more), until the peer goes quiet."""
         ws = self._ws
         receive_some = self.transport_stream.receive_some
         data: bytes | bytearray
+        budget = _CLOSE_PARSE
         while True:
             if self._received and not self._framing_failed:  # read, not yet parsed
                 data, self._received = self._received, b""
@@ -510,7 +514,8 @@ class WebSocketServerStream(trio.abc.Stream):
             ws.data_to_send()  # pongs to pings after our close: not sent, not kept either
             if ws.close_rcvd is not None:
                 return
-            if ws.parser_exc is not None:
+            budget -= len(data)
+            if ws.parser_exc is not None or budget < 0:
                 self._framing_failed = True
 
 

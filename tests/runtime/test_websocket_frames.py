@@ -368,3 +368,17 @@ async def test_after_a_check_raises_the_closing_wait_parses_from_that_frame(
     assert trio.current_time() == start  # the peer's close was found: no wait for quiet
     close_of(await peer.receive_some(100))
     assert await peer.receive_some(100) == b""
+
+
+async def test_the_closing_wait_does_not_parse_a_flood(autojump_clock: trio.testing.MockClock) -> None:
+    # after our close, a peer's frames are parsed up to a bound (64 KiB): a ping flood then is
+    # read and dropped unparsed until the peer goes quiet, so its close frame past the flood
+    # goes unseen; one sent at once is found
+    for flood, waits in [(0, False), (1000, False), (2000, True)]:
+        peer, server_end = trio.testing.memory_stream_pair()
+        stream = WebSocketServerStream(server_end, max_message_size=1000)
+        await peer.send_all(frame(0x9, b"p" * 100) * flood + frame(0x8, (1000).to_bytes(2, "big")))
+        start = trio.current_time()
+        await stream.aclose()
+        assert (trio.current_time() > start) == waits, flood
+        close_of(await peer.receive_some(100))
