@@ -110,6 +110,10 @@ def fitting_kick(reason: str, max_body: int) -> Kick:
     return Kick(reason[:fits] + "...")
 
 
+class _OverRate(Exception):
+    """A connection's WebSocket control frames went over its rate limit for good: kick it."""
+
+
 class Agent:
     """A connection's reader, writer and outbox; the :class:`~trionano.Session`'s network
     entity. Built and run by its server (``make_session`` gives it its session); never by
@@ -202,6 +206,11 @@ class Agent:
         if limiter is None and limit is not None:
             limiter = RateLimiter(limit.rate, limit.burst, limit.kick_after)
         self._limiter = limiter if limit is not None else None
+        # a WebSocket's frames without pomelo data (pings, pongs, empty messages) are charged
+        # to the same limit as packets
+        limit_frames: Callable[[Callable[[], bool]], None] | None = getattr(stream, "limit_frames", None)
+        if limit_frames is not None and self._limiter is not None:
+            limit_frames(self._charge_frame)
         self.closed = False  # no more messages are accepted
         self._final: bytes | None = None  # a Kick, written after the outbox drains
         self._finished = False  # the closing sequence has begun
@@ -345,6 +354,8 @@ class Agent:
             self._counters.protocol_errors += 1
             self._log.info("protocol error", "protocol error from %s: %s; kicking", self.remote_address, exc)
             return exc.event_hint if isinstance(exc.event_hint, Kick) else Kick("protocol error")
+        except _OverRate:  # a WebSocket's control frames (_charge_frame)
+            return self._rate_kick()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return None  # reset by peer, or closed under us
         # only the handshake deadline gets here
@@ -389,6 +400,19 @@ class Agent:
         )
         self._counters.kicked("rate limit")
         return Kick("rate limit")
+
+    def _charge_frame(self) -> bool:
+        """A WebSocket frame that carries no pomelo data (a ping, a pong, an empty message; the
+        stream's ``limit_frames``) charged to the rate limit like a packet: True to take it,
+        False when refused (dropped and counted: a ping goes unanswered); raises _OverRate
+        once the connection is to be kicked (the reader kicks it)."""
+        verdict = self._limiter.check(trio.current_time())  # type: ignore[union-attr]  # set when called
+        if verdict is Verdict.OK:
+            return True
+        if verdict is Verdict.KICK:
+            raise _OverRate
+        self._counters.dropped_rate += 1
+        return False
 
     def _refuse(self, event: object) -> None:
         """A packet over the rate limit: dropped and counted; a Request is answered 429."""

@@ -57,6 +57,8 @@ _READ_SIZE: Final = 65536
 _CLOSE_WAIT: Final = 1.0
 #: ... or, when it cannot parse the peer's frames any more, for the peer to send nothing for.
 _QUIET: Final = 0.1
+#: Bytes of the peer's frames that wait parses, at most: past them (a flood), it waits for quiet.
+_CLOSE_PARSE: Final = 65536
 _OPEN: Final = State.OPEN
 _CLOSE: Final = Opcode.CLOSE
 _PING: Final = Opcode.PING
@@ -106,7 +108,11 @@ class WebSocketServerStream(trio.abc.Stream):
     Inbound, the payloads of binary and text messages (text as its UTF-8 bytes, checked) make
     the byte stream; a message is handed over once it is whole, so one larger than
     ``max_message_size`` is refused (close 1009) before any of it is read, and every message
-    a read completes comes back from one ``receive_some``. Pings are answered with pongs.
+    a read completes comes back from one ``receive_some``; a read that completes none (empty
+    messages, control frames only, part of a frame) is not the end: reading goes on. Pings are
+    answered with pongs, written by the receiver in turn with the sender's messages (a peer
+    that pings and never reads stops the receiver at the transport's buffers). Frames that
+    carry no payload (pings, pongs, empty messages) may be limited: :meth:`limit_frames`.
     Outbound, each ``send_all`` is one binary message.
 
     Resource handling: owns ``transport_stream`` and closes it in ``aclose``, which first sends
@@ -124,6 +130,7 @@ class WebSocketServerStream(trio.abc.Stream):
 
     __slots__ = (
         "_answers",
+        "_check",
         "_closed",
         "_eof",
         "_framing_failed",
@@ -137,6 +144,7 @@ class WebSocketServerStream(trio.abc.Stream):
         "_receiving",
         "_rest",
         "_sending",
+        "_skipping",
         "_text",
         "_write_turn",
         "_writing",
@@ -151,6 +159,8 @@ class WebSocketServerStream(trio.abc.Stream):
         self._received = received  # read from the transport past the handshake, not yet parsed
         self._head: bytes | bytearray = b""  # the start of a frame header the last read split
         self._owed = 0  # bytes of the frame being fed to the engine that it has yet to see
+        self._skipping = False  # ... or of the control frame being skipped
+        self._check: Callable[[], bool] | None = None  # limit_frames's
         self._answers = False  # the engine was fed: it may have frames to send (pong, close)
         self._parts: list[bytes] = []  # the message being received, until it is whole
         self._text = False  # it is a text message: its UTF-8 is checked once whole
@@ -165,6 +175,31 @@ class WebSocketServerStream(trio.abc.Stream):
         # the transport's non-blocking write (FdStream's), if it has one
         self._nowait: Callable[[bytes], int] | None = getattr(transport, "send_some_nowait", None)
         self._rest: bytes | None = None  # a message send_some_nowait left under way: its unsent bytes
+
+    def limit_frames(self, check: Callable[[], bool]) -> None:
+        """Call ``check()`` for every frame that carries no payload bytes for the stream, as
+        its header arrives: a ping or a pong the engine would accept, and an empty binary, text
+        or continuation frame (the agent charges them to the connection's rate limit, as it
+        does packets: a flood of them costs the server as much as one of packets). Returning
+        False refuses the frame: a ping is then not answered (a pong or an empty frame is
+        nothing either way). An exception ``check`` raises propagates from ``receive_some``,
+        and the stream reads no more (``receive_some`` returns b"" after it; ``aclose`` still
+        says goodbye and waits for the peer's close frame, parsing on from the frame checked).
+        Not called for whole non-empty messages, the data path. Without it (the default) every
+        such frame is accepted."""
+        self._check = check
+
+    def _charge(self, check: Callable[[], bool], read: bytes | bytearray, pos: int) -> bool:
+        """``check()`` for the frame whose header starts at ``read[pos]``."""
+        try:
+            return check()
+        except BaseException:
+            # reading stops at this frame's header: the closing wait (aclose) parses from it
+            self._eof = True
+            self._owed = 0
+            self._skipping = False
+            self._received = bytes(read[pos:])
+            raise
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._closed:
@@ -189,7 +224,12 @@ class WebSocketServerStream(trio.abc.Stream):
                     if not read:
                         self._eof = True
                         break
-                    data = self._parse(read)
+                    try:
+                        data = self._parse(read)
+                    except Exception:  # from limit_frames's check: the answers owed go first
+                        if self._answers:
+                            await self._answer()
+                        raise
                     if self._answers:
                         await self._answer()
                     if data:
@@ -222,10 +262,13 @@ class WebSocketServerStream(trio.abc.Stream):
         limit = self._max_size
         while pos < n:
             owed = self._owed
-            if owed:  # the rest of a frame the engine is parsing
+            if owed:  # the rest of a frame the engine is parsing (or one skipped)
                 take = owed if owed < n - pos else n - pos
                 self._owed = owed - take
                 pos += take
+                if self._skipping:  # a control frame refused or needing no answer: not the engine's
+                    self._skipping = self._owed > 0
+                    continue
                 done = self._engine(read[pos - take : pos])
                 if done:
                     messages = [*messages, *done] if messages is not None else done
@@ -249,6 +292,7 @@ class WebSocketServerStream(trio.abc.Stream):
                 (head1 == 0x82 or head1 == 0x81)  # FIN, a binary or text frame: a whole message
                 and read[pos + 1] & 0x80  # masked, as a client's must be
                 and end <= n
+                and length  # an empty message carries no pomelo data: charged below
                 and length <= limit
                 and ws.current_size is None  # not inside a fragmented message
             ):
@@ -268,6 +312,16 @@ class WebSocketServerStream(trio.abc.Stream):
                 pos = end
             else:
                 self._owed = end - pos  # the engine's frame (a refused header ends it sooner)
+                check = self._check
+                if check is not None:
+                    if head1 == 0x89 or head1 == 0x8A:  # FIN, a ping or a pong
+                        if read[pos + 1] & 0x80 and length <= 125 and length <= limit - (ws.current_size or 0):
+                            # one the engine would accept: charged; skipped (the engine's state
+                            # is not a control frame's business) unless a ping to answer
+                            refused = not self._charge(check, read, pos)
+                            self._skipping = refused or head1 == 0x8A
+                    elif not length and head1 & 0x70 == 0 and head1 & 0x0F < 3:
+                        self._charge(check, read, pos)  # an empty data frame: fed to the engine whatever the verdict
         if messages is None:
             return b""
         return messages[0] if len(messages) == 1 else b"".join(messages)
@@ -425,12 +479,17 @@ class WebSocketServerStream(trio.abc.Stream):
 
     async def _await_close(self) -> None:
         """Read, discarding messages, until the peer's close frame or the end of the transport;
-        once the engine has refused a frame (it parses nothing more), until the peer goes
-        quiet."""
+        once the engine has refused a frame (it parses nothing more), or after parsing
+        ``_CLOSE_PARSE`` bytes without finding the close (a peer flooding frames costs the
+        engine's parsing no more), until the peer goes quiet."""
         ws = self._ws
         receive_some = self.transport_stream.receive_some
+        data: bytes | bytearray
+        budget = _CLOSE_PARSE
         while True:
-            if self._framing_failed:
+            if self._received and not self._framing_failed:  # read, not yet parsed
+                data, self._received = self._received, b""
+            elif self._framing_failed:
                 with trio.move_on_after(_QUIET) as quiet:
                     data = await receive_some(_READ_SIZE)
                 if quiet.cancelled_caught:
@@ -441,13 +500,22 @@ class WebSocketServerStream(trio.abc.Stream):
                 return
             if self._framing_failed:
                 continue
+            if self._skipping:  # the rest of a control frame skipped (limit_frames): not the engine's
+                skip = min(self._owed, len(data))
+                self._owed -= skip
+                self._skipping = self._owed > 0
+                data = data[skip:]
+                if not data:
+                    continue
             if self._head:  # the engine has seen whole frames so far: from a header's start
                 data, self._head = self._head + data, b""
             ws.receive_data(data)
             ws.events_received()
+            ws.data_to_send()  # pongs to pings after our close: not sent, not kept either
             if ws.close_rcvd is not None:
                 return
-            if ws.parser_exc is not None:
+            budget -= len(data)
+            if ws.parser_exc is not None or budget < 0:
                 self._framing_failed = True
 
 
