@@ -118,6 +118,7 @@ class Client:
         self._decode = decode
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
+        self._sending: set[trio.CancelScope] = set()  # the writes under way (_send)
         self._pushes: dict[str, deque[bytes]] = {}
         self._push_arrived = trio.Event()
         self._push_backlog = push_backlog
@@ -133,13 +134,23 @@ class Client:
     # -- sending ----------------------------------------------------------------------------
 
     async def _send(self, data: bytes) -> None:
+        """Write ``data`` (one caller at a time). Once the connection is over (a Kick, a lost
+        connection), a write waiting for the lock or for the server to read is given up at
+        once (:meth:`_fail` cancels it) and raises why it ended."""
         self._raise_if_closed()
-        async with self._send_lock:
+        with trio.CancelScope() as scope:
+            self._sending.add(scope)
             try:
-                await self._stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self._fail(trio.BrokenResourceError(f"connection lost: {exc}"))
-                raise self.error from None  # type: ignore[misc]
+                async with self._send_lock:
+                    self._raise_if_closed()
+                    try:
+                        await self._stream.send_all(data)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        self._fail(trio.BrokenResourceError(f"connection lost: {exc}"))
+                        raise self.error from None  # type: ignore[misc]
+            finally:
+                self._sending.discard(scope)
+        self._raise_if_closed()  # cancelled by _fail
 
     def _raise_if_closed(self) -> None:
         if self.error is not None:
@@ -161,6 +172,7 @@ class Client:
         errors, raises :class:`~trionano.ResponseError` instead of being returned. Raises
         Kicked, trio.BrokenResourceError, TimeoutError (no answer in time: a late answer is
         then discarded), ResponseError."""
+        self._raise_if_closed()  # Kicked, not the wire's refusal to send on a closed connection
         mid = next(self._ids)
         pending = self._pending[mid] = _Pending()
         try:
@@ -179,6 +191,7 @@ class Client:
 
     async def notify(self, route: str, body: object = None) -> None:
         """Send a Notify. Raises Kicked, trio.BrokenResourceError."""
+        self._raise_if_closed()
         await self._send(self.conn.send(wire.Notify(route, encode_body({} if body is None else body))))
 
     # -- pushes -----------------------------------------------------------------------------
@@ -269,8 +282,14 @@ class Client:
         for pending in self._pending.values():
             pending.result = self.error
             pending.done.set()
+        for scope in self._sending:  # writes waiting on the lock or on a server that stopped reading
+            scope.cancel()
         self._push_arrived.set()
         self._handshake_done.set()
+
+    def _ended_by(self, exc: BaseException) -> bool:
+        """``exc`` is why the connection ended (what :meth:`_send` raises once it is over)."""
+        return exc is self.error
 
     async def _heartbeats(self) -> None:
         """Heartbeat every interval (libpomelo2's way: pomelo and nano servers accept both);
@@ -282,7 +301,12 @@ class Client:
                 self._fail(trio.BrokenResourceError("heartbeat timeout"))
                 return
             if now >= conn.heartbeat_deadline:
-                await self._send(conn.send(_HEARTBEAT, now))
+                try:
+                    await self._send(conn.send(_HEARTBEAT, now))
+                except Exception as exc:
+                    if not self._ended_by(exc):
+                        raise
+                    return  # the connection is over: the callers get why from their calls
                 continue
             await trio.sleep_until(min(conn.heartbeat_deadline, conn.timeout_deadline))
 
