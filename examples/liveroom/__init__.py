@@ -35,7 +35,7 @@ import trio
 
 import trionano
 from trionano import Component, Components, Config, HandlerError, Session
-from trionano.cluster import Audience, Bridge, ClusterConfig, Node
+from trionano.cluster import Audience, Bridge, ClusterConfig, Node, NodeStopping
 from trionano.cluster.push_api import serve_push_api
 
 logger = logging.getLogger("examples.liveroom")
@@ -187,7 +187,11 @@ async def serve(
         )
     stopped = trio.Event()
     async with trio.open_nursery() as nursery:
-        ports: list[int] = await nursery.start(functools.partial(node.run, bridge, *endpoints))
+        try:
+            ports: list[int] = await nursery.start(functools.partial(node.run, bridge, *endpoints))
+        except NodeStopping as exc:  # stopped (Ctrl-C) before it joined the cluster
+            logger.info("%s", exc)
+            return
         if ports:
             logger.info("liveroom page: http://%s:%d/", host, ports[0])
         if push_port is not None:

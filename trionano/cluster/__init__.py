@@ -14,6 +14,7 @@ grpclib's asyncio loop in the same thread (the bridge lives in one module,
 from __future__ import annotations
 
 import functools
+import logging
 
 import trio
 
@@ -57,6 +58,9 @@ __all__ = [
 ]
 
 
+_logger = logging.getLogger("trionano.cluster")
+
+
 def run_node(node: Node, *endpoints: Endpoint) -> None:
     """Run ``node`` (its server on ``endpoints``, its gRPC service, its membership) in this
     process until SIGINT/SIGTERM, which shut the server down gracefully and leave the cluster.
@@ -65,7 +69,11 @@ def run_node(node: Node, *endpoints: Endpoint) -> None:
 
     async def main(bridge: Bridge) -> None:
         async with trio.open_nursery() as nursery:
-            await nursery.start(functools.partial(node.run, bridge, *endpoints))
+            try:
+                await nursery.start(functools.partial(node.run, bridge, *endpoints))
+            except NodeStopping as exc:  # a signal before the node was up: a quiet exit
+                _logger.info("%s", exc)
+                return
             tune_gc()
 
     run(main, on_signal=node.server.shutdown)

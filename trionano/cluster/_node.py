@@ -46,7 +46,7 @@ from .._stats import RpcCounters
 from . import _generated as _gen_root  # noqa: F401 - the generated package must import first
 from ._bridge import Bridge
 from ._counters import Counters, Statistics
-from ._errors import ClusterError
+from ._errors import ClusterError, NodeStopping
 from ._gate import Gate, RemoteRoute
 from ._generated import clusterpb as pb
 from ._ids import NODE_BITS, SessionIds
@@ -244,8 +244,11 @@ class Node:
         self, bridge: Bridge, *endpoints: Endpoint, task_status: trio.TaskStatus[list[int]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Serve gRPC and the client endpoints, join the cluster, and run until the server is
-        shut down; then leave the cluster. ``task_status.started`` gets the endpoints' ports."""
+        shut down; then leave the cluster. ``task_status.started`` gets the endpoints' ports.
+        Raises NodeStopping when the server is shut down before the node has joined the
+        cluster (e.g. SIGINT while the master cannot be reached)."""
         host, port = split_address(self.address)
+        up = False
         grpc = grpclib.server.Server(self.services(bridge))
         self._push.serves_clients = bool(endpoints)
         self._peers.attach(bridge)
@@ -263,6 +266,9 @@ class Node:
                     nursery.start_soon(self._keepalive)
                 _logger.info("node %s up: local %s, remote %s", self.address, self.local_services, self.remote_services)
                 task_status.started(ports)
+                up = True
+            if not up:  # shut down while joining: the caller's start() must not wait for ports
+                raise NodeStopping(f"node {self.address} was shut down before it joined the cluster")
         finally:
             self._tasks.close()
             with trio.CancelScope(shield=True), trio.move_on_after(self.config.rpc_timeout):
