@@ -162,7 +162,8 @@ def build(
     )
     component: NodeComponent = LiveService() if role == "logic" else RoomService()
     components.register(component, name="live" if role == "logic" else "room")
-    node = Node(components, config, Config(heartbeat=heartbeat))
+    # the logic node reports the viewer count every 0.5 s: a timer tick finer than the default 1 s
+    node = Node(components, config, Config(heartbeat=heartbeat, timer_precision=0.1))
     component.give(node)
     return node
 
