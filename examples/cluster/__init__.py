@@ -45,7 +45,7 @@ class JoinRoomRequest:
     nickname: str
     gateUid: int
     masterUid: int
-    members: str = ""  # the others' nicknames, comma-separated, for onMembers
+    members: str | None = None  # the others' nicknames, comma-separated (nano's master sends none)
 
 
 @attrs.frozen
@@ -126,7 +126,8 @@ class RoomService(Component):
         session.bind(msg.masterUid)
         self.room.broadcast("onNewUser", {"content": f"New user: {msg.nickname}"})
         self.room.add(session)
-        session.push("onMembers", {"members": msg.members})  # seated: the client may talk now
+        if msg.members is not None:  # from our master; nano's pushes onMembers itself
+            session.push("onMembers", {"members": msg.members})  # seated: the client may talk now
 
     def SyncMessage(self, session: Session, msg: SyncMessage) -> None:
         session.rpc("TopicService.Stats", {"uid": session.uid})
