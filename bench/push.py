@@ -58,16 +58,17 @@ def server(kind: str, *args: str) -> Iterator[tuple[int, int]]:
         yield ports[0], pid
 
 
+def spawn(module: str, *args: str) -> subprocess.Popen[str]:
+    """``python -m MODULE ARGS`` from the repository's root, its stdin and stdout piped (text)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+
+
 @contextmanager
 def servers(kind: str, *args: str) -> Iterator[tuple[list[int], int]]:
     """Start ``bench._push_servers KIND ARGS``; yields (the ports it prints, its pid)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench._push_servers", kind, *args],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    proc = spawn("bench._push_servers", kind, *args)
     try:
         assert proc.stdout is not None
         yield [int(port) for port in proc.stdout.readline().split()], proc.pid
@@ -80,13 +81,7 @@ def servers(kind: str, *args: str) -> Iterator[tuple[list[int], int]]:
 @contextmanager
 def client(mode: str, *args: str) -> Iterator[subprocess.Popen[str]]:
     """Start ``bench.push MODE ARGS`` (a client process); waits for its "ready" line."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.push", mode, *args],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    proc = spawn("bench.push", mode, *args)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
