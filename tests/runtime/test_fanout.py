@@ -337,11 +337,12 @@ class Sink(trio.abc.Stream):
 
 async def test_a_parked_writer_leaves_few_objects_for_the_collector() -> None:
     # every delivery wakes the member's writer, which parks again: what a parked writer keeps
-    # alive is new, and what the young collections walk. The outbox is a memory channel (the
-    # required shape); parked in its receive, a writer keeps 9 (trio 0.35: the receive's
-    # coroutine, its abort closure and cells, the wait's coroutine and trap); a writer that
-    # awaited the receive inside its ``except WouldBlock`` kept 13 (the WouldBlock and its
-    # traceback too).
+    # alive is new, and what the young and middle collections walk. The outbox is a memory
+    # channel (the required shape); parked in its receive, a writer kept 9 (trio 0.35: the
+    # receive's coroutine, its abort closure and cells, the wait's coroutine and trap); parked
+    # in wait_task_rescheduled with the agent's own abort function, 4 (the wait's coroutine,
+    # its generator, the trap and its __dict__); awaiting inside an ``except WouldBlock``
+    # clause kept the WouldBlock, its tracebacks and a frame alive too (13, then 8).
     count = 300
     group = Group("room")
     components = Components()
@@ -379,5 +380,5 @@ async def test_a_parked_writer_leaves_few_objects_for_the_collector() -> None:
             finally:
                 gc.unfreeze()
         assert all(sink.written > before for sink, before in zip(sinks, written, strict=True))  # every writer wrote
-        assert young <= 10 * count, young / count
+        assert young <= 5 * count, young / count  # 4.1 measured
         server.shutdown()
