@@ -17,19 +17,35 @@ once. Responses are not held behind a broadcast: a Response answers a request (p
 clients hand it to the request's callback, not to the push routes) and waiting on a fan-out
 would make every member's requests as slow as the largest broadcast.
 
-Garbage collection: each member a step visits wakes its writer, which writes and parks again,
-and a parked task holds a few new objects the cyclic collector tracks (its wait's coroutine).
-The old ones die as the new ones are made, so CPython's allocation count, which starts a young
-collection, hardly moves: without help the youngest generation grows by every writer the
-broadcasts wake until something else triggers a collection, which then walks them all (55,000
-objects, 30-40 ms, measured at 50,000 members). So while the collector is enabled the fan-out
-collects the youngest generation itself once it has visited :data:`SWEEP_EVERY` members since
-its last collection (what their writers left, about 9 objects each: well under a millisecond),
-and the middle one when CPython would (``gc.get_count()[1]`` past ``gc.get_threshold()[1]``);
-full collections stay CPython's. Not after every bucket: a room of 1,000 members with 100
-broadcasts a second would pay 1,500 collections a second, most of them walking objects that
-the next broadcast frees anyway (bench/push.py B5: 7 CPU-us per delivery instead of 4.6).
-``gc.disable()`` turns this off with the collector.
+Garbage collection: each member a step visits wakes its writer, which writes and waits again,
+and a waiting writer holds 4 new objects the cyclic collector tracks (the wait's coroutine,
+generator, trap and its ``__dict__``: see ``Agent._writer``) until its next packet. The old
+ones die as the new ones are made, so CPython's allocation count, which starts its
+collections, hardly moves: without help the youngest generation grows by every writer the
+broadcasts wake until something else starts a collection, which then walks them all. And
+whatever a collection finds alive (these, nearly all) moves on to the next generation, so a
+middle collection walks what every young collection since the last one moved there: with
+CPython's cadence (a middle collection every 11 young ones) and a young one every 1,024
+members, 45,000-50,000 objects, 15-25 ms (at 9 objects per waiting writer, as in a channel's
+``receive``: 111,000 objects, 45-60 ms), and those were the loaded probe's tail (bench/push.py,
+buckets: 50,000 members; 2 cores, load 0.4-1.6). So while the collector is enabled the
+fan-out collects the young and middle generations together (``gc.collect(1)``) once it has
+visited :data:`SWEEP_EVERY` members since its last collection: about 8,700 objects, a median
+0.9-1.1 ms and at most 4.7-7.7 ms (the most is the collection that also walks a new
+broadcast's list of members: 50,000 references). Smaller collections cost less per object
+(what they walk is still in the CPU's caches): 28-34 ms of collector CPU per 50,000-member
+broadcast against 230-310 ms with 9 objects per writer and CPython's cadence. Not after every
+bucket: a room of 1,000 members with 100 broadcasts a second would pay 1,500 collections a
+second, most of them walking objects that the next broadcast frees anyway.
+
+Each of these middle collections counts towards a full one (``gc.get_count()[2]``), six times
+as fast as CPython's cadence would for the same broadcasts; :func:`~trionano.tune_gc` raises
+the full threshold six-fold (6,000) so that full collections (every object the sessions hold:
+3.7 million at 50,000 members, 1.3-1.4 s, 2 s at load 4-5) come no sooner than they did. CPython starts a full
+collection only from an automatic one (20,000 net allocations since the last collection with
+``tune_gc``), which the fan-out's own collections forestall while broadcasts run: in a 30 s
+loaded phase none ran. ``gc.disable()`` turns the fan-out's collections off with the
+collector.
 """
 
 from __future__ import annotations
@@ -58,9 +74,10 @@ BUCKET_SIZE: Final = 64
 #: Deliveries the fan-out may have waiting; past it a broadcast catches up in the caller, all at
 #: once (the server cannot keep up: stalling the caller is the back-pressure left).
 MAX_BEHIND: Final = 1_000_000
-#: Members the fan-out visits between two young collections of its own (see the module's
-#: docstring): about 9,000 young objects, 0.5-1 ms to collect on bench/push.py's machine.
-SWEEP_EVERY: Final = 1_024
+#: Members the fan-out visits between two collections of its own (``gc.collect(1)``, see the
+#: module's docstring): about 8,700 objects, a median 1 ms on bench/push.py's machine; every
+#: 1,024 members with a middle collection every 4,096 took 3-5 ms at the median and up to 13.
+SWEEP_EVERY: Final = 2_048
 
 
 class Member(Protocol):
@@ -107,7 +124,7 @@ class FanOut:
         self._wake = trio.Event()
         self._running = False
         self._stopping = False
-        self._unswept = 0  # members visited since the fan-out's last young collection
+        self._unswept = 0  # members visited since the fan-out's last collection
 
     @property
     def waiting(self) -> int:
@@ -170,7 +187,7 @@ class FanOut:
                     await trio.lowlevel.checkpoint()
                     if self._unswept >= SWEEP_EVERY and gc.isenabled():  # what the writers left (see above)
                         self._unswept = 0
-                        gc.collect(1 if gc.get_count()[1] > gc.get_threshold()[1] else 0)
+                        gc.collect(1)
                 self._finish(job)
         finally:
             self._running = False
