@@ -195,7 +195,12 @@ class Server:
     def statistics(self) -> Statistics:
         """The server's counters now, as an immutable snapshot (its outbox figures take one
         look at every connection)."""
-        return self._counters.snapshot(len(self._sessions), [agent.queued for agent in self._agents])
+        return self._counters.snapshot(
+            len(self._sessions),
+            [agent.queued for agent in self._agents],
+            connections_handshaking=len(self._handshaking),
+            rate_limited_peers=len(self._budgets) if self._budgets is not None else 0,
+        )
 
     def on_session_closed(self, hook: CloseHook) -> CloseHook:
         """Run ``hook(session)`` in the scheduler's main lane when any session closes (nano's
@@ -350,6 +355,7 @@ class Server:
             return
         self._agents.add(agent)
         self._handshaking.add(agent, host, now)
+        session = agent.session  # the agent lets go of it when run() returns
         try:
             await agent.run()
         except BaseException as exc:  # the last guard: nothing one client does ends the server
@@ -357,7 +363,7 @@ class Server:
                 raise
             self._log.exception("connection failed", "connection from %s failed", remote_address, exc_info=exc)
         finally:
-            self._connection_closed(agent)
+            self._connection_closed(agent, session)
             limiter = agent.limiter
             if budgets is not None and limiter is not None:
                 budgets.closed(host, limiter, trio.current_time())
@@ -386,10 +392,9 @@ class Server:
         # (statistics(): connections_accepted, sessions_opened, sessions_closed)
         _logger.debug("session %d opened from %s", session.id, agent.remote_address)
 
-    def _connection_closed(self, agent: Agent) -> None:
+    def _connection_closed(self, agent: Agent, session: Session) -> None:
         self._agents.discard(agent)
         self._handshaking.remove(agent)
-        session = agent.session
         if self._sessions.pop(session.id, None) is not None:
             self._counters.sessions_closed += 1
             _logger.debug("session %d (uid %d) from %s closed", session.id, session.uid, agent.remote_address)
