@@ -110,6 +110,9 @@ async def test_a_scrape_reports_what_the_clients_did() -> None:
             assert value(samples, "trionano_sessions_opened_total") == 3
             assert value(samples, "trionano_sessions_closed_total") == 1
             assert value(samples, "trionano_connections_accepted_total") == 4
+            assert value(samples, "trionano_connections_open") == 2  # garbage's was kicked
+            assert value(samples, "trionano_connections_handshaking") == 0
+            assert value(samples, "trionano_rate_limited_peers") == 0  # the flooder is still connected
 
             def messages_in(route: str, kind: str) -> float:
                 return value(samples, "trionano_messages_in_total", route=route, type=kind)

@@ -17,6 +17,9 @@ The metrics (counters end in ``_total``; durations are histograms in seconds):
 
 - ``trionano_sessions_open`` (gauge): sessions now (handshake acknowledged);
   ``trionano_sessions_opened_total``, ``trionano_sessions_closed_total``;
+- ``trionano_connections_open`` (gauge): connections now, those still in their handshake
+  included; ``trionano_connections_handshaking`` (gauge): those still in their handshake;
+  ``trionano_rate_limited_peers`` (gauge): peers whose spent rate-limit budget is remembered;
 - ``trionano_connections_accepted_total``; ``trionano_connections_refused_total`` (server
   full, server busy with handshakes, or stopping);
 - ``trionano_messages_in_total{route, type}``: Requests and Notifies received (``type``
@@ -125,6 +128,17 @@ class _Collector(Collector):
         yield GaugeMetricFamily("trionano_sessions_open", "Sessions open now", value=stats.sessions_open)
         yield counter("sessions_opened", "Sessions opened (handshake acknowledged)", stats.sessions_opened)
         yield counter("sessions_closed", "Sessions closed", stats.sessions_closed)
+        yield GaugeMetricFamily("trionano_connections_open", "Connections open now", value=stats.connections_open)
+        yield GaugeMetricFamily(
+            "trionano_connections_handshaking",
+            "Connections still in their handshake now",
+            value=stats.connections_handshaking,
+        )
+        yield GaugeMetricFamily(
+            "trionano_rate_limited_peers",
+            "Peers whose spent rate-limit budget is remembered across reconnects",
+            value=stats.rate_limited_peers,
+        )
         yield counter("connections_accepted", "Connections accepted", stats.connections_accepted)
         yield counter(
             "connections_refused", "Connections refused (server full or busy, or stopping)", stats.connections_refused
