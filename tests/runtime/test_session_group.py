@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import cast
 
 import pytest
@@ -9,6 +10,7 @@ import trio
 
 from tests.runtime.apps import Echo, echo_components, wait_until
 from trionano import Components, Group, GroupError, Server, Session, SessionError, SessionKey
+from trionano._group import PRUNE_SLACK
 from trionano.testing import open_test_server
 
 ROOM = SessionKey[str]("room")
@@ -132,6 +134,26 @@ def test_group_api_and_nanos_errors() -> None:
             call()
     assert group.count() == 0
     assert group.members() == []
+
+
+def test_a_group_never_broadcast_to_does_not_keep_its_closed_members() -> None:
+    """Joins drop the closed members (amortized): 10,000 clients that join and leave, 10 of
+    them still open at any time, leave at most 2 * 10 + PRUNE_SLACK sessions in the group."""
+    group = Group("lobby")
+    alive: list[weakref.ref[FakeSession]] = []
+    open_now: list[FakeSession] = []
+    for n in range(1, 10_001):
+        session = FakeSession(n, n)
+        group.add(cast(Session, session))
+        alive.append(weakref.ref(session))
+        open_now.append(session)
+        if len(open_now) > 10:
+            open_now.pop(0).closed = True  # its client left; nobody calls leave()
+        del session
+    held = sum(ref() is not None for ref in alive)
+    assert held <= 2 * 10 + PRUNE_SLACK, held
+    assert group.count() == 10
+    assert sum(ref() is not None for ref in alive) == 10  # count() drops the rest
 
 
 async def test_broadcast_and_multicast_over_the_wire() -> None:
