@@ -16,7 +16,8 @@ freed by reference counting, the collector had nothing to do).
 
 Printed: per round, each node's RSS in MB and its ratio to the RSS after round 1 (the first
 round sets the allocator's high-water mark: a leak keeps growing after it, a plateau does not),
-medians of the runs (>= 3, fresh processes each), and the growth per round after the first.
+medians of the runs (>= 3, fresh processes each), and the growth per round over the first and
+the second half of the rounds (a leak keeps its pace, a high-water mark levels off).
 
 Run: ``python -m bench.churn [--quick] [--runs N] [--rounds N] [--clients N] [--tracemalloc]``.
 """
@@ -251,8 +252,12 @@ def main() -> None:
         label = "before" if index == 0 else f"round {index}"
         cells = "".join(f"{med(index, role):>13.1f} ({med(index, role) / med(1, role):.3f})" for role in ROLES)
         print(f"    {label:<9}{cells}")
-    growth = {role: (med(rounds, role) - med(1, role)) / max(rounds - 1, 1) for role in ROLES}
-    print("    growth per round after round 1: " + ", ".join(f"{r} {growth[r]:+.2f} MB" for r in ROLES))
+    # a leak grows as much in the last rounds as in the first ones; a high-water mark levels off
+    for first, last in ((1, rounds // 2 + 1), (rounds // 2 + 1, rounds)):
+        if last > first:
+            growth = {role: (med(last, role) - med(first, role)) / (last - first) for role in ROLES}
+            span = f"rounds {first}-{last}"
+            print(f"    growth per round, {span:<12}: " + ", ".join(f"{r} {growth[r]:+.2f} MB" for r in ROLES))
     left = max(sum(reports[i][r][t] for t in TABLES) for reports in runs for i in range(1, rounds + 1) for r in ROLES)
     garbage = max(reports[-1][role]["garbage"] for reports in runs for role in ROLES)
     print(f"    sessions, connections and stand-ins left after a round: at most {left}")

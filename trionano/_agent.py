@@ -278,13 +278,13 @@ class Agent:
                             self._send_kick(kick)
         finally:
             self._closing()
+            self._session = None  # nothing of the connection needs it any more: no cycle is left
             with trio.CancelScope(shield=True) as scope:  # a WebSocket says goodbye (close frame)
                 scope.deadline = trio.current_time() + min(self._config.close_timeout, 1.0)
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     await self._stream.aclose()
             if scope.cancelled_caught:
                 await trio.aclose_forcefully(self._stream)
-            self._session = None
 
     async def _reader(self) -> Kick | None:
         """Read until the peer hangs up (None) or must be kicked (the Kick to send)."""
