@@ -297,9 +297,10 @@ def launcher_base_port() -> int:
 async def test_after_the_logic_node_restarts_pushes_say_503_until_the_gates_are_back(tmp_path: Path) -> None:
     """The attacker's finding: after the logic node (the master) restarted, the push API said
     202 {"gates": 0} for up to a heartbeat and the pushes reached nobody. Now such a push is
-    503 with Retry-After (nothing was delivered, counted); the gates, whose heartbeat to the
-    master failed, heartbeat again every retry_interval, and the restarted master learns them
-    from the first that arrives; the next push reaches both."""
+    503 with Retry-After (nothing was delivered, counted); the gates, whose stream to the
+    master ended and whose heartbeat to it failed, heartbeat again with a backoff until it
+    answers, and the restarted master learns them from the first that arrives; the next push
+    reaches both."""
     launched: dict[str, list[str]] = {}
     async with (
         liveroom(tmp_path, heartbeat=1.0, launched_out=launched) as (c, push_url, (gate1, gate2)),
