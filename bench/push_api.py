@@ -225,7 +225,7 @@ def percentile(values: list[int], fraction: float) -> float:
 
 
 def one_round(
-    http: httpx.Client, url: str, receivers: list[subprocess.Popen[bytes]], viewers: int, rate: float, seconds: float
+    url: str, receivers: list[subprocess.Popen[bytes]], viewers: int, rate: float, seconds: float
 ) -> dict[str, float]:
     posts = max(1, int(rate * seconds))
     for process in receivers:
@@ -234,15 +234,18 @@ def one_round(
         process.stdin.flush()
     start = time.monotonic()
     first_post = time.monotonic_ns()
-    for index in range(posts):
-        delay = start + index / rate - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        message = {"text": f"comment {index}", "sent": time.monotonic_ns()}
-        response = http.post(url, json={"route": "onComment", "message": message, "group": "room"})
-        assert response.status_code == 202, response.text
-        # gate 1 counts the logic node too until it has answered that it serves no clients
-        assert response.json()["gates"] >= 2, response.text
+    # a client per round: one kept alive across rounds may be closed by the server (its 5 s
+    # keep-alive timeout) as the next round reuses it (connection reset: a POST is not retried)
+    with httpx.Client(timeout=30) as http:
+        for index in range(posts):
+            delay = start + index / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            message = {"text": f"comment {index}", "sent": time.monotonic_ns()}
+            response = http.post(url, json={"route": "onComment", "message": message, "group": "room"})
+            assert response.status_code == 202, response.text
+            # gate 1 counts the logic node too until it has answered that it serves no clients
+            assert response.json()["gates"] >= 2, response.text
     reports = [read_json(process.stdout) for process in receivers if process.stdout is not None]
     latencies = sorted(value for report in reports for value in report["latencies"])
     last = max(report["last"] for report in reports)
@@ -263,7 +266,7 @@ def run(viewers: int, rate: float, seconds: float, runs: int, window: float | No
     me = [sys.executable, "-m", "bench.push_api", "recv"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     load_before = os.getloadavg()
-    with liveroom(tmp, window) as room, httpx.Client(timeout=30) as http:
+    with liveroom(tmp, window) as room:
         receivers = [
             subprocess.Popen(
                 [*me, str(port), str(viewers)], cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE
@@ -279,7 +282,7 @@ def run(viewers: int, rate: float, seconds: float, runs: int, window: float | No
             rounds: dict[str, list[dict[str, float]]] = {"logic": [], "gate1": []}
             for _ in range(runs):
                 for mode in rounds:
-                    rounds[mode].append(one_round(http, room["push"][mode], receivers, viewers, rate, seconds))
+                    rounds[mode].append(one_round(room["push"][mode], receivers, viewers, rate, seconds))
                     print(f"  {mode:>5}: {json.dumps(rounds[mode][-1])}", flush=True)
                     time.sleep(0.5)
             cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in room["pids"].items()}
