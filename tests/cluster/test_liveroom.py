@@ -36,6 +36,7 @@ async def liveroom(
     heartbeat: float = 5.0,
     rpc_timeout: float = 5.0,
     push_queue: int = 1024,
+    merge_window: float | None = None,
     launched_out: dict[str, list[str]] | None = None,
 ) -> AsyncIterator[tuple[Cluster, str, list[str]]]:
     """The launcher's three processes; yields the cluster, the push URL and the gates' ws URLs
@@ -50,6 +51,7 @@ async def liveroom(
             token=TOKEN,
             rpc_timeout=rpc_timeout,
             push_queue=push_queue,
+            merge_window=merge_window,
         )
         if launched_out is not None:
             launched_out.update(launched)
@@ -220,15 +222,22 @@ def test_the_live_room_page_quotes_examples_liveroom_verbatim() -> None:
         assert block in source, block
 
 
-async def test_the_load_script_counts_every_delivery(tmp_path: Path) -> None:
-    async with liveroom(tmp_path) as (_, push_url, gates):
+@pytest.mark.parametrize(("viewers", "merge_window"), [(20, None), (20, 0.1), (400, None)])
+async def test_the_load_script_counts_every_delivery(tmp_path: Path, viewers: int, merge_window: float | None) -> None:
+    """Every comment reaches every viewer, with each gate sending them at once or merging what
+    a 100 ms window gathers (posts 50 ms apart: two or three per write); and with more viewers
+    than a gate admits handshakes from one host at once (128: the script paces its joins)."""
+    launched: dict[str, list[str]] = {}
+    async with liveroom(tmp_path, merge_window=merge_window, launched_out=launched) as (_, push_url, gates):
         figures = await load.main(
-            20, gates=gates, push_url=push_url, token=TOKEN, posts=5, rate=20, show_progress=False
+            viewers, gates=gates, push_url=push_url, token=TOKEN, posts=5, rate=20, show_progress=False
         )
     assert figures["gates_reached"] == 2
-    assert (figures["expected"], figures["delivered"]) == (100, 100)
+    assert (figures["expected"], figures["delivered"]) == (5 * viewers, 5 * viewers)
     assert 0 < figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"]
     assert figures["deliveries_per_s"] > 0
+    merging = [name for name, command in launched.items() if "--merge-window" in command]
+    assert merging == ([] if merge_window is None else ["gate1", "gate2"])
 
 
 async def test_the_launcher_starts_the_room_prints_its_urls_and_stops_it(tmp_path: Path) -> None:
@@ -297,9 +306,10 @@ def launcher_base_port() -> int:
 async def test_after_the_logic_node_restarts_pushes_say_503_until_the_gates_are_back(tmp_path: Path) -> None:
     """The attacker's finding: after the logic node (the master) restarted, the push API said
     202 {"gates": 0} for up to a heartbeat and the pushes reached nobody. Now such a push is
-    503 with Retry-After (nothing was delivered, counted); the gates, whose heartbeat to the
-    master failed, heartbeat again every retry_interval, and the restarted master learns them
-    from the first that arrives; the next push reaches both."""
+    503 with Retry-After (nothing was delivered, counted); the gates, whose stream to the
+    master ended and whose heartbeat to it failed, heartbeat again with a backoff until it
+    answers, and the restarted master learns them from the first that arrives; the next push
+    reaches both."""
     launched: dict[str, list[str]] = {}
     async with (
         liveroom(tmp_path, heartbeat=1.0, launched_out=launched) as (c, push_url, (gate1, gate2)),

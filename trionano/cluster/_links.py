@@ -20,6 +20,7 @@ not yet handled, the reader stops reading (HTTP/2 flow control then stops the se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections.abc import Callable, Coroutine
@@ -69,7 +70,9 @@ class Receiver(Protocol):
 
 class Link:
     """One stream to ``peer`` (a service address), opened by either end. :meth:`send` queues
-    one encoded frame; False once the link is down or too much is queued."""
+    one encoded frame; False once the link is down or too much is queued. :attr:`down` is set
+    (Trio side) once the link has ended, whatever ended it: a member watches its link to the
+    master with it (:mod:`~._keepalive`)."""
 
     def __init__(self, peer: str, bridge: Bridge, counts: StreamCounts) -> None:
         self.peer = peer
@@ -82,6 +85,7 @@ class Link:
         self._backlog = 0
         self._inbound_send, self.inbound = trio.open_memory_channel[list[Frame]](math.inf)
         self.scope = trio.CancelScope()
+        self.down = trio.Event()
 
     def send(self, frame: bytes) -> bool:
         """Queue one frame (:func:`~._frames.encode_frame`'s bytes) for the next batch. Never
@@ -335,6 +339,7 @@ class Links:
             link.end_inbound()
             if self._links.get(link.peer) is link:
                 del self._links[link.peer]
+            link.down.set()
             receiver.link_down(link)
 
     async def _inbound(self, link: Link, receiver: Receiver) -> None:
@@ -406,3 +411,10 @@ class StreamService:
             await self.bridge.to_trio(lambda: self._links.accepted(peer, stream))
         except ClusterError as exc:
             raise grpclib.exceptions.GRPCError(exc.status, exc.message) from None
+        except asyncio.CancelledError:
+            # grpclib cancels its handlers when this node stops, and leaves the connection
+            # open meanwhile: tell the peer the stream is over (it would wait on it otherwise;
+            # a member watches its stream to the master for this)
+            with contextlib.suppress(Exception):
+                await stream.send_trailing_metadata(status=Status.UNAVAILABLE, status_message="the node is stopping")
+            raise

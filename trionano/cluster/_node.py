@@ -7,6 +7,8 @@
     ├── Links        _links       the fast path: one stream per trionano peer, batches of frames
     ├── Membership   _membership  the other nodes and their services
     ├── Registry     _registry    the master's: Register/Unregister/Heartbeat, eviction
+    ├── Keepalive    _keepalive   a member's: registration, heartbeats, rejoining a master
+                                  that went away as soon as it is back
     ├── Gate         _gate        forwarding (per-session queues), replies for clients, calls
     ├── RemoteSessions _remote    stand-ins for other gates' clients, and their outboxes
     ├── PushHub      _push        cluster-wide groups and pushes (trionano.push.Push)
@@ -24,7 +26,8 @@ channels are closed when they leave; stand-in sessions die with their gate; NewM
 DelMember failures are logged, never abort a registration; session ids are unique across the
 cluster with no configuration (:mod:`trionano.cluster._ids`); between two trionano nodes,
 messages ride one long-lived stream per peer in batches (:mod:`trionano.cluster._links`), and
-nano's unary methods stay for the others.
+nano's unary methods stay for the others; a restarted master knows every live member within
+about a second of being back, not at their next keepalive (:mod:`trionano.cluster._keepalive`).
 """
 
 from __future__ import annotations
@@ -46,10 +49,11 @@ from .._stats import RpcCounters
 from . import _generated as _gen_root  # noqa: F401 - the generated package must import first
 from ._bridge import Bridge
 from ._counters import Counters, Statistics
-from ._errors import ClusterError, NodeStopping
+from ._errors import NodeStopping
 from ._gate import Gate, RemoteRoute
 from ._generated import clusterpb as pb
 from ._ids import NODE_BITS, SessionIds
+from ._keepalive import Keepalive
 from ._links import Links, StreamService
 from ._membership import Membership
 from ._peers import Peers, split_address
@@ -71,7 +75,10 @@ class ClusterConfig:
 
     ``service_address`` ("host:port") serves gRPC; a member names the master's with
     ``master_address``; ``is_master`` makes the master (which may host services too).
-    ``heartbeat`` is the member->master keepalive (the master evicts after 4 silent intervals);
+    ``heartbeat`` is the member->master keepalive (the master evicts after 4 silent intervals;
+    beyond nano, a member whose stream to a trionano master ends heartbeats it again within
+    about a second of its being back, so a restarted master need not wait for the keepalive:
+    :mod:`trionano.cluster._keepalive`);
     ``rpc_timeout`` bounds every call (a forwarded Request unanswered by then is answered 503);
     ``retry_interval`` spaces registration attempts. ``max_pending_forwards`` bounds each
     session's messages for other nodes, waiting or in flight (over it a Request is answered
@@ -167,7 +174,21 @@ class Node:
             if config.is_master
             else None
         )
-        self._registered = False
+        self._keepalive = (
+            None
+            if config.master_address is None or config.is_master
+            else Keepalive(
+                config.master_address,
+                self._peers,
+                self._links,
+                self.membership,
+                self._log,
+                info=self.info,
+                heartbeat=config.heartbeat,
+                retry_interval=config.retry_interval,
+                rpc_timeout=config.rpc_timeout,
+            )
+        )
 
     # -- views ------------------------------------------------------------------------------
 
@@ -261,9 +282,9 @@ class Node:
                 ports: list[int] = await nursery.start(self._serve, endpoints, nursery.cancel_scope)
                 if self._registry is not None:
                     nursery.start_soon(self._registry.evict_silent_members)
-                else:
-                    await self._register()
-                    nursery.start_soon(self._keepalive)
+                if self._keepalive is not None:
+                    await self._keepalive.register()
+                    nursery.start_soon(self._keepalive.keep_alive)
                 _logger.info("node %s up: local %s, remote %s", self.address, self.local_services, self.remote_services)
                 task_status.started(ports)
                 up = True
@@ -272,7 +293,8 @@ class Node:
         finally:
             self._tasks.close()
             with trio.CancelScope(shield=True), trio.move_on_after(self.config.rpc_timeout):
-                await self._unregister()
+                if self._keepalive is not None:
+                    await self._keepalive.unregister()
                 grpc.close()
                 await bridge.to_asyncio(grpc.wait_closed)
             self._peers.close_all()
@@ -299,57 +321,6 @@ class Node:
         """The server's life is the node's: once it has shut down, the node stops too."""
         await self.server.serve(*endpoints, task_status=task_status)
         node_scope.cancel()
-
-    def _master(self) -> str:
-        assert self.config.master_address is not None  # checked by ClusterConfig
-        return self.config.master_address
-
-    async def _register(self) -> None:
-        """nano's registration: retry every retry_interval until the master answers."""
-        while True:
-            try:
-                members = await self._peers[self._master()].register(self.info())
-                break
-            except ClusterError as exc:
-                _logger.warning(
-                    "Register current node to cluster failed: %r; retry in %gs", exc, self.config.retry_interval
-                )
-                await trio.sleep(self.config.retry_interval)
-        for member in members:
-            self.membership.add(member)
-        self._registered = True
-
-    async def _unregister(self) -> None:
-        if not self._registered:
-            return
-        try:
-            await self._peers[self._master()].unregister(self.address)
-        except ClusterError as exc:  # the master may be gone first; it evicts us then
-            _logger.warning("unregister from the master failed: %r", exc)
-
-    async def _keepalive(self) -> None:
-        """nano's member keepalive: a Heartbeat every ``heartbeat`` seconds; a master that does
-        not know the member (it restarted) takes the heartbeat as its registration, as nano's
-        does. Beyond nano, whose member waits a whole interval after a failed heartbeat: a
-        failed heartbeat means the master is down or restarting, so the next one goes after
-        ``retry_interval`` (until one succeeds), and a restarted master (with the pushes it
-        makes) knows every member within ``retry_interval`` of being back. A heartbeat that
-        merely timed out changes nothing at the master: what it holds for the member stays."""
-        interval = self.config.heartbeat
-        retry = min(self.config.retry_interval, interval)
-        delay = interval
-        while True:
-            await trio.sleep(delay)
-            try:
-                await self._peers[self._master()].heartbeat(self.info())
-            except ClusterError as exc:
-                if delay == interval:  # the first failure of a run: once, not every retry
-                    _logger.warning("heartbeat to the master failed: %r; retrying every %gs", exc, retry)
-                delay = retry
-            else:
-                if delay != interval:
-                    _logger.info("heartbeat to the master answered again")
-                delay = interval
 
     # -- membership changes (clusterpb.Member NewMember/DelMember, Trio side) -----------------
 
