@@ -9,6 +9,7 @@ responses and close go back to the gate in order, through its own outbox and sen
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -184,10 +185,11 @@ class RemoteSessions:
         self._counters = counters
         self._log = log
         self._sessions: dict[tuple[str, int], Session] = {}
+        self._gates: dict[int, list[str]] = {}  # session id -> the gates of its stand-ins
         # the latest sessions announced ended (ids are unique across the cluster): a message for
         # one that comes later, relayed by another node (gate -> master -> here), makes no
         # stand-in that nothing would ever end
-        self._ended: dict[int, None] = {}
+        self._ended: collections.OrderedDict[int, None] = collections.OrderedDict()
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -231,9 +233,9 @@ class RemoteSessions:
         ended = self._ended
         ended[sid] = None
         if len(ended) > _MAX_ENDED:
-            del ended[next(iter(ended))]
-        for key in [key for key in self._sessions if key[1] == sid]:
-            self._end(key)
+            ended.popitem(last=False)
+        for gate in self._gates.get(sid, ())[:]:
+            self._end((gate, sid))
 
     # -- the stand-ins ----------------------------------------------------------------------
 
@@ -276,12 +278,18 @@ class RemoteSessions:
                 raise NodeStopping("this node is stopping")
             session = self._server.make_session(entity)
             self._sessions[key] = session
+            self._gates.setdefault(sid, []).append(gate)
         return session
 
     def _end(self, key: tuple[str, int]) -> None:
         session = self._sessions.pop(key, None)
         if session is None:
             return
+        gate, sid = key
+        gates = self._gates[sid]
+        gates.remove(gate)
+        if not gates:
+            del self._gates[sid]
         entity = session.entity
         assert isinstance(entity, RemoteEntity)
         entity.drop()
