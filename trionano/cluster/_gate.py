@@ -392,7 +392,9 @@ class Gate:
     def _failed(self, session: Session, member: str, service: str, route: str, mid: int, exc: ClusterError) -> None:
         """A forward failed: count, log, unbind the member, answer a Request 404 or 503."""
         self._counters.forward_errors += 1
-        self._log.warning("forward failed", "Process remote message (%d:%s) error: %r", session.id, route, exc)
+        self._log.warning(
+            "forward failed", "Process remote message (%d:%s) error: %r", session.id, client_text(route), exc
+        )
         bindings = session.get(_BINDINGS)
         if bindings is not None and bindings.get(service) == member:
             del bindings[service]  # choose again next time
