@@ -476,8 +476,9 @@ class PushHub:
                 queued = 0 if group is None or group.closed else group.broadcast(item.route, item.data)
             elif kind == "uids":
                 assert isinstance(value, pushpb.Uids)
-                uids = set(value.uids)
-                queued = _fan_out([s for s in server.sessions.values() if s.uid in uids], item.route, item.data)
+                # the server's uid index: the cost is that of the sessions found, not of every one
+                sessions = [s for uid in dict.fromkeys(value.uids) for s in server.sessions_of(uid)]
+                queued = _fan_out(sessions, item.route, item.data)
             elif kind == "everyone":
                 queued = _fan_out(list(server.sessions.values()), item.route, item.data)
             else:
