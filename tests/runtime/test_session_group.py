@@ -208,7 +208,8 @@ async def test_uid_index_follows_bind_rebind_clear_close_and_kick() -> None:
                 sc.uid = 11  # the attribute is the binding too
                 assert server.sessions_of(11) == [sc]
                 sa.kick("bye")
-                await wait_until(lambda kicked=sa.id: kicked not in server.sessions)
+                kicked = sa.id
+                await wait_until(lambda: kicked not in server.sessions)  # noqa: B023 (awaited here)
                 assert server.sessions_of(7) == []
                 sa.bind(7)  # a closed session is never listed again
                 assert server.sessions_of(7) == []
