@@ -20,7 +20,7 @@ Outbound bound: a peer that is slow or stopped (HTTP/2 flow control holds the wr
 link hold what is queued for it. Frames sent with a ``done`` callback (cluster pushes, whose
 owner, :class:`~._push.GateLink`, bounds them per gate by count and bytes) are held until
 written or lost and reported to that callback; every other frame counts against the link's own
-bound, ``_MAX_QUEUED`` frames and ``_MAX_QUEUED_BYTES`` bytes, so pushes never take the room of
+bound, ``MAX_QUEUED`` frames and ``MAX_QUEUED_BYTES`` bytes, so pushes never take the room of
 Requests and answers. Over it :meth:`Link.send` refuses (counted in ``frames_refused``) and the
 sender falls back as for a link that is down: a Request is answered with an error Response (503,
 as a failed unary call), a Response or Push for another gate's client goes to its stand-in's
@@ -51,15 +51,25 @@ from ._errors import ClusterError, DeadlineExceeded, InvalidRequest, NodeStoppin
 from ._frames import Batch, Frame, FrameError, decode_batch
 from ._tasks import Tasks
 
-__all__ = ["NODE_HEADER", "STREAM_PATH", "Link", "Links", "Receiver", "StreamCounts", "StreamService"]
+__all__ = [
+    "MAX_QUEUED",
+    "MAX_QUEUED_BYTES",
+    "NODE_HEADER",
+    "STREAM_PATH",
+    "Link",
+    "Links",
+    "Receiver",
+    "StreamCounts",
+    "StreamService",
+]
 
 _logger = logging.getLogger("trionano.cluster")
 
 STREAM_PATH: Final = "/trionano.cluster.Stream/Open"
 #: the request header naming the opening node's service address
 NODE_HEADER: Final = "trionano-node"
-_MAX_QUEUED: Final = 65536  # frames waiting for the writer (not counting pushes); over it send() refuses
-_MAX_QUEUED_BYTES: Final = 64 * 1024 * 1024  # their bytes, likewise
+MAX_QUEUED: Final = 65536  # frames waiting for the writer (not counting pushes); over it send() refuses
+MAX_QUEUED_BYTES: Final = 64 * 1024 * 1024  # their bytes, likewise
 _MAX_BACKLOG: Final = 8  # batches received, not yet handled on the Trio side
 
 
@@ -119,8 +129,8 @@ class Link:
 
     def send(self, frame: bytes, done: Callable[[bool], None] | None = None) -> bool:
         """Queue one frame (:func:`~._frames.encode_frame`'s bytes) for the next batch. Never
-        waits. False: the link is down, or (a frame without ``done``) ``_MAX_QUEUED`` frames or
-        ``_MAX_QUEUED_BYTES`` bytes without ``done`` already wait (counted: ``frames_refused``).
+        waits. False: the link is down, or (a frame without ``done``) ``MAX_QUEUED`` frames or
+        ``MAX_QUEUED_BYTES`` bytes without ``done`` already wait (counted: ``frames_refused``).
         ``done``: the sender bounds what it sends itself; ``done(True)`` once the frame is
         written to the stream, ``done(False)`` if it is lost with the link (called once, from
         either side of the bridge: it must only count, never wait)."""
@@ -130,7 +140,7 @@ class Link:
         pending = self._pending
         if done is None:
             own = self._writing
-            if pending[0] + own[0] >= _MAX_QUEUED or pending[1] + own[1] + size > _MAX_QUEUED_BYTES:
+            if pending[0] + own[0] >= MAX_QUEUED or pending[1] + own[1] + size > MAX_QUEUED_BYTES:
                 self._counts.frames_refused += 1
                 return False
             pending[0] += 1
