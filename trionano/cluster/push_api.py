@@ -40,9 +40,11 @@ neither is ever raised into the node.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
+import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final, Protocol, cast
 
@@ -54,16 +56,13 @@ from ._push import MAX_UID, Audience, check_group, check_route
 
 __all__ = [
     "BODY_TIMEOUT",
-    "DRAIN_LIMIT",
     "KEEP_ALIVE_TIMEOUT",
     "MAX_BODY",
     "MAX_GROUP_NAME",
     "MAX_REQUESTS",
-    "MAX_RESTART_DELAY",
     "MAX_UIDS",
     "PATH",
     "READ_TIMEOUT",
-    "RESTART_DELAY",
     "RETRY_AFTER",
     "BadRequest",
     "PushAPI",
@@ -84,16 +83,10 @@ BODY_TIMEOUT: Final = 10.0
 MAX_REQUESTS: Final = 1024
 #: The default ``Retry-After`` of a 503, in seconds.
 RETRY_AFTER: Final = 1
-#: The most bytes of a refused request's body read and discarded before answering.
-DRAIN_LIMIT: Final = 1024 * 1024
 #: The default Hypercorn ``read_timeout``: a connection silent this long is closed, in seconds.
 READ_TIMEOUT: Final = 10
 #: The default Hypercorn ``keep_alive_timeout``, in seconds.
 KEEP_ALIVE_TIMEOUT: Final = 5.0
-#: The first delay before restarting a failed server, in seconds (doubling to MAX_RESTART_DELAY).
-RESTART_DELAY: Final = 0.1
-#: The longest delay before restarting a failed server, in seconds.
-MAX_RESTART_DELAY: Final = 5.0
 #: The most uids one request may name.
 MAX_UIDS: Final = 10_000
 #: The longest group name, in characters.
@@ -220,6 +213,10 @@ class PushAPI:
         """Requests answered 4xx or 500 (nothing was pushed)."""
         self.unreached = 0
         """Requests answered 503: valid, but no gate took the push, or too many requests."""
+        self.unsent = 0
+        """Answers that could not be sent (the connection was gone)."""
+        self.failed = 0
+        """Connections Hypercorn failed on, each closed alone (:func:`serve_push_api` counts them)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -228,47 +225,91 @@ class PushAPI:
         if scope["type"] != "http":
             return  # hypercorn answers WebSocket upgrades itself when the app does not accept
         reader = _Reader(receive)
+        http2 = scope.get("http_version") == "2"
+        try:
+            self._check_head(scope)
+        except BadRequest as exc:  # from the headers alone: no slot taken, no body read
+            self._count("refused")
+            await self._refuse(http2, reader, send, exc.status, {"error": exc.reason}, exc.headers)
+            return
         if self._active >= self.max_requests:
             self._count("unreached")
             self._log.warning("push api busy", "the push API is at %d requests: one answered 503", self.max_requests)
-            await self._drain(reader)
-            await _answer(send, 503, {"error": "too many requests at once"}, self._retry_after())
+            await self._refuse(http2, reader, send, 503, {"error": "too many requests at once"}, self._retry_after())
             return
         self._active += 1
         try:
-            await self._respond(scope, reader, send)
+            await self._respond(http2, reader, send)
         finally:
             self._active -= 1
 
-    async def _respond(self, scope: Scope, receive: _Reader, send: Send) -> None:
+    async def _respond(self, http2: bool, receive: _Reader, send: Send) -> None:
         try:
             with trio.fail_after(self.body_timeout):
-                gates = await self._handle(scope, receive)
+                body = await self._body(receive)
         except trio.TooSlowError:
             self._count("refused")
-            await _answer(
-                send, 408, {"error": f"the body took over {self.body_timeout:g} s"}, ((b"connection", b"close"),)
-            )
+            slow = {"error": f"the body took over {self.body_timeout:g} s"}
+            await self._send(send, 408, slow, () if http2 else _CLOSE)
             return
         except BadRequest as exc:
             self._count("refused")
-            await self._drain(receive)
-            await _answer(send, exc.status, {"error": exc.reason}, exc.headers)
+            await self._refuse(http2, receive, send, exc.status, {"error": exc.reason}, exc.headers)
+            return
+        try:
+            gates = self._push(body)
+        except BadRequest as exc:
+            self._count("refused")
+            await self._send(send, exc.status, {"error": exc.reason}, exc.headers)
             return
         except Exception:
             self._count("refused")
             self._log.exception("push api", "the push API failed on a request")
-            await self._drain(receive)
-            await _answer(send, 500, {"error": "internal error"})
+            await self._send(send, 500, {"error": "internal error"})
             return
         if gates == 0:
             self._count("unreached")
             self._log.warning("push unreached", "a push reached no gate (none known yet, or all full): answered 503")
             reason = "no gate took the push (none is known yet, or their queues are full): nothing was delivered"
-            await _answer(send, 503, {"error": reason}, self._retry_after())
+            await self._send(send, 503, {"error": reason}, self._retry_after())
             return
         self._count("accepted")
-        await _answer(send, 202, {"gates": gates})
+        await self._send(send, 202, {"gates": gates})
+
+    async def _refuse(
+        self,
+        http2: bool,
+        receive: _Reader,
+        send: Send,
+        status: int,
+        document: object,
+        headers: tuple[tuple[bytes, bytes], ...],
+    ) -> None:
+        """Answer a request refused before its body was read. HTTP/1.1: at once, with
+        ``Connection: close`` (Hypercorn then closes the connection: the rest of the body is
+        never read). HTTP/2: once the client ended the stream (its DATA is read and
+        discarded, within ``body_timeout``): Hypercorn 0.18 fails on DATA for a stream it has
+        answered (pgjones/hypercorn#329), which ends that connection (see serve_push_api)."""
+        if http2:
+            with trio.move_on_after(self.body_timeout):
+                while not receive.done:
+                    await receive.chunk()
+        else:
+            headers = (*headers, *_CLOSE)
+        await self._send(send, status, document, headers)
+
+    async def _send(
+        self, send: Send, status: int, document: object, headers: tuple[tuple[bytes, bytes], ...] = ()
+    ) -> None:
+        """Answer; a failure to send (the client is gone, or Hypercorn's own race on closing
+        connection, trio.BusyResourceError) is logged (rate-limited), never raised."""
+        try:
+            await _answer(send, status, document, headers)
+        except Exception as exc:
+            self.unsent += 1
+            self._log.info(
+                "push api unsent", "an answer %d was not sent (%s): the connection is gone", status, type(exc).__name__
+            )
 
     def _count(self, answer: str) -> None:
         if answer == "accepted":
@@ -283,15 +324,9 @@ class PushAPI:
     def _retry_after(self) -> tuple[tuple[bytes, bytes], ...]:
         return ((b"retry-after", str(self.retry_after).encode()),)
 
-    async def _drain(self, receive: _Reader) -> None:
-        """Read and discard what is left of the body: up to DRAIN_LIMIT bytes, within
-        ``body_timeout``; the client going away ends it."""
-        size = 0
-        with trio.move_on_after(self.body_timeout):
-            while size <= DRAIN_LIMIT and not receive.done:
-                size += len(await receive.chunk())
-
-    async def _handle(self, scope: Scope, receive: _Reader) -> int:
+    def _check_head(self, scope: Scope) -> None:
+        """Raises BadRequest for what the request line and headers alone refuse, in this
+        order: 404 path, 405 method, 401 token, 415 content type, 413 declared length."""
         if scope.get("path") != PATH:
             raise BadRequest(404, f"not found: the push API is POST {PATH}")
         if scope.get("method") != "POST":
@@ -307,7 +342,8 @@ class PushAPI:
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
             raise BadRequest(413, f"the body is over {self.max_body} bytes")
-        body = await self._body(receive)
+
+    def _push(self, body: bytes) -> int:
         route, message, audience = parse_push(body)
         try:
             return self._pusher.push(route, message, audience)
@@ -368,6 +404,9 @@ class _Reader:
         return bytes(message.get("body", b""))
 
 
+_CLOSE: Final = ((b"connection", b"close"),)
+
+
 async def _answer(send: Send, status: int, document: object, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
     body = json.dumps(document).encode()
     await send(
@@ -414,9 +453,12 @@ async def serve_push_api(
     Hypercorn (``pip install trionano[push]``), OSError when the port cannot be bound at
     the start."""
     try:
+        from hypercorn.app_wrappers import ASGIWrapper
         from hypercorn.config import Config as HypercornConfig
-        from hypercorn.trio import serve
-        from hypercorn.typing import ASGIFramework
+        from hypercorn.logging import Logger as HypercornLogger
+        from hypercorn.trio.tcp_server import TCPServer
+        from hypercorn.trio.worker_context import WorkerContext
+        from hypercorn.typing import ASGIFramework, ConnectionState
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("the push API needs Hypercorn: pip install trionano[push]") from exc
     app = PushAPI(
@@ -431,48 +473,84 @@ async def serve_push_api(
     stop = shutdown if shutdown is not None else trio.Event()
     log = RateLimitedLog(_logger)
 
-    def configure(bind_port: int) -> HypercornConfig:
-        config = HypercornConfig()
-        config.bind = [f"[{host}]:{bind_port}" if ":" in host else f"{host}:{bind_port}"]
-        config.graceful_timeout = 1.0
-        config.accesslog = None
-        config.read_timeout = read_timeout
-        config.keep_alive_timeout = keep_alive_timeout
-        return config
+    class RateLimitedHypercornLog(HypercornLogger):
+        """Hypercorn's error log (what it logs of a connection: "Error in ASGI Framework"...),
+        to this module's logger, rate-limited per level, its text escaped."""
 
-    async def hypercorn(config: HypercornConfig, task_status: trio.TaskStatus[list[str]]) -> None:
-        await serve(cast(ASGIFramework, app), config, shutdown_trigger=stop.wait, task_status=task_status, mode="asgi")
+        def __init__(self, config: HypercornConfig) -> None:  # no handlers of Hypercorn's own
+            self.access_log_format = config.access_log_format
+            self.access_logger = None
+            self.error_logger = _logger
 
-    bound: int | None = None
-    delay = RESTART_DELAY
-    while not stop.is_set():
-        since = trio.current_time()
+        async def log(self, level: int, message: str, *args: Any, **kwargs: Any) -> None:
+            text = message % args if args else message
+            exc_info = sys.exc_info()[1] if kwargs.get("exc_info") else None
+            name = logging.getLevelName(level).lower()
+            log.log(level, "hypercorn " + name, "Hypercorn: %s", client_text(text, 300), exc_info=exc_info)
+
+        async def critical(self, message: str, *args: Any, **kwargs: Any) -> None:
+            await self.log(logging.CRITICAL, message, *args, **kwargs)
+
+        async def error(self, message: str, *args: Any, **kwargs: Any) -> None:
+            await self.log(logging.ERROR, message, *args, **kwargs)
+
+        async def warning(self, message: str, *args: Any, **kwargs: Any) -> None:
+            await self.log(logging.WARNING, message, *args, **kwargs)
+
+        async def info(self, message: str, *args: Any, **kwargs: Any) -> None:
+            await self.log(logging.INFO, message, *args, **kwargs)
+
+        async def debug(self, message: str, *args: Any, **kwargs: Any) -> None:
+            await self.log(logging.DEBUG, message, *args, **kwargs)
+
+        async def exception(self, message: str, *args: Any, **kwargs: Any) -> None:
+            await self.log(logging.ERROR, message, *args, exc_info=True)
+
+    config = HypercornConfig()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.graceful_timeout = 1.0
+    config.accesslog = None
+    config.errorlog = None
+    config.logger_class = RateLimitedHypercornLog
+    config.read_timeout = read_timeout
+    config.keep_alive_timeout = keep_alive_timeout
+    sockets = config.create_sockets()  # OSError when the port cannot be bound
+    listeners = []
+    for sock in sockets.insecure_sockets:
+        sock.listen(config.backlog)
+        listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+    wrapped = ASGIWrapper(cast(ASGIFramework, app))
+    context = WorkerContext(None)
+    state = ConnectionState({})
+
+    async def connection(stream: trio.SocketStream) -> None:
+        """One connection, served by Hypercorn; whatever Hypercorn raises ends this one only."""
         try:
-            async with trio.open_nursery() as nursery:
-                binds: list[str] = await nursery.start(hypercorn, configure(port if bound is None else bound))
-                if bound is None:
-                    bound = int(binds[0].rpartition(":")[2])
-                    _logger.info("push API on http://%s:%d%s", host, bound, PATH)
-                    task_status.started(bound)
-            return  # a graceful stop
+            await TCPServer(wrapped, config, context, state, stream).run()  # type: ignore[arg-type]
         except BaseExceptionGroup as group:
             cancelled, failure = group.split(trio.Cancelled)
-            if cancelled is not None:  # being cancelled (perhaps failing meanwhile): goes on
-                if failure is not None:
-                    log.error("push api failed", "the push API's server failed while stopping", exc_info=failure)
+            if failure is not None:
+                app.failed += 1
+                log.warning("push api connection", "Hypercorn failed on a connection: closed it", exc_info=failure)
+            if cancelled is not None:
                 raise cancelled from None
-            if not isinstance(group, ExceptionGroup):
-                raise  # KeyboardInterrupt, SystemExit: not the server's failure
-            error: BaseException = group
-        except Exception as single:
-            error = single
-        if bound is None:  # the first start failed: the caller hears of it
-            while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
-                error = error.exceptions[0]
-            raise error
-        if trio.current_time() - since > 60:
-            delay = RESTART_DELAY
-        log.error("push api restart", "the push API's server failed; restarting in %gs", delay, exc_info=error)
-        with trio.move_on_after(delay):
+        except Exception as exc:
+            app.failed += 1
+            log.warning("push api connection", "Hypercorn failed on a connection: closed it", exc_info=exc)
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    bound = listeners[0].socket.getsockname()[1]
+    _logger.info("push API on http://%s:%d%s", host, bound, PATH)
+    async with trio.open_nursery() as handlers:
+        async with trio.open_nursery() as accepting:
+            accepting.start_soon(
+                functools.partial(trio.serve_listeners, connection, listeners, handler_nursery=handlers)
+            )
+            task_status.started(bound)
             await stop.wait()
-        delay = min(delay * 2, MAX_RESTART_DELAY)
+            accepting.cancel_scope.cancel()
+        # a graceful stop: kept-alive connections close, requests in flight get graceful_timeout
+        await context.terminated.set()
+        handlers.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
