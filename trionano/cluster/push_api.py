@@ -23,19 +23,28 @@ surrogate, ``"\\ud800"``) in the route, the group or the message is refused. Err
 malformed JSON, a missing field, a wrong type or value; 401 no or a wrong bearer token
 (compared in constant time); 404 another path; 405 another method; 408 a body slower than
 ``body_timeout``; 413 a body over ``max_body`` (64 KiB by default) or a message over the
-node's packet limit; 415 a content type other than ``application/json``; 503 (with
+node's packet limit; 415 a content type other than ``application/json``; 400 a body that
+came in over ``max_pieces`` pieces (1-byte chunks cost the server per piece); 503 (with
 ``Retry-After``) no gate took the push (none known yet, as after the node restarted, or all
-their queues full), or over ``max_requests`` requests at once. A refused body is read (up to
-DRAIN_LIMIT bytes) before the answer.
+their queues full), or over ``max_requests`` requests at once.
+
+What the headers alone refuse (404, 405, 401, 415, 413 by Content-Length, in that order) is
+refused before the request takes one of the ``max_requests`` slots or any of its body is read,
+and so is a request over ``max_requests``. Over HTTP/1.1 a refusal is answered at once with
+``Connection: close`` and the connection closed (the rest of the body is never read). Over
+HTTP/2 (which Hypercorn also speaks) a refused stream's DATA is read and discarded until the
+stream ends (at most DRAIN_LIMIT bytes, ``max_pieces`` pieces, ``body_timeout``) and then
+answered: Hypercorn 0.18 fails on DATA for a stream it has answered (pgjones/hypercorn#329),
+which closes that client's connection, and only that one (see :func:`serve_push_api`).
 
 What it guarantees: 202 is queued, not delivered (a slow or gone gate drops, counted in
 :meth:`Node.push_statistics`); at most once, no persistence; 503 is nothing delivered.
 
 :class:`PushAPI` is the ASGI application; :func:`serve_push_api` serves it with Hypercorn's
-Trio worker (``pip install trionano[push]``). Hypercorn parses HTTP (malformed requests get
-its 400 and never reach the app); an error in the app is logged and answered 500, and a
-failure of Hypercorn itself (its HTTP/2 code, pgjones/hypercorn#329) restarts the server:
-neither is ever raised into the node.
+Trio connection server (``pip install trionano[push]``). Hypercorn parses HTTP (malformed
+requests get its 400 and never reach the app); an error in the app is logged and answered 500,
+and a failure of Hypercorn itself on a connection closes that connection alone: neither is
+ever raised into the node, and no client can stop the server for the others.
 """
 
 from __future__ import annotations
@@ -56,9 +65,11 @@ from ._push import MAX_UID, Audience, check_group, check_route
 
 __all__ = [
     "BODY_TIMEOUT",
+    "DRAIN_LIMIT",
     "KEEP_ALIVE_TIMEOUT",
     "MAX_BODY",
     "MAX_GROUP_NAME",
+    "MAX_PIECES",
     "MAX_REQUESTS",
     "MAX_UIDS",
     "PATH",
@@ -81,6 +92,12 @@ MAX_BODY: Final = 64 * 1024
 BODY_TIMEOUT: Final = 10.0
 #: The default bound of requests handled at once (more are answered 503).
 MAX_REQUESTS: Final = 1024
+#: The default bound of the pieces a body may come in (HTTP/1.1 chunks, HTTP/2 DATA frames or
+#: reads of a body with a Content-Length; more are answered 400).
+MAX_PIECES: Final = 1024
+#: The most bytes (and at most ``max_pieces`` pieces) of a refused HTTP/2 request's body read and
+#: discarded before answering.
+DRAIN_LIMIT: Final = 1024 * 1024
 #: The default ``Retry-After`` of a 503, in seconds.
 RETRY_AFTER: Final = 1
 #: The default Hypercorn ``read_timeout``: a connection silent this long is closed, in seconds.
@@ -174,12 +191,15 @@ class PushAPI:
     bounds a request body in bytes; ``on_answer`` is told each answer ("accepted", "refused",
     "unreached": :meth:`Node.count_push_api`); ``body_timeout`` (seconds) bounds reading one request's
     body (answered 408 after it); ``max_requests`` bounds the requests handled at once (more
-    are answered 503); ``retry_after`` (whole seconds) is the ``Retry-After`` of a 503. Owned
-    by whoever serves it; it keeps only counters.
+    are answered 503); ``max_pieces`` bounds the pieces a body may come in (more are answered
+    400); ``retry_after`` (whole seconds) is the ``Retry-After`` of a 503. Owned by whoever
+    serves it; it keeps only counters.
 
-    A refused request's body is read and discarded (up to ``DRAIN_LIMIT`` bytes, within
-    ``body_timeout``) before the answer, so that the client has finished sending when it is
-    answered (HTTP/2 servers have raced on late DATA frames, pgjones/hypercorn#329)."""
+    Refusals from the headers (and 503 for too many requests) take no slot and read no body
+    (HTTP/1.1: answered at once, ``Connection: close``); over HTTP/2 a refused stream's DATA is
+    drained first (see the module: pgjones/hypercorn#329). An answer that cannot be sent (the
+    client is gone, or Hypercorn raced on closing the connection) is counted in ``unsent``
+    and logged (rate-limited), never raised."""
 
     def __init__(
         self,
@@ -189,13 +209,14 @@ class PushAPI:
         max_body: int = MAX_BODY,
         body_timeout: float = BODY_TIMEOUT,
         max_requests: int = MAX_REQUESTS,
+        max_pieces: int = MAX_PIECES,
         retry_after: int = RETRY_AFTER,
         on_answer: Callable[[str], None] | None = None,
     ) -> None:
         if max_body < 1:
             raise ValueError("max_body must be at least 1")
-        if body_timeout <= 0 or max_requests < 1 or retry_after < 0:
-            raise ValueError("body_timeout > 0, max_requests >= 1 and retry_after >= 0 are required")
+        if body_timeout <= 0 or max_requests < 1 or max_pieces < 1 or retry_after < 0:
+            raise ValueError("body_timeout > 0, max_requests >= 1, max_pieces >= 1 and retry_after >= 0 are required")
         self._pusher = pusher
         if token is not None and (not token or not token.isascii() or not token.isprintable() or " " in token):
             raise ValueError("a bearer token is printable ASCII without spaces")
@@ -203,6 +224,7 @@ class PushAPI:
         self.max_body: Final = max_body
         self.body_timeout: Final = body_timeout
         self.max_requests: Final = max_requests
+        self.max_pieces: Final = max_pieces
         self.retry_after: Final = retry_after
         self._log = RateLimitedLog(_logger)
         self._on_answer = on_answer
@@ -292,8 +314,10 @@ class PushAPI:
         answered (pgjones/hypercorn#329), which ends that connection (see serve_push_api)."""
         if http2:
             with trio.move_on_after(self.body_timeout):
-                while not receive.done:
-                    await receive.chunk()
+                size = pieces = 0
+                while not receive.done and size <= DRAIN_LIMIT and pieces <= self.max_pieces:
+                    size += len(await receive.chunk())
+                    pieces += 1
         else:
             headers = (*headers, *_CLOSE)
         await self._send(send, status, document, headers)
@@ -372,6 +396,8 @@ class PushAPI:
             if size > self.max_body:
                 raise BadRequest(413, f"the body is over {self.max_body} bytes")
             chunks.append(chunk)
+            if len(chunks) > self.max_pieces:  # each piece costs Hypercorn and Trio a few microseconds
+                raise BadRequest(400, f"the body came in over {self.max_pieces} pieces: send it in larger ones")
         return b"".join(chunks)
 
     @staticmethod
@@ -430,28 +456,36 @@ async def serve_push_api(
     keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT,
     body_timeout: float = BODY_TIMEOUT,
     max_requests: int = MAX_REQUESTS,
+    max_pieces: int = MAX_PIECES,
     retry_after: int = RETRY_AFTER,
     shutdown: trio.Event | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve :class:`PushAPI` for ``pusher`` on ``host:port`` with Hypercorn's Trio worker
-    until ``shutdown`` is set (a graceful stop: requests in flight get 1 s) or the task is
+    """Serve :class:`PushAPI` for ``pusher`` on ``host:port`` with Hypercorn until
+    ``shutdown`` is set (a graceful stop: requests in flight get 1 s) or the task is
     cancelled. ``task_status.started`` gets the bound port (``port=0`` picks one).
 
     Hypercorn's limits: ``read_timeout`` (whole seconds) closes a connection that sends
     nothing for that long; ``keep_alive_timeout`` (seconds) closes an idle kept-alive one.
     The app's: ``body_timeout`` (seconds) bounds reading one body (408), ``max_requests``
-    bounds the requests handled at once (503), ``retry_after`` is a 503's ``Retry-After``.
+    bounds the requests handled at once (503), ``max_pieces`` the pieces of one body (400),
+    ``retry_after`` is a 503's ``Retry-After``.
     A pusher with a ``count_push_api`` method (a :class:`~trionano.cluster.Node`) has each
     answer counted there (:meth:`Node.push_statistics`, :mod:`trionano.metrics`).
 
     Hypercorn also speaks HTTP/2 (h2c upgrade, prior knowledge) and offers no switch to turn
-    it off; the API is specified on HTTP/1.1. Whatever Hypercorn raises (as its HTTP/2 code on
-    a stream answered early, pgjones/hypercorn#329) never ends the caller: it is logged
-    (rate-limited) and the server restarted on the same port after a back-off (0.1 s,
-    doubling up to 5 s; back to 0.1 s after a minute of service). Raises ImportError without
-    Hypercorn (``pip install trionano[push]``), OSError when the port cannot be bound at
-    the start."""
+    it off; the API is specified on HTTP/1.1. Connections are accepted here
+    (:func:`trio.serve_listeners`) and each served by Hypercorn's per-connection server
+    (``hypercorn.trio.tcp_server.TCPServer``, as ``hypercorn.trio.run.worker_serve`` does)
+    under a guard: whatever Hypercorn raises on a connection (KeyError from its HTTP/2 code on
+    DATA for a stream answered early, pgjones/hypercorn#329; trio.BusyResourceError from
+    closing a connection while it answers) closes that connection alone, is counted
+    (``PushAPI.failed``) and logged (rate-limited); the server and the other clients go on.
+    Hypercorn's own error log goes to this module's logger, rate-limited and escaped. That
+    per-connection server, its ``WorkerContext`` and ``ASGIWrapper`` are Hypercorn internals:
+    pyproject pins ``hypercorn>=0.18,<0.19``, the version this was written and tested against.
+    Raises ImportError without Hypercorn (``pip install trionano[push]``), OSError when the
+    port cannot be bound."""
     try:
         from hypercorn.app_wrappers import ASGIWrapper
         from hypercorn.config import Config as HypercornConfig
@@ -467,6 +501,7 @@ async def serve_push_api(
         max_body=max_body,
         body_timeout=body_timeout,
         max_requests=max_requests,
+        max_pieces=max_pieces,
         retry_after=retry_after,
         on_answer=getattr(pusher, "count_push_api", None),
     )
