@@ -64,6 +64,7 @@ from .._log import RateLimitedLog, client_text
 from ._push import MAX_UID, Audience, check_group, check_route
 
 __all__ = [
+    "BACKLOG",
     "BODY_TIMEOUT",
     "DRAIN_LIMIT",
     "KEEP_ALIVE_TIMEOUT",
@@ -102,6 +103,9 @@ DRAIN_LIMIT: Final = 1024 * 1024
 RETRY_AFTER: Final = 1
 #: The default Hypercorn ``read_timeout``: a connection silent this long is closed, in seconds.
 READ_TIMEOUT: Final = 10
+#: The listening socket's backlog (Hypercorn's default is 100: a burst of connections beyond
+#: it has some reset by the kernel, whoever they come from).
+BACKLOG: Final = 1024
 #: The default Hypercorn ``keep_alive_timeout``, in seconds.
 KEEP_ALIVE_TIMEOUT: Final = 5.0
 #: The most uids one request may name.
@@ -549,6 +553,7 @@ async def serve_push_api(
     config.logger_class = RateLimitedHypercornLog
     config.read_timeout = read_timeout
     config.keep_alive_timeout = keep_alive_timeout
+    config.backlog = BACKLOG
     sockets = config.create_sockets()  # OSError when the port cannot be bound
     listeners = []
     for sock in sockets.insecure_sockets:
