@@ -8,11 +8,13 @@ token filled every request slot for body_timeout, and a body of 1-byte chunks co
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import attrs
 import h2.config
 import h2.connection
 import h2.events
@@ -26,6 +28,18 @@ from trionano.cluster.push_api import MAX_PIECES, serve_push_api
 from .test_push_api import Recording
 
 TOKEN = "t0k"
+
+
+@attrs.define
+class Counting(Recording):
+    """A pusher that also keeps the answers counted for it (as a Node's push_statistics)."""
+
+    answers: collections.Counter[str] = attrs.Factory(collections.Counter)
+
+    def count_push_api(self, answer: str) -> None:
+        self.answers[answer] += 1
+
+
 GOOD = {"route": "onX", "message": {"a": 1}, "everyone": True}
 
 
@@ -66,11 +80,11 @@ class Bystander:
 
 
 @asynccontextmanager
-async def served(*, bystander: bool = True, **options: object) -> AsyncIterator[tuple[int, Bystander, Recording]]:
+async def served(*, bystander: bool = True, **options: object) -> AsyncIterator[tuple[int, Bystander, Counting]]:
     """A push API (token TOKEN) and a bystander posting to it throughout the block (unless
     ``bystander`` is false); on leaving, the bystander must have been answered 202 every time,
     at least 6 times."""
-    pusher = Recording(gates=1)
+    pusher = Counting(gates=1)
     async with trio.open_nursery() as nursery:
         stop = trio.Event()
         port = await nursery.start(
@@ -109,6 +123,8 @@ async def test_an_http2_body_sent_on_past_its_answer_closes_only_that_connection
     assert all(outcome in (401, None) for outcome in outcomes), outcomes
     failures = [r for r in caplog.records if "Hypercorn failed on a connection" in r.getMessage()]
     assert failures  # the late DATA still trips Hypercorn: on that connection alone
+    assert pusher.answers["broken"] == len(failures)  # counted (Node.push_statistics().api_broken)
+    assert pusher.answers["refused"] == 3
 
 
 async def h2_flood(port: int, *, seconds: float) -> int | None:

@@ -193,8 +193,8 @@ class PushAPI:
     """The ASGI application of the push API (see the module). ``pusher`` receives the pushes;
     ``token``, when given, is required as ``Authorization: Bearer <token>``; ``max_body``
     bounds a request body in bytes; ``on_answer`` is told each answer ("accepted", "refused",
-    "unreached": :meth:`Node.count_push_api`); ``body_timeout`` (seconds) bounds reading one request's
-    body (answered 408 after it); ``max_requests`` bounds the requests handled at once (more
+    "unreached"; "broken" for a connection Hypercorn failed on: :meth:`Node.count_push_api`);
+    ``body_timeout`` (seconds) bounds reading one request's body (answered 408 after it); ``max_requests`` bounds the requests handled at once (more
     are answered 503); ``max_pieces`` bounds the pieces a body may come in (more are answered
     400); ``retry_after`` (whole seconds) is the ``Retry-After`` of a 503. Owned by whoever
     serves it; it keeps only counters.
@@ -242,7 +242,8 @@ class PushAPI:
         self.unsent = 0
         """Answers that could not be sent (the connection was gone)."""
         self.failed = 0
-        """Connections Hypercorn failed on, each closed alone (:func:`serve_push_api` counts them)."""
+        """Connections Hypercorn failed on, each closed alone (:func:`serve_push_api` counts them
+        with :meth:`count_broken`)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -338,6 +339,13 @@ class PushAPI:
             self._log.info(
                 "push api unsent", "an answer %d was not sent (%s): the connection is gone", status, type(exc).__name__
             )
+
+    def count_broken(self) -> None:
+        """Count a connection Hypercorn failed on (closed alone): ``failed``, and ``on_answer``
+        is told "broken"."""
+        self.failed += 1
+        if self._on_answer is not None:
+            self._on_answer("broken")
 
     def _count(self, answer: str) -> None:
         if answer == "accepted":
@@ -570,12 +578,12 @@ async def serve_push_api(
         except BaseExceptionGroup as group:
             cancelled, failure = group.split(trio.Cancelled)
             if failure is not None:
-                app.failed += 1
+                app.count_broken()
                 log.warning("push api connection", "Hypercorn failed on a connection: closed it", exc_info=failure)
             if cancelled is not None:
                 raise cancelled from None
         except Exception as exc:
-            app.failed += 1
+            app.count_broken()
             log.warning("push api connection", "Hypercorn failed on a connection: closed it", exc_info=exc)
         finally:
             with trio.CancelScope(shield=True):
