@@ -194,9 +194,10 @@ class PushAPI:
     ``token``, when given, is required as ``Authorization: Bearer <token>``; ``max_body``
     bounds a request body in bytes; ``on_answer`` is told each answer ("accepted", "refused",
     "unreached"; "broken" for a connection Hypercorn failed on: :meth:`Node.count_push_api`);
-    ``body_timeout`` (seconds) bounds reading one request's body (answered 408 after it); ``max_requests`` bounds the requests handled at once (more
-    are answered 503); ``max_pieces`` bounds the pieces a body may come in (more are answered
-    400); ``retry_after`` (whole seconds) is the ``Retry-After`` of a 503. Owned by whoever
+    ``body_timeout`` (seconds) bounds reading one request's body (answered 408 after it);
+    ``max_requests`` bounds the requests handled at once (more are answered 503);
+    ``max_pieces`` bounds the pieces a body may come in (more are answered 400);
+    ``retry_after`` (whole seconds) is the ``Retry-After`` of a 503. Owned by whoever
     serves it; it keeps only counters.
 
     Refusals from the headers (and 503 for too many requests) take no slot and read no body
