@@ -531,7 +531,10 @@ async def serve_push_api(
             self.error_logger = _logger
 
         async def log(self, level: int, message: str, *args: Any, **kwargs: Any) -> None:
-            text = message % args if args else message
+            try:
+                text = message % args if args else message
+            except (TypeError, ValueError):  # a format Hypercorn got wrong: its text as it is
+                text = f"{message} {args!r}"
             exc_info = sys.exc_info()[1] if kwargs.get("exc_info") else None
             name = logging.getLevelName(level).lower()
             log.log(level, "hypercorn " + name, "Hypercorn: %s", client_text(text, 300), exc_info=exc_info)
