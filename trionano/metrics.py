@@ -223,9 +223,11 @@ class _Collector(Collector):
             pushes.add_metric([outcome], getattr(push, outcome))
         yield pushes
         api = CounterMetricFamily(
-            "trionano_push_api_requests", "Requests to the HTTP push API, by answer", labels=["answer"]
+            "trionano_push_api_requests",
+            "Requests to the HTTP push API, by answer (broken: a connection Hypercorn failed on, closed)",
+            labels=["answer"],
         )
-        for answer in ("accepted", "refused", "unreached"):
+        for answer in ("accepted", "refused", "unreached", "broken"):
             api.add_metric([answer], getattr(push, f"api_{answer}"))
         yield api
         yield GaugeMetricFamily(

@@ -242,7 +242,8 @@ class Node:
 
     def count_push_api(self, answer: str) -> None:
         """Count one answer of the HTTP push API served for this node ("accepted", "refused"
-        or "unreached"; :func:`~trionano.cluster.push_api.serve_push_api` calls it), in
+        or "unreached"; or "broken", a connection Hypercorn failed on, closed alone;
+        :func:`~trionano.cluster.push_api.serve_push_api` calls it), in
         :meth:`push_statistics`."""
         self._push.count_api(answer)
 

@@ -128,7 +128,8 @@ class PushStatistics:
         pushes refused as malformed (no audience, a bad route) or too large.
     HTTP push API (:mod:`trionano.cluster.push_api`) served for this node: ``api_accepted``:
     requests answered 202; ``api_refused``: answered 4xx or 500; ``api_unreached``: answered
-    503 (no gate took the push, or too many requests at once).
+    503 (no gate took the push, or too many requests at once); ``api_broken``: connections
+    Hypercorn failed on, each closed alone (pgjones/hypercorn#329).
     """
 
     pushes: int
@@ -142,6 +143,7 @@ class PushStatistics:
     api_accepted: int
     api_refused: int
     api_unreached: int
+    api_broken: int
     held: int = 0
     held_bytes: int = 0
 
@@ -161,6 +163,7 @@ class PushCounters:
     api_accepted: int = 0
     api_refused: int = 0
     api_unreached: int = 0
+    api_broken: int = 0
 
     def snapshot(self, *, held: int = 0, held_bytes: int = 0) -> PushStatistics:
         return PushStatistics(**attrs.asdict(self), held=held, held_bytes=held_bytes)
@@ -448,13 +451,16 @@ class PushHub:
         )
 
     def count_api(self, answer: str) -> None:
-        """Count one answer of the push API: "accepted", "refused" or "unreached"."""
+        """Count one answer of the push API: "accepted", "refused" or "unreached"; or "broken",
+        a connection Hypercorn failed on."""
         if answer == "accepted":
             self._counters.api_accepted += 1
         elif answer == "refused":
             self._counters.api_refused += 1
         elif answer == "unreached":
             self._counters.api_unreached += 1
+        elif answer == "broken":
+            self._counters.api_broken += 1
 
     def check_local(self, session: Session) -> None:
         if self.server.sessions.get(session.id) is not session:
