@@ -54,6 +54,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "-m", "bench.profile")
     session.run("python", "-m", "bench.runtime", *session.posargs)
     session.run("python", "-m", "bench.cluster", *session.posargs)
+    session.run("python", "-m", "bench.churn", *session.posargs)  # memory per round of clients coming and going
     session.run("python", "-m", "bench.hostile", *session.posargs)
     session.run("python", "-m", "bench.push_api", *session.posargs)  # B13: needs the push and examples extras
     session.run("python", "-m", "bench.push", *session.posargs)  # B5, buckets, B14: matplotlib (the bench extra)

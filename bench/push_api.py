@@ -13,7 +13,8 @@ viewers itself and hands the push to gate 2 directly), so the ratios show what t
 through the logic node costs. ``offered`` is posts/s x viewers; ``achieved`` the deliveries/s
 measured from the first POST to the last receipt.
 
-``python -m bench.push_api [--quick] [--runs 3] [--viewers N] [--rate R] [--seconds S]``
+``python -m bench.push_api [--quick] [--runs 3] [--viewers N] [--rate R] [--seconds S] [--window W]``
+(``--window``: the gates' merge window in seconds, see :attr:`trionano.Config.merge_window`)
 writes bench/results/push_api.md.
 """
 
@@ -41,7 +42,7 @@ import httpx
 
 from trionano import wire
 
-from ._loadgen import HANDSHAKE, ws_frame, ws_payloads, ws_upgrade
+from ._loadgen import HANDSHAKE, HANDSHAKE_ACK, ws_frame, ws_payloads, ws_upgrade
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results" / "push_api.md"
@@ -93,12 +94,14 @@ def receiver(port: int, viewers: int) -> None:
     announced = False
     next_heartbeat = time.monotonic() + 10
     while True:
-        # viewers connect a few at a time, so the ones already in keep reading and heartbeating
-        for _ in range(min(20, viewers - len(buffers))):
+        # viewers connect a few at a time, so the ones already in keep reading and heartbeating,
+        # and at most 64 are joining at once (a gate admits 128 handshakes per host at a time:
+        # Config.max_handshaking_per_host; past it, it refuses newcomers "server busy")
+        for _ in range(min(20, viewers - len(buffers), 64 - (len(buffers) - joined))):
             sock = socket.create_connection(("127.0.0.1", port))
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             ws_upgrade(sock)
-            sock.sendall(ws_frame(HANDSHAKE) + JOIN)
+            sock.sendall(ws_frame(HANDSHAKE) + ws_frame(HANDSHAKE_ACK) + JOIN)
             sock.setblocking(False)
             buffers[sock] = bytearray()
             selector.register(sock, selectors.EVENT_READ, sock)
@@ -168,15 +171,16 @@ def wait_for(log: Path, text: str, process: subprocess.Popen[bytes], seconds: fl
 
 
 @contextlib.contextmanager
-def liveroom(tmp: Path) -> Iterator[dict[str, Any]]:
-    """examples.liveroom's logic node and two gates; gate 1 has a push API of its own."""
+def liveroom(tmp: Path, window: float | None) -> Iterator[dict[str, Any]]:
+    """examples.liveroom's logic node and two gates (their merge window: ``window`` seconds, or
+    none); gate 1 has a push API of its own."""
     sys.path.insert(0, str(ROOT))
     from examples.liveroom import commands
 
     master = f"127.0.0.1:{free_port()}"
     gates = [(f"127.0.0.1:{free_port()}", free_port()), (f"127.0.0.1:{free_port()}", free_port())]
     ports = {"logic": free_port(), "gate1": free_port()}
-    launched = commands(master=master, gates=gates, push_port=ports["logic"])
+    launched = commands(master=master, gates=gates, push_port=ports["logic"], merge_window=window)
     launched["gate1"] += ["--push-port", str(ports["gate1"])]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -221,7 +225,7 @@ def percentile(values: list[int], fraction: float) -> float:
 
 
 def one_round(
-    http: httpx.Client, url: str, receivers: list[subprocess.Popen[bytes]], viewers: int, rate: float, seconds: float
+    url: str, receivers: list[subprocess.Popen[bytes]], viewers: int, rate: float, seconds: float
 ) -> dict[str, float]:
     posts = max(1, int(rate * seconds))
     for process in receivers:
@@ -230,15 +234,18 @@ def one_round(
         process.stdin.flush()
     start = time.monotonic()
     first_post = time.monotonic_ns()
-    for index in range(posts):
-        delay = start + index / rate - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        message = {"text": f"comment {index}", "sent": time.monotonic_ns()}
-        response = http.post(url, json={"route": "onComment", "message": message, "group": "room"})
-        assert response.status_code == 202, response.text
-        # gate 1 counts the logic node too until it has answered that it serves no clients
-        assert response.json()["gates"] >= 2, response.text
+    # a client per round: one kept alive across rounds may be closed by the server (its 5 s
+    # keep-alive timeout) as the next round reuses it (connection reset: a POST is not retried)
+    with httpx.Client(timeout=30) as http:
+        for index in range(posts):
+            delay = start + index / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            message = {"text": f"comment {index}", "sent": time.monotonic_ns()}
+            response = http.post(url, json={"route": "onComment", "message": message, "group": "room"})
+            assert response.status_code == 202, response.text
+            # gate 1 counts the logic node too until it has answered that it serves no clients
+            assert response.json()["gates"] >= 2, response.text
     reports = [read_json(process.stdout) for process in receivers if process.stdout is not None]
     latencies = sorted(value for report in reports for value in report["latencies"])
     last = max(report["last"] for report in reports)
@@ -254,12 +261,12 @@ def one_round(
     }
 
 
-def run(viewers: int, rate: float, seconds: float, runs: int, tmp: Path) -> dict[str, Any]:
+def run(viewers: int, rate: float, seconds: float, runs: int, window: float | None, tmp: Path) -> dict[str, Any]:
     """B13 and its baseline, ``runs`` rounds each, interleaved; their medians."""
     me = [sys.executable, "-m", "bench.push_api", "recv"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     load_before = os.getloadavg()
-    with liveroom(tmp) as room, httpx.Client(timeout=30) as http:
+    with liveroom(tmp, window) as room:
         receivers = [
             subprocess.Popen(
                 [*me, str(port), str(viewers)], cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE
@@ -275,7 +282,7 @@ def run(viewers: int, rate: float, seconds: float, runs: int, tmp: Path) -> dict
             rounds: dict[str, list[dict[str, float]]] = {"logic": [], "gate1": []}
             for _ in range(runs):
                 for mode in rounds:
-                    rounds[mode].append(one_round(http, room["push"][mode], receivers, viewers, rate, seconds))
+                    rounds[mode].append(one_round(room["push"][mode], receivers, viewers, rate, seconds))
                     print(f"  {mode:>5}: {json.dumps(rounds[mode][-1])}", flush=True)
                     time.sleep(0.5)
             cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in room["pids"].items()}
@@ -297,6 +304,7 @@ def run(viewers: int, rate: float, seconds: float, runs: int, tmp: Path) -> dict
         "rate": rate,
         "seconds": seconds,
         "runs": runs,
+        "window": window,
         "medians": medians,
         "node_cpu_s": cpu,
         "load": (load_before, os.getloadavg()),
@@ -310,6 +318,7 @@ def ratio(measured: dict[str, float], baseline: dict[str, float], key: str) -> s
 def write(figures: dict[str, Any], quick: bool) -> str:
     logic, gate = figures["medians"]["logic"], figures["medians"]["gate1"]
     load_before, load_after = figures["load"]
+    window = f"{figures['window'] * 1e3:g} ms" if figures["window"] else "none"
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     mode = " (quick)" if quick else ""
     lines = [
@@ -318,7 +327,8 @@ def write(figures: dict[str, Any], quick: bool) -> str:
         f" | {logic['delivered'] / logic['expected']:.1%} | {logic['p50_ms']:.1f} ({ratio(logic, gate, 'p50_ms')})"
         f" | {logic['p99_ms']:.1f} ({ratio(logic, gate, 'p99_ms')})"
         f" | {gate['achieved_per_s']:,.0f} | {gate['p99_ms']:.1f}"
-        f" | {load_before[0]:.2f} -> {load_after[0]:.2f} on {os.cpu_count()} cores |"
+        f" | {load_before[0]:.2f} -> {load_after[0]:.2f} on {os.cpu_count()} cores"
+        f" | {window} |"
     ]
     if not RESULTS.exists():
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -331,8 +341,9 @@ def write(figures: dict[str, Any], quick: bool) -> str:
             "Reading it: the logic node answers a POST at once and queues the push for each gate (open loop);\n"
             "gate 1's own push API delivers to its viewers inside the POST (closed loop: the poster waits).\n\n"
             "| when | viewers | posts | offered deliveries/s | achieved deliveries/s (vs gate 1) | delivered"
-            " | p50 ms (vs gate 1) | p99 ms (vs gate 1) | gate 1: deliveries/s | gate 1: p99 ms | load |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|\n"
+            " | p50 ms (vs gate 1) | p99 ms (vs gate 1) | gate 1: deliveries/s | gate 1: p99 ms | load"
+            " | gates' merge window |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
         )
     with RESULTS.open("a") as out:
         out.write("\n".join(lines) + "\n")
@@ -349,6 +360,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=None, help="posts per second (5; quick: 10)")
     parser.add_argument("--seconds", type=float, default=None, help="per round (6; quick: 3)")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--window", type=float, default=None, help="the gates' merge window, seconds (default: none; e.g. 0.05)"
+    )
     parser.add_argument("--no-write", action="store_true", help="print only, leave the results table alone")
     args = parser.parse_args()
     viewers = args.viewers or (500 if args.quick else 5000)
@@ -356,9 +370,11 @@ def main() -> None:
     seconds = args.seconds or (3.0 if args.quick else 6.0)
     tmp = Path(tempfile.mkdtemp(prefix="b13-"))
     print(
-        f"B13: 2 x {viewers:,} viewers, {rate:g} posts/s for {seconds:g} s, {args.runs} runs (logs: {tmp})", flush=True
+        f"B13: 2 x {viewers:,} viewers, {rate:g} posts/s for {seconds:g} s, {args.runs} runs,"
+        f" merge window {args.window or 'none'} (logs: {tmp})",
+        flush=True,
     )
-    figures = run(viewers, rate, seconds, args.runs, tmp)
+    figures = run(viewers, rate, seconds, args.runs, args.window, tmp)
     shutil.rmtree(tmp)
     logic, gate = figures["medians"]["logic"], figures["medians"]["gate1"]
     print(

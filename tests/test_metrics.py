@@ -110,6 +110,9 @@ async def test_a_scrape_reports_what_the_clients_did() -> None:
             assert value(samples, "trionano_sessions_opened_total") == 3
             assert value(samples, "trionano_sessions_closed_total") == 1
             assert value(samples, "trionano_connections_accepted_total") == 4
+            assert value(samples, "trionano_connections_open") == 2  # garbage's was kicked
+            assert value(samples, "trionano_connections_handshaking") == 0
+            assert value(samples, "trionano_rate_limited_peers") == 0  # the flooder is still connected
 
             def messages_in(route: str, kind: str) -> float:
                 return value(samples, "trionano_messages_in_total", route=route, type=kind)
@@ -296,6 +299,8 @@ def test_a_node_exports_its_rpcs_and_members() -> None:
     assert value(samples, "trionano_cluster_pushes_total", outcome="queued") == 1  # for the member
     assert value(samples, "trionano_cluster_pushes_total", outcome="dropped") == 0
     assert value(samples, "trionano_cluster_not_gates") == 1
+    assert value(samples, "trionano_cluster_pushes_held") == 0  # nothing waits for the member by now
+    assert value(samples, "trionano_cluster_push_bytes_held") == 0
     assert value(samples, "trionano_sessions_open") == 0  # the server's metrics as well
 
     lost_samples = seen["lost"]

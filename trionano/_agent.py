@@ -149,6 +149,8 @@ class Agent:
         "_resume",
         "_router",
         "_send",
+        "_session",
+        "_session_id",
         "_slow_after",
         "_soft_bytes",
         "_soft_limit",
@@ -162,7 +164,6 @@ class Agent:
         "closed",
         "conn",
         "remote_address",
-        "session",
     )
 
     def __init__(
@@ -231,10 +232,23 @@ class Agent:
         self._held_window = 0.0  # the window the first held packet asked for
         self._flush_at = _NEVER  # the earliest deadline the held packets asked for
         self._clock = clock  # the server's MergeClock, which ends a window (flush_due)
-        self.session: Final = make_session(self)
+        # the session's entity is this agent: the agent forgets it once run() ends, so a closed
+        # connection is freed by reference counting (no cycle for the garbage collector)
+        self._session: Session | None = make_session(self)
+        self._session_id: Final = self._session.id
 
     def __repr__(self) -> str:
-        return f"<Agent session={self.session.id} {self.remote_address} {self.conn.state.name}>"
+        return f"<Agent session={self._session_id} {self.remote_address} {self.conn.state.name}>"
+
+    @property
+    def session(self) -> Session:
+        """The connection's session, until :meth:`run` has returned (the agent then lets go of
+        it: a closed connection leaves no reference cycle behind; the session, which users may
+        keep, still reaches this agent, closed). Raises RuntimeError after that."""
+        session = self._session
+        if session is None:
+            raise RuntimeError(f"connection {self._session_id} from {self.remote_address} has ended")
+        return session
 
     @property
     def limiter(self) -> RateLimiter | None:
@@ -272,6 +286,7 @@ class Agent:
                             self._send_kick(kick)
         finally:
             self._closing()
+            self._session = None  # nothing of the connection needs it any more: no cycle is left
             with trio.CancelScope(shield=True) as scope:  # a WebSocket says goodbye (close frame)
                 scope.deadline = trio.current_time() + min(self._config.close_timeout, 1.0)
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -404,7 +419,7 @@ class Agent:
 
     def _rate_kick(self) -> Kick:
         self._log.warning(
-            "rate limit", "session %d from %s kicked: over its rate limit", self.session.id, self.remote_address
+            "rate limit", "session %d from %s kicked: over its rate limit", self._session_id, self.remote_address
         )
         self._counters.kicked("rate limit")
         return Kick("rate limit")
@@ -673,26 +688,24 @@ class Agent:
         dropped, such as a Response, kicks under either policy). Returns False (the message
         was not queued)."""
         if self._config.slow_consumer is SlowConsumerPolicy.KICK or not droppable:
-            self._log.warning("slow consumer", "session %d is a slow consumer: kicked", self.session.id)
+            self._log.warning("slow consumer", "session %d is a slow consumer: kicked", self._session_id)
             self._counters.kicked("slow consumer")
             self._send_kick(Kick("slow consumer"), discard=True)
             return False
         self._counters.dropped_slow += 1
-        self._log.warning("slow consumer", "session %d does not read its messages: dropping", self.session.id)
+        self._log.warning("slow consumer", "session %d does not read its messages: dropping", self._session_id)
         return False
 
-    def _outbound(self, kind: MessageType, route: str, body: bytes, mid: int = 0) -> bytes | None:
+    def _outbound(self, session: Session, kind: MessageType, route: str, body: bytes, mid: int = 0) -> bytes | None:
         """Run the outbound pipeline; the body to send, or None when a function refused it."""
         message = PipelineMessage(kind, route, body, mid)
         try:
-            self._config.pipeline.outbound.process(self.session, message)
+            self._config.pipeline.outbound.process(session, message)
         except BaseException as exc:  # a user's pipeline function: drop the message, go on
             if passes_through(exc):
                 raise
             self._counters.dropped_pipeline += 1
-            self._log.warning(
-                "pipeline", "outbound pipeline refused %s for session %d: %r", route, self.session.id, exc
-            )
+            self._log.warning("pipeline", "outbound pipeline refused %s for session %d: %r", route, session.id, exc)
             return None
         return message.data
 
@@ -716,7 +729,7 @@ class Agent:
         if self._not_working():
             return False
         if self._config.pipeline.outbound.funcs:
-            refined = self._outbound(MessageType.PUSH, route, body)
+            refined = self._outbound(session, MessageType.PUSH, route, body)
             if refined is None:
                 return False
             body = refined
@@ -757,7 +770,7 @@ class Agent:
         if self._not_working():
             return False
         if self._config.pipeline.outbound.funcs:
-            refined = self._outbound(MessageType.PUSH, broadcast.route, broadcast.body)
+            refined = self._outbound(session, MessageType.PUSH, broadcast.route, broadcast.body)
             if refined is None:
                 return False
             if refined is not broadcast.body:  # rewritten for this session: its own encoding
@@ -799,7 +812,7 @@ class Agent:
         if self._outbound_pipeline.funcs:
             if self._not_working():
                 return False
-            refined = self._outbound(MessageType.RESPONSE, "", body, mid)
+            refined = self._outbound(session, MessageType.RESPONSE, "", body, mid)
             if refined is None:
                 return False
             body = refined
@@ -843,7 +856,7 @@ class Agent:
                 return False
             if not self._finished:
                 self._log.info(
-                    "heartbeat timeout", "session %d from %s: heartbeat timeout", self.session.id, self.remote_address
+                    "heartbeat timeout", "session %d from %s: heartbeat timeout", self._session_id, self.remote_address
                 )
                 self._counters.kicked("heartbeat timeout")
                 self._send_kick(Kick("heartbeat timeout"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Final
 
 import trio
 
@@ -20,12 +21,18 @@ ERR_CLOSE_CLOSED_GROUP = "close closed group"
 ERR_MEMBER_NOT_FOUND = "member not found in the group"
 ERR_SESSION_DUPLICATION = "session has existed in the current group"
 
+#: A join drops the closed members once they may be as many as the open ones, plus this many.
+PRUNE_SLACK: Final = 64
+
 
 class Group:
     """A set of sessions keyed by session id. Owned by the application. A closed session never
     joins (``add`` raises), and one that closes while a member stops counting at once: lookups
     skip it and the next broadcast drops it (leaving from a close hook, as nano's demos do,
-    is still fine).
+    is still fine). Joins drop closed members too, whenever the closed ones may be as many as
+    the open ones, so however many clients come and go, a group that is never broadcast to
+    holds at most twice its largest open membership plus :data:`PRUNE_SLACK` (64): it does not
+    keep the sessions of clients gone long ago alive.
 
     A broadcast serializes its value once, encodes the packet once, and queues the same bytes
     for every member without waiting for any of them: a member whose outbox is full is handled
@@ -51,6 +58,7 @@ class Group:
         self._merge_window = merge_window
         self._members: dict[int, Session] = {}
         self._fanouts: dict[FanOut | None, int] = {}  # members per server fan-out
+        self._prune_at = PRUNE_SLACK  # a join drops the closed members when there are this many
         self._closed = False
 
     def __repr__(self) -> str:
@@ -79,9 +87,12 @@ class Group:
         self._check_open()
         if session.closed:
             raise trio.BrokenResourceError("a closed session cannot join a group")
-        if session.id in self._members:
+        members = self._members
+        if session.id in members:
             raise GroupError(ERR_SESSION_DUPLICATION)
-        self._members[session.id] = session
+        if len(members) >= self._prune_at:  # amortized: at least as many joins as members between two
+            self._prune_at = 2 * len(self._live()) + PRUNE_SLACK
+        members[session.id] = session
         fanout = session.fanout
         self._fanouts[fanout] = self._fanouts.get(fanout, 0) + 1
 

@@ -12,6 +12,7 @@ that writes 2,000 requests at once is accepted in full; a client that keeps send
 
 from __future__ import annotations
 
+import collections
 import enum
 import math
 from typing import Final
@@ -230,7 +231,9 @@ class PeerBudgets:
         self.burst: Final = burst
         self.kick_after: Final = kick_after
         self.max_peers: Final = max_peers
-        self._entries: dict[str, tuple[float, RateLimiter]] = {}  # key -> (forget at, state); oldest first
+        # key -> (forget at, state); oldest first (an OrderedDict: taking from the front of a
+        # plain dict scans the slots deleted there before)
+        self._entries: collections.OrderedDict[str, tuple[float, RateLimiter]] = collections.OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -260,7 +263,7 @@ class PeerBudgets:
             return
         entries[key] = entry
         while len(entries) > self.max_peers:
-            del entries[next(iter(entries))]
+            entries.popitem(last=False)
 
     def _expire(self, now: float) -> None:
         """Forget the entries at the front (the oldest) whose buckets are full again."""

@@ -152,6 +152,12 @@ class Statistics:
     """One server's counters at one moment. Every count is since the server was built.
 
     - ``connections_accepted``, ``connections_refused`` (over ``max_connections``);
+    - ``connections_open`` (now): connections accepted and not yet closed, sessions and
+      connections still in their handshake alike; ``connections_handshaking`` (now): those
+      still in their handshake (what ``max_handshaking`` bounds);
+    - ``rate_limited_peers`` (now): peers whose spent rate-limit budget the server remembers
+      across reconnects (each forgotten once its budget would be full again;
+      ``RateLimit.peers`` at most);
     - ``sessions_open`` (now), ``sessions_opened`` (handshake acked), ``sessions_closed``;
     - ``encoded``: Data packets encoded (a broadcast counts one per server);
     - ``dropped_slow``: messages dropped because a client did not read its outbox;
@@ -173,6 +179,9 @@ class Statistics:
 
     connections_accepted: int
     connections_refused: int
+    connections_open: int
+    connections_handshaking: int
+    rate_limited_peers: int
     sessions_open: int
     sessions_opened: int
     sessions_closed: int
@@ -257,11 +266,22 @@ class Counters:
     def answered_error(self, code: int) -> None:
         self.error_responses[code] = self.error_responses.get(code, 0) + 1
 
-    def snapshot(self, sessions_open: int, outbox_depths: Iterable[int] = ()) -> Statistics:
+    def snapshot(
+        self,
+        sessions_open: int,
+        outbox_depths: Iterable[int] = (),
+        *,
+        connections_handshaking: int = 0,
+        rate_limited_peers: int = 0,
+    ) -> Statistics:
+        """The counts now; ``outbox_depths``: one per open connection (packets queued)."""
         depths = list(outbox_depths)
         return Statistics(
             connections_accepted=self.connections_accepted,
             connections_refused=self.connections_refused,
+            connections_open=len(depths),
+            connections_handshaking=connections_handshaking,
+            rate_limited_peers=rate_limited_peers,
             sessions_open=sessions_open,
             sessions_opened=self.sessions_opened,
             sessions_closed=self.sessions_closed,

@@ -455,6 +455,7 @@ class WebSocketServerStream(trio.abc.Stream):
             await trio.lowlevel.checkpoint()
             return
         self._closed = True
+        self._check = None  # no frame is charged any more (and the checker, often its owner's method, is let go)
         ws = self._ws
         if self._rest is not None:  # a message left half sent: no clean close frame can follow
             self._rest = None

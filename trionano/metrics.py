@@ -17,6 +17,9 @@ The metrics (counters end in ``_total``; durations are histograms in seconds):
 
 - ``trionano_sessions_open`` (gauge): sessions now (handshake acknowledged);
   ``trionano_sessions_opened_total``, ``trionano_sessions_closed_total``;
+- ``trionano_connections_open`` (gauge): connections now, those still in their handshake
+  included; ``trionano_connections_handshaking`` (gauge): those still in their handshake;
+  ``trionano_rate_limited_peers`` (gauge): peers whose spent rate-limit budget is remembered;
 - ``trionano_connections_accepted_total``; ``trionano_connections_refused_total`` (server
   full, server busy with handshakes, or stopping);
 - ``trionano_messages_in_total{route, type}``: Requests and Notifies received (``type``
@@ -54,6 +57,9 @@ node (pass the :class:`~trionano.cluster.Node` instead of its server) adds:
   counts them: ``pushes`` made here, ``queued``/``dropped``/``failed`` per other gate,
   ``received`` from other nodes, ``delivered`` to sessions here, ``refused`` as malformed;
   ``trionano_cluster_not_gates`` (gauge): nodes found to take no pushes (Go nano nodes);
+  ``trionano_cluster_pushes_held`` and ``trionano_cluster_push_bytes_held`` (gauges): pushes
+  held for other gates now, queued or on their way (each gate's at most ``max_pending_pushes``
+  and ``max_pending_push_bytes``: a high value names a slow or stopped gate);
 - ``trionano_push_api_requests_total{answer}``: requests to the HTTP push API served for the
   node, by answer: ``accepted`` (202), ``refused`` (4xx, 500), ``unreached`` (503).
 """
@@ -125,6 +131,17 @@ class _Collector(Collector):
         yield GaugeMetricFamily("trionano_sessions_open", "Sessions open now", value=stats.sessions_open)
         yield counter("sessions_opened", "Sessions opened (handshake acknowledged)", stats.sessions_opened)
         yield counter("sessions_closed", "Sessions closed", stats.sessions_closed)
+        yield GaugeMetricFamily("trionano_connections_open", "Connections open now", value=stats.connections_open)
+        yield GaugeMetricFamily(
+            "trionano_connections_handshaking",
+            "Connections still in their handshake now",
+            value=stats.connections_handshaking,
+        )
+        yield GaugeMetricFamily(
+            "trionano_rate_limited_peers",
+            "Peers whose spent rate-limit budget is remembered across reconnects",
+            value=stats.rate_limited_peers,
+        )
         yield counter("connections_accepted", "Connections accepted", stats.connections_accepted)
         yield counter(
             "connections_refused", "Connections refused (server full or busy, or stopping)", stats.connections_refused
@@ -206,13 +223,21 @@ class _Collector(Collector):
             pushes.add_metric([outcome], getattr(push, outcome))
         yield pushes
         api = CounterMetricFamily(
-            "trionano_push_api_requests", "Requests to the HTTP push API, by answer", labels=["answer"]
+            "trionano_push_api_requests",
+            "Requests to the HTTP push API, by answer (broken: a connection Hypercorn failed on, closed)",
+            labels=["answer"],
         )
-        for answer in ("accepted", "refused", "unreached"):
+        for answer in ("accepted", "refused", "unreached", "broken"):
             api.add_metric([answer], getattr(push, f"api_{answer}"))
         yield api
         yield GaugeMetricFamily(
             "trionano_cluster_not_gates", "Nodes found to take no cluster pushes", value=push.not_gates
+        )
+        yield GaugeMetricFamily(
+            "trionano_cluster_pushes_held", "Cluster pushes held for other gates, not yet written", value=push.held
+        )
+        yield GaugeMetricFamily(
+            "trionano_cluster_push_bytes_held", "Bytes of cluster pushes held for other gates", value=push.held_bytes
         )
 
 

@@ -148,8 +148,13 @@ def build(
     heartbeat: float = 30.0,
     rpc_timeout: float = 5.0,
     push_queue: int = 1024,
+    push_bytes: int = 16 * 1024 * 1024,
+    merge_window: float | None = None,
 ) -> Node:
-    """The node for ``role`` ("logic": also the master; or "gate"), not yet running."""
+    """The node for ``role`` ("logic": also the master; or "gate"), not yet running; at most
+    ``push_queue`` pushes and ``push_bytes`` bytes held for each other gate.
+    ``merge_window``: seconds a viewer's connection may hold comments to send them in one write
+    (:attr:`trionano.Config.merge_window`; None: each at once)."""
     components = Components()
     config = ClusterConfig(
         service_address=listen,
@@ -159,11 +164,12 @@ def build(
         heartbeat=heartbeat,
         rpc_timeout=rpc_timeout,
         max_pending_pushes=push_queue,
+        max_pending_push_bytes=push_bytes,
     )
     component: NodeComponent = LiveService() if role == "logic" else RoomService()
     components.register(component, name="live" if role == "logic" else "room")
     # the logic node reports the viewer count every 0.5 s: a timer tick finer than the default 1 s
-    node = Node(components, config, Config(heartbeat=heartbeat, timer_precision=0.1))
+    node = Node(components, config, Config(heartbeat=heartbeat, timer_precision=0.1, merge_window=merge_window))
     component.give(node)
     return node
 
@@ -210,15 +216,19 @@ def commands(
     token: str | None = None,
     rpc_timeout: float = 5.0,
     push_queue: int = 1024,
+    push_bytes: int = 16 * 1024 * 1024,
+    merge_window: float | None = None,
 ) -> dict[str, list[str]]:
     """The launcher's processes: the logic node (the master, on ``master``, with the push API
-    on ``push_port``) and one gate per (service address, WebSocket port)."""
+    on ``push_port``) and one gate per (service address, WebSocket port), which hold its
+    viewers' comments for ``merge_window`` seconds to send them in one write (None: at once)."""
     me = [sys.executable, "-m", "examples.liveroom"]
-    common = ["--rpc-timeout", str(rpc_timeout), "--push-queue", str(push_queue)]
+    common = ["--rpc-timeout", str(rpc_timeout), "--push-queue", str(push_queue), "--push-bytes", str(push_bytes)]
+    merging = ["--merge-window", str(merge_window)] if merge_window else []
     logic = [*me, "logic", "--listen", master, "--push-port", str(push_port), *common]
     if token is not None:
         logic += ["--token", token]
     result = {"logic": logic}
     for number, (listen, ws_port) in enumerate(gates, 1):
-        result[f"gate{number}"] = [*me, "gate", "--listen", listen, "--ws-port", str(ws_port), *common]
+        result[f"gate{number}"] = [*me, "gate", "--listen", listen, "--ws-port", str(ws_port), *common, *merging]
     return result

@@ -31,6 +31,15 @@ parser.add_argument("--token", help="the push API's bearer token (none: no check
 parser.add_argument("--heartbeat", type=float, default=30.0)
 parser.add_argument("--rpc-timeout", type=float, default=5.0, help="the deadline of every gRPC call, seconds")
 parser.add_argument("--push-queue", type=int, default=1024, help="pushes queued per gate before drops")
+parser.add_argument(
+    "--push-bytes", type=int, default=16 * 1024 * 1024, help="bytes of pushes queued per gate before drops"
+)
+parser.add_argument(
+    "--merge-window",
+    type=float,
+    default=None,
+    help="a gate: seconds a viewer's connection may hold comments to send them in one write (default: none)",
+)
 args = parser.parse_args()
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -85,6 +94,8 @@ def local() -> int:
         token=args.token,
         rpc_timeout=args.rpc_timeout,
         push_queue=args.push_queue,
+        push_bytes=args.push_bytes,
+        merge_window=args.merge_window,
     )
     processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
@@ -134,6 +145,8 @@ node = build(
     heartbeat=args.heartbeat,
     rpc_timeout=args.rpc_timeout,
     push_queue=args.push_queue,
+    push_bytes=args.push_bytes,
+    merge_window=args.merge_window,
 )
 
 

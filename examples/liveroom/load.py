@@ -12,6 +12,7 @@ room, is what is measured: ``bench/push_api.py`` (B13) loads it with raw sockets
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
@@ -55,10 +56,18 @@ def percentile(sorted_values: list[int], fraction: float) -> float:
     return sorted_values[index] / 1e6
 
 
-async def viewer(url: str, number: int, tally: Tally, joined: trio.Semaphore, done: trio.Event) -> None:
-    async with open_websocket_client(url) as client:
-        client.on(ROUTE, tally.received)
-        await join(client, f"load-{number}")
+async def viewer(
+    url: str, number: int, tally: Tally, joined: trio.Semaphore, done: trio.Event, opening: trio.CapacityLimiter
+) -> None:
+    """One viewer: connects and joins while holding ``opening`` (a gate admits a bounded number
+    of handshakes from one host at a time, 128 by default: ``Config.max_handshaking_per_host``,
+    ``WebSocketEndpoint.max_upgrading_per_host``; past it, it answers "server busy"), then
+    counts the comments it gets until ``done``."""
+    async with contextlib.AsyncExitStack() as stack:
+        async with opening:
+            client = await stack.enter_async_context(open_websocket_client(url))
+            client.on(ROUTE, tally.received)
+            await join(client, f"load-{number}")
         joined.release()
         await done.wait()
 
@@ -101,17 +110,12 @@ async def main(
     tally = Tally(run=f"{time.time_ns():x}")
     done = trio.Event()
     joined = trio.Semaphore(0)
-    limit = trio.CapacityLimiter(100)  # connections being opened at once
-
-    async def start_viewer(number: int) -> None:
-        async with limit:
-            pass
-        await viewer(gates[number % len(gates)], number, tally, joined, done)
+    opening = trio.CapacityLimiter(100)  # viewers connecting and joining at once, over all gates
 
     async with trio.open_nursery() as nursery:
         with tqdm(total=viewers, desc="viewers joined", unit="viewer", disable=not show_progress) as bar:
             for number in range(viewers):
-                nursery.start_soon(start_viewer, number)
+                nursery.start_soon(viewer, gates[number % len(gates)], number, tally, joined, done, opening)
             for _ in range(viewers):
                 await joined.acquire()
                 bar.update()

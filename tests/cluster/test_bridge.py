@@ -154,3 +154,35 @@ def share_one_thread() -> None:
     assert seen["future"] == "set from Trio"
     assert seen["echo"] == b"ping"
     assert seen["threads"] == [threading.main_thread().name]
+
+
+def test_a_call_from_asyncio_cut_short_by_trio_stopping_ends_in_node_stopping() -> None:
+    """A grpclib handler waiting on Trio work (``to_trio``) while the node stops gets
+    NodeStopping (grpclib answers UNAVAILABLE), or asyncio's own cancellation when the loop's
+    tasks are cancelled first as it closes; never Trio's Cancelled: a cancellation, alone or in
+    a group from a nursery, belongs to Trio (it goes on up there), and in asyncio it was logged
+    as "Task exception was never retrieved" with a traceback."""
+    seen: list[BaseException] = []
+
+    async def main(bridge: Bridge) -> None:
+        started = trio.Event()
+
+        async def work() -> None:
+            async with trio.open_nursery() as nursery:  # two tasks: a group of Cancelled
+                nursery.start_soon(trio.sleep_forever)
+                started.set()
+                await trio.sleep_forever()
+
+        async def handler() -> None:
+            try:
+                await bridge.to_trio(work)
+            except BaseException as exc:  # what the handler sees is the question
+                seen.append(exc)
+
+        bridge.loop.create_task(handler())
+        with trio.fail_after(10):
+            await started.wait()
+
+    run(main)
+    assert len(seen) == 1
+    assert isinstance(seen[0], NodeStopping | asyncio.CancelledError), repr(seen[0])

@@ -131,6 +131,33 @@ def test_a_node_without_the_stream_is_spoken_to_in_nanos_unary_calls(
     assert caplog.text.count("has no stream service") == 1  # remembered for that peer
 
 
+@pytest.mark.parametrize("backend_fast", [True, False], ids=["stream", "unary"])
+def test_a_failed_forward_logs_the_clients_route_escaped(caplog: pytest.LogCaptureFixture, backend_fast: bool) -> None:
+    """A route the backend does not host is answered 404 and logged by the gate with the
+    client's text escaped: a newline or a bidi control in a route cannot forge a log line."""
+    caplog.set_level(logging.WARNING, logger="trionano.cluster")
+    gate, backend, _ = pair(backend_fast=backend_fast)
+    seen: dict[str, Any] = {}
+    route = "Echo.\u202eevil\nFAKE) error: forged"
+
+    async def main(bridge: Bridge) -> None:
+        async with trio.open_nursery() as nursery:
+            (port,) = await nursery.start(functools.partial(gate.run, bridge, TCPEndpoint("127.0.0.1", 0)))
+            await nursery.start(functools.partial(backend.run, bridge))
+            async with open_client("127.0.0.1", port) as client:
+                seen["answer"] = await client.request(route, {})
+            backend.server.shutdown()
+            gate.server.shutdown()
+
+    run(main)
+    assert seen["answer"]["code"] == 404
+    failed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Process remote message")]
+    assert len(failed) == 1, caplog.text
+    assert "\n" not in failed[0]
+    assert "\u202e" not in failed[0]
+    assert repr(route) in failed[0]
+
+
 class Room(Component):
     """``room.join``: joins the cluster-wide group "room" on this gate."""
 

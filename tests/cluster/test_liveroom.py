@@ -36,6 +36,8 @@ async def liveroom(
     heartbeat: float = 5.0,
     rpc_timeout: float = 5.0,
     push_queue: int = 1024,
+    push_bytes: int = 16 * 1024 * 1024,
+    merge_window: float | None = None,
     launched_out: dict[str, list[str]] | None = None,
 ) -> AsyncIterator[tuple[Cluster, str, list[str]]]:
     """The launcher's three processes; yields the cluster, the push URL and the gates' ws URLs
@@ -50,6 +52,8 @@ async def liveroom(
             token=TOKEN,
             rpc_timeout=rpc_timeout,
             push_queue=push_queue,
+            push_bytes=push_bytes,
+            merge_window=merge_window,
         )
         if launched_out is not None:
             launched_out.update(launched)
@@ -210,6 +214,66 @@ async def test_a_stopped_gate_never_holds_up_the_other(tmp_path: Path) -> None:
         assert stats["push"]["failed"] == 0
 
 
+@pytest.mark.parametrize(("push_queue", "push_bytes"), [(16, 16 * 1024 * 1024), (1024, 256 * 1024)])
+async def test_a_stopped_gate_holds_at_most_its_push_bound_on_the_logic_node(
+    tmp_path: Path, push_queue: int, push_bytes: int
+) -> None:
+    """The attack: with gate 2 stopped once its stream was up, 3,000 pushes of 60 KB grew the
+    logic node by 185 MB and dropped none (its queue drained into the stream's own buffer). The
+    bound (``push_queue`` pushes, ``push_bytes`` bytes) covers the pushes on the stream until
+    written: what the logic node holds for gate 2 (its public push statistics) stays within
+    it, the rest is dropped and counted, gate 1 gets every push in order meanwhile, and gate 2,
+    back, gets what was not dropped, in order: each push either delivered or counted."""
+    pushes, pad = 240, 30_000
+    async with (
+        liveroom(tmp_path, heartbeat=10.0, push_queue=push_queue, push_bytes=push_bytes) as (c, push_url, gates),
+        httpx.AsyncClient(headers=AUTH, timeout=10) as http,
+        open_viewer(gates[0]) as ann,
+        open_viewer(gates[1]) as bob,
+    ):
+        await join(ann, "ann", uid=101)
+        await join(bob, "bob", uid=202)
+        await viewers_seen(bob, 2)
+        audience = {"uids": [101, 202]}
+        await http.post(push_url, json={"route": "onBig", "message": {"n": -1}, **audience})
+        with trio.fail_after(20):
+            assert (await bob.receive_push("onBig"))["n"] == -1  # gate 2 answered: its stream is up
+            assert (await ann.receive_push("onBig"))["n"] == -1
+        c.signal("gate2", signal.SIGSTOP)
+        held: list[tuple[int, int]] = []
+        try:
+            with trio.fail_after(30):  # well within the gate's eviction (4 heartbeats)
+                for number in range(pushes):
+                    message = {"n": number, "pad": "x" * pad}
+                    response = await http.post(push_url, json={"route": "onBig", "message": message, **audience})
+                    assert response.status_code == 202
+                    if number % 20 == 19:
+                        stats = (await ann.request("live.stats", {}))["push"]
+                        held.append((stats["held"], stats["held_bytes"]))
+                for number in range(pushes):  # the bystander gate delivers throughout, in order
+                    assert (await ann.receive_push("onBig"))["n"] == number
+            stats = (await ann.request("live.stats", {}))["push"]
+        finally:
+            c.signal("gate2", signal.SIGCONT)
+        per_push = pad + 200  # the body as JSON, its route and audience
+        assert all(count <= push_queue for count, _ in held), held
+        assert all(size <= push_bytes + per_push for _, size in held), held
+        assert stats["dropped"] > 0
+        with trio.fail_after(30):  # back: the stream drains what the logic node held for gate 2
+            while (await ann.request("live.stats", {}))["push"]["held"]:  # noqa: ASYNC110 (another process)
+                await trio.sleep(0.1)
+        await http.post(push_url, json={"route": "onBig", "message": {"n": pushes}, **audience})
+        got: list[int] = []
+        with trio.fail_after(30):
+            while not got or got[-1] != pushes:
+                got.append((await bob.receive_push("onBig"))["n"])
+        assert got == sorted(got)  # in order, without repeats
+        stats = (await ann.request("live.stats", {}))["push"]
+        assert stats["failed"] == 0
+        assert len(got) - 1 + stats["dropped"] == pushes  # every push delivered or counted dropped
+        assert (stats["held"], stats["held_bytes"]) == (0, 0)
+
+
 def test_the_live_room_page_quotes_examples_liveroom_verbatim() -> None:
     root = Path(__file__).resolve().parent.parent.parent
     page = (root / "docs" / "tutorial" / "liveroom.md").read_text(encoding="utf-8")
@@ -220,15 +284,22 @@ def test_the_live_room_page_quotes_examples_liveroom_verbatim() -> None:
         assert block in source, block
 
 
-async def test_the_load_script_counts_every_delivery(tmp_path: Path) -> None:
-    async with liveroom(tmp_path) as (_, push_url, gates):
+@pytest.mark.parametrize(("viewers", "merge_window"), [(20, None), (20, 0.1), (400, None)])
+async def test_the_load_script_counts_every_delivery(tmp_path: Path, viewers: int, merge_window: float | None) -> None:
+    """Every comment reaches every viewer, with each gate sending them at once or merging what
+    a 100 ms window gathers (posts 50 ms apart: two or three per write); and with more viewers
+    than a gate admits handshakes from one host at once (128: the script paces its joins)."""
+    launched: dict[str, list[str]] = {}
+    async with liveroom(tmp_path, merge_window=merge_window, launched_out=launched) as (_, push_url, gates):
         figures = await load.main(
-            20, gates=gates, push_url=push_url, token=TOKEN, posts=5, rate=20, show_progress=False
+            viewers, gates=gates, push_url=push_url, token=TOKEN, posts=5, rate=20, show_progress=False
         )
     assert figures["gates_reached"] == 2
-    assert (figures["expected"], figures["delivered"]) == (100, 100)
+    assert (figures["expected"], figures["delivered"]) == (5 * viewers, 5 * viewers)
     assert 0 < figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"]
     assert figures["deliveries_per_s"] > 0
+    merging = [name for name, command in launched.items() if "--merge-window" in command]
+    assert merging == ([] if merge_window is None else ["gate1", "gate2"])
 
 
 async def test_the_launcher_starts_the_room_prints_its_urls_and_stops_it(tmp_path: Path) -> None:
@@ -297,9 +368,10 @@ def launcher_base_port() -> int:
 async def test_after_the_logic_node_restarts_pushes_say_503_until_the_gates_are_back(tmp_path: Path) -> None:
     """The attacker's finding: after the logic node (the master) restarted, the push API said
     202 {"gates": 0} for up to a heartbeat and the pushes reached nobody. Now such a push is
-    503 with Retry-After (nothing was delivered, counted); the gates, whose heartbeat to the
-    master failed, heartbeat again every retry_interval, and the restarted master learns them
-    from the first that arrives; the next push reaches both."""
+    503 with Retry-After (nothing was delivered, counted); the gates, whose stream to the
+    master ended and whose heartbeat to it failed, heartbeat again with a backoff until it
+    answers, and the restarted master learns them from the first that arrives; the next push
+    reaches both."""
     launched: dict[str, list[str]] = {}
     async with (
         liveroom(tmp_path, heartbeat=1.0, launched_out=launched) as (c, push_url, (gate1, gate2)),

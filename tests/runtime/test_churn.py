@@ -2,7 +2,8 @@
 must neither stop the server nor disturb a client that stays.
 
 Public API only (Server, Components, Component, the endpoints, trionano.client, trionano.testing
-and the sans-IO trionano.wire), so the test outlives changes to the runtime's internals.
+and the sans-IO trionano.wire; and a group's documented slack), so the tests outlive changes to
+the runtime's internals.
 Bounded in count and in time; the figures it reaches are printed (``pytest -s``).
 """
 
@@ -13,6 +14,7 @@ import itertools
 import socket
 import struct
 import time
+import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Final
@@ -22,9 +24,21 @@ import trio
 import wsproto
 import wsproto.events
 
-from trionano import Component, Components, Server, Session, TCPEndpoint, WebSocketEndpoint, wire
+from trionano import (
+    Component,
+    Components,
+    Config,
+    Group,
+    RateLimit,
+    Server,
+    Session,
+    TCPEndpoint,
+    WebSocketEndpoint,
+    wire,
+)
+from trionano._group import PRUNE_SLACK
 from trionano.client import open_client, open_websocket_client
-from trionano.testing import open_raw_connection
+from trionano.testing import RawConnection, open_raw_connection
 
 HOST: Final = "127.0.0.1"
 WORKERS: Final = 50  # concurrent churning clients, each cycling through the scenarios
@@ -295,3 +309,113 @@ async def test_churn_never_stops_the_server_or_disturbs_a_bystander() -> None:
     stats = server.statistics()
     assert stats.sessions_opened == stats.sessions_closed
     assert stats.sessions_open == 0
+    assert stats.connections_open == 0
+    assert stats.connections_handshaking == 0
+
+
+# -- what a churn leaves behind: the server's tables ----------------------------------------
+
+TABLES_CYCLES: Final = 2000  # connections opened and dropped
+TABLES_WORKERS: Final = 40
+#: A limit that refills in a second: a flooder's spent budget is remembered that long.
+TABLES_RATE: Final = RateLimit(rate=25, burst=25, kick_after=25)
+FLOOD_HOSTS: Final = [f"127.0.0.{n}" for n in range(2, 10)]  # one remembered budget each
+
+
+class Lobby(Component):
+    """A group joined and never left or broadcast to; every session seen, weakly."""
+
+    def __init__(self) -> None:
+        self.group = Group("lobby")
+        self.seen: list[weakref.ref[Session]] = []
+
+    def join(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
+        self.group.add(session)
+        self.seen.append(weakref.ref(session))
+        return msg
+
+
+async def tcp_join(port: int) -> None:
+    async with open_client(HOST, port) as client:
+        assert await client.request("lobby.join", {"n": 1}) == {"n": 1}
+
+
+async def ws_join(port: int) -> None:
+    async with open_websocket_client(f"ws://{HOST}:{port}/") as client:
+        assert await client.request("lobby.join", {"n": 2}) == {"n": 2}
+
+
+async def tcp_flood(port: int, host: str) -> None:
+    """From ``host``: a flood of Requests, refused past the burst and kicked "rate limit"."""
+    stream = await trio.open_tcp_stream(HOST, port, local_address=host)
+    async with stream:
+        raw = RawConnection(stream)
+        await raw.handshake()
+        request = wire.MessageCodec().request_packet(1, "churn.echo", b"{}")
+        try:
+            await raw.send(request * 400)
+        except trio.BrokenResourceError:
+            pass
+        await raw.receive_until_closed()
+
+
+@pytest.mark.usefixtures("exit_if_wedged")
+async def test_churn_leaves_the_servers_tables_as_they_were() -> None:
+    """Thousands of connections ended every way (including clients that join a group and never
+    leave it, and floods from several hosts) leave the server's sessions, connections,
+    handshaking (admission) and rate-limit tables as before, and no session alive but the
+    group's few."""
+    components = Components()
+    lobby = Lobby()
+    components.register(lobby, name="lobby")
+    components.register(Churn(), name="churn")
+    server = Server(components, Config(rate_limit=TABLES_RATE))
+    cycles = itertools.count()
+    scenarios = [*TCP_SCENARIOS, *WS_SCENARIOS, tcp_join, ws_join]
+
+    async def worker(index: int, tcp_port: int, ws_port: int) -> None:
+        for turn in itertools.count(index):
+            if next(cycles) >= TABLES_CYCLES:
+                return
+            scenario = scenarios[turn % len(scenarios)]
+            with trio.fail_after(CYCLE_TIMEOUT):
+                await scenario(ws_port if scenario in WS_SCENARIOS or scenario is ws_join else tcp_port)
+
+    async with trio.open_nursery() as nursery:
+        tcp_port, ws_port = await nursery.start(
+            lambda task_status: server.serve(TCPEndpoint(HOST), WebSocketEndpoint(HOST), task_status=task_status)
+        )
+        before = server.statistics()
+        async with trio.open_nursery() as workers:
+            for index in range(TABLES_WORKERS):
+                workers.start_soon(worker, index, tcp_port, ws_port)
+        async with trio.open_nursery() as floods:  # last: their budgets are still remembered
+            for host in FLOOD_HOSTS:
+                floods.start_soon(tcp_flood, tcp_port, host)
+        with trio.fail_after(CYCLE_TIMEOUT):  # every connection's end is seen by the server
+            while server.statistics().connections_open:  # noqa: ASYNC110 - no event for it
+                await trio.sleep(0.01)
+        after = server.statistics()
+        held = sum(ref() is not None for ref in lobby.seen)
+        await trio.sleep(2 * TABLES_RATE.burst / TABLES_RATE.rate)  # the floods' budgets refill
+        async with open_client(HOST, tcp_port) as client:  # its connection forgets them
+            assert await client.request("churn.echo", {}) == {}
+        forgotten = server.statistics().rate_limited_peers
+        server.shutdown()
+
+    print(
+        f"\n{after.connections_accepted} connections; kicks {dict(after.kicks)}; sessions of the group"
+        f" still alive {held} of {len(lobby.seen)}; budgets remembered {after.rate_limited_peers}, then {forgotten}"
+    )
+    assert (before.connections_open, before.connections_handshaking, before.rate_limited_peers) == (0, 0, 0)
+    assert after.connections_accepted >= TABLES_CYCLES * 0.8  # but those dropped mid-upgrade
+    assert (after.connections_open, after.connections_handshaking, after.sessions_open) == (0, 0, 0)
+    assert dict(server.sessions) == {}
+    assert after.kicks.get("rate limit", 0) == len(FLOOD_HOSTS)
+    assert 0 < after.rate_limited_peers <= len(FLOOD_HOSTS)  # some may have been forgotten already
+    assert forgotten == 0
+    assert len(lobby.seen) >= TABLES_CYCLES // len(scenarios)
+    # the group holds at most twice its largest membership (a join per worker) plus its slack;
+    # a few more may be held for a moment by the server's tasks
+    assert held <= 2 * TABLES_WORKERS + PRUNE_SLACK + 8
+    assert len(lobby.group) == 0

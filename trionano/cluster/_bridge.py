@@ -188,7 +188,8 @@ class Bridge:
     async def to_trio(self, fn: Callable[[], Awaitable[T]]) -> T:
         """From asyncio (a grpclib handler): run ``fn()`` as a Trio task and wait for it.
         Cancelling the asyncio side cancels the Trio task. Raises what ``fn`` raises;
-        NodeStopping once Trio is winding down (it starts nothing new then)."""
+        NodeStopping once Trio is winding down (it starts nothing new then), or when the node
+        stopping cancels ``fn`` (Trio's Cancelled stays in Trio)."""
         if self.finished:
             raise NodeStopping("this node has stopped")
         future: asyncio.Future[T] = self.loop.create_future()
@@ -197,6 +198,12 @@ class Bridge:
         async def runner() -> None:
             with scope:
                 result = await outcome.acapture(fn)
+                if isinstance(result, outcome.Error) and _cancelled_only(result.error):
+                    # Trio's cancellation (this call's own scope, or the node stopping) goes on
+                    # up in Trio; the asyncio side is told the node stops (or is cancelled)
+                    if not future.done():
+                        future.set_exception(NodeStopping("the call was cancelled: the node is stopping"))
+                    result.unwrap()
                 if not future.done():
                     if isinstance(result, outcome.Value):
                         future.set_result(result.value)
@@ -215,6 +222,13 @@ class Bridge:
             if not self.finished:
                 scope.cancel()
             raise
+
+
+def _cancelled_only(error: BaseException) -> bool:
+    """Whether ``error`` is Trio's Cancelled, or a group (a nursery's) of nothing else."""
+    if isinstance(error, trio.Cancelled):
+        return True
+    return isinstance(error, BaseExceptionGroup) and error.split(trio.Cancelled)[1] is None
 
 
 def run(
@@ -249,8 +263,9 @@ def run(
             host.start_soon(_drive, loop, driving)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
 
-                async def watch() -> None:
+                async def watch(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
                     count = 0
+                    task_status.started()  # before main runs: a main that returns at once ends it
                     async for _ in signals:
                         count += 1
                         if on_signal is not None and count == 1:
@@ -258,7 +273,7 @@ def run(
                         else:
                             root.cancel()
 
-                host.start_soon(watch)
+                await host.start(watch)
                 try:
                     ended.append(await outcome.acapture(main_in_root))
                 finally:

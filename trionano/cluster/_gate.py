@@ -80,8 +80,9 @@ class Refusal:
 
 class Forwarder:
     """One session's forwarding state: its queue, drained by :meth:`Gate._drain` (a task of
-    the node, started on the first message that must wait: for a stream to open, or for a
-    unary call), and its requests in flight on streams. While nothing waits in the queue, a
+    the node, started on the first message that must wait: for a stream to open, for a unary
+    call, or for the answers of the requests in flight ahead of it, as a refusal does), and
+    its requests in flight on streams. While nothing waits in the queue, a
     message for a member with a live stream goes straight onto it (same order either way).
     ``gate`` and ``sid`` are what the members see: this node and the session's id, or, for
     a stand-in, its client's gate and id there (so replies go straight to that gate)."""
@@ -207,9 +208,9 @@ class Gate:
         forwarder = session.get(_FORWARDER)
         if (
             forwarder is not None
-            and forwarder.started
-            and (forwarder.queued or forwarder.in_flight)
+            and (forwarder.queued or forwarder.in_flight)  # in flight: sent straight onto a live stream
             and forwarder.refusals < self._bound
+            and self._start(session, forwarder)
             and forwarder.put(Refusal(mid, code, text))
         ):
             forwarder.queued += 1
@@ -270,16 +271,22 @@ class Gate:
             if link is not None:
                 self._stream(link, session, forwarder, member, service, route, mid, body, self._rpc_timeout)
                 return True
-        if not forwarder.started:
-            if not self._tasks.start(self._drain, session, forwarder):
-                self._counters.forwards_refused += 1
-                return False  # this node is stopping
-            forwarder.started = True
+        if not self._start(session, forwarder):
+            self._counters.forwards_refused += 1
+            return False  # this node is stopping
         item = Forward(member, service, route, mid, body, trio.current_time() + self._rpc_timeout)
         if forwarder.put(item):
             forwarder.queued += 1
             return True
         return self._refused(session, route)
+
+    def _start(self, session: Session, forwarder: Forwarder) -> bool:
+        """Start the session's forwarding task unless it runs; False once this node is stopping."""
+        if not forwarder.started:
+            if not self._tasks.start(self._drain, session, forwarder):
+                return False
+            forwarder.started = True
+        return True
 
     def _refused(self, session: Session, route: str) -> bool:
         self._counters.forwards_refused += 1
@@ -385,7 +392,9 @@ class Gate:
     def _failed(self, session: Session, member: str, service: str, route: str, mid: int, exc: ClusterError) -> None:
         """A forward failed: count, log, unbind the member, answer a Request 404 or 503."""
         self._counters.forward_errors += 1
-        self._log.warning("forward failed", "Process remote message (%d:%s) error: %r", session.id, route, exc)
+        self._log.warning(
+            "forward failed", "Process remote message (%d:%s) error: %r", session.id, client_text(route), exc
+        )
         bindings = session.get(_BINDINGS)
         if bindings is not None and bindings.get(service) == member:
             del bindings[service]  # choose again next time

@@ -7,6 +7,8 @@
     ├── Links        _links       the fast path: one stream per trionano peer, batches of frames
     ├── Membership   _membership  the other nodes and their services
     ├── Registry     _registry    the master's: Register/Unregister/Heartbeat, eviction
+    ├── Keepalive    _keepalive   a member's: registration, heartbeats, rejoining a master
+                                  that went away as soon as it is back
     ├── Gate         _gate        forwarding (per-session queues), replies for clients, calls
     ├── RemoteSessions _remote    stand-ins for other gates' clients, and their outboxes
     ├── PushHub      _push        cluster-wide groups and pushes (trionano.push.Push)
@@ -24,7 +26,8 @@ channels are closed when they leave; stand-in sessions die with their gate; NewM
 DelMember failures are logged, never abort a registration; session ids are unique across the
 cluster with no configuration (:mod:`trionano.cluster._ids`); between two trionano nodes,
 messages ride one long-lived stream per peer in batches (:mod:`trionano.cluster._links`), and
-nano's unary methods stay for the others.
+nano's unary methods stay for the others; a restarted master knows every live member within
+about a second of being back, not at their next keepalive (:mod:`trionano.cluster._keepalive`).
 """
 
 from __future__ import annotations
@@ -46,10 +49,11 @@ from .._stats import RpcCounters
 from . import _generated as _gen_root  # noqa: F401 - the generated package must import first
 from ._bridge import Bridge
 from ._counters import Counters, Statistics
-from ._errors import ClusterError, NodeStopping
+from ._errors import NodeStopping
 from ._gate import Gate, RemoteRoute
 from ._generated import clusterpb as pb
 from ._ids import NODE_BITS, SessionIds
+from ._keepalive import Keepalive
 from ._links import Links, StreamService
 from ._membership import Membership
 from ._peers import Peers, split_address
@@ -71,7 +75,10 @@ class ClusterConfig:
 
     ``service_address`` ("host:port") serves gRPC; a member names the master's with
     ``master_address``; ``is_master`` makes the master (which may host services too).
-    ``heartbeat`` is the member->master keepalive (the master evicts after 4 silent intervals);
+    ``heartbeat`` is the member->master keepalive (the master evicts after 4 silent intervals;
+    beyond nano, a member whose stream to a trionano master ends heartbeats it again within
+    about a second of its being back, so a restarted master need not wait for the keepalive:
+    :mod:`trionano.cluster._keepalive`);
     ``rpc_timeout`` bounds every call (a forwarded Request unanswered by then is answered 503);
     ``retry_interval`` spaces registration attempts. ``max_pending_forwards`` bounds each
     session's messages for other nodes, waiting or in flight (over it a Request is answered
@@ -79,6 +86,10 @@ class ClusterConfig:
     default: a client's burst a local server answers (it queues 4,096 tasks per lane) goes
     through a gate too, while a hung member holds at most that many per session, each its
     body plus a few hundred bytes of bookkeeping, until their deadlines.
+    ``max_pending_pushes`` and ``max_pending_push_bytes`` (16 MiB) bound the cluster pushes
+    held for each other gate, queued or on their way (on the stream until written): a gate
+    that is slow or stopped holds at most that much here; pushes over it are dropped, counted
+    and logged (:meth:`Node.push_statistics`: ``dropped``, ``held``, ``held_bytes``).
     ``node_id`` fixes the node part of session ids (``0 <= node_id < 2**20``, unique among
     running nodes); by default it is drawn at random (:mod:`trionano.cluster._ids`).
     ``fast_path`` (beyond nano): talk to other trionano nodes over one stream each, in
@@ -95,6 +106,7 @@ class ClusterConfig:
     rpc_timeout: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
     max_pending_forwards: int = attrs.field(default=1024, validator=attrs.validators.ge(1))
     max_pending_pushes: int = attrs.field(default=1024, validator=attrs.validators.ge(1))
+    max_pending_push_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=attrs.validators.ge(1))
     node_id: int | None = attrs.field(
         default=None,
         validator=attrs.validators.optional([attrs.validators.ge(0), attrs.validators.lt(1 << NODE_BITS)]),
@@ -147,7 +159,13 @@ class Node:
         )
         self._gate.attach(self.server)
         self._push = PushHub(
-            self.address, self.membership, self._peers, self._links, self._tasks, bound=config.max_pending_pushes
+            self.address,
+            self.membership,
+            self._peers,
+            self._links,
+            self._tasks,
+            bound=config.max_pending_pushes,
+            bound_bytes=config.max_pending_push_bytes,
         )
         self._push.attach(self.server)
         self._remote = RemoteSessions(
@@ -167,7 +185,21 @@ class Node:
             if config.is_master
             else None
         )
-        self._registered = False
+        self._keepalive = (
+            None
+            if config.master_address is None or config.is_master
+            else Keepalive(
+                config.master_address,
+                self._peers,
+                self._links,
+                self.membership,
+                self._log,
+                info=self.info,
+                heartbeat=config.heartbeat,
+                retry_interval=config.retry_interval,
+                rpc_timeout=config.rpc_timeout,
+            )
+        )
 
     # -- views ------------------------------------------------------------------------------
 
@@ -193,11 +225,15 @@ class Node:
     def statistics(self) -> Statistics:
         """The node's cluster counters now (its server's are ``server.statistics()``)."""
         counts = self._links.counts
+        frames_held, bytes_held = self._links.held()
         return self._counters.snapshot(
             frames_out=counts.frames_out,
             frames_in=counts.frames_in,
             batches_out=counts.batches_out,
             batches_in=counts.batches_in,
+            frames_refused=counts.frames_refused,
+            frames_held=frames_held,
+            bytes_held=bytes_held,
         )
 
     def push_statistics(self) -> PushStatistics:
@@ -206,7 +242,8 @@ class Node:
 
     def count_push_api(self, answer: str) -> None:
         """Count one answer of the HTTP push API served for this node ("accepted", "refused"
-        or "unreached"; :func:`~trionano.cluster.push_api.serve_push_api` calls it), in
+        or "unreached"; or "broken", a connection Hypercorn failed on, closed alone;
+        :func:`~trionano.cluster.push_api.serve_push_api` calls it), in
         :meth:`push_statistics`."""
         self._push.count_api(answer)
 
@@ -261,9 +298,9 @@ class Node:
                 ports: list[int] = await nursery.start(self._serve, endpoints, nursery.cancel_scope)
                 if self._registry is not None:
                     nursery.start_soon(self._registry.evict_silent_members)
-                else:
-                    await self._register()
-                    nursery.start_soon(self._keepalive)
+                if self._keepalive is not None:
+                    await self._keepalive.register()
+                    nursery.start_soon(self._keepalive.keep_alive)
                 _logger.info("node %s up: local %s, remote %s", self.address, self.local_services, self.remote_services)
                 task_status.started(ports)
                 up = True
@@ -272,7 +309,8 @@ class Node:
         finally:
             self._tasks.close()
             with trio.CancelScope(shield=True), trio.move_on_after(self.config.rpc_timeout):
-                await self._unregister()
+                if self._keepalive is not None:
+                    await self._keepalive.unregister()
                 grpc.close()
                 await bridge.to_asyncio(grpc.wait_closed)
             self._peers.close_all()
@@ -299,57 +337,6 @@ class Node:
         """The server's life is the node's: once it has shut down, the node stops too."""
         await self.server.serve(*endpoints, task_status=task_status)
         node_scope.cancel()
-
-    def _master(self) -> str:
-        assert self.config.master_address is not None  # checked by ClusterConfig
-        return self.config.master_address
-
-    async def _register(self) -> None:
-        """nano's registration: retry every retry_interval until the master answers."""
-        while True:
-            try:
-                members = await self._peers[self._master()].register(self.info())
-                break
-            except ClusterError as exc:
-                _logger.warning(
-                    "Register current node to cluster failed: %r; retry in %gs", exc, self.config.retry_interval
-                )
-                await trio.sleep(self.config.retry_interval)
-        for member in members:
-            self.membership.add(member)
-        self._registered = True
-
-    async def _unregister(self) -> None:
-        if not self._registered:
-            return
-        try:
-            await self._peers[self._master()].unregister(self.address)
-        except ClusterError as exc:  # the master may be gone first; it evicts us then
-            _logger.warning("unregister from the master failed: %r", exc)
-
-    async def _keepalive(self) -> None:
-        """nano's member keepalive: a Heartbeat every ``heartbeat`` seconds; a master that does
-        not know the member (it restarted) takes the heartbeat as its registration, as nano's
-        does. Beyond nano, whose member waits a whole interval after a failed heartbeat: a
-        failed heartbeat means the master is down or restarting, so the next one goes after
-        ``retry_interval`` (until one succeeds), and a restarted master (with the pushes it
-        makes) knows every member within ``retry_interval`` of being back. A heartbeat that
-        merely timed out changes nothing at the master: what it holds for the member stays."""
-        interval = self.config.heartbeat
-        retry = min(self.config.retry_interval, interval)
-        delay = interval
-        while True:
-            await trio.sleep(delay)
-            try:
-                await self._peers[self._master()].heartbeat(self.info())
-            except ClusterError as exc:
-                if delay == interval:  # the first failure of a run: once, not every retry
-                    _logger.warning("heartbeat to the master failed: %r; retrying every %gs", exc, retry)
-                delay = retry
-            else:
-                if delay != interval:
-                    _logger.info("heartbeat to the master answered again")
-                delay = interval
 
     # -- membership changes (clusterpb.Member NewMember/DelMember, Trio side) -----------------
 

@@ -86,8 +86,8 @@ class Registry:
         if info is None or not info.service_addr:
             raise InvalidRequest("invalid heartbeat request")
         address = info.service_addr
+        self._check_running()  # a stopped master's connections may linger: it answers no one
         if address not in self._membership:
-            self._check_running()
             self._rejoin(info)
         self._last_heartbeat[address] = trio.current_time()
         return pb.HeartbeatResponse()

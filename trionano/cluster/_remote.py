@@ -9,6 +9,7 @@ responses and close go back to the gate in order, through its own outbox and sen
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -184,10 +185,11 @@ class RemoteSessions:
         self._counters = counters
         self._log = log
         self._sessions: dict[tuple[str, int], Session] = {}
+        self._gates: dict[int, list[str]] = {}  # session id -> the gates of its stand-ins
         # the latest sessions announced ended (ids are unique across the cluster): a message for
         # one that comes later, relayed by another node (gate -> master -> here), makes no
         # stand-in that nothing would ever end
-        self._ended: dict[int, None] = {}
+        self._ended: collections.OrderedDict[int, None] = collections.OrderedDict()
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -218,7 +220,12 @@ class RemoteSessions:
         try:
             await self._handle(gate or link.peer, sid, Request(mid, route, data))
         except ClusterError as exc:
-            link.send(frames.encode_frame(frames.Error(sid, mid, exc.status.value, exc.message)))
+            if not link.send(frames.encode_frame(frames.Error(sid, mid, exc.status.value, exc.message))):
+                # the link is down or full: the gate answers its client at the Request's deadline
+                self._counters.dropped_outbound += 1
+                self._log.warning(
+                    "error dropped", "Error for %s#%d dropped: the stream is down or full", link.peer, sid
+                )
 
     async def on_notify(self, link: Link, frame: frames.Notify) -> None:
         gate, sid, route, data = frame
@@ -231,9 +238,9 @@ class RemoteSessions:
         ended = self._ended
         ended[sid] = None
         if len(ended) > _MAX_ENDED:
-            del ended[next(iter(ended))]
-        for key in [key for key in self._sessions if key[1] == sid]:
-            self._end(key)
+            ended.popitem(last=False)
+        for gate in self._gates.get(sid, ())[:]:
+            self._end((gate, sid))
 
     # -- the stand-ins ----------------------------------------------------------------------
 
@@ -276,12 +283,18 @@ class RemoteSessions:
                 raise NodeStopping("this node is stopping")
             session = self._server.make_session(entity)
             self._sessions[key] = session
+            self._gates.setdefault(sid, []).append(gate)
         return session
 
     def _end(self, key: tuple[str, int]) -> None:
         session = self._sessions.pop(key, None)
         if session is None:
             return
+        gate, sid = key
+        gates = self._gates[sid]
+        gates.remove(gate)
+        if not gates:
+            del self._gates[sid]
         entity = session.entity
         assert isinstance(entity, RemoteEntity)
         entity.drop()
