@@ -156,7 +156,6 @@ class Agent:
         "_soft_limit",
         "_stream",
         "_timeout_span",
-        "_wake_abort",
         "_window",
         "_write_started",
         "_writer_scope",
@@ -196,7 +195,6 @@ class Agent:
         # the writer, while it waits for the outbox (see _writer); whatever queues or closes
         # wakes it (_wake)
         self._parked: trio.lowlevel.Task | None = None
-        self._wake_abort = self._unpark  # bound once: the writer's every wait shares it
         self._queued = 0  # packets in the outbox (and held for a merge window)
         self._queued_bytes = 0  # and their bytes
         self._writing = False  # a write is under way (it may be waiting for the client)
@@ -488,7 +486,7 @@ class Agent:
         collector walks (bench/push.py, buckets)."""
         receive = self._receive
         task = trio.lowlevel.current_task()
-        abort = self._wake_abort
+        abort = self._unpark  # bound once, in the writer (the agent holding it would be a cycle)
         wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
         write = self._stream.send_all
         # a stream that can write without waiting (FdStream) is tried first: no coroutine, no
