@@ -54,8 +54,8 @@ def tune_gc() -> None:
     towards a full one; the full threshold is 6,000 rather than 1,000 so that a server
     broadcasting to large groups has its full collections no sooner than before. Elsewhere
     the full threshold hardly matters: 6,000 middle collections are 1.3 billion net
-    allocations (1,000: 220 million). Garbage in reference cycles that has lived long (a
-    closed connection's session and agent, for one) waits for a full collection.
+    allocations (1,000: 220 million). Garbage in reference cycles that has lived long waits
+    for a full collection (a closed connection leaves none: reference counting frees it).
 
     Process-wide: :func:`run` calls it unless told not to; a program that runs the server
     otherwise may call it itself. ``gc.unfreeze()`` and ``gc.set_threshold`` undo it."""
