@@ -130,7 +130,7 @@ class Config:
       holding several packets, which pomelo's and trionano's JS clients decode), as
       go-push and goim batch by time; None (the default) writes at once. The window starts
       when the first Push of a write is queued, so no Push waits longer than it (but for the
-      server's steps when many windows end at once: 64 per step, see ``_merge``); the held
+      server's steps when many windows end at once: 64 per step, other requests served between); the held
       Pushes do not wake the connection's writer until the window ends; a
       Response, heartbeat or Kick ends the window at once (it is written with whatever is
       queued before it, in order). A :class:`~trionano.Group` may set its own window for its
