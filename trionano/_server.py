@@ -41,7 +41,7 @@ from ._log import RateLimitedLog
 from ._merge import MergeClock
 from ._ratelimit import PeerBudgets
 from ._router import RemoteRouter, Router
-from ._session import NetworkEntity, Session
+from ._session import NetworkEntity, Session, UidIndex
 from ._stats import Counters, Statistics
 from ._util import call_user, call_user_logged, passes_through
 from ._websocket import OriginCheck, WebSocketEndpoint
@@ -165,6 +165,7 @@ class Server:
             if isinstance(component, Component):
                 component.attach(self)
         self._sessions: dict[int, Session] = {}
+        self._uids: Final = UidIndex()  # uid -> its open sessions among self._sessions
         self._agents: set[Agent] = set()
         # connections still in their handshake, and what peers spent of their rate limits
         self._handshaking: Final = Handshaking[Agent](self.config.max_handshaking, self.config.max_handshaking_per_host)
@@ -186,6 +187,18 @@ class Server:
     def sessions(self) -> Mapping[int, Session]:
         """Open sessions (handshake acknowledged) by id; read-only."""
         return MappingProxyType(self._sessions)
+
+    def sessions_of(self, uid: int) -> list[Session]:
+        """The open sessions (of :attr:`sessions`) bound to ``uid`` now, oldest binding first;
+        empty when none. Several sessions may share a uid (one user on two devices). Kept as
+        an index (updated on bind, :meth:`Session.clear` and close): the cost is that of the
+        sessions found, not of every open session."""
+        return self._uids.sessions(uid)
+
+    @property
+    def bound_uids(self) -> int:
+        """How many distinct uids have at least one open session."""
+        return len(self._uids)
 
     @property
     def routes(self) -> list[str]:
@@ -387,6 +400,7 @@ class Server:
         self._handshaking.remove(agent)
         session = agent.session
         self._sessions[session.id] = session
+        self._uids.add(session)
         self._counters.sessions_opened += 1
         # DEBUG: a churn of connections must not flood the log; operators count them instead
         # (statistics(): connections_accepted, sessions_opened, sessions_closed)
@@ -396,6 +410,7 @@ class Server:
         self._agents.discard(agent)
         self._handshaking.remove(agent)
         if self._sessions.pop(session.id, None) is not None:
+            self._uids.remove(session)
             self._counters.sessions_closed += 1
             _logger.debug("session %d (uid %d) from %s closed", session.id, session.uid, agent.remote_address)
             self.session_closed(session)

@@ -26,6 +26,7 @@ __all__ = [
     "RemoteCaller",
     "Session",
     "SessionKey",
+    "UidIndex",
     "current_call",
 ]
 
@@ -219,6 +220,56 @@ def _key(key: SessionKey[Any] | str) -> str:
     return key if isinstance(key, str) else key.name
 
 
+class UidIndex:
+    """uid -> the open sessions bound to it, kept by a server for its own sessions: a session is
+    in it from :meth:`add` (its handshake acknowledged) to :meth:`remove` (closed), under its
+    current uid (moved on every :meth:`Session.bind` and :meth:`Session.clear`). Several
+    sessions may share a uid; sessions bound to none (uid 0) are not listed. Lookups cost
+    O(sessions of that uid), not O(open sessions)."""
+
+    __slots__ = ("_by_uid",)
+
+    def __init__(self) -> None:
+        self._by_uid: dict[int, dict[int, Session]] = {}
+
+    def __len__(self) -> int:
+        """How many uids have at least one open session."""
+        return len(self._by_uid)
+
+    def sessions(self, uid: int) -> list[Session]:
+        """The open sessions bound to ``uid``, oldest binding first (empty when none)."""
+        bucket = self._by_uid.get(uid)
+        return list(bucket.values()) if bucket else []
+
+    def add(self, session: Session) -> None:
+        session._index = self
+        if session.uid:
+            self._insert(session, session.uid)
+
+    def remove(self, session: Session) -> None:
+        if session._index is self:
+            session._index = None
+            self._discard(session, session.uid)
+
+    def moved(self, session: Session, old: int) -> None:
+        self._discard(session, old)
+        if session.uid:
+            self._insert(session, session.uid)
+
+    def _insert(self, session: Session, uid: int) -> None:
+        bucket = self._by_uid.get(uid)
+        if bucket is None:
+            bucket = self._by_uid[uid] = {}
+        bucket[session.id] = session
+
+    def _discard(self, session: Session, uid: int) -> None:
+        bucket = self._by_uid.get(uid)
+        if bucket is not None and bucket.get(session.id) is session:
+            del bucket[session.id]
+            if not bucket:
+                del self._by_uid[uid]
+
+
 class Session(metaclass=_NoPublicConstructor):
     """A client's session, made by the server once the client's handshake is acknowledged.
     Not safe to share across servers.
@@ -232,7 +283,7 @@ class Session(metaclass=_NoPublicConstructor):
     store per-session data; nano's ``set``/``value``/``get_int``... are aliases.
     """
 
-    __slots__ = ("__weakref__", "_data", "_fanout", "_remote", "entity", "id", "serializer", "uid")
+    __slots__ = ("__weakref__", "_data", "_fanout", "_index", "_remote", "_uid", "entity", "id", "serializer")
 
     def __init__(
         self,
@@ -243,7 +294,8 @@ class Session(metaclass=_NoPublicConstructor):
         fanout: FanOut | None = None,
     ) -> None:
         self.id: Final = id  # unique per server (per cluster with a cluster's id source), < 2^53
-        self.uid = 0
+        self._uid = 0
+        self._index: UidIndex | None = None  # the server's, while the session is open there
         self.serializer: Final = serializer
         #: Where this session's messages go (its agent, or a cluster gate's stand-in); fixed
         #: for the session's life (an attribute, not a property: every answer reads it).
@@ -257,8 +309,22 @@ class Session(metaclass=_NoPublicConstructor):
 
     # -- identity ---------------------------------------------------------------------------
 
+    @property
+    def uid(self) -> int:
+        """The bound user id; 0 when none is bound."""
+        return self._uid
+
+    @uid.setter
+    def uid(self, uid: int) -> None:
+        old = self._uid
+        self._uid = uid
+        index = self._index
+        if index is not None and old != uid:
+            index.moved(self, old)
+
     def bind(self, uid: int) -> None:
-        """Bind a user id. Raises SessionError (``illegal uid``) for uid < 1."""
+        """Bind a user id (several sessions may share one; binding another replaces this
+        session's). Raises SessionError (``illegal uid``) for uid < 1."""
         if uid < 1:
             raise SessionError("illegal uid")
         self.uid = uid

@@ -57,6 +57,9 @@ node (pass the :class:`~trionano.cluster.Node` instead of its server) adds:
   counts them: ``pushes`` made here, ``queued``/``dropped``/``failed`` per other gate,
   ``received`` from other nodes, ``delivered`` to sessions here, ``refused`` as malformed;
   ``trionano_cluster_not_gates`` (gauge): nodes found to take no pushes (Go nano nodes);
+  ``trionano_cluster_pushes_held`` and ``trionano_cluster_push_bytes_held`` (gauges): pushes
+  held for other gates now, queued or on their way (each gate's at most ``max_pending_pushes``
+  and ``max_pending_push_bytes``: a high value names a slow or stopped gate);
 - ``trionano_push_api_requests_total{answer}``: requests to the HTTP push API served for the
   node, by answer: ``accepted`` (202), ``refused`` (4xx, 500), ``unreached`` (503).
 """
@@ -220,13 +223,21 @@ class _Collector(Collector):
             pushes.add_metric([outcome], getattr(push, outcome))
         yield pushes
         api = CounterMetricFamily(
-            "trionano_push_api_requests", "Requests to the HTTP push API, by answer", labels=["answer"]
+            "trionano_push_api_requests",
+            "Requests to the HTTP push API, by answer (broken: a connection Hypercorn failed on, closed)",
+            labels=["answer"],
         )
-        for answer in ("accepted", "refused", "unreached"):
+        for answer in ("accepted", "refused", "unreached", "broken"):
             api.add_metric([answer], getattr(push, f"api_{answer}"))
         yield api
         yield GaugeMetricFamily(
             "trionano_cluster_not_gates", "Nodes found to take no cluster pushes", value=push.not_gates
+        )
+        yield GaugeMetricFamily(
+            "trionano_cluster_pushes_held", "Cluster pushes held for other gates, not yet written", value=push.held
+        )
+        yield GaugeMetricFamily(
+            "trionano_cluster_push_bytes_held", "Bytes of cluster pushes held for other gates", value=push.held_bytes
         )
 
 

@@ -148,9 +148,11 @@ def build(
     heartbeat: float = 30.0,
     rpc_timeout: float = 5.0,
     push_queue: int = 1024,
+    push_bytes: int = 16 * 1024 * 1024,
     merge_window: float | None = None,
 ) -> Node:
-    """The node for ``role`` ("logic": also the master; or "gate"), not yet running.
+    """The node for ``role`` ("logic": also the master; or "gate"), not yet running; at most
+    ``push_queue`` pushes and ``push_bytes`` bytes held for each other gate.
     ``merge_window``: seconds a viewer's connection may hold comments to send them in one write
     (:attr:`trionano.Config.merge_window`; None: each at once)."""
     components = Components()
@@ -162,6 +164,7 @@ def build(
         heartbeat=heartbeat,
         rpc_timeout=rpc_timeout,
         max_pending_pushes=push_queue,
+        max_pending_push_bytes=push_bytes,
     )
     component: NodeComponent = LiveService() if role == "logic" else RoomService()
     components.register(component, name="live" if role == "logic" else "room")
@@ -213,13 +216,14 @@ def commands(
     token: str | None = None,
     rpc_timeout: float = 5.0,
     push_queue: int = 1024,
+    push_bytes: int = 16 * 1024 * 1024,
     merge_window: float | None = None,
 ) -> dict[str, list[str]]:
     """The launcher's processes: the logic node (the master, on ``master``, with the push API
     on ``push_port``) and one gate per (service address, WebSocket port), which hold its
     viewers' comments for ``merge_window`` seconds to send them in one write (None: at once)."""
     me = [sys.executable, "-m", "examples.liveroom"]
-    common = ["--rpc-timeout", str(rpc_timeout), "--push-queue", str(push_queue)]
+    common = ["--rpc-timeout", str(rpc_timeout), "--push-queue", str(push_queue), "--push-bytes", str(push_bytes)]
     merging = ["--merge-window", str(merge_window)] if merge_window else []
     logic = [*me, "logic", "--listen", master, "--push-port", str(push_port), *common]
     if token is not None:

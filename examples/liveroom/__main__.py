@@ -32,6 +32,9 @@ parser.add_argument("--heartbeat", type=float, default=30.0)
 parser.add_argument("--rpc-timeout", type=float, default=5.0, help="the deadline of every gRPC call, seconds")
 parser.add_argument("--push-queue", type=int, default=1024, help="pushes queued per gate before drops")
 parser.add_argument(
+    "--push-bytes", type=int, default=16 * 1024 * 1024, help="bytes of pushes queued per gate before drops"
+)
+parser.add_argument(
     "--merge-window",
     type=float,
     default=None,
@@ -91,6 +94,7 @@ def local() -> int:
         token=args.token,
         rpc_timeout=args.rpc_timeout,
         push_queue=args.push_queue,
+        push_bytes=args.push_bytes,
         merge_window=args.merge_window,
     )
     processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -141,6 +145,7 @@ node = build(
     heartbeat=args.heartbeat,
     rpc_timeout=args.rpc_timeout,
     push_queue=args.push_queue,
+    push_bytes=args.push_bytes,
     merge_window=args.merge_window,
 )
 

@@ -36,6 +36,7 @@ async def liveroom(
     heartbeat: float = 5.0,
     rpc_timeout: float = 5.0,
     push_queue: int = 1024,
+    push_bytes: int = 16 * 1024 * 1024,
     merge_window: float | None = None,
     launched_out: dict[str, list[str]] | None = None,
 ) -> AsyncIterator[tuple[Cluster, str, list[str]]]:
@@ -51,6 +52,7 @@ async def liveroom(
             token=TOKEN,
             rpc_timeout=rpc_timeout,
             push_queue=push_queue,
+            push_bytes=push_bytes,
             merge_window=merge_window,
         )
         if launched_out is not None:
@@ -210,6 +212,66 @@ async def test_a_stopped_gate_never_holds_up_the_other(tmp_path: Path) -> None:
         assert (await ann.receive_push("onComment"))["text"] == "back"
         stats = await ann.request("live.stats", {})
         assert stats["push"]["failed"] == 0
+
+
+@pytest.mark.parametrize(("push_queue", "push_bytes"), [(16, 16 * 1024 * 1024), (1024, 256 * 1024)])
+async def test_a_stopped_gate_holds_at_most_its_push_bound_on_the_logic_node(
+    tmp_path: Path, push_queue: int, push_bytes: int
+) -> None:
+    """The attack: with gate 2 stopped once its stream was up, 3,000 pushes of 60 KB grew the
+    logic node by 185 MB and dropped none (its queue drained into the stream's own buffer). The
+    bound (``push_queue`` pushes, ``push_bytes`` bytes) covers the pushes on the stream until
+    written: what the logic node holds for gate 2 (its public push statistics) stays within
+    it, the rest is dropped and counted, gate 1 gets every push in order meanwhile, and gate 2,
+    back, gets what was not dropped, in order: each push either delivered or counted."""
+    pushes, pad = 240, 30_000
+    async with (
+        liveroom(tmp_path, heartbeat=10.0, push_queue=push_queue, push_bytes=push_bytes) as (c, push_url, gates),
+        httpx.AsyncClient(headers=AUTH, timeout=10) as http,
+        open_viewer(gates[0]) as ann,
+        open_viewer(gates[1]) as bob,
+    ):
+        await join(ann, "ann", uid=101)
+        await join(bob, "bob", uid=202)
+        await viewers_seen(bob, 2)
+        audience = {"uids": [101, 202]}
+        await http.post(push_url, json={"route": "onBig", "message": {"n": -1}, **audience})
+        with trio.fail_after(20):
+            assert (await bob.receive_push("onBig"))["n"] == -1  # gate 2 answered: its stream is up
+            assert (await ann.receive_push("onBig"))["n"] == -1
+        c.signal("gate2", signal.SIGSTOP)
+        held: list[tuple[int, int]] = []
+        try:
+            with trio.fail_after(30):  # well within the gate's eviction (4 heartbeats)
+                for number in range(pushes):
+                    message = {"n": number, "pad": "x" * pad}
+                    response = await http.post(push_url, json={"route": "onBig", "message": message, **audience})
+                    assert response.status_code == 202
+                    if number % 20 == 19:
+                        stats = (await ann.request("live.stats", {}))["push"]
+                        held.append((stats["held"], stats["held_bytes"]))
+                for number in range(pushes):  # the bystander gate delivers throughout, in order
+                    assert (await ann.receive_push("onBig"))["n"] == number
+            stats = (await ann.request("live.stats", {}))["push"]
+        finally:
+            c.signal("gate2", signal.SIGCONT)
+        per_push = pad + 200  # the body as JSON, its route and audience
+        assert all(count <= push_queue for count, _ in held), held
+        assert all(size <= push_bytes + per_push for _, size in held), held
+        assert stats["dropped"] > 0
+        with trio.fail_after(30):  # back: the stream drains what the logic node held for gate 2
+            while (await ann.request("live.stats", {}))["push"]["held"]:  # noqa: ASYNC110 (another process)
+                await trio.sleep(0.1)
+        await http.post(push_url, json={"route": "onBig", "message": {"n": pushes}, **audience})
+        got: list[int] = []
+        with trio.fail_after(30):
+            while not got or got[-1] != pushes:
+                got.append((await bob.receive_push("onBig"))["n"])
+        assert got == sorted(got)  # in order, without repeats
+        stats = (await ann.request("live.stats", {}))["push"]
+        assert stats["failed"] == 0
+        assert len(got) - 1 + stats["dropped"] == pushes  # every push delivered or counted dropped
+        assert (stats["held"], stats["held_bytes"]) == (0, 0)
 
 
 def test_the_live_room_page_quotes_examples_liveroom_verbatim() -> None:

@@ -30,7 +30,8 @@ class Room(Component):
     def join(self, session: Session, msg: dict[str, int]) -> dict[str, int]:
         assert self.node is not None
         session.bind(msg["uid"])
-        self.node.group("room").add(session)
+        if session not in self.node.group("room"):
+            self.node.group("room").add(session)
         return {"members here": self.node.group("room").count()}
 
 
@@ -90,7 +91,16 @@ def test_pushes_reach_every_gate_encoded_once_per_gate() -> None:
                     assert await client.receive_push("onNews") == {"n": 3}
                 for client in on_a + on_b:
                     assert await client.receive_push("onNews") == {"n": 4}
-                seen["uid strays"] = [client.pending_pushes("onNews") for client in on_a + on_b]
+            # a uid shared by two sessions (one user, two devices), and a rebind (uid 5 -> 6)
+            (twin,) = await clients(port_a, [2], stack)
+            with trio.fail_after(10):
+                await on_b[1].request("room.join", {"uid": 6})
+                assert logic.push("onNews", {"n": 7}, Audience.of_uids([2, 5])) == 2
+                assert logic.push("onNews", {"n": 8}, Audience.of_uids([6])) == 2
+                for client in (on_a[1], twin):
+                    assert await client.receive_push("onNews") == {"n": 7}
+                assert await on_b[1].receive_push("onNews") == {"n": 8}
+                seen["uid strays"] = [client.pending_pushes("onNews") for client in [*on_a, *on_b, twin]]
 
             # what a push refuses, before anything is sent
             with pytest.raises(ValueError, match="route"):
@@ -137,9 +147,9 @@ def test_pushes_reach_every_gate_encoded_once_per_gate() -> None:
 
     run(main)
     assert seen["encodes"] == [1, 1]  # one encode per gate, not per member
-    assert seen["uid strays"] == [0] * 5
+    assert seen["uid strays"] == [0] * 6
     assert seen["result"] == (True, 2)
     logic_stats, b_stats = seen["stats"]["logic"], seen["stats"]["b"]
-    assert (logic_stats.pushes, logic_stats.queued, logic_stats.dropped, logic_stats.failed) == (3, 6, 0, 0)
-    assert (b_stats.received, b_stats.refused) == (3 + 3, 2)  # from the logic node, then the raw batch
-    assert b_stats.delivered == 2 + 2 + 1 + 2 + 2  # n=1, n=2 (its own), n=3, n=4, n=6
+    assert (logic_stats.pushes, logic_stats.queued, logic_stats.dropped, logic_stats.failed) == (5, 10, 0, 0)
+    assert (b_stats.received, b_stats.refused) == (5 + 3, 2)  # from the logic node, then the raw batch
+    assert b_stats.delivered == 2 + 2 + 1 + 2 + 0 + 1 + 2  # n=1, n=2 (its own), n=3, n=4, n=7, n=8, n=6

@@ -21,7 +21,7 @@ import trio.testing
 
 from trionano import Components, Config, SerializeError, TCPEndpoint
 from trionano.cluster import Audience, Bridge, ClusterConfig, Node, run
-from trionano.cluster.push_api import DRAIN_LIMIT, PushAPI, serve_push_api
+from trionano.cluster.push_api import PushAPI, serve_push_api
 
 from .test_call import address
 from .test_push import clients, gate
@@ -163,7 +163,7 @@ async def test_http2_answered_early_never_ends_the_server() -> None:
             lambda task_status: serve_push_api(pusher, token="t0k", shutdown=stop, task_status=task_status)
         )
         body = json.dumps({"route": "a", "group": "room", "message": "x" * 200_000}).encode()
-        huge = b"x" * (DRAIN_LIMIT + 400_000)
+        huge = b"x" * 1_500_000
         with trio.fail_after(120):
             for _ in range(12):
                 assert await h2_post(port, body, after_answer=len(body)) in (401, None)

@@ -179,3 +179,41 @@ async def test_broadcast_and_multicast_over_the_wire() -> None:
         assert await c.receive_push("onOdd") == {"odd": True}
         await b.request("echo.json", {})  # b's pushes so far have arrived
         assert b.pending_pushes("onOdd") == 0
+
+
+async def test_uid_index_follows_bind_rebind_clear_close_and_kick() -> None:
+    """``server.sessions_of(uid)`` is an index kept on bind, clear and close: several sessions
+    may share a uid, a rebind moves a session, and after churn the index is back to empty."""
+    async with open_test_server(echo_components()) as running:
+        server = running.server
+        assert server.bound_uids == 0
+        for _round in range(3):  # churn: the tables come back to their baseline each time
+            async with running.connect(), running.connect(), running.connect():  # closed as the block ends
+                await wait_until(lambda: len(server.sessions) == 3)
+                sa, sb, sc = sorted(server.sessions.values(), key=lambda s: s.id)
+                assert server.sessions_of(7) == []
+                sa.bind(7)
+                sb.bind(7)  # one user on two devices
+                sc.bind(9)
+                assert server.sessions_of(7) == [sa, sb]
+                assert server.sessions_of(9) == [sc]
+                assert server.bound_uids == 2
+                sb.bind(9)  # rebind: moved, not listed twice
+                assert server.sessions_of(7) == [sa]
+                assert server.sessions_of(9) == [sc, sb]
+                sb.bind(9)  # the same uid again changes nothing
+                assert server.sessions_of(9) == [sc, sb]
+                sc.clear()  # unbound: no longer listed
+                assert server.sessions_of(9) == [sb]
+                sc.uid = 11  # the attribute is the binding too
+                assert server.sessions_of(11) == [sc]
+                sa.kick("bye")
+                kicked = sa.id
+                await wait_until(lambda: kicked not in server.sessions)  # noqa: B023 (awaited here)
+                assert server.sessions_of(7) == []
+                sa.bind(7)  # a closed session is never listed again
+                assert server.sessions_of(7) == []
+            await wait_until(lambda: not server.sessions)
+            assert server.bound_uids == 0
+            assert server.sessions_of(9) == []
+            assert server.sessions_of(11) == []

@@ -263,8 +263,9 @@ def run(
             host.start_soon(_drive, loop, driving)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
 
-                async def watch() -> None:
+                async def watch(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
                     count = 0
+                    task_status.started()  # before main runs: a main that returns at once ends it
                     async for _ in signals:
                         count += 1
                         if on_signal is not None and count == 1:
@@ -272,7 +273,7 @@ def run(
                         else:
                             root.cancel()
 
-                host.start_soon(watch)
+                await host.start(watch)
                 try:
                     ended.append(await outcome.acapture(main_in_root))
                 finally:

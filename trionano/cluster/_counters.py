@@ -20,7 +20,11 @@ class Statistics:
     ``late_frames``: responses and pushes that came over a stream for a client no longer
     waiting (its request already answered 503, the client gone); ``frames_out``/``frames_in``
     and ``batches_out``/``batches_in``: what this node's streams to other trionano nodes
-    carried (the fast path, :mod:`trionano.cluster._links`).
+    carried (the fast path, :mod:`trionano.cluster._links`); ``frames_refused``: frames a
+    stream refused because it already held its bound for frames other than pushes (65,536
+    frames or 64 MiB: the peer is slow or stopped; each falls back as for a stream that is
+    down); ``frames_held``/``bytes_held`` (gauges, now): what the streams hold, queued or being
+    written, pushes included.
     """
 
     forwarded: int
@@ -33,6 +37,9 @@ class Statistics:
     frames_in: int = 0
     batches_out: int = 0
     batches_in: int = 0
+    frames_refused: int = 0
+    frames_held: int = 0
+    bytes_held: int = 0
 
 
 @attrs.define(kw_only=True)

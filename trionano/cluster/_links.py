@@ -15,6 +15,18 @@ where one task per link hands the frames to the node (:class:`Receiver`).
 A stream that dies ends its link: the node fails the requests waiting on it (:meth:`Receiver.link_down`),
 and the next :meth:`Links.open` opens a new one. Inbound backpressure: past ``_MAX_BACKLOG`` batches
 not yet handled, the reader stops reading (HTTP/2 flow control then stops the sender).
+
+Outbound bound: a peer that is slow or stopped (HTTP/2 flow control holds the writer) makes a
+link hold what is queued for it. Frames sent with a ``done`` callback (cluster pushes, whose
+owner, :class:`~._push.GateLink`, bounds them per gate by count and bytes) are held until
+written or lost and reported to that callback; every other frame counts against the link's own
+bound, ``MAX_QUEUED`` frames and ``MAX_QUEUED_BYTES`` bytes, so pushes never take the room of
+Requests and answers. Over it :meth:`Link.send` refuses (counted in ``frames_refused``) and the
+sender falls back as for a link that is down: a Request is answered with an error Response (503,
+as a failed unary call), a Response or Push for another gate's client goes to its stand-in's
+bounded outbox and is dropped there, counted and logged, if the link is still full; a
+SessionClosed goes over nano's unary call; an Error frame answering the peer's Request is
+dropped (counted, logged): the peer answers its client at that Request's deadline.
 """
 
 from __future__ import annotations
@@ -39,14 +51,25 @@ from ._errors import ClusterError, DeadlineExceeded, InvalidRequest, NodeStoppin
 from ._frames import Batch, Frame, FrameError, decode_batch
 from ._tasks import Tasks
 
-__all__ = ["NODE_HEADER", "STREAM_PATH", "Link", "Links", "Receiver", "StreamCounts", "StreamService"]
+__all__ = [
+    "MAX_QUEUED",
+    "MAX_QUEUED_BYTES",
+    "NODE_HEADER",
+    "STREAM_PATH",
+    "Link",
+    "Links",
+    "Receiver",
+    "StreamCounts",
+    "StreamService",
+]
 
 _logger = logging.getLogger("trionano.cluster")
 
 STREAM_PATH: Final = "/trionano.cluster.Stream/Open"
 #: the request header naming the opening node's service address
 NODE_HEADER: Final = "trionano-node"
-_MAX_QUEUED: Final = 65536  # frames waiting for the writer; over it send() refuses
+MAX_QUEUED: Final = 65536  # frames waiting for the writer (not counting pushes); over it send() refuses
+MAX_QUEUED_BYTES: Final = 64 * 1024 * 1024  # their bytes, likewise
 _MAX_BACKLOG: Final = 8  # batches received, not yet handled on the Trio side
 
 
@@ -58,6 +81,7 @@ class StreamCounts:
     frames_out: int = 0
     batches_in: int = 0
     frames_in: int = 0
+    frames_refused: int = 0  # not queued: the link was over its bound
 
 
 class Receiver(Protocol):
@@ -72,7 +96,8 @@ class Link:
     """One stream to ``peer`` (a service address), opened by either end. :meth:`send` queues
     one encoded frame; False once the link is down or too much is queued. :attr:`down` is set
     (Trio side) once the link has ended, whatever ended it: a member watches its link to the
-    master with it (:mod:`~._keepalive`)."""
+    master with it (:mod:`~._keepalive`). :attr:`held_frames` and :attr:`held_bytes`: what it
+    holds now, queued or being written."""
 
     def __init__(self, peer: str, bridge: Bridge, counts: StreamCounts) -> None:
         self.peer = peer
@@ -80,6 +105,11 @@ class Link:
         self._counts = counts
         self._bridge = bridge
         self._out: list[bytes] = []
+        self._done: list[Callable[[bool], None]] = []  # the callbacks of the frames in _out
+        # frames and bytes held: in _out (pending) and in the batch being written; "own": those
+        # without a callback, which the link's bound applies to
+        self._pending = [0, 0, 0, 0]  # own frames, own bytes, all frames, all bytes
+        self._writing = [0, 0, 0, 0]
         self._wake = asyncio.Event()
         self._resume = asyncio.Event()
         self._backlog = 0
@@ -87,16 +117,52 @@ class Link:
         self.scope = trio.CancelScope()
         self.down = trio.Event()
 
-    def send(self, frame: bytes) -> bool:
+    @property
+    def held_frames(self) -> int:
+        """Frames queued or being written now."""
+        return self._pending[2] + self._writing[2]
+
+    @property
+    def held_bytes(self) -> int:
+        """Their bytes."""
+        return self._pending[3] + self._writing[3]
+
+    def send(self, frame: bytes, done: Callable[[bool], None] | None = None) -> bool:
         """Queue one frame (:func:`~._frames.encode_frame`'s bytes) for the next batch. Never
-        waits. False: the link is down, or ``_MAX_QUEUED`` frames already wait."""
-        out = self._out
-        if not self.alive or len(out) >= _MAX_QUEUED:
+        waits. False: the link is down, or (a frame without ``done``) ``MAX_QUEUED`` frames or
+        ``MAX_QUEUED_BYTES`` bytes without ``done`` already wait (counted: ``frames_refused``).
+        ``done``: the sender bounds what it sends itself; ``done(True)`` once the frame is
+        written to the stream, ``done(False)`` if it is lost with the link (called once, from
+        either side of the bridge: it must only count, never wait)."""
+        if not self.alive:
             return False
+        size = len(frame)
+        pending = self._pending
+        if done is None:
+            own = self._writing
+            if pending[0] + own[0] >= MAX_QUEUED or pending[1] + own[1] + size > MAX_QUEUED_BYTES:
+                self._counts.frames_refused += 1
+                return False
+            pending[0] += 1
+            pending[1] += size
+        else:
+            self._done.append(done)
+        pending[2] += 1
+        pending[3] += size
+        out = self._out
         out.append(frame)
         if len(out) == 1:
             self._wake.set()
         return True
+
+    def release(self) -> None:
+        """The link has ended: what it held is lost (the ``done`` callbacks told so)."""
+        self.alive = False
+        done, self._done = self._done, []
+        self._out = []
+        self._pending = [0, 0, 0, 0]
+        for callback in done:
+            callback(False)
 
     def close(self) -> None:
         """End the link (from Trio): its stream is cancelled, its frames not yet sent lost."""
@@ -117,6 +183,7 @@ class Link:
             for task in (reader, writer):
                 task.cancel()
             await asyncio.wait((reader, writer))
+            self.release()
         for task in (reader, writer):
             if not task.cancelled() and task.exception() is not None:
                 task.result()  # raises the error that ended the link
@@ -140,7 +207,16 @@ class Link:
             self._wake.clear()
             while self._out:
                 out, self._out = self._out, []
-                await stream.send_message(Batch(b"".join(out)))
+                done, self._done = self._done, []
+                self._writing, self._pending = self._pending, [0, 0, 0, 0]
+                written = False
+                try:
+                    await stream.send_message(Batch(b"".join(out)))
+                    written = True
+                finally:
+                    self._writing = [0, 0, 0, 0]
+                    for callback in done:
+                        callback(written)
                 self._counts.batches_out += 1
                 self._counts.frames_out += len(out)
 
@@ -241,6 +317,11 @@ class Links:
                 raise failure
         raise Unavailable(f"no stream to {peer}: it ended as soon as it was opened")
 
+    def held(self) -> tuple[int, int]:
+        """Frames and bytes the live links hold now, queued or being written."""
+        links = list(self._links.values())
+        return sum(link.held_frames for link in links), sum(link.held_bytes for link in links)
+
     def forget(self, peer: str) -> None:
         """``peer`` left the cluster: end its links; a node at its address later is asked anew."""
         self._unary.discard(peer)
@@ -335,7 +416,7 @@ class Links:
             if error is not None:
                 raise error
         finally:
-            link.alive = False
+            link.release()
             link.end_inbound()
             if self._links.get(link.peer) is link:
                 del self._links[link.peer]

@@ -86,6 +86,10 @@ class ClusterConfig:
     default: a client's burst a local server answers (it queues 4,096 tasks per lane) goes
     through a gate too, while a hung member holds at most that many per session, each its
     body plus a few hundred bytes of bookkeeping, until their deadlines.
+    ``max_pending_pushes`` and ``max_pending_push_bytes`` (16 MiB) bound the cluster pushes
+    held for each other gate, queued or on their way (on the stream until written): a gate
+    that is slow or stopped holds at most that much here; pushes over it are dropped, counted
+    and logged (:meth:`Node.push_statistics`: ``dropped``, ``held``, ``held_bytes``).
     ``node_id`` fixes the node part of session ids (``0 <= node_id < 2**20``, unique among
     running nodes); by default it is drawn at random (:mod:`trionano.cluster._ids`).
     ``fast_path`` (beyond nano): talk to other trionano nodes over one stream each, in
@@ -102,6 +106,7 @@ class ClusterConfig:
     rpc_timeout: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
     max_pending_forwards: int = attrs.field(default=1024, validator=attrs.validators.ge(1))
     max_pending_pushes: int = attrs.field(default=1024, validator=attrs.validators.ge(1))
+    max_pending_push_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=attrs.validators.ge(1))
     node_id: int | None = attrs.field(
         default=None,
         validator=attrs.validators.optional([attrs.validators.ge(0), attrs.validators.lt(1 << NODE_BITS)]),
@@ -154,7 +159,13 @@ class Node:
         )
         self._gate.attach(self.server)
         self._push = PushHub(
-            self.address, self.membership, self._peers, self._links, self._tasks, bound=config.max_pending_pushes
+            self.address,
+            self.membership,
+            self._peers,
+            self._links,
+            self._tasks,
+            bound=config.max_pending_pushes,
+            bound_bytes=config.max_pending_push_bytes,
         )
         self._push.attach(self.server)
         self._remote = RemoteSessions(
@@ -214,11 +225,15 @@ class Node:
     def statistics(self) -> Statistics:
         """The node's cluster counters now (its server's are ``server.statistics()``)."""
         counts = self._links.counts
+        frames_held, bytes_held = self._links.held()
         return self._counters.snapshot(
             frames_out=counts.frames_out,
             frames_in=counts.frames_in,
             batches_out=counts.batches_out,
             batches_in=counts.batches_in,
+            frames_refused=counts.frames_refused,
+            frames_held=frames_held,
+            bytes_held=bytes_held,
         )
 
     def push_statistics(self) -> PushStatistics:
@@ -227,7 +242,8 @@ class Node:
 
     def count_push_api(self, answer: str) -> None:
         """Count one answer of the HTTP push API served for this node ("accepted", "refused"
-        or "unreached"; :func:`~trionano.cluster.push_api.serve_push_api` calls it), in
+        or "unreached"; or "broken", a connection Hypercorn failed on, closed alone;
+        :func:`~trionano.cluster.push_api.serve_push_api` calls it), in
         :meth:`push_statistics`."""
         self._push.count_api(answer)
 

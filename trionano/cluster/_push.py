@@ -15,7 +15,11 @@ gate's part of a cluster-wide group is a plain :class:`~trionano.Group` of its o
 members join on their gate.
 
 A gate that is down or slow never blocks the others: each has a bounded queue and a sender
-task of its own; what does not fit is dropped, counted and logged (rate-limited). A node that
+task of its own; what does not fit is dropped, counted and logged (rate-limited). The bound
+(``max_pending_pushes`` pushes and ``max_pending_push_bytes`` bytes per gate) covers every push
+held for that gate, whatever the path: queued, in a unary call, or handed to the stream to it and
+not yet written (a gate that stops reading holds the stream's writer: its frames count until
+written, or lost with the stream). A node that
 does not serve ``trionano.push.Push`` (a Go nano node: UNIMPLEMENTED) or serves no clients is
 left alone from its first answer on, and counted (``not_gates``).
 """
@@ -23,6 +27,7 @@ left alone from its first answer on, and counted (``not_gates``).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from typing import Final
 
@@ -112,15 +117,19 @@ class PushStatistics:
 
         Origin side: ``pushes``: pushes made here; ``queued``: (push, gate) pairs queued for other
         nodes; ``dropped``: not queued because that gate's queue was full (the gate is slow or
-        down); ``failed``: queued but lost because the call to the gate failed (or, never for
-    what :meth:`push` queued, an item that did not encode); ``not_gates``:
+        down); ``failed``: queued but lost because the call to the gate failed or the stream to
+    it ended before writing them (or, never for what :meth:`push` queued, an item that did not
+    encode); ``held`` and ``held_bytes`` (gauges, now): pushes held for other gates, queued or
+    on their way (their route, body and audience bytes), at most ``max_pending_pushes`` and
+    about ``max_pending_push_bytes`` per gate; ``not_gates``:
         nodes found not to take pushes (no ``trionano.push`` service, as Go nano; or no clients).
         Gate side: ``received``: pushes received from other nodes; ``delivered``: pushes queued
         for this node's sessions (one per session), from here or elsewhere; ``refused``: received
         pushes refused as malformed (no audience, a bad route) or too large.
     HTTP push API (:mod:`trionano.cluster.push_api`) served for this node: ``api_accepted``:
     requests answered 202; ``api_refused``: answered 4xx or 500; ``api_unreached``: answered
-    503 (no gate took the push, or too many requests at once).
+    503 (no gate took the push, or too many requests at once); ``api_broken``: connections
+    Hypercorn failed on, each closed alone (pgjones/hypercorn#329).
     """
 
     pushes: int
@@ -134,6 +143,9 @@ class PushStatistics:
     api_accepted: int
     api_refused: int
     api_unreached: int
+    api_broken: int
+    held: int = 0
+    held_bytes: int = 0
 
 
 @attrs.define(kw_only=True)
@@ -151,14 +163,17 @@ class PushCounters:
     api_accepted: int = 0
     api_refused: int = 0
     api_unreached: int = 0
+    api_broken: int = 0
 
-    def snapshot(self) -> PushStatistics:
-        return PushStatistics(**attrs.asdict(self))
+    def snapshot(self, *, held: int = 0, held_bytes: int = 0) -> PushStatistics:
+        return PushStatistics(**attrs.asdict(self), held=held, held_bytes=held_bytes)
 
 
 class GateLink:
     """The sending side to one other node: a bounded queue of push items and the sender task
-    (:meth:`run`) that drains it in order, up to ``batch`` items per call. :meth:`send` is the
+    (:meth:`run`) that drains it in order, up to ``batch`` items per call. ``bound`` pushes and
+    ``bound_bytes`` bytes (:func:`item_size`) at most are held for the node, queued or on their
+    way (in a unary call, or on the stream until written). :meth:`send` is the
     one place a batch crosses to the gate: ``trionano.push.Push/Deliver`` over grpclib until
     the node has answered that it is a gate, then, to a trionano node, a frame on the stream
     to it (:mod:`._links`, the fast path; no answer to wait for).
@@ -174,6 +189,7 @@ class GateLink:
         peers: Peers,
         links: Links,
         bound: int,
+        bound_bytes: int,
         batch: int,
         counters: PushCounters,
         log: RateLimitedLog,
@@ -184,24 +200,43 @@ class GateLink:
         self._peers = peers
         self._links = links
         self._batch = batch
+        self._bound = bound
+        self._bound_bytes = bound_bytes
+        self.held = 0  # pushes queued or on their way
+        self.held_bytes = 0
         self._counters = counters
         self._log = log
-        self._send, self._receive = trio.open_memory_channel[pushpb.PushItem](bound)
+        # unbounded as a channel: held and held_bytes bound it, and what is on its way
+        self._send, self._receive = trio.open_memory_channel[tuple[pushpb.PushItem, int]](math.inf)
 
     def put(self, item: pushpb.PushItem) -> bool:
-        """Queue ``item`` without waiting; False (dropped, counted) when the queue is full or
-        the link is closed."""
-        try:
-            self._send.send_nowait(item)
-        except trio.WouldBlock:
+        """Queue ``item`` without waiting; False (dropped, counted, logged) when ``bound``
+        pushes or ``bound_bytes`` bytes are already held for the node (one push is always let
+        through when none is), or the link is closed."""
+        size = item_size(item)
+        if self.held and (self.held >= self._bound or self.held_bytes + size > self._bound_bytes):
             self._counters.dropped += 1
-            self._log.warning("push dropped", "push queue for %s full: a push was dropped", self.address)
+            self._log.warning(
+                "push dropped",
+                "push queue for %s full (%d pushes, %d bytes held): a push was dropped",
+                self.address,
+                self.held,
+                self.held_bytes,
+            )
             return False
+        try:
+            self._send.send_nowait((item, size))
         except trio.ClosedResourceError:
             self._counters.dropped += 1
             return False
+        self.held += 1
+        self.held_bytes += size
         self._counters.queued += 1
         return True
+
+    def _release(self, count: int, size: int) -> None:
+        self.held -= count
+        self.held_bytes -= size
 
     def close(self) -> None:
         """No more items; the sender finishes what is queued (a node that left: fails fast)."""
@@ -217,26 +252,34 @@ class GateLink:
         in order). A failed call loses its batch (counted, logged); the next one goes on."""
         async with self._receive:
             async for first in self._receive:
-                batch = [first]
-                while len(batch) < self._batch:
+                taken = [first]
+                while len(taken) < self._batch:
                     try:
-                        batch.append(self._receive.receive_nowait())
+                        taken.append(self._receive.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
+                batch = [item for item, _ in taken]
+                size = sum(size for _, size in taken)
                 if self.gate is False:
+                    self._release(len(batch), size)
                     continue  # learnt meanwhile: not a gate
+                # on the stream, the batch stays held until written (the link calls back)
+                written = _Written(self, len(batch), size)
                 try:
-                    await self._send_batch(batch)
+                    await self._send_batch(batch, written)
                 except Exception:  # one bad batch never ends the link (nor the node)
                     self._counters.failed += len(batch)
                     self._log.exception("push failed", "%d pushes to %s lost", len(batch), self.address)
+                finally:
+                    if not written.handed:
+                        written(True)  # sent over a unary call, failed, or refused: not held
 
-    async def _send_batch(self, batch: list[pushpb.PushItem]) -> None:
+    async def _send_batch(self, batch: list[pushpb.PushItem], written: _Written | None = None) -> None:
         """Send ``batch``. Should an item not encode (text that cannot be UTF-8; refused at the
         origin, so only from a caller building items itself), the batch is split: the items
         that do not encode are dropped, counted as failed, and the rest is sent."""
         try:
-            result = await self.send(batch)
+            result = await self.send(batch, written)
         except ClusterError as exc:
             if _unimplemented(exc):
                 self._not_a_gate("it does not serve trionano.push (a Go nano node?)")
@@ -253,30 +296,71 @@ class GateLink:
                 "push refused", "%d pushes to %s do not encode: dropped", len(batch) - len(good), self.address
             )
             if good:
-                await self._send_batch(good)
+                await self._send_batch(good, written)
             return
         if not result.gate:
             self._not_a_gate("it serves no clients")
         else:
             self.gate = True
 
-    async def send(self, batch: list[pushpb.PushItem]) -> pushpb.PushResult:
-        """Hand ``batch`` to the gate; its answer (on the stream: taken as a gate's). Raises
-        ClusterError (UNIMPLEMENTED: the node does not take pushes)."""
+    async def send(self, batch: list[pushpb.PushItem], written: _Written | None = None) -> pushpb.PushResult:
+        """Hand ``batch`` to the gate; its answer (on the stream: taken as a gate's). On the
+        stream ``written`` (if given) is called once the frame is written, or lost with the
+        stream. Raises ClusterError (UNIMPLEMENTED: the node does not take pushes)."""
         message = pushpb.PushBatch(origin=self._origin, items=batch)
         if self.gate:
             link = await self._links.open(self.address, self._peers.timeout)
             if link is not None:
-                if not link.send(frames.encode_frame(frames.PushBatch(bytes(message)))):
-                    raise Unavailable(f"the stream to {self.address} is down or full")
+                if not link.send(frames.encode_frame(frames.PushBatch(bytes(message))), written):
+                    raise Unavailable(f"the stream to {self.address} is down")
+                if written is not None:
+                    written.handed = True
                 return pushpb.PushResult(gate=True, delivered=0)
         return await self._peers[self.address].deliver(message)
+
+    def _lost(self, count: int) -> None:
+        self._counters.failed += count
+        self._log.warning("push lost", "%d pushes to %s lost: the stream to it ended", count, self.address)
 
     def _not_a_gate(self, why: str) -> None:
         if self.gate is not False:
             self.gate = False
             self._counters.not_gates += 1
             _logger.info("node %s takes no cluster pushes: %s", self.address, why)
+
+
+class _Written:
+    """What a batch handed to a stream holds of its :class:`GateLink`'s bound, released once:
+    called with True when written, False when lost with the stream (counted as failed)."""
+
+    __slots__ = ("_count", "_gate", "_size", "called", "handed")
+
+    def __init__(self, gate: GateLink, count: int, size: int) -> None:
+        self._gate = gate
+        self._count = count
+        self._size = size
+        self.handed = False  # the stream took it: it calls back
+        self.called = False
+
+    def __call__(self, ok: bool) -> None:
+        if self.called:
+            return
+        self.called = True
+        gate = self._gate
+        gate._release(self._count, self._size)
+        if not ok:
+            gate._lost(self._count)
+
+
+def item_size(item: pushpb.PushItem) -> int:
+    """The bytes ``item`` holds, near enough: its body, route and audience."""
+    kind, value = _which(item)
+    size = len(item.data) + len(item.route) + 16
+    if kind == "uids" and isinstance(value, pushpb.Uids):
+        size += 8 * len(value.uids)
+    elif kind == "group" and isinstance(value, str):
+        size += len(value)
+    return size
 
 
 class ClusterGroup:
@@ -333,6 +417,7 @@ class PushHub:
         tasks: Tasks,
         *,
         bound: int,
+        bound_bytes: int = 16 * 1024 * 1024,
         batch: int = 64,
     ) -> None:
         self.address = address
@@ -342,6 +427,7 @@ class PushHub:
         self._streams = links
         self._tasks = tasks
         self._bound = bound
+        self._bound_bytes = bound_bytes
         self._batch = batch
         self._counters = PushCounters()
         self._log = RateLimitedLog(_logger)
@@ -359,16 +445,22 @@ class PushHub:
         return self._server
 
     def statistics(self) -> PushStatistics:
-        return self._counters.snapshot()
+        links = list(self._links.values())
+        return self._counters.snapshot(
+            held=sum(link.held for link in links), held_bytes=sum(link.held_bytes for link in links)
+        )
 
     def count_api(self, answer: str) -> None:
-        """Count one answer of the push API: "accepted", "refused" or "unreached"."""
+        """Count one answer of the push API: "accepted", "refused" or "unreached"; or "broken",
+        a connection Hypercorn failed on."""
         if answer == "accepted":
             self._counters.api_accepted += 1
         elif answer == "refused":
             self._counters.api_refused += 1
         elif answer == "unreached":
             self._counters.api_unreached += 1
+        elif answer == "broken":
+            self._counters.api_broken += 1
 
     def check_local(self, session: Session) -> None:
         if self.server.sessions.get(session.id) is not session:
@@ -423,6 +515,7 @@ class PushHub:
                 peers=self._peers,
                 links=self._streams,
                 bound=self._bound,
+                bound_bytes=self._bound_bytes,
                 batch=self._batch,
                 counters=self._counters,
                 log=self._log,
@@ -476,8 +569,9 @@ class PushHub:
                 queued = 0 if group is None or group.closed else group.broadcast(item.route, item.data)
             elif kind == "uids":
                 assert isinstance(value, pushpb.Uids)
-                uids = set(value.uids)
-                queued = _fan_out([s for s in server.sessions.values() if s.uid in uids], item.route, item.data)
+                # the server's uid index: the cost is that of the sessions found, not of every one
+                sessions = [s for uid in dict.fromkeys(value.uids) for s in server.sessions_of(uid)]
+                queued = _fan_out(sessions, item.route, item.data)
             elif kind == "everyone":
                 queued = _fan_out(list(server.sessions.values()), item.route, item.data)
             else:

@@ -220,7 +220,12 @@ class RemoteSessions:
         try:
             await self._handle(gate or link.peer, sid, Request(mid, route, data))
         except ClusterError as exc:
-            link.send(frames.encode_frame(frames.Error(sid, mid, exc.status.value, exc.message)))
+            if not link.send(frames.encode_frame(frames.Error(sid, mid, exc.status.value, exc.message))):
+                # the link is down or full: the gate answers its client at the Request's deadline
+                self._counters.dropped_outbound += 1
+                self._log.warning(
+                    "error dropped", "Error for %s#%d dropped: the stream is down or full", link.peer, sid
+                )
 
     async def on_notify(self, link: Link, frame: frames.Notify) -> None:
         gate, sid, route, data = frame

@@ -23,26 +23,37 @@ surrogate, ``"\\ud800"``) in the route, the group or the message is refused. Err
 malformed JSON, a missing field, a wrong type or value; 401 no or a wrong bearer token
 (compared in constant time); 404 another path; 405 another method; 408 a body slower than
 ``body_timeout``; 413 a body over ``max_body`` (64 KiB by default) or a message over the
-node's packet limit; 415 a content type other than ``application/json``; 503 (with
+node's packet limit; 415 a content type other than ``application/json``; 400 a body that
+came in over ``max_pieces`` pieces (1-byte chunks cost the server per piece); 503 (with
 ``Retry-After``) no gate took the push (none known yet, as after the node restarted, or all
-their queues full), or over ``max_requests`` requests at once. A refused body is read (up to
-DRAIN_LIMIT bytes) before the answer.
+their queues full), or over ``max_requests`` requests at once.
+
+What the headers alone refuse (404, 405, 401, 415, 413 by Content-Length, in that order) is
+refused before the request takes one of the ``max_requests`` slots or any of its body is read,
+and so is a request over ``max_requests``. Over HTTP/1.1 a refusal is answered at once with
+``Connection: close`` and the connection closed (the rest of the body is never read). Over
+HTTP/2 (which Hypercorn also speaks) a refused stream's DATA is read and discarded until the
+stream ends (at most DRAIN_LIMIT bytes, ``max_pieces`` pieces, ``body_timeout``) and then
+answered: Hypercorn 0.18 fails on DATA for a stream it has answered (pgjones/hypercorn#329),
+which closes that client's connection, and only that one (see :func:`serve_push_api`).
 
 What it guarantees: 202 is queued, not delivered (a slow or gone gate drops, counted in
 :meth:`Node.push_statistics`); at most once, no persistence; 503 is nothing delivered.
 
 :class:`PushAPI` is the ASGI application; :func:`serve_push_api` serves it with Hypercorn's
-Trio worker (``pip install trionano[push]``). Hypercorn parses HTTP (malformed requests get
-its 400 and never reach the app); an error in the app is logged and answered 500, and a
-failure of Hypercorn itself (its HTTP/2 code, pgjones/hypercorn#329) restarts the server:
-neither is ever raised into the node.
+Trio connection server (``pip install trionano[push]``). Hypercorn parses HTTP (malformed
+requests get its 400 and never reach the app); an error in the app is logged and answered 500,
+and a failure of Hypercorn itself on a connection closes that connection alone: neither is
+ever raised into the node, and no client can stop the server for the others.
 """
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
+import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final, Protocol, cast
 
@@ -53,17 +64,17 @@ from .._log import RateLimitedLog, client_text
 from ._push import MAX_UID, Audience, check_group, check_route
 
 __all__ = [
+    "BACKLOG",
     "BODY_TIMEOUT",
     "DRAIN_LIMIT",
     "KEEP_ALIVE_TIMEOUT",
     "MAX_BODY",
     "MAX_GROUP_NAME",
+    "MAX_PIECES",
     "MAX_REQUESTS",
-    "MAX_RESTART_DELAY",
     "MAX_UIDS",
     "PATH",
     "READ_TIMEOUT",
-    "RESTART_DELAY",
     "RETRY_AFTER",
     "BadRequest",
     "PushAPI",
@@ -82,18 +93,21 @@ MAX_BODY: Final = 64 * 1024
 BODY_TIMEOUT: Final = 10.0
 #: The default bound of requests handled at once (more are answered 503).
 MAX_REQUESTS: Final = 1024
+#: The default bound of the pieces a body may come in (HTTP/1.1 chunks, HTTP/2 DATA frames or
+#: reads of a body with a Content-Length; more are answered 400).
+MAX_PIECES: Final = 1024
+#: The most bytes (and at most ``max_pieces`` pieces) of a refused HTTP/2 request's body read and
+#: discarded before answering.
+DRAIN_LIMIT: Final = 1024 * 1024
 #: The default ``Retry-After`` of a 503, in seconds.
 RETRY_AFTER: Final = 1
-#: The most bytes of a refused request's body read and discarded before answering.
-DRAIN_LIMIT: Final = 1024 * 1024
 #: The default Hypercorn ``read_timeout``: a connection silent this long is closed, in seconds.
 READ_TIMEOUT: Final = 10
+#: The listening socket's backlog (Hypercorn's default is 100: a burst of connections beyond
+#: it has some reset by the kernel, whoever they come from).
+BACKLOG: Final = 1024
 #: The default Hypercorn ``keep_alive_timeout``, in seconds.
 KEEP_ALIVE_TIMEOUT: Final = 5.0
-#: The first delay before restarting a failed server, in seconds (doubling to MAX_RESTART_DELAY).
-RESTART_DELAY: Final = 0.1
-#: The longest delay before restarting a failed server, in seconds.
-MAX_RESTART_DELAY: Final = 5.0
 #: The most uids one request may name.
 MAX_UIDS: Final = 10_000
 #: The longest group name, in characters.
@@ -179,14 +193,18 @@ class PushAPI:
     """The ASGI application of the push API (see the module). ``pusher`` receives the pushes;
     ``token``, when given, is required as ``Authorization: Bearer <token>``; ``max_body``
     bounds a request body in bytes; ``on_answer`` is told each answer ("accepted", "refused",
-    "unreached": :meth:`Node.count_push_api`); ``body_timeout`` (seconds) bounds reading one request's
-    body (answered 408 after it); ``max_requests`` bounds the requests handled at once (more
-    are answered 503); ``retry_after`` (whole seconds) is the ``Retry-After`` of a 503. Owned
-    by whoever serves it; it keeps only counters.
+    "unreached"; "broken" for a connection Hypercorn failed on: :meth:`Node.count_push_api`);
+    ``body_timeout`` (seconds) bounds reading one request's body (answered 408 after it);
+    ``max_requests`` bounds the requests handled at once (more are answered 503);
+    ``max_pieces`` bounds the pieces a body may come in (more are answered 400);
+    ``retry_after`` (whole seconds) is the ``Retry-After`` of a 503. Owned by whoever
+    serves it; it keeps only counters.
 
-    A refused request's body is read and discarded (up to ``DRAIN_LIMIT`` bytes, within
-    ``body_timeout``) before the answer, so that the client has finished sending when it is
-    answered (HTTP/2 servers have raced on late DATA frames, pgjones/hypercorn#329)."""
+    Refusals from the headers (and 503 for too many requests) take no slot and read no body
+    (HTTP/1.1: answered at once, ``Connection: close``); over HTTP/2 a refused stream's DATA is
+    drained first (see the module: pgjones/hypercorn#329). An answer that cannot be sent (the
+    client is gone, or Hypercorn raced on closing the connection) is counted in ``unsent``
+    and logged (rate-limited), never raised."""
 
     def __init__(
         self,
@@ -196,13 +214,14 @@ class PushAPI:
         max_body: int = MAX_BODY,
         body_timeout: float = BODY_TIMEOUT,
         max_requests: int = MAX_REQUESTS,
+        max_pieces: int = MAX_PIECES,
         retry_after: int = RETRY_AFTER,
         on_answer: Callable[[str], None] | None = None,
     ) -> None:
         if max_body < 1:
             raise ValueError("max_body must be at least 1")
-        if body_timeout <= 0 or max_requests < 1 or retry_after < 0:
-            raise ValueError("body_timeout > 0, max_requests >= 1 and retry_after >= 0 are required")
+        if body_timeout <= 0 or max_requests < 1 or max_pieces < 1 or retry_after < 0:
+            raise ValueError("body_timeout > 0, max_requests >= 1, max_pieces >= 1 and retry_after >= 0 are required")
         self._pusher = pusher
         if token is not None and (not token or not token.isascii() or not token.isprintable() or " " in token):
             raise ValueError("a bearer token is printable ASCII without spaces")
@@ -210,6 +229,7 @@ class PushAPI:
         self.max_body: Final = max_body
         self.body_timeout: Final = body_timeout
         self.max_requests: Final = max_requests
+        self.max_pieces: Final = max_pieces
         self.retry_after: Final = retry_after
         self._log = RateLimitedLog(_logger)
         self._on_answer = on_answer
@@ -220,6 +240,11 @@ class PushAPI:
         """Requests answered 4xx or 500 (nothing was pushed)."""
         self.unreached = 0
         """Requests answered 503: valid, but no gate took the push, or too many requests."""
+        self.unsent = 0
+        """Answers that could not be sent (the connection was gone)."""
+        self.failed = 0
+        """Connections Hypercorn failed on, each closed alone (:func:`serve_push_api` counts them
+        with :meth:`count_broken`)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -228,47 +253,100 @@ class PushAPI:
         if scope["type"] != "http":
             return  # hypercorn answers WebSocket upgrades itself when the app does not accept
         reader = _Reader(receive)
+        http2 = scope.get("http_version") == "2"
+        try:
+            self._check_head(scope)
+        except BadRequest as exc:  # from the headers alone: no slot taken, no body read
+            self._count("refused")
+            await self._refuse(http2, reader, send, exc.status, {"error": exc.reason}, exc.headers)
+            return
         if self._active >= self.max_requests:
             self._count("unreached")
             self._log.warning("push api busy", "the push API is at %d requests: one answered 503", self.max_requests)
-            await self._drain(reader)
-            await _answer(send, 503, {"error": "too many requests at once"}, self._retry_after())
+            await self._refuse(http2, reader, send, 503, {"error": "too many requests at once"}, self._retry_after())
             return
         self._active += 1
         try:
-            await self._respond(scope, reader, send)
+            await self._respond(http2, reader, send)
         finally:
             self._active -= 1
 
-    async def _respond(self, scope: Scope, receive: _Reader, send: Send) -> None:
+    async def _respond(self, http2: bool, receive: _Reader, send: Send) -> None:
         try:
             with trio.fail_after(self.body_timeout):
-                gates = await self._handle(scope, receive)
+                body = await self._body(receive)
         except trio.TooSlowError:
             self._count("refused")
-            await _answer(
-                send, 408, {"error": f"the body took over {self.body_timeout:g} s"}, ((b"connection", b"close"),)
-            )
+            slow = {"error": f"the body took over {self.body_timeout:g} s"}
+            await self._send(send, 408, slow, () if http2 else _CLOSE)
             return
         except BadRequest as exc:
             self._count("refused")
-            await self._drain(receive)
-            await _answer(send, exc.status, {"error": exc.reason}, exc.headers)
+            await self._refuse(http2, receive, send, exc.status, {"error": exc.reason}, exc.headers)
+            return
+        try:
+            gates = self._push(body)
+        except BadRequest as exc:
+            self._count("refused")
+            await self._send(send, exc.status, {"error": exc.reason}, exc.headers)
             return
         except Exception:
             self._count("refused")
             self._log.exception("push api", "the push API failed on a request")
-            await self._drain(receive)
-            await _answer(send, 500, {"error": "internal error"})
+            await self._send(send, 500, {"error": "internal error"})
             return
         if gates == 0:
             self._count("unreached")
             self._log.warning("push unreached", "a push reached no gate (none known yet, or all full): answered 503")
             reason = "no gate took the push (none is known yet, or their queues are full): nothing was delivered"
-            await _answer(send, 503, {"error": reason}, self._retry_after())
+            await self._send(send, 503, {"error": reason}, self._retry_after())
             return
         self._count("accepted")
-        await _answer(send, 202, {"gates": gates})
+        await self._send(send, 202, {"gates": gates})
+
+    async def _refuse(
+        self,
+        http2: bool,
+        receive: _Reader,
+        send: Send,
+        status: int,
+        document: object,
+        headers: tuple[tuple[bytes, bytes], ...],
+    ) -> None:
+        """Answer a request refused before its body was read. HTTP/1.1: at once, with
+        ``Connection: close`` (Hypercorn then closes the connection: the rest of the body is
+        never read). HTTP/2: once the client ended the stream (its DATA is read and
+        discarded, within ``body_timeout``): Hypercorn 0.18 fails on DATA for a stream it has
+        answered (pgjones/hypercorn#329), which ends that connection (see serve_push_api)."""
+        if http2:
+            with trio.move_on_after(self.body_timeout):
+                size = pieces = 0
+                while not receive.done and size <= DRAIN_LIMIT and pieces <= self.max_pieces:
+                    size += len(await receive.chunk())
+                    pieces += 1
+        else:
+            headers = (*headers, *_CLOSE)
+        await self._send(send, status, document, headers)
+
+    async def _send(
+        self, send: Send, status: int, document: object, headers: tuple[tuple[bytes, bytes], ...] = ()
+    ) -> None:
+        """Answer; a failure to send (the client is gone, or Hypercorn's own race on closing
+        connection, trio.BusyResourceError) is logged (rate-limited), never raised."""
+        try:
+            await _answer(send, status, document, headers)
+        except Exception as exc:
+            self.unsent += 1
+            self._log.info(
+                "push api unsent", "an answer %d was not sent (%s): the connection is gone", status, type(exc).__name__
+            )
+
+    def count_broken(self) -> None:
+        """Count a connection Hypercorn failed on (closed alone): ``failed``, and ``on_answer``
+        is told "broken"."""
+        self.failed += 1
+        if self._on_answer is not None:
+            self._on_answer("broken")
 
     def _count(self, answer: str) -> None:
         if answer == "accepted":
@@ -283,15 +361,9 @@ class PushAPI:
     def _retry_after(self) -> tuple[tuple[bytes, bytes], ...]:
         return ((b"retry-after", str(self.retry_after).encode()),)
 
-    async def _drain(self, receive: _Reader) -> None:
-        """Read and discard what is left of the body: up to DRAIN_LIMIT bytes, within
-        ``body_timeout``; the client going away ends it."""
-        size = 0
-        with trio.move_on_after(self.body_timeout):
-            while size <= DRAIN_LIMIT and not receive.done:
-                size += len(await receive.chunk())
-
-    async def _handle(self, scope: Scope, receive: _Reader) -> int:
+    def _check_head(self, scope: Scope) -> None:
+        """Raises BadRequest for what the request line and headers alone refuse, in this
+        order: 404 path, 405 method, 401 token, 415 content type, 413 declared length."""
         if scope.get("path") != PATH:
             raise BadRequest(404, f"not found: the push API is POST {PATH}")
         if scope.get("method") != "POST":
@@ -307,7 +379,8 @@ class PushAPI:
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
             raise BadRequest(413, f"the body is over {self.max_body} bytes")
-        body = await self._body(receive)
+
+    def _push(self, body: bytes) -> int:
         route, message, audience = parse_push(body)
         try:
             return self._pusher.push(route, message, audience)
@@ -336,6 +409,8 @@ class PushAPI:
             if size > self.max_body:
                 raise BadRequest(413, f"the body is over {self.max_body} bytes")
             chunks.append(chunk)
+            if len(chunks) > self.max_pieces:  # each piece costs Hypercorn and Trio a few microseconds
+                raise BadRequest(400, f"the body came in over {self.max_pieces} pieces: send it in larger ones")
         return b"".join(chunks)
 
     @staticmethod
@@ -368,6 +443,9 @@ class _Reader:
         return bytes(message.get("body", b""))
 
 
+_CLOSE: Final = ((b"connection", b"close"),)
+
+
 async def _answer(send: Send, status: int, document: object, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
     body = json.dumps(document).encode()
     await send(
@@ -391,32 +469,43 @@ async def serve_push_api(
     keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT,
     body_timeout: float = BODY_TIMEOUT,
     max_requests: int = MAX_REQUESTS,
+    max_pieces: int = MAX_PIECES,
     retry_after: int = RETRY_AFTER,
     shutdown: trio.Event | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve :class:`PushAPI` for ``pusher`` on ``host:port`` with Hypercorn's Trio worker
-    until ``shutdown`` is set (a graceful stop: requests in flight get 1 s) or the task is
+    """Serve :class:`PushAPI` for ``pusher`` on ``host:port`` with Hypercorn until
+    ``shutdown`` is set (a graceful stop: requests in flight get 1 s) or the task is
     cancelled. ``task_status.started`` gets the bound port (``port=0`` picks one).
 
     Hypercorn's limits: ``read_timeout`` (whole seconds) closes a connection that sends
     nothing for that long; ``keep_alive_timeout`` (seconds) closes an idle kept-alive one.
     The app's: ``body_timeout`` (seconds) bounds reading one body (408), ``max_requests``
-    bounds the requests handled at once (503), ``retry_after`` is a 503's ``Retry-After``.
+    bounds the requests handled at once (503), ``max_pieces`` the pieces of one body (400),
+    ``retry_after`` is a 503's ``Retry-After``.
     A pusher with a ``count_push_api`` method (a :class:`~trionano.cluster.Node`) has each
     answer counted there (:meth:`Node.push_statistics`, :mod:`trionano.metrics`).
 
     Hypercorn also speaks HTTP/2 (h2c upgrade, prior knowledge) and offers no switch to turn
-    it off; the API is specified on HTTP/1.1. Whatever Hypercorn raises (as its HTTP/2 code on
-    a stream answered early, pgjones/hypercorn#329) never ends the caller: it is logged
-    (rate-limited) and the server restarted on the same port after a back-off (0.1 s,
-    doubling up to 5 s; back to 0.1 s after a minute of service). Raises ImportError without
-    Hypercorn (``pip install trionano[push]``), OSError when the port cannot be bound at
-    the start."""
+    it off; the API is specified on HTTP/1.1. Connections are accepted here
+    (:func:`trio.serve_listeners`) and each served by Hypercorn's per-connection server
+    (``hypercorn.trio.tcp_server.TCPServer``, as ``hypercorn.trio.run.worker_serve`` does)
+    under a guard: whatever Hypercorn raises on a connection (KeyError from its HTTP/2 code on
+    DATA for a stream answered early, pgjones/hypercorn#329; trio.BusyResourceError from
+    closing a connection while it answers) closes that connection alone, is counted
+    (``PushAPI.failed``) and logged (rate-limited); the server and the other clients go on.
+    Hypercorn's own error log goes to this module's logger, rate-limited and escaped. That
+    per-connection server, its ``WorkerContext`` and ``ASGIWrapper`` are Hypercorn internals:
+    pyproject pins ``hypercorn>=0.18,<0.19``, the version this was written and tested against.
+    Raises ImportError without Hypercorn (``pip install trionano[push]``), OSError when the
+    port cannot be bound."""
     try:
+        from hypercorn.app_wrappers import ASGIWrapper
         from hypercorn.config import Config as HypercornConfig
-        from hypercorn.trio import serve
-        from hypercorn.typing import ASGIFramework
+        from hypercorn.logging import Logger as HypercornLogger
+        from hypercorn.trio.tcp_server import TCPServer
+        from hypercorn.trio.worker_context import WorkerContext
+        from hypercorn.typing import ASGIFramework, ConnectionState
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("the push API needs Hypercorn: pip install trionano[push]") from exc
     app = PushAPI(
@@ -425,54 +514,95 @@ async def serve_push_api(
         max_body=max_body,
         body_timeout=body_timeout,
         max_requests=max_requests,
+        max_pieces=max_pieces,
         retry_after=retry_after,
         on_answer=getattr(pusher, "count_push_api", None),
     )
     stop = shutdown if shutdown is not None else trio.Event()
     log = RateLimitedLog(_logger)
 
-    def configure(bind_port: int) -> HypercornConfig:
-        config = HypercornConfig()
-        config.bind = [f"[{host}]:{bind_port}" if ":" in host else f"{host}:{bind_port}"]
-        config.graceful_timeout = 1.0
-        config.accesslog = None
-        config.read_timeout = read_timeout
-        config.keep_alive_timeout = keep_alive_timeout
-        return config
+    class RateLimitedHypercornLog(HypercornLogger):
+        """Hypercorn's error log (what it logs of a connection: "Error in ASGI Framework"...),
+        to this module's logger, rate-limited per level, its text escaped."""
 
-    async def hypercorn(config: HypercornConfig, task_status: trio.TaskStatus[list[str]]) -> None:
-        await serve(cast(ASGIFramework, app), config, shutdown_trigger=stop.wait, task_status=task_status, mode="asgi")
+        def __init__(self, config: HypercornConfig) -> None:  # no handlers of Hypercorn's own
+            self.access_log_format = config.access_log_format
+            self.access_logger = None
+            self.error_logger = _logger
 
-    bound: int | None = None
-    delay = RESTART_DELAY
-    while not stop.is_set():
-        since = trio.current_time()
+        async def log(self, level: int, message: str, *args: Any, **kwargs: Any) -> None:
+            try:
+                text = message % args if args else message
+            except (TypeError, ValueError):  # a format Hypercorn got wrong: its text as it is
+                text = f"{message} {args!r}"
+            exc_info = sys.exc_info()[1] if kwargs.get("exc_info") else None
+            name = logging.getLevelName(level).lower()
+            log.log(level, "hypercorn " + name, "Hypercorn: %s", client_text(text, 300), exc_info=exc_info)
+
+        async def critical(self, message: str, *args: Any, **kwargs: Any) -> None:
+            await self.log(logging.CRITICAL, message, *args, **kwargs)
+
+        async def error(self, message: str, *args: Any, **kwargs: Any) -> None:
+            await self.log(logging.ERROR, message, *args, **kwargs)
+
+        async def warning(self, message: str, *args: Any, **kwargs: Any) -> None:
+            await self.log(logging.WARNING, message, *args, **kwargs)
+
+        async def info(self, message: str, *args: Any, **kwargs: Any) -> None:
+            await self.log(logging.INFO, message, *args, **kwargs)
+
+        async def debug(self, message: str, *args: Any, **kwargs: Any) -> None:
+            await self.log(logging.DEBUG, message, *args, **kwargs)
+
+        async def exception(self, message: str, *args: Any, **kwargs: Any) -> None:
+            await self.log(logging.ERROR, message, *args, exc_info=True)
+
+    config = HypercornConfig()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.graceful_timeout = 1.0
+    config.accesslog = None
+    config.errorlog = None
+    config.logger_class = RateLimitedHypercornLog
+    config.read_timeout = read_timeout
+    config.keep_alive_timeout = keep_alive_timeout
+    config.backlog = BACKLOG
+    sockets = config.create_sockets()  # OSError when the port cannot be bound
+    listeners = []
+    for sock in sockets.insecure_sockets:
+        sock.listen(config.backlog)
+        listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+    wrapped = ASGIWrapper(cast(ASGIFramework, app))
+    context = WorkerContext(None)
+    state = ConnectionState({})
+
+    async def connection(stream: trio.SocketStream) -> None:
+        """One connection, served by Hypercorn; whatever Hypercorn raises ends this one only."""
         try:
-            async with trio.open_nursery() as nursery:
-                binds: list[str] = await nursery.start(hypercorn, configure(port if bound is None else bound))
-                if bound is None:
-                    bound = int(binds[0].rpartition(":")[2])
-                    _logger.info("push API on http://%s:%d%s", host, bound, PATH)
-                    task_status.started(bound)
-            return  # a graceful stop
+            await TCPServer(wrapped, config, context, state, stream).run()  # type: ignore[arg-type]
         except BaseExceptionGroup as group:
             cancelled, failure = group.split(trio.Cancelled)
-            if cancelled is not None:  # being cancelled (perhaps failing meanwhile): goes on
-                if failure is not None:
-                    log.error("push api failed", "the push API's server failed while stopping", exc_info=failure)
+            if failure is not None:
+                app.count_broken()
+                log.warning("push api connection", "Hypercorn failed on a connection: closed it", exc_info=failure)
+            if cancelled is not None:
                 raise cancelled from None
-            if not isinstance(group, ExceptionGroup):
-                raise  # KeyboardInterrupt, SystemExit: not the server's failure
-            error: BaseException = group
-        except Exception as single:
-            error = single
-        if bound is None:  # the first start failed: the caller hears of it
-            while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
-                error = error.exceptions[0]
-            raise error
-        if trio.current_time() - since > 60:
-            delay = RESTART_DELAY
-        log.error("push api restart", "the push API's server failed; restarting in %gs", delay, exc_info=error)
-        with trio.move_on_after(delay):
+        except Exception as exc:
+            app.count_broken()
+            log.warning("push api connection", "Hypercorn failed on a connection: closed it", exc_info=exc)
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    bound = listeners[0].socket.getsockname()[1]
+    _logger.info("push API on http://%s:%d%s", host, bound, PATH)
+    async with trio.open_nursery() as handlers:
+        async with trio.open_nursery() as accepting:
+            accepting.start_soon(
+                functools.partial(trio.serve_listeners, connection, listeners, handler_nursery=handlers)
+            )
+            task_status.started(bound)
             await stop.wait()
-        delay = min(delay * 2, MAX_RESTART_DELAY)
+            accepting.cancel_scope.cancel()
+        # a graceful stop: kept-alive connections close, requests in flight get graceful_timeout
+        await context.terminated.set()
+        handlers.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
