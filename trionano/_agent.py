@@ -632,10 +632,13 @@ class Agent:
         clock.wake_at(at, self)
         return True
 
-    def flush_due(self, now: float) -> None:
-        """The MergeClock's call: end the window if its deadline has come by ``now``."""
+    def flush_due(self, now: float) -> bool:
+        """The MergeClock's call: end the window if its deadline has come by ``now``; returns
+        whether it did (False: it had ended already, or a later window holds)."""
         if self._held and self._flush_at <= now:
             self._flush_window()
+            return True
+        return False
 
     def _flush_window(self) -> None:
         """Hand the held packets to the writer, one item (it joins them into one write)."""

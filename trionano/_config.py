@@ -129,7 +129,8 @@ class Config:
       it with those that follow into one write (TCP: one ``send``; WebSocket: one message
       holding several packets, which pomelo's and trionano's JS clients decode), as
       go-push and goim batch by time; None (the default) writes at once. The window starts
-      when the first Push of a write is queued, so no Push waits longer than it; the held
+      when the first Push of a write is queued, so no Push waits longer than it (but for the
+      server's steps when many windows end at once: 64 per step, other requests served between); the held
       Pushes do not wake the connection's writer until the window ends; a
       Response, heartbeat or Kick ends the window at once (it is written with whatever is
       queued before it, in order). A :class:`~trionano.Group` may set its own window for its

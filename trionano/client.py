@@ -136,7 +136,8 @@ class Client:
     async def _send(self, data: bytes) -> None:
         """Write ``data`` (one caller at a time). Once the connection is over (a Kick, a lost
         connection), a write waiting for the lock or for the server to read is given up at
-        once (:meth:`_fail` cancels it) and raises why it ended."""
+        once (:meth:`_fail` cancels it) and raises why it ended; a write that went through
+        returns, even if the connection ended meanwhile (the next call says why)."""
         self._raise_if_closed()
         with trio.CancelScope() as scope:
             self._sending.add(scope)
@@ -150,7 +151,9 @@ class Client:
                         raise self.error from None  # type: ignore[misc]
             finally:
                 self._sending.discard(scope)
-        self._raise_if_closed()  # cancelled by _fail
+        if scope.cancelled_caught:  # by _fail: the write was given up
+            self._raise_if_closed()
+        # written: a Kick read meanwhile is for the next call (the server had this message)
 
     def _raise_if_closed(self) -> None:
         if self.error is not None:

@@ -6,7 +6,7 @@ test jumps the clock, so a packet that arrives without a jump was not held."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import attrs
@@ -16,7 +16,7 @@ import trio.lowlevel
 import trio.testing
 
 from trionano import Component, Components, Config, Group, Server, Session, SlowConsumerPolicy, wire
-from trionano._merge import TICK, MergeClock
+from trionano._merge import FLUSHES_PER_STEP, TICK, VISITS_PER_STEP, MergeClock
 from trionano.testing import RawConnection, open_test_server
 
 WINDOW = 0.05
@@ -402,8 +402,9 @@ async def test_the_merge_clock_wakes_each_waiter_by_its_deadline_never_a_tick_la
         def __init__(self, name: str) -> None:
             self.name = name
 
-        def flush_due(self, now: float) -> None:
+        def flush_due(self, now: float) -> bool:
             woken.append((self.name, trio.current_time()))
+            return True
 
     async with trio.open_nursery() as nursery:
         await nursery.start(clock.run)
@@ -421,3 +422,130 @@ async def test_the_merge_clock_wakes_each_waiter_by_its_deadline_never_a_tick_la
     for (_, at), deadline in zip(woken, (0.2, 0.2, 0.5), strict=True):
         assert deadline - TICK <= at <= deadline + 1e-9
     assert not clock.running
+
+
+class Flushing:
+    """A merge window's stand-in for the clock: logs each call (its name) and says whether it
+    ended a window (``holds``)."""
+
+    def __init__(self, log: list[object], name: object, *, holds: bool = True) -> None:
+        self.log = log
+        self.name = name
+        self.holds = holds
+
+    def flush_due(self, now: float) -> bool:
+        self.log.append(self.name)
+        return self.holds
+
+
+async def run_beside(log: list[object], until: Callable[[], bool]) -> None:
+    """Take a step per scheduler batch (as a bystander's request does), logging ``"|"`` each
+    time, until ``until()``."""
+    for _ in range(10_000):
+        if until():
+            return
+        log.append("|")
+        await trio.lowlevel.checkpoint()
+    raise AssertionError("the clock never got there")
+
+
+def between_steps(log: list[object]) -> list[list[object]]:
+    """What ``log`` holds between the bystander's steps, empty runs left out."""
+    runs: list[list[object]] = [[]]
+    for entry in log:
+        if entry == "|":
+            runs.append([])
+        else:
+            runs[-1].append(entry)
+    return [run for run in runs if run]
+
+
+async def test_the_merge_clock_ends_due_windows_a_bounded_step_at_a_time_earliest_first(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    clock = MergeClock()
+    log: list[object] = []
+    count = 5 * FLUSHES_PER_STEP + 3
+    async with trio.open_nursery() as nursery:
+        await nursery.start(clock.run)
+        for i in range(count):  # the odd ones are due first; ties in the order they came
+            clock.wake_at(0.2 if i % 2 else 0.3, Flushing(log, i))
+        await settle()
+        mock_clock.jump(0.3)  # every one of them is due at once
+        await run_beside(log, lambda: sum(entry != "|" for entry in log) == count)
+        nursery.cancel_scope.cancel()
+    runs = between_steps(log)
+    assert [i for run in runs for i in run] == [*range(1, count, 2), *range(0, count, 2)]
+    # a step per scheduler batch, and trio may run a batch's tasks in either order: the
+    # bystander ran at least once in every two steps
+    assert max(map(len, runs)) <= 2 * FLUSHES_PER_STEP
+    assert len(runs) >= -(-count // (2 * FLUSHES_PER_STEP))
+    assert clock.steps == -(-count // FLUSHES_PER_STEP)
+    assert clock.waiting == 0
+
+
+async def test_the_merge_clock_bounds_its_visits_to_windows_already_ended(mock_clock: trio.testing.MockClock) -> None:
+    clock = MergeClock()
+    log: list[object] = []
+    ended = 3 * VISITS_PER_STEP  # deadlines of windows a Response (say) has ended since
+    async with trio.open_nursery() as nursery:
+        await nursery.start(clock.run)
+        for i in range(ended):
+            clock.wake_at(0.1, Flushing(log, f"ended {i}", holds=False))
+        clock.wake_at(0.1, Flushing(log, "holds"))
+        await settle()
+        mock_clock.jump(0.1)
+        await run_beside(log, lambda: "holds" in log)
+        nursery.cancel_scope.cancel()
+    runs = between_steps(log)
+    assert [entry for run in runs for entry in run] == [*(f"ended {i}" for i in range(ended)), "holds"]
+    assert max(map(len, runs)) <= 2 * VISITS_PER_STEP  # as above
+    assert len(runs) >= -(-(ended + 1) // (2 * VISITS_PER_STEP))
+    assert clock.steps == 1  # only the step that ended a window
+
+
+def test_the_merge_clock_steps_are_validated() -> None:
+    for flushes, visits in ((0, 1), (2, 1)):
+        with pytest.raises(ValueError, match="flushes_per_step"):
+            MergeClock(flushes_per_step=flushes, visits_per_step=visits)
+
+
+async def test_a_request_is_answered_while_many_windows_end_at_once(mock_clock: trio.testing.MockClock) -> None:
+    """Every member's window ends at the same tick; the clock ends them a step at a time, so an
+    unrelated client's Request is answered before the last of them is written (ending them all
+    in one step made one scheduler batch of every member's writer, and the answer waited
+    behind it). Each member still gets its Pushes in order."""
+    room = Room()
+    components = Components()
+    components.register(room, name="room")
+    server = Server(components, Config(merge_window=WINDOW, heartbeat=0))
+    count = 10 * FLUSHES_PER_STEP  # ten steps of the clock
+    async with open_test_server(server) as running, AsyncExitStack() as stack:
+        try:
+            members: list[RawConnection] = []
+            for _ in range(count):
+                raw = await stack.enter_async_context(running.raw())
+                await raw.handshake()
+                await raw.send(raw.codec.request_packet(1, "room.join", b"{}"))
+                members.append(raw)
+            for raw in members:
+                await raw.receive_response()
+            bystander = await stack.enter_async_context(running.raw())  # not a member
+            await bystander.handshake()
+            await settle()
+            before = server.statistics()
+            room.group.broadcast("on0", {"i": 0})
+            room.group.broadcast("on1", {"i": 1})
+            await settle(lambda: server.statistics().pushes_out == before.pushes_out + 2 * count)
+            assert server.statistics().writes == before.writes  # every window holds, all due at once
+            mock_clock.jump(WINDOW)
+            await bystander.send(bystander.codec.request_packet(2, "room.echo", b'{"x":1}'))
+            response = await bystander.receive_response()
+            written = server.statistics().writes - before.writes
+            assert response.id == 2
+            assert written < count  # answered while windows were still held (plus its own write)
+            await settle(lambda: server.statistics().writes == before.writes + count + 1)
+            for raw in members:
+                assert await pushes(raw, 2) == ["on0", "on1"]
+        finally:
+            mock_clock.autojump_threshold = 0  # let the shutdown's own timeouts pass
