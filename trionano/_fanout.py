@@ -31,8 +31,8 @@ members, 45,000-50,000 objects, 15-25 ms (at 9 objects per waiting writer, as in
 buckets: 50,000 members; 2 cores, load 0.4-1.6). So while the collector is enabled the
 fan-out collects the young and middle generations together (``gc.collect(1)``) once it has
 visited :data:`SWEEP_EVERY` members since its last collection: about 8,700 objects, a median
-0.9-1.1 ms and at most 4.7-7.7 ms (the most is the collection that also walks a new
-broadcast's list of members: 50,000 references). Smaller collections cost less per object
+0.9-1.2 ms of CPU (1.9 ms over a 41 s loaded phase) and at most 4.7-8.3 ms (the most is the
+collection that also walks a new broadcast's list of members: 50,000 references). Smaller collections cost less per object
 (what they walk is still in the CPU's caches): 28-34 ms of collector CPU per 50,000-member
 broadcast against 230-310 ms with 9 objects per writer and CPython's cadence. Not after every
 bucket: a room of 1,000 members with 100 broadcasts a second would pay 1,500 collections a
