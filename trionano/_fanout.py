@@ -20,32 +20,32 @@ would make every member's requests as slow as the largest broadcast.
 Garbage collection: each member a step visits wakes its writer, which writes and waits again,
 and a waiting writer holds 4 new objects the cyclic collector tracks (the wait's coroutine,
 generator, trap and its ``__dict__``: see ``Agent._writer``) until its next packet. The old
-ones die as the new ones are made, so CPython's allocation count, which starts its
-collections, hardly moves: without help the youngest generation grows by every writer the
-broadcasts wake until something else starts a collection, which then walks them all. And
-whatever a collection finds alive (these, nearly all) moves on to the next generation, so a
-middle collection walks what every young collection since the last one moved there: with
-CPython's cadence (a middle collection every 11 young ones) and a young one every 1,024
-members, 45,000-50,000 objects, 15-25 ms (at 9 objects per waiting writer, as in a channel's
-``receive``: 111,000 objects, 45-60 ms), and those were the loaded probe's tail (bench/push.py,
-buckets: 50,000 members; 2 cores, load 0.4-1.6). So while the collector is enabled the
-fan-out collects the young and middle generations together (``gc.collect(1)``) once it has
-visited :data:`SWEEP_EVERY` members since its last collection: about 8,700 objects, a median
-0.9-1.2 ms of CPU (1.9 ms over a 41 s loaded phase) and at most 4.7-8.3 ms (the most is the
-collection that also walks a new broadcast's list of members: 50,000 references). Smaller collections cost less per object
-(what they walk is still in the CPU's caches): 28-34 ms of collector CPU per 50,000-member
-broadcast against 230-310 ms with 9 objects per writer and CPython's cadence. Not after every
-bucket: a room of 1,000 members with 100 broadcasts a second would pay 1,500 collections a
-second, most of them walking objects that the next broadcast frees anyway.
+ones die as the new ones are made, so CPython's allocation count, which starts its collections,
+hardly moves: without help the youngest generation grows by every writer the broadcasts wake
+until something else starts a collection, which then walks them all. And whatever a collection
+finds alive (these, nearly all) moves on to the next generation, so a middle collection walks
+what every young collection since the last one moved there: with CPython's cadence (a middle
+collection every 11 young ones) and a young one every 1,024 members, 45,000-50,000 objects,
+15-25 ms (at 9 objects per waiting writer, as in a channel's ``receive``: 111,000 objects,
+45-60 ms), and those were the loaded probe's tail (bench/push.py, buckets: 50,000 members; 2
+cores, load 0.4-1.6). So while the collector is enabled the fan-out collects the young and
+middle generations together (``gc.collect(1)``) once it has visited :data:`SWEEP_EVERY` members
+since its last collection: about 8,700 objects, a median 0.9-1.2 ms of CPU (1.9 ms over a 41 s
+loaded phase) and at most 4.7-8.3 ms (the most is the collection that also walks a new
+broadcast's list of members: 50,000 references). Smaller collections cost less per object (what
+they walk is still in the CPU's caches): 28-34 ms of collector CPU per 50,000-member broadcast
+against 230-310 ms with 9 objects per writer and CPython's cadence. Not after every bucket: a
+room of 1,000 members with 100 broadcasts a second would pay 1,500 collections a second, most
+of them walking objects that the next broadcast frees anyway.
 
 Each of these middle collections counts towards a full one (``gc.get_count()[2]``), six times
 as fast as CPython's cadence would for the same broadcasts; :func:`~trionano.tune_gc` raises
 the full threshold six-fold (6,000) so that full collections (every object the sessions hold:
-3.7 million at 50,000 members, 1.3-1.4 s, 2 s at load 4-5) come no sooner than they did. CPython starts a full
-collection only from an automatic one (20,000 net allocations since the last collection with
-``tune_gc``), which the fan-out's own collections forestall while broadcasts run: in a 30 s
-loaded phase none ran. ``gc.disable()`` turns the fan-out's collections off with the
-collector.
+3.7 million at 50,000 members, 1.3-1.4 s, 2 s at load 4-5) come no sooner than they did.
+CPython starts a full collection only from an automatic one (20,000 net allocations since the
+last collection with ``tune_gc``), which the fan-out's own collections forestall while
+broadcasts run: in a 30 s loaded phase none ran. ``gc.disable()`` turns the fan-out's
+collections off with the collector.
 """
 
 from __future__ import annotations
