@@ -44,7 +44,7 @@ the full threshold six-fold (6,000) so that full collections (every object the s
 3.7 million at 50,000 members, 1.3-1.4 s, 2 s at load 4-5) come no sooner than they did.
 CPython starts a full collection only from an automatic one (20,000 net allocations since the
 last collection with ``tune_gc``), which the fan-out's own collections forestall while
-broadcasts run: in a 30 s loaded phase none ran. ``gc.disable()`` turns the fan-out's
+broadcasts run: in loaded phases of 41 and 57 s none ran. ``gc.disable()`` turns the fan-out's
 collections off with the collector.
 """
 
