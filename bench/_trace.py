@@ -2,10 +2,11 @@
 
 :class:`Trace` records, with ``time.perf_counter`` (CLOCK_MONOTONIC, comparable across the
 processes of one machine), every cyclic-GC collection (generation, duration, objects
-collected) through ``gc.callbacks``, and, as a Trio instrument, every scheduler batch (the run
-between two I/O waits: its duration, thread CPU time, task steps) and every task step longer
-than ``long_step``. ``dump(path)`` writes them as JSON for an analysis beside a client's own
-timestamps (bench/push.py ``--trace``).
+collected, the objects in the generations it walks with ``sizes``, and its thread CPU time,
+which another process on the same core does not stretch) through ``gc.callbacks``, and, as a
+Trio instrument, every scheduler batch (the run between two I/O waits: its duration, thread
+CPU time, task steps) and every task step longer than ``long_step``. ``dump(path)`` writes
+them as JSON for an analysis beside a client's own timestamps (bench/push.py ``--trace``).
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ __all__ = ["Trace"]
 
 class Trace(trio.abc.Instrument):
     def __init__(self, *, steps: bool = True, sizes: bool = False, long_step: float = 0.0005) -> None:
-        self.gc: list[tuple[float, float, int, int, list[int]]] = []  # start, s, generation, collected, sizes
+        # start, s, generation, collected, sizes, CPU s
+        self.gc: list[tuple[float, float, int, int, list[int], float]] = []
         self.batches: list[tuple[float, float, float, int]] = []  # start, seconds, CPU seconds, steps
         self.long_steps: list[tuple[float, float, str]] = []  # start, seconds, task name
         self._gc_start = 0.0
+        self._gc_cpu = 0.0
         self._sizes = sizes  # objects in each generation collected (counted outside the pause)
         self._gc_sizes: list[int] = []
         self._batch_start = 0.0
@@ -46,10 +49,12 @@ class Trace(trio.abc.Instrument):
         if phase == "start":
             if self._sizes:
                 self._gc_sizes = [len(gc.get_objects(g)) for g in range(info["generation"] + 1)]
+            self._gc_cpu = time.thread_time()
             self._gc_start = time.perf_counter()
         else:
             took = time.perf_counter() - self._gc_start
-            self.gc.append((self._gc_start, took, info["generation"], info["collected"], self._gc_sizes))
+            cpu = time.thread_time() - self._gc_cpu
+            self.gc.append((self._gc_start, took, info["generation"], info["collected"], self._gc_sizes, cpu))
 
     def after_io_wait(self, timeout: float) -> None:
         self._batch_start = time.perf_counter()

@@ -8,7 +8,9 @@
         │           Notify to the router (waiting only when its lane is full); a read of whole
         │           Requests (the common case) takes the fused path: receive_requests decodes
         │           them at once, Router.dispatch_request queues each handler call
-        └── writer: drain the outbox, join what is queued into one write
+        └── writer: drain the outbox, join what is queued into one write; it waits for the
+                    outbox in trio.lowlevel.wait_task_rescheduled, and whatever queues on the
+                    outbox or closes it wakes it (Agent._wake; why: Agent._writer)
 
 A merge window (``Config.merge_window``) holds Pushes in a list beside the outbox, without
 waking the writer; when the window ends (the server's MergeClock, or a packet that must not
@@ -138,6 +140,7 @@ class Agent:
         "_max_pending",
         "_on_working",
         "_outbound_pipeline",
+        "_parked",
         "_pending",
         "_queued",
         "_queued_bytes",
@@ -189,6 +192,9 @@ class Agent:
         self.conn: Final = WireConnection(Role.SERVER, heartbeat=config.heartbeat, codec=codec, now=trio.current_time())
         # the outbox: a packet, or the packets a merge window held (the writer joins them)
         self._send, self._receive = trio.open_memory_channel[bytes | list[bytes]](float("inf"))
+        # the writer, while it waits for the outbox (see _writer); whatever queues or closes
+        # wakes it (_wake)
+        self._parked: trio.lowlevel.Task | None = None
         self._queued = 0  # packets in the outbox (and held for a merge window)
         self._queued_bytes = 0  # and their bytes
         self._writing = False  # a write is under way (it may be waiting for the client)
@@ -468,7 +474,20 @@ class Agent:
         self._enqueue(self.conn.send(response), droppable=False)
 
     async def _writer(self, agent_scope: trio.CancelScope) -> None:
+        """Drain the outbox until it is closed and empty, joining what is queued into one
+        write (at most MAX_WRITE), then write the final Kick, if any.
+
+        It waits for the outbox with ``trio.lowlevel.wait_task_rescheduled`` and an abort
+        function bound once per agent, and whatever queues on the outbox or closes it wakes
+        it (:meth:`_wake`), rather than in ``MemoryReceiveChannel.receive``: a task waiting
+        there holds nine new objects the cyclic collector tracks (two coroutines, the abort
+        closure, its cells and tuple, the trap and its ``__dict__``, a generator) until its
+        next packet, this wait four; with 50,000 members waiting for a broadcast, what the
+        collector walks (bench/push.py, buckets)."""
         receive = self._receive
+        task = trio.lowlevel.current_task()
+        abort = self._unpark  # bound once, in the writer (the agent holding it would be a cycle)
+        wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
         write = self._stream.send_all
         # a stream that can write without waiting (FdStream) is tried first: no coroutine, no
         # checkpoint per write while the client reads; every WRITES_PER_CHECKPOINT writes in a
@@ -483,20 +502,19 @@ class Agent:
                     if carry is not None:
                         data, carry = carry, None
                     else:
-                        # _queued counts the packets in the outbox and those a merge window
-                        # holds: with none above the held the writer waits without trying
-                        # first (trio's WouldBlock costs a raise per write); a hint only, a
-                        # miss waits as well
                         try:
-                            if self._queued > len(self._held):
+                            while True:
                                 try:
                                     item = receive.receive_nowait()
+                                    break
                                 except trio.WouldBlock:
-                                    budget = WRITES_PER_CHECKPOINT
-                                    item = await receive.receive()
-                            else:
+                                    pass
+                                # wait for _wake (see the docstring), outside the except
+                                # clause (an await inside it keeps the exception, its
+                                # traceback and frame alive); a wait lets others run
                                 budget = WRITES_PER_CHECKPOINT
-                                item = await receive.receive()
+                                self._parked = task
+                                await wait_task_rescheduled(abort)
                         except trio.EndOfChannel:
                             break
                         if type(item) is list:  # a merge window's packets (at most MAX_WRITE)
@@ -558,6 +576,19 @@ class Agent:
             self._writing = False
             self.closed = True
             agent_scope.cancel()
+
+    def _wake(self) -> None:
+        """Wake the writer if it waits for the outbox (call after queuing on it or closing
+        it: a missed wake leaves the packet unwritten)."""
+        task = self._parked
+        if task is not None:
+            self._parked = None
+            trio.lowlevel.reschedule(task)
+
+    def _unpark(self, raise_cancel: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        """The writer's wait is cancelled: it no longer waits (its abort function)."""
+        self._parked = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     # -- merge window ------------------------------------------------------------------------
 
@@ -621,6 +652,9 @@ class Agent:
             self._counters.dropped_closed += len(held)
             self._queued -= len(held)
             self._queued_bytes -= sum(map(len, held))
+            return
+        if self._parked is not None:
+            self._wake()
 
     # -- sending (the NetworkEntity protocol) -----------------------------------------------
 
@@ -646,6 +680,8 @@ class Agent:
             return False
         self._queued += 1
         self._queued_bytes += len(packet)
+        if self._parked is not None:
+            self._wake()
         return True
 
     def _slow_consumer(self, droppable: bool) -> bool:
@@ -804,6 +840,8 @@ class Agent:
                 return False
             self._queued += 1
             self._queued_bytes += len(packet)
+            if self._parked is not None:
+                self._wake()
         counters.responses_out += 1
         return True
 
@@ -882,6 +920,7 @@ class Agent:
             else:
                 self._flush_window()
         self._send.close()
+        self._wake()  # to find the outbox closed (EndOfChannel), once it has written what is left
         if discard:
             while True:
                 try:

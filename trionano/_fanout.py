@@ -17,25 +17,42 @@ once. Responses are not held behind a broadcast: a Response answers a request (p
 clients hand it to the request's callback, not to the push routes) and waiting on a fan-out
 would make every member's requests as slow as the largest broadcast.
 
-Garbage collection: each member a step visits wakes its writer, which writes and parks again,
-and a parked task holds a few new objects the cyclic collector tracks (its wait's coroutine).
-The old ones die as the new ones are made, so CPython's allocation count, which starts a young
-collection, hardly moves: without help the youngest generation grows by every writer the
-broadcasts wake until something else triggers a collection, which then walks them all (55,000
-objects, 30-40 ms, measured at 50,000 members). So while the collector is enabled the fan-out
-collects the youngest generation itself once it has visited :data:`SWEEP_EVERY` members since
-its last collection (what their writers left, about 9 objects each: well under a millisecond),
-and the middle one when CPython would (``gc.get_count()[1]`` past ``gc.get_threshold()[1]``);
-full collections stay CPython's. Not after every bucket: a room of 1,000 members with 100
-broadcasts a second would pay 1,500 collections a second, most of them walking objects that
-the next broadcast frees anyway (bench/push.py B5: 7 CPU-us per delivery instead of 4.6).
-``gc.disable()`` turns this off with the collector.
+Garbage collection: each member a step visits wakes its writer, which writes and waits again,
+and a waiting writer holds 4 new objects the cyclic collector tracks (the wait's coroutine,
+generator, trap and its ``__dict__``: see ``Agent._writer``) until its next packet. The old
+ones die as the new ones are made, so CPython's allocation count, which starts its collections,
+hardly moves: without help the youngest generation grows by every writer the broadcasts wake
+until something else starts a collection, which then walks them all. And whatever a collection
+finds alive (these, nearly all) moves on to the next generation, so a middle collection walks
+what every young collection since the last one moved there: with CPython's cadence (a middle
+collection every 11 young ones) and a young one every 1,024 members, 45,000-50,000 objects,
+15-25 ms (at 9 objects per waiting writer, as in a channel's ``receive``: 111,000 objects,
+45-60 ms), and those were the loaded probe's tail (bench/push.py, buckets: 50,000 members; 2
+cores, load 0.4-1.6). So while the collector is enabled the fan-out collects the young and
+middle generations together (``gc.collect(1)``) once it has visited :data:`SWEEP_EVERY` members
+since its last collection: about 8,700 objects, a median 0.9-1.2 ms of CPU (1.9 ms over a 41 s
+loaded phase) and at most 4.7-8.3 ms (the most is the collection that also walks a new
+broadcast's list of members: 50,000 references). Smaller collections cost less per object (what
+they walk is still in the CPU's caches): 28-34 ms of collector CPU per 50,000-member broadcast
+against 230-310 ms with 9 objects per writer and CPython's cadence. Not after every bucket: a
+room of 1,000 members with 100 broadcasts a second would pay 1,500 collections a second, most
+of them walking objects that the next broadcast frees anyway.
+
+Each of these middle collections counts towards a full one (``gc.get_count()[2]``), six times
+as fast as CPython's cadence would for the same broadcasts; :func:`~trionano.tune_gc` raises
+the full threshold six-fold (6,000) so that full collections (every object the sessions hold:
+3.7 million at 50,000 members, 1.3-1.4 s, 2 s at load 4-5) come no sooner than they did.
+CPython starts a full collection only from an automatic one (20,000 net allocations since the
+last collection with ``tune_gc``), which the fan-out's own collections forestall while
+broadcasts run: in loaded phases of 41 and 57 s none ran. ``gc.disable()`` turns the fan-out's
+collections off with the collector.
 """
 
 from __future__ import annotations
 
 import collections
 import gc
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol, TypeVar
 
@@ -58,9 +75,10 @@ BUCKET_SIZE: Final = 64
 #: Deliveries the fan-out may have waiting; past it a broadcast catches up in the caller, all at
 #: once (the server cannot keep up: stalling the caller is the back-pressure left).
 MAX_BEHIND: Final = 1_000_000
-#: Members the fan-out visits between two young collections of its own (see the module's
-#: docstring): about 9,000 young objects, 0.5-1 ms to collect on bench/push.py's machine.
-SWEEP_EVERY: Final = 1_024
+#: Members the fan-out visits between two collections of its own (``gc.collect(1)``, see the
+#: module's docstring): about 8,700 objects, a median 1 ms on bench/push.py's machine; every
+#: 1,024 members with a middle collection every 4,096 took 3-5 ms at the median and up to 13.
+SWEEP_EVERY: Final = 2_048
 
 
 class Member(Protocol):
@@ -75,16 +93,17 @@ Deliver = Callable[[Any], bool]  # called with the members it was handed with
 
 
 class FanOutJob:
-    """Deliveries handed to the fan-out: ``deliver(member)`` for each of ``members`` in order.
-    ``queued`` counts those that queued a message; ``done`` is set when every member has been
-    visited (or the server stopped)."""
+    """Deliveries handed to the fan-out: ``deliver(member)`` for each of ``members[start:]``
+    in order (``count`` of them). ``queued`` counts those that queued a message; ``done`` is
+    set when every member has been visited (or the server stopped)."""
 
-    __slots__ = ("deliver", "done", "members", "next", "queued")
+    __slots__ = ("count", "deliver", "done", "members", "next", "queued")
 
-    def __init__(self, members: Sequence[Member], deliver: Deliver) -> None:
+    def __init__(self, members: Sequence[Member], deliver: Deliver, start: int = 0) -> None:
         self.members: Final = members
         self.deliver: Final = deliver
-        self.next = 0  # the index of the next member to visit
+        self.count: Final = len(members) - start
+        self.next = start  # the index of the next member to visit
         self.queued = 0
         self.done: Final = trio.Event()
 
@@ -107,7 +126,7 @@ class FanOut:
         self._wake = trio.Event()
         self._running = False
         self._stopping = False
-        self._unswept = 0  # members visited since the fan-out's last young collection
+        self._unswept = 0  # members visited since the fan-out's last collection
 
     @property
     def waiting(self) -> int:
@@ -122,7 +141,10 @@ class FanOut:
         """Deliver to ``members``, in order, after whatever each has waiting here: up to a
         bucket of those with nothing waiting at once (in the caller), the rest handed to the
         fan-out task. Returns how many the caller's part queued, and the job handed over
-        (None when nothing was). What ``deliver`` raises for the caller's part propagates."""
+        (None when nothing was). What ``deliver`` raises for the caller's part propagates.
+        The fan-out keeps ``members`` itself (not a copy) until it has visited them: the
+        caller must not change it (each copy of 50,000 members costs a millisecond or two:
+        every reference taken touches the member's memory)."""
         if not self._running:  # no task to hand over to (not serving): everything now
             return sum(deliver(session) for session in members), None
         if not self._jobs and len(members) <= BUCKET_SIZE:
@@ -133,9 +155,14 @@ class FanOut:
             )
             self._catch_up()
             return sum(deliver(session) for session in members), None
+        head = members[:BUCKET_SIZE]
+        waiting = self._waiting
+        if not waiting or not any(session in waiting for session in head):  # the common case
+            queued = sum(deliver(session) for session in head)
+            return queued, self._hand_over(members, deliver, BUCKET_SIZE) if len(members) > BUCKET_SIZE else None
         now: list[M] = []
         later: list[M] = []
-        for session in members[:BUCKET_SIZE]:
+        for session in head:
             (later if later or self.behind(session) else now).append(session)
         later.extend(members[BUCKET_SIZE:])
         queued = sum(deliver(session) for session in now)
@@ -145,11 +172,11 @@ class FanOut:
         """Deliver to ``session`` after what it has waiting here (call when :meth:`behind`)."""
         self._hand_over([session], deliver)
 
-    def _hand_over(self, members: Sequence[Member], deliver: Deliver) -> FanOutJob:
-        job = FanOutJob(members, deliver)
+    def _hand_over(self, members: Sequence[Member], deliver: Deliver, start: int = 0) -> FanOutJob:
+        job = FanOutJob(members, deliver, start)
         self._jobs.append(job)
-        self._behind += len(members)
-        self._waiting.update(members)  # counted in C
+        self._behind += job.count
+        self._waiting.update(itertools.islice(members, start, None) if start else members)  # counted in C
         self._wake.set()
         return job
 
@@ -170,7 +197,7 @@ class FanOut:
                     await trio.lowlevel.checkpoint()
                     if self._unswept >= SWEEP_EVERY and gc.isenabled():  # what the writers left (see above)
                         self._unswept = 0
-                        gc.collect(1 if gc.get_count()[1] > gc.get_threshold()[1] else 0)
+                        gc.collect(1)
                 self._finish(job)
         finally:
             self._running = False

@@ -171,12 +171,12 @@ class Group:
         at once plus those handed to the fan-out. Raises GroupError when closed,
         SerializeError when ``value`` cannot be serialized, MessageTooLarge."""
         queued, jobs = self._push(route, value, None)
-        return queued + sum(len(job.members) for job in jobs)
+        return queued + sum(job.count for job in jobs)
 
     def multicast(self, route: str, value: object, predicate: SessionFilter) -> int:
         """Push to the members for which ``predicate`` is true; as :meth:`broadcast`."""
         queued, jobs = self._push(route, value, predicate)
-        return queued + sum(len(job.members) for job in jobs)
+        return queued + sum(job.count for job in jobs)
 
     async def broadcast_and_wait(self, route: str, value: object, predicate: SessionFilter | None = None) -> int:
         """:meth:`broadcast` (or :meth:`multicast` with ``predicate``), then wait until it has

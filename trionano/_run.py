@@ -27,7 +27,7 @@ SHUTDOWN_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 _logger = logging.getLogger("trionano.server")
 
 #: The cyclic garbage collector's thresholds :func:`tune_gc` sets (CPython's are 700, 10, 10).
-GC_THRESHOLDS: Final = (20_000, 10, 1_000)
+GC_THRESHOLDS: Final = (20_000, 10, 6_000)
 
 
 def tune_gc() -> None:
@@ -36,8 +36,9 @@ def tune_gc() -> None:
     out of every later collection (``gc.freeze``), and the thresholds become
     :data:`GC_THRESHOLDS`: the youngest generation is collected every 20,000 net allocations
     instead of 700, the middle one every 10 of those (CPython's own ratio), and a full
-    collection may run after 1,000 middle ones (and, as always in CPython, only once the
-    objects promoted since the last full one reach a quarter of what it kept).
+    collection may run after 6,000 middle ones (and, as always in CPython, only once the
+    objects promoted since the last full one reach a quarter of what it kept, and only from
+    an automatic collection).
 
     Why: each waiting task holds a few fresh objects (its coroutine frames); with a thousand
     connections, thousands of them are alive at every young collection, survive it, and push
@@ -45,12 +46,16 @@ def tune_gc() -> None:
     (bench/runtime.py B1, 1,000 connections): about 20 CPU-us per request in the collector
     with the defaults, under 1 with these. The middle generation stays at CPython's 10: a
     middle collection walks everything promoted since the last, and with 50,000 members
-    receiving broadcasts a multiplier of 50 made it 20-40 ms, 10 makes it 1-2 ms
-    (bench/push.py, buckets). Full collections walk every object the sessions hold (hundreds
-    of milliseconds at tens of thousands of sessions), so they are kept rare: a large
-    broadcast collects the young generations between its buckets (see :class:`~trionano.Group`), and
-    each of those middle collections counts towards a full one. Garbage in reference cycles
-    lives a little longer.
+    receiving broadcasts a multiplier of 50 made it 20-40 ms. Full collections walk every
+    object the sessions hold (1.3-1.4 s at 50,000 sessions, 3.7 million objects, on
+    bench/push.py's machine), so they are kept rare: a large broadcast collects the young and
+    middle generations itself every 2,048 members it reaches (see :mod:`trionano._fanout`,
+    1 ms each), six times as often as CPython's cadence would, and each of those counts
+    towards a full one; the full threshold is 6,000 rather than 1,000 so that a server
+    broadcasting to large groups has its full collections no sooner than before. Elsewhere
+    the full threshold hardly matters: 6,000 middle collections are 1.3 billion net
+    allocations (1,000: 220 million). Garbage in reference cycles that has lived long waits
+    for a full collection (a closed connection leaves none: reference counting frees it).
 
     Process-wide: :func:`run` calls it unless told not to; a program that runs the server
     otherwise may call it itself. ``gc.unfreeze()`` and ``gc.set_threshold`` undo it."""

@@ -51,7 +51,11 @@ async def test_broadcast_to_1000_sessions_where_10_never_read(policy: SlowConsum
     echo = Echo()
     components = Components()
     components.register(echo, name="echo")
-    server = Server(components, Config(outbox_size=16, slow_consumer=policy, heartbeat=0, shutdown_timeout=2))
+    # slow_consumer_after short: the policy applies once a slow client's writer has been blocked
+    # that long with 16 messages queued; at the default (1 s) the outcome would depend on how fast
+    # the 30 broadcasts run (a faster server finished them within the second and kicked no one)
+    config = Config(outbox_size=16, slow_consumer=policy, slow_consumer_after=0.001, heartbeat=0, shutdown_timeout=2)
+    server = Server(components, config)
     async with trio.open_nursery() as nursery:
         (port,) = await nursery.start(server.serve, TCPEndpoint("127.0.0.1", 0, send_buffer=4096))
         streams: list[trio.SocketStream] = []

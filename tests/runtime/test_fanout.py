@@ -288,21 +288,19 @@ def collector(enabled: bool, thresholds: tuple[int, int, int]) -> Iterator[list[
         (gc.enable if was_enabled else gc.disable)()
 
 
-async def test_the_fan_out_collects_the_young_generations_between_buckets() -> None:
-    # thresholds no allocation here reaches: every collection is the fan-out's; the middle
-    # generation is due once two young collections have run since its last (count > 1)
+async def test_the_fan_out_collects_the_young_and_middle_generations_between_buckets() -> None:
+    # thresholds no allocation here reaches: every collection is the fan-out's
     many = 5 * SWEEP_EVERY + BUCKET_SIZE + 17  # the fan-out visits 5 * SWEEP_EVERY + 17
     async with members(many) as (_, sessions, _log):
         group = Group("big")
         for session in sessions:
             group.add(session)
-        with collector(True, (10**9, 1, 10**9)) as started:
+        with collector(True, (10**9, 10**9, 10**9)) as started:
             assert await group.broadcast_and_wait("onFirst", {}) == many
-        assert len(started) == 5, started  # one per SWEEP_EVERY members visited, not per bucket
-        assert 0 in started, started
-        assert 1 in started, started  # the middle one when CPython would
-        assert 2 not in started  # full collections are CPython's own
-        with collector(False, (10**9, 1, 10**9)) as started:
+        # one per SWEEP_EVERY members visited, not per bucket: the young and middle
+        # generations together; full collections are CPython's own
+        assert started == [1] * 5, started
+        with collector(False, (10**9, 10**9, 10**9)) as started:
             assert await group.broadcast_and_wait("onSecond", {}) == many
         assert started == []  # gc.disable() turns it off
         assert all(seen(session) == ["onFirst", "onSecond"] for session in sessions)
@@ -337,11 +335,12 @@ class Sink(trio.abc.Stream):
 
 async def test_a_parked_writer_leaves_few_objects_for_the_collector() -> None:
     # every delivery wakes the member's writer, which parks again: what a parked writer keeps
-    # alive is new, and what the young collections walk. The outbox is a memory channel (the
-    # required shape); parked in its receive, a writer keeps 9 (trio 0.35: the receive's
-    # coroutine, its abort closure and cells, the wait's coroutine and trap); a writer that
-    # awaited the receive inside its ``except WouldBlock`` kept 13 (the WouldBlock and its
-    # traceback too).
+    # alive is new, and what the young and middle collections walk. The outbox is a memory
+    # channel (the required shape); parked in its receive, a writer kept 9 (trio 0.35: the
+    # receive's coroutine, its abort closure and cells, the wait's coroutine and trap); parked
+    # in wait_task_rescheduled with the agent's own abort function, 4 (the wait's coroutine,
+    # its generator, the trap and its __dict__); awaiting inside an ``except WouldBlock``
+    # clause kept the WouldBlock, its tracebacks and a frame alive too (13, then 8).
     count = 300
     group = Group("room")
     components = Components()
@@ -379,5 +378,5 @@ async def test_a_parked_writer_leaves_few_objects_for_the_collector() -> None:
             finally:
                 gc.unfreeze()
         assert all(sink.written > before for sink, before in zip(sinks, written, strict=True))  # every writer wrote
-        assert young <= 10 * count, young / count
+        assert young <= 5 * count, young / count  # 4.1 measured
         server.shutdown()

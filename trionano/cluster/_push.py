@@ -656,4 +656,4 @@ def _fan_out(sessions: list[Session], route: str, data: bytes) -> int:
     if fanout is None:  # sessions made outside a serving server: everything now
         return sum(deliver(session) for session in sessions)
     queued, job = fanout.send(sessions, deliver)
-    return queued + (len(job.members) if job is not None else 0)
+    return queued + (job.count if job is not None else 0)
