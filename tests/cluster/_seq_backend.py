@@ -1,7 +1,7 @@
 """A backend for the freeze tests: ``python -m tests.cluster._seq_backend --listen ADDRESS
 --master ADDRESS --heartbeat SECONDS --rpc-timeout SECONDS [--nofast]`` hosts ``Seq.note``
 (a notify: records ``i`` per session, in the order taken), ``Seq.check`` (the session's
-record) and ``Seq.echo``; logs "up:" once registered."""
+record), ``Seq.echo`` and ``Seq.hold`` (never answered); logs "up:" once registered."""
 
 from __future__ import annotations
 
@@ -16,12 +16,16 @@ from trionano.cluster import ClusterConfig, Node, run_node
 class Seq(Component):
     def __init__(self) -> None:
         self.notes: dict[int, list[int]] = {}
+        self.held: list[Any] = []
 
     def note(self, session: Session, msg: dict[str, Any]) -> None:
         self.notes.setdefault(session.id, []).append(msg["i"])
 
     def check(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
         return {"notes": self.notes.get(session.id, [])}
+
+    def hold(self, session: Session, msg: dict[str, Any]) -> None:
+        self.held.append(session.defer())
 
     def echo(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
         return {"echo": msg}

@@ -135,3 +135,69 @@ def test_a_frozen_backend_gets_every_notify_and_requests_are_answered_meanwhile(
     assert seen["connected"]
     assert "evicted" not in log.read_text()
     assert seen["gate"].forward_errors >= 201
+
+
+def test_a_notify_waiting_on_a_member_that_leaves_the_cluster_is_dropped_and_counted(tmp_path: Path) -> None:
+    """The unary path: a notify's call waits for the frozen member only while it is in the
+    cluster; once the master evicts it the call ends (dropped, counted, logged) and the
+    session's later messages go on: a Request for the service no member hosts now is answered
+    404 at once, not held behind the notify. A Request the member took and has not answered is
+    answered 503 as it leaves, before its deadline (as a stream's are when it dies)."""
+    gate_address, backend_address = free_address(), free_address()
+    heartbeat = 0.5  # evicted after 2 s of silence
+    gate = Node(
+        Components(),
+        ClusterConfig(
+            service_address=gate_address, is_master=True, heartbeat=heartbeat, rpc_timeout=30, fast_path=False
+        ),
+        Config(heartbeat=0),
+    )
+    log = tmp_path / "backend.log"
+    command = [sys.executable, "-m", "tests.cluster._seq_backend", "--listen", backend_address, "--nofast"]
+    command += ["--master", gate_address, "--heartbeat", str(heartbeat), "--rpc-timeout", str(RPC_TIMEOUT)]
+    seen: dict[str, Any] = {}
+    processes: list[trio.Process] = []
+
+    async def main(bridge: Bridge) -> None:
+        try:
+            with trio.fail_after(60):  # a wrong expectation fails, never hangs
+                await scenario(bridge)
+        finally:
+            with trio.CancelScope(shield=True):
+                for process in processes:
+                    process.send_signal(signal.SIGCONT)
+                    process.kill()
+                    await process.wait()
+
+    async def scenario(bridge: Bridge) -> None:
+        async with trio.open_nursery() as nursery:
+            (port,) = await nursery.start(functools.partial(gate.run, bridge, TCPEndpoint("127.0.0.1", 0)))
+            with log.open("wb") as out:
+                processes.append(await trio.lowlevel.open_process(command, cwd=ROOT, stdout=out, stderr=out))
+            while "Seq" not in gate.remote_services:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+            async with open_client("127.0.0.1", port) as client:
+                assert await client.request("Seq.echo", {"warm": 1}) == {"echo": {"warm": 1}}
+
+                async def hold() -> None:
+                    seen["hold"] = await client.request("Seq.hold", {})
+
+                nursery.start_soon(hold)
+                while gate.statistics().forwarded < 2:  # noqa: ASYNC110
+                    await trio.sleep(0.05)  # the member took it
+                processes[0].send_signal(signal.SIGSTOP)
+                await client.notify("Seq.note", {"i": 1})  # its call waits for the frozen member
+                while "Seq" in gate.remote_services:  # noqa: ASYNC110
+                    await trio.sleep(0.05)  # evicted
+                seen["after"] = await client.request("Seq.echo", {"after": 1})
+                while "hold" not in seen:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+                seen["connected"] = client.error is None
+            seen["gate"] = gate.statistics()
+            gate.server.shutdown()
+
+    run(main)
+    assert seen["after"]["code"] == 404
+    assert seen["hold"] == {"code": 503, "message": f"Seq unavailable: {backend_address} has left the cluster"}
+    assert seen["connected"]
+    assert seen["gate"].forward_errors == 2  # the hold answered 503, the notify dropped

@@ -35,7 +35,7 @@ from ..wire import Notify, Request
 from . import _codec as codec
 from . import _frames as frames
 from ._counters import Counters
-from ._errors import ClusterError, DeadlineExceeded, InvalidRequest, NotFound
+from ._errors import ClusterError, DeadlineExceeded, InvalidRequest, NotFound, Unavailable
 from ._generated import clusterpb as pb
 from ._links import Link, Links
 from ._membership import Membership
@@ -181,6 +181,7 @@ class Gate:
         self._deadlines: list[tuple[float, int]] = []  # a heap of (deadline, request id)
         self._request_ids = itertools.count(1)
         self._earlier = trio.Event()  # set when a deadline earlier than every other one arrives
+        self._notifying: dict[str, set[trio.CancelScope]] = {}  # member -> its unary notify calls
 
     def attach(self, server: Server) -> None:
         self._server = server
@@ -445,12 +446,46 @@ class Gate:
                     entry.sent = True
                     forwarder.in_flight += 1
             else:
-                await peer.handle_notify(codec.NotifyMessage(gate, sid, item.route, item.body), seconds=math.inf)
+                await self._notify(item.member, codec.NotifyMessage(gate, sid, item.route, item.body))
             self._counters.forwarded += 1
         except ClusterError as exc:  # the request boundary: answer the client, keep serving
             if item.mid and self._settle(item.rid) is None:
                 return  # answered already (503 at its deadline, or its answer came): once only
             self._failed(session, item.member, item.service, item.route, item.mid, exc)
+
+    async def _notify(self, member: str, message: codec.NotifyMessage) -> None:
+        """nano's HandleNotify to ``member``, with no deadline while it is in the cluster:
+        :meth:`member_gone` ends the call (Unavailable). Raises ClusterError."""
+        if member not in self._membership:
+            raise Unavailable(f"{member} has left the cluster")
+        calls = self._notifying.setdefault(member, set())
+        with trio.CancelScope() as scope:
+            calls.add(scope)
+            try:
+                await self._peers[member].handle_notify(message, seconds=math.inf)
+            finally:
+                calls.discard(scope)
+                if not calls and self._notifying.get(member) is calls:
+                    del self._notifying[member]
+        if scope.cancelled_caught:
+            raise Unavailable(f"{member} has left the cluster")
+
+    def member_gone(self, address: str) -> None:
+        """``address`` left the cluster: its unary notify calls end (each notify dropped,
+        counted, logged) and the Requests it took over unary calls and has not answered are
+        answered 503 now, as a stream's are when it dies."""
+        for scope in self._notifying.pop(address, ()):
+            scope.cancel()
+        lost = [
+            rid
+            for rid, entry in self._in_flight.items()
+            if entry.member == address and entry.sent and entry.link is None
+        ]
+        for rid in lost:
+            entry = self._settle(rid)
+            assert entry is not None
+            error = Unavailable(f"{address} has left the cluster")
+            self._failed(entry.session, entry.member, entry.service, entry.route, entry.mid, error)
 
     def _failed(self, session: Session, member: str, service: str, route: str, mid: int, exc: ClusterError) -> None:
         """A forward failed: count, log, unbind the member, answer a Request 404 or 503."""

@@ -355,6 +355,7 @@ class Node:
     def _forget(self, address: str) -> None:
         """A node left: drop it, close its channel, end the stand-ins of its clients."""
         self.membership.remove(address)
+        self._gate.member_gone(address)
         self._links.forget(address)
         self._peers.close(address)
         self._remote.gate_gone(address)
