@@ -8,6 +8,14 @@ local routes); over the bound a Request is answered 503 and counted. Error answe
 (404, 503) keep the session's order: while earlier Requests of the session wait or are in
 flight, the error answer waits behind them in the queue (see :class:`Refusal`).
 
+Every forwarded Request, on either path (a stream, or nano's unary HandleRequest answered by
+the member's HandleResponse), waits in one table under an id of the gate's (:class:`InFlight`)
+from the moment the gate reads it, and :meth:`Gate.expire_requests` answers it 503 at its
+deadline, whether it was sent or still waits in the queue; the first answer takes it out of
+the table, so any later one is dropped and counted. A notify is never dropped for being slow:
+on a stream it waits in the stream, over a unary call the call waits while the member is in
+the cluster (:meth:`Gate.member_gone` ends it).
+
 Only the gate that owns a client session announces its end (SessionClosed to every member,
 after the session's forwards have gone out); a stand-in's end is never announced.
 """
