@@ -415,8 +415,8 @@ class Gate:
         Notify's unary call has no deadline of its own: it waits while the member is in the
         cluster (a frozen member takes it once it runs again, as its stream would; the
         session's later messages wait behind it, within ``max_pending_forwards``, its Requests
-        answered 503 at their deadlines); the member leaving the cluster closes its channel,
-        which fails the call (the notify is then dropped, counted and logged)."""
+        answered 503 at their deadlines); the member leaving the cluster ends the call
+        (:meth:`member_gone`: the notify is then dropped, counted and logged)."""
         try:
             if item.mid:
                 timeout = item.deadline - trio.current_time()
