@@ -166,7 +166,9 @@ class Config:
     max_outbox_bytes: int = attrs.field(default=16 << 20, validator=attrs.validators.ge(64 * 1024))
     max_pending_requests: int = attrs.field(default=128, validator=attrs.validators.ge(1))
     slow_consumer_after: float = attrs.field(default=1.0, validator=_positive)
-    max_fanout_backlog: int = attrs.field(default=MAX_BEHIND, validator=attrs.validators.ge(1))
+    max_fanout_backlog: int = attrs.field(
+        default=MAX_BEHIND, validator=[attrs.validators.instance_of(int), attrs.validators.ge(1)]
+    )
     merge_window: float | None = attrs.field(default=None, validator=_merge_window)
     max_packet_size: int = attrs.field(
         default=MAX_BODY_SIZE, validator=[attrs.validators.ge(64), attrs.validators.le((1 << 24) - 1)]

@@ -46,7 +46,10 @@ class Group:
     moment it is called, and each member gets its Pushes in the order they were issued: a
     member's later Pushes (broadcasts, ``session.push``), Kick or close wait behind a
     broadcast still on its way to it (Responses do not). :meth:`broadcast_and_wait` waits
-    until every member has been reached.
+    until every member has been reached. When broadcasts come faster than the server reaches
+    their members, the fan-out's backlog is bounded (``Config.max_fanout_backlog``): a
+    broadcast that would pass it is refused whole, for every member of that server, rather
+    than stall the server (see :mod:`trionano._fanout`).
 
     Error handling: GroupError with nano's texts; see each method.
     """
@@ -168,8 +171,10 @@ class Group:
     def broadcast(self, route: str, value: object) -> int:
         """Push to every member. Returns how many members it was queued for (closed members
         and slow consumers' drops are skipped and counted); of a large broadcast, those queued
-        at once plus those handed to the fan-out. Raises GroupError when closed,
-        SerializeError when ``value`` cannot be serialized, MessageTooLarge."""
+        at once plus those handed to the fan-out; 0 when the server's fan-out refused it whole,
+        its backlog at ``Config.max_fanout_backlog`` (counted as ``dropped_backlog``: see
+        :mod:`trionano._fanout`). Raises GroupError when closed, SerializeError when ``value``
+        cannot be serialized, MessageTooLarge."""
         queued, jobs = self._push(route, value, None)
         return queued + sum(job.count for job in jobs)
 
@@ -180,8 +185,8 @@ class Group:
 
     async def broadcast_and_wait(self, route: str, value: object, predicate: SessionFilter | None = None) -> int:
         """:meth:`broadcast` (or :meth:`multicast` with ``predicate``), then wait until it has
-        been queued for every member; returns for how many it was. Raises as
-        :meth:`broadcast`."""
+        been queued for every member; returns for how many it was (0 when refused, as
+        :meth:`broadcast`). Raises as :meth:`broadcast`."""
         queued, jobs = self._push(route, value, predicate)
         if not jobs:
             await trio.lowlevel.checkpoint()

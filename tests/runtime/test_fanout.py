@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.runtime.apps import echo_components
 from trionano import Component, Components, Config, Group, Server, Session, wire
-from trionano._fanout import BUCKET_SIZE, SWEEP_EVERY, FanOut
+from trionano._fanout import BUCKET_SIZE, MAX_BEHIND, SWEEP_EVERY, FanOut
 from trionano._log import RateLimitedLog
 from trionano._session import Broadcast
 from trionano._stats import Counters
@@ -248,6 +248,14 @@ async def test_a_broadcast_past_the_backlog_is_refused_whole_and_counted(caplog:
         await idle()
         assert [n for n, seen in delivered if seen == "f"] == list(range(len(many)))
         fanout.stop()
+
+
+@pytest.mark.parametrize("bound", [0, -1, 1.5, "many"])
+def test_the_backlog_bound_is_validated(bound: object) -> None:
+    with pytest.raises((ValueError, TypeError)):
+        Config(max_fanout_backlog=bound)  # type: ignore[arg-type]
+    assert Config().max_fanout_backlog == MAX_BEHIND
+    assert Config(max_fanout_backlog=1).max_fanout_backlog == 1
 
 
 async def test_a_group_broadcast_refused_by_the_backlog_returns_0_everywhere() -> None:
