@@ -197,15 +197,23 @@ class Group:
 
     def _push(self, route: str, value: object, predicate: SessionFilter | None) -> tuple[int, list[FanOutJob]]:
         self._check_open()
+        count = len(self._members)
+        body: bytes | None = None  # the value serialized for the first member, once
+        if count > BUCKET_SIZE and predicate is None and len(self._fanouts) == 1:
+            fanout = next(iter(self._fanouts))
+            if fanout is not None:
+                body = next(iter(self._members.values())).serializer.marshal(value)  # raises as ever
+                if fanout.refuses(count):  # an overloaded server: refused before the members' snapshot
+                    return 0, []
         # a large group's closed members are skipped (and dropped) as the fan-out reaches them
-        members = self._live() if len(self._members) <= BUCKET_SIZE else list(self._members.values())
+        members = self._live() if count <= BUCKET_SIZE else list(self._members.values())
         if predicate is not None:
             members = [session for session in members if not session.closed and predicate(session)]
         if not members:
             return 0, []
         window = self._merge_window
-        first = members[0].serializer
-        broadcast = Broadcast(route, first.marshal(value), window)  # serialize once, in the caller
+        first = members[0].serializer  # the serializer of body, when set: the same first member
+        broadcast = Broadcast(route, first.marshal(value) if body is None else body, window)  # serialize once
         others: dict[int, Broadcast] = {}  # per other serializer (rare: members of several servers)
         forget = self._forget
 

@@ -270,6 +270,9 @@ async def test_a_group_broadcast_refused_by_the_backlog_returns_0_everywhere() -
             group.add(session)
         assert group.broadcast("onA", {}) == N  # N - BUCKET_SIZE wait
         assert group.broadcast("onB", {}) == 0  # past the bound: refused whole
+        with pytest.raises(Exception, match="serializ"):  # refused or not, a bad value raises
+            group.broadcast("onBad", {"x": {1, 2}})
+        assert server.statistics().dropped_backlog == N
         assert _fan_out(sessions, "onC", b"{}") == 0
         assert sessions[-1].push("onDirect", {}) is False  # behind onA, the backlog at its bound
         stats = server.statistics()
