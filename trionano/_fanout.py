@@ -81,12 +81,15 @@ __all__ = ["BUCKET_SIZE", "MAX_BEHIND", "SWEEP_EVERY", "FanOut", "FanOutJob", "M
 #: holds is the loop, and each member queued also wakes its writer into the next scheduler
 #: batch, so a step is kept small: on the 2-core machine of bench/push.py (50,000 members) a
 #: scheduler batch took a median 0.7-0.9 ms with 64, 1.8-2.0 ms with 128 and ~15 ms with 512,
-#: and an unrelated request crosses three or four batches.
+#: and an unrelated request crosses three or four batches. Not larger while the backlog is large
+#: either: 256 members a step past half of ``max_behind`` made 1.7x the deliveries a second of an
+#: overloaded server (bench/push.py, overload: 14,200 against 8,400, medians of 3, load 7.5-12.5)
+#: and 2.6x the probe's p99 (146 ms against 55), for the same reason.
 BUCKET_SIZE: Final = 64
 #: Deliveries the fan-out may have waiting, by default (``Config.max_fanout_backlog``): a
 #: broadcast that would take the backlog past it is refused whole (see the module docstring).
-#: 20 broadcasts to 50,000 members, 1,000 to 1,000; each waiting delivery costs the fan-out a
-#: count in a dict (about 100 bytes) besides the broadcast's list of members.
+#: 20 broadcasts to 50,000 members, 1,000 to 1,000; what waits costs a reference per delivery
+#: (in the broadcasts' snapshots of their members) and a count per member waited for.
 MAX_BEHIND: Final = 1_000_000
 #: Members the fan-out visits between two collections of its own (``gc.collect(1)``, see the
 #: module's docstring): about 8,700 objects, a median 1 ms on bench/push.py's machine; every
