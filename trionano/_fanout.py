@@ -82,9 +82,10 @@ __all__ = ["BUCKET_SIZE", "MAX_BEHIND", "SWEEP_EVERY", "FanOut", "FanOutJob", "M
 #: batch, so a step is kept small: on the 2-core machine of bench/push.py (50,000 members) a
 #: scheduler batch took a median 0.7-0.9 ms with 64, 1.8-2.0 ms with 128 and ~15 ms with 512,
 #: and an unrelated request crosses three or four batches. Not larger while the backlog is large
-#: either: 256 members a step past half of ``max_behind`` made 1.7x the deliveries a second of an
-#: overloaded server (bench/push.py, overload: 14,200 against 8,400, medians of 3, load 7.5-12.5)
-#: and 2.6x the probe's p99 (146 ms against 55), for the same reason.
+#: either: 256 members a step past half of ``max_behind`` made an overloaded server deliver 1.2x
+#: as much a second (bench/push.py, overload: 25,000 against 20,100, medians of 3 runs of each,
+#: interleaved, load 7.7-12.7) and gave the probe 1.8x the p99 (121 ms against 66), for the
+#: same reason.
 BUCKET_SIZE: Final = 64
 #: Deliveries the fan-out may have waiting, by default (``Config.max_fanout_backlog``): a
 #: broadcast that would take the backlog past it is refused whole (see the module docstring).
