@@ -158,7 +158,8 @@ class PushStatistics:
         than what is pushed to it).
     HTTP push API (:mod:`trionano.cluster.push_api`) served for this node: ``api_accepted``:
     requests answered 202; ``api_refused``: answered 4xx or 500; ``api_unreached``: answered
-    503 (no gate took the push, or too many requests at once); ``api_broken``: connections
+    503 (no gate took the push, too many requests at once or waiting for their turn);
+    ``api_broken``: connections
     Hypercorn failed on, each closed alone (pgjones/hypercorn#329).
     """
 
@@ -636,9 +637,7 @@ class PushHub:
                 queued = 0 if group is None or group.closed else group.broadcast(route, data)
             elif kind == "uids":
                 # the server's uid index: the cost is that of the sessions found, not of every one
-                sessions_of = server.sessions_of
-                sessions = [s for uid in dict.fromkeys(uids) for s in sessions_of(uid)]
-                queued = _fan_out(sessions, route, data)
+                queued = _fan_out(server.sessions_of_any(uids), route, data)
             elif kind == "everyone":
                 queued = _fan_out(list(server.sessions.values()), route, data)
             else:

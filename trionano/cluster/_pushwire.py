@@ -192,19 +192,25 @@ def _signed(n: int) -> int:
 def _unpack_uids(buf: bytes, start: int, stop: int, out: list[int]) -> None:
     """Append the varints of ``buf[start:stop]`` (a packed int64 field's value) to ``out``."""
     append = out.append
-    value = shift = 0
-    for byte in buf[start:stop]:
-        if byte < 0x80:
-            value |= byte << shift
-            append(value if value < _I64 else _signed(value & (_U64 - 1)))
-            value = shift = 0
-        else:
+    byte = 0
+    it = iter(buf[start:stop])
+    for byte in it:
+        if byte < 0x80:  # one byte: 0 to 127
+            append(byte)
+            continue
+        value = byte & 0x7F
+        shift = 7
+        for byte in it:
+            if byte < 0x80:
+                value |= byte << shift
+                break
             value |= (byte & 0x7F) << shift
             shift += 7
             if shift > 63:
                 raise PushWireError("varint too long")
-    if shift:
-        raise PushWireError("truncated packed varints")
+        else:
+            raise PushWireError("truncated packed varints")
+        append(value if value < _I64 else _signed(value & (_U64 - 1)))
 
 
 def _uids(buf: bytes) -> list[int]:
