@@ -152,10 +152,7 @@ class PushStatistics:
         nodes found not to take pushes (no ``trionano.push`` service, as Go nano; or no clients).
         Gate side: ``received``: pushes received from other nodes; ``delivered``: pushes queued
         for this node's sessions (one per session), from here or elsewhere; ``refused``: received
-        pushes refused as malformed (no audience, a bad route) or too large; ``shed``: received
-        pushes dropped because this gate's backlog of received pushes not yet delivered was full
-        (``max_pending_pushes`` pushes or ``max_pending_push_bytes`` bytes: this gate is slower
-        than what is pushed to it).
+        pushes refused as malformed (no audience, a bad route) or too large.
     HTTP push API (:mod:`trionano.cluster.push_api`) served for this node: ``api_accepted``:
     requests answered 202; ``api_refused``: answered 4xx or 500; ``api_unreached``: answered
     503 (no gate took the push, too many requests at once or waiting for their turn);
@@ -177,7 +174,6 @@ class PushStatistics:
     api_broken: int
     held: int = 0
     held_bytes: int = 0
-    shed: int = 0
 
 
 @attrs.define(kw_only=True)
@@ -196,7 +192,6 @@ class PushCounters:
     api_refused: int = 0
     api_unreached: int = 0
     api_broken: int = 0
-    shed: int = 0
 
     def snapshot(self, *, held: int = 0, held_bytes: int = 0) -> PushStatistics:
         return PushStatistics(**attrs.asdict(self), held=held, held_bytes=held_bytes)
@@ -448,6 +443,7 @@ class PushHub:
         # gate side: received items, in order, waiting for the delivering task (_deliver_backlog)
         self._backlog_send, self._backlog = trio.open_memory_channel[tuple[bytes, _Tally | None]](math.inf)
         self._backlog_held = [0, 0]  # items, bytes
+        self._room = trio.Event()  # set when an item has left a full backlog
         self._delivering = False
 
     def attach(self, server: Server) -> None:
@@ -553,21 +549,23 @@ class PushHub:
         what came on a stream) and the call is answered once they are delivered to this node's
         clients, with how many sessions they were queued for."""
         tally = _Tally()
-        self._receive(batch.data, tally)
+        await self._receive(batch.data, tally)
         await tally.done.wait()
         return pushpb.PushResult(gate=self.serves_clients, delivered=tally.queued)
 
     async def on_push_batch(self, data: bytes) -> None:
         """A ``trionano.push.PushBatch`` that came as a frame on a stream: its items join the
         backlog, delivered by a task of their own, so that the frames behind it on the stream
-        (the answers to this gate's Requests) never wait for them. Never raises for what the
-        peer sent: a batch that does not parse is refused and counted."""
-        self._receive(data, None)
+        (the answers to this gate's Requests) do not wait for them while the backlog has room.
+        Never raises for what the peer sent: a batch that does not parse is refused and counted."""
+        await self._receive(data, None)
 
-    def _receive(self, data: bytes, tally: _Tally | None) -> None:
-        """Queue the items of the batch ``data`` for :meth:`_deliver_backlog`. Over the
-        backlog's bound (``bound`` items or ``bound_bytes`` bytes received and not yet
-        delivered; one item is always let in when none is) an item is shed: counted, logged."""
+    async def _receive(self, data: bytes, tally: _Tally | None) -> None:
+        """Queue the items of the batch ``data`` for :meth:`_deliver_backlog`, in order. Over
+        the backlog's bound (``bound`` items or ``bound_bytes`` bytes received and not yet
+        delivered; one item is always let in when none is) this waits for room: the stream
+        from the origin is then read no further, and its sender's own bound (then the push
+        API's 503) holds back whoever pushes faster than this gate delivers."""
         try:
             _, items = wire.batch_items(data)
         except wire.PushWireError:
@@ -578,15 +576,10 @@ class PushHub:
         for raw in items:
             self._counters.received += 1
             size = len(raw)
-            if held[0] and (held[0] >= self._bound or held[1] + size > self._bound_bytes):
-                self._counters.shed += 1
-                self._log.warning(
-                    "push shed",
-                    "the push backlog is full (%d pushes, %d bytes not yet delivered): a received push was shed",
-                    held[0],
-                    held[1],
-                )
-                continue
+            while held[0] and (held[0] >= self._bound or held[1] + size > self._bound_bytes):
+                if self._room.is_set():
+                    self._room = trio.Event()
+                await self._room.wait()
             if not self._delivering:
                 self._delivering = self._tasks.start(self._deliver_backlog)
                 if not self._delivering:
@@ -607,6 +600,7 @@ class PushHub:
             raw, tally = await self._backlog.receive()
             held[0] -= 1
             held[1] -= len(raw)
+            self._room.set()
             try:
                 item = wire.decode_item(raw)
             except wire.PushWireError:
