@@ -5,13 +5,17 @@ client one ``HandlePush`` at a time).
 ::
 
     any node: push(route, value, audience)             each gate: Push/Deliver(batch)
-      serialize once -+- its own clients (a gate)        per item: one Broadcast for its
+      serialize once, encode the item once              bounded backlog + delivering task:
+                      +- its own clients (a gate)        per item: one Broadcast for its
                       +- GateLink per other node          sessions (encoded once per codec)
                          bounded queue + sender task --->
 
-The body is serialized once, at the origin; a gate frames it into a packet once per codec
-(its serializer's bytes pass through, its route dictionary applies), never per member. A
-gate's part of a cluster-wide group is a plain :class:`~trionano.Group` of its own clients:
+The body is serialized once, at the origin, and the ``PushItem`` (route, body, audience: up
+to 10,000 uids) encoded once by hand (:mod:`._pushwire`), whatever the number of gates; a
+gate decodes each item in a step of its own, from a backlog that the frames behind it on the
+stream (the answers to its Requests) do not wait for, and frames it into a packet once per
+codec (its serializer's bytes pass through, its route dictionary applies), never per member.
+A gate's part of a cluster-wide group is a plain :class:`~trionano.Group` of its own clients:
 members join on their gate.
 
 A gate that is down or slow never blocks the others: each has a bounded queue and a sender
@@ -413,7 +417,9 @@ class ClusterGroup:
 
 class PushHub:
     """The push role of a node: the origin side (:meth:`push`, one :class:`GateLink` per other
-    node) and the gate side (:meth:`deliver`, the Deliver handler). Owned by the node;
+    node) and the gate side (:meth:`handle_deliver` and :meth:`on_push_batch` take received
+    batches into a backlog of at most ``bound`` items and ``bound_bytes`` bytes, which a task
+    of the node's delivers an item at a time with :meth:`deliver`). Owned by the node;
     ``serves_clients`` is set when it runs with client endpoints."""
 
     def __init__(
