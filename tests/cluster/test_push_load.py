@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import httpx
+import pytest
 import trio
 import trio.testing
 
@@ -125,10 +126,12 @@ async def test_pushes_over_max_waiting_are_answered_503() -> None:
     assert answers[9][0] == 202
 
 
-def test_a_gate_delivers_its_backlog_in_order_and_waits_when_it_is_full() -> None:
+@pytest.mark.parametrize("fast_path", [True, False], ids=["stream", "unary"])
+def test_a_gate_delivers_its_backlog_in_order_and_waits_when_it_is_full(fast_path: bool) -> None:
     """A gate takes received pushes into a backlog delivered by a task of its own, one item per
     step; over its bound (``max_pending_pushes`` here 4) the receiving side waits for room
-    rather than dropping: a unary Deliver of 30 items, then a stream's, all arrive in order."""
+    rather than dropping: a unary Deliver of 30 items, then the logic node's pushes (on the
+    stream; or, with ``fast_path=False``, over unary calls), all arrive in order."""
     master_address = address()
     logic = Node(Components(), ClusterConfig(service_address=master_address, is_master=True), Config(heartbeat=0))
     components = Components()
@@ -137,7 +140,12 @@ def test_a_gate_delivers_its_backlog_in_order_and_waits_when_it_is_full() -> Non
     gate = Node(
         components,
         ClusterConfig(
-            service_address=address(), master_address=master_address, node_id=2, heartbeat=5, max_pending_pushes=4
+            service_address=address(),
+            master_address=master_address,
+            node_id=2,
+            heartbeat=5,
+            max_pending_pushes=4,
+            fast_path=fast_path,
         ),
         Config(heartbeat=0),
     )
