@@ -64,6 +64,7 @@ __all__ = [
     "PushStatistics",
     "check_group",
     "check_route",
+    "valid_uids",
 ]
 
 _logger = logging.getLogger("trionano.cluster.push")
