@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Final
@@ -194,6 +194,13 @@ class Server:
         an index (updated on bind, :meth:`Session.clear` and close): the cost is that of the
         sessions found, not of every open session."""
         return self._uids.sessions(uid)
+
+    def sessions_of_any(self, uids: Iterable[int]) -> list[Session]:
+        """The open sessions bound to any of ``uids`` now, each once, uid by uid in the order
+        of ``uids`` (a uid named twice counts once). For an audience of many uids (a cluster
+        push names up to 10,000): the uids are looked up at C speed, and the cost in Python
+        steps is that of the sessions found."""
+        return self._uids.sessions_of_any(uids)
 
     @property
     def bound_uids(self) -> int:

@@ -91,7 +91,9 @@ class ClusterConfig:
     ``max_pending_pushes`` and ``max_pending_push_bytes`` (16 MiB) bound the cluster pushes
     held for each other gate, queued or on their way (on the stream until written): a gate
     that is slow or stopped holds at most that much here; pushes over it are dropped, counted
-    and logged (:meth:`Node.push_statistics`: ``dropped``, ``held``, ``held_bytes``).
+    and logged (:meth:`Node.push_statistics`: ``dropped``, ``held``, ``held_bytes``). On a
+    gate they also bound the pushes received and not yet delivered to its clients: over it, the
+    gate reads the stream they come on no further until there is room.
     ``node_id`` fixes the node part of session ids (``0 <= node_id < 2**20``, unique among
     running nodes); by default it is drawn at random (:mod:`trionano.cluster._ids`).
     ``fast_path`` (beyond nano): talk to other trionano nodes over one stream each, in
