@@ -170,6 +170,12 @@ async def test_a_go_nano_node_in_the_cluster_is_left_alone_and_counted(tmp_path:
         assert "Push" not in c.log("nano")  # it only ever sees clusterpb calls
 
 
+#: The keepalive of the tests that stop gate 2 (SIGSTOP): the master would evict it after four
+#: intervals, and its viewer's client give up on it after two and a half (at 10 s, 25 s: what
+#: a loaded machine could take to post and check the pushes while it is stopped).
+STOPPED_HEARTBEAT = 30.0
+
+
 async def test_a_stopped_gate_never_holds_up_the_other(tmp_path: Path) -> None:
     """Pushes to a gate ride the stream once it has answered as a gate: a stopped gate's
     pushes wait on that stream (nothing dropped) while the other gate gets every one at once;
@@ -177,7 +183,7 @@ async def test_a_stopped_gate_never_holds_up_the_other(tmp_path: Path) -> None:
     bounded queue instead: which one happens depended on timing, so this test first makes
     sure the stream is up.)"""
     async with (
-        liveroom(tmp_path, heartbeat=10.0, rpc_timeout=5.0, push_queue=8) as (c, push_url, (gate1, gate2)),
+        liveroom(tmp_path, heartbeat=STOPPED_HEARTBEAT, rpc_timeout=5.0, push_queue=8) as (c, push_url, (gate1, gate2)),
         httpx.AsyncClient(headers=AUTH, timeout=60) as http,
         open_viewer(gate1) as ann,
         open_viewer(gate2) as bob,
@@ -194,7 +200,7 @@ async def test_a_stopped_gate_never_holds_up_the_other(tmp_path: Path) -> None:
         c.signal("gate2", signal.SIGSTOP)
         try:
             reached = []
-            with trio.fail_after(20):
+            with trio.fail_after(60):  # well within what the stopped gate's client and master wait
                 for number in range(40):
                     message = {"name": "ops", "text": f"#{number}"}
                     response = await http.post(
@@ -233,7 +239,11 @@ async def test_a_stopped_gate_holds_at_most_its_push_bound_on_the_logic_node(
     back, gets what was not dropped, in order: each push either delivered or counted."""
     pushes, pad = 240, 30_000
     async with (
-        liveroom(tmp_path, heartbeat=10.0, push_queue=push_queue, push_bytes=push_bytes) as (c, push_url, gates),
+        liveroom(tmp_path, heartbeat=STOPPED_HEARTBEAT, push_queue=push_queue, push_bytes=push_bytes) as (
+            c,
+            push_url,
+            gates,
+        ),
         httpx.AsyncClient(headers=AUTH, timeout=60) as http,
         open_viewer(gates[0]) as ann,
         open_viewer(gates[1]) as bob,
@@ -249,7 +259,7 @@ async def test_a_stopped_gate_holds_at_most_its_push_bound_on_the_logic_node(
         c.signal("gate2", signal.SIGSTOP)
         held: list[tuple[int, int]] = []
         try:
-            with trio.fail_after(30):  # well within the gate's eviction (4 heartbeats)
+            with trio.fail_after(60):  # well within the gate's eviction, and its client's patience
                 for number in range(pushes):
                     message = {"n": number, "pad": "x" * pad}
                     response = await http.post(push_url, json={"route": "onBig", "message": message, **audience})
