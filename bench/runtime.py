@@ -233,6 +233,9 @@ def b1(seconds: float, repeats: int, connection_counts: list[int], goals: list[s
             print_figure(f"@{connections}: trionano / pinus throughput", rps, ">= 1.2", goals=goals)
             cpu_ratio = [t / p for t, p in zip(cpu["trionano"], cpu["pinus"], strict=True)]
             print_figure(f"@{connections}: trionano / pinus CPU per request", cpu_ratio, "<= 0.8", goals=goals)
+            # context for the goal above: the required shape with nothing else, against pinus
+            floor_ratio = [f / p for f, p in zip(cpu["floor"], cpu["pinus"], strict=True)]
+            print_figure(f"@{connections}: floor / pinus CPU per request (context)", floor_ratio, None)
     if len(connection_counts) > 1:
         low, high = min(connection_counts), max(connection_counts)
         print(f"  -- trionano at {high} connections against its own {low}")
@@ -241,6 +244,11 @@ def b1(seconds: float, repeats: int, connection_counts: list[int], goals: list[s
             for h, lo in zip(results[(high, "trionano")], results[(low, "trionano")], strict=True)
         ]
         print_figure(f"CPU per request @{high} / @{low}", growth, "<= 1.10", goals=goals)
+        floor_growth = [
+            h["server_cpu_us"] / lo["server_cpu_us"]
+            for h, lo in zip(results[(high, "floor")], results[(low, "floor")], strict=True)
+        ]
+        print_figure(f"floor CPU per request @{high} / @{low} (context)", floor_growth, None)
     if "pinus" not in peers:
         print(f"  pinus skipped: {pinus.unavailable_reason()}")
     print()

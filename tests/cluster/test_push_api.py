@@ -135,15 +135,20 @@ async def test_path_method_content_type_and_size_are_checked_in_that_order() -> 
     assert status == 415
     status, _, _ = await call(app, good, headers=[])
     assert status == 415
-    for content_type in (b"application/json; charset=utf-8", b"Application/JSON"):
+    for content_type in (b"application/json; charset=utf-8", b"Application/JSON", b'application/json;charset="UTF8"'):
         status, _, _ = await call(app, good, headers=[(b"content-type", content_type)])
         assert status == 202
+    # JSON is UTF-8 (RFC 8259): a body declared in another charset is refused, not misread
+    refused = (b"application/json; charset=latin-1", b"application/json; charset=utf-16", b"application/jsonx")
+    for content_type in refused:
+        status, _, answer = await call(app, good, headers=[(b"content-type", content_type)])
+        assert (status, answer["error"]) == (415, "the body must be application/json (UTF-8)")
     # over the limit: by its declared length, or (chunked, no length) as it arrives
     status, _, answer = await call(app, good, headers=[*JSON, (b"content-length", b"101")])
     assert (status, answer["error"]) == (413, "the body is over 100 bytes")
     status, _, _ = await call(app, [b"{" + b" " * 60, b" " * 60 + b"}"])
     assert status == 413
-    assert len(pusher.pushes) == 2
+    assert len(pusher.pushes) == 3  # the three accepted content types
     assert PushAPI(pusher).max_body == MAX_BODY == 64 * 1024
 
 

@@ -23,7 +23,8 @@ surrogate, ``"\\ud800"``) in the route, the group or the message is refused. Err
 malformed JSON, a missing field, a wrong type or value; 401 no or a wrong bearer token
 (compared in constant time); 404 another path; 405 another method; 408 a body slower than
 ``body_timeout``; 413 a body over ``max_body`` (64 KiB by default) or a message over the
-node's packet limit; 415 a content type other than ``application/json``; 400 a body that
+node's packet limit; 415 a content type other than ``application/json`` (a ``charset``
+parameter, if any, must be UTF-8: RFC 8259 allows no other); 400 a body that
 came in over ``max_pieces`` pieces (1-byte chunks cost the server per piece); 503 (with
 ``Retry-After``) no gate took the push (none known yet, as after the node restarted, or all
 their queues full), or over ``max_requests`` requests at once.
@@ -49,6 +50,7 @@ ever raised into the node, and no client can stop the server for the others.
 
 from __future__ import annotations
 
+import email.message
 import functools
 import hmac
 import json
@@ -373,9 +375,8 @@ class PushAPI:
             headers.setdefault(bytes(name).lower(), bytes(value))
         if self._token is not None and not self._authorized(headers.get(b"authorization", b"")):
             raise BadRequest(401, "a valid bearer token is required", ((b"www-authenticate", b"Bearer"),))
-        content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if content_type != b"application/json":
-            raise BadRequest(415, "the body must be application/json")
+        if not _is_json(headers.get(b"content-type", b"")):
+            raise BadRequest(415, "the body must be application/json (UTF-8)")
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
             raise BadRequest(413, f"the body is over {self.max_body} bytes")
@@ -606,3 +607,14 @@ async def serve_push_api(
         # a graceful stop: kept-alive connections close, requests in flight get graceful_timeout
         await context.terminated.set()
         handlers.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+
+
+def _is_json(content_type: bytes) -> bool:
+    """Whether a Content-Type header value is ``application/json``, with no charset or a UTF-8
+    one (parsed by the standard library's MIME parser: parameters may be quoted, any case)."""
+    header = email.message.Message()
+    header["content-type"] = content_type.decode("latin-1")
+    if header.get_content_type() != "application/json":
+        return False
+    charset = header.get_param("charset")
+    return charset is None or (isinstance(charset, str) and charset.lower() in ("utf-8", "utf8"))
