@@ -43,7 +43,7 @@ import trio
 from .._component import Components
 from .._config import Config
 from .._listen import Endpoint
-from .._log import RateLimitedLog
+from .._log import RateLimitedLog, client_text
 from .._server import Server
 from .._stats import RpcCounters
 from . import _generated as _gen_root  # noqa: F401 - the generated package must import first
@@ -348,6 +348,11 @@ class Node:
         """``clusterpb.Member/NewMember``: the master announces a member that joined."""
         if request.member_info is not None:
             self.membership.add(request.member_info)
+            _logger.info(
+                "told of member %s: remote services now %s",
+                client_text(request.member_info.service_addr),
+                self.remote_services,
+            )
         return pb.NewMemberResponse()
 
     async def del_member(self, request: pb.DelMemberRequest) -> pb.DelMemberResponse:
