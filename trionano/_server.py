@@ -497,13 +497,23 @@ class Server:
     async def _sweep(self, scope: trio.CancelScope) -> None:
         """One task for every connection: every interval/8, send the heartbeats that are due
         and kick the peers silent past their deadline; yields between slices, so even
-        thousands of simultaneous timeouts never stall other tasks for long."""
+        thousands of simultaneous timeouts never stall other tasks for long.
+
+        Silence is judged only over time the server could hear: a sweep that wakes late (the
+        process was starved of CPU, stopped, or the loop held) first lets two scheduler
+        passes go by, so the readers take the packets waiting in their sockets (a heartbeat
+        that came while nothing ran is not silence), then judges."""
         interval = self.config.heartbeat
         if not interval:
             return
+        period = interval / 8
         with scope:
             while True:
-                await trio.sleep(interval / 8)
+                asleep = trio.current_time()
+                await trio.sleep(period)
+                if trio.current_time() - asleep > 2 * period:  # woke late: readers first
+                    await trio.lowlevel.checkpoint()  # the readers made runnable by what came
+                    await trio.lowlevel.checkpoint()  # have run once this returns
                 now = trio.current_time()
                 work = 0
                 for agent in list(self._agents):
