@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
+from ._fanout import MAX_BEHIND
 from ._pipeline import Pipeline
 from ._ratelimit import DEFAULT_BURST, DEFAULT_KICK_AFTER, DEFAULT_PEERS, DEFAULT_RATE
 from ._serializer import JSONSerializer, Serializer
@@ -111,7 +112,9 @@ class Config:
     - ``outbox_size``, ``outbox_bytes``: messages, or bytes, a client may leave unread before
       the ``slow_consumer`` policy applies to its Pushes; it applies only once a write has
       waited ``slow_consumer_after`` seconds for the client to read (a burst the server has
-      not yet had a chance to write is never judged). Responses are never dropped that way.
+      not yet had a chance to write is never judged; under the kick policy the wait is judged
+      when it has lasted that long, whether or not more is queued). Responses are never
+      dropped that way.
       ``outbox_bytes`` is also the high watermark of the backpressure on a client's Requests:
       while that many bytes wait to be written to it, its connection's reader takes no new
       Request (TCP's flow control then holds the client back) and resumes below half of it.
@@ -121,8 +124,19 @@ class Config:
       (``outbox_bytes + max_pending_requests * max_packet_size``: 9 MiB by default), so an
       honest client that reads its answers is paced, never kicked; one that stops reading is
       reaped by the heartbeat timeout (its writer made no progress) or the memory bound.
-    - ``max_outbox_bytes``: the memory bound per connection, whatever the reason: past it the
-      session is kicked "slow consumer" (or, under the drop policy, a Push is dropped).
+    - ``max_outbox_bytes``: the memory bound per connection, whatever the reason: past it a
+      Push meets the policy at once (the session is kicked "slow consumer", or under the
+      drop policy the Push is dropped); Responses, heartbeats and Kicks still queue, up to
+      ``max_pending_requests`` packets more (the answers of the Requests taken: Pushes that
+      filled the outbox never cost a client its answers), past which it is kicked.
+    - ``max_fanout_backlog``: deliveries (one per member) a server's fan-out may have waiting,
+      the large broadcasts handed to it and not yet made (see :mod:`trionano._fanout`;
+      :meth:`~trionano.Server.statistics`' ``fanout_waiting``). When broadcasts come faster
+      than the server reaches their members, one that would take the backlog past this is
+      refused whole (no member gets it, ``broadcast`` returns 0), counted as
+      ``dropped_backlog`` and logged (rate-limited); so is a Push behind a waiting broadcast
+      (``session.push`` returns False). A broadcast is always taken when nothing waits.
+      Default :data:`~trionano._fanout.MAX_BEHIND` (1,000,000: 20 broadcasts to 50,000 members).
     - ``expose_errors``: send a handler's exception text to the client in its 500 Response
       (default: ``"internal error"``; the text is logged either way).
     - ``merge_window``: seconds (0 < w <= 1; None or 0: off) a connection may hold a Push to merge
@@ -157,6 +171,9 @@ class Config:
     max_outbox_bytes: int = attrs.field(default=16 << 20, validator=attrs.validators.ge(64 * 1024))
     max_pending_requests: int = attrs.field(default=128, validator=attrs.validators.ge(1))
     slow_consumer_after: float = attrs.field(default=1.0, validator=_positive)
+    max_fanout_backlog: int = attrs.field(
+        default=MAX_BEHIND, validator=[attrs.validators.instance_of(int), attrs.validators.ge(1)]
+    )
     merge_window: float | None = attrs.field(default=None, validator=_merge_window)
     max_packet_size: int = attrs.field(
         default=MAX_BODY_SIZE, validator=[attrs.validators.ge(64), attrs.validators.le((1 << 24) - 1)]

@@ -114,6 +114,10 @@ class S(Component):
         answer = session.defer()
         self.server.scheduler.after(0.01, lambda: answer.respond({"later": True}))
 
+    def held(self, session: Session, msg: dict[str, Any]) -> None:
+        """Deferred until the test answers it (``S.deferred``)."""
+        self.deferred.append(session.defer())
+
     def pushes(self, session: Session, msg: dict[str, Any]) -> dict[str, int]:
         for i in range(msg.get("n", 200)):
             session.push("onPush", {"i": i})
@@ -125,6 +129,11 @@ class S(Component):
     def pads(self, session: Session, msg: dict[str, Any]) -> None:
         for i in range(msg.get("n", 6)):
             session.push("onPad", {"i": i, "pad": "x" * 60_000})  # each one legal
+
+    def padded(self, session: Session, msg: dict[str, Any]) -> dict[str, int]:
+        """Pushes ``n`` 60 KB Pushes, then answers how many it queued."""
+        queued = sum(session.push("onPad", {"i": i, "pad": "x" * 60_000}) for i in range(msg.get("n", 6)))
+        return {"queued": queued}
 
     def say(self, session: Session, msg: dict[str, Any]) -> None:
         self.group.broadcast("onSay", msg)

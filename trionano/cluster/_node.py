@@ -79,7 +79,9 @@ class ClusterConfig:
     beyond nano, a member whose stream to a trionano master ends heartbeats it again within
     about a second of its being back, so a restarted master need not wait for the keepalive:
     :mod:`trionano.cluster._keepalive`);
-    ``rpc_timeout`` bounds every call (a forwarded Request unanswered by then is answered 503);
+    ``rpc_timeout`` bounds every call (a forwarded Request unanswered by then, counted from
+    when the gate read it, is answered 503, on either path) but a forwarded notify's unary
+    call, which waits while its member is in the cluster (:meth:`Gate._send`);
     ``retry_interval`` spaces registration attempts. ``max_pending_forwards`` bounds each
     session's messages for other nodes, waiting or in flight (over it a Request is answered
     503 "too many messages waiting", after the answers of the Requests ahead of it). 1,024 by
@@ -89,7 +91,9 @@ class ClusterConfig:
     ``max_pending_pushes`` and ``max_pending_push_bytes`` (16 MiB) bound the cluster pushes
     held for each other gate, queued or on their way (on the stream until written): a gate
     that is slow or stopped holds at most that much here; pushes over it are dropped, counted
-    and logged (:meth:`Node.push_statistics`: ``dropped``, ``held``, ``held_bytes``).
+    and logged (:meth:`Node.push_statistics`: ``dropped``, ``held``, ``held_bytes``). On a
+    gate they also bound the pushes received and not yet delivered to its clients: over it, the
+    gate reads the stream they come on no further until there is room.
     ``node_id`` fixes the node part of session ids (``0 <= node_id < 2**20``, unique among
     running nodes); by default it is drawn at random (:mod:`trionano.cluster._ids`).
     ``fast_path`` (beyond nano): talk to other trionano nodes over one stream each, in
@@ -355,6 +359,7 @@ class Node:
     def _forget(self, address: str) -> None:
         """A node left: drop it, close its channel, end the stand-ins of its clients."""
         self.membership.remove(address)
+        self._gate.member_gone(address)
         self._links.forget(address)
         self._peers.close(address)
         self._remote.gate_gone(address)
