@@ -262,7 +262,7 @@ class GateLink:
             return False
         try:
             self._send.send_nowait((item, size))
-        except trio.ClosedResourceError:
+        except (trio.ClosedResourceError, trio.BrokenResourceError):  # the link is closed (the node stops)
             self._counters.dropped += 1
             return False
         self.held += 1

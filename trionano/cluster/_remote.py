@@ -20,6 +20,7 @@ import trio
 from .._log import RateLimitedLog, client_text
 from .._server import Server
 from .._session import Broadcast, Session
+from ..nursery_scheduler import Lane, Task
 from ..wire import Notify, Request
 from . import _codec as codec
 from . import _frames as frames
@@ -261,11 +262,13 @@ class RemoteSessions:
                 "session ended", "session %s#%d has ended: %s dropped", gate, sid, client_text(message.route)
             )
             return None
-        pending = self._server.router.dispatch(self._session(gate, sid), message)
+        try:
+            pending = self._server.router.dispatch(self._session(gate, sid), message)
+        except trio.ClosedResourceError:  # the scheduler has stopped: the server is stopping
+            raise NodeStopping("this node is stopping") from None
         if pending is None:
             return None
-        lane, task = pending
-        return functools.partial(lane.push, task)
+        return functools.partial(_push_onto, *pending)
 
     def _session(self, gate: str, sid: int) -> Session:
         key = (gate, sid)
@@ -307,3 +310,12 @@ class RemoteSessions:
             self._end(key)
         if ended:
             _logger.info("gate %s is gone: %d remote session(s) ended", gate, len(ended))
+
+
+async def _push_onto(lane: Lane, task: Task) -> None:
+    """Queue ``task`` on a full handler lane, waiting for room. Raises NodeStopping when the
+    scheduler stops meanwhile (the gate answers its client 503 at once, not at its deadline)."""
+    try:
+        await lane.push(task)
+    except trio.ClosedResourceError:
+        raise NodeStopping("this node is stopping") from None
