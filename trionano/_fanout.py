@@ -151,6 +151,12 @@ class FanOut:
         """Deliveries handed over and not yet made."""
         return self._behind
 
+    async def drained(self) -> None:
+        """Wait until every delivery handed over so far has been made (or dropped by
+        :meth:`stop`). Later broadcasts are waited for too while they keep coming."""
+        while self._jobs:
+            await self._jobs[-1].done.wait()
+
     def behind(self, session: Member) -> bool:
         """Whether ``session`` has a delivery waiting here: its next Push must come after it."""
         return session in self._waiting

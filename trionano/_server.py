@@ -258,7 +258,8 @@ class Server:
 
     def shutdown(self) -> None:
         """Stop gracefully: stop accepting, run before_shutdown hooks, kick every session with
-        reason "shutdown", run shutdown hooks, then :meth:`serve` returns. Each of those three
+        reason "shutdown" (after the broadcasts accepted before, which the fan-out makes first
+        for up to half of ``shutdown_timeout``), run shutdown hooks, then :meth:`serve` returns. Each of those three
         stages may take ``shutdown_timeout`` (the hooks wait behind the handlers already queued);
         what is still running after that is cancelled. A session with Requests read and not
         yet answered reads no more and is kicked after their answers, or when three quarters
@@ -322,7 +323,8 @@ class Server:
             self._stopped.set()
 
     async def _graceful_stop(self, endpoints: tuple[Endpoint, ...], connections: trio.Nursery) -> None:
-        """Stop accepting, run the before_shutdown hooks, kick every client, wait for the
+        """Stop accepting, run the before_shutdown hooks, let the fan-out make the deliveries
+        it was handed (up to half of ``shutdown_timeout``), kick every client, wait for the
         connections to close (``shutdown_timeout``), cancel those left.
 
         The cost is linear and small per connection: the kicks are made in one pass (an idle
@@ -338,6 +340,10 @@ class Server:
             await self._lifecycle("before_shutdown", reverse=True)
         timeout = self.config.shutdown_timeout
         deadline = trio.current_time() + timeout
+        if self._fanout.waiting:  # the broadcasts accepted before the stop reach every member
+            # before its Kick (a Kick waits behind a broadcast on its way), while time allows
+            with trio.move_on_at(deadline - timeout / 2):
+                await self._fanout.drained()
         # every client is kicked in one go, without a checkpoint: no deadline can cancel a
         # connection before its Kick; an idle TCP client has it written now (Agent._write_now,
         # tens of microseconds each), the others when their writers run

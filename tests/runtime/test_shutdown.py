@@ -169,3 +169,28 @@ async def test_requests_read_before_the_stop_are_answered_before_the_kick() -> N
     for packets in (stuck_packets, idle_packets):
         assert [wire.Kick.parse(p.body).reason for p in packets if p.type is wire.PacketType.KICK] == ["shutdown"]
     assert server.statistics().kicks["shutdown"] == 3
+
+
+async def test_the_broadcasts_accepted_before_the_stop_reach_every_member_before_its_kick() -> None:
+    # a newcomer's viewers ended with 2 to 150 of 150 broadcasts accepted a moment before the
+    # stop: the Kicks overtook what the fan-out had still to deliver (a Kick waits behind a
+    # broadcast on its way, as documented: at shutdown too)
+    room = Room()
+    components = Components()
+    components.register(room, name="room")
+    server = Server(components, Config(shutdown_timeout=60))
+    with descriptors(500) as count:
+        async with joined_clients(server, room, count) as clients:
+            accepted = [room.group.broadcast("onShow", {"n": n}) for n in range(30)]
+            assert accepted == [count] * 30
+            server.shutdown()
+            with trio.fail_after(120):
+                await server.wait_stopped()
+            codec = wire.MessageCodec()
+            streams = []
+            for sock in clients:
+                packets = packets_read(sock)
+                assert packets[-1].type is wire.PacketType.KICK
+                messages = [codec.decode(p.body) for p in packets if p.type is wire.PacketType.DATA]
+                streams.append([m.body for m in messages if isinstance(m, wire.Push)])
+    assert all(stream == [b'{"n":%d}' % n for n in range(30)] for stream in streams), {len(s) for s in streams}
