@@ -489,14 +489,24 @@ class Server:
     async def _sweep(self, scope: trio.CancelScope) -> None:
         """One task for every connection: every interval/8, send the heartbeats that are due
         and kick the peers silent past their deadline; yields between slices, so even
-        thousands of simultaneous timeouts never stall other tasks for long."""
+        thousands of simultaneous timeouts never stall other tasks for long. A sweep late by
+        more than a quarter interval (the process was stopped, e.g. SIGSTOP, or starved) does
+        not count the delay as the peers' silence: their heartbeats wait unread in the
+        sockets, and would otherwise all be kicked as the process resumes."""
         interval = self.config.heartbeat
         if not interval:
             return
+        period = interval / 8
+        previous = trio.current_time()
         with scope:
             while True:
-                await trio.sleep(interval / 8)
+                await trio.sleep(period)
                 now = trio.current_time()
+                late, previous = now - previous - period, now
+                if late > interval / 4:  # this process was stopped or starved: nobody was heard
+                    _logger.info("connections swept %.1fs late: that time is not counted as clients' silence", late)
+                    for agent in self._agents:
+                        agent.excuse(late, now)
                 work = 0
                 for agent in list(self._agents):
                     # a kick tears a connection down (more tasks to run) and costs ~16 heartbeats

@@ -133,15 +133,34 @@ class Registry:
                 _logger.exception("unregister callback failed")
 
     async def evict_silent_members(self) -> None:
-        """Every heartbeat interval, evict the members silent for more than four."""
+        """Every heartbeat interval, evict the members silent for more than four intervals of
+        time this master could hear them. A check that runs late by more than a quarter of
+        the interval (this process was stopped, e.g. SIGSTOP, or starved) counts the delay as
+        time it could not hear: every member's silence is moved on by it, so members whose
+        heartbeats wait unread in its sockets are not evicted as it resumes (nano counts wall
+        time: a master frozen for four heartbeats evicts every member when it resumes)."""
         interval = self._heartbeat
+        previous = trio.current_time()
         while True:
             await trio.sleep(interval)
             now = trio.current_time()
+            late = now - previous - interval
+            previous = now
+            if late > interval / 4:
+                _logger.warning(
+                    "this master ran %.1fs late (stopped or starved): that time is not counted as members' silence", late
+                )
+                self._excuse(late, now)
             for address, last in list(self._last_heartbeat.items()):
                 if now - last > 4 * interval:
                     _logger.warning("member %s silent for %.1fs: evicted", address, now - last)
                     self.remove(address)
+
+    def _excuse(self, seconds: float, now: float) -> None:
+        """Do not count the last ``seconds`` (this master could not hear) as members' silence."""
+        beats = self._last_heartbeat
+        for address, last in beats.items():
+            beats[address] = min(last + seconds, now)
 
     async def _tell_new_member(self, address: str, info: pb.MemberInfo) -> None:
         try:
