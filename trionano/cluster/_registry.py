@@ -57,8 +57,11 @@ class Registry:
         self._check_running()
         address = info.service_addr
         known = [m for m in self._membership.infos if m.service_addr != address]
+        again = address in self._membership
         self._forget(address)  # a member restarting at the same address replaces itself
         self._last_heartbeat.pop(address, None)
+        if again:
+            await self._new_incarnation(address, known)
         for member in known:
             self._tasks.start(self._tell_new_member, member.service_addr, info)
         self._membership.add(info)
@@ -70,6 +73,19 @@ class Registry:
             self._membership.remote_services,
         )
         return pb.RegisterResponse(members=[self._me(), *known])
+
+    async def _new_incarnation(self, address: str, known: list[pb.MemberInfo]) -> None:
+        """A member registered again at ``address`` (a process restarted there, e.g. killed and
+        started again before its eviction): the others are told DelMember first, and
+        registration waits for those calls (each under the deadline), so they end what they
+        held for the previous process (its clients' sessions, their close hooks run) before the
+        new one can send them anything. nano (§5.3, issue #67) only re-announces NewMember, and
+        the predecessor's sessions leak on every backend. A member that re-appears through its
+        heartbeat (this master restarted, or evicted it) is not a new process: not told so."""
+        _logger.info("member %s registered again: a new process; the others are told the old one left", address)
+        async with trio.open_nursery() as nursery:
+            for member in known:
+                nursery.start_soon(self._tell_del_member, member.service_addr, address)
 
     async def unregister(self, request: pb.UnregisterRequest) -> pb.UnregisterResponse:
         address = request.service_addr
