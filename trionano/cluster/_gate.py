@@ -34,11 +34,12 @@ from ..wire import Notify, Request
 from . import _codec as codec
 from . import _frames as frames
 from ._counters import Counters
-from ._errors import ClusterError, DeadlineExceeded, InvalidRequest, NotFound
+from ._errors import ClusterError, DeadlineExceeded, InvalidRequest, NodeStopping, NotFound, Unavailable
 from ._generated import clusterpb as pb
 from ._links import Link, Links
 from ._membership import Membership
 from ._peers import Peers
+from ._reach import Reachability
 from ._remote import RemoteEntity
 from ._tasks import Tasks
 
@@ -148,6 +149,7 @@ class Gate:
         peers: Peers,
         links: Links,
         tasks: Tasks,
+        reach: Reachability,
         *,
         rpc_timeout: float,
         max_pending_forwards: int,
@@ -160,6 +162,7 @@ class Gate:
         self._peers = peers
         self._links = links
         self._tasks = tasks
+        self._reach = reach
         self._rpc_timeout = rpc_timeout
         self._bound = max_pending_forwards
         self._remote_route = remote_route
@@ -232,19 +235,25 @@ class Gate:
     def _select(self, service: str, session: Session) -> str | None:
         """The member (its address) for ``service``: the session's binding, else the custom
         selector's or a random choice, which is then bound (sticky per session and service,
-        as nano)."""
+        as nano). Members found unreachable (:mod:`._reach`) are left out while others host
+        the service, and a binding to one is chosen again (nano's PR #100 lets a session do
+        so)."""
         hosting = self._membership.hosting_by_address(service)
         bindings = session.get(_BINDINGS)
         if bindings is None:
             bindings = session[_BINDINGS] = {}
         bound = bindings.get(service)
-        if bound is not None:
-            if bound in hosting:
-                return bound
-            del bindings[service]  # the bound member is gone: choose again
-        if not hosting:
-            return None
         candidates = list(hosting.values())
+        if self._reach and candidates:
+            reachable = [m for m in candidates if self._reach.reachable(m.service_addr)]
+            if reachable:
+                candidates = reachable
+        if bound is not None:
+            if bound in hosting and (len(candidates) == len(hosting) or self._reach.reachable(bound)):
+                return bound
+            del bindings[service]  # the bound member is gone or unreachable: choose again
+        if not candidates:
+            return None
         chooser = self._remote_route
         chosen = chooser(service, session, candidates) if chooser else random.choice(candidates)
         if chosen is None:
@@ -395,6 +404,8 @@ class Gate:
         self._log.warning(
             "forward failed", "Process remote message (%d:%s) error: %r", session.id, client_text(route), exc
         )
+        if isinstance(exc, Unavailable) and not isinstance(exc, NodeStopping):
+            self._reach.unreachable(member, exc)
         bindings = session.get(_BINDINGS)
         if bindings is not None and bindings.get(service) == member:
             del bindings[service]  # choose again next time
@@ -563,7 +574,8 @@ class Gate:
         candidates = self._membership.hosting(service)
         if not candidates:
             raise NotFound(f"{service} not found(forgot registered?)")
-        member = random.choice(candidates)
+        reachable = [m for m in candidates if self._reach.reachable(m.service_addr)]
+        member = random.choice(reachable or candidates)
         call_id = self.server.next_id()  # unique across the cluster, like session ids
         answered, box = self._calls[call_id] = (trio.Event(), [])
         peer = self._peers[member.service_addr]

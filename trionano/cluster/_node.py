@@ -58,6 +58,7 @@ from ._links import Links, StreamService
 from ._membership import Membership
 from ._peers import Peers, split_address
 from ._push import Audience, ClusterGroup, PushHub, PushStatistics
+from ._reach import Reachability
 from ._receiver import FrameReceiver
 from ._registry import Registry
 from ._remote import RemoteSessions
@@ -142,12 +143,14 @@ class Node:
             channel=lambda address: self._peers[address].channel,
         )
         self.membership: Final = Membership(self.address)
+        self._reach = Reachability(self._tasks, timeout=config.rpc_timeout, longest=min(config.heartbeat, 5.0))
         self._gate = Gate(
             self.address,
             self.membership,
             self._peers,
             self._links,
             self._tasks,
+            self._reach,
             rpc_timeout=config.rpc_timeout,
             max_pending_forwards=config.max_pending_forwards,
             remote_route=config.remote_route,
@@ -355,6 +358,7 @@ class Node:
     def _forget(self, address: str) -> None:
         """A node left: drop it, close its channel, end the stand-ins of its clients."""
         self.membership.remove(address)
+        self._reach.forget(address)
         self._links.forget(address)
         self._peers.close(address)
         self._remote.gate_gone(address)
