@@ -57,4 +57,5 @@ async def test_a_frozen_master_still_evicts_a_member_that_died_meanwhile(tmp_pat
         await c.wait_log("master", "late (stopped or starved)", seconds=30)
         content = await c.wait_log("master", "evicted", seconds=30)
         evicted = [line for line in content.splitlines() if "evicted" in line]
-        assert len(evicted) == 1 and chat in evicted[0], evicted
+        assert len(evicted) == 1, evicted
+        assert chat in evicted[0], evicted

@@ -31,7 +31,7 @@ async def test_a_killed_backend_is_not_chosen_for_new_sessions(tmp_path: Path) -
         codes = [await _first_answer_code(c, c.gate_client) for _ in range(20)]
         # the first session that chose it may be refused; none after it
         assert codes.count(503) <= 1, codes
-        assert codes[-10:] == [codes[-1]] * 10 and codes[-1] != 503, codes
+        assert 503 not in codes[-10:], codes
         gate = c.log("gate")
         assert f"member {chat2} unreachable" in gate
         assert gate.count(f"member {chat2} unreachable") == 1  # once, not per session

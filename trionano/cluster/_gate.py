@@ -169,6 +169,9 @@ class Gate:
         self._counters = counters
         self._log = log
         self._server: Server | None = None
+        #: False until this node has registered with the master (the master: from its start);
+        #: meanwhile a route hosted by no member known is answered 503, not 404
+        self.joined = False
         self._calls: dict[int, tuple[trio.Event, list[bytes]]] = {}  # call id -> (answered, [body])
         self._in_flight: dict[int, InFlight] = {}  # the gate's request id -> a request on a stream
         self._deadlines: list[tuple[float, int]] = []  # a heap of (deadline, request id)
@@ -189,12 +192,20 @@ class Gate:
 
     def forward(self, session: Session, message: Request | Notify) -> None:
         """Queue a client's message for the member hosting its route. A Request that cannot be
-        queued is answered now: 404 (nobody hosts it), 503 (too many waiting)."""
+        queued is answered now: 404 (nobody hosts it), 503 (too many waiting; or this node has
+        not joined the cluster yet: the master has not answered its registration, so it
+        cannot know who hosts the route)."""
         route = message.route
         mid = message.id if type(message) is Request else 0
         service, dot, _ = route.rpartition(".")
         member = self._select(service, session) if dot else None
         if member is None:
+            if not self.joined:
+                self._counters.forwards_refused += 1
+                self._log.warning("not joined", "cluster not joined yet: %s refused", client_text(route))
+                if mid:
+                    self._refuse(session, mid, CODE_UNAVAILABLE, f"{service} unavailable: cluster not joined yet")
+                return
             self._counters.unknown_routes += 1
             self._log.warning("no member", "nano/handler: %s not found(forgot registered?)", client_text(route))
             if mid:

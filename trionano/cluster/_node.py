@@ -304,6 +304,7 @@ class Node:
                 if self._keepalive is not None:
                     await self._keepalive.register()
                     nursery.start_soon(self._keepalive.keep_alive)
+                self._gate.joined = True
                 _logger.info("node %s up: local %s, remote %s", self.address, self.local_services, self.remote_services)
                 task_status.started(ports)
                 up = True

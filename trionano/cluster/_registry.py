@@ -164,7 +164,7 @@ class Registry:
             previous = now
             if late > interval / 4:
                 _logger.warning(
-                    "this master ran %.1fs late (stopped or starved): that time is not counted as members' silence", late
+                    "this master ran %.1fs late (stopped or starved): not counted as members' silence", late
                 )
                 self._excuse(late, now)
             for address, last in list(self._last_heartbeat.items()):
