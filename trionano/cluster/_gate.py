@@ -425,15 +425,21 @@ class Gate:
             self.server.router.answer_error(session, mid, code, f"{service} unavailable: {exc.message}")
 
     def _announce_closed(self, sid: int) -> None:
-        """This node's session ``sid`` ended: tell every member (on its stream when one is up,
-        after the session's messages there; else nano's unary SessionClosed)."""
+        """This node's session ``sid`` ended: tell every member that may hold a stand-in for
+        it (on its stream when one is up, after the session's messages there; else nano's
+        unary SessionClosed). Beyond nano, which tells every member: not a member that hosts
+        no service (it can hold none: a stand-in is made by a message for a route it hosts),
+        nor one found unreachable (its process is not listening: its stand-ins died with it;
+        :mod:`._reach`)."""
         frame = frames.encode_frame(frames.SessionClosed(sid))
-        for address in self._membership.addresses:
+        for address in self._membership.hosting_any():
             self._announce_to(address, sid, frame)
 
     def _announce_to(self, address: str, sid: int, frame: bytes | None = None) -> None:
         link = self._links.current(address)
         if link is not None and link.send(frame or frames.encode_frame(frames.SessionClosed(sid))):
+            return
+        if not self._reach.reachable(address):
             return
         if not self._tasks.start(self._announce_unary, address, sid):
             _logger.debug("session %d: this node is stopping; its end is not announced to %s", sid, address)
@@ -442,6 +448,8 @@ class Gate:
         try:
             await self._peers[address].session_closed(sid)
         except ClusterError as exc:
+            if isinstance(exc, Unavailable) and not isinstance(exc, NodeStopping):
+                self._reach.unreachable(address, exc)
             self._log.warning("session closed", "SessionClosed to %s failed: %r", address, exc)
 
     def session_closed(self, session: Session) -> None:
