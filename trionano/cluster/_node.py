@@ -33,6 +33,7 @@ about a second of being back, not at their next keepalive (:mod:`trionano.cluste
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -293,7 +294,11 @@ class Node:
         self._push.serves_clients = bool(endpoints)
         self._peers.attach(bridge)
         self._links.attach(bridge, self._receiver)
-        await bridge.to_asyncio(lambda: grpc.start(host, port))
+        try:
+            await bridge.to_asyncio(lambda: grpc.start(host, port))
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise OSError(exc.errno, f"cannot serve gRPC on {self.address}: {reason}") from exc
         try:
             async with trio.open_nursery() as nursery:
                 self._tasks.open(nursery)
