@@ -579,6 +579,17 @@ class Gate:
             self._counters.late_frames += 1
             self._log.warning("push", "push %s to session %d not delivered: %r", client_text(route), sid, exc)
 
+    def on_audit(self, link: Link, sids: tuple[int, ...]) -> None:
+        """The node at ``link``'s other end asks which of these sessions of ours have ended
+        (:mod:`._audit`): a SessionClosed frame for each that has (no live session, no call
+        of ours in flight by that id). A full or dead link drops the answers: it asks again."""
+        sessions = self.server.sessions
+        for sid in sids:
+            session = sessions.get(sid)
+            ended = (session is None or session.closed) and sid not in self._calls
+            if ended and not link.send(frames.encode_frame(frames.SessionClosed(sid))):
+                return
+
     def on_close_session(self, sid: int) -> None:
         session = self.server.sessions.get(sid)
         if session is not None:

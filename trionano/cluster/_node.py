@@ -48,6 +48,7 @@ from .._log import RateLimitedLog
 from .._server import Server
 from .._stats import RpcCounters
 from . import _generated as _gen_root  # noqa: F401 - the generated package must import first
+from ._audit import Audits
 from ._bridge import Bridge
 from ._counters import Counters, Statistics
 from ._errors import NodeStopping
@@ -144,7 +145,13 @@ class Node:
             channel=lambda address: self._peers[address].channel,
         )
         self.membership: Final = Membership(self.address)
-        self._reach = Reachability(self._tasks, timeout=config.rpc_timeout, longest=min(config.heartbeat, 5.0))
+        self._reach = Reachability(
+            self._tasks,
+            timeout=config.rpc_timeout,
+            longest=min(config.heartbeat, 5.0),
+            gone_after=4 * config.heartbeat,  # the master's eviction window
+            on_gone=self._gone,
+        )
         self._gate = Gate(
             self.address,
             self.membership,
@@ -174,6 +181,14 @@ class Node:
         self._push.attach(self.server)
         self._remote = RemoteSessions(
             self.server, self._peers, self._links, self._tasks, counters=self._counters, log=self._log
+        )
+        self._audits = Audits(
+            self._remote,
+            self._links,
+            self._tasks,
+            self._reach,
+            period=4 * config.heartbeat,
+            timeout=config.rpc_timeout,
         )
         self._receiver = FrameReceiver(self._gate, self._remote, self._push, self._log)
         self._registry = (
@@ -303,6 +318,7 @@ class Node:
             async with trio.open_nursery() as nursery:
                 self._tasks.open(nursery)
                 nursery.start_soon(self._gate.expire_requests)
+                nursery.start_soon(self._audits.run)
                 ports: list[int] = await nursery.start(self._serve, endpoints, nursery.cancel_scope)
                 if self._registry is not None:
                     nursery.start_soon(self._registry.evict_silent_members)
@@ -350,9 +366,16 @@ class Node:
     # -- membership changes (clusterpb.Member NewMember/DelMember, Trio side) -----------------
 
     async def new_member(self, request: pb.NewMemberRequest) -> pb.NewMemberResponse:
-        """``clusterpb.Member/NewMember``: the master announces a member that joined."""
-        if request.member_info is not None:
-            self.membership.add(request.member_info)
+        """``clusterpb.Member/NewMember``: the master announces a member that joined. A member
+        this node already knows (the master lost it and found it again: it was evicted and
+        came back, or the master restarted) is asked which of its clients' stand-ins here have
+        ended meanwhile (:mod:`._audit`)."""
+        info = request.member_info
+        if info is not None:
+            known = info.service_addr in self.membership
+            self.membership.add(info)
+            if known:
+                self._audits.audit(info.service_addr)
         return pb.NewMemberResponse()
 
     async def del_member(self, request: pb.DelMemberRequest) -> pb.DelMemberResponse:
@@ -360,6 +383,12 @@ class Node:
         node held for it (its channel, its clients' stand-ins) ends."""
         self._forget(request.service_addr)
         return pb.DelMemberResponse()
+
+    def _gone(self, address: str) -> None:
+        """Nothing has listened at ``address`` for the eviction window: its process is gone.
+        Its clients' stand-ins end here (no master may be there to say so: :mod:`._audit`);
+        it stays in the cluster view (only the master's DelMember removes it)."""
+        self._remote.gate_gone(address)
 
     def _forget(self, address: str) -> None:
         """A node left: drop it, close its channel, end the stand-ins of its clients."""

@@ -1,0 +1,66 @@
+"""A backend's stand-ins for a gate's clients end when their client has, even when the gate's
+SessionClosed cannot arrive (nano leaks them, §5.6):
+
+- the backend was frozen past its eviction while clients left (attack3 t9): the gate no longer
+  listed it and told it nothing; back, it asks the gate which of its stand-ins have ended;
+- the gate died while the master was down (attack3 t14): no DelMember can come; nothing has
+  listened at the gate's address for the eviction window, so its clients are gone too.
+
+Stand-ins of clients still connected are kept throughout."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ._harness import Cluster, cluster, free_address
+
+
+async def _seats(c: Cluster) -> None:
+    await c.start("master", "master", c.master)
+    await c.start_command("seats", ["-m", "tests.cluster._seats", "--listen", free_address()])
+    await c.start("gate", "gate", free_address(), "--gate-address", c.gate_client)
+
+
+async def _take(client: Any) -> str:
+    with trio.fail_after(30):
+        while True:  # until the gate has heard of the backend (NewMember)
+            answer = await client.request("Seats.take", {})
+            if "seat" in answer:
+                seat: str = answer["seat"]
+                return seat
+            await trio.sleep(0.1)
+
+
+async def test_a_backend_back_from_eviction_ends_the_stand_ins_of_clients_gone_meanwhile(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        await _seats(c)
+        async with c.client() as bob:  # type: ignore[attr-defined]
+            kept = await _take(bob)
+            async with c.client() as ann:  # type: ignore[attr-defined]
+                gone = await _take(ann)
+                c.signal("seats", signal.SIGSTOP)
+                await c.wait_log("master", "evicted", seconds=30)
+            await trio.sleep(4 * c.heartbeat)  # ann left while the backend was evicted and frozen
+            c.signal("seats", signal.SIGCONT)
+            await c.wait_log("master", "re-appeared through its heartbeat", seconds=30)
+            await c.wait_log("seats", f"seat freed {gone}", seconds=30)
+            await trio.sleep(8 * c.heartbeat)  # two more audits
+            assert f"seat freed {kept}" not in c.log("seats")
+            assert (await bob.request("Seats.take", {}))["seat"] == kept  # still the same stand-in
+
+
+async def test_a_gate_that_dies_while_the_master_is_down_has_its_stand_ins_ended(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        await _seats(c)
+        async with c.client() as ann:  # type: ignore[attr-defined]
+            seat = await _take(ann)
+            await c.kill("master")
+            await trio.sleep(4 * c.heartbeat)  # the backend's audits find the gate alive meanwhile
+            assert "seat freed" not in c.log("seats")
+            await c.kill("gate")
+        log = await c.wait_log("seats", f"seat freed {seat}", seconds=30)
+        assert "refused every connection" in log
