@@ -177,6 +177,7 @@ class Node:
             self._tasks,
             bound=config.max_pending_pushes,
             bound_bytes=config.max_pending_push_bytes,
+            reach=self._reach,
         )
         self._push.attach(self.server)
         self._remote = RemoteSessions(
