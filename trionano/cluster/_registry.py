@@ -79,13 +79,17 @@ class Registry:
         started again before its eviction): the others are told DelMember first, and
         registration waits for those calls (each under the deadline), so they end what they
         held for the previous process (its clients' sessions, their close hooks run) before the
-        new one can send them anything. nano (§5.3, issue #67) only re-announces NewMember, and
-        the predecessor's sessions leak on every backend. A member that re-appears through its
+        new one can send them anything. The wait is bounded by half the deadline (the new
+        process's Register call has the same deadline): a member that has not answered by then
+        (frozen) is not told, and finds the old process's sessions ended by its audit of the
+        gate (:mod:`._audit`). nano (§5.3, issue #67) only re-announces NewMember, and the
+        predecessor's sessions leak on every backend. A member that re-appears through its
         heartbeat (this master restarted, or evicted it) is not a new process: not told so."""
         _logger.info("member %s registered again: a new process; the others are told the old one left", address)
-        async with trio.open_nursery() as nursery:
-            for member in known:
-                nursery.start_soon(self._tell_del_member, member.service_addr, address)
+        with trio.move_on_after(self._peers.timeout / 2):
+            async with trio.open_nursery() as nursery:
+                for member in known:
+                    nursery.start_soon(self._tell_del_member, member.service_addr, address)
 
     async def unregister(self, request: pb.UnregisterRequest) -> pb.UnregisterResponse:
         address = request.service_addr
