@@ -25,9 +25,13 @@ answer) puts whole packets on the outbox without waiting: FIFO order needs no lo
 Slow consumers are judged by what the client fails to read, never by what the server has not
 had a chance to write yet: the policy applies to a Push when ``outbox_size`` messages or
 ``outbox_bytes`` bytes are queued *while a write has waited on the client for
-``slow_consumer_after`` seconds*. Responses, heartbeats and Kicks are never dropped that way;
-the only other bound is memory: past ``max_outbox_bytes`` queued, whatever the reason, the
-session is kicked "slow consumer" (or, under the drop policy, a Push is dropped).
+``slow_consumer_after`` seconds*; under the kick policy the server's clock judges that wait
+when its time comes, even if nothing more is queued for the client. Responses, heartbeats and
+Kicks are never dropped that way; the only other bound is memory: past ``max_outbox_bytes``
+queued, whatever the reason, a Push meets the policy (kicked "slow consumer", or dropped
+under the drop policy). A Response, heartbeat or Kick still queues past it, by up to what
+the Requests the reader has taken may be answered with (``max_pending_requests`` packets):
+Pushes that filled the outbox never cost a client its answers; past that it is kicked.
 
 A client's own Requests are paced rather than judged (backpressure): before taking a Request,
 the reader waits while ``outbox_bytes`` are queued for the client (resuming below half of it)
@@ -133,10 +137,13 @@ class Agent:
         "_held",
         "_held_bytes",
         "_held_window",
+        "_judge_at",
+        "_kick",
         "_limiter",
         "_log",
         "_low_bytes",
         "_max_bytes",
+        "_max_kept_bytes",
         "_max_pending",
         "_on_working",
         "_outbound_pipeline",
@@ -202,6 +209,12 @@ class Agent:
         self._soft_limit = config.outbox_size
         self._soft_bytes = config.outbox_bytes
         self._max_bytes = config.max_outbox_bytes
+        # what a Response, heartbeat or Kick may still queue past max_outbox_bytes: the answers
+        # of the Requests the reader has taken (at most max_pending_requests, each at most a
+        # packet): Pushes that filled the outbox must not cost a client its answers
+        self._max_kept_bytes = config.max_outbox_bytes + config.max_pending_requests * (config.max_packet_size + 64)
+        self._kick = config.slow_consumer is SlowConsumerPolicy.KICK
+        self._judge_at = _NEVER  # under the kick policy, when the writer's wait is to be judged
         # backpressure on Requests (see the module docstring): the reader waits on _resume
         self._pending = 0  # Requests read and not yet answered
         self._max_pending = config.max_pending_requests
@@ -564,6 +577,8 @@ class Agent:
                         data = memoryview(data)[sent:]  # type: ignore[assignment]
                     self._writing = True  # the client is not reading: what the slow-consumer rule watches
                     self._write_started = trio.current_time()
+                    if self._kick and self._judge_at == _NEVER and self._over_soft_bounds():
+                        self._judge_later()
                     await write(data)
                     self._writing = False
                     budget = WRITES_PER_CHECKPOINT
@@ -633,12 +648,34 @@ class Agent:
         return True
 
     def flush_due(self, now: float) -> bool:
-        """The MergeClock's call: end the window if its deadline has come by ``now``; returns
-        whether it did (False: it had ended already, or a later window holds)."""
+        """The MergeClock's call: end the window if its deadline has come by ``now``, and judge
+        a writer's wait (:meth:`_judge_later`) whose time has come; returns whether it ended
+        a window or kicked (False: the window had ended already, or a later one holds)."""
+        done = False
         if self._held and self._flush_at <= now:
             self._flush_window()
-            return True
-        return False
+            done = True
+        if self._judge_at <= now:
+            self._judge_at = _NEVER
+            if self._writing and not self._finished and self._over_soft_bounds():
+                if now - self._write_started >= self._slow_after:
+                    self._slow_consumer(droppable=True)  # the kick policy: kicked "slow consumer"
+                    return True
+                self._judge_later()  # a later write waits: judged when its time comes
+        return done
+
+    def _over_soft_bounds(self) -> bool:
+        return self._queued >= self._soft_limit or self._queued_bytes >= self._soft_bytes
+
+    def _judge_later(self) -> None:
+        """Under the kick policy, have the server's clock judge the writer's wait once it has
+        waited ``slow_consumer_after``: a client that stops reading with its outbox over the
+        soft bounds is kicked then, even if nothing more is queued for it (a Push queued
+        meanwhile judges it too, in :meth:`_enqueue`)."""
+        clock = self._clock
+        if clock is not None and clock.running:
+            self._judge_at = at = self._write_started + self._slow_after
+            clock.wake_at(at, self)
 
     def _flush_window(self) -> None:
         """Hand the held packets to the writer, one item (it joins them into one write)."""
@@ -664,10 +701,13 @@ class Agent:
         slow-consumer policy when the client does not read (see the module docstring);
         anything meets it past ``max_outbox_bytes``. Returns whether it was queued."""
         if self._queued >= self._soft_limit or self._queued_bytes >= self._soft_bytes:
-            if self._queued_bytes >= self._max_bytes:
+            if self._queued_bytes >= self._max_bytes and (droppable or self._queued_bytes >= self._max_kept_bytes):
                 return self._slow_consumer(droppable)
-            if droppable and self._writing and trio.current_time() - self._write_started >= self._slow_after:
-                return self._slow_consumer(droppable)
+            if self._writing:
+                if droppable and trio.current_time() - self._write_started >= self._slow_after:
+                    return self._slow_consumer(droppable)
+                if self._kick and self._judge_at == _NEVER:
+                    self._judge_later()
         if window:
             if self._hold(packet, window):
                 return True

@@ -111,7 +111,9 @@ class Config:
     - ``outbox_size``, ``outbox_bytes``: messages, or bytes, a client may leave unread before
       the ``slow_consumer`` policy applies to its Pushes; it applies only once a write has
       waited ``slow_consumer_after`` seconds for the client to read (a burst the server has
-      not yet had a chance to write is never judged). Responses are never dropped that way.
+      not yet had a chance to write is never judged; under the kick policy the wait is judged
+      when it has lasted that long, whether or not more is queued). Responses are never
+      dropped that way.
       ``outbox_bytes`` is also the high watermark of the backpressure on a client's Requests:
       while that many bytes wait to be written to it, its connection's reader takes no new
       Request (TCP's flow control then holds the client back) and resumes below half of it.
@@ -121,8 +123,11 @@ class Config:
       (``outbox_bytes + max_pending_requests * max_packet_size``: 9 MiB by default), so an
       honest client that reads its answers is paced, never kicked; one that stops reading is
       reaped by the heartbeat timeout (its writer made no progress) or the memory bound.
-    - ``max_outbox_bytes``: the memory bound per connection, whatever the reason: past it the
-      session is kicked "slow consumer" (or, under the drop policy, a Push is dropped).
+    - ``max_outbox_bytes``: the memory bound per connection, whatever the reason: past it a
+      Push meets the policy at once (the session is kicked "slow consumer", or under the
+      drop policy the Push is dropped); Responses, heartbeats and Kicks still queue, up to
+      ``max_pending_requests`` packets more (the answers of the Requests taken: Pushes that
+      filled the outbox never cost a client its answers), past which it is kicked.
     - ``expose_errors``: send a handler's exception text to the client in its 500 Response
       (default: ``"internal error"``; the text is logged either way).
     - ``merge_window``: seconds (0 < w <= 1; None or 0: off) a connection may hold a Push to merge

@@ -1,4 +1,6 @@
-"""The merge windows' clock: one task per server ends the merge windows that are due.
+"""The merge windows' clock: one task per server ends the merge windows that are due (and,
+under the kick policy, judges the writes that have waited ``slow_consumer_after`` on a client
+that does not read: the agent's ``flush_due`` does both).
 
 An agent holding Pushes for a merge window (``Config.merge_window``) keeps them off its outbox
 and registers the window's deadline here instead of arming a cancel scope or a timer of its

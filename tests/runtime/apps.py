@@ -126,6 +126,11 @@ class S(Component):
         for i in range(msg.get("n", 6)):
             session.push("onPad", {"i": i, "pad": "x" * 60_000})  # each one legal
 
+    def padded(self, session: Session, msg: dict[str, Any]) -> dict[str, int]:
+        """Pushes ``n`` 60 KB Pushes, then answers how many it queued."""
+        queued = sum(session.push("onPad", {"i": i, "pad": "x" * 60_000}) for i in range(msg.get("n", 6)))
+        return {"queued": queued}
+
     def say(self, session: Session, msg: dict[str, Any]) -> None:
         self.group.broadcast("onSay", msg)
 

@@ -111,15 +111,51 @@ async def test_a_burst_of_large_answers_to_a_reading_client_is_all_answered(poli
 
 @pytest.mark.parametrize("policy", list(SlowConsumerPolicy))
 async def test_a_client_that_never_reads_large_answers_holds_bounded_memory(policy: SlowConsumerPolicy) -> None:
-    # its answers cannot be dropped (a Request is always answered): past the memory bound it is kicked
-    config = Config(slow_consumer=policy, max_outbox_bytes=2 << 20)
+    # its answers cannot be dropped (a Request is always answered): they queue past the memory
+    # bound by at most the answers of the Requests taken, and the client is reaped: kicked
+    # "slow consumer" (the kick policy, or past that), or by the heartbeat timeout (its writer
+    # stuck for 2.5 intervals)
+    config = Config(slow_consumer=policy, max_outbox_bytes=2 << 20, heartbeat=1)
+    bound = (2 << 20) + config.max_pending_requests * (config.max_packet_size + 64) + 50 * 60_100  # + one read
     async with s_server(config) as running, running.raw() as raw:
         await raw.handshake()
         with trio.fail_after(30):
-            while not running.server.statistics().kicks.get("slow consumer"):
-                await raw.send(b"".join(request(mid, "s.sized", b'{"size": 60000}') for mid in range(1, 51)))
-                assert running.server.statistics().outbox_max * 60_000 < 3 * (2 << 20)
+            while not running.server.statistics().kicks:
+                with trio.move_on_after(1):  # the server may stop reading (backpressure)
+                    await raw.send(b"".join(request(mid, "s.sized", b'{"size": 60000}') for mid in range(1, 51)))
+                assert running.server.statistics().outbox_max * 60_000 < bound
                 await trio.sleep(0.01)
+        assert set(running.server.statistics().kicks) <= {"slow consumer", "heartbeat timeout"}
+        await bystander_is_served(running)
+
+
+async def test_pushes_past_the_memory_bound_never_cost_a_reading_client_its_answer() -> None:
+    # a handler pushes 2.4 MB to its own client, past max_outbox_bytes, before the writer runs:
+    # under the drop policy the Pushes past the bound are dropped, and the Response still goes
+    # (it used to meet the memory bound itself: the client, which reads, was kicked unanswered)
+    config = Config(max_outbox_bytes=1 << 20)
+    async with s_server(config) as running, running.connect() as client:
+        answer = await client.request("s.padded", {"n": 40}, timeout=30)
+        assert 0 < answer["queued"] < 40
+        stats = running.server.statistics()
+        assert stats.dropped_slow == 40 - answer["queued"]
+        assert stats.kicks == {}
+        assert await client.request("s.echo", {"still": "here"}, timeout=10) == {"still": "here"}
+        await bystander_is_served(running)
+
+
+async def test_under_the_kick_policy_a_wait_is_judged_even_if_nothing_more_is_queued() -> None:
+    # one Request whose handler queues 12 MB of Pushes and its answer, then nothing: the client
+    # never reads. The writer's wait is judged once slow_consumer_after has passed (it used to
+    # be judged only when a later message was queued: the client held its outbox until the
+    # heartbeat timeout, 75 s by default)
+    config = Config(slow_consumer=SlowConsumerPolicy.KICK, outbox_size=16, slow_consumer_after=0.2)
+    async with s_server(config) as running, running.raw() as raw:
+        await raw.handshake()
+        await raw.send(request(1, "s.padded", b'{"n": 200}'))
+        with trio.fail_after(20):  # the heartbeat timeout (30 s intervals) cannot come first
+            await wait_until(lambda: bool(running.server.statistics().kicks), timeout=20)
+        assert running.server.statistics().kicks == {"slow consumer": 1}
         await bystander_is_served(running)
 
 

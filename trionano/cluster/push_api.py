@@ -369,7 +369,7 @@ class PushAPI:
         if scope.get("path") != PATH:
             raise BadRequest(404, f"not found: the push API is POST {PATH}")
         if scope.get("method") != "POST":
-            raise BadRequest(405, f"method not allowed: POST {PATH}", ((b"allow", b"POST"),))
+            raise BadRequest(405, f"method not allowed: the push API takes POST {PATH}", ((b"allow", b"POST"),))
         headers: dict[bytes, bytes] = {}
         for name, value in scope.get("headers", ()):
             headers.setdefault(bytes(name).lower(), bytes(value))
