@@ -64,3 +64,24 @@ async def test_a_gate_that_dies_while_the_master_is_down_has_its_stand_ins_ended
             await c.kill("gate")
         log = await c.wait_log("seats", f"seat freed {seat}", seconds=30)
         assert "refused every connection" in log
+
+
+async def test_a_backend_stops_pushing_to_a_gate_whose_connection_is_refused(tmp_path: Path) -> None:
+    """attack3 t14: with no master to evict the dead gate, the backend pushed to it and logged
+    the loss at every cluster push, forever; the gate that lives gets every push."""
+    async with cluster(tmp_path) as c:
+        await _seats(c)
+        dead = c.log("gate").split("node ")[1].split(" up:")[0]
+        other_client = free_address()
+        await c.start("gate2", "gate", free_address(), "--gate-address", other_client)
+        async with c.client(other_client) as bob:  # type: ignore[attr-defined]
+            await _take(bob)  # the backend has heard of both gates
+            await c.kill("master")
+            await c.kill("gate")
+            for i in range(30):
+                assert (await bob.request("Seats.push_all", {"i": i}))["gates"] >= 1
+                assert await bob.receive_push("onAll") == {"i": i}
+                await trio.sleep(0.1)
+        losses = [line for line in c.log("seats").splitlines() if f"to {dead} lost" in line]
+        assert len(losses) <= 2, losses  # found refused at once: not pushed to again
+        assert f"member {dead} unreachable" in c.log("seats")
