@@ -50,7 +50,7 @@ async def test_a_backend_back_from_eviction_ends_the_stand_ins_of_clients_gone_m
             await c.wait_log("seats", f"seat freed {gone}", seconds=30)
             await trio.sleep(8 * c.heartbeat)  # two more audits
             assert f"seat freed {kept}" not in c.log("seats")
-            assert (await bob.request("Seats.take", {}))["seat"] == kept  # still the same stand-in
+            assert await _take(bob) == kept  # served again (once the gate has heard of it again)
 
 
 async def test_a_gate_that_dies_while_the_master_is_down_has_its_stand_ins_ended(tmp_path: Path) -> None:
@@ -85,3 +85,24 @@ async def test_a_backend_stops_pushing_to_a_gate_whose_connection_is_refused(tmp
         losses = [line for line in c.log("seats").splitlines() if f"to {dead} lost" in line]
         assert len(losses) <= 2, losses  # found refused at once: not pushed to again
         assert f"member {dead} unreachable" in c.log("seats")
+
+
+async def test_a_session_end_a_unary_member_missed_is_sent_again_when_it_answers(tmp_path: Path) -> None:
+    """attack3 t9 without the fast path: a backend that speaks only nano's unary calls (as a Go
+    node) cannot be audited; the gate's SessionClosed to it, frozen, timed out and was lost. It
+    is owed, and sent again until the backend answers (here after its eviction and return)."""
+    async with cluster(tmp_path) as c:
+        await c.start("master", "master", c.master)
+        await c.start_command("seats", ["-m", "tests.cluster._seats", "--listen", free_address(), "--no-fast-path"])
+        await c.start("gate", "gate", free_address(), "--gate-address", c.gate_client)
+        async with c.client() as bob:  # type: ignore[attr-defined]
+            kept = await _take(bob)
+            async with c.client() as ann:  # type: ignore[attr-defined]
+                gone = await _take(ann)
+                c.signal("seats", signal.SIGSTOP)
+            await c.wait_log("gate", "SessionClosed to", seconds=30)  # failed: the deadline passed
+            c.signal("seats", signal.SIGCONT)
+            await c.wait_log("seats", f"seat freed {gone}", seconds=30)
+            await c.wait_log("gate", "session end(s) owed to", seconds=30)
+            assert f"seat freed {kept}" not in c.log("seats")
+            assert await _take(bob) == kept  # served again (once the gate has heard of it again)

@@ -38,6 +38,7 @@ from ._errors import ClusterError, DeadlineExceeded, InvalidRequest, NodeStoppin
 from ._generated import clusterpb as pb
 from ._links import Link, Links
 from ._membership import Membership
+from ._owed import OwedCloses
 from ._peers import Peers
 from ._reach import Reachability
 from ._remote import RemoteEntity
@@ -150,6 +151,7 @@ class Gate:
         links: Links,
         tasks: Tasks,
         reach: Reachability,
+        owed: OwedCloses,
         *,
         rpc_timeout: float,
         max_pending_forwards: int,
@@ -163,6 +165,7 @@ class Gate:
         self._links = links
         self._tasks = tasks
         self._reach = reach
+        self._owed = owed
         self._rpc_timeout = rpc_timeout
         self._bound = max_pending_forwards
         self._remote_route = remote_route
@@ -451,6 +454,7 @@ class Gate:
             if isinstance(exc, Unavailable) and not isinstance(exc, NodeStopping):
                 self._reach.unreachable(address, exc)
             self._log.warning("session closed", "SessionClosed to %s failed: %r", address, exc)
+            self._owed.failed(address, sid, exc)
 
     def session_closed(self, session: Session) -> None:
         """A session closed (a close hook): its forwarder finishes what is queued, then ends

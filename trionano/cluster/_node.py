@@ -58,6 +58,7 @@ from ._ids import NODE_BITS, SessionIds
 from ._keepalive import Keepalive
 from ._links import Links, StreamService
 from ._membership import Membership
+from ._owed import OwedCloses
 from ._peers import Peers, split_address
 from ._push import Audience, ClusterGroup, PushHub, PushStatistics
 from ._reach import Reachability
@@ -159,6 +160,7 @@ class Node:
             self._links,
             self._tasks,
             self._reach,
+            OwedCloses(self._peers, self._tasks, self._log, longest=min(config.heartbeat, 5.0)),
             rpc_timeout=config.rpc_timeout,
             max_pending_forwards=config.max_pending_forwards,
             remote_route=config.remote_route,

@@ -23,11 +23,12 @@ from collections.abc import Callable
 
 import trio
 
+from ._errors import ClusterError
 from ._keepalive import Backoff
 from ._peers import split_address
 from ._tasks import Tasks
 
-__all__ = ["Reachability"]
+__all__ = ["Reachability", "refused"]
 
 _logger = logging.getLogger("trionano.cluster")
 
@@ -90,7 +91,7 @@ class Reachability:
                     stream = await trio.open_tcp_stream(host, port)
                 await stream.aclose()
             except (OSError, trio.TooSlowError) as exc:
-                if not _refused(exc):
+                if not refused(exc):
                     refused_since = None
                     continue
                 now = trio.current_time()
@@ -111,12 +112,13 @@ class Reachability:
             return
 
 
-def _refused(exc: BaseException) -> bool:
-    """Whether connecting failed only because nothing listens there (ECONNREFUSED), for every
-    address tried (trio's "all attempts failed" carries each in its cause)."""
+def refused(exc: BaseException) -> bool:
+    """Whether a connection or call failed only because nothing listens there (ECONNREFUSED),
+    for every address tried (trio's "all attempts failed" carries each in its cause; a
+    ClusterError, what grpclib raised)."""
     if isinstance(exc, ConnectionRefusedError):
         return True
     cause = exc.__cause__
-    if isinstance(exc, OSError) and isinstance(cause, BaseExceptionGroup):
-        return all(_refused(inner) for inner in cause.exceptions)
-    return False
+    if isinstance(cause, BaseExceptionGroup):
+        return isinstance(exc, OSError) and all(refused(inner) for inner in cause.exceptions)
+    return isinstance(exc, ClusterError) and cause is not None and refused(cause)
