@@ -13,7 +13,7 @@ import collections
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import trio
 
@@ -162,6 +162,14 @@ class RemoteEntity:
                 await peer.close_session(sid)
 
 
+async def _push_onto(push: Callable[[Any], Awaitable[None]], task: object) -> None:
+    """Await a full lane's room for ``task``: NodeStopping once the server has closed it."""
+    try:
+        await push(task)
+    except trio.ClosedResourceError:
+        raise NodeStopping("this node is stopping") from None
+
+
 def _drain(receive: trio.MemoryReceiveChannel[Outbound]) -> int:
     count = 0
     while True:
@@ -261,11 +269,14 @@ class RemoteSessions:
                 "session ended", "session %s#%d has ended: %s dropped", gate, sid, client_text(message.route)
             )
             return None
-        pending = self._server.router.dispatch(self._session(gate, sid), message)
+        try:
+            pending = self._server.router.dispatch(self._session(gate, sid), message)
+        except trio.ClosedResourceError:  # the server is stopping: its handler lanes are closed
+            raise NodeStopping("this node is stopping") from None
         if pending is None:
             return None
         lane, task = pending
-        return functools.partial(lane.push, task)
+        return functools.partial(_push_onto, lane.push, task)
 
     def _session(self, gate: str, sid: int) -> Session:
         key = (gate, sid)
