@@ -7,13 +7,16 @@ then serves until stdin closes. Kinds:
   {"rate", "seconds", "size"}`` broadcasts ``rate`` messages a second of ``size`` bytes for
   ``seconds``, lets the writers finish, and answers with what the server did over the run:
   writes, Pushes queued, encodes, and this process's CPU seconds (B5).
-- ``fanout --members N [--inline] [--gc run|page|off] [--trace PATH [--trace-steps]]``: ``N``
+- ``fanout --members N [--inline | --flood] [--gc run|page|off] [--trace PATH [--trace-steps]]``: ``N``
   members in one group, each a real agent (reader, writer, outbox, wire state) over a sink
   stream that takes whatever is written with one ``write(2)`` to /dev/null (this machine's file
   limit allows ~20,000 sockets, not 50,000), and a TCP port for a probe client. ``loop.start``
   (a Notify, on a lane of its own) starts broadcasts back to back (``broadcast_and_wait``;
-  with ``--inline``, the whole group in one go, as before buckets); ``fan.stop`` stops them
-  and answers with how many ran; ``fan.echo`` answers at once. The collector: ``run`` (the
+  with ``--inline``, the whole group in one go, as before buckets; with ``--flood``, an
+  overloaded server: ``broadcast`` without waiting, one per step of its lane, faster than the
+  fan-out reaches the members); ``fan.stop`` stops them and answers with how many ran, how
+  many ``broadcast`` refused (returned 0), the most the fan-out had waiting, the Pushes queued
+  and ``dropped_backlog`` over the run; ``fan.echo`` answers at once. The collector: ``run`` (the
   default) as ``trionano.run`` sets it (``tune_gc`` once the server listens), and one
   ``gc.collect()`` once the members have joined (the joins' young objects, out of the way of
   the measurement); ``page``: ``gc.collect()``, ``gc.freeze()`` and ``gc.set_threshold(700,
@@ -149,6 +152,10 @@ class Fan(Component):
         self.group = Group("fan")
         self.running = False
         self.count = 0
+        self.refused = 0  # --flood: broadcasts refused (broadcast returned 0)
+        self.max_waiting = 0  # --flood: the most deliveries the fan-out had waiting
+        self.pushes_before = 0
+        self.dropped_before = 0
 
     def join(self, session: Session, msg: bytes) -> None:
         self.group.add(session)
@@ -158,23 +165,39 @@ class Fan(Component):
 
     def stop(self, session: Session, msg: dict[str, Any]) -> dict[str, int]:
         self.running = False
-        return {"broadcasts": self.count}
+        stats = self.server.statistics()
+        return {
+            "broadcasts": self.count,
+            "refused": self.refused,
+            "max_waiting": self.max_waiting,
+            "pushes": stats.pushes_out - self.pushes_before,
+            "dropped_backlog": getattr(stats, "dropped_backlog", 0) - self.dropped_before,
+        }
 
 
 class Loop(Component):
     """On a lane of its own: ``loop.start`` (a Notify) broadcasts back to back until stopped."""
 
-    def __init__(self, fan: Fan, inline: bool) -> None:
+    def __init__(self, fan: Fan, inline: bool, flood: bool) -> None:
         self.fan = fan
         self.inline = inline
+        self.flood = flood
 
     async def start(self, session: Session, msg: dict[str, Any]) -> None:
         fan, group = self.fan, self.fan.group
         body = {"c": "x" * 54}
         fan.running = True
-        fan.count = 0
+        fan.count = fan.refused = fan.max_waiting = 0
+        stats = self.server.statistics()
+        fan.pushes_before, fan.dropped_before = stats.pushes_out, getattr(stats, "dropped_backlog", 0)
+        fanout = group.sessions()[0].fanout
+        assert fanout is not None
         while fan.running:
-            if self.inline:  # the whole group in one go, as before buckets
+            if self.flood:  # an overloaded server: never waits for the fan-out
+                fan.refused += group.broadcast("onFan", body) == 0
+                fan.max_waiting = max(fan.max_waiting, fanout.waiting)
+                await trio.lowlevel.checkpoint()
+            elif self.inline:  # the whole group in one go, as before buckets
                 members = group.sessions()
                 broadcast = Broadcast("onFan", members[0].serializer.marshal(body))
                 for member in members:
@@ -185,11 +208,13 @@ class Loop(Component):
             fan.count += 1
 
 
-async def serve_fanout(members: int, inline: bool, gc_mode: str, trace_path: str | None, steps: bool) -> None:
+async def serve_fanout(
+    members: int, inline: bool, flood: bool, gc_mode: str, trace_path: str | None, steps: bool
+) -> None:
     fan = Fan()
     components = Components()
     components.register(fan, name="fan")
-    components.register(Loop(fan, inline), name="loop", lane="loop")
+    components.register(Loop(fan, inline, flood), name="loop", lane="loop")
     config = Config(
         heartbeat=0,
         rate_limit=None,
@@ -277,6 +302,7 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=None)
     parser.add_argument("--members", type=int, default=50_000)
     parser.add_argument("--inline", action="store_true")
+    parser.add_argument("--flood", action="store_true")
     parser.add_argument("--gc", choices=["page", "run", "off"], default="page")
     parser.add_argument("--ws", action="store_true")
     parser.add_argument("--trace", default=None, help="fanout: write bench._trace's timings to this file")
@@ -285,7 +311,7 @@ def main() -> None:
     if args.kind == "room":
         trio.run(serve_room, args.window)
     elif args.kind == "fanout":
-        trio.run(serve_fanout, args.members, args.inline, args.gc, args.trace, args.trace_steps)
+        trio.run(serve_fanout, args.members, args.inline, args.flood, args.gc, args.trace, args.trace_steps)
     else:
         trio.run(serve_scale, args.ws)
 

@@ -10,18 +10,23 @@ same-run baseline; servers in their own processes (bench/_push_servers.py), clie
   the same probe idle; and, as the baseline, the same broadcasts made in one go (as before
   buckets). Goal: p99 under 2x idle + 10 ms. The members are real agents over a sink stream
   (see bench/_push_servers.py: this machine allows 20,000 open files per process).
+- Overload: the same probe while 50,000-member broadcasts are issued one per step without
+  waiting, faster than the fan-out reaches the members: the probe's p99 (same goal), how many
+  broadcasts the fan-out refused to stay within ``Config.max_fanout_backlog``, the deliveries
+  made per second and the most that waited.
 - B14 scale: as many idle connections as one process may hold (RLIMIT_NOFILE raised to its
   hard limit), from several 127.0.0.x addresses, over TCP and WebSocket: server memory per
   connection, and the time for one broadcast to reach every client.
 
 Results go to bench/results/push.md and push.png. Run: ``nox -s bench`` or
-``python -m bench.push [--quick] [--only b5,buckets,b14]``.
+``python -m bench.push [--quick] [--only b5,buckets,overload,b14]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import selectors
@@ -296,26 +301,30 @@ GC_MODES = {
 }
 
 
-async def probe(port: int, count: int) -> list[float]:
-    latencies = []
+async def probe(port: int, count: int, seconds: float = math.inf) -> list[float]:
+    """``count`` echo requests 10 ms apart (fewer if ``seconds`` run out first); their latencies."""
+    latencies: list[float] = []
+    until = time.perf_counter() + seconds
     async with open_client("127.0.0.1", port) as control:
-        for _ in range(count):
+        while len(latencies) < count and time.perf_counter() < until:
             start = time.perf_counter()
-            await control.request("fan.echo", {"b": 1}, timeout=60)
+            await control.request("fan.echo", {"b": 1}, timeout=600)
             latencies.append(time.perf_counter() - start)
             await trio.sleep(0.01)
     return latencies
 
 
-async def probe_under_load(port: int, count: int) -> tuple[list[float], list[float], int, float]:
+async def probe_under_load(
+    port: int, count: int, seconds: float = math.inf
+) -> tuple[list[float], list[float], dict[str, int], float]:
     idle = await probe(port, count)
     async with open_client("127.0.0.1", port) as control:
         await control.notify("loop.start", {})
         start = time.perf_counter()
-        loaded = await probe(port, count)
+        loaded = await probe(port, count, seconds)
         elapsed = time.perf_counter() - start
         done = await control.request("fan.stop", {}, timeout=600)
-    return idle, loaded, int(done["broadcasts"]), elapsed
+    return idle, loaded, {key: int(value) for key, value in done.items()}, elapsed
 
 
 def buckets(members: int, count: int, repeats: int, gc_mode: str) -> dict[str, Any]:
@@ -330,7 +339,8 @@ def buckets(members: int, count: int, repeats: int, gc_mode: str) -> dict[str, A
             args = ["--members", str(members), "--gc", gc_mode] + (["--inline"] if mode == "inline" else [])
             probes = count if mode == "buckets" else max(20, count // 5)  # one go: each probe waits seconds
             with server("fanout", *args) as (port, _):
-                idle, loaded, done, elapsed = trio.run(probe_under_load, port, probes)
+                idle, loaded, stopped, elapsed = trio.run(probe_under_load, port, probes)
+            done = stopped["broadcasts"]
             runs.append({"idle": p99(idle), "loaded": p99(loaded), "per_s": done / elapsed})
             met = p99(loaded) <= 2 * p99(idle) + 0.010
             print(
@@ -341,6 +351,48 @@ def buckets(members: int, count: int, repeats: int, gc_mode: str) -> dict[str, A
         out[mode] = {key: median([run[key] for run in runs]) for key in runs[0]}
         out[mode]["met"] = sum(run["loaded"] <= 2 * run["idle"] + 0.010 for run in runs)
         out[mode]["runs"] = len(runs)
+    print()
+    return out
+
+
+#: the loaded probe's time limit in the overload phase: a server that catches up in the caller
+#: (before the backlog bound) answers one probe per catch-up, seconds apart
+OVERLOAD_SECONDS = 30.0
+
+
+def overload(members: int, count: int, repeats: int, gc_mode: str) -> dict[str, Any]:
+    """The fan-out overloaded: broadcasts issued one per step without waiting (faster than the
+    fan-out reaches 50,000 members), a probe's p99 against the same probe idle; what the fan-out
+    refused to stay within ``Config.max_fanout_backlog`` (1,000,000 by default)."""
+    print(
+        f"Overload: a probe's echo p99 while {members:,}-member broadcasts are issued one per step, never"
+        f" waiting ({count} probes or {OVERLOAD_SECONDS:g} s; collector: {gc_mode})"
+    )
+    runs = []
+    for _ in range(repeats):
+        with server("fanout", "--members", str(members), "--gc", gc_mode, "--flood") as (port, _):
+            idle, loaded, done, elapsed = trio.run(probe_under_load, port, count, OVERLOAD_SECONDS)
+        run = {
+            "idle": p99(idle),
+            "loaded": p99(loaded),
+            "per_s": done["broadcasts"] / elapsed,
+            "refused": done["refused"] / max(done["broadcasts"], 1),
+            "deliveries_s": done["pushes"] / elapsed,
+            "max_waiting": done["max_waiting"],
+            "dropped_backlog": done["dropped_backlog"],
+            "probes": len(loaded),
+        }
+        runs.append(run)
+        met = run["loaded"] <= 2 * run["idle"] + 0.010
+        print(
+            f"  idle p99 {run['idle'] * 1e3:7.2f} ms   loaded p99 {run['loaded'] * 1e3:8.2f} ms   "
+            f"{run['per_s']:7.1f} broadcasts/s issued, {run['refused']:6.1%} refused   "
+            f"{run['deliveries_s']:,.0f} deliveries/s   most waiting {run['max_waiting']:,}   "
+            f"dropped_backlog {run['dropped_backlog']:,}   {len(loaded)} probes   goal {'met' if met else 'MISSED'}"
+        )
+    out: dict[str, Any] = {key: median([run[key] for run in runs]) for key in runs[0]}
+    out.update(members=members, gc=gc_mode, runs=len(runs))
+    out["met"] = sum(run["loaded"] <= 2 * run["idle"] + 0.010 for run in runs)
     print()
     return out
 
@@ -410,7 +462,7 @@ def write_results(new: dict[str, Any]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     saved = RESULTS / "push.json"
     report = json.loads(saved.read_text()) if saved.exists() else {}
-    for key in ("b5", "buckets", "b14"):
+    for key in ("b5", "buckets", "overload", "b14"):
         if key in new:
             report[key] = new[key]
             report[f"{key}_when"] = f"{new['when']}, medians of {new['repeats']} runs; {new['load']}"
@@ -463,6 +515,22 @@ def write_results(new: dict[str, Any]) -> None:
                 f"| met in {m['met']}/{m['runs']} | {m['per_s']:.1f} |"
             )
         lines.append("")
+    if "overload" in report:
+        o = report["overload"]
+        lines += [
+            f"## Overload: {o['members']:,}-member broadcasts issued faster than the fan-out reaches them",
+            "",
+            f"Run {report['overload_when']}. Each broadcast is issued without waiting, one per step of its"
+            " lane; the fan-out keeps its backlog within `Config.max_fanout_backlog` (1,000,000) by refusing"
+            " whole the broadcasts that would pass it (`dropped_backlog`).",
+            "",
+            "| idle p99 | loaded p99 | goal (<= 2x idle + 10 ms) | broadcasts/s issued | refused "
+            "| deliveries/s | most waiting |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+            f"| {o['idle'] * 1e3:.2f} ms | {o['loaded'] * 1e3:.2f} ms | met in {o['met']}/{o['runs']} "
+            f"| {o['per_s']:.1f} | {o['refused']:.1%} | {o['deliveries_s']:,.0f} | {o['max_waiting']:,.0f} |",
+            "",
+        ]
     if "b14" in report:
         lines += [
             "## B14 scale: idle connections in one process",
@@ -537,7 +605,7 @@ def main() -> None:
     hold.add_argument("transport", choices=["tcp", "ws"])
     hold.add_argument("addresses", type=int)
     parser.add_argument("--quick", action="store_true", help="smaller N, shorter runs")
-    parser.add_argument("--only", default="b5,buckets,b14")
+    parser.add_argument("--only", default="b5,buckets,overload,b14")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--fanout-gc", choices=["run", "page", "off"], default="run", help="buckets: the server's collector"
@@ -559,6 +627,10 @@ def main() -> None:
         report["b5"] = b5(rates, 2.0 if args.quick else 4.0, 1000, repeats)
     if "buckets" in only:
         report["buckets"] = buckets(
+            5_000 if args.quick else 50_000, 100 if args.quick else 300, repeats, args.fanout_gc
+        )
+    if "overload" in only:
+        report["overload"] = overload(
             5_000 if args.quick else 50_000, 100 if args.quick else 300, repeats, args.fanout_gc
         )
     if "b14" in only:

@@ -846,7 +846,8 @@ class Agent:
         # every request's answer comes here: _not_working's checks, folded into the encoding
         if self.closed:
             raise trio.BrokenResourceError("the session is closed")
-        if self._pending:  # one Request fewer waits for its answer
+        counted = self._pending > 0
+        if counted:  # one Request fewer waits for its answer
             self._pending -= 1
             if self._resume is not None:
                 self._maybe_resume()
@@ -862,6 +863,8 @@ class Agent:
         except LocalProtocolError:
             if self._not_working():  # not WORKING (yet, or any more): counted, not sent
                 return False
+            if counted:  # still unanswered: its error Response (413) is what answers it
+                self._pending += 1
             raise self._too_large(body) from None
         counters = self._counters
         counters.encoded += 1

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
+from ._fanout import MAX_BEHIND
 from ._pipeline import Pipeline
 from ._ratelimit import DEFAULT_BURST, DEFAULT_KICK_AFTER, DEFAULT_PEERS, DEFAULT_RATE
 from ._serializer import JSONSerializer, Serializer
@@ -128,6 +129,14 @@ class Config:
       drop policy the Push is dropped); Responses, heartbeats and Kicks still queue, up to
       ``max_pending_requests`` packets more (the answers of the Requests taken: Pushes that
       filled the outbox never cost a client its answers), past which it is kicked.
+    - ``max_fanout_backlog``: deliveries (one per member) a server's fan-out may have waiting,
+      the large broadcasts handed to it and not yet made (see :mod:`trionano._fanout`;
+      :meth:`~trionano.Server.statistics`' ``fanout_waiting``). When broadcasts come faster
+      than the server reaches their members, one that would take the backlog past this is
+      refused whole (no member gets it, ``broadcast`` returns 0), counted as
+      ``dropped_backlog`` and logged (rate-limited); so is a Push behind a waiting broadcast
+      (``session.push`` returns False). A broadcast is always taken when nothing waits.
+      Default :data:`~trionano._fanout.MAX_BEHIND` (1,000,000: 20 broadcasts to 50,000 members).
     - ``expose_errors``: send a handler's exception text to the client in its 500 Response
       (default: ``"internal error"``; the text is logged either way).
     - ``merge_window``: seconds (0 < w <= 1; None or 0: off) a connection may hold a Push to merge
@@ -162,6 +171,9 @@ class Config:
     max_outbox_bytes: int = attrs.field(default=16 << 20, validator=attrs.validators.ge(64 * 1024))
     max_pending_requests: int = attrs.field(default=128, validator=attrs.validators.ge(1))
     slow_consumer_after: float = attrs.field(default=1.0, validator=_positive)
+    max_fanout_backlog: int = attrs.field(
+        default=MAX_BEHIND, validator=[attrs.validators.instance_of(int), attrs.validators.ge(1)]
+    )
     merge_window: float | None = attrs.field(default=None, validator=_merge_window)
     max_packet_size: int = attrs.field(
         default=MAX_BODY_SIZE, validator=[attrs.validators.ge(64), attrs.validators.le((1 << 24) - 1)]

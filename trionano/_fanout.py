@@ -9,6 +9,17 @@ batch), so every other client's request waits behind it. Here a broadcast queues
 large, fails there) and hands the rest to the server's :class:`FanOut`, which queues one bucket,
 lets every other task run (``trio.lowlevel.checkpoint``), then the next.
 
+Overload: the fan-out bounds what waits in it (``max_behind``: ``Config.max_fanout_backlog``,
+:data:`MAX_BEHIND` by default). When broadcasts come faster than it reaches members, a broadcast
+that would take its backlog past the bound is refused whole: no member gets it (not even the
+caller's first bucket, so every member sees the same stream, with the same gaps), it is counted
+as ``dropped_backlog`` (one per member it was for), logged (rate-limited) and the caller is told
+(``broadcast`` returns 0 for it). For a live room a lost comment is better than every client's
+requests waiting behind it: nothing is ever made in the caller past a bucket, and nothing stalls
+the server for more than a step. A broadcast with nothing waiting is always taken (the bound
+never refuses a group larger than itself outright); a member's own Push behind a broadcast is
+refused the same way (``session.push`` returns False), its Kick and close never are.
+
 Order: the fan-out runs what it is handed in order, and a member with a delivery still waiting
 in it (:meth:`FanOut.behind`) gets its later Pushes, broadcasts, Kick or close through the
 fan-out too, behind that delivery. So each member sees its Pushes in the order they were
@@ -70,10 +81,16 @@ __all__ = ["BUCKET_SIZE", "MAX_BEHIND", "SWEEP_EVERY", "FanOut", "FanOutJob", "M
 #: holds is the loop, and each member queued also wakes its writer into the next scheduler
 #: batch, so a step is kept small: on the 2-core machine of bench/push.py (50,000 members) a
 #: scheduler batch took a median 0.7-0.9 ms with 64, 1.8-2.0 ms with 128 and ~15 ms with 512,
-#: and an unrelated request crosses three or four batches.
+#: and an unrelated request crosses three or four batches. Not larger while the backlog is large
+#: either: 256 members a step past half of ``max_behind`` made an overloaded server deliver 1.2x
+#: as much a second (bench/push.py, overload: 25,000 against 20,100, medians of 3 runs of each,
+#: interleaved, load 7.7-12.7) and gave the probe 1.8x the p99 (121 ms against 66), for the
+#: same reason.
 BUCKET_SIZE: Final = 64
-#: Deliveries the fan-out may have waiting; past it a broadcast catches up in the caller, all at
-#: once (the server cannot keep up: stalling the caller is the back-pressure left).
+#: Deliveries the fan-out may have waiting, by default (``Config.max_fanout_backlog``): a
+#: broadcast that would take the backlog past it is refused whole (see the module docstring).
+#: 20 broadcasts to 50,000 members, 1,000 to 1,000; what waits costs a reference per delivery
+#: (in the broadcasts' snapshots of their members) and a count per member waited for.
 MAX_BEHIND: Final = 1_000_000
 #: Members the fan-out visits between two collections of its own (``gc.collect(1)``, see the
 #: module's docstring): about 8,700 objects, a median 1 ms on bench/push.py's machine; every
@@ -111,8 +128,9 @@ class FanOutJob:
 class FanOut:
     """One server's fan-out task and what it has been handed (see the module docstring). The
     server runs :meth:`run` in its nursery; groups hand work over with :meth:`send`, sessions
-    with :meth:`after`. ``max_behind``: see :data:`MAX_BEHIND`. Never raises for a member: a
-    closed one is skipped (counted as ``dropped_closed``), an error in delivering is logged."""
+    with :meth:`after`. ``max_behind``: the bound on :attr:`waiting` (see :data:`MAX_BEHIND`);
+    what would pass it is refused and counted as ``dropped_backlog``. Never raises for a member:
+    a closed one is skipped (counted as ``dropped_closed``), an error in delivering is logged."""
 
     def __init__(self, counters: Counters, log: RateLimitedLog, *, max_behind: int = MAX_BEHIND) -> None:
         self._counters = counters
@@ -141,36 +159,67 @@ class FanOut:
         """Deliver to ``members``, in order, after whatever each has waiting here: up to a
         bucket of those with nothing waiting at once (in the caller), the rest handed to the
         fan-out task. Returns how many the caller's part queued, and the job handed over
-        (None when nothing was). What ``deliver`` raises for the caller's part propagates.
-        The fan-out keeps ``members`` itself (not a copy) until it has visited them: the
-        caller must not change it (each copy of 50,000 members costs a millisecond or two:
-        every reference taken touches the member's memory)."""
+        (None when nothing was). When what it would hand over takes :attr:`waiting` past the
+        bound while something is waiting, it delivers nothing (returns ``(0, None)``) and
+        counts every member as ``dropped_backlog``. What ``deliver`` raises for the caller's
+        part propagates. The fan-out keeps ``members`` itself (not a copy) until it has visited
+        them: the caller must not change it (each copy of 50,000 members costs a millisecond or
+        two: every reference taken touches the member's memory)."""
         if not self._running:  # no task to hand over to (not serving): everything now
             return sum(deliver(session) for session in members), None
         if not self._jobs and len(members) <= BUCKET_SIZE:
             return sum(deliver(session) for session in members), None  # the common case
-        if self._behind + len(members) > self._max_behind:
-            self._log.warning(
-                "fan-out backlog", "fan-out: %d deliveries waiting; catching up in the caller", self._behind
-            )
-            self._catch_up()
-            return sum(deliver(session) for session in members), None
         head = members[:BUCKET_SIZE]
         waiting = self._waiting
         if not waiting or not any(session in waiting for session in head):  # the common case
+            if len(members) <= BUCKET_SIZE:
+                return sum(deliver(session) for session in members), None
+            if self._refused(len(members) - BUCKET_SIZE, len(members)):
+                return 0, None
             queued = sum(deliver(session) for session in head)
-            return queued, self._hand_over(members, deliver, BUCKET_SIZE) if len(members) > BUCKET_SIZE else None
+            return queued, self._hand_over(members, deliver, BUCKET_SIZE)
         now: list[M] = []
         later: list[M] = []
         for session in head:
             (later if later or self.behind(session) else now).append(session)
         later.extend(members[BUCKET_SIZE:])
+        if self._refused(len(later), len(members)):
+            return 0, None
         queued = sum(deliver(session) for session in now)
-        return queued, self._hand_over(later, deliver) if later else None
+        return queued, self._hand_over(later, deliver)
 
-    def after(self, session: M, deliver: Callable[[M], bool]) -> None:
-        """Deliver to ``session`` after what it has waiting here (call when :meth:`behind`)."""
+    def after(self, session: M, deliver: Callable[[M], bool], *, droppable: bool = True) -> bool:
+        """Deliver to ``session`` after what it has waiting here (call when :meth:`behind`).
+        Returns False, counting it as ``dropped_backlog``, when the backlog is at its bound and
+        ``droppable`` (a Push; a Kick or a close is not, and is always handed over)."""
+        if droppable and self._refused(1, 1):
+            return False
         self._hand_over([session], deliver)
+        return True
+
+    def refuses(self, members: int) -> bool:
+        """Whether :meth:`send` would refuse a broadcast to ``members`` members, whichever of
+        them have deliveries waiting (it hands over all but a bucket at least); if so counts
+        them as ``dropped_backlog`` and logs, as :meth:`send` would. For a caller to refuse a
+        broadcast before it looks at the members (a snapshot of 50,000 costs a millisecond:
+        an overloaded server's refusals must cost nothing)."""
+        return self._running and self._refused(members - BUCKET_SIZE, members)
+
+    def _refused(self, handed: int, members: int) -> bool:
+        """Whether handing ``handed`` deliveries over would take the backlog past its bound
+        (never when nothing waits); if so counts the ``members`` refused and logs."""
+        behind = self._behind
+        if not behind or behind + handed <= self._max_behind:
+            return False
+        self._counters.dropped_backlog += members
+        self._log.warning(
+            "fan-out backlog",
+            "fan-out: %d deliveries waiting (bound %d): a Push to %d members refused",
+            behind,
+            self._max_behind,
+            members,
+        )
+        return True
 
     def _hand_over(self, members: Sequence[Member], deliver: Deliver, start: int = 0) -> FanOutJob:
         job = FanOutJob(members, deliver, start)
@@ -243,10 +292,3 @@ class FanOut:
         if self._jobs and self._jobs[0] is job:
             self._jobs.popleft()
         job.done.set()
-
-    def _catch_up(self) -> None:
-        """Make every waiting delivery now, in order (the backlog is over MAX_BEHIND)."""
-        while self._jobs:
-            job = self._jobs[0]
-            self._step(job, len(job.members))
-            self._finish(job)

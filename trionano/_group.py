@@ -46,7 +46,10 @@ class Group:
     moment it is called, and each member gets its Pushes in the order they were issued: a
     member's later Pushes (broadcasts, ``session.push``), Kick or close wait behind a
     broadcast still on its way to it (Responses do not). :meth:`broadcast_and_wait` waits
-    until every member has been reached.
+    until every member has been reached. When broadcasts come faster than the server reaches
+    their members, the fan-out's backlog is bounded (``Config.max_fanout_backlog``): a
+    broadcast that would pass it is refused whole, for every member of that server, rather
+    than stall the server (see :mod:`trionano._fanout`).
 
     Error handling: GroupError with nano's texts; see each method.
     """
@@ -168,8 +171,10 @@ class Group:
     def broadcast(self, route: str, value: object) -> int:
         """Push to every member. Returns how many members it was queued for (closed members
         and slow consumers' drops are skipped and counted); of a large broadcast, those queued
-        at once plus those handed to the fan-out. Raises GroupError when closed,
-        SerializeError when ``value`` cannot be serialized, MessageTooLarge."""
+        at once plus those handed to the fan-out; 0 when the server's fan-out refused it whole,
+        its backlog at ``Config.max_fanout_backlog`` (counted as ``dropped_backlog``: see
+        :mod:`trionano._fanout`). Raises GroupError when closed, SerializeError when ``value``
+        cannot be serialized, MessageTooLarge."""
         queued, jobs = self._push(route, value, None)
         return queued + sum(job.count for job in jobs)
 
@@ -180,8 +185,8 @@ class Group:
 
     async def broadcast_and_wait(self, route: str, value: object, predicate: SessionFilter | None = None) -> int:
         """:meth:`broadcast` (or :meth:`multicast` with ``predicate``), then wait until it has
-        been queued for every member; returns for how many it was. Raises as
-        :meth:`broadcast`."""
+        been queued for every member; returns for how many it was (0 when refused, as
+        :meth:`broadcast`). Raises as :meth:`broadcast`."""
         queued, jobs = self._push(route, value, predicate)
         if not jobs:
             await trio.lowlevel.checkpoint()
@@ -192,15 +197,23 @@ class Group:
 
     def _push(self, route: str, value: object, predicate: SessionFilter | None) -> tuple[int, list[FanOutJob]]:
         self._check_open()
+        count = len(self._members)
+        body: bytes | None = None  # the value serialized for the first member, once
+        if count > BUCKET_SIZE and predicate is None and len(self._fanouts) == 1:
+            fanout = next(iter(self._fanouts))
+            if fanout is not None:
+                body = next(iter(self._members.values())).serializer.marshal(value)  # raises as ever
+                if fanout.refuses(count):  # an overloaded server: refused before the members' snapshot
+                    return 0, []
         # a large group's closed members are skipped (and dropped) as the fan-out reaches them
-        members = self._live() if len(self._members) <= BUCKET_SIZE else list(self._members.values())
+        members = self._live() if count <= BUCKET_SIZE else list(self._members.values())
         if predicate is not None:
             members = [session for session in members if not session.closed and predicate(session)]
         if not members:
             return 0, []
         window = self._merge_window
-        first = members[0].serializer
-        broadcast = Broadcast(route, first.marshal(value), window)  # serialize once, in the caller
+        first = members[0].serializer  # the serializer of body, when set: the same first member
+        broadcast = Broadcast(route, first.marshal(value) if body is None else body, window)  # serialize once
         others: dict[int, Broadcast] = {}  # per other serializer (rare: members of several servers)
         forget = self._forget
 

@@ -145,7 +145,7 @@ class Server:
         self._log = RateLimitedLog(_logger)
         self._agent_log = RateLimitedLog(logging.getLogger("trionano.agent"))
         fanout_log = RateLimitedLog(logging.getLogger("trionano.fanout"))
-        self._fanout = FanOut(self._counters, fanout_log)
+        self._fanout = FanOut(self._counters, fanout_log, max_behind=self.config.max_fanout_backlog)
         self._merge_clock = MergeClock()
         router_log = RateLimitedLog(logging.getLogger("trionano.router"))
         #: every rate-limited log of this server: flushed every second (_flush_logs), and at the end
@@ -213,6 +213,7 @@ class Server:
             [agent.queued for agent in self._agents],
             connections_handshaking=len(self._handshaking),
             rate_limited_peers=len(self._budgets) if self._budgets is not None else 0,
+            fanout_waiting=self._fanout.waiting,
         )
 
     def on_session_closed(self, hook: CloseHook) -> CloseHook:

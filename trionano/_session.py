@@ -364,15 +364,15 @@ class Session(metaclass=_NoPublicConstructor):
         """Serialize ``value`` and queue it as a Push. Returns False if it was dropped (slow
         consumer, refused by a pipeline). While a large broadcast is still on its way to this
         session (see :class:`~trionano.Group`), the Push is queued behind it by the server's
-        fan-out and counts as queued. Raises trio.BrokenResourceError if closed,
-        SerializeError, MessageTooLarge."""
+        fan-out and counts as queued (or, when the fan-out's backlog is at
+        ``Config.max_fanout_backlog``, is dropped and counted as ``dropped_backlog``). Raises
+        trio.BrokenResourceError if closed, SerializeError, MessageTooLarge."""
         if self.entity.closed:
             raise trio.BrokenResourceError("the session is closed")
         body = self.serializer.marshal(value)
         fanout = self._fanout
         if fanout is not None and fanout.behind(self):  # a broadcast is still on its way here: after it
-            fanout.after(self, lambda session: session.entity.send_push(session, route, body))
-            return True
+            return fanout.after(self, lambda session: session.entity.send_push(session, route, body))
         return self.entity.send_push(self, route, body)
 
     def response(self, value: object, *, mid: int | None = None) -> bool:
@@ -431,7 +431,7 @@ class Session(metaclass=_NoPublicConstructor):
                 session.entity.kick(reason)
                 return True
 
-            fanout.after(self, kick_now)
+            fanout.after(self, kick_now, droppable=False)
             return
         self.entity.kick(reason)
 
@@ -444,7 +444,7 @@ class Session(metaclass=_NoPublicConstructor):
                 session.entity.close()
                 return True
 
-            fanout.after(self, close_now)
+            fanout.after(self, close_now, droppable=False)
             return
         self.entity.close()
 

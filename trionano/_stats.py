@@ -164,6 +164,8 @@ class Statistics:
     - ``dropped_closed``: messages for sessions already closing or not yet working;
     - ``dropped_pipeline``: messages a pipeline function refused;
     - ``dropped_rate``: messages refused by the per-connection rate limit;
+    - ``dropped_backlog``: deliveries of broadcasts (and Pushes behind them) refused because the
+      server's fan-out had ``Config.max_fanout_backlog`` deliveries waiting (one per member);
     - ``kicks``: sessions kicked, by reason (``"slow consumer"``, ``"rate limit"``, ...);
     - ``protocol_errors``, ``handler_errors``, ``unknown_routes``;
     - ``error_responses``: error Responses sent, by code (400, 404, 413, 429, 500, ...);
@@ -172,6 +174,8 @@ class Statistics:
       (or one WebSocket message); what ``Config.merge_window`` saves;
     - ``outbox_queued`` (now): packets waiting in every client's outbox; ``outbox_max`` (now):
       the most in one outbox;
+    - ``fanout_waiting`` (now): deliveries of large broadcasts handed to the fan-out and not yet
+      made (at most ``Config.max_fanout_backlog`` plus one broadcast);
     - ``routes``: per route, messages in and handler durations (:class:`RouteStatistics`):
       every hosted route, ``"unknown"`` for messages to routes nobody serves, and on a cluster
       gate ``"forwarded"`` for those sent to other nodes.
@@ -190,6 +194,7 @@ class Statistics:
     dropped_closed: int
     dropped_pipeline: int
     dropped_rate: int
+    dropped_backlog: int
     protocol_errors: int
     handler_errors: int
     unknown_routes: int
@@ -200,6 +205,7 @@ class Statistics:
     writes: int
     outbox_queued: int
     outbox_max: int
+    fanout_waiting: int
     routes: Mapping[str, RouteStatistics]
 
     @property
@@ -214,6 +220,7 @@ class Counters:
     __slots__ = (
         "connections_accepted",
         "connections_refused",
+        "dropped_backlog",
         "dropped_closed",
         "dropped_pipeline",
         "dropped_rate",
@@ -242,6 +249,7 @@ class Counters:
         self.dropped_closed = 0
         self.dropped_pipeline = 0
         self.dropped_rate = 0
+        self.dropped_backlog = 0
         self.protocol_errors = 0
         self.handler_errors = 0
         self.unknown_routes = 0
@@ -273,6 +281,7 @@ class Counters:
         *,
         connections_handshaking: int = 0,
         rate_limited_peers: int = 0,
+        fanout_waiting: int = 0,
     ) -> Statistics:
         """The counts now; ``outbox_depths``: one per open connection (packets queued)."""
         depths = list(outbox_depths)
@@ -290,6 +299,7 @@ class Counters:
             dropped_closed=self.dropped_closed,
             dropped_pipeline=self.dropped_pipeline,
             dropped_rate=self.dropped_rate,
+            dropped_backlog=self.dropped_backlog,
             protocol_errors=self.protocol_errors,
             handler_errors=self.handler_errors,
             unknown_routes=self.unknown_routes,
@@ -300,6 +310,7 @@ class Counters:
             writes=self.writes,
             outbox_queued=sum(depths),
             outbox_max=max(depths, default=0),
+            fanout_waiting=fanout_waiting,
             routes=MappingProxyType(
                 {
                     route: RouteStatistics(

@@ -34,13 +34,16 @@ The metrics (counters end in ``_total``; durations are histograms in seconds):
   for bytes out of protocol); ``trionano_unknown_routes_total``;
 - ``trionano_dropped_messages_total{reason}``: "slow" (a client not reading, policy drop),
   "closed" (for a session closing or not yet working), "pipeline" (refused by a pipeline
-  function), "rate" (over the connection's rate limit);
+  function), "rate" (over the connection's rate limit), "backlog" (a broadcast refused because
+  the fan-out had ``Config.max_fanout_backlog`` deliveries waiting: one per member);
 - ``trionano_kicks_total{reason}``: sessions kicked, by the server's own reasons ("slow
   consumer", "rate limit", "heartbeat timeout", "handshake timeout", "handshake evicted", "shutdown", and
   "application" for ``session.kick``);
 - ``trionano_encoded_packets_total``: Data packets encoded (a broadcast once per server);
 - ``trionano_outbox_messages`` (gauge): packets queued in every outbox now;
-  ``trionano_outbox_max_messages`` (gauge): in the fullest one.
+  ``trionano_outbox_max_messages`` (gauge): in the fullest one;
+- ``trionano_fanout_waiting`` (gauge): deliveries of large broadcasts waiting in the server's
+  fan-out (a value near ``Config.max_fanout_backlog`` means broadcasts outrun the server).
 
 ``route`` is a hosted route, ``"unknown"`` (no handler; a client's text is never a label) or, on
 a cluster gate, ``"forwarded"`` (sent to another node, where its handler is timed). A cluster
@@ -98,6 +101,7 @@ _DROPS: Final = (
     ("dropped_closed", "closed"),
     ("dropped_pipeline", "pipeline"),
     ("dropped_rate", "rate"),
+    ("dropped_backlog", "backlog"),
 )
 #: how long an HTTP client may take to send a request (and an idle keep-alive may last)
 _HTTP_TIMEOUT: Final = 30.0
@@ -187,6 +191,9 @@ class _Collector(Collector):
 
         yield GaugeMetricFamily("trionano_outbox_messages", "Packets queued in all outboxes", value=stats.outbox_queued)
         yield GaugeMetricFamily("trionano_outbox_max_messages", "Packets in the fullest outbox", value=stats.outbox_max)
+        yield GaugeMetricFamily(
+            "trionano_fanout_waiting", "Deliveries waiting in the fan-out", value=stats.fanout_waiting
+        )
 
         if self._node is not None:
             yield from self._collect_node(self._node)

@@ -114,6 +114,10 @@ class S(Component):
         answer = session.defer()
         self.server.scheduler.after(0.01, lambda: answer.respond({"later": True}))
 
+    def held(self, session: Session, msg: dict[str, Any]) -> None:
+        """Deferred until the test answers it (``S.deferred``)."""
+        self.deferred.append(session.defer())
+
     def pushes(self, session: Session, msg: dict[str, Any]) -> dict[str, int]:
         for i in range(msg.get("n", 200)):
             session.push("onPush", {"i": i})

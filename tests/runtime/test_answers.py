@@ -182,6 +182,36 @@ async def test_an_answer_over_the_packet_limit_is_a_413() -> None:
         assert running.server.statistics().error_responses.get(413) == 1
 
 
+async def test_an_answer_too_large_frees_one_pending_slot_not_two() -> None:
+    # max_pending_requests=2: a held Request and a 413 (its Response too large, answered with
+    # an error) leave one unanswered; the next held Request fills the bound, so the echo behind
+    # it waits until one is answered (the 413 used to free its slot twice: the echo went by)
+    components, s, _ = s_components()
+    async with open_test_server(components, Config(max_pending_requests=2)) as running, running.raw() as raw:
+        await raw.handshake()
+        await raw.send(
+            request(1, "s.held", b"{}")
+            + request(2, "s.big", b"{}")
+            + request(3, "s.held", b"{}")
+            + request(4, "s.echo", b'{"e": 4}')
+        )
+        with trio.fail_after(10):
+            (too_large,) = await responses(raw, 1)
+        assert (too_large.id, json.loads(too_large.body)["code"]) == (2, 413)
+        with trio.move_on_after(1):  # nothing more may come while two are unanswered
+            early = await raw.receive_response()
+            pytest.fail(f"answered past max_pending_requests: {early}")
+        await wait_until(lambda: len(s.deferred) == 2, timeout=10)
+        s.deferred[0].respond({"held": 1})
+        with trio.fail_after(10):
+            answers = {m.id: json.loads(m.body) for m in await responses(raw, 2)}
+        assert answers == {1: {"held": 1}, 4: {"e": 4}}
+        s.deferred[1].respond({"held": 3})
+        with trio.fail_after(10):
+            (last,) = await responses(raw, 1)
+        assert (last.id, json.loads(last.body)) == (3, {"held": 3})
+
+
 async def test_each_unanswerable_value_gets_an_error_response(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="trionano")
     async with s_server() as running, running.raw() as raw:

@@ -16,13 +16,16 @@ from contextlib import asynccontextmanager, contextmanager
 import pytest
 import trio
 import trio.testing
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.runtime.apps import echo_components
 from trionano import Component, Components, Config, Group, Server, Session, wire
-from trionano._fanout import BUCKET_SIZE, SWEEP_EVERY, FanOut
+from trionano._fanout import BUCKET_SIZE, MAX_BEHIND, SWEEP_EVERY, FanOut
 from trionano._log import RateLimitedLog
 from trionano._session import Broadcast
 from trionano._stats import Counters
+from trionano.metrics import metrics_collector
 
 N = 5 * BUCKET_SIZE + 17
 
@@ -65,8 +68,10 @@ class Recorder:
 
 
 @asynccontextmanager
-async def members(n: int) -> AsyncIterator[tuple[Server, list[Session], list[tuple[int, str]]]]:
-    server = Server(echo_components())
+async def members(
+    n: int, config: Config | None = None
+) -> AsyncIterator[tuple[Server, list[Session], list[tuple[int, str]]]]:
+    server = Server(echo_components(), config)
     log: list[tuple[int, str]] = []
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve)
@@ -193,19 +198,21 @@ async def test_the_first_bucket_raises_in_the_caller() -> None:
         assert log == []
 
 
-async def test_a_fan_out_past_its_backlog_catches_up_in_the_caller() -> None:
+class Person:
+    def __init__(self, id: int) -> None:
+        self.id = id
+
+
+async def test_a_broadcast_past_the_backlog_is_refused_whole_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="test.fanout")
     counters = Counters()
-    fanout = FanOut(counters, RateLimitedLog(logging.getLogger("test")), max_behind=2 * BUCKET_SIZE)
+    log = RateLimitedLog(logging.getLogger("test.fanout"), per_window=1, window=3600)
+    fanout = FanOut(counters, log, max_behind=2 * BUCKET_SIZE)
     delivered: list[tuple[int, str]] = []
+    people = [Person(i) for i in range(2 * BUCKET_SIZE)]
 
-    class Member:
-        def __init__(self, id: int) -> None:
-            self.id = id
-
-    people = [Member(i) for i in range(2 * BUCKET_SIZE)]
-
-    def record(what: str) -> Callable[[Member], bool]:
-        def deliver(member: Member) -> bool:
+    def record(what: str) -> Callable[[Person], bool]:
+        def deliver(member: Person) -> bool:
             delivered.append((member.id, what))
             return True
 
@@ -213,15 +220,80 @@ async def test_a_fan_out_past_its_backlog_catches_up_in_the_caller() -> None:
 
     async with trio.open_nursery() as nursery:
         await nursery.start(fanout.run)
-        assert fanout.send(people, record("a"))[1] is not None
-        assert fanout.waiting == BUCKET_SIZE
-        # over the backlog: the waiting deliveries are made now, in order, then this one
-        queued, job = fanout.send(people, record("b"))
-        assert job is None
-        assert queued == len(people)
+        assert fanout.send(people, record("a")) == (BUCKET_SIZE, fanout._jobs[-1])
+        assert fanout.send(people, record("b"))[1] is not None
+        assert fanout.waiting == 2 * BUCKET_SIZE  # at the bound
+        # past it: refused whole, nothing made in the caller, counted per member, logged once
+        assert fanout.send(people, record("c")) == (0, None)
+        assert fanout.send(people[-10:], record("d")) == (0, None)  # members behind: refused too
+        assert fanout.send([Person(-1)], record("e")) == (1, None)  # nothing waiting for it: made now
+        assert counters.dropped_backlog == len(people) + 10
+        assert not fanout.after(people[-1], record("push"))  # a Push behind: refused as well
+        assert fanout.after(people[-1], record("kick"), droppable=False)  # a Kick never is
+        assert counters.dropped_backlog == len(people) + 11
+        assert fanout.waiting == 2 * BUCKET_SIZE + 1
+        assert delivered[2 * BUCKET_SIZE :] == [(-1, "e")]
+        records = [r.getMessage() for r in caplog.records if r.name == "test.fanout"]
+        assert len(records) == 1, records
+        assert "refused" in records[0]
+        await idle()
         assert fanout.waiting == 0
-        assert delivered == [(m.id, "a") for m in people] + [(m.id, "b") for m in people]
+        assert [what for n, what in delivered if n == len(people) - 1] == ["a", "b", "kick"]
+        for what in "ab":
+            assert [n for n, seen in delivered if seen == what] == list(range(len(people)))
+        # the backlog drained: the next broadcast is taken, and one larger than the bound too
+        # when nothing waits (a group larger than the bound is never refused outright)
+        many = [Person(i) for i in range(5 * BUCKET_SIZE)]
+        assert fanout.send(many, record("f"))[1] is not None
+        await idle()
+        assert [n for n, seen in delivered if seen == "f"] == list(range(len(many)))
         fanout.stop()
+
+
+@pytest.mark.parametrize("bound", [0, -1, 1.5, "many"])
+def test_the_backlog_bound_is_validated(bound: object) -> None:
+    with pytest.raises((ValueError, TypeError)):
+        Config(max_fanout_backlog=bound)  # type: ignore[arg-type]
+    assert Config().max_fanout_backlog == MAX_BEHIND
+    assert Config(max_fanout_backlog=1).max_fanout_backlog == 1
+
+
+async def test_a_group_broadcast_refused_by_the_backlog_returns_0_everywhere() -> None:
+    # a real server's fan-out with a small bound: broadcast, broadcast_and_wait and a cluster
+    # push (_fan_out) all report the refusal, and the members' streams keep the same gaps
+    from trionano.cluster._push import _fan_out
+
+    config = Config(max_fanout_backlog=N - BUCKET_SIZE)  # onA takes it all
+    async with members(N, config) as (server, sessions, _log):
+        group = Group("big")
+        for session in sessions:
+            group.add(session)
+        assert group.broadcast("onA", {}) == N  # N - BUCKET_SIZE wait
+        assert group.broadcast("onB", {}) == 0  # past the bound: refused whole
+        with pytest.raises(Exception, match="serializ"):  # refused or not, a bad value raises
+            group.broadcast("onBad", {"x": {1, 2}})
+        assert server.statistics().dropped_backlog == N
+        assert _fan_out(sessions, "onC", b"{}") == 0
+        assert sessions[-1].push("onDirect", {}) is False  # behind onA, the backlog at its bound
+        stats = server.statistics()
+        assert stats.dropped_backlog == 2 * N + 1
+        assert stats.fanout_waiting == N - BUCKET_SIZE
+        registry = CollectorRegistry(auto_describe=True)
+        registry.register(metrics_collector(server))
+        samples = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(generate_latest(registry).decode())
+            for sample in family.samples
+        }
+        assert samples["trionano_dropped_messages_total", (("reason", "backlog"),)] == 2 * N + 1
+        assert samples["trionano_fanout_waiting", ()] == N - BUCKET_SIZE
+        assert await group.broadcast_and_wait("onD", {}) == 0  # refused before it waits
+        assert server.statistics().dropped_backlog == 3 * N + 1
+        await idle()
+        assert server.statistics().fanout_waiting == 0
+        assert await group.broadcast_and_wait("onE", {}) == N  # taken once the backlog drained
+        for session in sessions:
+            assert seen(session) == ["onA", "onE"]
 
 
 async def test_a_stopped_fan_out_drops_and_counts_what_was_waiting() -> None:

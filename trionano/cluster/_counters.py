@@ -18,8 +18,9 @@ class Statistics:
     ``unknown_routes``: client messages for routes no member hosts (a Request is answered 404);
     ``dropped_outbound``: pushes and responses for other
     gates' clients not delivered (the client had left, the outbox was full, the gate failed);
-    ``late_frames``: responses and pushes that came over a stream for a client no longer
-    waiting (its request already answered 503, the client gone); ``frames_out``/``frames_in``
+    ``late_frames``: responses (on a stream, or nano's HandleResponse) and pushes (on a
+    stream) for a client no longer waiting (its request already answered 503 or answered
+    once already, the client gone): dropped, never a second Response; ``frames_out``/``frames_in``
     and ``batches_out``/``batches_in``: what this node's streams to other trionano nodes
     carried (the fast path, :mod:`trionano.cluster._links`); ``frames_refused``: frames a
     stream refused because it already held its bound for frames other than pushes (65,536

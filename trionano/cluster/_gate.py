@@ -8,6 +8,14 @@ local routes); over the bound a Request is answered 503 and counted. Error answe
 (404, 503) keep the session's order: while earlier Requests of the session wait or are in
 flight, the error answer waits behind them in the queue (see :class:`Refusal`).
 
+Every forwarded Request, on either path (a stream, or nano's unary HandleRequest answered by
+the member's HandleResponse), waits in one table under an id of the gate's (:class:`InFlight`)
+from the moment the gate reads it, and :meth:`Gate.expire_requests` answers it 503 at its
+deadline, whether it was sent or still waits in the queue; the first answer takes it out of
+the table, so any later one is dropped and counted. A notify is never dropped for being slow:
+on a stream it waits in the stream, over a unary call the call waits while the member is in
+the cluster (:meth:`Gate.member_gone` ends it).
+
 Only the gate that owns a client session announces its end (SessionClosed to every member,
 after the session's forwards have gone out); a stand-in's end is never announced.
 """
@@ -17,6 +25,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import random
 from collections.abc import Callable, Sequence
 from typing import Final
@@ -59,7 +68,10 @@ _BINDINGS: Final = SessionKey[dict[str, str]]("trionano.cluster.bindings")
 @attrs.frozen
 class Forward:
     """One message for another node on behalf of a session: a Request (``mid`` > 0) or a
-    Notify, due by ``deadline`` (trio time)."""
+    Notify, queued at ``deadline`` - ``rpc_timeout`` (trio time). A Request is in the gate's
+    table of Requests waiting for their answers from the moment it is queued, under the id
+    ``rid`` (see :class:`InFlight`): answered 503 at its deadline even while it still waits in
+    the queue, and then skipped."""
 
     member: str
     service: str
@@ -67,6 +79,7 @@ class Forward:
     mid: int
     body: bytes
     deadline: float
+    rid: int = 0
 
 
 @attrs.frozen
@@ -123,10 +136,14 @@ _FORWARDER: Final = SessionKey[Forwarder]("trionano.cluster.forwarder")
 
 @attrs.define(eq=False)
 class InFlight:
-    """A client's Request ``mid`` sent on a stream, waiting for its Response (or Error) until
-    ``deadline`` (trio time); failed at once when ``link`` goes down. On the stream it carries
-    an id of the gate's (unique on this node), never the client's: a client that reuses a
-    request id still gets each answer once."""
+    """A client's Request ``mid`` forwarded (or queued to be), waiting for its answer until
+    ``deadline`` (trio time), whichever path it takes: on a stream (``link``; failed at once
+    when the link goes down) a Response or Error frame answers it; over nano's unary calls
+    (``link`` None) the member's HandleResponse does. ``sent``: handed to the member (a stream,
+    or a HandleRequest call it took), as opposed to waiting in the session's queue. Either way
+    it carries an id of the gate's (unique on this node), never the client's: a client that
+    reuses a request id still gets each answer once, and an answer that comes after the
+    Request was answered (503 at its deadline) is dropped and counted, never sent twice."""
 
     session: Session
     forwarder: Forwarder
@@ -134,8 +151,9 @@ class InFlight:
     service: str
     route: str
     member: str
-    link: Link
+    link: Link | None
     deadline: float
+    sent: bool = False
 
 
 class Gate:
@@ -180,6 +198,7 @@ class Gate:
         self._deadlines: list[tuple[float, int]] = []  # a heap of (deadline, request id)
         self._request_ids = itertools.count(1)
         self._earlier = trio.Event()  # set when a deadline earlier than every other one arrives
+        self._notifying: dict[str, set[trio.CancelScope]] = {}  # member -> its unary notify calls
 
     def attach(self, server: Server) -> None:
         self._server = server
@@ -297,11 +316,25 @@ class Gate:
         if not self._start(session, forwarder):
             self._counters.forwards_refused += 1
             return False  # this node is stopping
-        item = Forward(member, service, route, mid, body, trio.current_time() + self._rpc_timeout)
-        if forwarder.put(item):
+        deadline = trio.current_time() + self._rpc_timeout
+        rid = next(self._request_ids) if mid else 0
+        if forwarder.put(Forward(member, service, route, mid, body, deadline, rid)):
             forwarder.queued += 1
+            if mid:  # answered by its deadline, even while it waits in the queue
+                self._await_answer(InFlight(session, forwarder, mid, service, route, member, None, deadline), rid)
             return True
         return self._refused(session, route)
+
+    def _await_answer(self, entry: InFlight, rid: int) -> None:
+        """Put ``entry`` in the table of Requests waiting for their answers, under ``rid``, and
+        its deadline on the heap :meth:`expire_requests` watches."""
+        self._in_flight[rid] = entry
+        if entry.sent:
+            entry.forwarder.in_flight += 1
+        deadlines = self._deadlines
+        if not deadlines or entry.deadline < deadlines[0][0]:
+            self._earlier.set()
+        heapq.heappush(deadlines, (entry.deadline, rid))
 
     def _start(self, session: Session, forwarder: Forwarder) -> bool:
         """Start the session's forwarding task unless it runs; False once this node is stopping."""
@@ -333,29 +366,39 @@ class Gate:
         mid: int,
         body: bytes,
         timeout: float,
+        rid: int = 0,
     ) -> None:
         """Put one message on ``link``; a Request waits in :attr:`_in_flight` for its answer
-        until ``timeout`` from now. A link that refuses it fails it as a unary call would."""
+        until ``timeout`` from now, or (``rid``: it was queued) until the deadline it has had
+        since: a queued Request already answered (its deadline passed) is not sent. A link that
+        refuses it fails it as a unary call would."""
         gate = forwarder.gate
         own = gate == self.address
+        entry = None
         if mid:
+            if rid:
+                entry = self._in_flight.get(rid)
+                if entry is None:
+                    return  # answered 503 while it waited in the queue
+            else:
+                rid = next(self._request_ids)
             # a stand-in's session.rpc never makes Requests; its client's gate would get the answer
-            rid = next(self._request_ids)
             frame: frames.Frame = frames.Request("" if own else gate, forwarder.sid, rid, route, body)
         else:
             frame = frames.Notify("" if own else gate, forwarder.sid, route, body)
         if not link.send(frames.encode_frame(frame)):
+            if entry is not None:
+                self._settle(rid)
             self._failed(session, member, service, route, mid, ClusterError("the stream is down or full"))
             return
         self._counters.forwarded += 1
-        if mid:
-            deadline = trio.current_time() + timeout
-            self._in_flight[rid] = InFlight(session, forwarder, mid, service, route, member, link, deadline)
+        if entry is not None:
+            entry.link = link
+            entry.sent = True
             forwarder.in_flight += 1
-            deadlines = self._deadlines
-            if not deadlines or deadline < deadlines[0][0]:
-                self._earlier.set()
-            heapq.heappush(deadlines, (deadline, rid))
+        elif mid:
+            deadline = trio.current_time() + timeout
+            self._await_answer(InFlight(session, forwarder, mid, service, route, member, link, deadline, True), rid)
 
     # -- a session's forwarding task --------------------------------------------------------
 
@@ -370,8 +413,9 @@ class Gate:
                         await self._answer_refusal(session, forwarder, item)
                         continue
                     assert type(item) is Forward
-                    if item.mid and session.closed:
-                        continue  # nobody left to answer; its notifies still go out, in order
+                    if item.mid and (session.closed or item.rid not in self._in_flight):
+                        self._settle(item.rid)
+                        continue  # answered already, or nobody left to answer; notifies still go out
                     await self._send(session, forwarder, item)
                 finally:
                     forwarder.queued -= 1
@@ -388,15 +432,35 @@ class Gate:
             self.server.router.answer_error(session, refusal.mid, refusal.code, refusal.text)
 
     async def _send(self, session: Session, forwarder: Forwarder, item: Forward) -> None:
+        """Send one queued message: on the stream to its member (opened if needed), else as
+        nano's unary call. A Request's call is bounded by its deadline and then waits in the
+        table for the member's HandleResponse (answered 503 at the deadline if none comes). A
+        Notify's unary call has no deadline of its own: it waits while the member is in the
+        cluster (a frozen member takes it once it runs again, as its stream would; the
+        session's later messages wait behind it, within ``max_pending_forwards``, its Requests
+        answered 503 at their deadlines); the member leaving the cluster ends the call
+        (:meth:`member_gone`: the notify is then dropped, counted and logged)."""
         try:
-            timeout = item.deadline - trio.current_time()
-            if timeout <= 0:
-                raise DeadlineExceeded("it waited for the session's earlier messages past its deadline")
+            if item.mid:
+                timeout = item.deadline - trio.current_time()
+                if timeout <= 0:
+                    raise DeadlineExceeded("it waited for the session's earlier messages past its deadline")
+            else:
+                timeout = self._rpc_timeout  # to open a stream; a notify waits on in the queue
 
             def then(link: Link) -> None:  # sessions waiting for the same new stream: in order
                 remaining = item.deadline - trio.current_time()
                 self._stream(
-                    link, session, forwarder, item.member, item.service, item.route, item.mid, item.body, remaining
+                    link,
+                    session,
+                    forwarder,
+                    item.member,
+                    item.service,
+                    item.route,
+                    item.mid,
+                    item.body,
+                    remaining,
+                    item.rid,
                 )
 
             if await self._links.open(item.member, timeout, then) is not None:
@@ -404,13 +468,55 @@ class Gate:
             peer = self._peers[item.member]
             gate, sid = forwarder.gate, forwarder.sid
             if item.mid:
-                request = codec.RequestMessage(gate, sid, item.mid, item.route, item.body)
+                # the member echoes the gate's id in its HandleResponse (nano's backend does not
+                # read it: the handler's session has it as its last mid)
+                request = codec.RequestMessage(gate, sid, item.rid, item.route, item.body)
                 await peer.handle_request(request, seconds=timeout)
+                entry = self._in_flight.get(item.rid)
+                if entry is not None and not entry.sent:  # not answered already: wait for it
+                    entry.sent = True
+                    forwarder.in_flight += 1
             else:
-                await peer.handle_notify(codec.NotifyMessage(gate, sid, item.route, item.body), seconds=timeout)
+                await self._notify(item.member, codec.NotifyMessage(gate, sid, item.route, item.body))
             self._counters.forwarded += 1
         except ClusterError as exc:  # the request boundary: answer the client, keep serving
+            if item.mid and self._settle(item.rid) is None:
+                return  # answered already (503 at its deadline, or its answer came): once only
             self._failed(session, item.member, item.service, item.route, item.mid, exc)
+
+    async def _notify(self, member: str, message: codec.NotifyMessage) -> None:
+        """nano's HandleNotify to ``member``, with no deadline while it is in the cluster:
+        :meth:`member_gone` ends the call (Unavailable). Raises ClusterError."""
+        if member not in self._membership:
+            raise Unavailable(f"{member} has left the cluster")
+        calls = self._notifying.setdefault(member, set())
+        with trio.CancelScope() as scope:
+            calls.add(scope)
+            try:
+                await self._peers[member].handle_notify(message, seconds=math.inf)
+            finally:
+                calls.discard(scope)
+                if not calls and self._notifying.get(member) is calls:
+                    del self._notifying[member]
+        if scope.cancelled_caught:
+            raise Unavailable(f"{member} has left the cluster")
+
+    def member_gone(self, address: str) -> None:
+        """``address`` left the cluster: its unary notify calls end (each notify dropped,
+        counted, logged) and the Requests it took over unary calls and has not answered are
+        answered 503 now, as a stream's are when it dies."""
+        for scope in self._notifying.pop(address, ()):
+            scope.cancel()
+        lost = [
+            rid
+            for rid, entry in self._in_flight.items()
+            if entry.member == address and entry.sent and entry.link is None
+        ]
+        for rid in lost:
+            entry = self._settle(rid)
+            assert entry is not None
+            error = Unavailable(f"{address} has left the cluster")
+            self._failed(entry.session, entry.member, entry.service, entry.route, entry.mid, error)
 
     def _failed(self, session: Session, member: str, service: str, route: str, mid: int, exc: ClusterError) -> None:
         """A forward failed: count, log, unbind the member, answer a Request 404 or 503."""
@@ -470,8 +576,10 @@ class Gate:
     # -- requests in flight on streams --------------------------------------------------------
 
     def _settle(self, rid: int) -> InFlight | None:
+        """Take Request ``rid`` out of the table (its answer is being given): the entry, or None
+        when it was answered already."""
         entry = self._in_flight.pop(rid, None)
-        if entry is not None:
+        if entry is not None and entry.sent:
             forwarder = entry.forwarder
             forwarder.in_flight -= 1
             if not forwarder.in_flight and forwarder.settled is not None:
@@ -480,7 +588,8 @@ class Gate:
         return entry
 
     async def expire_requests(self) -> None:
-        """A task of the node: answer 503 each Request on a stream unanswered by its deadline."""
+        """A task of the node: answer 503 each forwarded Request unanswered by its deadline,
+        whichever path it took (a stream, a unary call, or still in the session's queue)."""
         deadlines = self._deadlines
         while True:
             self._earlier = trio.Event()
@@ -519,11 +628,26 @@ class Gate:
         self._deliver(message.session_id, lambda: session.entity.send_push(session, message.route, message.data))
 
     def take_response(self, message: codec.ResponseMessage) -> None:
-        """nano's HandleResponse (Trio side, synchronous): as :meth:`take_push`."""
-        if self._answer_call(message.session_id, message.data):
+        """nano's HandleResponse (Trio side, synchronous): the answer to the Request this gate
+        forwarded as ``message.id`` (the gate's id, see :class:`InFlight`), given to the client
+        under its own request id. An answer for a Request answered already (503 at its
+        deadline), or an id this gate never sent, is dropped and counted (``late_frames``),
+        never a second Response; an answer over the client's packet limit answers the client
+        413, as on a stream. Raises NotFound when the client has left (nano: "session not
+        found"), which ends the member's stand-in."""
+        sid = message.session_id
+        if self._answer_call(sid, message.data):
             return
-        session = self._client(message.session_id)
-        self._deliver(message.session_id, lambda: session.entity.send_response(session, message.id, message.data))
+        entry = self._in_flight.get(message.id)
+        if entry is None or entry.session.id != sid or entry.forwarder.gate != self.address:
+            self._client(sid)  # NotFound when the client has left
+            self._counters.late_frames += 1
+            self._log.debug(
+                "late response", "HandleResponse %d for session %d: no Request waits for it", message.id, sid
+            )
+            return
+        self._settle(message.id)
+        self._answer(entry.session, entry.mid, message.data)
 
     @staticmethod
     def _deliver(sid: int, send: Callable[[], bool]) -> None:
@@ -552,11 +676,18 @@ class Gate:
         if entry is None:  # answered 503 already (its deadline passed, its stream was lost)
             self._counters.late_frames += 1
             return
-        session, mid = entry.session, entry.mid
+        try:
+            self._answer(entry.session, entry.mid, data)
+        except NotFound:
+            self._counters.late_frames += 1  # the client has left
+
+    def _answer(self, session: Session, mid: int, data: bytes) -> None:
+        """Give the client its answer to Request ``mid``; one over its packet limit is answered
+        413 instead (both paths alike). Raises NotFound when the client has left."""
         try:
             session.entity.send_response(session, mid, data)
         except trio.BrokenResourceError:
-            self._counters.late_frames += 1  # the client has left
+            raise NotFound(f"session not found: {session.id}") from None
         except MessageTooLarge as exc:
             self.server.router.answer_error(session, mid, CODE_TOO_LARGE, str(exc))
 

@@ -83,7 +83,9 @@ class ClusterConfig:
     beyond nano, a member whose stream to a trionano master ends heartbeats it again within
     about a second of its being back, so a restarted master need not wait for the keepalive:
     :mod:`trionano.cluster._keepalive`);
-    ``rpc_timeout`` bounds every call (a forwarded Request unanswered by then is answered 503);
+    ``rpc_timeout`` bounds every call (a forwarded Request unanswered by then, counted from
+    when the gate read it, is answered 503, on either path) but a forwarded notify's unary
+    call, which waits while its member is in the cluster (:meth:`Gate._send`);
     ``retry_interval`` spaces registration attempts. ``max_pending_forwards`` bounds each
     session's messages for other nodes, waiting or in flight (over it a Request is answered
     503 "too many messages waiting", after the answers of the Requests ahead of it). 1,024 by
@@ -397,6 +399,7 @@ class Node:
         """A node left: drop it, close its channel, end the stand-ins of its clients."""
         self.membership.remove(address)
         self._reach.forget(address)
+        self._gate.member_gone(address)
         self._links.forget(address)
         self._peers.close(address)
         self._remote.gate_gone(address)

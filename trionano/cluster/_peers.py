@@ -4,6 +4,7 @@ every call typed, under a deadline, and failing with a :class:`~._errors.Cluster
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, TypeAlias, TypeVar
@@ -88,15 +89,16 @@ class Peer:
 
     async def _hot(self, method: str, message: _Hot, seconds: float) -> None:
         """One unary ``clusterpb.Member`` call (asyncio side), timed and counted. The deadline
-        is kept here (on expiry the call is cancelled: RST_STREAM, which ends the handler on
-        the other side too) rather than sent as ``grpc-timeout``, whose value differs on every
-        call: HPACK then encodes it anew into its table each time (~20% of grpclib's CPU per
-        call, measured); nano's handlers do not read it."""
+        (``seconds``; ``math.inf``: none) is kept here (on expiry the call is cancelled:
+        RST_STREAM, which ends the handler on the other side too) rather than sent as
+        ``grpc-timeout``, whose value differs on every call: HPACK then encodes it anew into
+        its table each time (~20% of grpclib's CPU per call, measured); nano's handlers do not
+        read it."""
         start = time.perf_counter()
         failed = True
         try:
             async with (
-                asyncio.timeout(seconds),
+                asyncio.timeout(None if math.isinf(seconds) else seconds),
                 self._channel.request(_MEMBER + method, _UNARY, type(message), codec.MemberHandleResponse) as stream,
             ):
                 await stream.send_message(message, end=True)

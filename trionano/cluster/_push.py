@@ -126,7 +126,9 @@ class PushStatistics:
     most ``max_pending_pushes`` and about ``max_pending_push_bytes`` per gate; ``not_gates``:
         nodes found not to take pushes (no ``trionano.push`` service, as Go nano; or no clients).
         Gate side: ``received``: pushes received from other nodes; ``delivered``: pushes queued
-        for this node's sessions (one per session), from here or elsewhere; ``refused``: received
+        for this node's sessions (one per session), from here or elsewhere (not those its
+        server's fan-out refused, its backlog at ``Config.max_fanout_backlog``: the server
+        counts them as ``dropped_backlog``); ``refused``: received
         pushes refused as malformed (no audience, a bad route) or too large.
     HTTP push API (:mod:`trionano.cluster.push_api`) served for this node: ``api_accepted``:
     requests answered 202; ``api_refused``: answered 4xx or 500; ``api_unreached``: answered
@@ -652,7 +654,8 @@ def _fan_out(sessions: list[Session], route: str, data: bytes) -> int:
     broadcast, so that it proceeds a bucket at a time and each session gets it in order with its
     other Pushes. A session closing meanwhile is skipped; MessageTooLarge propagates (a body over
     the packet limit is over it for everyone). Returns how many were queued now plus how many
-    were handed to the fan-out."""
+    were handed to the fan-out: 0 when the fan-out refused the Push whole (its backlog at
+    ``Config.max_fanout_backlog``; the server counts each session as ``dropped_backlog``)."""
     if not sessions:
         return 0
     broadcast = Broadcast(route, data)
