@@ -296,7 +296,7 @@ class Terminal:
     async def send(self, text: str) -> None:
         await self.stream.send_all(text.encode())
 
-    async def expect(self, text: str, timeout: float = 10) -> None:  # noqa: ASYNC109
+    async def expect(self, text: str, timeout: float = 60) -> None:  # noqa: ASYNC109
         """Wait until ``text`` appears after what was expected before."""
         with trio.move_on_after(timeout):
             while (found := self.seen.find(text, self.position)) < 0:
@@ -350,7 +350,7 @@ async def test_the_repl_on_a_pseudo_terminal(tmp_path: Path) -> None:
             await terminal.expect("error: bad JSON at column 2: Expecting property name enclosed in double quotes")
             await terminal.expect("  {oops}\n   ^")
             await terminal.send("quit\r")
-            with trio.fail_after(10):
+            with trio.fail_after(60):
                 assert await process.wait() == 0
         finally:
             if process.returncode is None:
@@ -375,7 +375,7 @@ async def test_the_repl_without_a_url_connects_later_and_leaves_on_end_of_file(t
             await terminal.send("\r")  # the prompt waiting for this line was printed while connected
             await terminal.expect("\ntrionano> ")
             await terminal.send("\x04")  # Ctrl-D
-            with trio.fail_after(10):
+            with trio.fail_after(60):
                 assert await process.wait() == 0
         finally:
             if process.returncode is None:

@@ -33,7 +33,7 @@ async def test_a_signal_kicks_every_client_and_exits_cleanly(signum: signal.Sign
     )
     assert proc.stderr is not None
     log = b""
-    with trio.fail_after(30):
+    with trio.fail_after(60):  # a process start on a loaded machine
         while not (match := re.search(rb"chat server: tcp://127\.0\.0\.1:(\d+)", log)):
             chunk = await proc.stderr.receive_some(4096)
             assert chunk, log.decode()
@@ -43,10 +43,10 @@ async def test_a_signal_kicks_every_client_and_exits_cleanly(signum: signal.Sign
         async with open_client("127.0.0.1", port) as client:
             assert await client.request("room.join", {}, timeout=10) == {"code": 0, "result": "success"}
             proc.send_signal(signum)
-            with trio.fail_after(10), pytest.raises(Kicked) as kicked:
+            with trio.fail_after(30), pytest.raises(Kicked) as kicked:
                 await client.receive_push("onNever")  # nothing comes but the Kick
             assert kicked.value.reason == "shutdown"
-        with trio.fail_after(20):
+        with trio.fail_after(60):
             status = await proc.wait()
             while chunk := await proc.stderr.receive_some(65536):
                 log += chunk

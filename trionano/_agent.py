@@ -888,12 +888,6 @@ class Agent:
         counters.responses_out += 1
         return True
 
-    def excuse(self, seconds: float, now: float) -> None:
-        """Do not count the last ``seconds`` as the peer's silence (this process could not read
-        meanwhile: :meth:`Server._sweep`)."""
-        conn = self.conn
-        conn.last_received = min(conn.last_received + seconds, now)
-
     def heartbeat(self, now: float) -> bool:
         """Kick a peer silent past its deadline (returns True), or send the heartbeat that
         is due."""

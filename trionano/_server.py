@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Final
@@ -194,6 +194,13 @@ class Server:
         an index (updated on bind, :meth:`Session.clear` and close): the cost is that of the
         sessions found, not of every open session."""
         return self._uids.sessions(uid)
+
+    def sessions_of_any(self, uids: Iterable[int]) -> list[Session]:
+        """The open sessions bound to any of ``uids`` now, each once, uid by uid in the order
+        of ``uids`` (a uid named twice counts once). For an audience of many uids (a cluster
+        push names up to 10,000): the uids are looked up at C speed, and the cost in Python
+        steps is that of the sessions found."""
+        return self._uids.sessions_of_any(uids)
 
     @property
     def bound_uids(self) -> int:
@@ -490,24 +497,24 @@ class Server:
     async def _sweep(self, scope: trio.CancelScope) -> None:
         """One task for every connection: every interval/8, send the heartbeats that are due
         and kick the peers silent past their deadline; yields between slices, so even
-        thousands of simultaneous timeouts never stall other tasks for long. A sweep late by
-        more than a quarter interval (the process was stopped, e.g. SIGSTOP, or starved) does
-        not count the delay as the peers' silence: their heartbeats wait unread in the
-        sockets, and would otherwise all be kicked as the process resumes."""
+        thousands of simultaneous timeouts never stall other tasks for long.
+
+        Silence is judged only over time the server could hear: a sweep that wakes late (the
+        process was starved of CPU, stopped, or the loop held) first lets two scheduler
+        passes go by, so the readers take the packets waiting in their sockets (a heartbeat
+        that came while nothing ran is not silence), then judges."""
         interval = self.config.heartbeat
         if not interval:
             return
         period = interval / 8
-        previous = trio.current_time()
         with scope:
             while True:
+                asleep = trio.current_time()
                 await trio.sleep(period)
+                if trio.current_time() - asleep > 2 * period:  # woke late: readers first
+                    await trio.lowlevel.checkpoint()  # the readers made runnable by what came
+                    await trio.lowlevel.checkpoint()  # have run once this returns
                 now = trio.current_time()
-                late, previous = now - previous - period, now
-                if late > interval / 4:  # this process was stopped or starved: nobody was heard
-                    _logger.info("connections swept %.1fs late: that time is not counted as clients' silence", late)
-                    for agent in self._agents:
-                        agent.excuse(late, now)
                 work = 0
                 for agent in list(self._agents):
                     # a kick tears a connection down (more tasks to run) and costs ~16 heartbeats

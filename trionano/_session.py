@@ -9,7 +9,7 @@ sees the server.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final, Generic, NoReturn, Protocol, TypeVar, overload
 
 import trio
@@ -240,6 +240,14 @@ class UidIndex:
         """The open sessions bound to ``uid``, oldest binding first (empty when none)."""
         bucket = self._by_uid.get(uid)
         return list(bucket.values()) if bucket else []
+
+    def sessions_of_any(self, uids: Iterable[int]) -> list[Session]:
+        """The open sessions bound to any of ``uids``, each once, uid by uid (a uid named
+        twice counts once), oldest binding first within a uid."""
+        found: list[Session] = []
+        for bucket in filter(None, map(self._by_uid.get, dict.fromkeys(uids))):
+            found.extend(bucket.values())
+        return found
 
     def add(self, session: Session) -> None:
         session._index = self

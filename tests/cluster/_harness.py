@@ -98,7 +98,9 @@ async def cluster(
 ) -> AsyncIterator[Cluster]:
     running = Cluster(tmp_path, module, heartbeat)
     try:
-        with trio.fail_after(60):  # a wrong expectation fails, never hangs CI
+        # a wrong expectation fails, never hangs CI; a test's several process starts take many
+        # seconds each on a loaded 2-core machine
+        with trio.fail_after(180):
             yield running
     finally:
         with trio.CancelScope(shield=True):

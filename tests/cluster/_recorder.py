@@ -52,11 +52,14 @@ async def main(listen: str, master: str, heartbeat: float, services: list[str]) 
     channel = grpclib.client.Channel(master_host, int(master_port))
     stub = pb.MasterStub(channel)
     info = pb.MemberInfo(label="recorder", service_addr=listen, services=services)
-    response = await stub.register(pb.RegisterRequest(member_info=info), timeout=5)
+    response = await stub.register(pb.RegisterRequest(member_info=info), timeout=30)
     record(f"node {listen} up: members {sorted(m.service_addr for m in response.members)}")
     while True:
         await asyncio.sleep(heartbeat)
-        await stub.heartbeat(pb.HeartbeatRequest(member_info=info), timeout=5)
+        try:  # as nano's member: a failed heartbeat is logged, the next one comes all the same
+            await stub.heartbeat(pb.HeartbeatRequest(member_info=info), timeout=30)
+        except Exception as exc:  # a loaded machine's timeout must not end this node
+            record(f"heartbeat failed: {exc!r}")
 
 
 parser = argparse.ArgumentParser()

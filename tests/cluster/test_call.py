@@ -69,7 +69,9 @@ def test_call_returns_the_answer_and_keeps_its_deadline() -> None:
                     await master.call("calc.slow", b'{"seconds": 1}')
             with pytest.raises(LookupError):
                 await master.call("nobody.here", b"{}")
-            await trio.sleep(0.2)  # the SessionClosed for each call reaches the member
+            with trio.move_on_after(30):  # the SessionClosed for each call reaches the member
+                while member.remote_sessions:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
             seen["leftover"] = member.remote_sessions
             member.server.shutdown()
             master.server.shutdown()

@@ -38,7 +38,9 @@ async def test_three_nodes_as_nanos_scenario(tmp_path: Path) -> None:
 
 
 async def test_a_killed_backend_is_answered_evicted_and_replaced(tmp_path: Path) -> None:
-    async with cluster(tmp_path) as c:
+    # a 2 s keepalive: the request right after the kill meets the dead member (503) at least
+    # 6 s before the master evicts it (a 0.5 s one left a loaded machine ~1.5 s, else 404)
+    async with cluster(tmp_path, heartbeat=2) as c:
         await c.standard()
         async with c.client() as ann:  # type: ignore[attr-defined]
             await ann.request("BindService.Login", {"nickname": "ann"})
@@ -47,14 +49,14 @@ async def test_a_killed_backend_is_answered_evicted_and_replaced(tmp_path: Path)
             answer = await ann.request("RoomService.SyncMessage", {"name": "ann", "content": "x"})
             assert answer["code"] == 503
             # the master evicts it within 4 heartbeats and tells the gate
-            await c.wait_log("master", "evicted", seconds=4 * HEARTBEAT + 30)
+            await c.wait_log("master", "evicted", seconds=4 * c.heartbeat + 30)
             await c.wait_log("master", "member 127.0.0.1:", seconds=30)
-            with trio.fail_after(5):  # the gate hears of it (DelMember): nobody hosts RoomService now
+            with trio.fail_after(30):  # the gate hears of it (DelMember): nobody hosts RoomService now
                 while (await ann.request("RoomService.SyncMessage", {"name": "ann", "content": "x"}))["code"] != 404:  # noqa: ASYNC110
                     await trio.sleep(0.1)
             # a new backend takes over
             await c.start("chat2", "chat", f"127.0.0.1:{free_port()}")
-            with trio.fail_after(10):
+            with trio.fail_after(30):
                 while True:
                     await ann.notify("RoomService.JoinRoom", {"nickname": "ann", "gateUid": 1, "masterUid": 1})
                     await ann.notify("RoomService.SyncMessage", {"name": "ann", "content": "back"})
@@ -87,13 +89,16 @@ async def test_a_restarted_master_rebuilds_from_heartbeats(tmp_path: Path) -> No
 
 
 async def test_a_member_restarting_at_its_address_replaces_itself(tmp_path: Path) -> None:
-    async with cluster(tmp_path) as c:
+    # a 30 s keepalive: the master would evict the killed chat after 2 minutes of silence, long
+    # after the new one registered (with 0.5 s, a new process slower than 2 s to start on a
+    # loaded machine found its predecessor evicted)
+    async with cluster(tmp_path, heartbeat=30) as c:
         await c.standard()
         chat_address = c.logs["chat"].read_text().split("node ", 1)[1].split(" up:", 1)[0]
         await c.kill("chat")
         await c.start("chat", "chat", chat_address)  # before the master would evict it
         registered = f"member {chat_address} registered"
-        with trio.fail_after(5):
+        with trio.fail_after(30):
             while (master_log := c.logs["master"].read_text()).count(registered) < 2:  # noqa: ASYNC110
                 await trio.sleep(0.05)
         assert "evicted" not in master_log
@@ -102,7 +107,7 @@ async def test_a_member_restarting_at_its_address_replaces_itself(tmp_path: Path
         )  # no duplicate
         async with c.client() as ann:  # type: ignore[attr-defined]
             await ann.request("BindService.Login", {"nickname": "ann"})  # gate -> master -> the new chat
-            with trio.fail_after(10):  # the new chat serves (its JoinRoom arrives on its own time)
+            with trio.fail_after(30):  # the new chat serves (its JoinRoom arrives on its own time)
                 while True:
                     await ann.notify("RoomService.SyncMessage", {"name": "ann", "content": "again"})
                     with trio.move_on_after(0.5):

@@ -36,17 +36,21 @@ async def test_a_frozen_backend_answers_503_at_the_deadline_and_the_client_stays
             c.signal("chat", signal.SIGSTOP)
             try:
                 started = trio.current_time()
+                answered: list[str] = []
                 async with trio.open_nursery() as nursery:
 
                     async def local_meanwhile() -> None:
                         await trio.sleep(1)
-                        with trio.fail_after(3):  # the gate's reader is free: served before the forward's deadline
-                            answer = await ann.request("BindService.BindChatServer", {})
+                        answer = await ann.request("BindService.BindChatServer", {})
                         assert answer == {"code": 500, "message": "not implement"}
+                        answered.append("local")
 
                     nursery.start_soon(local_meanwhile)
                     answer = await ann.request("RoomService.SyncMessage", {"name": "ann", "content": "x"})
+                    answered.append("forward")
                 elapsed = trio.current_time() - started
+                # the gate's reader is free: the local request was served before the forward's deadline
+                assert answered == ["local", "forward"]
                 assert answer["code"] == 503
                 assert RPC_TIMEOUT - 0.5 < elapsed < RPC_TIMEOUT + 10  # at the deadline, not never
                 # still connected: heartbeats were read all along
@@ -86,8 +90,10 @@ def test_forwards_wait_in_order_in_a_bounded_queue_while_the_reader_serves_on() 
     gate_address, member_address = free_address(), free_address()
     gate = Node(
         components,
-        ClusterConfig(service_address=gate_address, is_master=True, rpc_timeout=3.0, max_pending_forwards=3),
-        Config(heartbeat=0.4),  # a reader that stopped reading would be kicked after ~0.8 s
+        ClusterConfig(service_address=gate_address, is_master=True, rpc_timeout=6.0, max_pending_forwards=3),
+        # a reader that stopped reading would be kicked after 2.5 s, well within the hung forward's
+        # 6 s (at 0.4 s, a loaded machine's 1 s stall of this process could end in a kick)
+        Config(heartbeat=1.0),
     )
     member = HungMember()
     seen: dict[str, Any] = {}
@@ -115,14 +121,22 @@ def test_forwards_wait_in_order_in_a_bounded_queue_while_the_reader_serves_on() 
                         seen["refused_after"] = trio.current_time() - started
 
                     requests.start_soon(hang)
-                    await trio.sleep(0.2)  # Slow.hang is in flight
+                    with trio.fail_after(30):  # Slow.hang is in flight: out of the queue, at the member
+                        while not member.received:  # noqa: ASYNC110 (the member is on asyncio)
+                            await trio.sleep(0.01)
+                    # each message's deadline runs from when the gate read it, waiting included:
+                    # queued half an rpc_timeout after Slow.hang, the next ones have 3 s left to
+                    # go out once it is answered 503 (at 0.2 s, a loaded machine missed that and
+                    # Slow.n2 was dropped: "waited for the session's earlier messages past its deadline")
+                    await trio.sleep(3.0)
                     for n in range(3):  # the queue's bound
                         await client.notify(f"Slow.n{n}", {})
                     requests.start_soon(refused)  # over the bound: answered 503 after Slow.hang's answer
-                    await trio.sleep(0.2)
-                    with trio.fail_after(2):  # before the hung forward's deadline
-                        seen["local"] = await client.request("Echo.ping", {})  # local routes are served
-                await trio.sleep(0.5)  # past two heartbeats, the queue drained
+                    seen["local"] = await client.request("Echo.ping", {})  # local routes are served
+                    seen["local_after"] = trio.current_time() - started
+                with trio.fail_after(30):  # the queue drained after Slow.hang's answer
+                    while len(member.received) < 4:  # noqa: ASYNC110
+                        await trio.sleep(0.01)
                 seen["connected"] = client.error is None
                 seen["heartbeats"] = client.heartbeats_received
             gate.server.shutdown()
@@ -131,8 +145,9 @@ def test_forwards_wait_in_order_in_a_bounded_queue_while_the_reader_serves_on() 
     run(main)
     assert seen["refused"]["code"] == 503
     assert seen["local"] == {"pong": True}
+    assert seen["local_after"] < seen["hang_after"]  # served while the forward hung, not after
     assert seen["hang"]["code"] == 503  # at the deadline, not never
-    assert 2.9 < seen["hang_after"] < 3.0 + 10  # at the gate's rpc_timeout
+    assert 5.9 < seen["hang_after"] < 6.0 + 10  # at the gate's rpc_timeout
     assert seen["refused_after"] >= seen["hang_after"]  # never before the answer ahead of it
     assert seen["connected"]
     assert seen["heartbeats"] >= 2

@@ -78,7 +78,7 @@ async def viewers_seen(client: Client, count: int) -> None:
 async def test_pushes_over_http_and_from_the_logic_node_reach_both_gates(tmp_path: Path) -> None:
     async with (
         liveroom(tmp_path) as (_, push_url, (gate1, gate2)),
-        httpx.AsyncClient(headers=AUTH, timeout=10) as http,
+        httpx.AsyncClient(headers=AUTH, timeout=60) as http,
         open_viewer(gate1) as ann,
         open_viewer(gate2) as bob,
         open_viewer(gate2) as cat,  # connected, never joins the room
@@ -112,7 +112,7 @@ async def test_pushes_over_http_and_from_the_logic_node_reach_both_gates(tmp_pat
         assert cat.pending_pushes("onComment") == 0  # not in the room
 
         # the bearer token, and bad input: 4xx with a reason, nothing pushed
-        async with httpx.AsyncClient(timeout=10) as anonymous:
+        async with httpx.AsyncClient(timeout=60) as anonymous:
             good = {"route": "onNotice", "message": "x", "everyone": True}
             assert (await anonymous.post(push_url, json=good)).status_code == 401
             wrong = {"Authorization": "Bearer nope"}
@@ -143,24 +143,37 @@ async def test_pushes_over_http_and_from_the_logic_node_reach_both_gates(tmp_pat
 
 
 async def test_a_go_nano_node_in_the_cluster_is_left_alone_and_counted(tmp_path: Path) -> None:
-    async with liveroom(tmp_path) as (c, push_url, (gate1, _)), httpx.AsyncClient(headers=AUTH, timeout=10) as http:
+    async with liveroom(tmp_path) as (c, push_url, (gate1, _)), httpx.AsyncClient(headers=AUTH, timeout=60) as http:
         # a member that serves only nano's clusterpb.Member, as a Go nano node does
         await c.start_command("nano", ["-m", "tests.cluster._recorder", "--listen", free_address()], ready="up:")
         async with open_viewer(gate1) as ann:
+            # the first push before anyone joins: a join has the logic node push the viewer count
+            # (onViewers) to every node within half a second, and on a loaded machine the nano
+            # node's answer to that one came back before this push
+            response = await http.post(push_url, json={"route": "onNotice", "message": "#0", "everyone": True})
+            gates = [response.json()["gates"]]
+            assert await ann.receive_push("onNotice") == "#0"
+            with trio.fail_after(30):  # the nano node's answer (UNIMPLEMENTED) comes back
+                while (await ann.request("live.stats", {}))["push"]["not_gates"] != 1:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
             await join(ann, "ann")
-            gates = []
-            for number in range(3):
+            for number in range(1, 3):
                 comment = {"name": "ops", "text": f"#{number}"}
                 response = await http.post(push_url, json={"route": "onComment", "message": comment, "group": "room"})
                 gates.append(response.json()["gates"])
                 assert await ann.receive_push("onComment") == comment
-                await trio.sleep(0.5)  # the nano node's answer (UNIMPLEMENTED) comes back
             assert gates[0] == 3  # not heard from yet: counted
-            assert gates[-1] == 2  # answered UNIMPLEMENTED: no longer sent to
+            assert gates[1:] == [2, 2]  # answered UNIMPLEMENTED: no longer sent to
             stats = await ann.request("live.stats", {})
             assert stats["push"]["not_gates"] == 1
             assert stats["push"]["failed"] == 0
         assert "Push" not in c.log("nano")  # it only ever sees clusterpb calls
+
+
+#: The keepalive of the tests that stop gate 2 (SIGSTOP): the master would evict it after four
+#: intervals, and its viewer's client give up on it after two and a half (at 10 s, 25 s: what
+#: a loaded machine could take to post and check the pushes while it is stopped).
+STOPPED_HEARTBEAT = 30.0
 
 
 async def test_a_stopped_gate_never_holds_up_the_other(tmp_path: Path) -> None:
@@ -170,8 +183,8 @@ async def test_a_stopped_gate_never_holds_up_the_other(tmp_path: Path) -> None:
     bounded queue instead: which one happens depended on timing, so this test first makes
     sure the stream is up.)"""
     async with (
-        liveroom(tmp_path, heartbeat=10.0, rpc_timeout=5.0, push_queue=8) as (c, push_url, (gate1, gate2)),
-        httpx.AsyncClient(headers=AUTH, timeout=10) as http,
+        liveroom(tmp_path, heartbeat=STOPPED_HEARTBEAT, rpc_timeout=5.0, push_queue=8) as (c, push_url, (gate1, gate2)),
+        httpx.AsyncClient(headers=AUTH, timeout=60) as http,
         open_viewer(gate1) as ann,
         open_viewer(gate2) as bob,
     ):
@@ -187,7 +200,7 @@ async def test_a_stopped_gate_never_holds_up_the_other(tmp_path: Path) -> None:
         c.signal("gate2", signal.SIGSTOP)
         try:
             reached = []
-            with trio.fail_after(20):
+            with trio.fail_after(60):  # well within what the stopped gate's client and master wait
                 for number in range(40):
                     message = {"name": "ops", "text": f"#{number}"}
                     response = await http.post(
@@ -226,8 +239,12 @@ async def test_a_stopped_gate_holds_at_most_its_push_bound_on_the_logic_node(
     back, gets what was not dropped, in order: each push either delivered or counted."""
     pushes, pad = 240, 30_000
     async with (
-        liveroom(tmp_path, heartbeat=10.0, push_queue=push_queue, push_bytes=push_bytes) as (c, push_url, gates),
-        httpx.AsyncClient(headers=AUTH, timeout=10) as http,
+        liveroom(tmp_path, heartbeat=STOPPED_HEARTBEAT, push_queue=push_queue, push_bytes=push_bytes) as (
+            c,
+            push_url,
+            gates,
+        ),
+        httpx.AsyncClient(headers=AUTH, timeout=60) as http,
         open_viewer(gates[0]) as ann,
         open_viewer(gates[1]) as bob,
     ):
@@ -242,7 +259,7 @@ async def test_a_stopped_gate_holds_at_most_its_push_bound_on_the_logic_node(
         c.signal("gate2", signal.SIGSTOP)
         held: list[tuple[int, int]] = []
         try:
-            with trio.fail_after(30):  # well within the gate's eviction (4 heartbeats)
+            with trio.fail_after(60):  # well within the gate's eviction, and its client's patience
                 for number in range(pushes):
                     message = {"n": number, "pad": "x" * pad}
                     response = await http.post(push_url, json={"route": "onBig", "message": message, **audience})
@@ -292,8 +309,8 @@ async def test_the_load_script_counts_every_delivery(tmp_path: Path, viewers: in
     launched: dict[str, list[str]] = {}
     async with liveroom(tmp_path, merge_window=merge_window, launched_out=launched) as (_, push_url, gates):
         figures = await load.main(
-            viewers, gates=gates, push_url=push_url, token=TOKEN, posts=5, rate=20, show_progress=False
-        )
+            viewers, gates=gates, push_url=push_url, token=TOKEN, posts=5, rate=20, settle=60, show_progress=False
+        )  # settle: how long it waits for the last deliveries once all are posted (it stops once all arrived)
     assert figures["gates_reached"] == 2
     assert (figures["expected"], figures["delivered"]) == (5 * viewers, 5 * viewers)
     assert 0 < figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"]
@@ -313,7 +330,7 @@ async def test_the_launcher_starts_the_room_prints_its_urls_and_stops_it(tmp_pat
             stderr=out,
         )
     try:
-        with trio.fail_after(30):
+        with trio.fail_after(120):  # three nodes started one after the other: slow on a loaded machine
             while True:
                 printed = log.read_text(errors="replace")
                 if "Ctrl-C stops it" in printed:
@@ -322,7 +339,7 @@ async def test_the_launcher_starts_the_room_prints_its_urls_and_stops_it(tmp_pat
         for port in (base + 3, base + 5):
             assert f"viewer page (gate {1 if port == base + 3 else 2}): http://127.0.0.1:{port}/" in printed
         assert f"curl -X POST http://127.0.0.1:{base + 1}/v1/push" in printed
-        async with open_viewer(f"ws://127.0.0.1:{base + 5}/") as viewer, httpx.AsyncClient(timeout=10) as http:
+        async with open_viewer(f"ws://127.0.0.1:{base + 5}/") as viewer, httpx.AsyncClient(timeout=60) as http:
             await join(viewer, "viewer")
             with trio.fail_after(30):  # the gates may still be registering with the logic node
                 while True:
@@ -339,7 +356,7 @@ async def test_the_launcher_starts_the_room_prints_its_urls_and_stops_it(tmp_pat
                     pass
     finally:
         launcher.send_signal(signal.SIGTERM)
-        with trio.move_on_after(20):
+        with trio.move_on_after(60):
             await launcher.wait()
         if launcher.returncode is None:
             launcher.kill()
@@ -375,7 +392,7 @@ async def test_after_the_logic_node_restarts_pushes_say_503_until_the_gates_are_
     launched: dict[str, list[str]] = {}
     async with (
         liveroom(tmp_path, heartbeat=1.0, launched_out=launched) as (c, push_url, (gate1, gate2)),
-        httpx.AsyncClient(headers=AUTH, timeout=10) as http,
+        httpx.AsyncClient(headers=AUTH, timeout=60) as http,
         open_viewer(gate1) as ann,
         open_viewer(gate2) as bob,
     ):
@@ -414,7 +431,7 @@ async def test_the_launcher_stops_the_room_when_a_node_ends(tmp_path: Path) -> N
             [sys.executable, "-m", "examples.liveroom", "--base-port", str(base)], cwd=ROOT, stdout=out, stderr=out
         )
     try:
-        with trio.fail_after(30):
+        with trio.fail_after(120):  # three nodes started one after the other: slow on a loaded machine
             while True:
                 printed = log.read_text(errors="replace")
                 if "Ctrl-C stops it" in printed:

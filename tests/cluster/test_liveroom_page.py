@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import trio
 
-from tests.runtime.test_browser import CHROMIUM, CHROMIUM_ARGS, HAVE_CHROMIUM, require
+from tests.runtime.test_browser import CHROMIUM, CHROMIUM_ARGS, HAVE_CHROMIUM, WAIT, require
 
 from .test_liveroom import AUTH, liveroom
 
@@ -19,9 +19,9 @@ def drive_two_viewers(urls: list[str], post: Any, shot: Path) -> dict[str, Any]:
     a worker thread; ``post`` posts over HTTP from the test's Trio thread."""
     from playwright.sync_api import sync_playwright
 
-    wait = 20_000
+    wait = WAIT
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=2 * WAIT)
         try:
             errors: list[str] = []
             pages = []
@@ -60,7 +60,7 @@ async def test_two_viewer_pages_on_two_gates(tmp_path: Path) -> None:
         import playwright  # noqa: F401
     except ImportError:
         require(False, "the playwright package")
-    async with liveroom(tmp_path) as (_, push_url, gates), httpx.AsyncClient(headers=AUTH, timeout=10) as http:
+    async with liveroom(tmp_path) as (_, push_url, gates), httpx.AsyncClient(headers=AUTH, timeout=60) as http:
 
         async def post(message: dict[str, str]) -> int:
             response = await http.post(push_url, json={"route": "onComment", "message": message, "group": "room"})

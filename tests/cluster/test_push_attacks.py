@@ -51,22 +51,28 @@ class Bystander:
         self.url = f"http://127.0.0.1:{port}/v1/push"
         self.statuses: list[int] = []
         self.stop = trio.Event()
+        self.stopped = trio.Event()
         self._progress = trio.Event()
 
     async def run(self) -> None:
+        """Post until ``stop`` is set, then set ``stopped``: the server must outlive it (a post
+        begun as the server shut down would find its port closed)."""
         auth = {"authorization": f"Bearer {TOKEN}"}
-        async with httpx.AsyncClient(headers=auth, timeout=60) as kept:
-            while not self.stop.is_set():
-                try:
-                    self._count((await kept.post(self.url, json=GOOD)).status_code)
-                except httpx.TransportError as exc:
-                    raise AssertionError(f"kept {len(self.statuses)} {exc!r}") from exc
-                async with httpx.AsyncClient(headers=auth, timeout=60) as fresh:
+        try:
+            async with httpx.AsyncClient(headers=auth, timeout=60) as kept:
+                while not self.stop.is_set():
                     try:
-                        self._count((await fresh.post(self.url, json=GOOD)).status_code)
+                        self._count((await kept.post(self.url, json=GOOD)).status_code)
                     except httpx.TransportError as exc:
-                        raise AssertionError(f"fresh {len(self.statuses)} {exc!r}") from exc
-                await trio.sleep(0.05)
+                        raise AssertionError(f"kept {len(self.statuses)} {exc!r}") from exc
+                    async with httpx.AsyncClient(headers=auth, timeout=60) as fresh:
+                        try:
+                            self._count((await fresh.post(self.url, json=GOOD)).status_code)
+                        except httpx.TransportError as exc:
+                            raise AssertionError(f"fresh {len(self.statuses)} {exc!r}") from exc
+                    await trio.sleep(0.05)
+        finally:
+            self.stopped.set()
 
     def _count(self, status: int) -> None:
         self.statuses.append(status)
@@ -102,7 +108,8 @@ async def served(*, bystander: bool = True, **options: object) -> AsyncIterator[
         yield port, posting, pusher
         if bystander:  # it posted during the attack and after it
             await posting.wait_for(6)
-        posting.stop.set()
+            posting.stop.set()
+            await posting.stopped.wait()  # its last post answered before the server stops
         stop.set()
     if bystander:
         assert set(posting.statuses) == {202}
@@ -192,16 +199,21 @@ async def test_http1_clients_closing_as_they_are_answered_never_stop_the_server(
                 pass
         await stream.aclose()
 
+    started = trio.current_time()
     with trio.fail_after(120):
         async with served() as (port, _, _):
             for linger in (0, 0, 0.001, 0.01, 0.05):
                 async with trio.open_nursery() as clients:
                     for _ in range(300):
                         clients.start_soon(one, linger)
+    windows = int((trio.current_time() - started) // 10) + 1
     hypercorn = [r for r in caplog.records if r.name.startswith("hypercorn")]
     assert hypercorn == []  # Hypercorn's log goes to ours, rate-limited
     ours = [r for r in caplog.records if r.name == "trionano.cluster.push_api" and r.levelno >= logging.INFO]
-    assert len(ours) < 100  # rate-limited: 10 per kind per 10 s (1,500 refusals)
+    # rate-limited (1,500 refusals): per kind (a constant format) 10 records per 10 s window and
+    # one report of the rest; the windows counted, as a loaded machine takes longer
+    kinds = {r.msg.split(" (%d similar")[0] for r in ours if not r.msg.startswith("%d similar")}
+    assert len(ours) <= len(kinds) * 11 * windows, (len(ours), kinds, windows)
 
 
 async def test_clients_without_the_token_or_over_the_limit_take_no_slot_and_wait_for_nothing() -> None:
@@ -236,7 +248,9 @@ async def test_requests_over_max_requests_are_answered_503_without_their_body() 
                 stream = await trio.open_tcp_stream("127.0.0.1", port)
                 await stream.send_all(head)
                 held.append(stream)
-            await trio.sleep(0.5)  # both taken (were they not, the third would wait 300 s)
+            # both taken (were they not, the third would wait 300 s): nothing outside the app
+            # shows it, so give the server ample time on a loaded machine to read two heads
+            await trio.sleep(2)
             busy = await trio.open_tcp_stream("127.0.0.1", port)
             await busy.send_all(head)
             answer = await read_answer(busy)

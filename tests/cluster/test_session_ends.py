@@ -17,9 +17,11 @@ from ._harness import HEARTBEAT, Cluster, cluster, free_address
 async def with_recorder(c: Cluster) -> None:
     """The standard cluster plus a foreign (Go-like) member that logs every call it gets."""
     await c.standard()
-    await c.start_command("recorder", ["-m", "tests.cluster._recorder", "--listen", free_address()])
+    recorder = free_address()
+    await c.start_command("recorder", ["-m", "tests.cluster._recorder", "--listen", recorder])
     await c.wait_log("master", "remote services now ['BindService', 'Recorder', 'RoomService']")
-    await trio.sleep(0.5)  # the master's NewMember reaches the others
+    for name in ("gate", "chat"):  # the master's NewMember reaches the others
+        await c.wait_log(name, f"told of member '{recorder}'")
 
 
 async def in_the_room(user: Client, name: str) -> None:
@@ -29,7 +31,7 @@ async def in_the_room(user: Client, name: str) -> None:
     SyncMessage that gets there first finds the user outside the room and unbound (its Stats
     RPC names uid 0, and the master, which knows no such user, pushes no onBalance). The
     first hi heard came after JoinRoom, so its Stats is the first the master counts."""
-    with trio.fail_after(10):
+    with trio.fail_after(30):
         while True:
             await user.notify("RoomService.SyncMessage", {"name": name, "content": "hi"})
             with trio.move_on_after(0.5):

@@ -148,14 +148,24 @@ class SlowJoin(Component):
 
     def __init__(self) -> None:
         self.group = Group("late")
+        self.release: Any = None  # a trio.Event: wait for it instead of 0.3 s
+        self.started = 0  # handlers called
+        self.finished = 0  # handlers that have ended, however
 
     async def join(self, session: Session, msg: dict[str, Any]) -> dict[str, bool]:
         import trio
 
-        await trio.sleep(0.3)
-        session.bind(7)
-        self.group.add(session)
-        return {"joined": True}
+        self.started += 1
+        try:
+            if self.release is None:
+                await trio.sleep(0.3)
+            else:
+                await self.release.wait()
+            session.bind(7)
+            self.group.add(session)
+            return {"joined": True}
+        finally:
+            self.finished += 1
 
 
 def s_components() -> tuple[Components, S, SlowJoin]:
@@ -172,7 +182,7 @@ def echo_components() -> Components:
     return components
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5) -> None:  # noqa: ASYNC109
+async def wait_until(predicate: Callable[[], bool], timeout: float = 30) -> None:  # noqa: ASYNC109
     """Poll ``predicate`` (server state with no event to wait on) until it holds; fail after
     ``timeout`` seconds of trio's clock."""
     import trio

@@ -280,12 +280,15 @@ async def test_cesu8_text_is_broadcast_to_everyone() -> None:
 
 async def test_a_session_that_left_never_joins_a_group() -> None:
     components, _, slow = s_components()
+    slow.release = trio.Event()
     async with open_test_server(components) as running:
         async with running.raw() as raw:
             await raw.handshake()
             await raw.send(request(1, "slow.join", b"{}"))
-            await trio.sleep(0.05)  # hang up 50 ms after the request
-        await trio.sleep(0.5)  # the handler wakes after 0.3 s, then binds and joins
+            await wait_until(lambda: slow.started == 1)  # the handler waits
+        await wait_until(lambda: running.server.statistics().sessions_closed == 1)  # the client left
+        slow.release.set()  # the handler wakes, then binds and joins
+        await wait_until(lambda: slow.finished == 1)
         assert slow.group.count() == 0
         with pytest.raises(Exception, match="member not found"):
             slow.group.member(7)

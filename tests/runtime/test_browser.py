@@ -32,6 +32,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+#: Playwright's deadlines (ms): generous, a loaded 2-core machine runs Chromium slowly
+WAIT = 60_000
 
 
 def require(ok: bool, what: str) -> None:
@@ -61,15 +63,15 @@ def drive_two_pages(url: str, shot: Path) -> dict[str, Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=2 * WAIT)
         try:
             errors: list[str] = []
-            pages = join_as(browser, url, ("ann", "bob"), errors, 10_000)
+            pages = join_as(browser, url, ("ann", "bob"), errors, WAIT)
             ann, bob = pages
             ann.fill("#text", "hello from ann ✓ 🎲")
             ann.click("#send")
-            bob.wait_for_selector("#log li:has-text('hello from ann')", timeout=10_000)
-            ann.wait_for_selector("#log li:has-text('hello from ann')", timeout=10_000)
+            bob.wait_for_selector("#log li:has-text('hello from ann')", timeout=WAIT)
+            ann.wait_for_selector("#log li:has-text('hello from ann')", timeout=WAIT)
             bob.screenshot(path=str(shot))
             return {
                 "bob": bob.inner_text("#log"),
@@ -105,9 +107,9 @@ def drive_names_and_restart(url: str, restart: Callable[[], None], shot: Path) -
     """ann and bob join by name; the server restarts; both reconnect and ann talks again."""
     from playwright.sync_api import sync_playwright
 
-    wait = 20_000
+    wait = WAIT
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=2 * WAIT)
         try:
             errors: list[str] = []
             pages = join_as(browser, url, ("ann", "bob"), errors, wait)
@@ -201,7 +203,7 @@ async def test_official_pomelo_js_client(use_dict: bool) -> None:
         _, ws_port = await nursery.start(
             lambda task_status: examples.chat.main(port=0, ws_port=0, use_dict=use_dict, task_status=task_status)
         )
-        with trio.fail_after(20):
+        with trio.fail_after(60):
             result = await trio.run_process(
                 [node, str(JS_DIR / "pomelo_chat.cjs"), "127.0.0.1", str(ws_port)], capture_stdout=True, check=True
             )

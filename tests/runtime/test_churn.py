@@ -43,10 +43,11 @@ from trionano.testing import RawConnection, open_raw_connection
 HOST: Final = "127.0.0.1"
 WORKERS: Final = 50  # concurrent churning clients, each cycling through the scenarios
 MAX_CYCLES: Final = 6000  # connections opened and dropped, at most
-MIN_CYCLES: Final = 1500  # fewer in the time allowed and the test proves too little
-TIME_LIMIT: Final = 25.0  # seconds of churn, at most
-CYCLE_TIMEOUT: Final = 10.0
-WEDGED: Final = 120.0
+MIN_CYCLES: Final = 1500  # fewer and the test proves too little
+TIME_LIMIT: Final = 25.0  # seconds of churn, or more until MIN_CYCLES are done (a loaded machine)
+HARD_LIMIT: Final = 240.0  # seconds of churn at most, MIN_CYCLES done or not
+CYCLE_TIMEOUT: Final = 30.0
+WEDGED: Final = 400.0
 
 HANDSHAKE: Final = wire.encode_packet(wire.PacketType.HANDSHAKE, b'{"sys":{"type":"churn"}}')
 ACK: Final = wire.encode_packet(wire.PacketType.HANDSHAKE_ACK)
@@ -247,12 +248,18 @@ async def test_churn_never_stops_the_server_or_disturbs_a_bystander() -> None:
     done: Counter[str] = Counter()
     answered: Counter[str] = Counter()
     slowest = 0.0
-    deadline = trio.current_time() + TIME_LIMIT
+    started_churn = trio.current_time()
     churning = trio.Event()
+
+    def churned_enough() -> bool:
+        """TIME_LIMIT seconds and MIN_CYCLES connections, or HARD_LIMIT seconds: not a speed
+        check (1,127 in 25 s on a loaded 2-core machine), the test's size."""
+        elapsed = trio.current_time() - started_churn
+        return elapsed >= HARD_LIMIT or (elapsed >= TIME_LIMIT and sum(done.values()) >= MIN_CYCLES)
 
     async def worker(index: int, port: int, scenarios: list[Scenario]) -> None:
         for turn in itertools.count(index):
-            if next(cycles) >= MAX_CYCLES or trio.current_time() >= deadline:
+            if next(cycles) >= MAX_CYCLES or churned_enough():
                 return
             scenario = scenarios[turn % len(scenarios)]
             with trio.fail_after(CYCLE_TIMEOUT):
@@ -303,7 +310,7 @@ async def test_churn_never_stops_the_server_or_disturbs_a_bystander() -> None:
             assert await client.request("churn.echo", {"after": total}) == {"after": total}
         server.shutdown()
     assert outcome == [None]
-    assert total >= MIN_CYCLES, f"only {total} connections churned in {TIME_LIMIT} s"
+    assert total >= MIN_CYCLES, f"only {total} connections churned in {HARD_LIMIT} s"
     assert answered["tcp"] > 0
     assert answered["ws"] > 0
     stats = server.statistics()

@@ -150,6 +150,7 @@ async def test_timers_from_client_traffic_cannot_flood_the_scheduler_log(caplog:
     components, _, _ = s_components()
     components.register(Noisy(), name="x")
     count = 600
+    started = trio.current_time()
     async with open_test_server(components) as running, running.raw() as raw:
         await raw.handshake()
         await raw.send(b"".join(request(mid, "x.defer_later_exit") for mid in range(1, count + 1)))
@@ -158,10 +159,12 @@ async def test_timers_from_client_traffic_cannot_flood_the_scheduler_log(caplog:
         assert [json.loads(answer.body) for answer in answers] == [{"late": 1}] * count
         async with running.connect() as bystander:
             assert await bystander.request("s.echo", {"ok": 1}, timeout=30) == {"ok": 1}
+    windows = int((trio.current_time() - started) // 10) + 2  # those begun, and the shutdown's flush
     scheduler = [r for r in caplog.records if r.name == "trionano.scheduler"]
     # two kinds (a timer shorter than the tick, a timer that raised), at most 10 of each per
-    # 10 s, and the reports of what was suppressed (at most one per kind and window)
-    assert len(scheduler) <= 2 * (10 + 1) * 2, len(scheduler)
+    # 10 s, and the reports of what was suppressed (at most one per kind and window): 44 when
+    # it all took under 10 s, more on a loaded machine
+    assert len(scheduler) <= 2 * (10 + 1) * windows, (len(scheduler), windows)
     reported = sum(int(m.group(1)) for r in scheduler if (m := re.search(r"(\d+) similar messages", r.getMessage())))
     shown = len([r for r in scheduler if "similar messages" not in r.getMessage()])
     assert shown + reported == 3 * count  # every record is shown or counted, none lost
@@ -207,13 +210,17 @@ def promises_components() -> Components:
     return components
 
 
+def handled_more_than(running: RunningServer, route: str, count: int) -> bool:
+    return running.server.statistics().routes[route].handled > count
+
+
 @pytest.mark.parametrize("route", ["p.dropped", "p.dropped_async", "p.cycle"])
 async def test_a_deferred_answer_dropped_unanswered_is_answered_500_and_logged(
     route: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="trionano")
     async with open_test_server(promises_components()) as running, running.connect() as client:
-        for _ in range(2):
+        for done in range(2):
             answers: list[Any] = []
 
             async def ask(client: Client = client, answers: list[Any] = answers) -> None:
@@ -221,7 +228,8 @@ async def test_a_deferred_answer_dropped_unanswered_is_answered_500_and_logged(
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(ask)
-                await trio.sleep(0.05)
+                # the handler has returned (a fixed 50 ms was not always enough on a loaded machine)
+                await wait_until(functools.partial(handled_more_than, running, route, done))
                 gc.collect()  # p.cycle: the promise is found by the garbage collector
             assert answers == [{"code": 500, "message": "internal error"}]
         assert await client.request("s.echo", {"next": 1}, timeout=10) == {"next": 1}

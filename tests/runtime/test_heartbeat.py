@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import os
 
 import pytest
 import trio
@@ -113,3 +115,31 @@ async def test_heartbeat_zero_disables_heartbeats(autojump_clock: trio.testing.M
         with trio.move_on_after(3600) as scope:
             await raw.receive_packet()
         assert scope.cancelled_caught  # an hour of silence: no heartbeat, no timeout
+
+
+async def test_a_starved_server_hears_what_came_before_it_judges_silence(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # the process is starved (stopped, its loop held) for longer than the timeout while its
+    # clients keep sending heartbeats: they wait in the sockets, and are not silence. Here the
+    # heartbeats go into the sockets and the clock jumps 100 s before the server runs again:
+    # its readers and its sweep wake in the same scheduler pass, in either order (the sweep
+    # used to kick every client about every other time)
+    heartbeat = wire.encode_packet(wire.PacketType.HEARTBEAT)
+    async with (
+        open_test_server(echo_components(), Config(heartbeat=30)) as running,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        raws = [await stack.enter_async_context(running.raw()) for _ in range(4)]
+        for raw in raws:
+            await raw.handshake()
+        for _ in range(8):
+            for raw in raws:  # written at once: no checkpoint between these and the jump
+                assert os.write(raw.stream.socket.fileno(), heartbeat) == len(heartbeat)
+            autojump_clock.jump(100)  # 100 s pass with nothing run: past the 75 s timeout
+            await trio.sleep(5)
+            assert running.server.statistics().kicks == {}
+        assert len(running.server.sessions) == 4
+        # and silence is still silence: no heartbeat for 2.5 intervals is kicked
+        await trio.sleep(100)
+        assert running.server.statistics().kicks == {"heartbeat timeout": 4}

@@ -140,7 +140,10 @@ async def test_distinct_unknown_routes_write_a_bounded_log(caplog: pytest.LogCap
 
 
 async def test_a_thousand_simultaneous_heartbeat_timeouts_do_not_stall_a_bystander() -> None:
-    async with s_server(Config(heartbeat=1)) as running, running.connect() as bystander:
+    # a 3 s interval (kicked after 7.5 s of silence): with 1 s, a loaded machine could hold
+    # this one process (server, bystander and the thousand clients) long enough for the
+    # bystander's own heartbeat to be read too late, and it was kicked with the others
+    async with s_server(Config(heartbeat=3)) as running, running.connect() as bystander:
         async with trio.open_nursery() as nursery:
             ready = 0
 

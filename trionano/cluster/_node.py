@@ -44,7 +44,7 @@ import trio
 from .._component import Components
 from .._config import Config
 from .._listen import Endpoint
-from .._log import RateLimitedLog
+from .._log import RateLimitedLog, client_text
 from .._server import Server
 from .._stats import RpcCounters
 from . import _generated as _gen_root  # noqa: F401 - the generated package must import first
@@ -95,7 +95,9 @@ class ClusterConfig:
     ``max_pending_pushes`` and ``max_pending_push_bytes`` (16 MiB) bound the cluster pushes
     held for each other gate, queued or on their way (on the stream until written): a gate
     that is slow or stopped holds at most that much here; pushes over it are dropped, counted
-    and logged (:meth:`Node.push_statistics`: ``dropped``, ``held``, ``held_bytes``).
+    and logged (:meth:`Node.push_statistics`: ``dropped``, ``held``, ``held_bytes``). On a
+    gate they also bound the pushes received and not yet delivered to its clients: over it, the
+    gate reads the stream they come on no further until there is room.
     ``node_id`` fixes the node part of session ids (``0 <= node_id < 2**20``, unique among
     running nodes); by default it is drawn at random (:mod:`trionano.cluster._ids`).
     ``fast_path`` (beyond nano): talk to other trionano nodes over one stream each, in
@@ -379,6 +381,9 @@ class Node:
         if info is not None:
             known = info.service_addr in self.membership
             self.membership.add(info)
+            _logger.info(
+                "told of member %s: remote services now %s", client_text(info.service_addr), self.remote_services
+            )
             if known:
                 self._audits.audit(info.service_addr)
         return pb.NewMemberResponse()

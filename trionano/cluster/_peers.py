@@ -18,6 +18,7 @@ from ._bridge import Bridge
 from ._errors import NodeStopping, from_call
 from ._generated import clusterpb as pb
 from ._generated.trionano import push as pushpb
+from ._pushwire import EncodedPushBatch
 from ._stubs import TimedMasterStub, TimedMemberStub, TimedPushStub
 
 __all__ = ["Peer", "Peers", "split_address"]
@@ -125,8 +126,8 @@ class Peer:
 
     # -- trionano.push.Push (trionano nodes only) -------------------------------------------
 
-    async def deliver(self, batch: pushpb.PushBatch) -> pushpb.PushResult:
-        return await self._call(lambda t: self._push.deliver(batch, timeout=t), None)
+    async def deliver(self, batch: EncodedPushBatch) -> pushpb.PushResult:
+        return await self._call(lambda t: self._push.deliver_encoded(batch, seconds=t), None)
 
     # -- Master ---------------------------------------------------------------------------
 

@@ -5,13 +5,17 @@ client one ``HandlePush`` at a time).
 ::
 
     any node: push(route, value, audience)             each gate: Push/Deliver(batch)
-      serialize once -+- its own clients (a gate)        per item: one Broadcast for its
+      serialize once, encode the item once              bounded backlog + delivering task:
+                      +- its own clients (a gate)        per item: one Broadcast for its
                       +- GateLink per other node          sessions (encoded once per codec)
                          bounded queue + sender task --->
 
-The body is serialized once, at the origin; a gate frames it into a packet once per codec
-(its serializer's bytes pass through, its route dictionary applies), never per member. A
-gate's part of a cluster-wide group is a plain :class:`~trionano.Group` of its own clients:
+The body is serialized once, at the origin, and the ``PushItem`` (route, body, audience: up
+to 10,000 uids) encoded once by hand (:mod:`._pushwire`), whatever the number of gates; a
+gate decodes each item in a step of its own, from a backlog that the frames behind it on the
+stream (the answers to its Requests) do not wait for, and frames it into a packet once per
+codec (its serializer's bytes pass through, its route dictionary applies), never per member.
+A gate's part of a cluster-wide group is a plain :class:`~trionano.Group` of its own clients:
 members join on their gate.
 
 A gate that is down or slow never blocks the others: each has a bounded queue and a sender
@@ -28,11 +32,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
-from typing import Final
+from collections.abc import Collection, Iterable
+from typing import Final, cast
 
 import attrs
-import betterproto
 import trio
 from grpclib.const import Status
 
@@ -43,6 +46,7 @@ from .._server import Server
 from .._session import Broadcast, Session
 from ..wire import MAX_ROUTE_LENGTH
 from . import _frames as frames
+from . import _pushwire as wire
 from ._errors import ClusterError, NodeStopping, Unavailable
 from ._generated.trionano import push as pushpb
 from ._links import Links
@@ -61,6 +65,7 @@ __all__ = [
     "PushStatistics",
     "check_group",
     "check_route",
+    "valid_uids",
 ]
 
 _logger = logging.getLogger("trionano.cluster.push")
@@ -83,7 +88,7 @@ class Audience:
     def __attrs_post_init__(self) -> None:
         if (self.uids is not None) + (self.group is not None) + self.everyone != 1:
             raise ValueError("an audience is exactly one of uids, group, everyone")
-        if self.uids is not None and not all(type(uid) is int and 1 <= uid <= MAX_UID for uid in self.uids):
+        if self.uids is not None and not valid_uids(self.uids):
             raise ValueError("uids are integers from 1 to 2**63-1")
         if self.group is not None:
             check_group(self.group)
@@ -104,12 +109,39 @@ class Audience:
         return cls(everyone=True)
 
     def item(self, route: str, data: bytes) -> pushpb.PushItem:
-        """The wire form: ``route`` and the serialized body ``data`` for this audience."""
+        """The wire form as a betterproto message: ``route`` and the serialized body ``data``
+        for this audience (what :meth:`encode` writes, for a caller of ``trionano.push``'s
+        generated classes)."""
+        return pushpb.PushItem().parse(self.encode(route, data))
+
+    def encode(self, route: str, data: bytes) -> bytes:
+        """The bytes of the ``trionano.push.PushItem`` of ``route`` and the serialized body
+        ``data`` for this audience (uids in ascending order), encoded once per push whatever
+        the number of gates. Raises UnicodeEncodeError for a route that cannot be UTF-8."""
         if self.uids is not None:
-            return pushpb.PushItem(route=route, data=data, uids=pushpb.Uids(uids=sorted(self.uids)))
+            return wire.encode_item(route, data, uids=sorted(self.uids))
         if self.group is not None:
-            return pushpb.PushItem(route=route, data=data, group=self.group)
-        return pushpb.PushItem(route=route, data=data, everyone=True)
+            return wire.encode_item(route, data, group=self.group)
+        return wire.encode_item(route, data, everyone=True)
+
+    def decoded(self, route: str, data: bytes) -> wire.PushItem:
+        """``route`` and ``data`` for this audience as a gate reads an item off the wire."""
+        if self.uids is not None:
+            return wire.PushItem(route, data, "uids", list(self.uids), "")
+        if self.group is not None:
+            return wire.PushItem(route, data, "group", [], self.group)
+        return wire.PushItem(route, data, "everyone", [], "")
+
+
+def valid_uids(uids: Collection[object]) -> bool:
+    """Whether every one of ``uids`` is an ``int`` (not a bool) from 1 to 2**63-1 (an empty
+    collection is); at C speed, not a Python step per uid."""
+    if not uids:
+        return True
+    if set(map(type, uids)) != {int}:
+        return False
+    numbers = cast("Collection[int]", uids)
+    return min(numbers) >= 1 and max(numbers) <= MAX_UID
 
 
 @attrs.frozen(kw_only=True)
@@ -132,7 +164,8 @@ class PushStatistics:
         pushes refused as malformed (no audience, a bad route) or too large.
     HTTP push API (:mod:`trionano.cluster.push_api`) served for this node: ``api_accepted``:
     requests answered 202; ``api_refused``: answered 4xx or 500; ``api_unreached``: answered
-    503 (no gate took the push, or too many requests at once); ``api_broken``: connections
+    503 (no gate took the push, too many requests at once or waiting for their turn);
+    ``api_broken``: connections
     Hypercorn failed on, each closed alone (pgjones/hypercorn#329).
     """
 
@@ -176,7 +209,7 @@ class PushCounters:
 class GateLink:
     """The sending side to one other node: a bounded queue of push items and the sender task
     (:meth:`run`) that drains it in order, up to ``batch`` items per call. ``bound`` pushes and
-    ``bound_bytes`` bytes (:func:`item_size`) at most are held for the node, queued or on their
+    ``bound_bytes`` bytes (their encoded size) at most are held for the node, queued or on their
     way (in a unary call, or on the stream until written). :meth:`send` is the
     one place a batch crosses to the gate: ``trionano.push.Push/Deliver`` over grpclib until
     the node has answered that it is a gate, then, to a trionano node, a frame on the stream
@@ -213,13 +246,14 @@ class GateLink:
         self._counters = counters
         self._log = log
         # unbounded as a channel: held and held_bytes bound it, and what is on its way
-        self._send, self._receive = trio.open_memory_channel[tuple[pushpb.PushItem, int]](math.inf)
+        self._send, self._receive = trio.open_memory_channel[tuple[bytes, int]](math.inf)
 
-    def put(self, item: pushpb.PushItem) -> bool:
-        """Queue ``item`` without waiting; False (dropped, counted, logged) when ``bound``
-        pushes or ``bound_bytes`` bytes are already held for the node (one push is always let
-        through when none is), or the link is closed."""
-        size = item_size(item)
+    def put(self, item: bytes) -> bool:
+        """Queue ``item`` (an encoded ``trionano.push.PushItem``: :meth:`Audience.encode`)
+        without waiting; False (dropped, counted, logged) when ``bound`` pushes or
+        ``bound_bytes`` bytes are already held for the node (one push is always let through
+        when none is), or the link is closed."""
+        size = len(item)
         if self.held and (self.held >= self._bound or self.held_bytes + size > self._bound_bytes):
             self._counters.dropped += 1
             self._log.warning(
@@ -280,10 +314,8 @@ class GateLink:
                     if not written.handed:
                         written(True)  # sent over a unary call, failed, or refused: not held
 
-    async def _send_batch(self, batch: list[pushpb.PushItem], written: _Written | None = None) -> None:
-        """Send ``batch``. Should an item not encode (text that cannot be UTF-8; refused at the
-        origin, so only from a caller building items itself), the batch is split: the items
-        that do not encode are dropped, counted as failed, and the rest is sent."""
+    async def _send_batch(self, batch: list[bytes], written: _Written | None = None) -> None:
+        """Send ``batch`` (encoded items: they encoded at the origin, so it always encodes)."""
         try:
             result = await self.send(batch, written)
         except ClusterError as exc:
@@ -295,31 +327,21 @@ class GateLink:
             if self._reach is not None and isinstance(exc, Unavailable) and not isinstance(exc, NodeStopping):
                 self._reach.unreachable(self.address, exc)  # not pushed to until it answers again
             return
-        except (UnicodeError, ValueError, TypeError):
-            good = [item for item in batch if _encodes(item)]
-            if len(good) == len(batch):
-                raise
-            self._counters.failed += len(batch) - len(good)
-            self._log.warning(
-                "push refused", "%d pushes to %s do not encode: dropped", len(batch) - len(good), self.address
-            )
-            if good:
-                await self._send_batch(good, written)
-            return
         if not result.gate:
             self._not_a_gate("it serves no clients")
         else:
             self.gate = True
 
-    async def send(self, batch: list[pushpb.PushItem], written: _Written | None = None) -> pushpb.PushResult:
-        """Hand ``batch`` to the gate; its answer (on the stream: taken as a gate's). On the
-        stream ``written`` (if given) is called once the frame is written, or lost with the
-        stream. Raises ClusterError (UNIMPLEMENTED: the node does not take pushes)."""
-        message = pushpb.PushBatch(origin=self._origin, items=batch)
+    async def send(self, batch: list[bytes], written: _Written | None = None) -> pushpb.PushResult:
+        """Hand ``batch`` (encoded items) to the gate in one ``PushBatch``, the items' bytes
+        joined; its answer (on the stream: taken as a gate's). On the stream ``written`` (if
+        given) is called once the frame is written, or lost with the stream. Raises
+        ClusterError (UNIMPLEMENTED: the node does not take pushes)."""
+        message = wire.EncodedPushBatch(wire.encode_batch(self._origin, batch))
         if self.gate:
             link = await self._links.open(self.address, self._peers.timeout)
             if link is not None:
-                if not link.send(frames.encode_frame(frames.PushBatch(bytes(message))), written):
+                if not link.send(frames.encode_frame(frames.PushBatch(message.data)), written):
                     raise Unavailable(f"the stream to {self.address} is down")
                 if written is not None:
                     written.handed = True
@@ -358,17 +380,6 @@ class _Written:
         gate._release(self._count, self._size)
         if not ok:
             gate._lost(self._count)
-
-
-def item_size(item: pushpb.PushItem) -> int:
-    """The bytes ``item`` holds, near enough: its body, route and audience."""
-    kind, value = _which(item)
-    size = len(item.data) + len(item.route) + 16
-    if kind == "uids" and isinstance(value, pushpb.Uids):
-        size += 8 * len(value.uids)
-    elif kind == "group" and isinstance(value, str):
-        size += len(value)
-    return size
 
 
 class ClusterGroup:
@@ -413,7 +424,9 @@ class ClusterGroup:
 
 class PushHub:
     """The push role of a node: the origin side (:meth:`push`, one :class:`GateLink` per other
-    node) and the gate side (:meth:`deliver`, the Deliver handler). Owned by the node;
+    node) and the gate side (:meth:`handle_deliver` and :meth:`on_push_batch` take received
+    batches into a backlog of at most ``bound`` items and ``bound_bytes`` bytes, which a task
+    of the node's delivers an item at a time with :meth:`deliver`). Owned by the node;
     ``serves_clients`` is set when it runs with client endpoints."""
 
     def __init__(
@@ -444,6 +457,11 @@ class PushHub:
         self._links: dict[str, GateLink] = {}
         self._groups: dict[str, Group] = {}
         self._server: Server | None = None
+        # gate side: received items, in order, waiting for the delivering task (_deliver_backlog)
+        self._backlog_send, self._backlog = trio.open_memory_channel[tuple[bytes, _Tally | None]](math.inf)
+        self._backlog_held = [0, 0]  # items, bytes
+        self._room = trio.Event()  # set when an item has left a full backlog
+        self._delivering = False
 
     def attach(self, server: Server) -> None:
         self._server = server
@@ -501,10 +519,10 @@ class PushHub:
         if len(data) > server.config.max_packet_size:
             raise MessageTooLarge(len(data), server.config.max_packet_size)
         self._counters.pushes += 1
-        item = audience.item(route, data)
+        item = audience.encode(route, data)  # once, whatever the number of gates
         gates = 0
         if self.serves_clients:
-            self.deliver(item)
+            self.deliver(audience.decoded(route, data))
             gates += 1
         members = self._membership.addresses
         reach = self._reach
@@ -548,58 +566,123 @@ class PushHub:
 
     # -- gate side -----------------------------------------------------------------------------
 
-    async def handle_deliver(self, batch: pushpb.PushBatch) -> pushpb.PushResult:
-        """``trionano.push.Push/Deliver``: deliver each item to this node's clients, in order."""
-        delivered = 0
-        for item in batch.items:
-            self._counters.received += 1
-            delivered += self.deliver(item)
-        return pushpb.PushResult(gate=self.serves_clients, delivered=delivered)
+    async def handle_deliver(self, batch: wire.EncodedPushBatch) -> pushpb.PushResult:
+        """``trionano.push.Push/Deliver``: the batch's items join the backlog (in order, after
+        what came on a stream) and the call is answered once they are delivered to this node's
+        clients, with how many sessions they were queued for."""
+        tally = _Tally()
+        await self._receive(batch.data, tally)
+        await tally.done.wait()
+        return pushpb.PushResult(gate=self.serves_clients, delivered=tally.queued)
 
     async def on_push_batch(self, data: bytes) -> None:
-        """A ``trionano.push.PushBatch`` that came as a frame on a stream (never raises for
-        what the peer sent: a batch that does not parse is refused and counted)."""
-        try:
-            batch = pushpb.PushBatch().parse(data)
-        except Exception:  # betterproto raises what its parser hits
-            self._counters.refused += 1
-            self._log.warning("push refused", "a push batch on a stream did not parse")
-            return
-        await self.handle_deliver(batch)
+        """A ``trionano.push.PushBatch`` that came as a frame on a stream: its items join the
+        backlog, delivered by a task of their own, so that the frames behind it on the stream
+        (the answers to this gate's Requests) do not wait for them while the backlog has room.
+        Never raises for what the peer sent: a batch that does not parse is refused and counted."""
+        await self._receive(data, None)
 
-    def deliver(self, item: pushpb.PushItem) -> int:
+    async def _receive(self, data: bytes, tally: _Tally | None) -> None:
+        """Queue the items of the batch ``data`` for :meth:`_deliver_backlog`, in order. Over
+        the backlog's bound (``bound`` items or ``bound_bytes`` bytes received and not yet
+        delivered; one item is always let in when none is) this waits for room: the stream
+        from the origin is then read no further, and its sender's own bound (then the push
+        API's 503) holds back whoever pushes faster than this gate delivers."""
+        try:
+            _, items = wire.batch_items(data)
+        except wire.PushWireError:
+            self._counters.refused += 1
+            self._log.warning("push refused", "a push batch did not parse")
+            items = []
+        held = self._backlog_held
+        for raw in items:
+            self._counters.received += 1
+            size = len(raw)
+            while held[0] and (held[0] >= self._bound or held[1] + size > self._bound_bytes):
+                if self._room.is_set():
+                    self._room = trio.Event()
+                await self._room.wait()
+            if not self._delivering:
+                self._delivering = self._tasks.start(self._deliver_backlog)
+                if not self._delivering:
+                    break  # this node is stopping
+            self._backlog_send.send_nowait((raw, tally))
+            held[0] += 1
+            held[1] += size
+            if tally is not None:
+                tally.left += 1
+        if tally is not None:
+            tally.check()
+
+    async def _deliver_backlog(self) -> None:
+        """Deliver the backlog's items one at a time, in order, letting the other tasks run
+        between items (an item naming 10,000 uids costs a few milliseconds here)."""
+        held = self._backlog_held
+        while True:
+            raw, tally = await self._backlog.receive()
+            held[0] -= 1
+            held[1] -= len(raw)
+            self._room.set()
+            try:
+                item = wire.decode_item(raw)
+            except wire.PushWireError:
+                self._counters.refused += 1
+                self._log.warning("push refused", "a received push item did not parse")
+                queued = 0
+            else:
+                queued = self.deliver(item)
+            if tally is not None:
+                tally.queued += queued
+                tally.left -= 1
+                tally.check()
+            await trio.lowlevel.checkpoint()
+
+    def deliver(self, item: wire.PushItem) -> int:
         """Queue ``item`` for this node's sessions in its audience: one Broadcast, encoded once
         per codec. Returns how many sessions it was queued for; a malformed item (no
         audience, a bad route) or one too large for a packet is refused and counted."""
+        route, data, kind, uids, group_name = item
         try:
-            check_route(item.route)
+            check_route(route)
         except ValueError:
-            return self._refuse(item, "a bad route")
-        kind, value = _which(item)
+            return self._refuse(route, "a bad route")
         server = self.server
         try:
             if kind == "group":
-                assert isinstance(value, str)
-                group = self._groups.get(value)
-                queued = 0 if group is None or group.closed else group.broadcast(item.route, item.data)
+                group = self._groups.get(group_name)
+                queued = 0 if group is None or group.closed else group.broadcast(route, data)
             elif kind == "uids":
-                assert isinstance(value, pushpb.Uids)
                 # the server's uid index: the cost is that of the sessions found, not of every one
-                sessions = [s for uid in dict.fromkeys(value.uids) for s in server.sessions_of(uid)]
-                queued = _fan_out(sessions, item.route, item.data)
+                queued = _fan_out(server.sessions_of_any(uids), route, data)
             elif kind == "everyone":
-                queued = _fan_out(list(server.sessions.values()), item.route, item.data)
+                queued = _fan_out(list(server.sessions.values()), route, data)
             else:
-                return self._refuse(item, "no audience")
+                return self._refuse(route, "no audience")
         except MessageTooLarge:
-            return self._refuse(item, "a body too large for a packet")
+            return self._refuse(route, "a body too large for a packet")
         self._counters.delivered += queued
         return queued
 
-    def _refuse(self, item: pushpb.PushItem, why: str) -> int:
+    def _refuse(self, route: str, why: str) -> int:
         self._counters.refused += 1
-        self._log.warning("push refused", "a cluster push to %s refused: %s", client_text(item.route), why)
+        self._log.warning("push refused", "a cluster push to %s refused: %s", client_text(route), why)
         return 0
+
+
+class _Tally:
+    """The items of one unary ``Deliver`` call in the backlog: ``done`` once all are delivered
+    (or none was let in); ``queued``: the sessions they were queued for."""
+
+    __slots__ = ("done", "left", "queued")
+
+    def __init__(self) -> None:
+        self.left = 0
+        self.queued = 0
+        self.done = trio.Event()
+
+    def check(self) -> None:
+        if self.left == 0:
+            self.done.set()
 
 
 def _unimplemented(exc: ClusterError) -> bool:
@@ -633,19 +716,6 @@ def check_group(name: str) -> None:
         name.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError("a group's name is UTF-8 text (no lone surrogates)") from None
-
-
-def _encodes(item: pushpb.PushItem) -> bool:
-    """Whether ``item`` encodes as protobuf (its text is UTF-8)."""
-    try:
-        bytes(item)
-    except (UnicodeError, ValueError, TypeError):
-        return False
-    return True
-
-
-def _which(item: pushpb.PushItem) -> tuple[str, object]:
-    return betterproto.which_one_of(item, "audience")
 
 
 def _fan_out(sessions: list[Session], route: str, data: bytes) -> int:

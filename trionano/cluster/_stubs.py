@@ -16,6 +16,7 @@ import grpclib.client
 from .._stats import RpcCounters
 from ._generated import clusterpb as pb
 from ._generated.trionano import push as pushpb
+from ._pushwire import EncodedPushBatch
 
 __all__ = ["TimedMasterStub", "TimedMemberStub", "TimedPushStub"]
 
@@ -49,3 +50,10 @@ class TimedMasterStub(_Timed, pb.MasterStub):
 
 class TimedPushStub(_Timed, pushpb.PushStub):
     """``trionano.push.Push`` calls to ``peer``, counted."""
+
+    async def deliver_encoded(self, batch: EncodedPushBatch, *, seconds: float) -> pushpb.PushResult:
+        """``Deliver`` of a batch encoded by hand (:mod:`._pushwire`), no betterproto message."""
+        result: pushpb.PushResult = await self._unary_unary(
+            "/trionano.push.Push/Deliver", batch, pushpb.PushResult, timeout=seconds
+        )
+        return result

@@ -27,7 +27,15 @@ node's packet limit; 415 a content type other than ``application/json`` (a ``cha
 parameter, if any, must be UTF-8: RFC 8259 allows no other); 400 a body that
 came in over ``max_pieces`` pieces (1-byte chunks cost the server per piece); 503 (with
 ``Retry-After``) no gate took the push (none known yet, as after the node restarted, or all
-their queues full), or over ``max_requests`` requests at once.
+their queues full), over ``max_requests`` requests at once, or over ``max_waiting`` requests
+whose body has come waiting for their turn.
+
+Requests are parsed and pushed one at a time, in the order their bodies came, each in a
+scheduler step of its own (a 10,000-uid push costs a few milliseconds of the node's one
+thread): what else the node serves (the requests its gates forward, their answers) runs
+between two pushes, never behind a crowd of them. When pushes come faster than the node
+parses them, the wait grows to ``max_waiting`` requests and the rest are answered 503 with
+``Retry-After``: the pusher is held back, not the node's clients.
 
 What the headers alone refuse (404, 405, 401, 415, 413 by Content-Length, in that order) is
 refused before the request takes one of the ``max_requests`` slots or any of its body is read,
@@ -63,7 +71,7 @@ import trio
 
 from .._errors import MessageTooLarge, SerializeError
 from .._log import RateLimitedLog, client_text
-from ._push import MAX_UID, Audience, check_group, check_route
+from ._push import Audience, check_group, check_route, valid_uids
 
 __all__ = [
     "BACKLOG",
@@ -75,6 +83,7 @@ __all__ = [
     "MAX_PIECES",
     "MAX_REQUESTS",
     "MAX_UIDS",
+    "MAX_WAITING",
     "PATH",
     "READ_TIMEOUT",
     "RETRY_AFTER",
@@ -95,6 +104,9 @@ MAX_BODY: Final = 64 * 1024
 BODY_TIMEOUT: Final = 10.0
 #: The default bound of requests handled at once (more are answered 503).
 MAX_REQUESTS: Final = 1024
+#: The default bound of requests whose body has come, waiting for their turn to be parsed and
+#: pushed (one at a time; more are answered 503).
+MAX_WAITING: Final = 64
 #: The default bound of the pieces a body may come in (HTTP/1.1 chunks, HTTP/2 DATA frames or
 #: reads of a body with a Content-Length; more are answered 400).
 MAX_PIECES: Final = 1024
@@ -175,7 +187,7 @@ def _audience(key: str, value: object) -> Audience:
     if key == "uids":
         if not isinstance(value, list) or not 1 <= len(value) <= MAX_UIDS:
             raise BadRequest(400, f"uids: a list of 1 to {MAX_UIDS} integers is required")
-        if not all(type(uid) is int and 1 <= uid <= MAX_UID for uid in value):
+        if not valid_uids(value):  # on the list: a true or a 1.0 beside a 1 is refused, not merged
             raise BadRequest(400, "uids: each is an integer from 1 to 2**63-1")
         return Audience.of_uids(value)
     if key == "group":
@@ -199,6 +211,8 @@ class PushAPI:
     ``body_timeout`` (seconds) bounds reading one request's body (answered 408 after it);
     ``max_requests`` bounds the requests handled at once (more are answered 503);
     ``max_pieces`` bounds the pieces a body may come in (more are answered 400);
+    ``max_waiting`` bounds the requests whose body has come waiting for their turn to be
+    parsed and pushed, one at a time (more are answered 503; 0: none waits);
     ``retry_after`` (whole seconds) is the ``Retry-After`` of a 503. Owned by whoever
     serves it; it keeps only counters.
 
@@ -217,13 +231,17 @@ class PushAPI:
         body_timeout: float = BODY_TIMEOUT,
         max_requests: int = MAX_REQUESTS,
         max_pieces: int = MAX_PIECES,
+        max_waiting: int = MAX_WAITING,
         retry_after: int = RETRY_AFTER,
         on_answer: Callable[[str], None] | None = None,
     ) -> None:
         if max_body < 1:
             raise ValueError("max_body must be at least 1")
-        if body_timeout <= 0 or max_requests < 1 or max_pieces < 1 or retry_after < 0:
-            raise ValueError("body_timeout > 0, max_requests >= 1, max_pieces >= 1 and retry_after >= 0 are required")
+        if body_timeout <= 0 or max_requests < 1 or max_pieces < 1 or max_waiting < 0 or retry_after < 0:
+            raise ValueError(
+                "body_timeout > 0, max_requests >= 1, max_pieces >= 1, max_waiting >= 0 and retry_after >= 0"
+                " are required"
+            )
         self._pusher = pusher
         if token is not None and (not token or not token.isascii() or not token.isprintable() or " " in token):
             raise ValueError("a bearer token is printable ASCII without spaces")
@@ -232,7 +250,12 @@ class PushAPI:
         self.body_timeout: Final = body_timeout
         self.max_requests: Final = max_requests
         self.max_pieces: Final = max_pieces
+        self.max_waiting: Final = max_waiting
         self.retry_after: Final = retry_after
+        # one request parsed and pushed at a time, each in a scheduler step of its own: a turn
+        # costs up to a few milliseconds (10,000 uids), and what else the node does (the
+        # requests that gates forward to it) runs between turns rather than behind all of them
+        self._turn = trio.StrictFIFOLock()
         self._log = RateLimitedLog(_logger)
         self._on_answer = on_answer
         self._active = 0
@@ -286,8 +309,16 @@ class PushAPI:
             self._count("refused")
             await self._refuse(http2, receive, send, exc.status, {"error": exc.reason}, exc.headers)
             return
+        if self._turn.locked() and self._turn.statistics().tasks_waiting >= self.max_waiting:
+            self._count("unreached")
+            self._log.warning(
+                "push api busy", "%d pushes wait for their turn: one answered 503 (the node is busy)", self.max_waiting
+            )
+            await self._send(send, 503, {"error": "the push API is busy: retry later"}, self._retry_after())
+            return
         try:
-            gates = self._push(body)
+            async with self._turn:
+                gates = self._push(body)
         except BadRequest as exc:
             self._count("refused")
             await self._send(send, exc.status, {"error": exc.reason}, exc.headers)
@@ -471,6 +502,7 @@ async def serve_push_api(
     body_timeout: float = BODY_TIMEOUT,
     max_requests: int = MAX_REQUESTS,
     max_pieces: int = MAX_PIECES,
+    max_waiting: int = MAX_WAITING,
     retry_after: int = RETRY_AFTER,
     shutdown: trio.Event | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
@@ -483,7 +515,7 @@ async def serve_push_api(
     nothing for that long; ``keep_alive_timeout`` (seconds) closes an idle kept-alive one.
     The app's: ``body_timeout`` (seconds) bounds reading one body (408), ``max_requests``
     bounds the requests handled at once (503), ``max_pieces`` the pieces of one body (400),
-    ``retry_after`` is a 503's ``Retry-After``.
+    ``max_waiting`` the requests waiting for their turn to push (503), ``retry_after`` is a 503's ``Retry-After``.
     A pusher with a ``count_push_api`` method (a :class:`~trionano.cluster.Node`) has each
     answer counted there (:meth:`Node.push_statistics`, :mod:`trionano.metrics`).
 
@@ -516,6 +548,7 @@ async def serve_push_api(
         body_timeout=body_timeout,
         max_requests=max_requests,
         max_pieces=max_pieces,
+        max_waiting=max_waiting,
         retry_after=retry_after,
         on_answer=getattr(pusher, "count_push_api", None),
     )
