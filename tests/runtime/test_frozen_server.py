@@ -1,7 +1,7 @@
 """A server process that was stopped (SIGSTOP) or starved for longer than its clients' heartbeat
 timeout kicks none of the clients that kept sending heartbeats meanwhile: their packets wait
-unread in its sockets, and the time it could not read is not counted as their silence (the
-cluster master's eviction had the same fault: attack3 t3)."""
+unread in its sockets, and are read before their silence is judged (the cluster master's
+eviction had the same fault: attack3 t3)."""
 
 from __future__ import annotations
 
