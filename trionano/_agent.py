@@ -131,6 +131,7 @@ class Agent:
         "_codec",
         "_config",
         "_counters",
+        "_draining",
         "_final",
         "_finished",
         "_flush_at",
@@ -233,6 +234,7 @@ class Agent:
             limit_frames(self._charge_frame)
         self.closed = False  # no more messages are accepted
         self._final: bytes | None = None  # a Kick, written after the outbox drains
+        self._draining = False  # shutting down: reading has stopped, the Kick waits for the answers
         self._finished = False  # the closing sequence has begun
         self._reader_scope = trio.CancelScope()
         self._writer_scope = trio.CancelScope()
@@ -282,7 +284,12 @@ class Agent:
                 outcome: Kick | None = None
                 with self._reader_scope:
                     outcome = await self._reader()
-                if outcome is None:
+                if self._draining:  # shutting down: the Requests read are answered, then the Kick
+                    await self._answered()
+                    if not self._finished:
+                        self._counters.kicked("shutdown")
+                        self._send_kick(Kick("shutdown"))
+                elif outcome is None:
                     self._finish(None, discard=False)  # the peer hung up: flush what is queued, briefly
                 elif not self._finished:
                     # Kick from the main lane, behind the requests decoded before, so their
@@ -927,11 +934,31 @@ class Agent:
             self._counters.kicked(EVICTED)
             self._send_kick(Kick(EVICTED))
 
-    def shutdown(self) -> None:
-        """Kick with reason "shutdown" (the server is stopping)."""
-        if not self._finished:
-            self._counters.kicked("shutdown")
-            self._send_kick(Kick("shutdown"))
+    def shutdown(self, *, answers_first: bool = True) -> None:
+        """Kick with reason "shutdown" (the server is stopping). With Requests read and not
+        yet answered (and ``answers_first``), reading stops now and the Kick follows their
+        answers (:meth:`run` sends it); without (or called again with ``answers_first``
+        False: the server's time is running out), the Kick is queued at once. Idempotent."""
+        if self._finished:
+            return
+        if answers_first and self._pending and self.conn.state is _WORKING:
+            if not self._draining:
+                self._draining = True
+                self._reader_scope.cancel()
+            return
+        self._counters.kicked("shutdown")
+        self._send_kick(Kick("shutdown"))
+        if self._resume is not None:  # run() waits in _answered: it finds the Kick sent
+            self._resume.set()
+
+    async def _answered(self) -> None:
+        """Wait until every Request read has been answered (or the connection is finished)."""
+        try:
+            while self._pending and not self._finished:
+                resume = self._resume = trio.Event()  # what send_response and the writer set
+                await resume.wait()
+        finally:
+            self._resume = None
 
     def _send_kick(self, kick: Kick, *, discard: bool = False) -> None:
         if self._finished:
@@ -951,6 +978,8 @@ class Agent:
             return
         self._finished = True
         self.closed = True
+        if final is not None and self._parked is not None and not self._queued:
+            final = self._write_now(final)
         self._final = final
         held = self._held
         if held:  # a merge window ends: what it held is written before the close, or dropped
@@ -962,6 +991,8 @@ class Agent:
                 self._counters.dropped_slow += len(held)
             else:
                 self._flush_window()
+        # the writer waits for an empty outbox and has no Kick to write: it only has to end
+        idle = self._parked is not None and not self._queued and self._final is None
         self._send.close()
         self._wake()  # to find the outbox closed (EndOfChannel), once it has written what is left
         if discard:
@@ -975,7 +1006,27 @@ class Agent:
                 self._counters.dropped_slow += count
             self._queued_bytes = 0
         self._reader_scope.cancel()
-        self._writer_scope.deadline = min(self._writer_scope.deadline, trio.current_time() + self._config.close_timeout)
+        if not idle:  # what is left to write gets close_timeout
+            scope = self._writer_scope
+            scope.deadline = min(scope.deadline, trio.current_time() + self._config.close_timeout)
+
+    def _write_now(self, packet: bytes) -> bytes | None:
+        """Write ``packet`` (a Kick) at once, from the caller, when the writer waits for an
+        empty outbox (nothing can be written ahead of it) and the stream writes without
+        waiting (TCP's FdStream): what is left for the writer (None: all of it written, or
+        the peer is gone). A server kicking thousands of clients (a shutdown) so hands each
+        its Kick before any connection's tasks have run; the writer only closes."""
+        write_nowait: Callable[[bytes], int] | None = getattr(self._stream, "send_some_nowait", None)
+        if write_nowait is None:
+            return packet
+        try:
+            sent = write_nowait(packet)
+        except trio.WouldBlock:
+            return packet
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+            return None
+        self._counters.writes += 1
+        return packet[sent:] or None
 
     def _closing(self) -> None:
         self.closed = True

@@ -20,6 +20,7 @@ inbound pipeline, unmarshal, lane, the error boundary) -> lane -> handler -> ses
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import ssl
@@ -259,7 +260,10 @@ class Server:
         """Stop gracefully: stop accepting, run before_shutdown hooks, kick every session with
         reason "shutdown", run shutdown hooks, then :meth:`serve` returns. Each of those three
         stages may take ``shutdown_timeout`` (the hooks wait behind the handlers already queued);
-        what is still running after that is cancelled. Idempotent."""
+        what is still running after that is cancelled. A session with Requests read and not
+        yet answered reads no more and is kicked after their answers, or when three quarters
+        of its stage have passed; every other session is kicked at once (an idle TCP client's
+        Kick is written then, so it has it even if the close is cut short). Idempotent."""
         self._stop.set()
 
     async def serve(
@@ -286,15 +290,22 @@ class Server:
                 await self._lifecycle("after_init")
                 sweeper = trio.CancelScope()
                 root.start_soon(self._sweep, sweeper)
-                async with trio.open_nursery() as connections:
-                    ports = [await endpoint.start(self.serve_connection, connections) for endpoint in endpoints]
-                    _logger.info("trionano server listening on ports %s; routes %s", ports, self.routes)
-                    task_status.started(ports)
-                    await self._stop.wait()
-                    # each stage of the stop gets shutdown_timeout: hooks, kicked clients leaving,
-                    # the lanes' queued work with the shutdown hooks; then whatever is left is cancelled
-                    root.cancel_scope.deadline = trio.current_time() + 3 * self.config.shutdown_timeout
-                    await self._graceful_stop(endpoints, connections)
+                collecting = False  # the cyclic collector is paused while the connections close
+                try:
+                    async with trio.open_nursery() as connections:
+                        ports = [await endpoint.start(self.serve_connection, connections) for endpoint in endpoints]
+                        _logger.info("trionano server listening on ports %s; routes %s", ports, self.routes)
+                        task_status.started(ports)
+                        await self._stop.wait()
+                        # each stage of the stop gets shutdown_timeout: hooks, kicked clients leaving,
+                        # the lanes' queued work with the shutdown hooks; then whatever is left is cancelled
+                        root.cancel_scope.deadline = trio.current_time() + 3 * self.config.shutdown_timeout
+                        collecting = gc.isenabled()
+                        gc.disable()  # see _graceful_stop
+                        await self._graceful_stop(endpoints, connections)
+                finally:
+                    if collecting:
+                        gc.enable()
                 sweeper.cancel()
                 await self._lifecycle("shutdown", reverse=True)
                 self.scheduler.stop()
@@ -311,15 +322,34 @@ class Server:
             self._stopped.set()
 
     async def _graceful_stop(self, endpoints: tuple[Endpoint, ...], connections: trio.Nursery) -> None:
+        """Stop accepting, run the before_shutdown hooks, kick every client, wait for the
+        connections to close (``shutdown_timeout``), cancel those left.
+
+        The cost is linear and small per connection: the kicks are made in one pass (an idle
+        TCP client's written at once), then each connection's tasks end. serve() pauses the
+        cyclic garbage collector meanwhile: the closing connections' objects are freed by
+        reference counting, while each full collection would walk every object the server
+        still holds (measured: 13,000 sessions closing took 5 full collections, 5.8 s of the
+        8.5 CPU-s of the stop)."""
         self._stopping = True
         for endpoint in endpoints:
             await endpoint.aclose()
         with trio.move_on_after(self.config.shutdown_timeout):  # behind the lanes' queued work
             await self._lifecycle("before_shutdown", reverse=True)
+        timeout = self.config.shutdown_timeout
+        deadline = trio.current_time() + timeout
+        # every client is kicked in one go, without a checkpoint: no deadline can cancel a
+        # connection before its Kick; an idle TCP client has it written now (Agent._write_now,
+        # tens of microseconds each), the others when their writers run
         for agent in list(self._agents):
             agent.shutdown()
         if self._agents:
-            with trio.move_on_after(self.config.shutdown_timeout):
+            # the Requests read before the stop are answered before the Kick, while time allows
+            with trio.move_on_at(deadline - timeout / 4):
+                await self._all_closed.wait()
+            for agent in list(self._agents):
+                agent.shutdown(answers_first=False)
+            with trio.move_on_at(deadline):
                 await self._all_closed.wait()
         connections.cancel_scope.cancel()
 
