@@ -14,6 +14,7 @@ import errno
 import functools
 import ipaddress
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -99,8 +100,13 @@ def peer_host(address: str) -> str | None:
 async def open_listeners(
     host: str | None, port: int, ssl_context: ssl.SSLContext | None
 ) -> tuple[list[trio.abc.Listener[Any]], int]:
-    """TCP listeners on ``host:port`` (TLS-wrapped with ``ssl_context``) and the bound port."""
-    sockets = await trio.open_tcp_listeners(port, host=host)
+    """TCP listeners on ``host:port`` (TLS-wrapped with ``ssl_context``) and the bound port.
+    Raises OSError naming the address (e.g. the port is taken: EADDRINUSE)."""
+    try:
+        sockets = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise OSError(exc.errno, f"cannot listen on {host or '*'}:{port}: {reason}") from exc
     bound: int = sockets[0].socket.getsockname()[1]
     if ssl_context is None:
         return list(sockets), bound

@@ -2,7 +2,9 @@
 master, keeps alive, and prints every ``clusterpb.Member`` call it receives, one line each
 (``SessionClosed 42``), so a test can see what the trionano nodes send to a foreign member.
 
-    python -m tests.cluster._recorder --listen HOST:PORT --master HOST:PORT --heartbeat S
+    python -m tests.cluster._recorder --listen HOST:PORT --master HOST:PORT --heartbeat S [--services A,B]
+
+``--services`` names the services it registers (``Recorder`` by default; ``""``: none).
 """
 
 from __future__ import annotations
@@ -42,14 +44,14 @@ class Recorder(pb.MemberBase):
         return pb.SessionClosedResponse()
 
 
-async def main(listen: str, master: str, heartbeat: float) -> None:
+async def main(listen: str, master: str, heartbeat: float, services: list[str]) -> None:
     host, _, port = listen.rpartition(":")
     server = grpclib.server.Server([Recorder()])
     await server.start(host, int(port))
     master_host, _, master_port = master.rpartition(":")
     channel = grpclib.client.Channel(master_host, int(master_port))
     stub = pb.MasterStub(channel)
-    info = pb.MemberInfo(label="recorder", service_addr=listen, services=["Recorder"])
+    info = pb.MemberInfo(label="recorder", service_addr=listen, services=services)
     response = await stub.register(pb.RegisterRequest(member_info=info), timeout=30)
     record(f"node {listen} up: members {sorted(m.service_addr for m in response.members)}")
     while True:
@@ -64,5 +66,6 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--listen", required=True)
 parser.add_argument("--master", required=True)
 parser.add_argument("--heartbeat", type=float, default=30.0)
+parser.add_argument("--services", default="Recorder")
 args = parser.parse_args()
-asyncio.run(main(args.listen, args.master, args.heartbeat))
+asyncio.run(main(args.listen, args.master, args.heartbeat, [s for s in args.services.split(",") if s]))

@@ -32,6 +32,7 @@ frame = st.one_of(
         text,
         data,
     ),
+    st.builds(lambda sids: frames.Audit(tuple(sids)), st.lists(sid, max_size=5)),
 )
 
 _FIELD = {
@@ -43,6 +44,7 @@ _FIELD = {
     frames.CloseSession: "close_session",
     frames.Error: "error",
     frames.PushBatch: "push_batch",
+    frames.Audit: "audit",
 }
 
 
@@ -50,6 +52,8 @@ def generated(item: frames.Frame) -> streampb.Frame:
     """The same frame as a betterproto message."""
     if isinstance(item, frames.PushBatch):
         return streampb.Frame(push_batch=pushpb.PushBatch().parse(item.data))
+    if isinstance(item, frames.Audit):
+        return streampb.Frame(audit=streampb.Audit(session_ids=list(item.sids)))
     message_class = getattr(streampb, type(item).__name__)
     return streampb.Frame(**{_FIELD[type(item)]: message_class(*item)})
 
@@ -62,6 +66,14 @@ def test_frames_are_protobufs_both_ways(items: list[frames.Frame]) -> None:
     reference = bytes(streampb.Batch(frames=[generated(item) for item in items]))
     assert encoded == reference
     assert frames.decode_batch(reference) == items
+
+
+def test_an_audit_reads_unpacked_ids_too() -> None:
+    """protobuf's parsers accept a repeated scalar packed or one value per field: so does this."""
+    inner = b"\x09" + (7).to_bytes(8, "little") + b"\x0a\x08" + (-1).to_bytes(8, "little", signed=True)
+    frame = b"\x4a" + bytes([len(inner)]) + inner
+    batch = b"\x0a" + bytes([len(frame)]) + frame
+    assert frames.decode_batch(batch) == [frames.Audit((7, -1))]
 
 
 @given(st.binary(max_size=200))
@@ -78,7 +90,7 @@ def test_any_bytes_decode_or_raise_frame_error(data: bytes) -> None:
 def test_unknown_frame_kinds_and_fields_are_skipped() -> None:
     """A newer peer's frames: a kind this node does not know, and an unknown field in a known
     one, are skipped; what it knows still reads."""
-    unknown_kind = b"\x0a\x04\x4a\x02\x08\x01"  # Frame field 9: a message {1: 1}
+    unknown_kind = b"\x0a\x04\x7a\x02\x08\x01"  # Frame field 15: a message {1: 1}
     response = frames.encode_frame(frames.Response(5, 6, b"ok"))
     assert frames.decode_batch(unknown_kind + response) == [frames.Response(5, 6, b"ok")]
     push = bytes(streampb.Push(session_id=7, route="r", data=b"d"))

@@ -57,6 +57,8 @@ async def test_a_restarted_master_learns_every_member_without_waiting_for_their_
                     await bob.notify("RoomService.SyncMessage", {"name": "bob", "content": "after"})
                     assert await ann.receive_push("onMessage") == {"name": "bob", "content": "after"}
             assert ann.error is None  # (c) connected throughout
+        # (d) re-appearing through a heartbeat is no new process: nothing the backend held ends
+        assert "remote session(s) ended" not in c.log("chat")
         # the members noticed the stream's end, and retried with a backoff, not a busy loop
         for member in ("chat", "gate"):
             member_log = c.log(member)

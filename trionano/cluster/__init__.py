@@ -13,8 +13,10 @@ grpclib's asyncio loop in the same thread (the bridge lives in one module,
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
+from typing import Final
 
 import trio
 
@@ -65,7 +67,9 @@ def run_node(node: Node, *endpoints: Endpoint) -> None:
     """Run ``node`` (its server on ``endpoints``, its gRPC service, its membership) in this
     process until SIGINT/SIGTERM, which shut the server down gracefully and leave the cluster.
     Once the node is up, the garbage collector is tuned for a long-running server, as
-    :func:`trionano.run` does (:func:`trionano.tune_gc`)."""
+    :func:`trionano.run` does (:func:`trionano.tune_gc`). When it cannot listen (its gRPC
+    address or a client endpoint's port is taken, not local, or not allowed) it logs one
+    line naming the role and the address and exits with status 1 (SystemExit)."""
 
     async def main(bridge: Bridge) -> None:
         async with trio.open_nursery() as nursery:
@@ -76,4 +80,28 @@ def run_node(node: Node, *endpoints: Endpoint) -> None:
                 return
             tune_gc()
 
-    run(main, on_signal=node.server.shutdown)
+    try:
+        run(main, on_signal=node.server.shutdown)
+    except (OSError, ExceptionGroup) as exc:
+        failure = _listen_failure(exc)
+        if failure is None:
+            raise
+        role = "master" if node.config.is_master else "gate" if endpoints else "member"
+        _logger.error("%s %s: %s", role, node.address, failure.strerror)
+        raise SystemExit(1) from None
+
+
+_CANNOT_LISTEN: Final = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
+
+
+def _listen_failure(exc: BaseException) -> OSError | None:
+    """The error that kept the node from listening (a port taken, an address not local, a
+    port not allowed), however deep in exception groups; None for anything else."""
+    if isinstance(exc, OSError):
+        return exc if exc.errno in _CANNOT_LISTEN else None
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _listen_failure(inner)
+            if found is not None:
+                return found
+    return None

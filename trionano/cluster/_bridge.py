@@ -35,6 +35,7 @@ import outcome
 import trio
 
 from ._errors import NodeStopping
+from ._quiet import quiet_ordinary_events
 
 __all__ = ["Bridge", "run"]
 
@@ -284,7 +285,8 @@ def run(
         ended[0].unwrap()  # what main raised, as it raised it
 
     try:
-        trio.run(trio_main)
+        with quiet_ordinary_events():
+            trio.run(trio_main)
     finally:
         for bridge in bridges:
             bridge.finished = True

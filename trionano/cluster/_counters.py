@@ -13,9 +13,10 @@ class Statistics:
 
     ``forwarded``: client messages and ``session.rpc`` calls sent to other nodes;
     ``forwards_refused``: refused because the session already had ``max_pending_forwards``
-    waiting (a Request is answered 503); ``forward_errors``: forwards the member failed (a
-    Request is answered 503 or 404); ``unknown_routes``: client messages for routes no member
-    hosts (a Request is answered 404); ``dropped_outbound``: pushes and responses for other
+    waiting, or before this node joined the cluster (a Request is answered 503);
+    ``forward_errors``: forwards the member failed (a Request is answered 503 or 404);
+    ``unknown_routes``: client messages for routes no member hosts (a Request is answered 404);
+    ``dropped_outbound``: pushes and responses for other
     gates' clients not delivered (the client had left, the outbox was full, the gate failed);
     ``late_frames``: responses (on a stream, or nano's HandleResponse) and pushes (on a
     stream) for a client no longer waiting (its request already answered 503 or answered

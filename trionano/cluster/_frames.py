@@ -17,6 +17,7 @@ from typing import Final, NamedTuple, TypeAlias
 from ._protowire import length_field, string_field, varint
 
 __all__ = [
+    "Audit",
     "Batch",
     "CloseSession",
     "Error",
@@ -86,7 +87,14 @@ class PushBatch(NamedTuple):
     data: bytes
 
 
-Frame: TypeAlias = Request | Notify | Response | Push | SessionClosed | CloseSession | Error | PushBatch
+class Audit(NamedTuple):
+    """Which of these sessions of the receiving gate have ended? (It answers SessionClosed
+    for each it holds no live session for.)"""
+
+    sids: tuple[int, ...]
+
+
+Frame: TypeAlias = Request | Notify | Response | Push | SessionClosed | CloseSession | Error | PushBatch | Audit
 
 _KIND: Final = {
     Request: 1,
@@ -97,6 +105,7 @@ _KIND: Final = {
     CloseSession: 6,
     Error: 7,
     PushBatch: 8,
+    Audit: 9,
 }
 _SFIXED64: Final = struct.Struct("<q")
 _pack_q = _SFIXED64.pack
@@ -151,6 +160,9 @@ def encode_frame(frame: Frame) -> bytes:
                 string_field(b"\x22", frame.message),
             )
         )
+    elif isinstance(frame, Audit):
+        packed = b"".join(_pack_q(sid) for sid in frame.sids)
+        inner = length_field(b"\x0a", packed) if packed else b""
     else:
         inner = frame.data
     kind = type(frame)
@@ -227,6 +239,35 @@ def _fields(buf: bytes, pos: int, end: int, count: int) -> list[int | bytes]:
     return values
 
 
+def _sids(buf: bytes, pos: int, end: int) -> tuple[int, ...]:
+    """Field 1 of ``buf[pos:end]``, a repeated sfixed64: packed runs and single values alike
+    (protobuf accepts both); other fields are skipped."""
+    sids: list[int] = []
+    while pos < end:
+        key, pos = _read_varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 2:
+            size, pos = _read_varint(buf, pos)
+            if number == 1:
+                if size % 8:
+                    raise FrameError("a packed sfixed64 field of a size not a multiple of 8")
+                sids.extend(value for (value,) in _SFIXED64.iter_unpack(buf[pos : pos + size]))
+            pos += size
+        elif wire == 1:
+            if number == 1:
+                sids.append(_unpack_q(buf, pos)[0])
+            pos += 8
+        elif wire == 0:
+            _, pos = _read_varint(buf, pos)
+        elif wire == 5:
+            pos += 4
+        else:
+            raise FrameError(f"unsupported wire type {wire}")
+    if pos != end:
+        raise FrameError("truncated message")
+    return tuple(sids)
+
+
 def _as_bytes(value: int | bytes) -> bytes:
     if isinstance(value, bytes):
         return value
@@ -267,6 +308,8 @@ def _decode_frame(kind: int, buf: bytes, pos: int, end: int) -> Frame | None:
         return Error(_as_int(sid), _as_int(mid), _as_int(status), _as_str(message))
     if kind == 8:
         return PushBatch(buf[pos:end])
+    if kind == 9:
+        return Audit(_sids(buf, pos, end))
     return None  # a kind this node does not know (a newer peer's): skipped
 
 

@@ -43,11 +43,13 @@ from ..wire import Notify, Request
 from . import _codec as codec
 from . import _frames as frames
 from ._counters import Counters
-from ._errors import ClusterError, DeadlineExceeded, InvalidRequest, NotFound, Unavailable
+from ._errors import ClusterError, DeadlineExceeded, InvalidRequest, NodeStopping, NotFound, Unavailable
 from ._generated import clusterpb as pb
 from ._links import Link, Links
 from ._membership import Membership
+from ._owed import OwedCloses
 from ._peers import Peers
+from ._reach import Reachability
 from ._remote import RemoteEntity
 from ._tasks import Tasks
 
@@ -166,6 +168,8 @@ class Gate:
         peers: Peers,
         links: Links,
         tasks: Tasks,
+        reach: Reachability,
+        owed: OwedCloses,
         *,
         rpc_timeout: float,
         max_pending_forwards: int,
@@ -178,12 +182,17 @@ class Gate:
         self._peers = peers
         self._links = links
         self._tasks = tasks
+        self._reach = reach
+        self._owed = owed
         self._rpc_timeout = rpc_timeout
         self._bound = max_pending_forwards
         self._remote_route = remote_route
         self._counters = counters
         self._log = log
         self._server: Server | None = None
+        #: False until this node has registered with the master (the master: from its start);
+        #: meanwhile a route hosted by no member known is answered 503, not 404
+        self.joined = False
         self._calls: dict[int, tuple[trio.Event, list[bytes]]] = {}  # call id -> (answered, [body])
         self._in_flight: dict[int, InFlight] = {}  # the gate's request id -> a request on a stream
         self._deadlines: list[tuple[float, int]] = []  # a heap of (deadline, request id)
@@ -205,12 +214,20 @@ class Gate:
 
     def forward(self, session: Session, message: Request | Notify) -> None:
         """Queue a client's message for the member hosting its route. A Request that cannot be
-        queued is answered now: 404 (nobody hosts it), 503 (too many waiting)."""
+        queued is answered now: 404 (nobody hosts it), 503 (too many waiting; or this node has
+        not joined the cluster yet: the master has not answered its registration, so it
+        cannot know who hosts the route)."""
         route = message.route
         mid = message.id if type(message) is Request else 0
         service, dot, _ = route.rpartition(".")
         member = self._select(service, session) if dot else None
         if member is None:
+            if not self.joined:
+                self._counters.forwards_refused += 1
+                self._log.warning("not joined", "cluster not joined yet: %s refused", client_text(route))
+                if mid:
+                    self._refuse(session, mid, CODE_UNAVAILABLE, f"{service} unavailable: cluster not joined yet")
+                return
             self._counters.unknown_routes += 1
             self._log.warning("no member", "nano/handler: %s not found(forgot registered?)", client_text(route))
             if mid:
@@ -251,19 +268,25 @@ class Gate:
     def _select(self, service: str, session: Session) -> str | None:
         """The member (its address) for ``service``: the session's binding, else the custom
         selector's or a random choice, which is then bound (sticky per session and service,
-        as nano)."""
+        as nano). Members found unreachable (:mod:`._reach`) are left out while others host
+        the service, and a binding to one is chosen again (nano's PR #100 lets a session do
+        so)."""
         hosting = self._membership.hosting_by_address(service)
         bindings = session.get(_BINDINGS)
         if bindings is None:
             bindings = session[_BINDINGS] = {}
         bound = bindings.get(service)
-        if bound is not None:
-            if bound in hosting:
-                return bound
-            del bindings[service]  # the bound member is gone: choose again
-        if not hosting:
-            return None
         candidates = list(hosting.values())
+        if self._reach and candidates:
+            reachable = [m for m in candidates if self._reach.reachable(m.service_addr)]
+            if reachable:
+                candidates = reachable
+        if bound is not None:
+            if bound in hosting and (len(candidates) == len(hosting) or self._reach.reachable(bound)):
+                return bound
+            del bindings[service]  # the bound member is gone or unreachable: choose again
+        if not candidates:
+            return None
         chooser = self._remote_route
         chosen = chooser(service, session, candidates) if chooser else random.choice(candidates)
         if chosen is None:
@@ -501,6 +524,8 @@ class Gate:
         self._log.warning(
             "forward failed", "Process remote message (%d:%s) error: %r", session.id, client_text(route), exc
         )
+        if isinstance(exc, Unavailable) and not isinstance(exc, NodeStopping):
+            self._reach.unreachable(member, exc)
         bindings = session.get(_BINDINGS)
         if bindings is not None and bindings.get(service) == member:
             del bindings[service]  # choose again next time
@@ -509,15 +534,21 @@ class Gate:
             self.server.router.answer_error(session, mid, code, f"{service} unavailable: {exc.message}")
 
     def _announce_closed(self, sid: int) -> None:
-        """This node's session ``sid`` ended: tell every member (on its stream when one is up,
-        after the session's messages there; else nano's unary SessionClosed)."""
+        """This node's session ``sid`` ended: tell every member that may hold a stand-in for
+        it (on its stream when one is up, after the session's messages there; else nano's
+        unary SessionClosed). Beyond nano, which tells every member: not a member that hosts
+        no service (it can hold none: a stand-in is made by a message for a route it hosts),
+        nor one found unreachable (its process is not listening: its stand-ins died with it;
+        :mod:`._reach`)."""
         frame = frames.encode_frame(frames.SessionClosed(sid))
-        for address in self._membership.addresses:
+        for address in self._membership.hosting_any():
             self._announce_to(address, sid, frame)
 
     def _announce_to(self, address: str, sid: int, frame: bytes | None = None) -> None:
         link = self._links.current(address)
         if link is not None and link.send(frame or frames.encode_frame(frames.SessionClosed(sid))):
+            return
+        if not self._reach.reachable(address):
             return
         if not self._tasks.start(self._announce_unary, address, sid):
             _logger.debug("session %d: this node is stopping; its end is not announced to %s", sid, address)
@@ -526,7 +557,10 @@ class Gate:
         try:
             await self._peers[address].session_closed(sid)
         except ClusterError as exc:
+            if isinstance(exc, Unavailable) and not isinstance(exc, NodeStopping):
+                self._reach.unreachable(address, exc)
             self._log.warning("session closed", "SessionClosed to %s failed: %r", address, exc)
+            self._owed.failed(address, sid, exc)
 
     def session_closed(self, session: Session) -> None:
         """A session closed (a close hook): its forwarder finishes what is queued, then ends
@@ -680,6 +714,17 @@ class Gate:
             self._counters.late_frames += 1
             self._log.warning("push", "push %s to session %d not delivered: %r", client_text(route), sid, exc)
 
+    def on_audit(self, link: Link, sids: tuple[int, ...]) -> None:
+        """The node at ``link``'s other end asks which of these sessions of ours have ended
+        (:mod:`._audit`): a SessionClosed frame for each that has (no live session, no call
+        of ours in flight by that id). A full or dead link drops the answers: it asks again."""
+        sessions = self.server.sessions
+        for sid in sids:
+            session = sessions.get(sid)
+            ended = (session is None or session.closed) and sid not in self._calls
+            if ended and not link.send(frames.encode_frame(frames.SessionClosed(sid))):
+                return
+
     def on_close_session(self, sid: int) -> None:
         session = self.server.sessions.get(sid)
         if session is not None:
@@ -694,7 +739,8 @@ class Gate:
         candidates = self._membership.hosting(service)
         if not candidates:
             raise NotFound(f"{service} not found(forgot registered?)")
-        member = random.choice(candidates)
+        reachable = [m for m in candidates if self._reach.reachable(m.service_addr)]
+        member = random.choice(reachable or candidates)
         call_id = self.server.next_id()  # unique across the cluster, like session ids
         answered, box = self._calls[call_id] = (trio.Event(), [])
         peer = self._peers[member.service_addr]

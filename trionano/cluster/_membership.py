@@ -18,6 +18,7 @@ class Membership:
         # service -> its members, built on first use after a change (a betterproto message's
         # attributes cost ~1 us each: not read again for every forwarded message)
         self._hosting: dict[str, dict[str, pb.MemberInfo]] = {}
+        self._hosting_any: list[str] | None = None
 
     def __contains__(self, address: str) -> bool:
         return address in self._members
@@ -31,11 +32,20 @@ class Membership:
             return False
         self._members[info.service_addr] = info
         self._hosting.clear()
+        self._hosting_any = None
         return True
 
     def remove(self, address: str) -> pb.MemberInfo | None:
         self._hosting.clear()
+        self._hosting_any = None
         return self._members.pop(address, None)
+
+    def hosting_any(self) -> list[str]:
+        """The addresses of the members that host at least one service (the caller must not
+        change the list)."""
+        if self._hosting_any is None:
+            self._hosting_any = [address for address, m in self._members.items() if m.services]
+        return self._hosting_any
 
     @property
     def addresses(self) -> list[str]:

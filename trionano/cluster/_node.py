@@ -33,6 +33,7 @@ about a second of being back, not at their next keepalive (:mod:`trionano.cluste
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -47,6 +48,7 @@ from .._log import RateLimitedLog, client_text
 from .._server import Server
 from .._stats import RpcCounters
 from . import _generated as _gen_root  # noqa: F401 - the generated package must import first
+from ._audit import Audits
 from ._bridge import Bridge
 from ._counters import Counters, Statistics
 from ._errors import NodeStopping
@@ -56,8 +58,10 @@ from ._ids import NODE_BITS, SessionIds
 from ._keepalive import Keepalive
 from ._links import Links, StreamService
 from ._membership import Membership
+from ._owed import OwedCloses
 from ._peers import Peers, split_address
 from ._push import Audience, ClusterGroup, PushHub, PushStatistics
+from ._reach import Reachability
 from ._receiver import FrameReceiver
 from ._registry import Registry
 from ._remote import RemoteSessions
@@ -146,12 +150,21 @@ class Node:
             channel=lambda address: self._peers[address].channel,
         )
         self.membership: Final = Membership(self.address)
+        self._reach = Reachability(
+            self._tasks,
+            timeout=config.rpc_timeout,
+            longest=min(config.heartbeat, 5.0),
+            gone_after=4 * config.heartbeat,  # the master's eviction window
+            on_gone=self._gone,
+        )
         self._gate = Gate(
             self.address,
             self.membership,
             self._peers,
             self._links,
             self._tasks,
+            self._reach,
+            OwedCloses(self._peers, self._tasks, self._log, longest=min(config.heartbeat, 5.0)),
             rpc_timeout=config.rpc_timeout,
             max_pending_forwards=config.max_pending_forwards,
             remote_route=config.remote_route,
@@ -170,10 +183,19 @@ class Node:
             self._tasks,
             bound=config.max_pending_pushes,
             bound_bytes=config.max_pending_push_bytes,
+            reach=self._reach,
         )
         self._push.attach(self.server)
         self._remote = RemoteSessions(
             self.server, self._peers, self._links, self._tasks, counters=self._counters, log=self._log
+        )
+        self._audits = Audits(
+            self._remote,
+            self._links,
+            self._tasks,
+            self._reach,
+            period=4 * config.heartbeat,
+            timeout=config.rpc_timeout,
         )
         self._receiver = FrameReceiver(self._gate, self._remote, self._push, self._log)
         self._registry = (
@@ -294,17 +316,23 @@ class Node:
         self._push.serves_clients = bool(endpoints)
         self._peers.attach(bridge)
         self._links.attach(bridge, self._receiver)
-        await bridge.to_asyncio(lambda: grpc.start(host, port))
+        try:
+            await bridge.to_asyncio(lambda: grpc.start(host, port))
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise OSError(exc.errno, f"cannot serve gRPC on {self.address}: {reason}") from exc
         try:
             async with trio.open_nursery() as nursery:
                 self._tasks.open(nursery)
                 nursery.start_soon(self._gate.expire_requests)
+                nursery.start_soon(self._audits.run)
                 ports: list[int] = await nursery.start(self._serve, endpoints, nursery.cancel_scope)
                 if self._registry is not None:
                     nursery.start_soon(self._registry.evict_silent_members)
                 if self._keepalive is not None:
                     await self._keepalive.register()
                     nursery.start_soon(self._keepalive.keep_alive)
+                self._gate.joined = True
                 _logger.info("node %s up: local %s, remote %s", self.address, self.local_services, self.remote_services)
                 task_status.started(ports)
                 up = True
@@ -345,14 +373,19 @@ class Node:
     # -- membership changes (clusterpb.Member NewMember/DelMember, Trio side) -----------------
 
     async def new_member(self, request: pb.NewMemberRequest) -> pb.NewMemberResponse:
-        """``clusterpb.Member/NewMember``: the master announces a member that joined."""
-        if request.member_info is not None:
-            self.membership.add(request.member_info)
+        """``clusterpb.Member/NewMember``: the master announces a member that joined. A member
+        this node already knows (the master lost it and found it again: it was evicted and
+        came back, or the master restarted) is asked which of its clients' stand-ins here have
+        ended meanwhile (:mod:`._audit`)."""
+        info = request.member_info
+        if info is not None:
+            known = info.service_addr in self.membership
+            self.membership.add(info)
             _logger.info(
-                "told of member %s: remote services now %s",
-                client_text(request.member_info.service_addr),
-                self.remote_services,
+                "told of member %s: remote services now %s", client_text(info.service_addr), self.remote_services
             )
+            if known:
+                self._audits.audit(info.service_addr)
         return pb.NewMemberResponse()
 
     async def del_member(self, request: pb.DelMemberRequest) -> pb.DelMemberResponse:
@@ -361,9 +394,16 @@ class Node:
         self._forget(request.service_addr)
         return pb.DelMemberResponse()
 
+    def _gone(self, address: str) -> None:
+        """Nothing has listened at ``address`` for the eviction window: its process is gone.
+        Its clients' stand-ins end here (no master may be there to say so: :mod:`._audit`);
+        it stays in the cluster view (only the master's DelMember removes it)."""
+        self._remote.gate_gone(address)
+
     def _forget(self, address: str) -> None:
         """A node left: drop it, close its channel, end the stand-ins of its clients."""
         self.membership.remove(address)
+        self._reach.forget(address)
         self._gate.member_gone(address)
         self._links.forget(address)
         self._peers.close(address)

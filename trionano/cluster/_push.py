@@ -47,11 +47,12 @@ from .._session import Broadcast, Session
 from ..wire import MAX_ROUTE_LENGTH
 from . import _frames as frames
 from . import _pushwire as wire
-from ._errors import ClusterError, Unavailable
+from ._errors import ClusterError, NodeStopping, Unavailable
 from ._generated.trionano import push as pushpb
 from ._links import Links
 from ._membership import Membership
 from ._peers import Peers
+from ._reach import Reachability
 from ._tasks import Tasks
 
 __all__ = [
@@ -150,10 +151,11 @@ class PushStatistics:
         Origin side: ``pushes``: pushes made here; ``queued``: (push, gate) pairs queued for other
         nodes; ``dropped``: not queued because that gate's queue was full (the gate is slow or
         down); ``failed``: queued but lost because the call to the gate failed or the stream to
-    it ended before writing them (or, never for what :meth:`push` queued, an item that did not
-    encode); ``held`` and ``held_bytes`` (gauges, now): pushes held for other gates, queued or
-    on their way (their route, body and audience bytes), at most ``max_pending_pushes`` and
-    about ``max_pending_push_bytes`` per gate; ``not_gates``:
+    it ended before writing them, or not queued because its connection is refused (until a
+    probe reaches it again: :mod:`trionano.cluster._reach`) (or, never for what :meth:`push`
+    queued, an item that did not encode); ``held`` and ``held_bytes`` (gauges, now): pushes
+    held for other gates, queued or on their way (their route, body and audience bytes), at
+    most ``max_pending_pushes`` and about ``max_pending_push_bytes`` per gate; ``not_gates``:
         nodes found not to take pushes (no ``trionano.push`` service, as Go nano; or no clients).
         Gate side: ``received``: pushes received from other nodes; ``delivered``: pushes queued
         for this node's sessions (one per session), from here or elsewhere (not those its
@@ -228,9 +230,11 @@ class GateLink:
         batch: int,
         counters: PushCounters,
         log: RateLimitedLog,
+        reach: Reachability | None = None,
     ) -> None:
         self.address = address
         self.gate: bool | None = None
+        self._reach = reach
         self._origin = origin
         self._peers = peers
         self._links = links
@@ -320,6 +324,8 @@ class GateLink:
                 return
             self._counters.failed += len(batch)
             self._log.warning("push failed", "%d pushes to %s lost: %r", len(batch), self.address, exc)
+            if self._reach is not None and isinstance(exc, Unavailable) and not isinstance(exc, NodeStopping):
+                self._reach.unreachable(self.address, exc)  # not pushed to until it answers again
             return
         if not result.gate:
             self._not_a_gate("it serves no clients")
@@ -434,9 +440,11 @@ class PushHub:
         bound: int,
         bound_bytes: int = 16 * 1024 * 1024,
         batch: int = 64,
+        reach: Reachability | None = None,
     ) -> None:
         self.address = address
         self.serves_clients = False
+        self._reach = reach
         self._membership = membership
         self._peers = peers
         self._streams = links
@@ -517,7 +525,11 @@ class PushHub:
             self.deliver(audience.decoded(route, data))
             gates += 1
         members = self._membership.addresses
+        reach = self._reach
         for address in members:
+            if reach and not reach.reachable(address):  # its connection is refused (:mod:`._reach`)
+                self._counters.failed += 1
+                continue
             link = self._link(address)
             if link is not None and link.put(item):
                 gates += 1
@@ -539,6 +551,7 @@ class PushHub:
                 batch=self._batch,
                 counters=self._counters,
                 log=self._log,
+                reach=self._reach,
             )
             if not self._tasks.start(link.run):
                 return None  # this node is stopping

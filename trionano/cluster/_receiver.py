@@ -49,6 +49,8 @@ class FrameReceiver:
                         gate.on_error(frame)
                     case frames.PushBatch(data):
                         await self._push.on_push_batch(data)
+                    case frames.Audit(sids):
+                        gate.on_audit(link, sids)
             except Exception:  # a bug here must not end the stream for everyone else
                 self._log.error("frame", "frame %s from %s failed", type(frame).__name__, link.peer, exc_info=True)
 

@@ -57,8 +57,11 @@ class Registry:
         self._check_running()
         address = info.service_addr
         known = [m for m in self._membership.infos if m.service_addr != address]
+        again = address in self._membership
         self._forget(address)  # a member restarting at the same address replaces itself
         self._last_heartbeat.pop(address, None)
+        if again:
+            await self._new_incarnation(address, known)
         for member in known:
             self._tasks.start(self._tell_new_member, member.service_addr, info)
         self._membership.add(info)
@@ -70,6 +73,23 @@ class Registry:
             self._membership.remote_services,
         )
         return pb.RegisterResponse(members=[self._me(), *known])
+
+    async def _new_incarnation(self, address: str, known: list[pb.MemberInfo]) -> None:
+        """A member registered again at ``address`` (a process restarted there, e.g. killed and
+        started again before its eviction): the others are told DelMember first, and
+        registration waits for those calls (each under the deadline), so they end what they
+        held for the previous process (its clients' sessions, their close hooks run) before the
+        new one can send them anything. The wait is bounded by half the deadline (the new
+        process's Register call has the same deadline): a member that has not answered by then
+        (frozen) is not told, and finds the old process's sessions ended by its audit of the
+        gate (:mod:`._audit`). nano (§5.3, issue #67) only re-announces NewMember, and the
+        predecessor's sessions leak on every backend. A member that re-appears through its
+        heartbeat (this master restarted, or evicted it) is not a new process: not told so."""
+        _logger.info("member %s registered again: a new process; the others are told the old one left", address)
+        with trio.move_on_after(self._peers.timeout / 2):
+            async with trio.open_nursery() as nursery:
+                for member in known:
+                    nursery.start_soon(self._tell_del_member, member.service_addr, address)
 
     async def unregister(self, request: pb.UnregisterRequest) -> pb.UnregisterResponse:
         address = request.service_addr
@@ -133,15 +153,34 @@ class Registry:
                 _logger.exception("unregister callback failed")
 
     async def evict_silent_members(self) -> None:
-        """Every heartbeat interval, evict the members silent for more than four."""
+        """Every heartbeat interval, evict the members silent for more than four intervals of
+        time this master could hear them. A check that runs late by more than a quarter of
+        the interval (this process was stopped, e.g. SIGSTOP, or starved) counts the delay as
+        time it could not hear: every member's silence is moved on by it, so members whose
+        heartbeats wait unread in its sockets are not evicted as it resumes (nano counts wall
+        time: a master frozen for four heartbeats evicts every member when it resumes)."""
         interval = self._heartbeat
+        previous = trio.current_time()
         while True:
             await trio.sleep(interval)
             now = trio.current_time()
+            late = now - previous - interval
+            previous = now
+            if late > interval / 4:
+                _logger.warning(
+                    "this master ran %.1fs late (stopped or starved): not counted as members' silence", late
+                )
+                self._excuse(late, now)
             for address, last in list(self._last_heartbeat.items()):
                 if now - last > 4 * interval:
                     _logger.warning("member %s silent for %.1fs: evicted", address, now - last)
                     self.remove(address)
+
+    def _excuse(self, seconds: float, now: float) -> None:
+        """Do not count the last ``seconds`` (this master could not hear) as members' silence."""
+        beats = self._last_heartbeat
+        for address, last in beats.items():
+            beats[address] = min(last + seconds, now)
 
     async def _tell_new_member(self, address: str, info: pb.MemberInfo) -> None:
         try:

@@ -303,6 +303,14 @@ class RemoteSessions:
         entity.drop()
         self._server.session_closed(session)  # its close hooks, on this node only
 
+    def gates(self) -> set[str]:
+        """The gates whose clients have stand-ins here."""
+        return {gate for gate, _ in self._sessions}
+
+    def sids_of(self, gate: str) -> list[int]:
+        """The session ids (the gate's) of ``gate``'s clients that have stand-ins here."""
+        return [sid for key_gate, sid in self._sessions if key_gate == gate]
+
     def gate_gone(self, gate: str) -> None:
         """``gate`` left the cluster: end its clients' stand-ins (nano leaks them)."""
         ended = [key for key in self._sessions if key[0] == gate]

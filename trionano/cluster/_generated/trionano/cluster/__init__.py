@@ -101,6 +101,18 @@ class Error(betterproto.Message):
 
 
 @dataclass(eq=False, repr=False)
+class Audit(betterproto.Message):
+    """
+    A trionano node that holds stand-ins for a gate's clients asks that gate which of them
+     have ended (after a disruption: the stream to it came up anew, or the master re-announced
+     it); the gate answers a SessionClosed frame for each of these ids it holds no live session
+     for. A peer that does not know this frame skips it (nothing is answered: nothing ends).
+    """
+
+    session_ids: List[int] = betterproto.sfixed64_field(1)
+
+
+@dataclass(eq=False, repr=False)
 class Frame(betterproto.Message):
     request: "Request" = betterproto.message_field(1, group="kind")
     notify: "Notify" = betterproto.message_field(2, group="kind")
@@ -110,6 +122,7 @@ class Frame(betterproto.Message):
     close_session: "CloseSession" = betterproto.message_field(6, group="kind")
     error: "Error" = betterproto.message_field(7, group="kind")
     push_batch: "_push__.PushBatch" = betterproto.message_field(8, group="kind")
+    audit: "Audit" = betterproto.message_field(9, group="kind")
 
 
 @dataclass(eq=False, repr=False)

@@ -1,0 +1,51 @@
+"""A node that cannot listen (its gRPC address or its clients' port is taken) says so in one
+line, naming its role and the address, and exits with status 1 (attack3 t15: a nested
+ExceptionGroup traceback of some 80 lines)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+from ._harness import ROOT, cluster, free_address
+
+
+async def _run_example(*args: str) -> subprocess.CompletedProcess[bytes]:
+    command = [sys.executable, "-m", "examples.cluster", *args]
+    with trio.fail_after(60):
+        return await trio.run_process(command, cwd=ROOT, capture_stdout=True, capture_stderr=True, check=False)
+
+
+async def test_a_taken_grpc_address_is_one_line_and_status_1(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        await c.start("master", "master", c.master)
+        done = await _run_example("gate", "--listen", c.master, "--master", c.master, "--gate-address", free_address())
+    output = (done.stdout + done.stderr).decode()
+    assert done.returncode == 1, output
+    assert "Traceback" not in output
+    lines = [line for line in output.splitlines() if "ERROR" in line]
+    assert len(lines) == 1, output
+    assert f"gate {c.master}: cannot serve gRPC on {c.master}: Address already in use" in lines[0]
+
+
+async def test_a_taken_client_port_is_one_line_and_status_1(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        async with cluster(tmp_path) as c:
+            await c.start("master", "master", c.master)
+            listen = free_address()
+            done = await _run_example(
+                "gate", "--listen", listen, "--master", c.master, "--gate-address", f"127.0.0.1:{port}"
+            )
+    output = (done.stdout + done.stderr).decode()
+    assert done.returncode == 1, output
+    assert "Traceback" not in output
+    lines = [line for line in output.splitlines() if "ERROR" in line]
+    assert len(lines) == 1, output
+    assert f"gate {listen}: cannot listen on 127.0.0.1:{port}: Address already in use" in lines[0]

@@ -1,0 +1,42 @@
+"""A gate that has not joined the cluster yet (its master cannot be reached) serves its clients'
+local routes and answers every other Request 503 "cluster not joined yet", not 404: it cannot
+know who hosts a route before the master answers (attack3 t4: valid routes answered 404 while
+the master was away). Once it joins, the same route is forwarded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from ._harness import cluster, free_address
+from .test_eviction import _answered
+
+
+async def test_a_gate_not_joined_yet_answers_remote_routes_503(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        # the gate first: its master is not there, it retries its registration
+        await c.start("gate", "gate", free_address(), "--gate-address", c.gate_client, ready="failed")
+        with trio.fail_after(30):
+            while True:
+                try:
+                    async with c.client() as ann:  # type: ignore[attr-defined]
+                        local = await ann.request("BindService.BindChatServer", {})
+                        remote = await ann.request("RoomService.SyncMessage", {"name": "ann", "content": "x"})
+                        notified = await ann.request("TopicService.Stats", {"uid": 1})
+                    break
+                except OSError:  # its client port is not open yet
+                    await trio.sleep(0.1)
+        assert local == {"code": 500, "message": "not implement"}  # its own handler serves
+        assert remote == {"code": 503, "message": "RoomService unavailable: cluster not joined yet"}
+        assert notified == {"code": 503, "message": "TopicService unavailable: cluster not joined yet"}
+        assert "not found(forgot registered?)" not in c.log("gate")
+
+        await c.start("master", "master", c.master)
+        await c.start("chat", "chat", free_address())
+        await c.wait_log("gate", "up:", seconds=40)  # registered (it retries every 3 s)
+        async with c.client() as bob:  # type: ignore[attr-defined]
+            with trio.fail_after(30):
+                assert (await _answered(bob, "joined"))["code"] == 500  # chat's handler answered
+            answer = await bob.request("NoSuchService.Route", {})
+            assert answer == {"code": 404, "message": "route not found: NoSuchService.Route"}
