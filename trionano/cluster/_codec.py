@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Final, NamedTuple
 
-from ._protowire import length_field, string_field, varint
+from ._protowire import VarintError, length_field, read_varint, string_field, varint
 
 __all__ = [
     "MemberHandleResponse",
@@ -37,24 +37,6 @@ def _int_field(tag: bytes, value: int) -> bytes:
     return tag + varint(value) if value else b""
 
 
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    byte = buf[pos]
-    pos += 1
-    if byte < 0x80:
-        return byte, pos
-    result = byte & 0x7F
-    shift = 7
-    while True:
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result & (_U64 - 1), pos
-        shift += 7
-        if shift > 63:
-            raise MessageError("varint too long")
-
-
 def _fields(buf: bytes, varints: int, lengths: int) -> tuple[list[int], list[bytes]]:
     """The last value of each field of the message ``buf``: field numbers set in the
     ``varints`` bitmask must be varints, those in ``lengths`` length-delimited (absent: 0 and
@@ -64,17 +46,17 @@ def _fields(buf: bytes, varints: int, lengths: int) -> tuple[list[int], list[byt
     pos, end = 0, len(buf)
     try:
         while pos < end:
-            key, pos = _read_varint(buf, pos)
+            key, pos = read_varint(buf, pos)
             number, wire = key >> 3, key & 7
             bit = 1 << number if number < 8 else 0
             if wire == 0:
-                value, pos = _read_varint(buf, pos)
+                value, pos = read_varint(buf, pos)
                 if bit & lengths:
                     raise MessageError(f"field {number}: expected a length-delimited value")
                 if bit & varints:
                     ints[number] = value
             elif wire == 2:
-                size, pos = _read_varint(buf, pos)
+                size, pos = read_varint(buf, pos)
                 if pos + size > end:
                     raise MessageError("truncated message")
                 if bit & varints:
@@ -90,6 +72,8 @@ def _fields(buf: bytes, varints: int, lengths: int) -> tuple[list[int], list[byt
                 raise MessageError(f"unsupported wire type {wire}")
     except IndexError:
         raise MessageError("truncated message") from None
+    except VarintError as exc:
+        raise MessageError(str(exc)) from None
     if pos != end:
         raise MessageError("truncated message")
     return ints, blobs

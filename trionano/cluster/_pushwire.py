@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Final, NamedTuple
 
-from ._protowire import length_field, string_field, varint
+from ._protowire import VarintError, length_field, read_varint, string_field, varint
 
 __all__ = [
     "EncodedPushBatch",
@@ -108,31 +108,13 @@ def encode_batch(origin: str, items: Sequence[bytes]) -> bytes:
     return b"".join(parts)
 
 
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    byte = buf[pos]
-    pos += 1
-    if byte < 0x80:
-        return byte, pos
-    result = byte & 0x7F
-    shift = 7
-    while True:
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result & (_U64 - 1), pos
-        shift += 7
-        if shift > 63:
-            raise PushWireError("varint too long")
-
-
 def _skip(buf: bytes, pos: int, wire: int) -> int:
     if wire == 0:
-        return _read_varint(buf, pos)[1]
+        return read_varint(buf, pos)[1]
     if wire == 1:
         return pos + 8
     if wire == 2:
-        size, pos = _read_varint(buf, pos)
+        size, pos = read_varint(buf, pos)
         return pos + size
     if wire == 5:
         return pos + 4
@@ -145,17 +127,17 @@ def _fields(buf: bytes) -> Iterator[tuple[int, int, int, int]]:
     pos, end = 0, len(buf)
     try:
         while pos < end:
-            key, pos = _read_varint(buf, pos)
+            key, pos = read_varint(buf, pos)
             number, wire = key >> 3, key & 7
             if wire == 2:
-                size, pos = _read_varint(buf, pos)
+                size, pos = read_varint(buf, pos)
                 stop = pos + size
                 if stop > end:
                     raise PushWireError("truncated field")
                 yield number, wire, pos, stop
                 pos = stop
             elif wire == 0:
-                value, pos = _read_varint(buf, pos)
+                value, pos = read_varint(buf, pos)
                 yield number, wire, value, pos
             else:
                 pos = _skip(buf, pos, wire)
@@ -163,6 +145,8 @@ def _fields(buf: bytes) -> Iterator[tuple[int, int, int, int]]:
                     raise PushWireError("truncated field")
     except IndexError:
         raise PushWireError("truncated message") from None
+    except VarintError as exc:
+        raise PushWireError(str(exc)) from None
 
 
 def batch_items(data: bytes) -> tuple[str, list[bytes]]:
