@@ -276,7 +276,9 @@ class Node:
     def group(self, name: str) -> ClusterGroup:
         """The cluster-wide group ``name``: this node's clients join it here, and its
         broadcast reaches the members on every gate (beyond nano, whose groups are per node).
-        Raises ValueError for an empty name or one that cannot be UTF-8."""
+        A handle on the name that keeps nothing here by itself: this node keeps its part of
+        the group while it has members (:class:`ClusterGroup`). Raises ValueError for an empty
+        name or one that cannot be UTF-8."""
         return self._push.group(name)
 
     def push(self, route: str, value: object, audience: Audience) -> int:
