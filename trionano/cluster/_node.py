@@ -44,7 +44,7 @@ import trio
 from .._component import Components
 from .._config import Config
 from .._listen import Endpoint
-from .._log import RateLimitedLog, client_text
+from .._log import RateLimitedLog, client_text, flush_periodically
 from .._server import Server
 from .._stats import RpcCounters
 from . import _generated as _gen_root  # noqa: F401 - the generated package must import first
@@ -314,7 +314,12 @@ class Node:
         cluster (e.g. SIGINT while the master cannot be reached)."""
         host, port = split_address(self.address)
         up = False
-        grpc = grpclib.server.Server(self.services(bridge))
+        services = self.services(bridge)
+        grpc = grpclib.server.Server(services)
+        # every rate-limited log of the node and of its services: reported every second (a
+        # task of the node's) and at the end, once the services are closed
+        logs = [self._log, self._push.log]
+        logs += [service.log for service in services if not isinstance(service, StreamService)]
         self._push.serves_clients = bool(endpoints)
         self._peers.attach(bridge)
         self._links.attach(bridge, self._receiver)
@@ -326,6 +331,7 @@ class Node:
         try:
             async with trio.open_nursery() as nursery:
                 self._tasks.open(nursery)
+                nursery.start_soon(flush_periodically, logs)
                 nursery.start_soon(self._gate.expire_requests)
                 nursery.start_soon(self._audits.run)
                 ports: list[int] = await nursery.start(self._serve, endpoints, nursery.cancel_scope)
@@ -350,6 +356,8 @@ class Node:
             self._peers.close_all()
             self._peers.attach(None)
             self._links.attach(None, None)
+            for log in logs:  # what the last windows suppressed
+                log.flush()
 
     def services(self, bridge: Bridge) -> list[MemberService | MasterService | PushService | StreamService]:
         """The gRPC services this node serves over ``bridge``: nano's ``Member`` (and
