@@ -74,7 +74,7 @@ async def trickle(port: int, answers: list[bytes]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("read_timeout", "body_timeout"), [(1, 4.0), (3, 3.0)], ids=["read-timeout-first", "both-at-once"]
+    ("read_timeout", "body_timeout"), [(3, 8.0), (3, 3.0)], ids=["read-timeout-first", "both-at-once"]
 )
 async def test_held_slow_bodies_are_all_answered_408_while_a_bystander_is_served(
     read_timeout: int, body_timeout: float
@@ -83,7 +83,9 @@ async def test_held_slow_bodies_are_all_answered_408_while_a_bystander_is_served
     one is answered 408 and then closed, never a 400 "the client went away", whichever of
     Hypercorn's read_timeout and the app's body_timeout comes first; a bystander posting
     throughout is answered 202 each time (served checks it, each post within 60 s). Before
-    the fix, with read_timeout first every held client got 400; at once, a few of them."""
+    the fix, with read_timeout first every held client got 400; at once, a few of them.
+    (read_timeout also closes a kept-alive connection idle that long: 3 s leaves the
+    bystander's kept connection, idle while it posts on a fresh one, ample time.)"""
     with descriptors(1000) as count:
         async with served(read_timeout=read_timeout, body_timeout=body_timeout, max_requests=2048) as (
             port,
@@ -110,7 +112,9 @@ async def test_held_slow_bodies_are_all_answered_408_while_a_bystander_is_served
     assert statuses == {408: count}, statuses
     assert all(b"connection: close" in answer.lower() for answer in answers)
     assert [status(answer) for answer in trickled] == [408] * 20
-    assert all(f"took over {body_timeout:g} s".encode() in answer for answer in trickled)
+    # (a trickler is answered for its body_timeout; or, should this process stall for over a
+    # read_timeout, clients and server alike, for its read_timeout: a 408 either way)
+    assert all(b"took over" in answer or b"stopped coming" in answer for answer in trickled)
     assert pusher.answers["refused"] == count + 20
     assert pusher.answers["gone"] == 0
 
