@@ -23,13 +23,13 @@ any JSON value, serialized once by the node's serializer. Text that cannot be UT
 surrogate, ``"\\ud800"``) in the route, the group or the message is refused. Errors: 400
 malformed JSON, a missing field, a wrong type or value; 401 no or a wrong bearer token
 (compared in constant time); 404 another path; 405 another method; 408 a body slower than
-``body_timeout``; 413 a body over ``max_body`` (64 KiB by default) or a message over the
-node's packet limit; 415 a content type other than ``application/json`` (a ``charset``
-parameter, if any, must be UTF-8: RFC 8259 allows no other); 400 a body that
-came in over ``max_pieces`` pieces (1-byte chunks cost the server per piece); 503 (with
-``Retry-After``) no gate took the push (none known yet, as after the node restarted, or all
-their queues full), over ``max_requests`` requests at once, or over ``max_waiting`` requests
-whose body has come waiting for their turn.
+``body_timeout``, or silent for Hypercorn's ``read_timeout`` (HTTP/1.1); 413 a body over
+``max_body`` (64 KiB by default) or a message over the node's packet limit; 415 a content type
+other than ``application/json`` (a ``charset`` parameter, if any, must be UTF-8: RFC 8259
+allows no other); 400 a body that came in over ``max_pieces`` pieces (1-byte chunks cost the
+server per piece); 503 (with ``Retry-After``) no gate took the push (none known yet, as after
+the node restarted, or all their queues full), over ``max_requests`` requests at once, or over
+``max_waiting`` requests whose body has come waiting for their turn.
 
 Requests are parsed and pushed one at a time, in the order their bodies came, each in a
 scheduler step of its own (a 10,000-uid push costs a few milliseconds of the node's one
@@ -46,6 +46,9 @@ HTTP/2 (which Hypercorn also speaks) a refused stream's DATA is read and discard
 stream ends (at most DRAIN_LIMIT bytes, ``max_pieces`` pieces, ``body_timeout``) and then
 answered: Hypercorn 0.18 fails on DATA for a stream it has answered (pgjones/hypercorn#329),
 which closes that client's connection, and only that one (see :func:`serve_push_api`).
+
+A request whose connection ended before its body came (the client closed or reset it) is not
+answered, as no answer could reach it: it is counted ``gone``, never as a refusal.
 
 What it guarantees: 202 is queued, not delivered (a slow or gone gate drops, counted in
 :meth:`Node.push_statistics`); at most once, no persistence; 503 is nothing delivered.
@@ -116,7 +119,8 @@ MAX_PIECES: Final = 1024
 DRAIN_LIMIT: Final = 1024 * 1024
 #: The default ``Retry-After`` of a 503, in seconds.
 RETRY_AFTER: Final = 1
-#: The default Hypercorn ``read_timeout``: a connection silent this long is closed, in seconds.
+#: The default Hypercorn ``read_timeout``: a connection silent this long is closed, in seconds
+#: (an HTTP/1.1 request whose body is that silent is answered 408 first).
 READ_TIMEOUT: Final = 10
 #: The listening socket's backlog (Hypercorn's default is 100: a burst of connections beyond
 #: it has some reset by the kernel, whoever they come from).
@@ -208,7 +212,8 @@ class PushAPI:
     """The ASGI application of the push API (see the module). ``pusher`` receives the pushes;
     ``token``, when given, is required as ``Authorization: Bearer <token>``; ``max_body``
     bounds a request body in bytes; ``on_answer`` is told each answer ("accepted", "refused",
-    "unreached"; "broken" for a connection Hypercorn failed on: :meth:`Node.count_push_api`);
+    "unreached"; "gone" for a request whose connection ended before its body came, not
+    answered; "broken" for a connection Hypercorn failed on: :meth:`Node.count_push_api`);
     ``body_timeout`` (seconds) bounds reading one request's body (answered 408 after it);
     ``max_requests`` bounds the requests handled at once (more are answered 503);
     ``max_pieces`` bounds the pieces a body may come in (more are answered 400);
@@ -221,7 +226,13 @@ class PushAPI:
     (HTTP/1.1: answered at once, ``Connection: close``); over HTTP/2 a refused stream's DATA is
     drained first (see the module: pgjones/hypercorn#329). An answer that cannot be sent (the
     client is gone, or Hypercorn raced on closing the connection) is counted in ``unsent``
-    and logged (rate-limited), never raised."""
+    and logged (rate-limited), never raised.
+
+    Hypercorn reports a client that went away and its own ``read_timeout`` alike, as
+    ``http.disconnect``; served by :func:`serve_push_api`, the app tells them apart from the
+    connection itself: a client still connected whose body stopped is answered 408, one that
+    closed or reset its connection is counted ``gone`` and not answered (under another ASGI
+    server every ``http.disconnect`` before the body has come counts as ``gone``)."""
 
     def __init__(
         self,
@@ -268,6 +279,9 @@ class PushAPI:
         """Requests answered 503: valid, but no gate took the push, or too many requests."""
         self.unsent = 0
         """Answers that could not be sent (the connection was gone)."""
+        self.gone = 0
+        """Requests not answered: their connection ended before their body came (the client
+        went away), so no answer could reach them."""
         self.failed = 0
         """Connections Hypercorn failed on, each closed alone (:func:`serve_push_api` counts them
         with :meth:`count_broken`)."""
@@ -301,11 +315,11 @@ class PushAPI:
             return
         self._active += 1
         try:
-            await self._respond(http2, reader, send)
+            await self._respond(http2, _transport(scope), reader, send)
         finally:
             self._active -= 1
 
-    async def _respond(self, http2: bool, receive: _Reader, send: Send) -> None:
+    async def _respond(self, http2: bool, transport: _Transport | None, receive: _Reader, send: Send) -> None:
         try:
             with trio.fail_after(self.body_timeout):
                 body = await self._body(receive)
@@ -313,6 +327,9 @@ class PushAPI:
             self._count("refused")
             slow = {"error": f"the body took over {self.body_timeout:g} s"}
             await self._send(send, 408, slow, () if http2 else _CLOSE)
+            return
+        except _Disconnected:
+            await self._disconnected(http2, transport, send)
             return
         except BadRequest as exc:
             self._count("refused")
@@ -345,6 +362,22 @@ class PushAPI:
             return
         self._count("accepted")
         await self._send(send, 202, {"gates": gates})
+
+    async def _disconnected(self, http2: bool, transport: _Transport | None, send: Send) -> None:
+        """Hypercorn said ``http.disconnect`` before the body had all come. Over HTTP/1.1 on a
+        connection the client has not ended and Hypercorn has not closed, that was
+        Hypercorn's ``read_timeout`` (it reports a silent connection as gone and closes it
+        once the request is answered): the client is there, its body is slow, so it is
+        answered 408. Otherwise no answer can reach it (the client ended the connection or
+        reset it, Hypercorn closed it, answering malformed HTTP with its own 400, or an
+        HTTP/2 stream or connection ended): it is counted ``gone``, not answered."""
+        if not http2 and transport is not None and transport.open:
+            self._count("refused")
+            slow = {"error": "the body stopped coming (nothing for the server's read_timeout)"}
+            await self._send(send, 408, slow, _CLOSE)
+            return
+        self._count("gone")
+        self._log.info("push api gone", "a request's connection ended before its body came: not answered")
 
     async def _refuse(
         self,
@@ -395,6 +428,8 @@ class PushAPI:
             self.accepted += 1
         elif answer == "refused":
             self.refused += 1
+        elif answer == "gone":
+            self.gone += 1
         else:
             self.unreached += 1
         if self._on_answer is not None:
@@ -445,7 +480,7 @@ class PushAPI:
         while not receive.done:
             chunk = await receive.chunk()
             if receive.gone:
-                raise BadRequest(400, "the client went away")
+                raise _Disconnected
             size += len(chunk)
             if size > self.max_body:
                 raise BadRequest(413, f"the body is over {self.max_body} bytes")
@@ -482,6 +517,68 @@ class _Reader:
         if not message.get("more_body", False):
             self.done = True
         return bytes(message.get("body", b""))
+
+
+class _Disconnected(Exception):
+    """Hypercorn said ``http.disconnect`` before the body had all come."""
+
+
+#: The key of a connection's :class:`_Transport` in Hypercorn's per-connection ``state``
+#: (copied into each request's ``scope["state"]``).
+_TRANSPORT: Final = "trionano.push_api.transport"
+
+
+class _Transport(trio.abc.HalfCloseableStream):
+    """A client's connection as served to Hypercorn (:func:`serve_push_api`), telling the app
+    whether the client is still there: ``ended`` once a read saw its end (EOF) or a read or
+    write found it reset, ``closed`` once the server closed it. Hypercorn reports its own
+    ``read_timeout`` to the app as ``http.disconnect``, as it does a client that went away:
+    this tells them apart. No ``do_handshake``: Hypercorn takes it for a plain (not TLS)
+    stream."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self._stream = stream
+        self.socket = stream.socket
+        self.ended = False
+        self.closed = False
+
+    @property
+    def open(self) -> bool:
+        """Whether the client has not ended the connection and the server has not closed it."""
+        return not self.ended and not self.closed
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        try:
+            data = await self._stream.receive_some(max_bytes)
+        except trio.BrokenResourceError:
+            self.ended = True
+            raise
+        if not data:
+            self.ended = True
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            await self._stream.send_all(data)
+        except trio.BrokenResourceError:
+            self.ended = True
+            raise
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        self.closed = True
+        await self._stream.aclose()
+
+
+def _transport(scope: Scope) -> _Transport | None:
+    """The request's connection when :func:`serve_push_api` serves it."""
+    transport = scope.get("state", {}).get(_TRANSPORT)
+    return transport if isinstance(transport, _Transport) else None
 
 
 _CLOSE: Final = ((b"connection", b"close"),)
@@ -521,7 +618,11 @@ async def serve_push_api(
     cancelled. ``task_status.started`` gets the bound port (``port=0`` picks one).
 
     Hypercorn's limits: ``read_timeout`` (whole seconds) closes a connection that sends
-    nothing for that long; ``keep_alive_timeout`` (seconds) closes an idle kept-alive one.
+    nothing for that long (over HTTP/1.1 a request whose body stopped is answered 408 first:
+    Hypercorn tells the app the client went away, and each connection is served through a
+    thin stream that tells the app whether it did; over HTTP/2 the streams of that
+    connection are counted ``gone``); ``keep_alive_timeout`` (seconds) closes an idle
+    kept-alive one.
     The app's: ``body_timeout`` (seconds) bounds reading one body (408), ``max_requests``
     bounds the requests handled at once (503), ``max_pieces`` the pieces of one body (400),
     ``max_waiting`` the requests waiting for their turn to push (503), ``retry_after`` is a 503's ``Retry-After``.
@@ -618,12 +719,13 @@ async def serve_push_api(
         listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
     wrapped = ASGIWrapper(cast(ASGIFramework, app))
     context = WorkerContext(None)
-    state = ConnectionState({})
 
     async def connection(stream: trio.SocketStream) -> None:
         """One connection, served by Hypercorn; whatever Hypercorn raises ends this one only."""
+        transport = _Transport(stream)
+        state = ConnectionState({_TRANSPORT: transport})  # per connection: the app asks it who went away
         try:
-            await TCPServer(wrapped, config, context, state, stream).run()  # type: ignore[arg-type]
+            await TCPServer(wrapped, config, context, state, transport).run()  # type: ignore[arg-type]
         except BaseExceptionGroup as group:
             cancelled, failure = group.split(trio.Cancelled)
             if failure is not None:
