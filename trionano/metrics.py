@@ -64,7 +64,9 @@ node (pass the :class:`~trionano.cluster.Node` instead of its server) adds:
   held for other gates now, queued or on their way (each gate's at most ``max_pending_pushes``
   and ``max_pending_push_bytes``: a high value names a slow or stopped gate);
 - ``trionano_push_api_requests_total{answer}``: requests to the HTTP push API served for the
-  node, by answer: ``accepted`` (202), ``refused`` (4xx, 500), ``unreached`` (503).
+  node, by answer: ``accepted`` (202), ``refused`` (4xx, 500), ``unreached`` (503), ``gone``
+  (the client went away before its body came: not answered), ``broken`` (a connection
+  Hypercorn failed on, closed).
 """
 
 from __future__ import annotations
@@ -231,10 +233,11 @@ class _Collector(Collector):
         yield pushes
         api = CounterMetricFamily(
             "trionano_push_api_requests",
-            "Requests to the HTTP push API, by answer (broken: a connection Hypercorn failed on, closed)",
+            "Requests to the HTTP push API, by answer (gone: the client left before its body came, not answered;"
+            " broken: a connection Hypercorn failed on, closed)",
             labels=["answer"],
         )
-        for answer in ("accepted", "refused", "unreached", "broken"):
+        for answer in ("accepted", "refused", "unreached", "gone", "broken"):
             api.add_metric([answer], getattr(push, f"api_{answer}"))
         yield api
         yield GaugeMetricFamily(

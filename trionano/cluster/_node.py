@@ -268,7 +268,8 @@ class Node:
 
     def count_push_api(self, answer: str) -> None:
         """Count one answer of the HTTP push API served for this node ("accepted", "refused"
-        or "unreached"; or "broken", a connection Hypercorn failed on, closed alone;
+        or "unreached"; "gone", a request whose client went away before its body came, not
+        answered; or "broken", a connection Hypercorn failed on, closed alone;
         :func:`~trionano.cluster.push_api.serve_push_api` calls it), in
         :meth:`push_statistics`."""
         self._push.count_api(answer)

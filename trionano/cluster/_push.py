@@ -165,8 +165,9 @@ class PushStatistics:
     HTTP push API (:mod:`trionano.cluster.push_api`) served for this node: ``api_accepted``:
     requests answered 202; ``api_refused``: answered 4xx or 500; ``api_unreached``: answered
     503 (no gate took the push, too many requests at once or waiting for their turn);
-    ``api_broken``: connections
-    Hypercorn failed on, each closed alone (pgjones/hypercorn#329).
+    ``api_gone``: requests whose client went away before its body had come (not answered: no
+    answer could reach it); ``api_broken``: connections Hypercorn failed on, each closed alone
+    (pgjones/hypercorn#329).
     """
 
     pushes: int
@@ -180,6 +181,7 @@ class PushStatistics:
     api_accepted: int
     api_refused: int
     api_unreached: int
+    api_gone: int
     api_broken: int
     held: int = 0
     held_bytes: int = 0
@@ -200,6 +202,7 @@ class PushCounters:
     api_accepted: int = 0
     api_refused: int = 0
     api_unreached: int = 0
+    api_gone: int = 0
     api_broken: int = 0
 
     def snapshot(self, *, held: int = 0, held_bytes: int = 0) -> PushStatistics:
@@ -479,14 +482,17 @@ class PushHub:
         )
 
     def count_api(self, answer: str) -> None:
-        """Count one answer of the push API: "accepted", "refused" or "unreached"; or "broken",
-        a connection Hypercorn failed on."""
+        """Count one answer of the push API: "accepted", "refused" or "unreached"; "gone", a
+        request whose client went away before its body came (not answered); or "broken", a
+        connection Hypercorn failed on."""
         if answer == "accepted":
             self._counters.api_accepted += 1
         elif answer == "refused":
             self._counters.api_refused += 1
         elif answer == "unreached":
             self._counters.api_unreached += 1
+        elif answer == "gone":
+            self._counters.api_gone += 1
         elif answer == "broken":
             self._counters.api_broken += 1
 
