@@ -587,73 +587,81 @@ class PushHub:
 
     async def handle_deliver(self, batch: wire.EncodedPushBatch) -> pushpb.PushResult:
         """``trionano.push.Push/Deliver``: the batch's items join the backlog (in order, after
-        what came on a stream), waiting for room while it is full (the call holds nothing
-        else up: its caller's own bound, then the push API's 503, holds back whoever pushes
-        faster than this gate delivers), and the call is answered once they are delivered to
-        this node's clients, with how many sessions they were queued for."""
+        what came on a stream), waiting for room while it is full (``bound`` items or
+        ``bound_bytes`` bytes received and not yet delivered; one item is always let in when
+        none is): the call holds nothing else up, and its caller's own bound (then the push
+        API's 503) holds back whoever pushes faster than this gate delivers. Answered once they
+        are delivered to this node's clients, with how many sessions they were queued for."""
         tally = _Tally()
-        await self._receive(batch.data, tally)
-        await tally.done.wait()
-        return pushpb.PushResult(gate=self.serves_clients, delivered=tally.queued)
-
-    async def on_push_batch(self, data: bytes) -> None:
-        """A ``trionano.push.PushBatch`` that came as a frame on a stream: its items join the
-        backlog, delivered by a task of their own, so that the frames behind it on the stream
-        (the answers to this gate's Requests) never wait for them. Never waits: the items that
-        find the backlog full are shed (counted, ``shed``; logged, rate-limited) rather than
-        stop the reading of the stream. Never raises for what the peer sent: a batch that does
-        not parse is refused and counted."""
-        await self._receive(data, None)
-
-    async def _receive(self, data: bytes, tally: _Tally | None) -> None:
-        """Queue the items of the batch ``data`` for :meth:`_deliver_backlog`, in order. Over
-        the backlog's bound (``bound`` items or ``bound_bytes`` bytes received and not yet
-        delivered; one item is always let in when none is) an item is shed when it came on a
-        stream (``tally`` None: the stream is read on, and the Responses behind it handled),
-        and waited for room when it came in a unary ``Deliver`` call (``tally``)."""
-        try:
-            origin, items = wire.batch_items(data)
-        except wire.PushWireError:
-            self._counters.refused += 1
-            self._log.warning("push refused", "a push batch did not parse")
-            origin, items = "", []
-        held = self._backlog_held
-        shed = 0
-        for raw in items:
-            self._counters.received += 1
-            size = len(raw)
-            full = held[0] and (held[0] >= self._bound or held[1] + size > self._bound_bytes)
-            if full and tally is None:
-                shed += 1
-                continue
-            while full:
+        for raw in self._items(batch.data):
+            while self._full(len(raw)):
                 if self._room.is_set():
                     self._room = trio.Event()
                 await self._room.wait()
-                full = held[0] and (held[0] >= self._bound or held[1] + size > self._bound_bytes)
-            if not self._delivering:
-                self._delivering = self._tasks.start(self._deliver_backlog)
-                if not self._delivering:
-                    break  # this node is stopping
-            self._backlog_send.send_nowait((raw, tally))
-            held[0] += 1
-            held[1] += size
-            if tally is not None:
-                tally.left += 1
+            if not self._admit(raw, tally):
+                break  # this node is stopping
+        tally.complete = True
+        tally.check()
+        await tally.done.wait()
+        return pushpb.PushResult(gate=self.serves_clients, delivered=tally.queued)
+
+    def on_push_batch(self, data: bytes) -> None:
+        """A ``trionano.push.PushBatch`` that came as a frame on a stream: its items join the
+        backlog, in order, delivered by a task of their own, so that the frames behind it on
+        the stream (the answers to this gate's Requests) never wait for them. Never waits: an
+        item that finds the backlog full is shed (counted, ``shed``; logged, rate-limited), and
+        the stream is read on. Never raises for what the peer sent: a batch that does not parse
+        is refused and counted."""
+        items = self._items(data)
+        shed = 0
+        for raw in items:
+            if self._full(len(raw)):
+                shed += 1
+            elif not self._admit(raw, None):
+                break  # this node is stopping
         if shed:
             self._counters.shed += shed
+            held = self._backlog_held
             self._log.warning(
                 "push shed",
-                "push backlog full (%d pushes, %d bytes): %d of %d pushes from %s shed",
+                "push backlog full (%d pushes, %d bytes): %d of %d pushes received on a stream shed",
                 held[0],
                 held[1],
                 shed,
                 len(items),
-                client_text(origin),
             )
+
+    def _items(self, data: bytes) -> list[bytes]:
+        """The items of the received batch ``data`` (counted as received); none, refused and
+        counted, when it does not parse."""
+        try:
+            _, items = wire.batch_items(data)
+        except wire.PushWireError:
+            self._counters.refused += 1
+            self._log.warning("push refused", "a push batch did not parse")
+            return []
+        self._counters.received += len(items)
+        return items
+
+    def _full(self, size: int) -> bool:
+        """Whether an item of ``size`` bytes finds the backlog full."""
+        count, held = self._backlog_held
+        return count > 0 and (count >= self._bound or held + size > self._bound_bytes)
+
+    def _admit(self, raw: bytes, tally: _Tally | None) -> bool:
+        """Put ``raw`` in the backlog for :meth:`_deliver_backlog`; False once the node is
+        stopping (its delivering task cannot start)."""
+        if not self._delivering:
+            self._delivering = self._tasks.start(self._deliver_backlog)
+            if not self._delivering:
+                return False
+        self._backlog_send.send_nowait((raw, tally))
+        held = self._backlog_held
+        held[0] += 1
+        held[1] += len(raw)
         if tally is not None:
-            tally.complete = True
-            tally.check()
+            tally.left += 1
+        return True
 
     async def _deliver_backlog(self) -> None:
         """Deliver the backlog's items in order: those at hand one after the other for up to
