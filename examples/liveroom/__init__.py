@@ -9,8 +9,10 @@ business systems over the HTTP push API.
 
 - gate (``RoomService``, service ``room``): ``room.join`` (Request ``{"name", "uid"?}``) binds the
   viewer's uid (the given one, else the session id), adds the session to the cluster-wide
-  group ``room`` on its gate and tells the logic node (``session.rpc("live.enter")``). The
-  gate's WebSocket port also serves the page (``/``) and ``/trionano.js``.
+  group ``room`` on its gate and tells the logic node (``session.rpc("live.enter")``);
+  ``room.stats`` (Request) answers the gate's own push counters (``shed``: pushes that came
+  while its backlog was full). The gate's WebSocket port also serves the page (``/``) and
+  ``/trionano.js``.
 - logic (``LiveService``, service ``live``, also the cluster's master): ``live.comment``
   (Request ``{"text"}``, forwarded by the gate) pushes ``onComment`` ``{"name", "text"}`` to the
   room on every gate; ``live.stats`` (Request) answers the viewer count and the node's push
@@ -95,6 +97,9 @@ class RoomService(NodeComponent):
             room.add(session)
         session.rpc("live.enter", {"name": name})
         return {"code": 0, "uid": session.uid, "name": name}
+
+    def stats(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
+        return {"push": attrs.asdict(self.node.push_statistics())}
 
 
 class LiveService(NodeComponent):
