@@ -58,7 +58,8 @@ node (pass the :class:`~trionano.cluster.Node` instead of its server) adds:
 - ``trionano_cluster_pushes_total{outcome}``: cluster-wide pushes (:meth:`Node.push
   <trionano.cluster.Node.push>`), by outcome, as :class:`~trionano.cluster.PushStatistics`
   counts them: ``pushes`` made here, ``queued``/``dropped``/``failed`` per other gate,
-  ``received`` from other nodes, ``delivered`` to sessions here, ``refused`` as malformed;
+  ``received`` from other nodes, ``delivered`` to sessions here, ``refused`` as malformed,
+  ``shed`` received on a stream while this gate's backlog was full;
   ``trionano_cluster_not_gates`` (gauge): nodes found to take no pushes (Go nano nodes);
   ``trionano_cluster_pushes_held`` and ``trionano_cluster_push_bytes_held`` (gauges): pushes
   held for other gates now, queued or on their way (each gate's at most ``max_pending_pushes``
@@ -228,7 +229,7 @@ class _Collector(Collector):
         )
         push = node.push_statistics()
         pushes = CounterMetricFamily("trionano_cluster_pushes", "Cluster-wide pushes, by outcome", labels=["outcome"])
-        for outcome in ("pushes", "queued", "dropped", "failed", "received", "delivered", "refused"):
+        for outcome in ("pushes", "queued", "dropped", "failed", "received", "delivered", "refused", "shed"):
             pushes.add_metric([outcome], getattr(push, outcome))
         yield pushes
         api = CounterMetricFamily(

@@ -97,7 +97,9 @@ class ClusterConfig:
     that is slow or stopped holds at most that much here; pushes over it are dropped, counted
     and logged (:meth:`Node.push_statistics`: ``dropped``, ``held``, ``held_bytes``). On a
     gate they also bound the pushes received and not yet delivered to its clients: over it, the
-    gate reads the stream they come on no further until there is room.
+    pushes that come on a stream are shed (counted, ``shed``; logged) and the gate reads on, so
+    that the answers to its Requests behind them never wait; those that come in nano-style
+    unary ``Deliver`` calls wait for room (the call holds nothing else).
     ``node_id`` fixes the node part of session ids (``0 <= node_id < 2**20``, unique among
     running nodes); by default it is drawn at random (:mod:`trionano.cluster._ids`).
     ``fast_path`` (beyond nano): talk to other trionano nodes over one stream each, in
