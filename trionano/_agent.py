@@ -55,6 +55,7 @@ import trio
 
 from ._config import Config, SlowConsumerPolicy
 from ._errors import HandshakeRejected, MessageTooLarge
+from ._fdstream import coalesce
 from ._log import RateLimitedLog
 from ._merge import MergeClock
 from ._pipeline import PipelineMessage
@@ -92,9 +93,10 @@ __all__ = ["EVICTED", "JOIN_BELOW", "MAX_WRITE", "Agent", "fitting_kick"]
 MAX_WRITE: Final = 256 * 1024
 #: The most bytes of several packets the writer joins into one buffer of its own: more are
 #: written vectored (``writev``, FdStream's ``send_parts_nowait``/``send_all_parts``), as the
-#: packets themselves, when the stream can. A writer waiting for a client that does not read
-#: so holds at most this much memory of its own beside the packets it writes, which a
-#: broadcast shares among its members (1,000 stalled members of a group once held 1,000
+#: packets themselves, when the stream can; a stream that cannot (TLS) is handed them in
+#: turns, runs of small ones joined up to this. A writer waiting for a client that does not
+#: read so holds at most this much memory of its own beside the packets it writes (and, over
+#: TLS, their encryption), which a broadcast shares among its members (1,000 stalled members of a group once held 1,000
 #: joined copies of up to MAX_WRITE each: 256 MB).
 JOIN_BELOW: Final = 16 * 1024
 #: Events the reader handles per wake-up before it lets other tasks run.
@@ -594,8 +596,18 @@ class Agent:
                     self._counters.writes += 1
                     if parts is None:
                         data: bytes = item  # type: ignore[assignment]
-                    elif size <= JOIN_BELOW or write_parts_nowait is None:
+                    elif size <= JOIN_BELOW:
                         data = b"".join(parts)  # small: one buffer is cheaper than several
+                    elif write_parts_nowait is None:  # no vectored writes (TLS): in turns, none large
+                        self._writing = True
+                        self._write_started = trio.current_time()
+                        if self._kick and self._judge_at == _NEVER and self._over_soft_bounds():
+                            self._judge_later()
+                        for chunk in coalesce(parts, JOIN_BELOW):
+                            await write(chunk)
+                        self._writing = False
+                        budget = WRITES_PER_CHECKPOINT
+                        continue
                     else:  # vectored: what waits for the client is the packets, not a copy
                         try:
                             sent = write_parts_nowait(parts)

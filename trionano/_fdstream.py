@@ -42,12 +42,12 @@ import errno
 import operator
 import os
 import socket as stdlib_socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Final
 
 import trio
 
-__all__ = ["IOV_MAX", "Buffer", "FdStream", "parts_after"]
+__all__ = ["IOV_MAX", "Buffer", "FdStream", "coalesce", "parts_after"]
 
 Buffer = bytes | bytearray | memoryview
 
@@ -329,6 +329,24 @@ def parts_after(parts: Sequence[Buffer], start: int) -> list[Buffer]:
             return list(parts[index:])
         start -= size
     return []
+
+
+def coalesce(parts: Sequence[Buffer], limit: int) -> Iterator[Buffer]:
+    """The bytes of ``parts`` as buffers for a stream that cannot write vectored (TLS): runs of
+    parts of at most ``limit`` bytes in all joined into one, a part alone as it is (no copy),
+    so no buffer made here holds more than ``limit`` bytes."""
+    run: list[Buffer] = []
+    size = 0
+    for part in parts:
+        length = len(part)
+        if run and size + length > limit:
+            yield run[0] if len(run) == 1 else b"".join(run)
+            run = []
+            size = 0
+        run.append(part)
+        size += length
+    if run:
+        yield run[0] if len(run) == 1 else b"".join(run)
 
 
 def _translate(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:

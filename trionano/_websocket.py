@@ -37,7 +37,7 @@ from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError
 
 from ._admission import Handshaking
-from ._fdstream import Buffer, parts_after
+from ._fdstream import Buffer, coalesce, parts_after
 from ._listen import ConnectionHandler, accept_forever, open_listeners, peer_host
 from ._log import RateLimitedLog, client_text
 
@@ -198,8 +198,8 @@ class WebSocketServerStream(trio.abc.Stream):
         self._send_parts: Callable[[Sequence[Buffer]], Awaitable[None]] | None = getattr(
             transport, "send_all_parts", None
         )
-        if self._send_parts is None:
-            self._nowait_parts = None
+        if self._send_parts is None or self._nowait_parts is None:  # both, or neither
+            self._nowait = self._nowait_parts = self._send_parts = None
         # a message send_parts_nowait left under way: its unsent bytes (a view of the part it
         # stopped in, references to the parts after it)
         self._rest: list[Buffer] | None = None
@@ -403,10 +403,11 @@ class WebSocketServerStream(trio.abc.Stream):
 
     def _frame(self, parts: Sequence[Buffer], size: int) -> list[Buffer]:
         """The payload ``parts`` (``size`` bytes in all) framed as one binary message, as the
-        buffers to write: the frame's header, then the parts themselves (not copied: they may
-        be a broadcast's packets, shared by every member) when the transport writes vectored
-        and the message is ``_COPY_BELOW`` or more; else one bytes object."""
-        if size < _COPY_BELOW or self._nowait_parts is None:
+        buffers to write: for a message of ``_COPY_BELOW`` bytes or more, the frame's header,
+        then the parts themselves (not copied: they may be a broadcast's packets, shared by
+        every member; a transport without vectored writes, TLS, gets them in turn, small ones
+        joined up to ``_COPY_BELOW``); else one bytes object."""
+        if size < _COPY_BELOW:
             if len(parts) == 1:
                 return [_binary_frame(parts[0])]
             return [b"".join([_binary_head(size), *parts])]
@@ -494,8 +495,11 @@ class WebSocketServerStream(trio.abc.Stream):
     async def _send_frame(self, frame: list[Buffer]) -> None:
         if len(frame) == 1:
             await self.transport_stream.send_all(frame[0])
-        else:
-            await self._send_parts(frame)  # type: ignore[misc]  # set when _frame gives several
+        elif self._send_parts is not None:
+            await self._send_parts(frame)
+        else:  # no vectored writes (TLS): one frame in several writes, none a copy of it all
+            for chunk in coalesce(frame, _COPY_BELOW):
+                await self.transport_stream.send_all(chunk)
 
     async def _write(self, frame: list[Buffer]) -> None:
         """Write whole frames: the sender's messages and the receiver's answers take turns."""

@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from wsproto.events import BytesMessage, Ping
 
+from tests.runtime.apps import tls_contexts
 from tests.runtime.test_fdstream import fd_stream_pair, fill, reuse_descriptor
 from tests.runtime.test_websocket_engine import HandClient
 from trionano import Component, Components, Config, Group, Server, Session, TCPEndpoint, WebSocketEndpoint, wire
@@ -32,7 +33,7 @@ from trionano._websocket import WebSocketServerStream
 from trionano.testing import RawConnection
 
 CODEC = wire.MessageCodec()
-TRANSPORTS = ["tcp", "ws"]
+TRANSPORTS = ["tcp", "ws", "tls", "wss"]
 
 # parts of every size around the boundaries that matter, empty ones among them
 LAYOUT: list[bytes] = [bytes([65 + i % 26]) * n for i, n in enumerate([0, 1, 2, 0, 3, 7, 1, 0, 5, 1])]
@@ -314,10 +315,10 @@ class Room(Component):
 class Member:
     """A client that reads only when told to: TCP (RawConnection) or WebSocket (by hand)."""
 
-    def __init__(self, transport: str, stream: trio.SocketStream) -> None:
+    def __init__(self, transport: str, stream: trio.abc.Stream) -> None:
         self.stream = stream
-        self.raw = RawConnection(stream) if transport == "tcp" else None
-        self.ws = HandClient(stream) if transport == "ws" else None
+        self.raw = RawConnection(stream) if transport in ("tcp", "tls") else None  # type: ignore[arg-type]
+        self.ws = HandClient(stream) if transport in ("ws", "wss") else None
         self.decoder = wire.PacketDecoder()
 
     async def join(self) -> None:
@@ -363,7 +364,12 @@ async def stalled_group(
     components = Components()
     components.register(room, name="room")
     server = Server(components, config or Config(heartbeat=0))
-    endpoint = TCPEndpoint("127.0.0.1") if transport == "tcp" else WebSocketEndpoint("127.0.0.1")
+    server_tls, client_tls = tls_contexts() if transport in ("tls", "wss") else (None, None)
+    endpoint: TCPEndpoint | WebSocketEndpoint
+    if transport in ("tcp", "tls"):
+        endpoint = TCPEndpoint("127.0.0.1", ssl_context=server_tls)
+    else:
+        endpoint = WebSocketEndpoint("127.0.0.1", ssl_context=server_tls)
     async with trio.open_nursery() as nursery:
         (port,) = await nursery.start(server.serve, endpoint)
         clients: list[Member] = []
@@ -372,7 +378,10 @@ async def stalled_group(
             if receive_buffer is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
             await sock.connect(("127.0.0.1", port))
-            member = Member(transport, trio.SocketStream(sock))
+            stream: trio.abc.Stream = trio.SocketStream(sock)
+            if client_tls is not None:
+                stream = trio.SSLStream(stream, client_tls, server_hostname="127.0.0.1")
+            member = Member(transport, stream)
             await member.join()
             clients.append(member)
         try:
@@ -388,7 +397,7 @@ async def test_stalled_members_hold_the_shared_packets_not_a_joined_copy_each(tr
     # 40 members that do not read, 40 broadcasts of 10 KB queued for each at once: every writer
     # writes what is queued (up to MAX_WRITE) and waits for its client. What the server holds
     # then is the 40 packets, shared, and little per member; joined, it was 40 copies of up to
-    # 256 KiB (10 MB), as each writer waited with its own.
+    # 256 KiB (10 MB), as each writer waited with its own (over TLS, and their encryption too).
     members, broadcasts, size = 40, 40, 10_000
     async with stalled_group(transport, members) as (server, room, clients):
         await trio.testing.wait_all_tasks_blocked(0.05)
