@@ -28,7 +28,7 @@ from tests.runtime.test_fdstream import fd_stream_pair, fill, reuse_descriptor
 from tests.runtime.test_websocket_engine import HandClient
 from trionano import Component, Components, Config, Group, Server, Session, TCPEndpoint, WebSocketEndpoint, wire
 from trionano._agent import JOIN_BELOW, MAX_WRITE
-from trionano._fdstream import IOV_MAX, Buffer, FdStream, parts_after
+from trionano._fdstream import IOV_MAX, Buffer, FdStream, coalesce, parts_after
 from trionano._websocket import WebSocketServerStream
 from trionano.testing import RawConnection
 
@@ -68,6 +68,14 @@ def test_parts_after_is_the_tail_without_a_copy(parts: list[bytes], data: st.Dat
             assert any(piece.obj is part for part in parts)
         else:
             assert any(piece is part for part in parts)
+
+
+@given(buffers, st.integers(min_value=1, max_value=60))
+def test_coalesce_joins_only_runs_up_to_the_limit(parts: list[bytes], limit: int) -> None:
+    chunks = list(coalesce(parts, limit))
+    assert joined(chunks) == joined(parts)
+    for chunk in chunks:  # a part itself, or a join of parts within the limit
+        assert any(chunk is part for part in parts) or len(chunk) <= limit
 
 
 def test_parts_after_refuses_a_negative_start() -> None:
