@@ -12,8 +12,8 @@ close frames); the server's data frames, unmasked binary FIN frames, are framed 
 than wsproto's, the engine the server drove first); trio-websocket serves the client side
 (:class:`WebSocketStream`). Inbound, binary and text messages both feed the packet stream (a
 packet may span messages; a message may hold several). Outbound, the agent's writer hands over
-whole packets only, and each ``send_all`` (``send_all_parts``) is one message: JS clients cannot reassemble a split
-packet.
+whole packets only, and each ``send_all`` (or ``send_all_parts``) is one message: JS clients
+cannot reassemble a split packet.
 """
 
 from __future__ import annotations
@@ -70,8 +70,9 @@ OriginCheck = Callable[[str | None], bool]
 
 
 #: A message this large or larger is written as its header followed by its payload's own
-#: buffers when the transport writes vectored (FdStream): a slow client's writer then holds
-#: no copy of a broadcast's shared packets; a smaller one is framed into one bytes object.
+#: buffers (vectored over FdStream; in turns over TLS, small ones joined up to this): a slow
+#: client's writer then holds no copy of a broadcast's shared packets; a smaller message is
+#: framed into one bytes object.
 _COPY_BELOW: Final = 16 * 1024
 
 # a server's binary message as one unmasked FIN frame (RFC 6455 section 5.2): the head by length
