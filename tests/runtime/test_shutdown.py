@@ -1,5 +1,7 @@
 """A graceful shutdown with thousands of real loopback clients: every client reads its Kick
-"shutdown", the Requests read before the stop are answered before it, and serve returns.
+"shutdown", the Requests read before the stop are answered before it, and serve returns
+within ``shutdown_timeout`` (plus the shutdown hooks' second) whatever the clients and the
+push load, cutting the connections still open then.
 
 The input is a newcomer's: 13,000 idle TCP sessions in one group, then SIGTERM; the process
 took 23 s (the limit is ``shutdown_timeout``, 5 s) and 510 clients read a Kick: the others'
@@ -241,11 +243,11 @@ async def test_under_push_load_the_shutdown_ends_within_shutdown_timeout_and_cut
     # 7.8-19 s to exit with shutdown_timeout 5 s: each stage of the stop had its own timeout
     # (hooks, kicked clients leaving, shutdown hooks: up to 3 times it, plus a second for each
     # WebSocket's close handshake), and the fan-out's drain waited for broadcasts that kept
-    # coming. Here: TCP and WebSocket clients, a fifth of them not reading (buffers full: no
-    # Kick, no close handshake can reach them), a push load running, and a handler that holds
-    # the main lane (the hooks wait behind it)
-    # 6 s: the hooks wait behind the stuck handler until half of it, and the Kicks follow;
-    # the other half is the readers' to read them on a loaded machine
+    # coming. Here: TCP and WebSocket clients (their own process), a fifth of them not reading
+    # (buffers full: no Kick, no close handshake can reach them), a push load running, and a
+    # handler that holds the main lane (the hooks wait behind it). 6 s: the hooks wait behind
+    # the stuck handler until half of it, then the Kicks go; the other half is the readers' to
+    # read them on a loaded machine
     timeout = 6.0
     room = LoadRoom()
     components = Components()
