@@ -7,10 +7,11 @@ business systems over the HTTP push API.
     browser / trionano.client --ws--> gate 1 ---+                       +--- POST /v1/push
     browser / trionano.client --ws--> gate 2 ---+-- gRPC -- logic node -+    (push port)
 
-- gate (``RoomService``, service ``room``): ``room.join`` (Request ``{"name", "uid"?}``) binds the
-  viewer's uid (the given one, else the session id), adds the session to the cluster-wide
-  group ``room`` on its gate and tells the logic node (``session.rpc("live.enter")``). The
-  gate's WebSocket port also serves the page (``/``) and ``/trionano.js``.
+- gate (``RoomService``, service ``room``): ``room.join`` (Request ``{"name", "uid"?}``) tells the
+  logic node (``session.rpc("live.enter")``; answered 503 while no logic node is in the
+  cluster), binds the viewer's uid (the given one, else the session id) and adds the session
+  to the cluster-wide group ``room`` on its gate. The gate's WebSocket port also serves the
+  page (``/``) and ``/trionano.js``.
 - logic (``LiveService``, service ``live``, also the cluster's master): ``live.comment``
   (Request ``{"text"}``, forwarded by the gate) pushes ``onComment`` ``{"name", "text"}`` to the
   room on every gate; ``live.stats`` (Request) answers the viewer count and the node's push
@@ -43,7 +44,8 @@ WEB = Path(__file__).resolve().parent / "web"
 ROOM = "room"
 MAX_NAME = 40
 MAX_TEXT = 200
-#: a viewer's comments: at most COMMENTS in any COMMENT_WINDOW seconds (more are answered 429)
+#: a viewer's comments: at most COMMENTS in any COMMENT_WINDOW seconds (more are answered 429),
+#: counted per viewer across reconnects (see :meth:`LiveService.comment`)
 COMMENTS = 5
 COMMENT_WINDOW = 10.0
 
@@ -57,6 +59,9 @@ class JoinRequest:
 @attrs.frozen
 class Enter:
     name: str = ""
+    #: who the comment limit counts against: "uid:N" for a viewer that gave its uid, else
+    #: "host:H" (its address as the gate sees it)
+    viewer: str = ""
 
 
 @attrs.frozen
@@ -66,6 +71,8 @@ class CommentRequest:
 
 #: a viewer's name, on the logic node's stand-in of its session
 NAME = trionano.SessionKey[str]("name")
+#: who its comments count against (:attr:`Enter.viewer`), on the stand-in too
+VIEWER = trionano.SessionKey[str]("viewer")
 
 
 class NodeComponent(Component):
@@ -89,11 +96,15 @@ class RoomService(NodeComponent):
         if not 0 <= msg.uid < 1 << 53:
             raise HandlerError("uid: 1 to 2**53-1, or 0 for the session id", code=400)
         name = msg.name.strip()[:MAX_NAME] or f"viewer {session.id % 100_000}"
+        viewer = f"uid:{msg.uid}" if msg.uid else f"host:{session.remote_address.rpartition(':')[0]}"
+        try:
+            session.rpc("live.enter", {"name": name, "viewer": viewer})
+        except LookupError:  # no logic node in the cluster (not started yet, or restarting)
+            raise HandlerError("the room is not open yet: try again shortly", code=503) from None
         session.bind(msg.uid or session.id)
         room = self.node.group(ROOM)
         if session not in room:
             room.add(session)
-        session.rpc("live.enter", {"name": name})
         return {"code": 0, "uid": session.uid, "name": name}
 
 
@@ -103,7 +114,9 @@ class LiveService(NodeComponent):
     def __init__(self) -> None:
         self.viewers: dict[int, Session] = {}  # stand-in session id -> its session
         self.shown = -1  # the count last pushed
-        self.said: dict[int, list[float]] = {}  # uid -> when its recent comments came (trio time)
+        # viewer (Enter.viewer) -> when its recent comments came (trio time); kept across
+        # reconnects, forgotten once the window has passed (report)
+        self.said: dict[str, list[float]] = {}
 
     def after_init(self) -> None:
         self.server.on_session_closed(self.left)
@@ -111,15 +124,17 @@ class LiveService(NodeComponent):
 
     def left(self, session: Session) -> None:
         self.viewers.pop(session.id, None)
-        self.said.pop(session.uid or session.id, None)
 
     def report(self) -> None:
+        since = trio.current_time() - COMMENT_WINDOW
+        self.said = {viewer: said for viewer, said in self.said.items() if said[-1] > since}
         if len(self.viewers) != self.shown:
             self.shown = len(self.viewers)
             self.node.push("onViewers", {"count": self.shown}, Audience.of_group(ROOM))
 
     def enter(self, session: Session, msg: Enter) -> None:
         session[NAME] = msg.name[:MAX_NAME]
+        session[VIEWER] = msg.viewer[:80] or f"session:{session.id}"
         self.viewers[session.id] = session
 
     def comment(self, session: Session, msg: CommentRequest) -> dict[str, Any]:
@@ -129,10 +144,11 @@ class LiveService(NodeComponent):
         if session.id not in self.viewers:
             raise HandlerError("join the room first", code=400)
         now = trio.current_time()
-        said = [at for at in self.said.get(session.uid or session.id, ()) if at > now - COMMENT_WINDOW]
+        viewer = session[VIEWER]
+        said = [at for at in self.said.get(viewer, ()) if at > now - COMMENT_WINDOW]
         if len(said) >= COMMENTS:
             raise HandlerError(f"slow down: {COMMENTS} comments per {COMMENT_WINDOW:g} s", code=429)
-        self.said[session.uid or session.id] = [*said, now]
+        self.said[viewer] = [*said, now]
         gates = self.node.push("onComment", {"name": session.get(NAME, ""), "text": text}, Audience.of_group(ROOM))
         return {"code": 0, "gates": gates}
 

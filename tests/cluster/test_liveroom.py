@@ -467,3 +467,54 @@ async def test_the_launcher_refuses_ports_in_use(tmp_path: Path) -> None:
         )
     assert result.returncode != 0
     assert f"[{base + 3}]" in result.stderr.decode()
+
+
+async def test_a_viewers_comment_limit_holds_across_reconnects(tmp_path: Path) -> None:
+    """The attacker's finding: a viewer that reconnected (same uid, same address) got a fresh
+    comment allowance each time (1,180 comments in 10 s over 236 connections against the
+    documented 5). The logic node now counts comments per viewer (its uid when it gave one,
+    else its address) and forgets them only once the window has passed, not when it leaves."""
+    async with liveroom(tmp_path) as (_, _, (gate1, gate2)):
+        for uid in (303, 0):  # a viewer with its uid, then one without (counted by address)
+            answers: list[int] = []
+            for round_ in range(4):
+                async with open_viewer(gate1 if round_ % 2 else gate2) as viewer:
+                    await join(viewer, "flooder", uid=uid)
+                    answers += [(await viewer.request("live.comment", {"text": "spam"}))["code"] for _ in range(3)]
+            assert answers.count(0) == 5, (uid, answers)
+            assert set(answers) == {0, 429}
+
+
+async def test_a_gate_up_before_its_logic_node_answers_join_503_then_serves(tmp_path: Path) -> None:
+    """The attacker's finding: a gate started before the logic node answered room.join 500
+    "internal error" (with a traceback in its log), after binding the uid and adding the viewer
+    to the room. Now it answers 503 and changes nothing until the logic node is there."""
+    async with cluster(tmp_path, "examples.liveroom", heartbeat=1.0) as c:
+        launched = commands(master=c.master, gates=[(free_address(), free_port())], push_port=free_port())
+        await c.start_command("gate1", launched["gate1"][1:], ready="")
+        ws_port = int(launched["gate1"][launched["gate1"].index("--ws-port") + 1])
+        with trio.fail_after(60):  # its clients' port opens before it has joined a cluster
+            while True:
+                try:
+                    probe = await trio.open_tcp_stream("127.0.0.1", ws_port)
+                except OSError:
+                    await trio.sleep(0.2)
+                else:
+                    await probe.aclose()
+                    break
+        async with open_viewer(f"ws://127.0.0.1:{ws_port}/") as viewer:
+            early = await viewer.request("room.join", {"name": "early", "uid": 7})
+            assert early["code"] == 503, early
+            assert "not open yet" in early["message"]
+            await c.start_command("logic", launched["logic"][1:], ready="liveroom logic ready")
+            with trio.fail_after(60):
+                for _ in range(10_000):
+                    answer = await viewer.request("room.join", {"name": "early", "uid": 7})
+                    if answer["code"] != 503:
+                        break
+                    await trio.sleep(0.2)
+            assert answer["code"] == 0
+            assert answer["uid"] == 7
+            assert (await viewer.request("live.comment", {"text": "made it"}))["code"] == 0
+            assert await viewer.receive_push("onComment") == {"name": "early", "text": "made it"}
+        assert "Traceback" not in c.log("gate1")
