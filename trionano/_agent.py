@@ -8,9 +8,10 @@
         │           Notify to the router (waiting only when its lane is full); a read of whole
         │           Requests (the common case) takes the fused path: receive_requests decodes
         │           them at once, Router.dispatch_request queues each handler call
-        └── writer: drain the outbox, join what is queued into one write; it waits for the
-                    outbox in trio.lowlevel.wait_task_rescheduled, and whatever queues on the
-                    outbox or closes it wakes it (Agent._wake; why: Agent._writer)
+        └── writer: drain the outbox, writing what is queued at once (vectored, or joined
+                    when small: JOIN_BELOW); it waits for the outbox in
+                    trio.lowlevel.wait_task_rescheduled, and whatever queues on the outbox or
+                    closes it wakes it (Agent._wake; why: Agent._writer)
 
 A merge window (``Config.merge_window``) holds Pushes in a list beside the outbox, without
 waking the writer; when the window ends (the server's MergeClock, or a packet that must not
@@ -47,13 +48,14 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import trio
 
 from ._config import Config, SlowConsumerPolicy
 from ._errors import HandshakeRejected, MessageTooLarge
+from ._fdstream import coalesce
 from ._log import RateLimitedLog
 from ._merge import MergeClock
 from ._pipeline import PipelineMessage
@@ -83,12 +85,20 @@ from .wire import (
 )
 from .wire import Connection as WireConnection
 
-__all__ = ["EVICTED", "MAX_WRITE", "Agent", "fitting_kick"]
+__all__ = ["EVICTED", "JOIN_BELOW", "MAX_WRITE", "Agent", "fitting_kick"]
 
 #: The most bytes the writer joins into one write: over WebSocket, one message. Every client
 #: trionano ships accepts messages of 4 * 64 KiB + 64 bytes; a single packet larger than this
 #: (with a raised ``max_packet_size``) is written alone.
 MAX_WRITE: Final = 256 * 1024
+#: The most bytes of several packets the writer joins into one buffer of its own: more are
+#: written vectored (``writev``, FdStream's ``send_parts_nowait``/``send_all_parts``), as the
+#: packets themselves, when the stream can; a stream that cannot (TLS) is handed them in
+#: turns, runs of small ones joined up to this. A writer waiting for a client that does not
+#: read so holds at most this much memory of its own beside the packets it writes (and, over
+#: TLS, their encryption), which a broadcast shares among its members (1,000 stalled members of a group once held 1,000
+#: joined copies of up to MAX_WRITE each: 256 MB).
+JOIN_BELOW: Final = 16 * 1024
 #: Events the reader handles per wake-up before it lets other tasks run.
 EVENTS_PER_WAKEUP: Final = 64
 #: Writes the writer makes in a row without waiting before it lets other tasks run.
@@ -128,6 +138,7 @@ class Agent:
 
     __slots__ = (
         "_clock",
+        "_close_by",
         "_codec",
         "_config",
         "_counters",
@@ -135,6 +146,7 @@ class Agent:
         "_final",
         "_finished",
         "_flush_at",
+        "_goodbye",
         "_held",
         "_held_bytes",
         "_held_window",
@@ -198,7 +210,7 @@ class Agent:
         self._on_working = on_working
         self._outbound_pipeline = config.pipeline.outbound  # its .funcs: tested on every answer
         self.conn: Final = WireConnection(Role.SERVER, heartbeat=config.heartbeat, codec=codec, now=trio.current_time())
-        # the outbox: a packet, or the packets a merge window held (the writer joins them)
+        # the outbox: a packet, or the packets a merge window held (written in one write)
         self._send, self._receive = trio.open_memory_channel[bytes | list[bytes]](float("inf"))
         # the writer, while it waits for the outbox (see _writer); whatever queues or closes
         # wakes it (_wake)
@@ -236,6 +248,8 @@ class Agent:
         self._final: bytes | None = None  # a Kick, written after the outbox drains
         self._draining = False  # shutting down: reading has stopped, the Kick waits for the answers
         self._finished = False  # the closing sequence has begun
+        self._close_by = _NEVER  # the goodbye (a WebSocket's close handshake) ends by then (Trio time)
+        self._goodbye: trio.CancelScope | None = None  # the goodbye, while it is under way
         self._reader_scope = trio.CancelScope()
         self._writer_scope = trio.CancelScope()
         # merge window (Config.merge_window): Pushes held here, off the outbox, until _flush_at
@@ -305,10 +319,14 @@ class Agent:
         finally:
             self._closing()
             self._session = None  # nothing of the connection needs it any more: no cycle is left
-            with trio.CancelScope(shield=True) as scope:  # a WebSocket says goodbye (close frame)
-                scope.deadline = trio.current_time() + min(self._config.close_timeout, 1.0)
+            # a WebSocket says goodbye (close frame, the peer's), for a second at most, and
+            # never past the shutdown's deadline (close_by): a connection cut then closes at once
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = min(trio.current_time() + min(self._config.close_timeout, 1.0), self._close_by)
+                self._goodbye = scope
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     await self._stream.aclose()
+            self._goodbye = None
             if scope.cancelled_caught:
                 await trio.aclose_forcefully(self._stream)
 
@@ -494,8 +512,11 @@ class Agent:
         self._enqueue(self.conn.send(response), droppable=False)
 
     async def _writer(self, agent_scope: trio.CancelScope) -> None:
-        """Drain the outbox until it is closed and empty, joining what is queued into one
-        write (at most MAX_WRITE), then write the final Kick, if any.
+        """Drain the outbox until it is closed and empty, writing what is queued (at most
+        MAX_WRITE) at once, then write the final Kick, if any. Up to JOIN_BELOW bytes of
+        packets are joined into one write; more are handed to a stream that writes vectored
+        as the packets themselves: a broadcast's packets are shared by every member, and a
+        client that does not read never has a joined copy of them waiting for it.
 
         It waits for the outbox with ``trio.lowlevel.wait_task_rescheduled`` and an abort
         function bound once per agent, and whatever queues on the outbox or closes it wakes
@@ -508,19 +529,28 @@ class Agent:
         task = trio.lowlevel.current_task()
         abort = self._unpark  # bound once, in the writer (the agent holding it would be a cycle)
         wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
-        write = self._stream.send_all
+        stream = self._stream
+        write = stream.send_all
         # a stream that can write without waiting (FdStream) is tried first: no coroutine, no
         # checkpoint per write while the client reads; every WRITES_PER_CHECKPOINT writes in a
         # row without a wait, the writer lets other tasks run
-        write_nowait: Callable[[bytes], int] | None = getattr(self._stream, "send_some_nowait", None)
+        write_nowait: Callable[[bytes], int] | None = getattr(stream, "send_some_nowait", None)
+        # ... and one that writes vectored (FdStream, the WebSocket over it) is handed the
+        # packets themselves, not a copy joined for this connection (see JOIN_BELOW)
+        write_parts_nowait: Callable[[list[bytes]], int] | None = getattr(stream, "send_parts_nowait", None)
+        write_parts: Callable[[list[bytes], int], Awaitable[None]] | None = getattr(stream, "send_all_parts", None)
+        if write_parts is None:
+            write_parts_nowait = None
         budget = WRITES_PER_CHECKPOINT
-        carry: bytes | None = None
+        carry: bytes | list[bytes] | None = None
+        carry_size = 0
         item: bytes | list[bytes]
+        more: bytes | list[bytes]
         try:
             with self._writer_scope:
                 while True:
                     if carry is not None:
-                        data, carry = carry, None
+                        item, size, carry = carry, carry_size, None
                     else:
                         try:
                             while True:
@@ -539,37 +569,72 @@ class Agent:
                             break
                         if type(item) is list:  # a merge window's packets (at most MAX_WRITE)
                             self._queued -= len(item)
-                            data = b"".join(item)
+                            size = sum(map(len, item))
                         else:
                             self._queued -= 1
-                            data = item  # type: ignore[assignment]
-                        self._queued_bytes -= len(data)
-                    size = len(data)
-                    parts: list[bytes] | None = None
-                    while self._queued > len(self._held):  # join what is queued, never past MAX_WRITE
+                            size = len(item)
+                        self._queued_bytes -= size
+                    # what is queued, up to MAX_WRITE, as references to the packets (a
+                    # broadcast's are shared by every member: never copied while they wait here)
+                    parts: list[bytes] | None = item if type(item) is list else None
+                    while self._queued > len(self._held):
                         try:
-                            item = receive.receive_nowait()
+                            more = receive.receive_nowait()
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
-                        if type(item) is list:
-                            self._queued -= len(item)
-                            more = b"".join(item)
+                        if type(more) is list:
+                            self._queued -= len(more)
+                            more_size = sum(map(len, more))
                         else:
                             self._queued -= 1
-                            more = item  # type: ignore[assignment]
-                        self._queued_bytes -= len(more)
-                        if size + len(more) > MAX_WRITE:
-                            carry = more
+                            more_size = len(more)
+                        self._queued_bytes -= more_size
+                        if size + more_size > MAX_WRITE:
+                            carry, carry_size = more, more_size
                             break
                         if parts is None:
-                            parts = [data]
-                        parts.append(more)
-                        size += len(more)
-                    if parts is not None:
-                        data = b"".join(parts)
+                            parts = [item]  # type: ignore[list-item]
+                        if type(more) is list:
+                            parts += more
+                        else:
+                            parts.append(more)  # type: ignore[arg-type]
+                        size += more_size
                     if self._resume is not None:  # the reader waits for the outbox to drain
                         self._maybe_resume()
                     self._counters.writes += 1
+                    if parts is None:
+                        data: bytes = item  # type: ignore[assignment]
+                    elif size <= JOIN_BELOW:
+                        data = b"".join(parts)  # small: one buffer is cheaper than several
+                    elif write_parts_nowait is None:  # no vectored writes (TLS): in turns, none large
+                        self._writing = True
+                        self._write_started = trio.current_time()
+                        if self._kick and self._judge_at == _NEVER and self._over_soft_bounds():
+                            self._judge_later()
+                        for chunk in coalesce(parts, JOIN_BELOW):
+                            await write(chunk)
+                        self._writing = False
+                        budget = WRITES_PER_CHECKPOINT
+                        continue
+                    else:  # vectored: what waits for the client is the packets, not a copy
+                        try:
+                            sent = write_parts_nowait(parts)
+                        except trio.WouldBlock:
+                            sent = 0
+                        if sent == size:
+                            budget -= 1
+                            if not budget:
+                                budget = WRITES_PER_CHECKPOINT
+                                await trio.lowlevel.checkpoint()
+                            continue
+                        self._writing = True
+                        self._write_started = trio.current_time()
+                        if self._kick and self._judge_at == _NEVER and self._over_soft_bounds():
+                            self._judge_later()
+                        await write_parts(parts, sent)  # type: ignore[misc]  # set with write_parts_nowait
+                        self._writing = False
+                        budget = WRITES_PER_CHECKPOINT
+                        continue
                     if write_nowait is not None:
                         try:
                             sent = write_nowait(data)
@@ -685,7 +750,7 @@ class Agent:
             clock.wake_at(at, self)
 
     def _flush_window(self) -> None:
-        """Hand the held packets to the writer, one item (it joins them into one write)."""
+        """Hand the held packets to the writer, one item (written in one write)."""
         held = self._held
         self._held = []
         self._held_bytes = 0
@@ -934,11 +999,19 @@ class Agent:
             self._counters.kicked(EVICTED)
             self._send_kick(Kick(EVICTED))
 
-    def shutdown(self, *, answers_first: bool = True) -> None:
+    def shutdown(self, *, answers_first: bool = True, close_by: float = _NEVER) -> None:
         """Kick with reason "shutdown" (the server is stopping). With Requests read and not
         yet answered (and ``answers_first``), reading stops now and the Kick follows their
         answers (:meth:`run` sends it); without (or called again with ``answers_first``
-        False: the server's time is running out), the Kick is queued at once. Idempotent."""
+        False: the server's time is running out), the Kick is queued at once. The
+        connection's goodbye (a WebSocket's close handshake) ends by ``close_by`` (Trio time),
+        whenever it starts: a connection still open then closes without it once its tasks
+        are cancelled. Idempotent."""
+        if close_by < self._close_by:
+            self._close_by = close_by
+            goodbye = self._goodbye
+            if goodbye is not None:
+                goodbye.deadline = min(goodbye.deadline, close_by)
         if self._finished:
             return
         if answers_first and self._pending and self.conn.state is _WORKING:

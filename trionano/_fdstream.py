@@ -20,8 +20,15 @@ happens. A call that must wait is a full checkpoint, as in trio (a read after a 
 waits at once: no read that fails with EAGAIN, no other checkpoint first). A call that need not
 wait is a schedule point only every ``fair_every`` calls on its side (16 by default, counted
 inline), so a busy connection still lets other tasks run; with ``fair_every=1`` every call is
-a full checkpoint, trio's whole Stream contract. :meth:`FdStream.send_some_nowait` is the one
-exception: a plain non-blocking write, for a writer that tries to write before it waits.
+a full checkpoint, trio's whole Stream contract. :meth:`FdStream.send_some_nowait` and
+:meth:`FdStream.send_parts_nowait` are the exceptions: plain non-blocking writes, for a writer
+that tries to write before it waits.
+
+Vectored writes: :meth:`FdStream.send_parts_nowait` and :meth:`FdStream.send_all_parts` hand
+the kernel a list of buffers in one ``writev`` (at most ``IOV_MAX`` buffers a call), so a
+writer need not join packets shared by many connections (a broadcast's) into a private copy
+of its own; a partial write goes on from a ``memoryview`` of the part it stopped in, and
+nothing is copied (:func:`parts_after`).
 
 Error handling: ``trio.ClosedResourceError`` once this side closed the stream (also for a task
 blocked in it at the time: the close wakes it), or after :meth:`send_eof` for sending;
@@ -35,11 +42,18 @@ import errno
 import operator
 import os
 import socket as stdlib_socket
+from collections.abc import Iterator, Sequence
 from typing import Final
 
 import trio
 
-__all__ = ["FdStream"]
+__all__ = ["IOV_MAX", "Buffer", "FdStream", "coalesce", "parts_after"]
+
+Buffer = bytes | bytearray | memoryview
+
+#: The most buffers one ``writev`` takes (POSIX's ``IOV_MAX``, 1024 on Linux); a longer list
+#: is written in turns.
+IOV_MAX: Final = 1024
 
 _FAIR_EVERY: Final = 16
 _READ_SIZE: Final = 65536
@@ -167,6 +181,80 @@ class FdStream(trio.abc.HalfCloseableStream):
         finally:
             self._sending = False
 
+    def send_parts_nowait(self, parts: Sequence[Buffer]) -> int:
+        """Hand the kernel what it takes now of the bytes of ``parts`` one after another, as
+        one ``writev`` (one per ``IOV_MAX`` buffers), without waiting and without joining
+        them: the number of bytes written (fewer than the parts hold when the send buffer
+        filled; 0 only for parts that hold none). Not a checkpoint. Raises trio.WouldBlock
+        (the send buffer is full: nothing written), trio.BusyResourceError (a send is under
+        way), trio.ClosedResourceError (also after send_eof), trio.BrokenResourceError."""
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this stream")
+        fd = self._wfd
+        if fd < 0:
+            raise trio.ClosedResourceError("this stream was closed for sending")
+        if len(parts) <= IOV_MAX:  # the common case: one call
+            try:
+                return os.writev(fd, parts)
+            except BlockingIOError:
+                raise trio.WouldBlock from None
+            except OSError as exc:
+                raise _translate(exc) from exc
+        total = 0
+        for first in range(0, len(parts), IOV_MAX):
+            batch = parts[first : first + IOV_MAX]
+            try:
+                sent = os.writev(fd, batch)
+            except BlockingIOError:
+                if total:
+                    return total
+                raise trio.WouldBlock from None
+            except OSError as exc:
+                raise _translate(exc) from exc
+            total += sent
+            if sent < sum(map(len, batch)):  # the send buffer is full
+                break
+        return total
+
+    async def send_all_parts(self, parts: Sequence[Buffer], start: int = 0) -> None:
+        """Hand all the bytes of ``parts`` to the kernel, from byte ``start`` of them on (what
+        :meth:`send_parts_nowait` returned), in ``writev`` calls (see it), waiting while the
+        send buffer is full; nothing is joined or copied, and ``parts`` are only read (the
+        caller keeps them alive until it returns). Raises what :meth:`send_all` raises."""
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this stream")
+        self._sending = True
+        try:
+            self._write_budget -= 1
+            if self._write_budget > 0:
+                await _checkpoint_if_cancelled()
+            else:
+                self._write_budget = self._fair_every
+                await _checkpoint()
+            pending = parts_after(parts, start)
+            full = False
+            while pending:
+                fd = self._wfd
+                if fd < 0:
+                    raise trio.ClosedResourceError("this stream was closed for sending")
+                if full:
+                    await _wait_writable(fd)
+                    full = False
+                    self._write_budget = self._fair_every
+                    continue
+                batch = pending if len(pending) <= IOV_MAX else pending[:IOV_MAX]
+                try:
+                    sent = os.writev(fd, batch)
+                except BlockingIOError:
+                    full = True
+                    continue
+                except OSError as exc:
+                    raise _translate(exc) from exc
+                full = sent < sum(map(len, batch))
+                pending = parts_after(pending, sent)
+        finally:
+            self._sending = False
+
     def send_some_nowait(self, data: bytes | bytearray | memoryview) -> int:
         """Hand the kernel what it takes of ``data`` now, without waiting: the number of bytes
         written (at least 1; fewer than ``len(data)`` when the send buffer filled). Not a
@@ -224,6 +312,41 @@ class FdStream(trio.abc.HalfCloseableStream):
         self._rfd = self._wfd = -1
         self.socket.close()  # trio's close wakes any task waiting on it with ClosedResourceError
         await _checkpoint()
+
+
+def parts_after(parts: Sequence[Buffer], start: int) -> list[Buffer]:
+    """The buffers of ``parts`` from byte ``start`` of their bytes on: the part ``start``
+    falls in as a ``memoryview`` of its tail, the ones after it as they are (nothing copied),
+    empty parts before it left out; [] once ``start`` is past them all. Raises ValueError for
+    a negative ``start``."""
+    if start < 0:
+        raise ValueError("start must not be negative")
+    for index, part in enumerate(parts):
+        size = len(part)
+        if start < size:
+            if start:
+                return [memoryview(part)[start:], *parts[index + 1 :]]
+            return list(parts[index:])
+        start -= size
+    return []
+
+
+def coalesce(parts: Sequence[Buffer], limit: int) -> Iterator[Buffer]:
+    """The bytes of ``parts`` as buffers for a stream that cannot write vectored (TLS): runs of
+    parts of at most ``limit`` bytes in all joined into one, a part alone as it is (no copy),
+    so no buffer made here holds more than ``limit`` bytes."""
+    run: list[Buffer] = []
+    size = 0
+    for part in parts:
+        length = len(part)
+        if run and size + length > limit:
+            yield run[0] if len(run) == 1 else b"".join(run)
+            run = []
+            size = 0
+        run.append(part)
+        size += length
+    if run:
+        yield run[0] if len(run) == 1 else b"".join(run)
 
 
 def _translate(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:

@@ -12,8 +12,8 @@ close frames); the server's data frames, unmasked binary FIN frames, are framed 
 than wsproto's, the engine the server drove first); trio-websocket serves the client side
 (:class:`WebSocketStream`). Inbound, binary and text messages both feed the packet stream (a
 packet may span messages; a message may hold several). Outbound, the agent's writer hands over
-whole packets only, and each ``send_all`` is one message: JS clients cannot reassemble a split
-packet.
+whole packets only, and each ``send_all`` (or ``send_all_parts``) is one message: JS clients
+cannot reassemble a split packet.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import mimetypes
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -37,6 +37,7 @@ from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError
 
 from ._admission import Handshaking
+from ._fdstream import Buffer, coalesce, parts_after
 from ._listen import ConnectionHandler, accept_forever, open_listeners, peer_host
 from ._log import RateLimitedLog, client_text
 
@@ -68,10 +69,25 @@ _TEXT: Final = Opcode.TEXT
 OriginCheck = Callable[[str | None], bool]
 
 
+#: A message this large or larger is written as its header followed by its payload's own
+#: buffers (vectored over FdStream; in turns over TLS, small ones joined up to this): a slow
+#: client's writer then holds no copy of a broadcast's shared packets; a smaller message is
+#: framed into one bytes object.
+_COPY_BELOW: Final = 16 * 1024
+
 # a server's binary message as one unmasked FIN frame (RFC 6455 section 5.2): the head by length
 _SHORT_HEADS: Final = tuple(bytes((0x80 | Opcode.BINARY, n)) for n in range(126))
 _HEAD_16: Final = bytes((0x80 | Opcode.BINARY, 126))
 _HEAD_64: Final = bytes((0x80 | Opcode.BINARY, 127))
+
+
+def _binary_head(n: int) -> bytes:
+    """The header of a server's binary message of ``n`` bytes (unmasked, FIN)."""
+    if n < 126:
+        return _SHORT_HEADS[n]
+    if n < 1 << 16:
+        return _HEAD_16 + n.to_bytes(2, "big")
+    return _HEAD_64 + n.to_bytes(8, "big")
 
 
 def _binary_frame(data: bytes | bytearray | memoryview) -> bytes:
@@ -113,7 +129,9 @@ class WebSocketServerStream(trio.abc.Stream):
     answered with pongs, written by the receiver in turn with the sender's messages (a peer
     that pings and never reads stops the receiver at the transport's buffers). Frames that
     carry no payload (pings, pongs, empty messages) may be limited: :meth:`limit_frames`.
-    Outbound, each ``send_all`` is one binary message.
+    Outbound, each ``send_all`` (or ``send_all_parts``: the parts as one payload) is one binary
+    message; over FdStream a large one is written vectored, its header then its payload's own
+    buffers, so a client that does not read never has a copy of them kept for it.
 
     Resource handling: owns ``transport_stream`` and closes it in ``aclose``, which first sends
     a close frame (1000) and waits up to a second for the peer's (callers may bound it
@@ -137,12 +155,14 @@ class WebSocketServerStream(trio.abc.Stream):
         "_head",
         "_max_size",
         "_nowait",
+        "_nowait_parts",
         "_owed",
         "_parts",
         "_pending",
         "_received",
         "_receiving",
         "_rest",
+        "_send_parts",
         "_sending",
         "_skipping",
         "_text",
@@ -173,8 +193,17 @@ class WebSocketServerStream(trio.abc.Stream):
         self._writing = False
         self._write_turn = trio.lowlevel.ParkingLot()
         # the transport's non-blocking write (FdStream's), if it has one
-        self._nowait: Callable[[bytes], int] | None = getattr(transport, "send_some_nowait", None)
-        self._rest: bytes | None = None  # a message send_some_nowait left under way: its unsent bytes
+        self._nowait: Callable[[Buffer], int] | None = getattr(transport, "send_some_nowait", None)
+        # ... and its vectored writes (FdStream's): a large message is written without a copy
+        self._nowait_parts: Callable[[Sequence[Buffer]], int] | None = getattr(transport, "send_parts_nowait", None)
+        self._send_parts: Callable[[Sequence[Buffer]], Awaitable[None]] | None = getattr(
+            transport, "send_all_parts", None
+        )
+        if self._send_parts is None or self._nowait_parts is None:  # both, or neither
+            self._nowait = self._nowait_parts = self._send_parts = None
+        # a message send_parts_nowait left under way: its unsent bytes (a view of the part it
+        # stopped in, references to the parts after it)
+        self._rest: list[Buffer] | None = None
 
     def limit_frames(self, check: Callable[[], bool]) -> None:
         """Call ``check()`` for every frame that carries no payload bytes for the stream, as
@@ -371,7 +400,19 @@ class WebSocketServerStream(trio.abc.Stream):
         self._answers = False
         control = self._ws.data_to_send()
         if control:
-            await self._write(b"".join(control))
+            await self._write([b"".join(control)])
+
+    def _frame(self, parts: Sequence[Buffer], size: int) -> list[Buffer]:
+        """The payload ``parts`` (``size`` bytes in all) framed as one binary message, as the
+        buffers to write: for a message of ``_COPY_BELOW`` bytes or more, the frame's header,
+        then the parts themselves (not copied: they may be a broadcast's packets, shared by
+        every member; a transport without vectored writes, TLS, gets them in turn, small ones
+        joined up to ``_COPY_BELOW``); else one bytes object."""
+        if size < _COPY_BELOW:
+            if len(parts) == 1:
+                return [_binary_frame(parts[0])]
+            return [b"".join([_binary_head(size), *parts])]
+        return [_binary_head(size), *parts]
 
     def send_some_nowait(self, data: bytes) -> int:
         """Send ``data`` as one binary message without waiting, as far as the transport takes
@@ -382,6 +423,16 @@ class WebSocketServerStream(trio.abc.Stream):
         checkpoint. Raises trio.WouldBlock (nothing sent: the transport cannot take it now, has
         no non-blocking write, or a control frame is being written), trio.BusyResourceError,
         trio.ClosedResourceError, trio.BrokenResourceError (the WebSocket is closing)."""
+        return self.send_parts_nowait((data,))
+
+    def send_parts_nowait(self, parts: Sequence[Buffer]) -> int:
+        """:meth:`send_some_nowait` for a message whose payload is ``parts`` one after another
+        (not joined: over a transport that writes vectored, FdStream, a message of
+        ``_COPY_BELOW`` bytes or more goes out as its frame header followed by the parts
+        themselves, and what the transport does not take at once is kept as references to
+        them, not as a copy). Returns how many payload bytes went out; when fewer than all,
+        the next call must be ``send_all_parts`` with the same ``parts`` and that count.
+        Raises what :meth:`send_some_nowait` raises."""
         if self._closed:
             raise trio.ClosedResourceError("the WebSocket was closed")
         if self._sending:
@@ -392,52 +443,72 @@ class WebSocketServerStream(trio.abc.Stream):
         ws = self._ws
         if ws.state is not _OPEN:
             raise trio.BrokenResourceError("the WebSocket is closing")
-        frame = _binary_frame(data)
+        size = len(parts[0]) if len(parts) == 1 else sum(map(len, parts))
+        frame = self._frame(parts, size)
         try:
-            sent = nowait(frame)
+            sent = nowait(frame[0]) if len(frame) == 1 else self._nowait_parts(frame)  # type: ignore[misc]
         except trio.WouldBlock:
             sent = 0
-        if sent == len(frame):
-            return len(data)
-        # the rest waits for send_all: the write turn is held so that no control frame lands
-        # inside this message's frame
-        self._rest = frame[sent:]
+        head = len(frame[0]) - size if len(frame) == 1 else len(frame[0])  # the frame header's bytes
+        if sent == size + head:
+            return size
+        # the rest waits for send_all(_parts): the write turn is held so that no control frame
+        # lands inside this message's frame
+        self._rest = parts_after(frame, sent)
         self._writing = True
-        return max(0, sent - (len(frame) - len(data)))
+        return max(0, sent - head)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.send_all_parts((data,))
+
+    async def send_all_parts(self, parts: Sequence[Buffer], start: int = 0) -> None:
+        """Send ``parts`` one after another as one binary message (see
+        :meth:`send_parts_nowait`), or, after ``send_parts_nowait`` sent ``start`` bytes of
+        them, the rest of that message. Raises ValueError for a ``start`` without a message
+        under way, and what ``send_all`` raises."""
         if self._closed:
             raise trio.ClosedResourceError("the WebSocket was closed")
         if self._sending:
             raise trio.BusyResourceError("another task is sending on this WebSocket")
         rest = self._rest
-        if rest is not None:  # the rest of a message send_some_nowait began (``data``'s tail)
+        if rest is not None:  # the rest of a message send_parts_nowait began (``parts``' tail)
             self._sending = True
             try:
-                await self.transport_stream.send_all(rest)
+                await self._send_frame(rest)
             finally:
                 self._rest = None
                 self._sending = self._writing = False
                 if self._write_turn:
                     self._write_turn.unpark()
             return
+        if start:
+            raise ValueError("no message is under way: nothing to go on from")
         ws = self._ws
         if ws.state is not _OPEN:
             raise trio.BrokenResourceError("the WebSocket is closing")
-        frame = _binary_frame(data)
+        frame = self._frame(parts, sum(map(len, parts)))
         self._sending = True
         try:
             await self._write(frame)
         finally:
             self._sending = False
 
-    async def _write(self, data: bytes) -> None:
+    async def _send_frame(self, frame: list[Buffer]) -> None:
+        if len(frame) == 1:
+            await self.transport_stream.send_all(frame[0])
+        elif self._send_parts is not None:
+            await self._send_parts(frame)
+        else:  # no vectored writes (TLS): one frame in several writes, none a copy of it all
+            for chunk in coalesce(frame, _COPY_BELOW):
+                await self.transport_stream.send_all(chunk)
+
+    async def _write(self, frame: list[Buffer]) -> None:
         """Write whole frames: the sender's messages and the receiver's answers take turns."""
         while self._writing:
             await self._write_turn.park()
         self._writing = True
         try:
-            await self.transport_stream.send_all(data)
+            await self._send_frame(frame)
         finally:
             self._writing = False
             if self._write_turn:
@@ -467,7 +538,7 @@ class WebSocketServerStream(trio.abc.Stream):
         try:
             if ws.state is _OPEN:
                 ws.send_close(CloseCode.NORMAL_CLOSURE)
-                await self._write(b"".join(ws.data_to_send()))
+                await self._write([b"".join(ws.data_to_send())])
             # closing the socket with the peer's data unread would reset it, and the peer
             # might lose our close frame: read until its own
             if ws.close_rcvd is None and not self._receiving:

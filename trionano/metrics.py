@@ -21,7 +21,8 @@ The metrics (counters end in ``_total``; durations are histograms in seconds):
   included; ``trionano_connections_handshaking`` (gauge): those still in their handshake;
   ``trionano_rate_limited_peers`` (gauge): peers whose spent rate-limit budget is remembered;
 - ``trionano_connections_accepted_total``; ``trionano_connections_refused_total`` (server
-  full, server busy with handshakes, or stopping);
+  full, server busy with handshakes, or stopping); ``trionano_connections_cut_total``
+  (closed without their goodbye when a graceful shutdown's ``shutdown_timeout`` passed);
 - ``trionano_messages_in_total{route, type}``: Requests and Notifies received (``type``
   "request" or "notify"), counted before the body is decoded;
 - ``trionano_messages_out_total{type}``: Pushes and Responses queued to clients (``type``
@@ -58,7 +59,8 @@ node (pass the :class:`~trionano.cluster.Node` instead of its server) adds:
 - ``trionano_cluster_pushes_total{outcome}``: cluster-wide pushes (:meth:`Node.push
   <trionano.cluster.Node.push>`), by outcome, as :class:`~trionano.cluster.PushStatistics`
   counts them: ``pushes`` made here, ``queued``/``dropped``/``failed`` per other gate,
-  ``received`` from other nodes, ``delivered`` to sessions here, ``refused`` as malformed;
+  ``received`` from other nodes, ``delivered`` to sessions here, ``refused`` as malformed,
+  ``shed`` received on a stream while this gate's backlog was full;
   ``trionano_cluster_not_gates`` (gauge): nodes found to take no pushes (Go nano nodes);
   ``trionano_cluster_pushes_held`` and ``trionano_cluster_push_bytes_held`` (gauges): pushes
   held for other gates now, queued or on their way (each gate's at most ``max_pending_pushes``
@@ -66,7 +68,9 @@ node (pass the :class:`~trionano.cluster.Node` instead of its server) adds:
   ``trionano_cluster_groups`` (gauge): the node's parts of cluster-wide groups held now
   (:class:`~trionano.cluster.ClusterGroup`: they follow the groups alive, not the names used);
 - ``trionano_push_api_requests_total{answer}``: requests to the HTTP push API served for the
-  node, by answer: ``accepted`` (202), ``refused`` (4xx, 500), ``unreached`` (503).
+  node, by answer: ``accepted`` (202), ``refused`` (4xx, 500), ``unreached`` (503), ``gone``
+  (the client went away before its body came: not answered), ``broken`` (a connection
+  Hypercorn failed on, closed).
 """
 
 from __future__ import annotations
@@ -152,6 +156,9 @@ class _Collector(Collector):
         yield counter(
             "connections_refused", "Connections refused (server full or busy, or stopping)", stats.connections_refused
         )
+        yield counter(
+            "connections_cut", "Connections closed without their goodbye at a shutdown deadline", stats.connections_cut
+        )
 
         messages_in = CounterMetricFamily(
             "trionano_messages_in", "Requests and Notifies received, by route", labels=["route", "type"]
@@ -228,15 +235,16 @@ class _Collector(Collector):
         )
         push = node.push_statistics()
         pushes = CounterMetricFamily("trionano_cluster_pushes", "Cluster-wide pushes, by outcome", labels=["outcome"])
-        for outcome in ("pushes", "queued", "dropped", "failed", "received", "delivered", "refused"):
+        for outcome in ("pushes", "queued", "dropped", "failed", "received", "delivered", "refused", "shed"):
             pushes.add_metric([outcome], getattr(push, outcome))
         yield pushes
         api = CounterMetricFamily(
             "trionano_push_api_requests",
-            "Requests to the HTTP push API, by answer (broken: a connection Hypercorn failed on, closed)",
+            "Requests to the HTTP push API, by answer (gone: the client left before its body came, not answered;"
+            " broken: a connection Hypercorn failed on, closed)",
             labels=["answer"],
         )
-        for answer in ("accepted", "refused", "unreached", "broken"):
+        for answer in ("accepted", "refused", "unreached", "gone", "broken"):
             api.add_metric([answer], getattr(push, f"api_{answer}"))
         yield api
         yield GaugeMetricFamily(

@@ -10,8 +10,9 @@ business systems over the HTTP push API.
 - gate (``RoomService``, service ``room``): ``room.join`` (Request ``{"name", "uid"?}``) tells the
   logic node (``session.rpc("live.enter")``; answered 503 while no logic node is in the
   cluster), binds the viewer's uid (the given one, else the session id) and adds the session
-  to the cluster-wide group ``room`` on its gate. The gate's WebSocket port also serves the
-  page (``/``) and ``/trionano.js``.
+  to the cluster-wide group ``room`` on its gate; ``room.stats`` (Request) answers the gate's
+  own push counters (``shed``: pushes that came while its backlog was full). The gate's
+  WebSocket port also serves the page (``/``) and ``/trionano.js``.
 - logic (``LiveService``, service ``live``, also the cluster's master): ``live.comment``
   (Request ``{"text"}``, forwarded by the gate) pushes ``onComment`` ``{"name", "text"}`` to the
   room on every gate; ``live.stats`` (Request) answers the viewer count and the node's push
@@ -106,6 +107,9 @@ class RoomService(NodeComponent):
         if session not in room:
             room.add(session)
         return {"code": 0, "uid": session.uid, "name": name}
+
+    def stats(self, session: Session, msg: dict[str, Any]) -> dict[str, Any]:
+        return {"push": attrs.asdict(self.node.push_statistics())}
 
 
 class LiveService(NodeComponent):

@@ -236,7 +236,9 @@ async def test_a_stopped_gate_holds_at_most_its_push_bound_on_the_logic_node(
     bound (``push_queue`` pushes, ``push_bytes`` bytes) covers the pushes on the stream until
     written: what the logic node holds for gate 2 (its public push statistics) stays within
     it, the rest is dropped and counted, gate 1 gets every push in order meanwhile, and gate 2,
-    back, gets what was not dropped, in order: each push either delivered or counted."""
+    back, gets what was not dropped, in order, but for what it shed (counted on gate 2: pushes
+    already written to its stream, past its own backlog's bound, when it resumed; it reads on,
+    for the answers behind them): each push either delivered or counted."""
     pushes, pad = 240, 30_000
     async with (
         liveroom(tmp_path, heartbeat=STOPPED_HEARTBEAT, push_queue=push_queue, push_bytes=push_bytes) as (
@@ -279,6 +281,15 @@ async def test_a_stopped_gate_holds_at_most_its_push_bound_on_the_logic_node(
         with trio.fail_after(30):  # back: the stream drains what the logic node held for gate 2
             while (await ann.request("live.stats", {}))["push"]["held"]:  # noqa: ASYNC110 (another process)
                 await trio.sleep(0.1)
+            # and gate 2 has taken it all (delivered or shed), twice in a row: the last push then
+            # finds its backlog empty (a push that finds it full is shed)
+            idle, last = 0, None
+            while idle < 2:
+                gate2 = (await bob.request("room.stats", {}))["push"]
+                now = (gate2["received"], gate2["delivered"] + gate2["shed"] + gate2["refused"])
+                idle = idle + 1 if now[0] == now[1] and now == last else 0
+                last = now
+                await trio.sleep(0.25)
         await http.post(push_url, json={"route": "onBig", "message": {"n": pushes}, **audience})
         got: list[int] = []
         with trio.fail_after(30):
@@ -286,8 +297,11 @@ async def test_a_stopped_gate_holds_at_most_its_push_bound_on_the_logic_node(
                 got.append((await bob.receive_push("onBig"))["n"])
         assert got == sorted(got)  # in order, without repeats
         stats = (await ann.request("live.stats", {}))["push"]
+        gate2 = (await bob.request("room.stats", {}))["push"]
         assert stats["failed"] == 0
-        assert len(got) - 1 + stats["dropped"] == pushes  # every push delivered or counted dropped
+        # every push delivered, or counted: dropped on the logic node or shed on gate 2
+        assert len(got) - 1 + stats["dropped"] + gate2["shed"] == pushes
+        assert gate2["refused"] == 0
         assert (stats["held"], stats["held_bytes"]) == (0, 0)
 
 

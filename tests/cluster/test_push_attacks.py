@@ -23,6 +23,8 @@ import httpx
 import pytest
 import trio
 
+from trionano import Components
+from trionano.cluster import ClusterConfig, Node
 from trionano.cluster.push_api import MAX_PIECES, serve_push_api
 
 from .test_push_api import Recording
@@ -307,3 +309,44 @@ async def test_a_body_in_too_many_pieces_is_refused_with_400() -> None:
                 else:
                     assert answer.startswith(b"HTTP/1.1 401 ")
     assert all(push[0] == "onX" for push in pusher.pushes)
+
+
+@pytest.mark.parametrize(("path", "status"), [("/v1/push", 405), ("/elsewhere", 404)])
+async def test_a_websocket_upgrade_is_refused_like_any_other_get(path: str, status: int) -> None:
+    """The attacker's finding (attack5 ws_upgrade.py): a WebSocket upgrade to the push API was
+    answered 500 with an empty body, uncounted (the app returned without answering, and
+    Hypercorn turns that into 500). It gets the documented 404 or 405 (``Allow: POST``) with a
+    JSON reason, counted as refused, and the bystander is served throughout."""
+    upgrade = (
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    async with served() as (port, _, pusher):
+        for _ in range(5):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            async with stream:
+                await stream.send_all(upgrade)
+                answer = await read_answer(stream)
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(f"HTTP/1.1 {status} ".encode()), answer
+            assert json.loads(body)["error"].endswith("POST /v1/push")
+            if status == 405:
+                assert b"\r\nallow: post" in head.lower()
+        assert pusher.answers["refused"] == 5
+
+
+def test_a_node_counts_every_answer_of_its_push_api() -> None:
+    """Each answer ``serve_push_api`` reports reaches ``push_statistics`` (a request whose
+    client left before its body came, "gone", was dropped by the node's counter)."""
+    node = Node(Components(), ClusterConfig(service_address="127.0.0.1:1", is_master=True))
+    answers = ["accepted", "refused", "refused", "unreached", "gone", "gone", "gone", "broken"]
+    for answer in answers:
+        node.count_push_api(answer)
+    counted = node.push_statistics()
+    assert (counted.api_accepted, counted.api_refused, counted.api_unreached, counted.api_gone, counted.api_broken) == (
+        1,
+        2,
+        1,
+        3,
+        1,
+    )

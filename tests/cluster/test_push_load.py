@@ -5,8 +5,8 @@ logic node's loop stalled long enough for it to evict both gates. Each push was 
 betterproto once per gate (25 to 50 ms) and parsed by each gate (100 to 160 ms), batches of
 them in one step each, and the answers to the gate's requests waited behind them on the
 stream. Also: the push API's bound on the requests waiting for their turn (503), and what a
-gate does with a backlog of received pushes (it delivers them in order, and reads its stream
-no further while the backlog is full)."""
+gate does with a backlog of received pushes (it delivers them in order; while it is full, a
+unary call waits for room and what comes on the stream is shed: ``test_push_shed``)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from .test_call import address
 from .test_liveroom import AUTH, join, liveroom
 from .test_push import Room
 from .test_push_api import Recording
+from .test_push_shed import Desk
 
 POSTS = 160
 AT_ONCE = 16
@@ -127,13 +128,19 @@ async def test_pushes_over_max_waiting_are_answered_503() -> None:
 
 
 @pytest.mark.parametrize("fast_path", [True, False], ids=["stream", "unary"])
-def test_a_gate_delivers_its_backlog_in_order_and_waits_when_it_is_full(fast_path: bool) -> None:
-    """A gate takes received pushes into a backlog delivered by a task of its own, one item per
-    step; over its bound (``max_pending_pushes`` here 4) the receiving side waits for room
-    rather than dropping: a unary Deliver of 30 items, then the logic node's pushes (on the
-    stream; or, with ``fast_path=False``, over unary calls), all arrive in order."""
+def test_a_gate_delivers_its_backlog_in_order_waits_on_unary_calls_and_sheds_on_its_stream(fast_path: bool) -> None:
+    """A gate takes received pushes into a backlog delivered by a task of its own, in order;
+    over its bound (``max_pending_pushes`` here 4) a unary Deliver waits for room rather than
+    dropping: a Deliver of 30 items by hand, then the logic node's first push (over the unary
+    call, before the gate has answered that it is one), all arrive in order. Then 59 pushes
+    at once: over unary calls (``fast_path=False``) they arrive, in order; on the stream (one
+    batch of 59) the gate keeps reading its stream rather than wait for room: it takes 4 and
+    sheds 55, counted as ``shed``. Either way the gate's client is answered by the logic node
+    afterwards."""
     master_address = address()
-    logic = Node(Components(), ClusterConfig(service_address=master_address, is_master=True), Config(heartbeat=0))
+    desk = Components()
+    desk.register(Desk(), name="desk")
+    logic = Node(desk, ClusterConfig(service_address=master_address, is_master=True), Config(heartbeat=0))
     components = Components()
     room = Room()
     components.register(room, name="room")
@@ -173,15 +180,28 @@ def test_a_gate_delivers_its_backlog_in_order_and_waits_when_it_is_full(fast_pat
                     got.append(await client.receive_push("onN"))
                     for number in range(31, 90):
                         assert logic.push("onN", number, Audience.of_uids([7])) == 1
-                    got += [await client.receive_push("onN") for _ in range(59)]
+                    stats = gate.push_statistics()
+                    while stats.delivered + stats.shed < 90:
+                        await trio.sleep(0.01)
+                        stats = gate.push_statistics()
+                    got += [await client.receive_push("onN") for _ in range(stats.delivered - 31)]
                     seen["got"] = got
+                    seen["answer"] = await client.request("desk.ask", {})
                 seen["stats"] = (logic.push_statistics(), gate.push_statistics())
+                seen["more"] = client.pending_pushes("onN")
             for node in (gate, logic):
                 node.server.shutdown()
 
     run(main)
     assert seen["result"] == (True, 30)
-    assert seen["got"] == list(range(90))
     logic_stats, gate_stats = seen["stats"]
     assert (logic_stats.dropped, logic_stats.failed) == (0, 0)
-    assert (gate_stats.received, gate_stats.delivered, gate_stats.refused) == (90, 90, 0)
+    assert (gate_stats.received, gate_stats.refused) == (90, 0)
+    if fast_path:
+        assert (gate_stats.delivered, gate_stats.shed) == (35, 55)
+        assert seen["got"] == list(range(35))
+    else:
+        assert (gate_stats.delivered, gate_stats.shed) == (90, 0)
+        assert seen["got"] == list(range(90))
+    assert seen["more"] == 0
+    assert seen["answer"] == {"ok": True}

@@ -8,7 +8,10 @@ then spoken to over nano's unary ``clusterpb.Member`` until it leaves the cluste
 sends on a stream, whichever opened it.
 
 Costs per message: :meth:`Link.send` appends the frame's bytes to a list (no task switch, no
-crossing); the link's writer, on asyncio, sends everything queued as one batch per wake-up. The
+crossing); the link's writer, on asyncio, sends what is queued as one batch per wake-up: every
+frame but cluster push batches, in the order sent, then push batches up to
+``PUSH_BYTES_PER_WRITE`` bytes, so that a Response never waits behind megabytes of pushes for a
+slow peer (:meth:`Link._write`). The
 reader decodes a batch on asyncio and crosses to Trio once per batch (:meth:`Bridge.to_trio_nowait`),
 where one task per link hands the frames to the node (:class:`Receiver`).
 
@@ -32,9 +35,11 @@ dropped (counted, logged): the peer answers its client at that Request's deadlin
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, Protocol
 
@@ -49,12 +54,13 @@ from grpclib.const import Status
 from ._bridge import Bridge
 from ._errors import ClusterError, DeadlineExceeded, InvalidRequest, NodeStopping, Unavailable, from_call
 from ._frames import Batch, Frame, FrameError, decode_batch
-from ._tasks import Tasks
+from ._tasks import TIME_SLICE, Tasks
 
 __all__ = [
     "MAX_QUEUED",
     "MAX_QUEUED_BYTES",
     "NODE_HEADER",
+    "PUSH_BYTES_PER_WRITE",
     "STREAM_PATH",
     "Link",
     "Links",
@@ -70,6 +76,9 @@ STREAM_PATH: Final = "/trionano.cluster.Stream/Open"
 NODE_HEADER: Final = "trionano-node"
 MAX_QUEUED: Final = 65536  # frames waiting for the writer (not counting pushes); over it send() refuses
 MAX_QUEUED_BYTES: Final = 64 * 1024 * 1024  # their bytes, likewise
+#: cluster push bytes in one written batch at most (but one push batch always goes): what a
+#: Response sent meanwhile may wait behind
+PUSH_BYTES_PER_WRITE: Final = 256 * 1024
 _MAX_BACKLOG: Final = 8  # batches received, not yet handled on the Trio side
 
 
@@ -104,9 +113,12 @@ class Link:
         self.alive = True
         self._counts = counts
         self._bridge = bridge
+        # waiting for the writer: frames without a callback (Requests, Responses, per-session
+        # Pushes, control), in the order sent; cluster push batches with their callbacks, in
+        # the order sent, written after them (see :meth:`_write`)
         self._out: list[bytes] = []
-        self._done: list[Callable[[bool], None]] = []  # the callbacks of the frames in _out
-        # frames and bytes held: in _out (pending) and in the batch being written; "own": those
+        self._pushes: collections.deque[tuple[bytes, Callable[[bool], None]]] = collections.deque()
+        # frames and bytes held: waiting (pending) and in the batch being written; "own": those
         # without a callback, which the link's bound applies to
         self._pending = [0, 0, 0, 0]  # own frames, own bytes, all frames, all bytes
         self._writing = [0, 0, 0, 0]
@@ -128,12 +140,14 @@ class Link:
         return self._pending[3] + self._writing[3]
 
     def send(self, frame: bytes, done: Callable[[bool], None] | None = None) -> bool:
-        """Queue one frame (:func:`~._frames.encode_frame`'s bytes) for the next batch. Never
+        """Queue one frame (:func:`~._frames.encode_frame`'s bytes) for a next batch. Never
         waits. False: the link is down, or (a frame without ``done``) ``MAX_QUEUED`` frames or
         ``MAX_QUEUED_BYTES`` bytes without ``done`` already wait (counted: ``frames_refused``).
-        ``done``: the sender bounds what it sends itself; ``done(True)`` once the frame is
-        written to the stream, ``done(False)`` if it is lost with the link (called once, from
-        either side of the bridge: it must only count, never wait)."""
+        ``done``: a cluster push batch, whose sender bounds what it sends itself;
+        ``done(True)`` once the frame is written to the stream, ``done(False)`` if it is lost
+        with the link (called once, from either side of the bridge: it must only count, never
+        wait). Frames without ``done`` go out in the order sent, ahead of the push batches not
+        yet written (see :meth:`_write`); push batches go out in the order sent."""
         if not self.alive:
             return False
         size = len(frame)
@@ -145,23 +159,21 @@ class Link:
                 return False
             pending[0] += 1
             pending[1] += size
+            self._out.append(frame)
         else:
-            self._done.append(done)
+            self._pushes.append((frame, done))
         pending[2] += 1
         pending[3] += size
-        out = self._out
-        out.append(frame)
-        if len(out) == 1:
-            self._wake.set()
+        self._wake.set()
         return True
 
     def release(self) -> None:
         """The link has ended: what it held is lost (the ``done`` callbacks told so)."""
         self.alive = False
-        done, self._done = self._done, []
+        pushes, self._pushes = self._pushes, collections.deque()
         self._out = []
         self._pending = [0, 0, 0, 0]
-        for callback in done:
+        for _, callback in pushes:
             callback(False)
 
     def close(self) -> None:
@@ -202,13 +214,36 @@ class Link:
                     await self._resume.wait()
 
     async def _write(self, stream: grpclib.client.Stream[Any, Any] | grpclib.server.Stream[Any, Any]) -> None:
+        """Write what waits, one batch per message: every frame without a callback first, in
+        the order sent, then push batches in the order sent up to ``PUSH_BYTES_PER_WRITE``
+        bytes (at least one). So a Response (or Request, per-session Push, control frame) sent
+        while megabytes of cluster pushes wait for a slow peer goes out in the next message,
+        behind at most that many push bytes being written, never behind all of them.
+
+        Frames without a callback keep their order among themselves (a session's Pushes and
+        Responses reach its gate in the order its stand-in sent them), and push batches among
+        themselves. Only the order between the two kinds changes, and no guarantee hangs on
+        it: at the gate, a push batch's items join a backlog that a task of their own delivers
+        (:meth:`~._push.PushHub.on_push_batch`), so the frames behind a push batch on the
+        stream were already handled before its items were delivered."""
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._out:
+            while self._out or self._pushes:
                 out, self._out = self._out, []
-                done, self._done = self._done, []
-                self._writing, self._pending = self._pending, [0, 0, 0, 0]
+                pending = self._pending
+                own, own_bytes = pending[0], pending[1]
+                done: list[Callable[[bool], None]] = []
+                pushes = self._pushes
+                push_bytes = 0
+                while pushes and (not done or push_bytes + len(pushes[0][0]) <= PUSH_BYTES_PER_WRITE):
+                    frame, callback = pushes.popleft()
+                    out.append(frame)
+                    done.append(callback)
+                    push_bytes += len(frame)
+                frames, size = own + len(done), own_bytes + push_bytes
+                self._writing = [own, own_bytes, frames, size]
+                self._pending = [0, 0, pending[2] - frames, pending[3] - size]
                 written = False
                 try:
                     await stream.send_message(Batch(b"".join(out)))
@@ -424,14 +459,24 @@ class Links:
             receiver.link_down(link)
 
     async def _inbound(self, link: Link, receiver: Receiver) -> None:
-        async with link.inbound:
-            async for frames in link.inbound:
-                self.counts.batches_in += 1
-                self.counts.frames_in += len(frames)
-                try:
-                    await receiver.receive(link, frames)
-                finally:
-                    link.handled()
+        """Hand the link's received batches to the receiver, in order: those already here one
+        after the other for up to ``TIME_SLICE`` seconds, then a checkpoint."""
+        inbound = link.inbound
+        async with inbound:
+            async for first in inbound:
+                frames: list[Frame] | None = first
+                ends = time.perf_counter() + TIME_SLICE
+                while frames is not None:
+                    self.counts.batches_in += 1
+                    self.counts.frames_in += len(frames)
+                    try:
+                        await receiver.receive(link, frames)
+                    finally:
+                        link.handled()
+                    frames = None
+                    if time.perf_counter() < ends:
+                        with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
+                            frames = inbound.receive_nowait()
 
     async def accepted(self, peer: str, stream: grpclib.server.Stream[Any, Any]) -> None:
         """A stream ``peer`` opened (Trio side of :class:`StreamService`): serve it until it ends."""

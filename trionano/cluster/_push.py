@@ -4,7 +4,7 @@ client one ``HandlePush`` at a time).
 
 ::
 
-    any node: push(route, value, audience)             each gate: Push/Deliver(batch)
+    any node: push(route, value, audience)             each gate: PushBatch frame / Deliver
       serialize once, encode the item once              bounded backlog + delivering task:
                       +- its own clients (a gate)        per item: one Broadcast for its
                       +- GateLink per other node          sessions (encoded once per codec)
@@ -12,9 +12,17 @@ client one ``HandlePush`` at a time).
 
 The body is serialized once, at the origin, and the ``PushItem`` (route, body, audience: up
 to 10,000 uids) encoded once by hand (:mod:`._pushwire`), whatever the number of gates; a
-gate decodes each item in a step of its own, from a backlog that the frames behind it on the
-stream (the answers to its Requests) do not wait for, and frames it into a packet once per
+gate decodes each item from a backlog that a task of its own delivers (items at hand one after
+the other for up to ``TIME_SLICE``, then a checkpoint), and frames it into a packet once per
 codec (its serializer's bytes pass through, its route dictionary applies), never per member.
+The frames behind a push batch on the stream (the answers to the gate's Requests) never wait
+for its items: the gate reads its stream whatever its backlog holds, and sheds the items that
+come on the stream while the backlog is full (``max_pending_pushes`` items or
+``max_pending_push_bytes`` bytes; counted, ``shed``, and logged, rate-limited): a gate that has
+fallen behind (stopped a while, or its fan-out at ``Config.max_fanout_backlog``) loses pushes,
+never its answers. On the origin, a stream writes the answers, Requests and per-session
+Pushes queued for a peer ahead of the push batches not yet written (:meth:`Link._write
+<._links.Link._write>`).
 A gate's part of a cluster-wide group is a plain :class:`~trionano.Group` of its own clients:
 members join on their gate.
 
@@ -30,8 +38,10 @@ left alone from its first answer on, and counted (``not_gates``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import time
 import weakref
 from collections.abc import Callable, Collection, Iterable
 from typing import Final, cast
@@ -50,11 +60,11 @@ from . import _frames as frames
 from . import _pushwire as wire
 from ._errors import ClusterError, NodeStopping, Unavailable
 from ._generated.trionano import push as pushpb
-from ._links import Links
+from ._links import PUSH_BYTES_PER_WRITE, Links
 from ._membership import Membership
 from ._peers import Peers
 from ._reach import Reachability
-from ._tasks import Tasks
+from ._tasks import TIME_SLICE, Tasks
 
 __all__ = [
     "MAX_UID",
@@ -162,12 +172,15 @@ class PushStatistics:
         for this node's sessions (one per session), from here or elsewhere (not those its
         server's fan-out refused, its backlog at ``Config.max_fanout_backlog``: the server
         counts them as ``dropped_backlog``); ``refused``: received
-        pushes refused as malformed (no audience, a bad route) or too large.
+        pushes refused as malformed (no audience, a bad route) or too large; ``shed``: received
+        on a stream while this gate's backlog of received pushes was full, and not delivered
+        (the gate keeps reading the stream for the answers behind them).
     HTTP push API (:mod:`trionano.cluster.push_api`) served for this node: ``api_accepted``:
     requests answered 202; ``api_refused``: answered 4xx or 500; ``api_unreached``: answered
     503 (no gate took the push, too many requests at once or waiting for their turn);
-    ``api_broken``: connections
-    Hypercorn failed on, each closed alone (pgjones/hypercorn#329).
+    ``api_gone``: requests whose client went away before its body had come (not answered: no
+    answer could reach it); ``api_broken``: connections Hypercorn failed on, each closed alone
+    (pgjones/hypercorn#329).
     ``groups`` (a gauge, now): this node's parts of cluster-wide groups (:class:`ClusterGroup`):
     those with open members or held by the application, and those left empty since the last
     prune (at most as many again, plus 64).
@@ -181,9 +194,11 @@ class PushStatistics:
     received: int
     delivered: int
     refused: int
+    shed: int
     api_accepted: int
     api_refused: int
     api_unreached: int
+    api_gone: int
     api_broken: int
     held: int = 0
     held_bytes: int = 0
@@ -202,9 +217,11 @@ class PushCounters:
     received: int = 0
     delivered: int = 0
     refused: int = 0
+    shed: int = 0
     api_accepted: int = 0
     api_refused: int = 0
     api_unreached: int = 0
+    api_gone: int = 0
     api_broken: int = 0
 
     def snapshot(self, *, held: int = 0, held_bytes: int = 0, groups: int = 0) -> PushStatistics:
@@ -213,7 +230,9 @@ class PushCounters:
 
 class GateLink:
     """The sending side to one other node: a bounded queue of push items and the sender task
-    (:meth:`run`) that drains it in order, up to ``batch`` items per call. ``bound`` pushes and
+    (:meth:`run`) that drains it in order, up to ``batch`` items per call, and no more once
+    they reach ``PUSH_BYTES_PER_WRITE`` bytes (:mod:`._links`: a batch is written whole, and
+    the answers on the stream wait for at most about that much). ``bound`` pushes and
     ``bound_bytes`` bytes (their encoded size) at most are held for the node, queued or on their
     way (in a unary call, or on the stream until written). :meth:`send` is the
     one place a batch crosses to the gate: ``trionano.push.Push/Deliver`` over grpclib until
@@ -298,13 +317,15 @@ class GateLink:
         async with self._receive:
             async for first in self._receive:
                 taken = [first]
-                while len(taken) < self._batch:
+                size = first[1]
+                while len(taken) < self._batch and size < PUSH_BYTES_PER_WRITE:
                     try:
-                        taken.append(self._receive.receive_nowait())
+                        following = self._receive.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
+                    taken.append(following)
+                    size += following[1]
                 batch = [item for item, _ in taken]
-                size = sum(size for _, size in taken)
                 if self.gate is False:
                     self._release(len(batch), size)
                     continue  # learnt meanwhile: not a gate
@@ -489,7 +510,8 @@ class PushHub:
     """The push role of a node: the origin side (:meth:`push`, one :class:`GateLink` per other
     node) and the gate side (:meth:`handle_deliver` and :meth:`on_push_batch` take received
     batches into a backlog of at most ``bound`` items and ``bound_bytes`` bytes, which a task
-    of the node's delivers an item at a time with :meth:`deliver`). Owned by the node;
+    of the node's delivers in order, in time slices, with :meth:`deliver`; what comes on a
+    stream while it is full is shed, what comes in a unary call waits). Owned by the node;
     ``serves_clients`` is set when it runs with client endpoints."""
 
     def __init__(
@@ -554,14 +576,17 @@ class PushHub:
         )
 
     def count_api(self, answer: str) -> None:
-        """Count one answer of the push API: "accepted", "refused" or "unreached"; or "broken",
-        a connection Hypercorn failed on."""
+        """Count one answer of the push API: "accepted", "refused" or "unreached"; "gone", a
+        request whose client went away before its body came (not answered); or "broken", a
+        connection Hypercorn failed on."""
         if answer == "accepted":
             self._counters.api_accepted += 1
         elif answer == "refused":
             self._counters.api_refused += 1
         elif answer == "unreached":
             self._counters.api_unreached += 1
+        elif answer == "gone":
+            self._counters.api_gone += 1
         elif answer == "broken":
             self._counters.api_broken += 1
 
@@ -688,74 +713,113 @@ class PushHub:
 
     async def handle_deliver(self, batch: wire.EncodedPushBatch) -> pushpb.PushResult:
         """``trionano.push.Push/Deliver``: the batch's items join the backlog (in order, after
-        what came on a stream) and the call is answered once they are delivered to this node's
-        clients, with how many sessions they were queued for."""
+        what came on a stream), waiting for room while it is full (``bound`` items or
+        ``bound_bytes`` bytes received and not yet delivered; one item is always let in when
+        none is): the call holds nothing else up, and its caller's own bound (then the push
+        API's 503) holds back whoever pushes faster than this gate delivers. Answered once they
+        are delivered to this node's clients, with how many sessions they were queued for."""
         tally = _Tally()
-        await self._receive(batch.data, tally)
+        for raw in self._items(batch.data):
+            while self._full(len(raw)):
+                if self._room.is_set():
+                    self._room = trio.Event()
+                await self._room.wait()
+            if not self._admit(raw, tally):
+                break  # this node is stopping
+        tally.complete = True
+        tally.check()
         await tally.done.wait()
         return pushpb.PushResult(gate=self.serves_clients, delivered=tally.queued)
 
-    async def on_push_batch(self, data: bytes) -> None:
+    def on_push_batch(self, data: bytes) -> None:
         """A ``trionano.push.PushBatch`` that came as a frame on a stream: its items join the
-        backlog, delivered by a task of their own, so that the frames behind it on the stream
-        (the answers to this gate's Requests) do not wait for them while the backlog has room.
-        Never raises for what the peer sent: a batch that does not parse is refused and counted."""
-        await self._receive(data, None)
+        backlog, in order, delivered by a task of their own, so that the frames behind it on
+        the stream (the answers to this gate's Requests) never wait for them. Never waits: an
+        item that finds the backlog full is shed (counted, ``shed``; logged, rate-limited), and
+        the stream is read on. Never raises for what the peer sent: a batch that does not parse
+        is refused and counted."""
+        items = self._items(data)
+        shed = 0
+        for raw in items:
+            if self._full(len(raw)):
+                shed += 1
+            elif not self._admit(raw, None):
+                break  # this node is stopping
+        if shed:
+            self._counters.shed += shed
+            held = self._backlog_held
+            self._log.warning(
+                "push shed",
+                "push backlog full (%d pushes, %d bytes): %d of %d pushes received on a stream shed",
+                held[0],
+                held[1],
+                shed,
+                len(items),
+            )
 
-    async def _receive(self, data: bytes, tally: _Tally | None) -> None:
-        """Queue the items of the batch ``data`` for :meth:`_deliver_backlog`, in order. Over
-        the backlog's bound (``bound`` items or ``bound_bytes`` bytes received and not yet
-        delivered; one item is always let in when none is) this waits for room: the stream
-        from the origin is then read no further, and its sender's own bound (then the push
-        API's 503) holds back whoever pushes faster than this gate delivers."""
+    def _items(self, data: bytes) -> list[bytes]:
+        """The items of the received batch ``data`` (counted as received); none, refused and
+        counted, when it does not parse."""
         try:
             _, items = wire.batch_items(data)
         except wire.PushWireError:
             self._counters.refused += 1
             self._log.warning("push refused", "a push batch did not parse")
-            items = []
-        held = self._backlog_held
-        for raw in items:
-            self._counters.received += 1
-            size = len(raw)
-            while held[0] and (held[0] >= self._bound or held[1] + size > self._bound_bytes):
-                if self._room.is_set():
-                    self._room = trio.Event()
-                await self._room.wait()
+            return []
+        self._counters.received += len(items)
+        return items
+
+    def _full(self, size: int) -> bool:
+        """Whether an item of ``size`` bytes finds the backlog full."""
+        count, held = self._backlog_held
+        return count > 0 and (count >= self._bound or held + size > self._bound_bytes)
+
+    def _admit(self, raw: bytes, tally: _Tally | None) -> bool:
+        """Put ``raw`` in the backlog for :meth:`_deliver_backlog`; False once the node is
+        stopping (its delivering task cannot start)."""
+        if not self._delivering:
+            self._delivering = self._tasks.start(self._deliver_backlog)
             if not self._delivering:
-                self._delivering = self._tasks.start(self._deliver_backlog)
-                if not self._delivering:
-                    break  # this node is stopping
-            self._backlog_send.send_nowait((raw, tally))
-            held[0] += 1
-            held[1] += size
-            if tally is not None:
-                tally.left += 1
+                return False
+        self._backlog_send.send_nowait((raw, tally))
+        held = self._backlog_held
+        held[0] += 1
+        held[1] += len(raw)
         if tally is not None:
-            tally.check()
+            tally.left += 1
+        return True
 
     async def _deliver_backlog(self) -> None:
-        """Deliver the backlog's items one at a time, in order, letting the other tasks run
-        between items (an item naming 10,000 uids costs a few milliseconds here)."""
+        """Deliver the backlog's items in order: those at hand one after the other for up to
+        ``TIME_SLICE`` seconds (an item whose audience the fan-out refuses costs microseconds),
+        then let the other tasks run (an item naming 10,000 uids costs a few milliseconds:
+        then one item per step)."""
         held = self._backlog_held
+        backlog = self._backlog
         while True:
-            raw, tally = await self._backlog.receive()
-            held[0] -= 1
-            held[1] -= len(raw)
-            self._room.set()
-            try:
-                item = wire.decode_item(raw)
-            except wire.PushWireError:
-                self._counters.refused += 1
-                self._log.warning("push refused", "a received push item did not parse")
-                queued = 0
-            else:
-                queued = self.deliver(item)
-            if tally is not None:
-                tally.queued += queued
-                tally.left -= 1
-                tally.check()
-            await trio.lowlevel.checkpoint()
+            taken: tuple[bytes, _Tally | None] | None = await backlog.receive()
+            ends = time.perf_counter() + TIME_SLICE
+            while taken is not None:
+                raw, tally = taken
+                held[0] -= 1
+                held[1] -= len(raw)
+                self._room.set()
+                try:
+                    item = wire.decode_item(raw)
+                except wire.PushWireError:
+                    self._counters.refused += 1
+                    self._log.warning("push refused", "a received push item did not parse")
+                    queued = 0
+                else:
+                    queued = self.deliver(item)
+                if tally is not None:
+                    tally.queued += queued
+                    tally.left -= 1
+                    tally.check()
+                taken = None
+                if time.perf_counter() < ends:
+                    with contextlib.suppress(trio.WouldBlock):
+                        taken = backlog.receive_nowait()
 
     def deliver(self, item: wire.PushItem) -> int:
         """Queue ``item`` for this node's sessions in its audience: one Broadcast, encoded once
@@ -790,18 +854,21 @@ class PushHub:
 
 
 class _Tally:
-    """The items of one unary ``Deliver`` call in the backlog: ``done`` once all are delivered
-    (or none was let in); ``queued``: the sessions they were queued for."""
+    """The items of one unary ``Deliver`` call in the backlog: ``done`` once all are in
+    (``complete``) and delivered, or none was let in; ``queued``: the sessions they were
+    queued for. (The delivering task may empty the backlog while the call waits to put its
+    next items in: not done then.)"""
 
-    __slots__ = ("done", "left", "queued")
+    __slots__ = ("complete", "done", "left", "queued")
 
     def __init__(self) -> None:
         self.left = 0
         self.queued = 0
+        self.complete = False
         self.done = trio.Event()
 
     def check(self) -> None:
-        if self.left == 0:
+        if self.complete and self.left == 0:
             self.done.set()
 
 

@@ -48,7 +48,7 @@ class FrameReceiver:
                     case frames.Error():
                         gate.on_error(frame)
                     case frames.PushBatch(data):
-                        await self._push.on_push_batch(data)
+                        self._push.on_push_batch(data)  # never waits: the stream is read on
                     case frames.Audit(sids):
                         gate.on_audit(link, sids)
             except Exception:  # a bug here must not end the stream for everyone else

@@ -4,11 +4,18 @@ node (no fire-and-forget)."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVarTuple, Unpack
+from typing import Final, TypeVarTuple, Unpack
 
 import trio
 
-__all__ = ["Tasks"]
+__all__ = ["TIME_SLICE", "Tasks"]
+
+#: seconds (of the clock, ``time.perf_counter``) a node's task that drains a queue of cheap
+#: work (a stream's received batches, a gate's received pushes) spends at most before it lets
+#: the other tasks run: one item per checkpoint would drain it at one item per scheduling
+#: round, which thousands of runnable tasks (a gate's writers during a broadcast) make tens of
+#: milliseconds long
+TIME_SLICE: Final = 0.002
 
 Ts = TypeVarTuple("Ts")
 

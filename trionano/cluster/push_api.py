@@ -22,7 +22,7 @@ them, on any gate; the body's ``max_body`` bounds them too: 64 KiB holds 10,000 
 any JSON value, serialized once by the node's serializer. Text that cannot be UTF-8 (a lone
 surrogate, ``"\\ud800"``) in the route, the group or the message is refused. Errors: 400
 malformed JSON, a missing field, a wrong type or value; 401 no or a wrong bearer token
-(compared in constant time); 404 another path; 405 another method; 408 a body slower than
+(compared in constant time); 404 another path; 405 another method (a WebSocket upgrade included); 408 a body slower than
 ``body_timeout``, or silent for Hypercorn's ``read_timeout`` (HTTP/1.1); 413 a body over
 ``max_body`` (64 KiB by default) or a message over the node's packet limit; 415 a content type
 other than ``application/json`` (a ``charset`` parameter, if any, must be UTF-8: RFC 8259
@@ -298,8 +298,11 @@ class PushAPI:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
+        if scope["type"] == "websocket":
+            await self._refuse_upgrade(scope, send)
+            return
         if scope["type"] != "http":
-            return  # hypercorn answers WebSocket upgrades itself when the app does not accept
+            return
         reader = _Reader(receive)
         http2 = scope.get("http_version") == "2"
         try:
@@ -362,6 +365,43 @@ class PushAPI:
             return
         self._count("accepted")
         await self._send(send, 202, {"gates": gates})
+
+    async def _refuse_upgrade(self, scope: Scope, send: Send) -> None:
+        """A WebSocket upgrade (a GET): 404 for another path, 405 (``Allow: POST``) for the
+        push API's, with the same JSON reason as any refusal, through the ASGI
+        ``websocket.http.response`` extension (Hypercorn's); under a server without it, the
+        upgrade is refused with ``websocket.close`` (403 there). Counted refused. (Returning
+        without either made Hypercorn answer 500.)"""
+        self._count("refused")
+        headers: tuple[tuple[bytes, bytes], ...] = ()
+        if scope.get("path") != PATH:
+            status, reason = 404, f"not found: the push API is POST {PATH}"
+        else:
+            status, reason = 405, f"method not allowed: the push API takes POST {PATH}"
+            headers = ((b"allow", b"POST"),)
+        try:
+            if "websocket.http.response" in scope.get("extensions", {}):
+                body = json.dumps({"error": reason}).encode()
+                await send(
+                    {
+                        "type": "websocket.http.response.start",
+                        "status": status,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close"),
+                            *headers,
+                        ],
+                    }
+                )
+                await send({"type": "websocket.http.response.body", "body": body})
+            else:
+                await send({"type": "websocket.close", "code": 1008})
+        except Exception as exc:  # the client is gone, or the server raced on closing
+            self.unsent += 1
+            self._log.info(
+                "push api unsent", "an answer %d was not sent (%s): the connection is gone", status, type(exc).__name__
+            )
 
     async def _disconnected(self, http2: bool, transport: _Transport | None, send: Send) -> None:
         """Hypercorn said ``http.disconnect`` before the body had all come. Over HTTP/1.1 on a
