@@ -303,7 +303,7 @@ class Node:
     async def call(self, route: str, body: bytes) -> bytes:
         """Request ``route`` from a member hosting its service and wait for the handler's
         answer (beyond nano, whose RPC is notify-only). Returns the Response body. Raises
-        NotFound (a LookupError: no member hosts it), DeadlineExceeded (a TimeoutError: no
+        ServiceNotFound (a NotFound, a LookupError: no member hosts it), DeadlineExceeded (a TimeoutError: no
         answer within the node's ``rpc_timeout``), Unavailable and other ClusterErrors (the
         call failed). For a shorter deadline wrap it in ``trio.fail_after``: cancelling it
         cancels the gRPC call too.
