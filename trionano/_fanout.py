@@ -297,8 +297,9 @@ class FanOut:
         return job
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Make the deliveries handed over, in order, a bucket (or a train's range) per step, until :meth:`stop`
-        (what is still waiting then is dropped). The server's nursery owns this task."""
+        """Make the deliveries handed over, in order, a bucket (or a train's range of members)
+        per step, until :meth:`stop` (what is still waiting then is dropped). The server's
+        nursery owns this task."""
         self._running = True
         task_status.started()
         try:
