@@ -138,6 +138,7 @@ class Agent:
 
     __slots__ = (
         "_clock",
+        "_close_by",
         "_codec",
         "_config",
         "_counters",
@@ -145,6 +146,7 @@ class Agent:
         "_final",
         "_finished",
         "_flush_at",
+        "_goodbye",
         "_held",
         "_held_bytes",
         "_held_window",
@@ -246,6 +248,8 @@ class Agent:
         self._final: bytes | None = None  # a Kick, written after the outbox drains
         self._draining = False  # shutting down: reading has stopped, the Kick waits for the answers
         self._finished = False  # the closing sequence has begun
+        self._close_by = _NEVER  # the goodbye (a WebSocket's close handshake) ends by then (Trio time)
+        self._goodbye: trio.CancelScope | None = None  # the goodbye, while it is under way
         self._reader_scope = trio.CancelScope()
         self._writer_scope = trio.CancelScope()
         # merge window (Config.merge_window): Pushes held here, off the outbox, until _flush_at
@@ -315,10 +319,14 @@ class Agent:
         finally:
             self._closing()
             self._session = None  # nothing of the connection needs it any more: no cycle is left
-            with trio.CancelScope(shield=True) as scope:  # a WebSocket says goodbye (close frame)
-                scope.deadline = trio.current_time() + min(self._config.close_timeout, 1.0)
+            # a WebSocket says goodbye (close frame, the peer's), for a second at most, and
+            # never past the shutdown's deadline (close_by): a connection cut then closes at once
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = min(trio.current_time() + min(self._config.close_timeout, 1.0), self._close_by)
+                self._goodbye = scope
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     await self._stream.aclose()
+            self._goodbye = None
             if scope.cancelled_caught:
                 await trio.aclose_forcefully(self._stream)
 
@@ -991,11 +999,19 @@ class Agent:
             self._counters.kicked(EVICTED)
             self._send_kick(Kick(EVICTED))
 
-    def shutdown(self, *, answers_first: bool = True) -> None:
+    def shutdown(self, *, answers_first: bool = True, close_by: float = _NEVER) -> None:
         """Kick with reason "shutdown" (the server is stopping). With Requests read and not
         yet answered (and ``answers_first``), reading stops now and the Kick follows their
         answers (:meth:`run` sends it); without (or called again with ``answers_first``
-        False: the server's time is running out), the Kick is queued at once. Idempotent."""
+        False: the server's time is running out), the Kick is queued at once. The
+        connection's goodbye (a WebSocket's close handshake) ends by ``close_by`` (Trio time),
+        whenever it starts: a connection still open then closes without it once its tasks
+        are cancelled. Idempotent."""
+        if close_by < self._close_by:
+            self._close_by = close_by
+            goodbye = self._goodbye
+            if goodbye is not None:
+                goodbye.deadline = min(goodbye.deadline, close_by)
         if self._finished:
             return
         if answers_first and self._pending and self.conn.state is _WORKING:

@@ -162,7 +162,10 @@ class Config:
       requests a thousand readers take from one wake-up fit, no reader waits for room).
     - ``read_size``: bytes asked of the transport per read.
     - ``close_timeout``: how long a closing session may take to flush its outbox.
-    - ``shutdown_timeout``: how long a graceful shutdown waits for sessions to close.
+    - ``shutdown_timeout``: the bound of a graceful shutdown, in seconds: by then every
+      connection has closed (those still open are cut: closed without their goodbye), whatever
+      the number of clients or the push load; the ``shutdown`` hooks may take a second more
+      (:meth:`Server.shutdown <trionano.Server.shutdown>`).
     """
 
     heartbeat: float = attrs.field(default=30.0, validator=_heartbeat)

@@ -56,6 +56,10 @@ CloseHook = Callable[[Session], Awaitable[None] | None]
 
 _logger = logging.getLogger("trionano.server")
 
+#: Seconds past ``shutdown_timeout`` a graceful shutdown may take for the ``shutdown`` hooks
+#: (and the lanes' queued work ahead of them) when the connections took all of it.
+SHUTDOWN_GRACE: Final = 1.0
+
 
 class Component:
     """Base class for components (any object with handler methods may be registered; this
@@ -179,6 +183,7 @@ class Server:
         self._stopped = trio.Event()
         self._all_closed = trio.Event()
         self._stopping = False
+        self._shutdown_deadline = float("inf")
         self._running = False
         self._nursery: trio.Nursery | None = None
 
@@ -252,19 +257,30 @@ class Server:
         """Whether :meth:`shutdown` has been called."""
         return self._stop.is_set()
 
+    @property
+    def shutdown_deadline(self) -> float:
+        """When the graceful shutdown under way is to have closed every connection (Trio
+        time): ``shutdown_timeout`` after :meth:`serve` saw :meth:`shutdown`; inf before. A
+        cluster node leaves the cluster by this deadline plus a second."""
+        return self._shutdown_deadline
+
     async def wait_stopped(self) -> None:
         """Wait until :meth:`serve` has returned after a shutdown."""
         await self._stopped.wait()
 
     def shutdown(self) -> None:
-        """Stop gracefully: stop accepting, run before_shutdown hooks, kick every session with
-        reason "shutdown" (after the broadcasts accepted before, which the fan-out makes first
-        for up to half of ``shutdown_timeout``), run shutdown hooks, then :meth:`serve` returns. Each of those three
-        stages may take ``shutdown_timeout`` (the hooks wait behind the handlers already queued);
-        what is still running after that is cancelled. A session with Requests read and not
-        yet answered reads no more and is kicked after their answers, or when three quarters
-        of its stage have passed; every other session is kicked at once (an idle TCP client's
-        Kick is written then, so it has it even if the close is cut short). Idempotent."""
+        """Stop gracefully, within ``shutdown_timeout`` (T) whatever the number of clients:
+        stop accepting, run the before_shutdown hooks and let the fan-out make the broadcasts
+        accepted before (both within T/2; the hooks wait behind the handlers already queued),
+        kick every session with reason "shutdown", wait for the connections to close, run the
+        shutdown hooks, then :meth:`serve` returns. A session with Requests read and not yet
+        answered reads no more and is kicked after their answers, or at 3T/4; every other
+        session is kicked at once (an idle client's Kick is written then, so it has it even
+        if the close is cut short). At T the connections still open (a client that does not
+        read its Kick, a WebSocket whose close handshake is not done) are cut: closed at
+        once, without their goodbye, counted (``connections_cut``) and logged once. The
+        shutdown hooks may then take :data:`SHUTDOWN_GRACE` (1 s) more; what is still running
+        after that is cancelled. Idempotent."""
         self._stop.set()
 
     async def serve(
@@ -298,12 +314,14 @@ class Server:
                         _logger.info("trionano server listening on ports %s; routes %s", ports, self.routes)
                         task_status.started(ports)
                         await self._stop.wait()
-                        # each stage of the stop gets shutdown_timeout: hooks, kicked clients leaving,
-                        # the lanes' queued work with the shutdown hooks; then whatever is left is cancelled
-                        root.cancel_scope.deadline = trio.current_time() + 3 * self.config.shutdown_timeout
+                        # the connections are closed by the deadline (what is left then is cut);
+                        # the shutdown hooks, behind the lanes' queued work, get SHUTDOWN_GRACE
+                        # more; then whatever is left is cancelled
+                        deadline = self._shutdown_deadline = trio.current_time() + self.config.shutdown_timeout
+                        root.cancel_scope.deadline = deadline + SHUTDOWN_GRACE
                         collecting = gc.isenabled()
                         gc.disable()  # see _graceful_stop
-                        await self._graceful_stop(endpoints, connections)
+                        await self._graceful_stop(endpoints, connections, deadline)
                 finally:
                     if collecting:
                         gc.enable()
@@ -314,7 +332,10 @@ class Server:
                 clock.cancel()
                 flusher.cancel()
             if root.cancel_scope.cancelled_caught:
-                _logger.warning("shutdown took over shutdown_timeout: queued handlers and hooks were cancelled")
+                _logger.warning(
+                    "shutdown took over shutdown_timeout + %g s: queued handlers and hooks were cancelled",
+                    SHUTDOWN_GRACE,
+                )
         finally:
             for log in self._logs:  # what the last windows suppressed
                 log.flush()
@@ -322,41 +343,50 @@ class Server:
             self._nursery = None
             self._stopped.set()
 
-    async def _graceful_stop(self, endpoints: tuple[Endpoint, ...], connections: trio.Nursery) -> None:
+    async def _graceful_stop(self, endpoints: tuple[Endpoint, ...], connections: trio.Nursery, deadline: float) -> None:
         """Stop accepting, run the before_shutdown hooks, let the fan-out make the deliveries
-        it was handed (up to half of ``shutdown_timeout``), kick every client, wait for the
-        connections to close (``shutdown_timeout``), cancel those left.
+        it was handed (both within half of ``shutdown_timeout``), kick every client, wait for
+        the connections to close until ``deadline`` (Trio time), cut those left.
 
         The cost is linear and small per connection: the kicks are made in one pass (an idle
-        TCP client's written at once), then each connection's tasks end. serve() pauses the
-        cyclic garbage collector meanwhile: the closing connections' objects are freed by
-        reference counting, while each full collection would walk every object the server
-        still holds (measured: 13,000 sessions closing took 5 full collections, 5.8 s of the
-        8.5 CPU-s of the stop)."""
+        client's written at once), then each connection's tasks end; every connection's
+        goodbye (a WebSocket's close handshake) ends by ``deadline``, so the cut costs no
+        wait. serve() pauses the cyclic garbage collector meanwhile: the closing connections'
+        objects are freed by reference counting, while each full collection would walk every
+        object the server still holds (measured: 13,000 sessions closing took 5 full
+        collections, 5.8 s of the 8.5 CPU-s of the stop)."""
         self._stopping = True
+        timeout = self.config.shutdown_timeout
+        start = deadline - timeout
         for endpoint in endpoints:
             await endpoint.aclose()
-        with trio.move_on_after(self.config.shutdown_timeout):  # behind the lanes' queued work
-            await self._lifecycle("before_shutdown", reverse=True)
-        timeout = self.config.shutdown_timeout
-        deadline = trio.current_time() + timeout
-        if self._fanout.waiting:  # the broadcasts accepted before the stop reach every member
-            # before its Kick (a Kick waits behind a broadcast on its way), while time allows
-            with trio.move_on_at(deadline - timeout / 2):
-                await self._fanout.drained()
+        with trio.move_on_at(start + timeout / 2):
+            await self._lifecycle("before_shutdown", reverse=True)  # behind the lanes' queued work
+            # the broadcasts accepted so far reach every member before its Kick (a Kick waits
+            # behind a broadcast on its way); those accepted meanwhile are not waited for
+            await self._fanout.drained()
         # every client is kicked in one go, without a checkpoint: no deadline can cancel a
-        # connection before its Kick; an idle TCP client has it written now (Agent._write_now,
+        # connection before its Kick; an idle client has it written now (Agent._write_now,
         # tens of microseconds each), the others when their writers run
         for agent in list(self._agents):
-            agent.shutdown()
+            agent.shutdown(close_by=deadline)
+        # what the fan-out still has would reach members after their Kicks (dropped one by one,
+        # a microsecond each: a saturated fan-out holds a million): dropped now, its task ends
+        self._fanout.stop()
         if self._agents:
             # the Requests read before the stop are answered before the Kick, while time allows
-            with trio.move_on_at(deadline - timeout / 4):
+            with trio.move_on_at(start + timeout * 3 / 4):
                 await self._all_closed.wait()
             for agent in list(self._agents):
                 agent.shutdown(answers_first=False)
             with trio.move_on_at(deadline):
                 await self._all_closed.wait()
+        cut = len(self._agents)
+        if cut:  # not read their Kick, or not done saying goodbye: closed now, without it
+            self._counters.connections_cut += cut
+            _logger.warning(
+                "shutdown_timeout (%g s) passed: %d connections cut (closed without their goodbye)", timeout, cut
+            )
         connections.cancel_scope.cancel()
 
     # -- connections ------------------------------------------------------------------------

@@ -152,6 +152,9 @@ class Statistics:
     """One server's counters at one moment. Every count is since the server was built.
 
     - ``connections_accepted``, ``connections_refused`` (over ``max_connections``);
+    - ``connections_cut``: connections a graceful shutdown closed at its deadline without
+      their goodbye (``shutdown_timeout`` had passed: the client had not read its Kick, or a
+      WebSocket's close handshake was not done);
     - ``connections_open`` (now): connections accepted and not yet closed, sessions and
       connections still in their handshake alike; ``connections_handshaking`` (now): those
       still in their handshake (what ``max_handshaking`` bounds);
@@ -183,6 +186,7 @@ class Statistics:
 
     connections_accepted: int
     connections_refused: int
+    connections_cut: int
     connections_open: int
     connections_handshaking: int
     rate_limited_peers: int
@@ -219,6 +223,7 @@ class Counters:
 
     __slots__ = (
         "connections_accepted",
+        "connections_cut",
         "connections_refused",
         "dropped_backlog",
         "dropped_closed",
@@ -242,6 +247,7 @@ class Counters:
     def __init__(self) -> None:
         self.connections_accepted = 0
         self.connections_refused = 0
+        self.connections_cut = 0
         self.sessions_opened = 0
         self.sessions_closed = 0
         self.encoded = 0
@@ -288,6 +294,7 @@ class Counters:
         return Statistics(
             connections_accepted=self.connections_accepted,
             connections_refused=self.connections_refused,
+            connections_cut=self.connections_cut,
             connections_open=len(depths),
             connections_handshaking=connections_handshaking,
             rate_limited_peers=rate_limited_peers,

@@ -21,7 +21,8 @@ The metrics (counters end in ``_total``; durations are histograms in seconds):
   included; ``trionano_connections_handshaking`` (gauge): those still in their handshake;
   ``trionano_rate_limited_peers`` (gauge): peers whose spent rate-limit budget is remembered;
 - ``trionano_connections_accepted_total``; ``trionano_connections_refused_total`` (server
-  full, server busy with handshakes, or stopping);
+  full, server busy with handshakes, or stopping); ``trionano_connections_cut_total``
+  (closed without their goodbye when a graceful shutdown's ``shutdown_timeout`` passed);
 - ``trionano_messages_in_total{route, type}``: Requests and Notifies received (``type``
   "request" or "notify"), counted before the body is decoded;
 - ``trionano_messages_out_total{type}``: Pushes and Responses queued to clients (``type``
@@ -152,6 +153,9 @@ class _Collector(Collector):
         yield counter("connections_accepted", "Connections accepted", stats.connections_accepted)
         yield counter(
             "connections_refused", "Connections refused (server full or busy, or stopping)", stats.connections_refused
+        )
+        yield counter(
+            "connections_cut", "Connections closed without their goodbye at a shutdown deadline", stats.connections_cut
         )
 
         messages_in = CounterMetricFamily(

@@ -5,12 +5,15 @@ from __future__ import annotations
 import dataclasses
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import betterproto
 
 from trionano import Component, Components, Group, HandlerError, Session
+
+if TYPE_CHECKING:
+    import trio
 
 
 @attrs.frozen
@@ -190,6 +193,24 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 30) -> None
     with trio.fail_after(timeout):
         while not predicate():  # noqa: ASYNC110 - polling state the server exposes no event for
             await trio.sleep(0.005)
+
+
+class Lines:
+    """The lines of a process's output, one at a time."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self._stream = stream
+        self._buffer = b""
+
+    async def receive_line(self) -> str:
+        """The next line, without its newline. Raises EOFError at the end of the output."""
+        while b"\n" not in self._buffer:
+            data = await self._stream.receive_some()
+            if not data:
+                raise EOFError("the process ended its output")
+            self._buffer += data
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode()
 
 
 def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:

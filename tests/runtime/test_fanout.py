@@ -316,6 +316,35 @@ async def test_a_stopped_fan_out_drops_and_counts_what_was_waiting() -> None:
     assert fanout.waiting == 0
 
 
+async def test_drained_waits_for_what_was_handed_over_before_not_for_what_keeps_coming() -> None:
+    # a stopping server waits here (for up to half its shutdown_timeout): under a steady push
+    # load the fan-out is never empty, and it waited all of that time
+    counters = Counters()
+    fanout = FanOut(counters, RateLimitedLog(logging.getLogger("test")))
+
+    class Member:
+        def __init__(self, id: int) -> None:
+            self.id = id
+
+    people = [Member(i) for i in range(3 * BUCKET_SIZE)]
+
+    async def keep_coming() -> None:
+        while True:
+            fanout.send(people, lambda m: True)
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fanout.run)
+        before = [fanout.send(people, lambda m: True)[1] for _ in range(3)]
+        nursery.start_soon(keep_coming)
+        await trio.lowlevel.checkpoint()
+        with trio.fail_after(10):
+            await fanout.drained()
+        assert all(job is not None and job.done.is_set() for job in before)
+        assert fanout.waiting > 0  # what came meanwhile: not waited for
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_cluster_push_to_every_session_goes_through_the_fan_out() -> None:
     # the gate side of a cluster-wide push to uids or to everyone (trionano.cluster's push
     # hub): no Group, yet bucket by bucket and in order with the sessions' other Pushes

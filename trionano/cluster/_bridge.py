@@ -168,6 +168,10 @@ class Bridge:
             await done.wait()
         except trio.Cancelled:
             task.cancel()
+            # the task may still end with an error of its own (grpclib turns the cancel of a
+            # call whose channel is closing into StreamTerminatedError): no one waits for it
+            # any more, and asyncio would log it as "never retrieved"
+            task.add_done_callback(_retrieved)
             raise
         try:
             return task.result()
@@ -223,6 +227,12 @@ class Bridge:
             if not self.finished:
                 scope.cancel()
             raise
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """Mark the outcome of a task no one waits for as seen."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _cancelled_only(error: BaseException) -> bool:

@@ -33,6 +33,7 @@ about a second of being back, not at their next keepalive (:mod:`trionano.cluste
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Final
@@ -71,6 +72,11 @@ from ._tasks import Tasks
 __all__ = ["ClusterConfig", "Node", "RemoteRoute"]
 
 _logger = logging.getLogger("trionano.cluster")
+
+#: Seconds a node may take to leave the cluster (Unregister at the master, the gRPC server's
+#: close) past its server's shutdown deadline (``Server.shutdown_deadline``), at most
+#: ``rpc_timeout``.
+LEAVE_TIME: Final = 1.0
 
 
 @attrs.frozen(kw_only=True)
@@ -310,7 +316,10 @@ class Node:
         self, bridge: Bridge, *endpoints: Endpoint, task_status: trio.TaskStatus[list[int]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Serve gRPC and the client endpoints, join the cluster, and run until the server is
-        shut down; then leave the cluster. ``task_status.started`` gets the endpoints' ports.
+        shut down; then leave the cluster by the server's shutdown deadline plus
+        :data:`LEAVE_TIME` (that long after the server stopped, when it stopped later or was
+        cancelled): a master that does not answer by then evicts this member later.
+        ``task_status.started`` gets the endpoints' ports.
         Raises NodeStopping when the server is shut down before the node has joined the
         cluster (e.g. SIGINT while the master cannot be reached)."""
         host, port = split_address(self.address)
@@ -343,7 +352,13 @@ class Node:
                 raise NodeStopping(f"node {self.address} was shut down before it joined the cluster")
         finally:
             self._tasks.close()
-            with trio.CancelScope(shield=True), trio.move_on_after(self.config.rpc_timeout):
+            # leaving (Unregister, the gRPC server's close) ends by the server's shutdown deadline
+            # plus LEAVE_TIME (from now, when it has passed or there is none): a master that
+            # does not answer, frozen or overloaded, evicts this member later instead
+            now = trio.current_time()
+            deadline = self.server.shutdown_deadline
+            leave_by = (max(deadline, now) if deadline < math.inf else now) + min(self.config.rpc_timeout, LEAVE_TIME)
+            with trio.CancelScope(shield=True, deadline=leave_by):
                 if self._keepalive is not None:
                     await self._keepalive.unregister()
                 grpc.close()
