@@ -301,6 +301,7 @@ def test_a_node_exports_its_rpcs_and_members() -> None:
     assert value(samples, "trionano_cluster_not_gates") == 1
     assert value(samples, "trionano_cluster_pushes_held") == 0  # nothing waits for the member by now
     assert value(samples, "trionano_cluster_push_bytes_held") == 0
+    assert value(samples, "trionano_cluster_groups") == 0
     assert value(samples, "trionano_sessions_open") == 0  # the server's metrics as well
 
     lost_samples = seen["lost"]

@@ -24,7 +24,7 @@ import attrs
 import trio
 
 from ._fdstream import FdStream
-from ._log import RateLimitedLog
+from ._log import RateLimitedLog, flush_periodically
 
 __all__ = [
     "ConnectionHandler",
@@ -119,11 +119,14 @@ async def accept_forever(
     nursery: trio.Nursery,
     *,
     send_buffer: int | None = None,
+    log: RateLimitedLog | None = None,
 ) -> None:
     """Hand every accepted connection to ``handle`` (a task in ``nursery``) until the listener
     is closed. Plain TCP streams become :class:`~trionano._fdstream.FdStream`. Raises what
-    ``accept`` raises beyond the capacity errors (see the module docstring)."""
-    log = RateLimitedLog(logging.getLogger("trionano.server"))
+    ``accept`` raises beyond the capacity errors (see the module docstring), which go to
+    ``log`` (its endpoint's: see :func:`flush_while_open`)."""
+    if log is None:
+        log = RateLimitedLog(logging.getLogger("trionano.server"))
     while True:
         try:
             stream = await listener.accept()
@@ -153,6 +156,14 @@ async def accept_forever(
         nursery.start_soon(handle, stream, address)
 
 
+async def flush_while_open(log: RateLimitedLog, scope: trio.CancelScope) -> None:
+    """An endpoint's task beside its accept loops: reports what ``log`` suppressed within
+    about a second of each window's end (:func:`~trionano._log.flush_periodically`) until
+    ``scope`` is cancelled, which the endpoint's ``aclose`` does before it flushes ``log``."""
+    with scope:
+        await flush_periodically((log,))
+
+
 @attrs.define(eq=False)
 class TCPEndpoint:
     """Plain TCP, or TLS with ``ssl_context`` (trio.SSLStream). ``port`` 0 picks a free one.
@@ -164,18 +175,26 @@ class TCPEndpoint:
     ssl_context: ssl.SSLContext | None = None
     send_buffer: int | None = None
     _listeners: list[trio.abc.Listener[Any]] = attrs.field(factory=list, init=False)
+    # what the accept loops log (capacity errors), rate-limited: its summaries are flushed
+    # every second while the endpoint is open, and at aclose
+    _log: RateLimitedLog = attrs.field(init=False, factory=lambda: RateLimitedLog(logging.getLogger("trionano.server")))
+    _flushing: trio.CancelScope = attrs.field(init=False, factory=trio.CancelScope)
 
     async def start(self, handle: ConnectionHandler, nursery: trio.Nursery) -> int:
         """Bind (every address of ``host``; all interfaces for None) and accept in
         ``nursery``; returns the bound port. Raises OSError when it cannot bind."""
         self._listeners, port = await open_listeners(self.host, self.port, self.ssl_context)
         for listener in self._listeners:
-            nursery.start_soon(
-                functools.partial(accept_forever, listener, handle, nursery, send_buffer=self.send_buffer)
-            )
+            accept = functools.partial(accept_forever, send_buffer=self.send_buffer, log=self._log)
+            nursery.start_soon(accept, listener, handle, nursery)
+        self._flushing = trio.CancelScope()
+        nursery.start_soon(flush_while_open, self._log, self._flushing)
         return port
 
     async def aclose(self) -> None:
-        """Stop accepting; connections already accepted go on."""
+        """Stop accepting; connections already accepted go on. What the accept loops' log
+        suppressed is reported now."""
+        self._flushing.cancel()
         for listener in self._listeners:
             await listener.aclose()
+        self._log.flush()

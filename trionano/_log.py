@@ -6,6 +6,8 @@
 - :class:`RateLimitedLog` lets through at most ``per_window`` records of each *kind* ("unknown route", "slow
   consumer"...) per ``window`` seconds and counts the rest, so that a flood of bad requests costs a few records, not
   35 MB of WARNING (and not the time to write them, which other clients would wait for).
+- :func:`flush_periodically` is the task an owner of such logs runs so that what they suppressed is reported
+  within about a second of its window's end (a server, a cluster node, the push API's server each run one).
 - :func:`logger` hands out the package's loggers, one per area (``trionano.agent``, ``trionano.router``...).
 
 As everywhere in trionano, nothing here configures handlers or levels: that is the application's business.
@@ -17,10 +19,12 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable
-from typing import Final, Literal, get_args
+from collections.abc import Callable, Iterable
+from typing import Final, Literal, NoReturn, get_args
 
-__all__ = ["AREAS", "Area", "RateLimitedLog", "client_text", "logger"]
+import trio
+
+__all__ = ["AREAS", "FLUSH_PERIOD", "Area", "RateLimitedLog", "client_text", "flush_periodically", "logger"]
 
 Area = Literal["server", "agent", "router", "session", "group", "scheduler", "websocket", "cluster", "client"]
 """The areas of trionano that log, each to the logger ``trionano.<area>``."""
@@ -297,3 +301,22 @@ class RateLimitedLog:
                 stacklevel=4,  # the caller of warning() etc.
             )
         return self._overflow
+
+
+#: How often :func:`flush_periodically` reports the windows that have ended, in seconds.
+FLUSH_PERIOD: Final = 1.0
+
+
+async def flush_periodically(logs: Iterable[RateLimitedLog], *, period: float = FLUSH_PERIOD) -> NoReturn:
+    """Every ``period`` seconds (1), :meth:`RateLimitedLog.flush_due` each of ``logs``: a flood that stops is
+    reported within about ``period`` of its window's end, not at the next record of its kind, which may never come.
+    A comparison per log when there is nothing to report.
+
+    Never returns: run it as a task of the logs' owner (one task for all its logs), cancelled when the owner stops;
+    the owner then calls :meth:`RateLimitedLog.flush` on each, once nothing more is logged to them (what the last
+    windows suppressed)."""
+    owned = tuple(logs)
+    while True:
+        await trio.sleep(period)
+        for log in owned:
+            log.flush_due()

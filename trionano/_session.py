@@ -421,8 +421,9 @@ class Session(metaclass=_NoPublicConstructor):
     def rpc(self, route: str, value: object) -> None:
         """Call ``route`` on the cluster member that hosts its service, without waiting (nano's
         ``session.RPC``); that member's pushes and responses reach this session's client.
-        Raises RuntimeError outside a cluster, LookupError when no member hosts the service,
-        SerializeError."""
+        Raises RuntimeError outside a cluster, LookupError when no member hosts the service
+        (:class:`trionano.cluster.ServiceNotFound`, which a handler that lets it out answers
+        with 503), SerializeError."""
         if self._remote is None:
             raise RuntimeError("session.rpc needs a cluster node (trionano.cluster)")
         self._remote.rpc(self, route, self.serializer.marshal(value))

@@ -18,6 +18,7 @@ cannot reassemble a split packet.
 
 from __future__ import annotations
 
+import functools
 import logging
 import mimetypes
 import ssl
@@ -38,7 +39,7 @@ from wsproto.utilities import RemoteProtocolError
 
 from ._admission import Handshaking
 from ._fdstream import Buffer, coalesce, parts_after
-from ._listen import ConnectionHandler, accept_forever, open_listeners, peer_host
+from ._listen import ConnectionHandler, accept_forever, flush_while_open, open_listeners, peer_host
 from ._log import RateLimitedLog, client_text
 
 try:  # the engine's own unmasking, in C
@@ -718,7 +719,10 @@ class WebSocketEndpoint:
     upgrades_refused: int = attrs.field(default=0, init=False)
     upgrades_evicted: int = attrs.field(default=0, init=False)
     _upgrading: Handshaking[trio.CancelScope] = attrs.field(init=False)
+    # refused and evicted upgrades, refused origins, the accept loops' capacity errors,
+    # rate-limited: its summaries are flushed every second while open, and at aclose
     _log: RateLimitedLog = attrs.field(init=False, factory=lambda: RateLimitedLog(_logger))
+    _flushing: trio.CancelScope = attrs.field(init=False, factory=trio.CancelScope)
 
     def __attrs_post_init__(self) -> None:
         self._upgrading = Handshaking(self.max_upgrading, self.max_upgrading_per_host)
@@ -733,13 +737,18 @@ class WebSocketEndpoint:
             await self._serve(stream, address, handle)
 
         for listener in self._listeners:
-            nursery.start_soon(accept_forever, listener, serve, nursery)
+            nursery.start_soon(functools.partial(accept_forever, listener, serve, nursery, log=self._log))
+        self._flushing = trio.CancelScope()
+        nursery.start_soon(flush_while_open, self._log, self._flushing)
         return port
 
     async def aclose(self) -> None:
-        """Stop accepting; connections already accepted go on."""
+        """Stop accepting; connections already accepted go on. What its log suppressed
+        (refused upgrades, say) is reported now."""
+        self._flushing.cancel()
         for listener in self._listeners:
             await listener.aclose()
+        self._log.flush()
 
     async def _serve(self, stream: trio.abc.Stream, address: str, handle: ConnectionHandler) -> None:
         async with stream:

@@ -65,6 +65,8 @@ node (pass the :class:`~trionano.cluster.Node` instead of its server) adds:
   ``trionano_cluster_pushes_held`` and ``trionano_cluster_push_bytes_held`` (gauges): pushes
   held for other gates now, queued or on their way (each gate's at most ``max_pending_pushes``
   and ``max_pending_push_bytes``: a high value names a slow or stopped gate);
+  ``trionano_cluster_groups`` (gauge): the node's parts of cluster-wide groups held now
+  (:class:`~trionano.cluster.ClusterGroup`: they follow the groups alive, not the names used);
 - ``trionano_push_api_requests_total{answer}``: requests to the HTTP push API served for the
   node, by answer: ``accepted`` (202), ``refused`` (4xx, 500), ``unreached`` (503), ``gone``
   (the client went away before its body came: not answered), ``broken`` (a connection
@@ -253,6 +255,9 @@ class _Collector(Collector):
         )
         yield GaugeMetricFamily(
             "trionano_cluster_push_bytes_held", "Bytes of cluster pushes held for other gates", value=push.held_bytes
+        )
+        yield GaugeMetricFamily(
+            "trionano_cluster_groups", "This node's parts of cluster-wide groups held now", value=push.groups
         )
 
 

@@ -219,6 +219,7 @@ async def serve(
         except NodeStopping as exc:  # stopped (Ctrl-C) before it joined the cluster
             logger.info("%s", exc)
             return
+        trionano.tune_gc()  # a long-running server's collector settings, as run_node has them
         if ports:
             logger.info("liveroom page: http://%s:%d/", host, ports[0])
         if push_port is not None:

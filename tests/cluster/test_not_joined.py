@@ -40,3 +40,23 @@ async def test_a_gate_not_joined_yet_answers_remote_routes_503(tmp_path: Path) -
                 assert (await _answered(bob, "joined"))["code"] == 500  # chat's handler answered
             answer = await bob.request("NoSuchService.Route", {})
             assert answer == {"code": 404, "message": "route not found: NoSuchService.Route"}
+
+
+async def test_a_handler_whose_rpc_finds_no_member_answers_503_without_a_traceback(tmp_path: Path) -> None:
+    """The kind of attack5's finding 4 (a live-room gate up before its logic node answered
+    room.join 500 "internal error" with a traceback): a handler calling ``session.rpc`` for a
+    service no member hosts, and not catching the LookupError, used to answer 500 and log a
+    traceback; the error is a ServiceNotFound, a HandlerError with code 503 and nano's text."""
+    async with cluster(tmp_path) as c:
+        await c.start("gate", "gate", free_address(), "--gate-address", c.gate_client, ready="failed")
+        with trio.fail_after(30):
+            while True:
+                try:
+                    async with c.client() as ann:  # type: ignore[attr-defined]
+                        # BindService.Login binds, then session.rpc("TopicService.NewUser")
+                        login = await ann.request("BindService.Login", {"nickname": "ann"})
+                    break
+                except OSError:  # its client port is not open yet
+                    await trio.sleep(0.1)
+        assert login == {"code": 503, "message": "TopicService not found(forgot registered?)"}
+        assert "Traceback" not in c.log("gate")

@@ -385,3 +385,57 @@ async def test_silent_sockets_before_a_websocket_upgrade_are_bounded_too() -> No
             assert endpoint.upgrades_evicted == 1
             silents.cancel_scope.cancel()
         server.shutdown()
+
+
+async def test_an_endpoints_suppressed_log_records_are_reported_on_their_own_and_at_close(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The kind of attack5's finding (a flood's suppressed records never reported, on the
+    cluster's loggers): a WebSocket endpoint's refused upgrades are logged 10 per 10 s window,
+    and the rest was reported only by the next record of that kind, never if the flood
+    stopped, not even at shutdown. Now the endpoint reports them within about a second of the
+    window's end, and what is still pending when it closes."""
+    endpoint = WebSocketEndpoint("127.0.0.1", handshake_timeout=60, max_upgrading=64, max_upgrading_per_host=1)
+    server = Server(s_components()[0])
+    caplog.set_level(logging.INFO, logger="trionano.websocket")
+
+    def summaries() -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "trionano.websocket" and "similar messages suppressed" in r.getMessage()
+        ]
+
+    async with trio.open_nursery() as nursery:
+        (port,) = await nursery.start(server.serve, endpoint)
+
+        async def silent() -> None:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            async with stream:
+                try:
+                    while await stream.receive_some(4096):
+                        pass
+                except trio.BrokenResourceError:
+                    pass
+
+        async with trio.open_nursery() as silents:
+            for _ in range(40):  # one peer, one upgrade at a time: the others refused or evicting
+                silents.start_soon(silent)
+            await wait_until(lambda: endpoint.upgrades_refused + endpoint.upgrades_evicted >= 39, timeout=60)
+            flood = endpoint.upgrades_refused
+            assert flood >= 20
+            # the window (10 s) ends with no record of its kind after it: reported on its own
+            await wait_until(lambda: any("(upgrade refused)" in s for s in summaries()), timeout=60)
+            reported = sum(int(s.split()[0]) for s in summaries() if "(upgrade refused)" in s)
+            logged = [r for r in caplog.records if r.getMessage().startswith("WebSocket from")]
+            assert reported + len(logged) == flood
+            for _ in range(30):  # a second flood, then the server stops: reported at its close
+                silents.start_soon(silent)
+            await wait_until(lambda: endpoint.upgrades_refused + endpoint.upgrades_evicted >= 39 + 30, timeout=60)
+            server.shutdown()
+            await server.wait_stopped()
+            assert endpoint.upgrades_refused > flood
+            reported = sum(int(s.split()[0]) for s in summaries() if "(upgrade refused)" in s)
+            logged = [r for r in caplog.records if r.getMessage().startswith("WebSocket from")]
+            assert reported + len(logged) == endpoint.upgrades_refused
+            silents.cancel_scope.cancel()

@@ -30,6 +30,7 @@ from ._errors import DeadlineExceeded as DeadlineExceeded
 from ._errors import InvalidRequest as InvalidRequest
 from ._errors import NodeStopping as NodeStopping
 from ._errors import NotFound as NotFound
+from ._errors import ServiceNotFound as ServiceNotFound
 from ._errors import Unavailable as Unavailable
 from ._generated.clusterpb import MemberInfo as MemberInfo
 from ._node import ClusterConfig as ClusterConfig
@@ -53,6 +54,7 @@ __all__ = [
     "NotFound",
     "PushStatistics",
     "RemoteRoute",
+    "ServiceNotFound",
     "Statistics",
     "Unavailable",
     "run",

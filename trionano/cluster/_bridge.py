@@ -34,6 +34,7 @@ from typing import Any, TypeVar, TypeVarTuple
 import outcome
 import trio
 
+from .._log import RateLimitedLog, flush_periodically
 from ._errors import NodeStopping
 from ._quiet import quiet_ordinary_events
 
@@ -257,7 +258,7 @@ def run(
     asyncio.set_event_loop(loop)  # grpclib looks it up from Trio code too
     bridges: list[Bridge] = []
 
-    async def trio_main() -> None:
+    async def trio_main(quiet: RateLimitedLog) -> None:
         driving = trio.CancelScope(shield=True)  # asyncio serves Trio's clean-up to the end
         root = trio.CancelScope()
         ended: list[outcome.Outcome[None]] = []
@@ -272,6 +273,7 @@ def run(
 
         async with trio.open_nursery() as host:
             host.start_soon(_drive, loop, driving)
+            host.start_soon(flush_periodically, [quiet])  # asyncio's and grpclib's ordinary events
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
 
                 async def watch(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -295,8 +297,8 @@ def run(
         ended[0].unwrap()  # what main raised, as it raised it
 
     try:
-        with quiet_ordinary_events():
-            trio.run(trio_main)
+        with quiet_ordinary_events() as quiet:
+            trio.run(trio_main, quiet)
     finally:
         for bridge in bridges:
             bridge.finished = True

@@ -10,6 +10,8 @@ the gRPC status its caller gets.
     │   └── NodeStopping                  this node is stopping
     ├── DeadlineExceeded (TimeoutError)   no answer within the deadline (DEADLINE_EXCEEDED)
     ├── NotFound (LookupError)            no such service, member or session (NOT_FOUND)
+    │   └── ServiceNotFound (HandlerError)    no member hosts the service now: a handler that
+    │                                         lets it out answers its client 503
     └── InvalidRequest (ValueError)       a malformed request (INVALID_ARGUMENT)
 
 Any other status from a peer comes out as a plain ClusterError carrying it.
@@ -23,7 +25,7 @@ import grpclib.exceptions
 import h2.exceptions
 from grpclib.const import Status
 
-from .._errors import TrionanoError
+from .._errors import HandlerError, TrionanoError
 from .._log import RateLimitedLog
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "InvalidRequest",
     "NodeStopping",
     "NotFound",
+    "ServiceNotFound",
     "Unavailable",
     "from_call",
     "to_status",
@@ -69,6 +72,20 @@ class NotFound(ClusterError, LookupError):
     """No member hosts the service, or the peer has no such service or session."""
 
     default_status = Status.NOT_FOUND
+
+
+class ServiceNotFound(NotFound, HandlerError):
+    """No member of the cluster hosts ``service`` now (``session.rpc``, ``Node.call``): it
+    is not started yet, or restarting, or not part of this cluster. nano's text,
+    ``"<service> not found(forgot registered?)"``. Also a :class:`~trionano.HandlerError`
+    with code 503: a handler that does not catch it answers its client ``{"code": 503,
+    "message": ...}``, logged as a handler error without a traceback, rather than 500 with
+    one (a gate up before its backends is an ordinary moment of a cluster's life)."""
+
+    def __init__(self, service: str) -> None:
+        ClusterError.__init__(self, f"{service} not found(forgot registered?)")
+        self.service = service
+        self.code = 503
 
 
 class InvalidRequest(ClusterError, ValueError):

@@ -43,7 +43,15 @@ from ..wire import Notify, Request
 from . import _codec as codec
 from . import _frames as frames
 from ._counters import Counters
-from ._errors import ClusterError, DeadlineExceeded, InvalidRequest, NodeStopping, NotFound, Unavailable
+from ._errors import (
+    ClusterError,
+    DeadlineExceeded,
+    InvalidRequest,
+    NodeStopping,
+    NotFound,
+    ServiceNotFound,
+    Unavailable,
+)
 from ._generated import clusterpb as pb
 from ._links import Link, Links
 from ._membership import Membership
@@ -257,12 +265,13 @@ class Gate:
     def rpc(self, session: Session, route: str, body: bytes) -> None:
         """nano's ``session.RPC``: a Notify to the member hosting ``route``'s service, after the
         session's earlier forwards, carrying the client's gate and session id (so that
-        member's pushes reach the client directly). Raises NotFound (a LookupError) when no
-        member hosts the service; a message over the session's bound is dropped and counted."""
+        member's pushes reach the client directly). Raises ServiceNotFound (a LookupError, and
+        a HandlerError answering 503 if the handler lets it out) when no member hosts the
+        service; a message over the session's bound is dropped and counted."""
         service = route.rpartition(".")[0]
         member = self._select(service, session)
         if member is None:
-            raise NotFound(f"{service} not found(forgot registered?)")
+            raise ServiceNotFound(service)
         self._queue(session, member, service, route, 0, body)
 
     def _select(self, service: str, session: Session) -> str | None:
@@ -738,7 +747,7 @@ class Gate:
         service = route.rpartition(".")[0]
         candidates = self._membership.hosting(service)
         if not candidates:
-            raise NotFound(f"{service} not found(forgot registered?)")
+            raise ServiceNotFound(service)
         reachable = [m for m in candidates if self._reach.reachable(m.service_addr)]
         member = random.choice(reachable or candidates)
         call_id = self.server.next_id()  # unique across the cluster, like session ids

@@ -45,7 +45,7 @@ import trio
 from .._component import Components
 from .._config import Config
 from .._listen import Endpoint
-from .._log import RateLimitedLog, client_text
+from .._log import RateLimitedLog, client_text, flush_periodically
 from .._server import Server
 from .._stats import RpcCounters
 from . import _generated as _gen_root  # noqa: F401 - the generated package must import first
@@ -285,7 +285,9 @@ class Node:
     def group(self, name: str) -> ClusterGroup:
         """The cluster-wide group ``name``: this node's clients join it here, and its
         broadcast reaches the members on every gate (beyond nano, whose groups are per node).
-        Raises ValueError for an empty name or one that cannot be UTF-8."""
+        A handle on the name that keeps nothing here by itself: this node keeps its part of
+        the group while it has members (:class:`ClusterGroup`). Raises ValueError for an empty
+        name or one that cannot be UTF-8."""
         return self._push.group(name)
 
     def push(self, route: str, value: object, audience: Audience) -> int:
@@ -301,7 +303,7 @@ class Node:
     async def call(self, route: str, body: bytes) -> bytes:
         """Request ``route`` from a member hosting its service and wait for the handler's
         answer (beyond nano, whose RPC is notify-only). Returns the Response body. Raises
-        NotFound (a LookupError: no member hosts it), DeadlineExceeded (a TimeoutError: no
+        ServiceNotFound (a NotFound, a LookupError: no member hosts it), DeadlineExceeded (a TimeoutError: no
         answer within the node's ``rpc_timeout``), Unavailable and other ClusterErrors (the
         call failed). For a shorter deadline wrap it in ``trio.fail_after``: cancelling it
         cancels the gRPC call too.
@@ -324,7 +326,12 @@ class Node:
         cluster (e.g. SIGINT while the master cannot be reached)."""
         host, port = split_address(self.address)
         up = False
-        grpc = grpclib.server.Server(self.services(bridge))
+        services = self.services(bridge)
+        grpc = grpclib.server.Server(services)
+        # every rate-limited log of the node and of its services: reported every second (a
+        # task of the node's) and at the end, once the services are closed
+        logs = [self._log, self._push.log]
+        logs += [service.log for service in services if not isinstance(service, StreamService)]
         self._push.serves_clients = bool(endpoints)
         self._peers.attach(bridge)
         self._links.attach(bridge, self._receiver)
@@ -336,6 +343,7 @@ class Node:
         try:
             async with trio.open_nursery() as nursery:
                 self._tasks.open(nursery)
+                nursery.start_soon(flush_periodically, logs)
                 nursery.start_soon(self._gate.expire_requests)
                 nursery.start_soon(self._audits.run)
                 ports: list[int] = await nursery.start(self._serve, endpoints, nursery.cancel_scope)
@@ -366,6 +374,8 @@ class Node:
             self._peers.close_all()
             self._peers.attach(None)
             self._links.attach(None, None)
+            for log in logs:  # what the last windows suppressed
+                log.flush()
 
     def services(self, bridge: Bridge) -> list[MemberService | MasterService | PushService | StreamService]:
         """The gRPC services this node serves over ``bridge``: nano's ``Member`` (and

@@ -42,15 +42,16 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Collection, Iterable
+import weakref
+from collections.abc import Callable, Collection, Iterable
 from typing import Final, cast
 
 import attrs
 import trio
 from grpclib.const import Status
 
-from .._errors import MessageTooLarge
-from .._group import Group
+from .._errors import GroupError, MessageTooLarge
+from .._group import PRUNE_SLACK, Group
 from .._log import RateLimitedLog, client_text
 from .._server import Server
 from .._session import Broadcast, Session
@@ -180,6 +181,9 @@ class PushStatistics:
     ``api_gone``: requests whose client went away before its body had come (not answered: no
     answer could reach it); ``api_broken``: connections Hypercorn failed on, each closed alone
     (pgjones/hypercorn#329).
+    ``groups`` (a gauge, now): this node's parts of cluster-wide groups (:class:`ClusterGroup`):
+    those with open members or held by the application, and those left empty since the last
+    prune (at most as many again, plus 64).
     """
 
     pushes: int
@@ -198,6 +202,7 @@ class PushStatistics:
     api_broken: int
     held: int = 0
     held_bytes: int = 0
+    groups: int = 0
 
 
 @attrs.define(kw_only=True)
@@ -219,8 +224,8 @@ class PushCounters:
     api_gone: int = 0
     api_broken: int = 0
 
-    def snapshot(self, *, held: int = 0, held_bytes: int = 0) -> PushStatistics:
-        return PushStatistics(**attrs.asdict(self), held=held, held_bytes=held_bytes)
+    def snapshot(self, *, held: int = 0, held_bytes: int = 0, groups: int = 0) -> PushStatistics:
+        return PushStatistics(**attrs.asdict(self), held=held, held_bytes=held_bytes, groups=groups)
 
 
 class GateLink:
@@ -404,43 +409,101 @@ class _Written:
 
 
 class ClusterGroup:
-    """A group whose name is cluster-wide: this gate's members are :attr:`local` (a plain
-    :class:`~trionano.Group`); :meth:`broadcast` reaches the members on every gate. Get one
-    with :meth:`Node.group`; members join on their own gate."""
+    """A group whose name is cluster-wide, as this node sees it: :meth:`broadcast` reaches the
+    members on every gate, and this node's own clients join here (:meth:`add`: members join
+    on their own gate). Get one with :meth:`Node.group`; it is a handle on the name, cheap to
+    make and to drop.
 
-    def __init__(self, hub: PushHub, local: Group) -> None:
+    This node's part of the group is a plain :class:`~trionano.Group` of its clients,
+    :attr:`local`, looked up by name at each call, never held: every ClusterGroup of one name
+    on a node shares the same members, whenever it was made. The node keeps a part only while
+    it is of use: from its first member on, until its members have all left or closed (it is
+    then forgotten: at once when the last one leaves through :meth:`leave`, else by a prune of
+    the node's parts, made without a task whenever their number has doubled since the last,
+    as a :class:`~trionano.Group` prunes its closed members), or while the application holds
+    its :attr:`local`. :meth:`Node.group` and :meth:`broadcast` alone keep nothing, so a node's
+    memory grows with its live groups, not with every name it has used (per-match or per-user
+    groups come and go freely).
+
+    :meth:`close` ends this node's part now (nano's ``Group.Close`` for it: its members are
+    dropped); the other gates' parts are theirs, each closed on its own gate, and a broadcast
+    still reaches them. The name stays usable: the next :meth:`add` starts a new part."""
+
+    __slots__ = ("_hub", "name")
+
+    def __init__(self, hub: PushHub, name: str) -> None:
         self._hub = hub
-        self.local: Final = local
-
-    @property
-    def name(self) -> str:
+        self.name: Final = name
         """The group's name, the same on every gate."""
-        return self.local.name
 
     def __repr__(self) -> str:
-        return f"<ClusterGroup {self.name!r} local members={self.local.count()}>"
+        return f"<ClusterGroup {self.name!r} local members={self.count()}>"
+
+    @property
+    def local(self) -> Group:
+        """This node's part: a :class:`~trionano.Group` of the clients of this node that joined
+        here (made now if there is none, kept by the node once it has a member). A part closed
+        by :meth:`close` (or by its own ``close()``) stays closed, as a nano group: a Group
+        taken from here before refuses changes (GroupError), and the next :meth:`add` or
+        :attr:`local` starts a new part."""
+        return self._hub.part(self.name)
 
     def add(self, session: Session) -> None:
         """Add a client of this node. Raises ValueError for another node's client (a stand-in:
         join on the client's gate), and what :meth:`Group.add` raises."""
         self._hub.check_local(session)
-        self.local.add(session)
+        self._hub.part(self.name).add(session)
 
     def leave(self, session: Session) -> None:
-        """Remove ``session`` from this gate's members (not being one is fine)."""
-        self.local.leave(session)
+        """Remove ``session`` from this gate's members (not being one is fine); the part is
+        forgotten once its last member has left."""
+        self._hub.leave(self.name, session)
 
     def __contains__(self, session: object) -> bool:
-        return session in self.local
+        part = self._hub.find_part(self.name)
+        return part is not None and session in part
 
     def count(self) -> int:
         """This gate's open members (the other gates' are not known here)."""
-        return self.local.count()
+        part = self._hub.find_part(self.name)
+        return 0 if part is None else part.count()
 
     def broadcast(self, route: str, value: object) -> int:
         """Push ``value`` to the members on every gate; returns how many gates it was queued
-        for. Raises what :meth:`Node.push` raises."""
+        for. Raises what :meth:`Node.push` raises. Keeps nothing for the name here."""
         return self._hub.push(route, value, Audience.of_group(self.name))
+
+    def close(self) -> None:
+        """End this node's part: its members are dropped, the Group it was closed (nano's
+        ``Group.Close``), and the node forgets it. Only this node's: the members on other
+        gates stay, each gate's part being closed there. Idempotent (nothing to close is
+        fine); the name may be joined again afterwards (a new part)."""
+        self._hub.close_part(self.name)
+
+
+class _Part(Group):
+    """This node's part of a cluster-wide group: a :class:`~trionano.Group` that has its hub
+    keep it from its first member on."""
+
+    def __init__(self, name: str, keep: Callable[[_Part], None]) -> None:
+        super().__init__(name)
+        self._keep = keep
+
+    def add(self, session: Session) -> None:
+        super().add(session)
+        self._keep(self)
+
+    def has_members(self) -> bool:
+        """Whether an open member is left (looks at the members up to the first open one)."""
+        try:
+            self.find_member(_anyone)
+        except GroupError:
+            return False
+        return True
+
+
+def _anyone(session: Session) -> bool:
+    return True
 
 
 class PushHub:
@@ -477,7 +540,12 @@ class PushHub:
         self._counters = PushCounters()
         self._log = RateLimitedLog(_logger)
         self._links: dict[str, GateLink] = {}
-        self._groups: dict[str, Group] = {}
+        # this node's parts of cluster-wide groups: every one alive, by name (what a delivery
+        # looks up; held here weakly), and those the hub keeps alive (the ones with a member,
+        # pruned whenever they have doubled in number: _keep)
+        self._parts: weakref.WeakValueDictionary[str, _Part] = weakref.WeakValueDictionary()
+        self._kept: dict[str, _Part] = {}
+        self._prune_at = PRUNE_SLACK
         self._server: Server | None = None
         # gate side: received items, in order, waiting for the delivering task (_deliver_backlog)
         self._backlog_send, self._backlog = trio.open_memory_channel[tuple[bytes, _Tally | None]](math.inf)
@@ -494,10 +562,17 @@ class PushHub:
             raise RuntimeError("the push hub has no server yet")
         return self._server
 
+    @property
+    def log(self) -> RateLimitedLog:
+        """The rate-limited log of the push role (its gate links' too), flushed by the node."""
+        return self._log
+
     def statistics(self) -> PushStatistics:
         links = list(self._links.values())
         return self._counters.snapshot(
-            held=sum(link.held for link in links), held_bytes=sum(link.held_bytes for link in links)
+            held=sum(link.held for link in links),
+            held_bytes=sum(link.held_bytes for link in links),
+            groups=len(self._parts),
         )
 
     def count_api(self, answer: str) -> None:
@@ -520,13 +595,58 @@ class PushHub:
             raise ValueError("only this node's own clients join its part of a cluster-wide group: join on their gate")
 
     def group(self, name: str) -> ClusterGroup:
-        """The cluster-wide group ``name`` (this node's part made on first use). Raises
-        ValueError for an empty name or one that cannot be UTF-8."""
+        """The cluster-wide group ``name``: a handle on the name, which keeps nothing here
+        (:class:`ClusterGroup`). Raises ValueError for an empty name or one that cannot be
+        UTF-8."""
         check_group(name)
-        local = self._groups.get(name)
-        if local is None or local.closed:
-            local = self._groups[name] = Group(name)
-        return ClusterGroup(self, local)
+        return ClusterGroup(self, name)
+
+    def find_part(self, name: str) -> Group | None:
+        """This node's open part of the group ``name``, if there is one."""
+        part = self._parts.get(name)
+        return None if part is None or part.closed else part
+
+    def part(self, name: str) -> Group:
+        """This node's open part of the group ``name``, made now if there is none (kept from
+        its first member on: :meth:`_keep`)."""
+        part = self._parts.get(name)
+        if part is None or part.closed:
+            part = self._parts[name] = _Part(name, self._keep)
+        return part
+
+    def _keep(self, part: _Part) -> None:
+        """``part`` has a member: keep it alive (at most one open part per name is: a new one
+        is made only once the last is closed or gone). Whenever the parts kept have doubled
+        since the last prune (plus PRUNE_SLACK), those closed or with no open member left
+        are dropped: amortized, a cost per part kept, with no task."""
+        kept = self._kept
+        if kept.get(part.name) is part:
+            return
+        if len(kept) >= self._prune_at:
+            kept = {name: live for name, live in kept.items() if not live.closed and live.has_members()}
+            self._kept = kept
+            self._prune_at = 2 * len(kept) + PRUNE_SLACK
+        kept[part.name] = part
+
+    def leave(self, name: str, session: Session) -> None:
+        """``session`` leaves this node's part of the group ``name`` (not being a member is
+        fine); a part left with no open member is no longer kept."""
+        part = self._parts.get(name)
+        if part is None or part.closed:
+            return
+        part.leave(session)
+        if not part.has_members() and self._kept.get(name) is part:
+            del self._kept[name]
+
+    def close_part(self, name: str) -> None:
+        """Close this node's part of the group ``name`` and forget it (none is fine)."""
+        part = self._parts.pop(name, None)
+        if part is None:
+            return
+        if self._kept.get(name) is part:
+            del self._kept[name]
+        if not part.closed:
+            part.close()
 
     # -- origin side ---------------------------------------------------------------------------
 
@@ -713,8 +833,8 @@ class PushHub:
         server = self.server
         try:
             if kind == "group":
-                group = self._groups.get(group_name)
-                queued = 0 if group is None or group.closed else group.broadcast(route, data)
+                group = self.find_part(group_name)
+                queued = 0 if group is None else group.broadcast(route, data)
             elif kind == "uids":
                 # the server's uid index: the cost is that of the sessions found, not of every one
                 queued = _fan_out(server.sessions_of_any(uids), route, data)

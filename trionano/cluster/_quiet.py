@@ -5,8 +5,9 @@ A peer that stops, resumes or goes away makes asyncio log ``socket.send() raised
 ``Request was cancelled: Stream reset by remote party`` or ``Deadline exceeded`` (INFO, a
 caller that gave up). Neither is a fault of this node, and both bypass trionano's loggers
 and their rate limits. While a node runs (:func:`~._bridge.run`), a filter on those two
-loggers drops these records and logs them on ``trionano.cluster`` at DEBUG, rate-limited;
-every other record goes through unchanged."""
+loggers drops these records and logs them on ``trionano.cluster`` at DEBUG, rate-limited
+(what that log suppresses is reported every second by a task of the run, and when the block
+ends); every other record goes through unchanged."""
 
 from __future__ import annotations
 
@@ -40,15 +41,19 @@ class _Ordinary(logging.Filter):
 
 
 @contextlib.contextmanager
-def quiet_ordinary_events() -> Iterator[None]:
+def quiet_ordinary_events() -> Iterator[RateLimitedLog]:
     """Route asyncio's and grpclib's records of ordinary events to ``trionano.cluster`` at
-    DEBUG while the block runs (the filters are removed after it)."""
-    ordinary = _Ordinary(RateLimitedLog(logging.getLogger("trionano.cluster")))
+    DEBUG while the block runs (the filters are removed after it, and what was suppressed is
+    reported). Yields the rate-limited log they go to: the block's owner reports it
+    periodically (:func:`~trionano._log.flush_periodically`)."""
+    log = RateLimitedLog(logging.getLogger("trionano.cluster"))
+    ordinary = _Ordinary(log)
     loggers = [logging.getLogger(name) for name in ("asyncio", "grpclib.server")]
     for logger in loggers:
         logger.addFilter(ordinary)
     try:
-        yield
+        yield log
     finally:
         for logger in loggers:
             logger.removeFilter(ordinary)
+        log.flush()  # what the last windows suppressed

@@ -74,7 +74,7 @@ from typing import Any, Final, Protocol, cast
 import trio
 
 from .._errors import MessageTooLarge, SerializeError
-from .._log import RateLimitedLog, client_text
+from .._log import RateLimitedLog, client_text, flush_periodically
 from ._push import Audience, check_group, check_route, valid_uids
 
 __all__ = [
@@ -285,6 +285,14 @@ class PushAPI:
         self.failed = 0
         """Connections Hypercorn failed on, each closed alone (:func:`serve_push_api` counts them
         with :meth:`count_broken`)."""
+
+    @property
+    def log(self) -> RateLimitedLog:
+        """The app's rate-limited log (``trionano.cluster.push_api``). Whoever serves the app
+        reports what it suppressed: :meth:`RateLimitedLog.flush_due` every second and
+        :meth:`RateLimitedLog.flush` at the end, as :func:`serve_push_api` does (it logs
+        Hypercorn's records there too)."""
+        return self._log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -669,7 +677,9 @@ async def serve_push_api(
     DATA for a stream answered early, pgjones/hypercorn#329; trio.BusyResourceError from
     closing a connection while it answers) closes that connection alone, is counted
     (``PushAPI.failed``) and logged (rate-limited); the server and the other clients go on.
-    Hypercorn's own error log goes to this module's logger, rate-limited and escaped. That
+    Hypercorn's own error log goes to this module's logger, rate-limited and escaped, in the
+    app's :attr:`PushAPI.log`: what it suppresses is reported within about a second of its
+    window's end (a task of this function's), and at the end. That
     per-connection server, its ``WorkerContext`` and ``ASGIWrapper`` are Hypercorn internals:
     pyproject pins ``hypercorn>=0.18,<0.19``, the version this was written and tested against.
     Raises ImportError without Hypercorn (``pip install trionano[push]``), OSError when the
@@ -695,7 +705,7 @@ async def serve_push_api(
         on_answer=getattr(pusher, "count_push_api", None),
     )
     stop = shutdown if shutdown is not None else trio.Event()
-    log = RateLimitedLog(_logger)
+    log = app.log  # Hypercorn's records and the app's: reported every second, and at the end
 
     class RateLimitedHypercornLog(HypercornLogger):
         """Hypercorn's error log (what it logs of a connection: "Error in ASGI Framework"...),
@@ -772,17 +782,21 @@ async def serve_push_api(
 
     bound = listeners[0].socket.getsockname()[1]
     _logger.info("push API on http://%s:%d%s", host, bound, PATH)
-    async with trio.open_nursery() as handlers:
-        async with trio.open_nursery() as accepting:
-            accepting.start_soon(
-                functools.partial(trio.serve_listeners, connection, listeners, handler_nursery=handlers)
-            )
-            task_status.started(bound)
-            await stop.wait()
-            accepting.cancel_scope.cancel()
-        # a graceful stop: kept-alive connections close, requests in flight get graceful_timeout
-        await context.terminated.set()
-        handlers.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+    try:
+        async with trio.open_nursery() as handlers:
+            async with trio.open_nursery() as accepting:
+                accepting.start_soon(
+                    functools.partial(trio.serve_listeners, connection, listeners, handler_nursery=handlers)
+                )
+                accepting.start_soon(flush_periodically, [log])
+                task_status.started(bound)
+                await stop.wait()
+                accepting.cancel_scope.cancel()
+            # a graceful stop: kept-alive connections close, requests in flight get graceful_timeout
+            await context.terminated.set()
+            handlers.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+    finally:
+        log.flush()  # what the last windows suppressed
 
 
 def _is_json(content_type: bytes) -> bool:
