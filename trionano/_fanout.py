@@ -28,7 +28,32 @@ once. Responses are not held behind a broadcast: a Response answers a request (p
 clients hand it to the request's callback, not to the push routes) and waiting on a fan-out
 would make every member's requests as slow as the largest broadcast.
 
-Garbage collection: each member a step visits wakes its writer, which writes and waits again,
+Trains: broadcasts to the same members one after another (a game tick's updates to a room,
+issued in one go) wait in the fan-out as jobs whose members are the same, in the same order.
+Run one after another, a bucket per step, they would wake each member's writer once per
+broadcast, and it would write each packet on its own (50 broadcasts to 1,000 members: 46,864
+writes where one per member, the 50 packets joined, does: bench/runtime.py, B4). So the
+fan-out runs consecutive jobs with the same members as a train: per step one range of
+members, every job of the train delivered to them in the jobs' order, then the checkpoint;
+each member has all of the train's packets queued before its writer runs, which joins them
+into one write. A step costs about what a bucket's does: a delivery costs far less than
+waking a writer and its write (:data:`WRITER_COST`), so the range narrows as the train grows
+(:func:`train_width`: 64 members for one job, 48 for 4, 9 for 50), and a train holds at most
+:data:`MAX_TRAIN` jobs. Whether a job's members are those of the job handed over before it is
+decided when it is handed over, while that one waits: a comparison of the two lists,
+reference by reference in C (0.1-0.2 ms at 50,000 members, in the caller, beside its own
+snapshot of them; lists of other lengths differ at once). A train is made of the jobs waiting
+when it starts; what comes meanwhile waits for the next one (a newcomer joining a train
+under way would have to catch up first, and a steady stream of them would hold the train
+back). Order is kept: every job of a train has the same members, each member gets the
+train's deliveries in the order the jobs were handed over, and a job with other members (a
+member's own Push, Kick or close handed over with :meth:`FanOut.after`, another group's
+broadcast, the same group after a join or a leave) ends the train, so nothing is carried past
+it. The members of a job are distinct (a group's are; a member listed twice would get a
+train's deliveries in another order).
+
+Garbage collection: each member a step visits wakes its writer (once, however many of a
+train's packets it gets), which writes and waits again,
 and a waiting writer holds 4 new objects the cyclic collector tracks (the wait's coroutine,
 generator, trap and its ``__dict__``: see ``Agent._writer``) until its next packet. The old
 ones die as the new ones are made, so CPython's allocation count, which starts its collections,
@@ -74,7 +99,17 @@ from ._log import RateLimitedLog
 from ._stats import Counters
 from ._util import passes_through
 
-__all__ = ["BUCKET_SIZE", "MAX_BEHIND", "SWEEP_EVERY", "FanOut", "FanOutJob", "Member"]
+__all__ = [
+    "BUCKET_SIZE",
+    "MAX_BEHIND",
+    "MAX_TRAIN",
+    "SWEEP_EVERY",
+    "WRITER_COST",
+    "FanOut",
+    "FanOutJob",
+    "Member",
+    "train_width",
+]
 
 #: Members queued between two checkpoints of a broadcast. go-push keeps 512 sessions per
 #: bucket and goim shards into 32 buckets, to bound what one lock holds; in Trio what a step
@@ -87,6 +122,25 @@ __all__ = ["BUCKET_SIZE", "MAX_BEHIND", "SWEEP_EVERY", "FanOut", "FanOutJob", "M
 #: interleaved, load 7.7-12.7) and gave the probe 1.8x the p99 (121 ms against 66), for the
 #: same reason.
 BUCKET_SIZE: Final = 64
+#: What waking a member's writer for a step costs (its task's step, the join and the write),
+#: counted in deliveries (a delivery queues a reference to the shared packet). About 13 over
+#: streams that write to /dev/null, 5,000 members (medians of scheduler batches, load 3-7: one
+#: job to 64 members 1.3-1.6 ms, 4 jobs to 32 members 0.6-0.8, 10 to 25 0.7-0.8, 50 to 5
+#: 0.4-0.7); a socket's ``send`` costs more. 8: on the side of shorter steps. A step of a train
+#: (see the module docstring) costs about what a bucket's does: :func:`train_width`.
+WRITER_COST: Final = 8
+#: Jobs a train holds at most: what waits behind them makes the next train.
+MAX_TRAIN: Final = BUCKET_SIZE
+
+
+def train_width(jobs: int) -> int:
+    """Members a step of a train of ``jobs`` jobs visits: as many as cost about what a
+    bucket's step does (``BUCKET_SIZE * (1 + WRITER_COST)`` deliveries' worth, each member
+    ``jobs`` deliveries and a writer), at most :data:`BUCKET_SIZE`, at least 1. 64 for one
+    job, 48 for 4, 32 for 10, 9 for 50, 8 for :data:`MAX_TRAIN`."""
+    return max(1, min(BUCKET_SIZE, BUCKET_SIZE * (1 + WRITER_COST) // (jobs + WRITER_COST)))
+
+
 #: Deliveries the fan-out may have waiting, by default (``Config.max_fanout_backlog``): a
 #: broadcast that would take the backlog past it is refused whole (see the module docstring).
 #: 20 broadcasts to 50,000 members, 1,000 to 1,000; what waits costs a reference per delivery
@@ -112,17 +166,20 @@ Deliver = Callable[[Any], bool]  # called with the members it was handed with
 class FanOutJob:
     """Deliveries handed to the fan-out: ``deliver(member)`` for each of ``members[start:]``
     in order (``count`` of them). ``queued`` counts those that queued a message; ``done`` is
-    set when every member has been visited (or the server stopped)."""
+    set when every member has been visited (or the server stopped). ``follows``: whether its
+    members are those of the job handed over just before it, in the same order (it may run
+    in a train with it: see the module docstring)."""
 
-    __slots__ = ("count", "deliver", "done", "members", "next", "queued")
+    __slots__ = ("count", "deliver", "done", "follows", "members", "next", "queued")
 
-    def __init__(self, members: Sequence[Member], deliver: Deliver, start: int = 0) -> None:
+    def __init__(self, members: Sequence[Member], deliver: Deliver, start: int = 0, *, follows: bool = False) -> None:
         self.members: Final = members
         self.deliver: Final = deliver
         self.count: Final = len(members) - start
         self.next = start  # the index of the next member to visit
         self.queued = 0
         self.done: Final = trio.Event()
+        self.follows: Final = follows
 
 
 class FanOut:
@@ -230,16 +287,21 @@ class FanOut:
         return True
 
     def _hand_over(self, members: Sequence[Member], deliver: Deliver, start: int = 0) -> FanOutJob:
-        job = FanOutJob(members, deliver, start)
-        self._jobs.append(job)
+        jobs = self._jobs
+        # the same members as the job before it (a train): compared while that one waits, in C
+        # (identity first per element; a different length answers at once)
+        follows = bool(jobs) and (jobs[-1].members is members or jobs[-1].members == members)
+        job = FanOutJob(members, deliver, start, follows=follows)
+        jobs.append(job)
         self._behind += job.count
         self._waiting.update(itertools.islice(members, start, None) if start else members)  # counted in C
         self._wake.set()
         return job
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Make the deliveries handed over, in order, a bucket per step, until :meth:`stop`
-        (what is still waiting then is dropped). The server's nursery owns this task."""
+        """Make the deliveries handed over, in order, a bucket (or a train's range of members)
+        per step, until :meth:`stop` (what is still waiting then is dropped). The server's
+        nursery owns this task."""
         self._running = True
         task_status.started()
         try:
@@ -248,14 +310,17 @@ class FanOut:
                     self._wake = trio.Event()
                     await self._wake.wait()
                     continue
-                job = self._jobs[0]
-                while job.next < len(job.members):
-                    self._unswept += self._step(job, BUCKET_SIZE)
+                train = self._train()
+                end = len(train[0].members)  # every job of a train reaches it in the same step
+                width = train_width(len(train))
+                while min(job.next for job in train) < end:
+                    self._unswept += self._step(train, width)
                     await trio.lowlevel.checkpoint()
                     if self._unswept >= SWEEP_EVERY and gc.isenabled():  # what the writers left (see above)
                         self._unswept = 0
                         gc.collect(1)
-                self._finish(job)
+                for job in train:
+                    self._finish(job)
         finally:
             self._running = False
             while self._jobs:
@@ -271,10 +336,30 @@ class FanOut:
         self._stopping = True
         self._wake.set()
 
-    def _step(self, job: FanOutJob, count: int) -> int:
-        """Visit the next ``count`` members of ``job``; returns how many it visited."""
-        start = job.next
-        end = job.next = min(start + count, len(job.members))
+    def _train(self) -> list[FanOutJob]:
+        """The first job waiting and those right behind it with the same members (at most
+        :data:`MAX_TRAIN` jobs in all)."""
+        train = [self._jobs[0]]
+        for job in itertools.islice(self._jobs, 1, MAX_TRAIN):
+            if not job.follows:
+                break
+            train.append(job)
+        return train
+
+    def _step(self, train: list[FanOutJob], width: int) -> int:
+        """Visit the next ``width`` members of ``train`` (jobs with the same members): each job
+        in turn delivers to those of them it has not reached yet. Returns how many members it
+        visited."""
+        start = min(job.next for job in train)
+        end = min(start + width, len(train[0].members))
+        for job in train:
+            if job.next < end:
+                self._deliver(job, job.next, end)
+        return end - start
+
+    def _deliver(self, job: FanOutJob, start: int, end: int) -> None:
+        """``job``'s deliveries to its members ``start`` to ``end`` (its next ones)."""
+        job.next = end
         self._behind -= end - start
         waiting = self._waiting
         deliver = job.deliver
@@ -294,7 +379,6 @@ class FanOut:
                 if passes_through(exc):
                     raise
                 self._log.exception("fan-out", "fan-out: delivering to session %d failed", session.id, exc_info=exc)
-        return end - start
 
     def _finish(self, job: FanOutJob) -> None:
         if self._jobs and self._jobs[0] is job:

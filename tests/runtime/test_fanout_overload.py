@@ -5,7 +5,7 @@ The room's flood handler broadcasts to every member back to back on a lane of it
 a checkpoint between two broadcasts: each hands the fan-out more deliveries than the fan-out
 makes in a step, so its backlog climbs to ``Config.max_fanout_backlog`` and stays there. The
 server must go on answering a bystander (from the main lane) meanwhile, never make more than a
-few buckets of deliveries between two steps of an unrelated task (the old policy made every
+few buckets' worth of deliveries between two steps of an unrelated task (the old policy made every
 waiting delivery in the caller at once), count and log the refused broadcasts, and every member
 must get the broadcasts that were taken in order, once each, with the same gaps as every other
 member. No assertion on speed: the deadlines are there so that a hang fails rather than waits."""
@@ -22,10 +22,12 @@ import pytest
 import trio
 
 from trionano import Component, Components, Config, Group, Server, Session, TCPEndpoint
-from trionano._fanout import BUCKET_SIZE
+from trionano._fanout import BUCKET_SIZE, train_width
 from trionano.client import open_client
 
-MEMBERS = 150  # each broadcast hands the fan-out 86 deliveries; it makes 64 a step
+# each broadcast hands the fan-out 336 deliveries; it makes 64 a step, or 114 (a train of the two
+# broadcasts that fit under BOUND, to 57 members each: trionano._fanout.train_width)
+MEMBERS = 400
 BOUND = 1_000  # Config.max_fanout_backlog: what waits may not pass it
 MIN_FLOOD = 300  # broadcasts the flood issues at least (enough refused to see the log rate-limited)
 MAX_FLOOD = 1_000  # and at most (it stops once the bystander was answered enough, and MIN_FLOOD)
@@ -142,8 +144,12 @@ async def test_an_overloaded_fan_out_refuses_broadcasts_and_never_stalls_the_ser
             server.shutdown()
 
     # never a catch-up: between two steps of the watcher, Trio ran each other task at most twice
-    # (the flood queues at most a bucket in its caller, the fan-out a bucket a step)
-    assert most_per_step <= 4 * BUCKET_SIZE, most_per_step
+    # (the flood queues at most a bucket in its caller, the fan-out a bucket a step, or a train's
+    # range: the broadcasts waiting, at most BOUND // (MEMBERS - BUCKET_SIZE), each to a few
+    # members); the old policy made every delivery waiting (up to BOUND) in the caller at once
+    most_step = max(jobs * train_width(jobs) for jobs in range(1, BOUND // (MEMBERS - BUCKET_SIZE) + 1))
+    assert most_step < (MEMBERS - BUCKET_SIZE) // 2  # the flood outruns the fan-out
+    assert most_per_step <= 2 * (most_step + BUCKET_SIZE), (most_per_step, most_step)
     assert at_bound >= AT_BOUND_ANSWERS, (at_bound, bystander.waiting[-10:])  # answered at the bound
     assert refused, "the flood never reached the bound"
     assert all(count == MEMBERS for count in flood.returned if count)  # taken whole, or refused whole
