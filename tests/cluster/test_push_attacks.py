@@ -239,9 +239,11 @@ async def test_clients_without_the_token_or_over_the_limit_take_no_slot_and_wait
                 await stream.aclose()
 
 
-async def test_requests_over_max_requests_are_answered_503_without_their_body() -> None:
-    """Two requests with the token hold both slots (their bodies never come); a third is
-    answered 503 at once (it was read for body_timeout first)."""
+async def test_requests_over_max_requests_are_answered_503_without_their_body(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two requests with the token hold both slots (their bodies never come, and they are
+    never old enough to be evicted here); a third is answered 503 at once (it was read for
+    body_timeout first)."""
+    monkeypatch.setattr("trionano._admission.HANDSHAKE_GRACE", 1e9)
     head = REFUSED_HEAD.replace(b"Host: x\r\n", f"Host: x\r\nAuthorization: Bearer {TOKEN}\r\n".encode())
     async with served(bystander=False, max_requests=2, body_timeout=300) as (port, _, _):
         with trio.fail_after(120):  # far below body_timeout: nobody waits for a body
@@ -260,6 +262,66 @@ async def test_requests_over_max_requests_are_answered_503_without_their_body() 
             assert b"retry-after: 1" in answer.lower()
             assert b"connection: close" in answer.lower()
             for stream in [*held, busy]:
+                await stream.aclose()
+
+
+def _post(body: bytes) -> bytes:
+    return (
+        b"POST /v1/push HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+
+async def test_held_bodies_make_room_for_a_newcomer_once_a_second_old() -> None:
+    """attack6's finding B: one caller kept max_requests half-sent bodies open, replacing each
+    as soon as it was answered, and every other pusher got 503 (57 of 61 over 40 s). At the
+    bound, the oldest body still being read after a second is answered 408 and its slot goes
+    to the newcomer, as the WebSocket upgrades do."""
+    head = REFUSED_HEAD.replace(b"Host: x\r\n", f"Host: x\r\nAuthorization: Bearer {TOKEN}\r\n".encode())
+    async with served(bystander=False, max_requests=2, body_timeout=300) as (port, _, pusher):
+        with trio.fail_after(120):
+            held = []
+            for _ in range(2):
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                await stream.send_all(head)
+                held.append(stream)
+            await trio.sleep(2)  # both past the grace (1 s)
+            for _ in range(3):  # each newcomer takes the slot of the oldest held body
+                newcomer = await trio.open_tcp_stream("127.0.0.1", port)
+                async with newcomer:
+                    await newcomer.send_all(_post(json.dumps(GOOD).encode()))
+                    assert (await read_answer(newcomer)).startswith(b"HTTP/1.1 202 ")
+            # the first newcomer found both slots taken and evicted the oldest (the others
+            # found the slot it had left)
+            evicted = await read_answer(held[0])
+            assert evicted.startswith(b"HTTP/1.1 408 "), evicted
+            assert b"while the push API was full" in evicted
+            assert pusher.answers["accepted"] == 3
+            for stream in held:
+                await stream.aclose()
+
+
+async def test_one_peer_holds_at_most_max_requests_per_host_bodies() -> None:
+    """The other pushers' share: a peer (127.0.0.2) over its max_requests_per_host bodies being
+    read is refused 503 while they are fresh; another peer (127.0.0.1) is served meanwhile,
+    its requests never waiting for the first peer's."""
+    head = REFUSED_HEAD.replace(b"Host: x\r\n", f"Host: x\r\nAuthorization: Bearer {TOKEN}\r\n".encode())
+    async with served(bystander=True, max_requests=100, max_requests_per_host=3, body_timeout=300) as (port, _, _):
+        with trio.fail_after(120):
+            held = []
+            statuses = []
+            for _ in range(20):  # one peer, fresh bodies: 3 held, the rest refused at once
+                stream = await trio.open_tcp_stream("127.0.0.1", port, local_address="127.0.0.2")
+                await stream.send_all(head)
+                held.append(stream)
+            for stream in held:
+                with trio.move_on_after(0.5):  # a held one never answers (until evicted)
+                    answer = await read_answer(stream)
+                    statuses.append(int(answer.split()[1]))
+            assert statuses.count(503) >= 16, statuses  # a held one past the grace may be evicted
+            assert set(statuses) <= {503, 408}, statuses
+            for stream in held:
                 await stream.aclose()
 
 

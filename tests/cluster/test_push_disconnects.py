@@ -87,7 +87,9 @@ async def test_held_slow_bodies_are_all_answered_408_while_a_bystander_is_served
     (read_timeout also closes a kept-alive connection idle that long: 3 s leaves the
     bystander's kept connection, idle while it posts on a fresh one, ample time.)"""
     with descriptors(1000) as count:
-        async with served(read_timeout=read_timeout, body_timeout=body_timeout, max_requests=2048) as (
+        async with served(
+            read_timeout=read_timeout, body_timeout=body_timeout, max_requests=2048, max_requests_per_host=None
+        ) as (
             port,
             bystander,
             pusher,
@@ -124,7 +126,9 @@ async def test_clients_gone_mid_body_are_counted_gone_and_never_refused() -> Non
     counted "gone" (no answer could reach it), none "refused"; the server serves on. Before
     the fix each was counted refused, answered 400 "the client went away"."""
     count = 200
-    async with served(bystander=False, max_requests=2 * count, body_timeout=300, read_timeout=300) as (
+    async with served(
+        bystander=False, max_requests=2 * count, max_requests_per_host=None, body_timeout=300, read_timeout=300
+    ) as (
         port,
         _,
         pusher,

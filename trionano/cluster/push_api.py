@@ -28,8 +28,12 @@ malformed JSON, a missing field, a wrong type or value; 401 no or a wrong bearer
 other than ``application/json`` (a ``charset`` parameter, if any, must be UTF-8: RFC 8259
 allows no other); 400 a body that came in over ``max_pieces`` pieces (1-byte chunks cost the
 server per piece); 503 (with ``Retry-After``) no gate took the push (none known yet, as after
-the node restarted, or all their queues full), over ``max_requests`` requests at once, or over
-``max_waiting`` requests whose body has come waiting for their turn.
+the node restarted, or all their queues full), over ``max_requests`` requests reading their
+body at once (``max_requests_per_host`` from one peer), or over ``max_waiting`` requests whose
+body has come waiting for their turn. At those two bounds on bodies being read, the oldest of
+them (of that peer, or of all) that has been at it :data:`~trionano._admission.HANDSHAKE_GRACE`
+(1 s) is answered 408 and makes room before a newcomer is refused 503, as the WebSocket
+upgrades do: slow or held bodies cannot lock every other pusher out.
 
 Requests are parsed and pushed one at a time, in the order their bodies came, each in a
 scheduler step of its own (a 10,000-uid push costs a few milliseconds of the node's one
@@ -73,7 +77,9 @@ from typing import Any, Final, Protocol, cast
 
 import trio
 
+from .._admission import HANDSHAKE_GRACE, Handshaking
 from .._errors import MessageTooLarge, SerializeError
+from .._listen import peer_host
 from .._log import RateLimitedLog, client_text, flush_periodically
 from ._push import Audience, check_group, check_route, valid_uids
 
@@ -86,6 +92,7 @@ __all__ = [
     "MAX_GROUP_NAME",
     "MAX_PIECES",
     "MAX_REQUESTS",
+    "MAX_REQUESTS_PER_HOST",
     "MAX_UIDS",
     "MAX_WAITING",
     "PATH",
@@ -106,8 +113,10 @@ PATH: Final = "/v1/push"
 MAX_BODY: Final = 64 * 1024
 #: The default bound of reading one request's body, in seconds (then 408).
 BODY_TIMEOUT: Final = 10.0
-#: The default bound of requests handled at once (more are answered 503).
+#: The default bound of requests reading their body at once (see :class:`PushAPI`).
 MAX_REQUESTS: Final = 1024
+#: The default bound of those from one peer (a host; an IPv6 /64).
+MAX_REQUESTS_PER_HOST: Final = 128
 #: The default bound of requests whose body has come, waiting for their turn to be parsed and
 #: pushed (one at a time; more are answered 503).
 MAX_WAITING: Final = 64
@@ -215,7 +224,10 @@ class PushAPI:
     "unreached"; "gone" for a request whose connection ended before its body came, not
     answered; "broken" for a connection Hypercorn failed on: :meth:`Node.count_push_api`);
     ``body_timeout`` (seconds) bounds reading one request's body (answered 408 after it);
-    ``max_requests`` bounds the requests handled at once (more are answered 503);
+    ``max_requests`` bounds the requests reading their body at once, and
+    ``max_requests_per_host`` (None: no bound) those of one peer (a host; an IPv6 /64): at a
+    bound the oldest body read that has lasted a second is answered 408 to make room, else
+    the newcomer is answered 503;
     ``max_pieces`` bounds the pieces a body may come in (more are answered 400);
     ``max_waiting`` bounds the requests whose body has come waiting for their turn to be
     parsed and pushed, one at a time (more are answered 503; 0: none waits);
@@ -242,6 +254,7 @@ class PushAPI:
         max_body: int = MAX_BODY,
         body_timeout: float = BODY_TIMEOUT,
         max_requests: int = MAX_REQUESTS,
+        max_requests_per_host: int | None = MAX_REQUESTS_PER_HOST,
         max_pieces: int = MAX_PIECES,
         max_waiting: int = MAX_WAITING,
         retry_after: int = RETRY_AFTER,
@@ -249,6 +262,8 @@ class PushAPI:
     ) -> None:
         if max_body < 1:
             raise ValueError("max_body must be at least 1")
+        if max_requests_per_host is not None and max_requests_per_host < 1:
+            raise ValueError("max_requests_per_host must be None or at least 1")
         if body_timeout <= 0 or max_requests < 1 or max_pieces < 1 or max_waiting < 0 or retry_after < 0:
             raise ValueError(
                 "body_timeout > 0, max_requests >= 1, max_pieces >= 1, max_waiting >= 0 and retry_after >= 0"
@@ -261,6 +276,11 @@ class PushAPI:
         self.max_body: Final = max_body
         self.body_timeout: Final = body_timeout
         self.max_requests: Final = max_requests
+        self.max_requests_per_host: Final = max_requests_per_host
+        # the requests reading their body (each its body read's cancel scope), by peer: at a
+        # bound the oldest past HANDSHAKE_GRACE is evicted (answered 408) before a newcomer
+        # is refused, so slow bodies cannot hold every slot (one caller starving the others)
+        self._receiving: Handshaking[trio.CancelScope] = Handshaking(max_requests, max_requests_per_host)
         self.max_pieces: Final = max_pieces
         self.max_waiting: Final = max_waiting
         self.retry_after: Final = retry_after
@@ -270,7 +290,6 @@ class PushAPI:
         self._turn = trio.StrictFIFOLock()
         self._log = RateLimitedLog(_logger)
         self._on_answer = on_answer
-        self._active = 0
         self.accepted = 0
         """Requests answered 202."""
         self.refused = 0
@@ -279,6 +298,10 @@ class PushAPI:
         """Requests answered 503: valid, but no gate took the push, or too many requests."""
         self.unsent = 0
         """Answers that could not be sent (the connection was gone)."""
+        self.evicted = 0
+        """Requests answered 408 before their body had come because newer ones needed their
+        slot (``max_requests`` or ``max_requests_per_host`` reading at once; counted refused
+        too)."""
         self.gone = 0
         """Requests not answered: their connection ended before their body came (the client
         went away), so no answer could reach them."""
@@ -311,21 +334,41 @@ class PushAPI:
             self._count("refused")
             await self._refuse(http2, reader, send, exc.status, {"error": exc.reason}, exc.headers)
             return
-        if self._active >= self.max_requests:
+        client = scope.get("client")
+        host = peer_host(f"{client[0]}:{client[1]}") if client else None
+        now = trio.current_time()
+        room = self._receiving.make_room(host, now, connections=0, max_connections=1)
+        if room.refuse is not None:
             self._count("unreached")
-            self._log.warning("push api busy", "the push API is at %d requests: one answered 503", self.max_requests)
+            self._log.warning(
+                "push api busy",
+                "the push API is at %d bodies being read (or its peer's share): one answered 503",
+                self.max_requests,
+            )
             await self._refuse(http2, reader, send, 503, {"error": "too many requests at once"}, self._retry_after())
             return
-        self._active += 1
+        for victim in room.evict:  # bodies slower than HANDSHAKE_GRACE make room: 408
+            self.evicted += 1
+            victim.cancel()
+        reading = trio.CancelScope()
+        self._receiving.add(reading, host, now)
         try:
-            await self._respond(http2, _transport(scope), reader, send)
+            await self._respond(http2, _transport(scope), reader, send, reading)
         finally:
-            self._active -= 1
+            self._receiving.remove(reading)
 
-    async def _respond(self, http2: bool, transport: _Transport | None, receive: _Reader, send: Send) -> None:
+    async def _respond(
+        self, http2: bool, transport: _Transport | None, receive: _Reader, send: Send, reading: trio.CancelScope
+    ) -> None:
         try:
-            with trio.fail_after(self.body_timeout):
+            with trio.fail_after(self.body_timeout), reading:
                 body = await self._body(receive)
+            self._receiving.remove(reading)
+            if reading.cancelled_caught:  # evicted: a newer request needed its slot
+                self._count("refused")
+                evicted = {"error": f"the body was slower than {HANDSHAKE_GRACE:g} s while the push API was full"}
+                await self._send(send, 408, evicted, () if http2 else _CLOSE)
+                return
         except trio.TooSlowError:
             self._count("refused")
             slow = {"error": f"the body took over {self.body_timeout:g} s"}
@@ -647,6 +690,7 @@ async def serve_push_api(
     keep_alive_timeout: float = KEEP_ALIVE_TIMEOUT,
     body_timeout: float = BODY_TIMEOUT,
     max_requests: int = MAX_REQUESTS,
+    max_requests_per_host: int | None = MAX_REQUESTS_PER_HOST,
     max_pieces: int = MAX_PIECES,
     max_waiting: int = MAX_WAITING,
     retry_after: int = RETRY_AFTER,
@@ -664,7 +708,8 @@ async def serve_push_api(
     connection are counted ``gone``); ``keep_alive_timeout`` (seconds) closes an idle
     kept-alive one.
     The app's: ``body_timeout`` (seconds) bounds reading one body (408), ``max_requests``
-    bounds the requests handled at once (503), ``max_pieces`` the pieces of one body (400),
+    and ``max_requests_per_host`` the bodies being read at once, in all and from one peer
+    (the oldest past a second answered 408 to make room, else 503), ``max_pieces`` the pieces of one body (400),
     ``max_waiting`` the requests waiting for their turn to push (503), ``retry_after`` is a 503's ``Retry-After``.
     A pusher with a ``count_push_api`` method (a :class:`~trionano.cluster.Node`) has each
     answer counted there (:meth:`Node.push_statistics`, :mod:`trionano.metrics`).
@@ -699,6 +744,7 @@ async def serve_push_api(
         max_body=max_body,
         body_timeout=body_timeout,
         max_requests=max_requests,
+        max_requests_per_host=max_requests_per_host,
         max_pieces=max_pieces,
         max_waiting=max_waiting,
         retry_after=retry_after,
