@@ -150,12 +150,7 @@ class FdStream(trio.abc.HalfCloseableStream):
             raise trio.BusyResourceError("another task is already sending on this stream")
         self._sending = True
         try:
-            self._write_budget -= 1
-            if self._write_budget > 0:
-                await _checkpoint_if_cancelled()
-            else:
-                self._write_budget = self._fair_every
-                await _checkpoint()
+            await self._fair_send()
             view = data
             full = False
             while True:
@@ -180,6 +175,16 @@ class FdStream(trio.abc.HalfCloseableStream):
                 full = True
         finally:
             self._sending = False
+
+    async def _fair_send(self) -> None:
+        """A send's checkpoint: a cancellation point every time, a yield to other tasks every
+        ``fair_every`` sends (a writer that never waits must not starve the others)."""
+        self._write_budget -= 1
+        if self._write_budget > 0:
+            await _checkpoint_if_cancelled()
+        else:
+            self._write_budget = self._fair_every
+            await _checkpoint()
 
     def send_parts_nowait(self, parts: Sequence[Buffer]) -> int:
         """Hand the kernel what it takes now of the bytes of ``parts`` one after another, as
@@ -225,12 +230,7 @@ class FdStream(trio.abc.HalfCloseableStream):
             raise trio.BusyResourceError("another task is already sending on this stream")
         self._sending = True
         try:
-            self._write_budget -= 1
-            if self._write_budget > 0:
-                await _checkpoint_if_cancelled()
-            else:
-                self._write_budget = self._fair_every
-                await _checkpoint()
+            await self._fair_send()
             pending = parts_after(parts, start)
             full = False
             while pending:

@@ -80,6 +80,7 @@ def test_an_audit_reads_unpacked_ids_too() -> None:
 @example(b"\x0a\x05\x0a\x03\x0a\x01")  # a frame whose inner message is cut short
 @example(b"\x0a\x02\x1a\x80")  # a length that is an unfinished varint
 @example(b"\x0a\x04\x0a\x02\x0a\xff")  # a string that is not UTF-8
+@example(b"\x0a" + b"\xff" * 11)  # a varint too long
 def test_any_bytes_decode_or_raise_frame_error(data: bytes) -> None:
     try:
         frames.decode_batch(data)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 from typing import Final, NamedTuple, TypeAlias
 
-from ._protowire import length_field, string_field, varint
+from ._protowire import VarintError, length_field, read_varint, string_field, varint
 
 __all__ = [
     "Audit",
@@ -193,37 +193,19 @@ class Batch:
         return cls(data)
 
 
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    byte = buf[pos]
-    pos += 1
-    if byte < 0x80:
-        return byte, pos
-    result = byte & 0x7F
-    shift = 7
-    while True:
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise FrameError("varint too long")
-
-
 def _fields(buf: bytes, pos: int, end: int, count: int) -> list[int | bytes]:
     """The last value of fields 1..count of the message in ``buf[pos:end]`` (index 0 unused;
     absent: 0). Length-delimited values are bytes; fixed64 are signed."""
     values: list[int | bytes] = [0] * (count + 1)
     while pos < end:
-        key, pos = _read_varint(buf, pos)
+        key, pos = read_varint(buf, pos)
         number, wire = key >> 3, key & 7
         if wire == 2:
-            size, pos = _read_varint(buf, pos)
+            size, pos = read_varint(buf, pos)
             value: int | bytes = buf[pos : pos + size]
             pos += size
         elif wire == 0:
-            value, pos = _read_varint(buf, pos)
+            value, pos = read_varint(buf, pos)
         elif wire == 1:
             (value,) = _unpack_q(buf, pos)
             pos += 8
@@ -244,10 +226,10 @@ def _sids(buf: bytes, pos: int, end: int) -> tuple[int, ...]:
     (protobuf accepts both); other fields are skipped."""
     sids: list[int] = []
     while pos < end:
-        key, pos = _read_varint(buf, pos)
+        key, pos = read_varint(buf, pos)
         number, wire = key >> 3, key & 7
         if wire == 2:
-            size, pos = _read_varint(buf, pos)
+            size, pos = read_varint(buf, pos)
             if number == 1:
                 if size % 8:
                     raise FrameError("a packed sfixed64 field of a size not a multiple of 8")
@@ -258,7 +240,7 @@ def _sids(buf: bytes, pos: int, end: int) -> tuple[int, ...]:
                 sids.append(_unpack_q(buf, pos)[0])
             pos += 8
         elif wire == 0:
-            _, pos = _read_varint(buf, pos)
+            _, pos = read_varint(buf, pos)
         elif wire == 5:
             pos += 4
         else:
@@ -319,23 +301,23 @@ def decode_batch(data: bytes) -> list[Frame]:
     pos, end = 0, len(data)
     try:
         while pos < end:
-            key, pos = _read_varint(data, pos)
+            key, pos = read_varint(data, pos)
             if key != 0x0A:  # Batch.frames; anything else is skipped if its wire type allows
                 if key & 7 != 2:
                     raise FrameError(f"unexpected field {key >> 3} of wire type {key & 7}")
-                size, pos = _read_varint(data, pos)
+                size, pos = read_varint(data, pos)
                 pos += size
                 continue
-            size, pos = _read_varint(data, pos)
+            size, pos = read_varint(data, pos)
             frame_end = pos + size
             if frame_end > end:
                 raise FrameError("truncated frame")
             frame: Frame | None = None
             while pos < frame_end:  # a Frame: its one field (the last wins, as protobuf's oneof)
-                fkey, pos = _read_varint(data, pos)
+                fkey, pos = read_varint(data, pos)
                 if fkey & 7 != 2:
                     raise FrameError(f"unexpected frame field of wire type {fkey & 7}")
-                fsize, pos = _read_varint(data, pos)
+                fsize, pos = read_varint(data, pos)
                 if pos + fsize > frame_end:
                     raise FrameError("truncated frame")
                 frame = _decode_frame(fkey >> 3, data, pos, pos + fsize) or frame
@@ -344,6 +326,8 @@ def decode_batch(data: bytes) -> list[Frame]:
                 frames.append(frame)
     except FrameError:
         raise
+    except VarintError as exc:
+        raise FrameError("varint too long") from exc
     except (IndexError, struct.error) as exc:
         raise FrameError("truncated batch") from exc
     except UnicodeDecodeError as exc:
