@@ -9,6 +9,7 @@ on the open connection. Clients that did go away were counted as refusals (400) 
 from __future__ import annotations
 
 import collections
+import random
 import resource
 import socket
 import struct
@@ -183,3 +184,51 @@ async def test_a_disconnect_before_the_body_came_is_not_answered() -> None:
     assert sent == []
     assert answers == ["gone"]
     assert (app.gone, app.refused) == (1, 0)
+
+
+async def test_a_request_met_by_the_keep_alive_close_is_never_pushed_unanswered() -> None:
+    """attack6 ka_race.py: connections that post, read the answer, wait about
+    ``keep_alive_timeout`` and post again on the same connection. Hypercorn's keep-alive timer
+    closes an idle connection from a task of its own while its reader may be handing a request
+    that just came to the app: the app pushed it and its 202 could not be written (3,032
+    pushed, 3,003 answered in 30 s at a 1 s keep-alive). A request is now pushed only on a
+    connection the server has not closed: every push is answered 202, and a request that met
+    the close is counted gone, not pushed. The client sees its connection closed without an
+    answer, which HTTP/1.1 allows a server closing an idle connection (RFC 9112 §9.3.1)."""
+    keep_alive = 0.1
+    answered = unanswered = 0
+
+    async def poster() -> None:
+        nonlocal answered, unanswered
+        stream: trio.SocketStream | None = None
+        while not done.is_set():
+            if stream is None:
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+            try:
+                await stream.send_all(HEAD + BODY)
+                answer = await read_answer(stream)
+            except trio.BrokenResourceError:
+                answer = b""
+            if not answer:  # closed as it came: the next request on a new connection
+                unanswered += 1
+                await stream.aclose()
+                stream = None
+                continue
+            assert status(answer) == 202, answer
+            answered += 1
+            await trio.sleep(keep_alive * (0.9 + 0.2 * random.random()))
+        if stream is not None:
+            await stream.aclose()
+
+    async with served(bystander=False, keep_alive_timeout=keep_alive) as (port, _, pusher):
+        done = trio.Event()
+        async with trio.open_nursery() as nursery:
+            for _ in range(40):
+                nursery.start_soon(poster)
+            with trio.move_on_after(6):
+                while unanswered < 200:  # noqa: ASYNC110 - polling a count
+                    await trio.sleep(0.1)
+            done.set()
+    assert unanswered > 0  # the posters met the close: the race was run
+    assert len(pusher.pushes) == answered == pusher.answers["accepted"]
+    assert pusher.answers["refused"] == pusher.answers["unreached"] == 0

@@ -390,7 +390,11 @@ class PushAPI:
             return
         try:
             async with self._turn:
-                gates = self._push(body)
+                if transport is not None and not transport.answerable:
+                    self._count("gone")
+                    self._log.info("push api gone", "a request came as its connection was closed: not pushed")
+                    return
+                gates = self._push(body)  # no checkpoint since the check: a push is answerable
         except BadRequest as exc:
             self._count("refused")
             await self._send(send, exc.status, {"error": exc.reason}, exc.headers)
@@ -623,6 +627,7 @@ class _Transport(trio.abc.HalfCloseableStream):
         self._stream = stream
         self.socket = stream.socket
         self.ended = False
+        self.reset = False
         self.closed = False
 
     @property
@@ -630,11 +635,22 @@ class _Transport(trio.abc.HalfCloseableStream):
         """Whether the client has not ended the connection and the server has not closed it."""
         return not self.ended and not self.closed
 
+    @property
+    def answerable(self) -> bool:
+        """Whether an answer can still be written: the server has not closed the connection
+        and it was not found reset (a client that only ended its side still reads).
+        Hypercorn's keep-alive timer closes an idle connection from a task of its own, in
+        the step its timer wakes it (its close, with nothing in flight, does not checkpoint
+        before :meth:`aclose`), and is stopped before a request that came is handed to the
+        app: once a request's app runs, this turns false only when the client resets the
+        connection or the server stops."""
+        return not self.reset and not self.closed
+
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         try:
             data = await self._stream.receive_some(max_bytes)
         except trio.BrokenResourceError:
-            self.ended = True
+            self.ended = self.reset = True
             raise
         if not data:
             self.ended = True
@@ -644,7 +660,7 @@ class _Transport(trio.abc.HalfCloseableStream):
         try:
             await self._stream.send_all(data)
         except trio.BrokenResourceError:
-            self.ended = True
+            self.ended = self.reset = True
             raise
 
     async def wait_send_all_might_not_block(self) -> None:
@@ -706,7 +722,9 @@ async def serve_push_api(
     Hypercorn tells the app the client went away, and each connection is served through a
     thin stream that tells the app whether it did; over HTTP/2 the streams of that
     connection are counted ``gone``); ``keep_alive_timeout`` (seconds) closes an idle
-    kept-alive one.
+    kept-alive one (a request that comes as it closes is not pushed: counted ``gone``, the
+    client sees the connection closed without an answer, RFC 9112 §9.3.1; a push is always
+    answered unless the client resets the connection or the server stops past its grace).
     The app's: ``body_timeout`` (seconds) bounds reading one body (408), ``max_requests``
     and ``max_requests_per_host`` the bodies being read at once, in all and from one peer
     (the oldest past a second answered 408 to make room, else 503), ``max_pieces`` the pieces of one body (400),
