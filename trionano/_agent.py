@@ -133,8 +133,10 @@ class _OverRate(Exception):
 class Agent:
     """A connection's reader, writer and outbox; the :class:`~trionano.Session`'s network
     entity. Built and run by its server (``make_session`` gives it its session); never by
-    users. ``on_working(agent)`` runs when the client acknowledges the handshake; ``limiter``
-    (default: a fresh one of ``config.rate_limit``) is its inbound rate limiter."""
+    users. ``on_working(agent)`` runs when the client acknowledges the handshake, ``on_ended(agent)``
+    once the connection's tasks have ended (the session is over: nothing more is read or sent),
+    before a WebSocket's goodbye (its close handshake, up to a second, or to the shutdown's
+    cut); ``limiter`` (default: a fresh one of ``config.rate_limit``) is its inbound rate limiter."""
 
     __slots__ = (
         "_clock",
@@ -158,6 +160,7 @@ class Agent:
         "_max_bytes",
         "_max_kept_bytes",
         "_max_pending",
+        "_on_ended",
         "_on_working",
         "_outbound_pipeline",
         "_parked",
@@ -197,6 +200,7 @@ class Agent:
         log: RateLimitedLog,
         make_session: Callable[[Agent], Session],
         on_working: Callable[[Agent], None],
+        on_ended: Callable[[Agent], None],
         clock: MergeClock | None = None,
         limiter: RateLimiter | None = None,
     ) -> None:
@@ -208,6 +212,7 @@ class Agent:
         self._counters = counters
         self._log = log
         self._on_working = on_working
+        self._on_ended = on_ended
         self._outbound_pipeline = config.pipeline.outbound  # its .funcs: tested on every answer
         self.conn: Final = WireConnection(Role.SERVER, heartbeat=config.heartbeat, codec=codec, now=trio.current_time())
         # the outbox: a packet, or the packets a merge window held (written in one write)
@@ -318,6 +323,7 @@ class Agent:
                             self._send_kick(kick)
         finally:
             self._closing()
+            self._on_ended(self)  # the session's end: its close hooks need not wait for the goodbye
             self._session = None  # nothing of the connection needs it any more: no cycle is left
             # a WebSocket says goodbye (close frame, the peer's), for a second at most, and
             # never past the shutdown's deadline (close_by): a connection cut then closes at once

@@ -431,6 +431,7 @@ class Server:
                 log=self._agent_log,
                 make_session=self._make_session,
                 on_working=self._session_opened,
+                on_ended=self._session_ended,
                 clock=self._merge_clock,
                 limiter=budgets.opened(host, now) if budgets is not None else None,
             )
@@ -480,16 +481,25 @@ class Server:
         # (statistics(): connections_accepted, sessions_opened, sessions_closed)
         _logger.debug("session %d opened from %s", session.id, agent.remote_address)
 
+    def _session_ended(self, agent: Agent) -> None:
+        """The connection's tasks have ended: its session is over (its close hooks queued now,
+        not after a WebSocket's goodbye: at a shutdown, thousands of peers that never answer
+        the close frame would have them all run after the cut)."""
+        self._end_session(agent, agent.session)
+
     def _connection_closed(self, agent: Agent, session: Session) -> None:
         self._agents.discard(agent)
         self._handshaking.remove(agent)
+        self._end_session(agent, session)  # if the agent ended without saying so (it failed)
+        if self._stopping and not self._agents:
+            self._all_closed.set()
+
+    def _end_session(self, agent: Agent, session: Session) -> None:
         if self._sessions.pop(session.id, None) is not None:
             self._uids.remove(session)
             self._counters.sessions_closed += 1
             _logger.debug("session %d (uid %d) from %s closed", session.id, session.uid, agent.remote_address)
             self.session_closed(session)
-        if self._stopping and not self._agents:
-            self._all_closed.set()
 
     def session_closed(self, session: Session) -> None:
         """Queue the close hooks for ``session`` on the main lane (never waits). Called by the
