@@ -207,6 +207,7 @@ class Gate:
         self._request_ids = itertools.count(1)
         self._earlier = trio.Event()  # set when a deadline earlier than every other one arrives
         self._notifying: dict[str, set[trio.CancelScope]] = {}  # member -> its unary notify calls
+        self._unannounced: dict[str, list[int]] = {}  # member -> session ends waiting for a stream to it
 
     def attach(self, server: Server) -> None:
         self._server = server
@@ -554,13 +555,43 @@ class Gate:
             self._announce_to(address, sid, frame)
 
     def _announce_to(self, address: str, sid: int, frame: bytes | None = None) -> None:
+        """Announce ``sid``'s end to ``address``: on the live stream to it; else, when it speaks
+        the stream, on one opened for it (the ends announced meanwhile wait for that stream:
+        thousands of sessions ending at once, a gate stopping, are one stream and a batch of
+        frames, not thousands of unary calls); else nano's unary SessionClosed."""
         link = self._links.current(address)
         if link is not None and link.send(frame or frames.encode_frame(frames.SessionClosed(sid))):
             return
         if not self._reach.reachable(address):
             return
+        if link is None and not self._links.speaks_unary(address):
+            waiting = self._unannounced.get(address)
+            if waiting is not None:
+                waiting.append(sid)
+                return
+            self._unannounced[address] = [sid]
+            if self._tasks.start(self._announce_on_stream, address):
+                return
+            del self._unannounced[address]
+        self._announce_unary_soon(address, sid)
+
+    def _announce_unary_soon(self, address: str, sid: int) -> None:
         if not self._tasks.start(self._announce_unary, address, sid):
             _logger.debug("session %d: this node is stopping; its end is not announced to %s", sid, address)
+
+    async def _announce_on_stream(self, address: str) -> None:
+        """Open the stream to ``address`` and announce on it the ends waiting for it; those it
+        cannot take (it could not be opened, or is over its bound) go as unary calls."""
+        link: Link | None = None
+        try:
+            link = await self._links.open(address, self._rpc_timeout)
+        except ClusterError:
+            pass  # the unary calls below find out, and count, what is wrong with the member
+        finally:
+            sids = self._unannounced.pop(address, [])
+        for sid in sids:
+            if link is None or not link.send(frames.encode_frame(frames.SessionClosed(sid))):
+                self._announce_unary_soon(address, sid)
 
     async def _announce_unary(self, address: str, sid: int) -> None:
         try:
