@@ -148,6 +148,7 @@ class Agent:
         "_final",
         "_finished",
         "_flush_at",
+        "_flushed",
         "_goodbye",
         "_held",
         "_held_bytes",
@@ -253,6 +254,7 @@ class Agent:
         self._final: bytes | None = None  # a Kick, written after the outbox drains
         self._draining = False  # shutting down: reading has stopped, the Kick waits for the answers
         self._finished = False  # the closing sequence has begun
+        self._flushed = False  # the writer wrote all it was given, its Kick last (or the peer left)
         self._close_by = _NEVER  # the goodbye (a WebSocket's close handshake) ends by then (Trio time)
         self._goodbye: trio.CancelScope | None = None  # the goodbye, while it is under way
         self._reader_scope = trio.CancelScope()
@@ -335,6 +337,8 @@ class Agent:
             self._goodbye = None
             if scope.cancelled_caught:
                 await trio.aclose_forcefully(self._stream)
+            if self._close_by != _NEVER and (scope.cancelled_caught or not self._flushed):
+                self._counters.connections_cut += 1  # a shutdown closed it without its goodbye
 
     async def _reader(self) -> Kick | None:
         """Read until the peer hangs up (None) or must be kicked (the Kick to send)."""
@@ -663,8 +667,9 @@ class Agent:
                 if self._final is not None:
                     self._counters.writes += 1
                     await write(self._final)
+            self._flushed = not self._writer_scope.cancelled_caught
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the peer is gone
+            self._flushed = True  # the peer is gone: nothing is cut short
         finally:
             self._writing = False
             self.closed = True

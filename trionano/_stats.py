@@ -152,9 +152,9 @@ class Statistics:
     """One server's counters at one moment. Every count is since the server was built.
 
     - ``connections_accepted``, ``connections_refused`` (over ``max_connections``);
-    - ``connections_cut``: connections a graceful shutdown closed at its deadline without
-      their goodbye (``shutdown_timeout`` had passed: the client had not read its Kick, or a
-      WebSocket's close handshake was not done);
+    - ``connections_cut``: connections a graceful shutdown closed without their goodbye
+      (their Kick not written by ``shutdown_timeout``: the client does not read; or their
+      WebSocket close handshake not answered in time);
     - ``connections_open`` (now): connections accepted and not yet closed, sessions and
       connections still in their handshake alike; ``connections_handshaking`` (now): those
       still in their handshake (what ``max_handshaking`` bounds);

@@ -4,6 +4,7 @@ trio-websocket, and wsproto by hand over loopback TCP (for what no client librar
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -184,6 +185,32 @@ async def test_a_session_ends_with_its_kick_not_with_its_peers_close_frame() -> 
                 await client.send(event.response())
                 await server.wait_stopped()
     assert server.statistics().connections_cut == 0
+
+
+async def test_close_handshakes_left_unanswered_end_before_the_shutdown_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A gate with 2,000 viewers whose Kicks went out late (behind a saturated fan-out) and
+    who never answered the close frame had every goodbye end exactly at ``shutdown_timeout``:
+    all 2,000 were closed after it (0.2 ms of CPU each, seconds in a starved process). The
+    goodbyes now end ``CLOSE_COST`` per connection before the deadline: here 40 clients kicked
+    as the stop begins, shutdown_timeout 1 s, goodbyes at most 1 s: all closed before it (the
+    clock is Trio's mock: what is measured is when the server's deadlines fell, not speed),
+    each counted in ``connections_cut``."""
+    server = Server(echo_components(), Config(shutdown_timeout=1.0, heartbeat=0))
+    async with trio.open_nursery() as nursery:
+        (port,) = await nursery.start(server.serve, WebSocketEndpoint("127.0.0.1"))
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(hand_client(port)) for _ in range(40)]
+            await wait_until(lambda: len(server.sessions) == 40)
+            server.shutdown()
+            await server.wait_stopped()
+            assert trio.current_time() < server.shutdown_deadline
+            for client in clients:  # the Kick, the close frame, then the end (never answered)
+                events = [await client.next_event() for _ in range(3)]
+                assert isinstance(events[1], CloseConnection), events
+                assert events[2] is None, events
+    assert server.statistics().connections_cut == 40
 
 
 async def test_the_project_client_sees_a_kick_over_websocket() -> None:
