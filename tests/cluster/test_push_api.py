@@ -258,3 +258,34 @@ async def test_served_by_hypercorn_hostile_http_never_stops_it() -> None:
                 assert response.status_code == 413
         stop.set()
     assert pusher.pushes == [("onX", {"a": 1}, Audience.all())]
+
+
+async def test_a_push_made_is_answered_even_if_the_request_is_cancelled_meanwhile() -> None:
+    """The server stopping cancels the requests still running past its grace: one cancelled
+    after its push was made, while its answer was being written, went unanswered (the caller
+    could not tell it had been pushed)."""
+    pushed = trio.Event()
+
+    class Signalling(Recording):
+        def push(self, route: str, value: object, audience: Audience) -> int:
+            pushed.set()
+            return super().push(route, value, audience)
+
+    app = PushAPI(Signalling())
+    incoming = [{"type": "http.request", "body": doc(route="onX", message=1, everyone=True), "more_body": False}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        await trio.sleep(0.01)  # a write that waits for the socket
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/push", "headers": JSON}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(app, scope, receive, send)
+        await pushed.wait()
+        nursery.cancel_scope.cancel()  # the server's grace is over
+    assert [message["type"] for message in sent] == ["http.response.start", "http.response.body"]
+    assert sent[0]["status"] == 202

@@ -84,6 +84,7 @@ from .._log import RateLimitedLog, client_text, flush_periodically
 from ._push import Audience, check_group, check_route, valid_uids
 
 __all__ = [
+    "ANSWER_GRACE",
     "BACKLOG",
     "BODY_TIMEOUT",
     "DRAIN_LIMIT",
@@ -134,6 +135,9 @@ READ_TIMEOUT: Final = 10
 #: The listening socket's backlog (Hypercorn's default is 100: a burst of connections beyond
 #: it has some reset by the kernel, whoever they come from).
 BACKLOG: Final = 1024
+#: How long the answer to a push made may take to be written once the server is stopping, in
+#: seconds (it is not cancelled with the request's task meanwhile).
+ANSWER_GRACE: Final = 1.0
 #: The default Hypercorn ``keep_alive_timeout``, in seconds.
 KEEP_ALIVE_TIMEOUT: Final = 5.0
 #: The most uids one request may name.
@@ -411,7 +415,10 @@ class PushAPI:
             await self._send(send, 503, {"error": reason}, self._retry_after())
             return
         self._count("accepted")
-        await self._send(send, 202, {"gates": gates})
+        # a push made is answered: the server stopping (its requests cancelled past their grace)
+        # does not cut the answer short, for up to ANSWER_GRACE
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + ANSWER_GRACE):
+            await self._send(send, 202, {"gates": gates})
 
     async def _refuse_upgrade(self, scope: Scope, send: Send) -> None:
         """A WebSocket upgrade (a GET): 404 for another path, 405 (``Allow: POST``) for the
