@@ -731,7 +731,7 @@ async def serve_push_api(
     connection are counted ``gone``); ``keep_alive_timeout`` (seconds) closes an idle
     kept-alive one (a request that comes as it closes is not pushed: counted ``gone``, the
     client sees the connection closed without an answer, RFC 9112 §9.3.1; a push is always
-    answered unless the client resets the connection: a stop gives its answer :data:`ANSWER_GRACE`)
+    answered unless the client resets the connection: a stop gives its answer :data:`ANSWER_GRACE`).
     The app's: ``body_timeout`` (seconds) bounds reading one body (408), ``max_requests``
     and ``max_requests_per_host`` the bodies being read at once, in all and from one peer
     (the oldest past a second answered 408 to make room, else 503), ``max_pieces`` the pieces of one body (400),
