@@ -314,6 +314,7 @@ class Server:
                 sweeper = trio.CancelScope()
                 root.start_soon(self._sweep, sweeper)
                 collecting = False  # the cyclic collector is paused while the connections close
+                cut_before: int | None = None  # connections_cut when the stop began
                 try:
                     async with trio.open_nursery() as connections:
                         ports = [await endpoint.start(self.serve_connection, connections) for endpoint in endpoints]
@@ -329,17 +330,11 @@ class Server:
                         gc.disable()  # see _graceful_stop
                         cut_before = self._counters.connections_cut
                         await self._graceful_stop(endpoints, connections, deadline)
-                    cut = self._counters.connections_cut - cut_before  # counted as each closed
-                    if cut:
-                        _logger.warning(
-                            "shutdown: %d connections cut (closed without their goodbye: their Kick not written, "
-                            "or their WebSocket close handshake not answered, by shutdown_timeout, %g s)",
-                            cut,
-                            self.config.shutdown_timeout,
-                        )
                 finally:
                     if collecting:
                         gc.enable()
+                    if cut_before is not None:  # each counted itself as it closed: logged once
+                        self._log_cut(self._counters.connections_cut - cut_before)
                 sweeper.cancel()
                 await self._lifecycle("shutdown", reverse=True)
                 self.scheduler.stop()
@@ -357,6 +352,15 @@ class Server:
             self._running = False
             self._nursery = None
             self._stopped.set()
+
+    def _log_cut(self, cut: int) -> None:
+        if cut:
+            _logger.warning(
+                "shutdown: %d connections cut (closed without their goodbye: their Kick not written, "
+                "or their WebSocket close handshake not answered, by shutdown_timeout, %g s)",
+                cut,
+                self.config.shutdown_timeout,
+            )
 
     async def _graceful_stop(self, endpoints: tuple[Endpoint, ...], connections: trio.Nursery, deadline: float) -> None:
         """Stop accepting, run the before_shutdown hooks, let the fan-out make the deliveries
@@ -380,12 +384,12 @@ class Server:
             # the broadcasts accepted so far reach every member before its Kick (a Kick waits
             # behind a broadcast on its way); those accepted meanwhile are not waited for
             await self._fanout.drained()
-        # every client is kicked in one go, without a checkpoint: no deadline can cancel a
-        # connection before its Kick; an idle client has it written now (Agent._write_now,
-        # tens of microseconds each), the others when their writers run
         # the goodbyes (WebSocket close handshakes) end early enough that closing the connections
         # still in one fits before the deadline on a loaded machine
         close_by = deadline - min(timeout / 4, len(self._agents) * CLOSE_COST)
+        # every client is kicked in one go, without a checkpoint: no deadline can cancel a
+        # connection before its Kick; an idle client has it written now (Agent._write_now,
+        # tens of microseconds each), the others when their writers run
         for agent in list(self._agents):
             agent.shutdown(close_by=close_by)
         # what the fan-out still has would reach members after their Kicks (dropped one by one,
