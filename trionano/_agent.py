@@ -329,16 +329,20 @@ class Agent:
             self._session = None  # nothing of the connection needs it any more: no cycle is left
             # a WebSocket says goodbye (close frame, the peer's), for a second at most, and
             # never past the shutdown's deadline (close_by): a connection cut then closes at once
-            with trio.CancelScope(shield=True) as scope:
-                scope.deadline = min(trio.current_time() + min(self._config.close_timeout, 1.0), self._close_by)
-                self._goodbye = scope
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    await self._stream.aclose()
-            self._goodbye = None
-            if scope.cancelled_caught:
-                await trio.aclose_forcefully(self._stream)
-            if self._close_by != _NEVER and (scope.cancelled_caught or not self._flushed):
-                self._counters.connections_cut += 1  # a shutdown closed it without its goodbye
+            said = False  # the goodbye was not cut short
+            try:
+                with trio.CancelScope(shield=True) as scope:
+                    scope.deadline = min(trio.current_time() + min(self._config.close_timeout, 1.0), self._close_by)
+                    self._goodbye = scope
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        await self._stream.aclose()
+                self._goodbye = None
+                said = not scope.cancelled_caught
+                if not said:
+                    await trio.aclose_forcefully(self._stream)
+            finally:  # counted even when the stop's cancellation (its grace over) ends this close
+                if self._close_by != _NEVER and not (said and self._flushed):
+                    self._counters.connections_cut += 1  # a shutdown closed it without its goodbye
 
     async def _reader(self) -> Kick | None:
         """Read until the peer hangs up (None) or must be kicked (the Kick to send)."""

@@ -280,9 +280,9 @@ class Server:
         shutdown hooks, then :meth:`serve` returns. A session with Requests read and not yet
         answered reads no more and is kicked after their answers, or at 3T/4; every other
         session is kicked at once (an idle client's Kick is written then, so it has it even
-        if the close is cut short). A WebSocket's close handshake is waited for until
-        :data:`CLOSE_COST` per connection (at most T/4) before T, so that closing thousands
-        whose peers never answer fits before T. At T the connections still open (a client
+        if the close is cut short). A WebSocket's close handshake is waited for up to a second
+        (as at any time) and never past :data:`CLOSE_COST` per connection (at most T/4)
+        before T, so that closing thousands whose peers never answer fits before T. At T the connections still open (a client
         that does not read its Kick) are cut: closed at once. Those closed without their
         goodbye are counted (``connections_cut``) and logged once. The
         shutdown hooks may then take :data:`SHUTDOWN_GRACE` (1 s) more; what is still running
@@ -357,8 +357,8 @@ class Server:
     def _log_cut(self, cut: int) -> None:
         if cut:
             _logger.warning(
-                "shutdown: %d connections cut (closed without their goodbye: their Kick not written, "
-                "or their WebSocket close handshake not answered, by shutdown_timeout, %g s)",
+                "shutdown: %d connections cut (closed without their goodbye: their Kick not written by "
+                "shutdown_timeout, %g s, or their WebSocket close handshake not answered in time)",
                 cut,
                 self.config.shutdown_timeout,
             )

@@ -5,6 +5,7 @@ trio-websocket, and wsproto by hand over loopback TCP (for what no client librar
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -211,6 +212,31 @@ async def test_close_handshakes_left_unanswered_end_before_the_shutdown_deadline
                 assert isinstance(events[1], CloseConnection), events
                 assert events[2] is None, events
     assert server.statistics().connections_cut == 40
+
+
+async def test_connections_closed_past_the_stops_grace_are_counted_and_logged(
+    mock_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server frozen during its stop (SIGSTOP, or starved of CPU) past shutdown_timeout and its
+    grace: its 200 WebSocket clients, which never answered the close frame, were closed without
+    their goodbye, yet counted nowhere and not logged (attack7 stall_shutdown.sh): each counted
+    itself after an await in its close, which the stop's cancellation skipped. The frozen
+    process is Trio's mock clock jumping 10 s at once."""
+    caplog.set_level(logging.WARNING, logger="trionano.server")
+    server = Server(echo_components(), Config(shutdown_timeout=1.0, heartbeat=0))
+    async with trio.open_nursery() as nursery:
+        (port,) = await nursery.start(server.serve, WebSocketEndpoint("127.0.0.1"))
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(20):
+                await stack.enter_async_context(hand_client(port))
+            while len(server.sessions) < 20:
+                await trio.testing.wait_all_tasks_blocked()
+            server.shutdown()
+            await trio.testing.wait_all_tasks_blocked()  # kicked, waiting for the close frames
+            mock_clock.jump(10)
+            await server.wait_stopped()
+    assert server.statistics().connections_cut == 20
+    assert "shutdown: 20 connections cut" in caplog.text
 
 
 async def test_the_project_client_sees_a_kick_over_websocket() -> None:
