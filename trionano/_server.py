@@ -282,9 +282,10 @@ class Server:
         session is kicked at once (an idle client's Kick is written then, so it has it even
         if the close is cut short). A WebSocket's close handshake is waited for up to a second
         (as at any time) and never past :data:`CLOSE_COST` per connection (at most T/4)
-        before T, so that closing thousands whose peers never answer fits before T. At T the connections still open (a client
-        that does not read its Kick) are cut: closed at once. Those closed without their
-        goodbye are counted (``connections_cut``) and logged once. The
+        before T, so that closing thousands whose peers never answer fits before T. At T the
+        connections still open (a client that does not read its Kick) are cut: closed at
+        once. Those closed without their goodbye are counted (``connections_cut``) and logged
+        once. The
         shutdown hooks may then take :data:`SHUTDOWN_GRACE` (1 s) more; what is still running
         after that is cancelled. Idempotent."""
         self._stop.set()
