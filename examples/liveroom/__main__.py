@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from trionano.cluster import Bridge, run
+from trionano.cluster import Bridge, exit_if_cannot_listen, run
 
 from . import build, commands, serve
 
@@ -154,4 +154,5 @@ async def main(bridge: Bridge) -> None:
     await serve(node, bridge, host=args.host, ws_port=args.ws_port, push_port=args.push_port, token=args.token)
 
 
-run(main, on_signal=node.server.shutdown)
+with exit_if_cannot_listen(f"{args.role} {args.listen}"):
+    run(main, on_signal=node.server.shutdown)

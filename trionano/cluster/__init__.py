@@ -13,9 +13,11 @@ grpclib's asyncio loop in the same thread (the bridge lives in one module,
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
+from collections.abc import Iterator
 from typing import Final
 
 import trio
@@ -57,6 +59,7 @@ __all__ = [
     "ServiceNotFound",
     "Statistics",
     "Unavailable",
+    "exit_if_cannot_listen",
     "run",
     "run_node",
 ]
@@ -82,14 +85,26 @@ def run_node(node: Node, *endpoints: Endpoint) -> None:
                 return
             tune_gc()
 
-    try:
+    role = "master" if node.config.is_master else "gate" if endpoints else "member"
+    with exit_if_cannot_listen(f"{role} {node.address}"):
         run(main, on_signal=node.server.shutdown)
+
+
+@contextlib.contextmanager
+def exit_if_cannot_listen(what: str) -> Iterator[None]:
+    """Around a process's :func:`run` of a node: when the node, or what is served beside it
+    (the push API), cannot listen (an address taken, not local, or not allowed: an OSError
+    however deep in exception groups), log one line, ``what`` and the reason (e.g. ``gate
+    127.0.0.1:34570: cannot listen on 127.0.0.1:34590: Address already in use``), and exit
+    with status 1 (SystemExit), not a traceback. Anything else passes through.
+    :func:`run_node` runs in it."""
+    try:
+        yield
     except (OSError, ExceptionGroup) as exc:
         failure = _listen_failure(exc)
         if failure is None:
             raise
-        role = "master" if node.config.is_master else "gate" if endpoints else "member"
-        _logger.error("%s %s: %s", role, node.address, failure.strerror)
+        _logger.error("%s: %s", what, failure.strerror)
         raise SystemExit(1) from None
 
 

@@ -71,6 +71,7 @@ import functools
 import hmac
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final, Protocol, cast
@@ -823,7 +824,11 @@ async def serve_push_api(
     config.read_timeout = read_timeout
     config.keep_alive_timeout = keep_alive_timeout
     config.backlog = BACKLOG
-    sockets = config.create_sockets()  # OSError when the port cannot be bound
+    try:
+        sockets = config.create_sockets()
+    except OSError as exc:  # the port cannot be bound: said as a client endpoint says it
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise OSError(exc.errno, f"cannot listen on {host}:{port} (push API): {reason}") from exc
     listeners = []
     for sock in sockets.insecure_sockets:
         sock.listen(config.backlog)
