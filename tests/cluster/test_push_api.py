@@ -289,3 +289,27 @@ async def test_a_push_made_is_answered_even_if_the_request_is_cancelled_meanwhil
         nursery.cancel_scope.cancel()  # the server's grace is over
     assert [message["type"] for message in sent] == ["http.response.start", "http.response.body"]
     assert sent[0]["status"] == 202
+
+
+async def test_a_push_answer_is_not_cut_short_when_the_process_stalls(mock_clock: trio.testing.MockClock) -> None:
+    """attack7b freeze_api.sh: the push API's process stopped (SIGSTOP) 1-11 s under 20 posters:
+    1-2 pushes made were answered with the head and no body, and 2 requests never at all, their
+    connections held open: the answer was written under a deadline of ours (1 s) that the stall
+    passed, and its cancellation cut Hypercorn's writing short. The answer to a push made has
+    no deadline of ours now. The stall is Trio's mock clock jumping 5 s between the answer's
+    head and body."""
+    app = PushAPI(Recording())
+    incoming = [{"type": "http.request", "body": doc(route="onX", message=1, everyone=True), "more_body": False}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        await trio.lowlevel.checkpoint()
+        sent.append(message)
+        if message["type"] == "http.response.start":
+            mock_clock.jump(5)
+
+    await app({"type": "http", "method": "POST", "path": "/v1/push", "headers": JSON}, receive, send)
+    assert [message["type"] for message in sent] == ["http.response.start", "http.response.body"]

@@ -85,7 +85,6 @@ from .._log import RateLimitedLog, client_text, flush_periodically
 from ._push import Audience, check_group, check_route, valid_uids
 
 __all__ = [
-    "ANSWER_GRACE",
     "BACKLOG",
     "BODY_TIMEOUT",
     "DRAIN_LIMIT",
@@ -136,9 +135,6 @@ READ_TIMEOUT: Final = 10
 #: The listening socket's backlog (Hypercorn's default is 100: a burst of connections beyond
 #: it has some reset by the kernel, whoever they come from).
 BACKLOG: Final = 1024
-#: How long the answer to a push made may take to be written once the server is stopping, in
-#: seconds (it is not cancelled with the request's task meanwhile).
-ANSWER_GRACE: Final = 1.0
 #: The default Hypercorn ``keep_alive_timeout``, in seconds.
 KEEP_ALIVE_TIMEOUT: Final = 5.0
 #: The most uids one request may name.
@@ -417,8 +413,9 @@ class PushAPI:
             return
         self._count("accepted")
         # a push made is answered: the server stopping (its requests cancelled past their grace)
-        # does not cut the answer short, for up to ANSWER_GRACE
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + ANSWER_GRACE):
+        # does not cut the answer short (Hypercorn writes it shielded too, with no deadline: a
+        # deadline of ours that passed while the process stalled cut answers after their head)
+        with trio.CancelScope(shield=True):
             await self._send(send, 202, {"gates": gates})
 
     async def _refuse_upgrade(self, scope: Scope, send: Send) -> None:
@@ -732,7 +729,7 @@ async def serve_push_api(
     connection are counted ``gone``); ``keep_alive_timeout`` (seconds) closes an idle
     kept-alive one (a request that comes as it closes is not pushed: counted ``gone``, the
     client sees the connection closed without an answer, RFC 9112 §9.3.1; a push is always
-    answered unless the client resets the connection: a stop gives its answer :data:`ANSWER_GRACE`).
+    answered unless the client resets the connection: a stop does not cut it short).
     The app's: ``body_timeout`` (seconds) bounds reading one body (408), ``max_requests``
     and ``max_requests_per_host`` the bodies being read at once, in all and from one peer
     (the oldest past a second answered 408 to make room, else 503), ``max_pieces`` the pieces of one body (400),
