@@ -51,6 +51,7 @@ def trionano_layers() -> dict[str, float]:
         log=server._agent_log,
         make_session=server.make_session,
         on_working=lambda agent: None,
+        on_ended=lambda agent: None,
     )
     conn = agent.conn
     conn.receive_data(wire.encode_packet(wire.PacketType.HANDSHAKE, b'{"sys":{}}'), 0.0)
