@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import subprocess
 import sys
 import time
@@ -22,7 +23,14 @@ parser.add_argument("--heartbeat", type=float, default=30.0)
 args = parser.parse_args()
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
+
+def interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 if args.role == "local":  # the whole cluster on this machine, one process per node
+    for stop in (signal.SIGTERM, signal.SIGHUP):  # the nodes, in sessions of their own, follow
+        signal.signal(stop, interrupted)
     me = [sys.executable, "-m", "examples.cluster"]
     commands = [
         [*me, "master", "--listen", args.master],
@@ -30,16 +38,21 @@ if args.role == "local":  # the whole cluster on this machine, one process per n
         [*me, "gate", "--listen", "127.0.0.1:34570", "--gate-address", args.gate_address, "--master", args.master],
     ]
     processes = []
-    for command in commands:
-        processes.append(subprocess.Popen(command))
-        time.sleep(0.5)
-    print(f"cluster up: clients connect to ws://{args.gate_address}/nano (Ctrl-C stops it)", flush=True)
     try:
+        for command in commands:
+            # a session of its own: Ctrl-C reaches this launcher alone, which stops each node with
+            # one signal (a second one, its SIGINT then the launcher's SIGTERM, stops a node at once)
+            processes.append(subprocess.Popen(command, start_new_session=True))
+            time.sleep(0.5)
+        print(f"cluster up: clients connect to ws://{args.gate_address}/nano (Ctrl-C stops it)", flush=True)
         for process in processes:
             process.wait()
     except KeyboardInterrupt:
+        pass
+    finally:
         for process in reversed(processes):
-            process.terminate()
+            if process.poll() is None:
+                process.terminate()
         for process in processes:
             process.wait()
     sys.exit(0)

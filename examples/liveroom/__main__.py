@@ -80,7 +80,8 @@ def wait_listening(host: str, port: int, process: subprocess.Popen[bytes], secon
 def local() -> int:
     """The whole room, one process per node, until Ctrl-C or SIGTERM (which stop them all: exit
     status 0) or until a node ends (the others are stopped: exit status 1)."""
-    signal.signal(signal.SIGTERM, interrupted)
+    for stop in (signal.SIGTERM, signal.SIGHUP):  # the nodes, in sessions of their own, follow
+        signal.signal(stop, interrupted)
     host, base = args.host, args.base_port
     master = f"{host}:{base}"
     gates = [(f"{host}:{base + 2}", base + 3), (f"{host}:{base + 4}", base + 5)]
@@ -101,7 +102,12 @@ def local() -> int:
     try:
         ready = {"logic": base + 1, "gate1": base + 3, "gate2": base + 5}  # the last port each node opens
         for name, command in launched.items():
-            process = subprocess.Popen([*command, "--master", master, "--heartbeat", str(args.heartbeat)])
+            # a session of its own: Ctrl-C reaches the launcher alone, which stops each node with
+            # one signal (a node that had Ctrl-C's SIGINT too took the launcher's SIGTERM as a
+            # second signal: a stop at once, its viewers without their Kick)
+            process = subprocess.Popen(
+                [*command, "--master", master, "--heartbeat", str(args.heartbeat)], start_new_session=True
+            )
             processes[name] = process
             wait_listening(host, ready[name], process)
         auth = f" -H 'Authorization: Bearer {args.token}'" if args.token else ""

@@ -20,6 +20,7 @@ import pytest
 import trio
 
 from examples.liveroom import commands, load
+from trionano import Kicked
 from trionano.client import Client
 from trionano.client import open_websocket_client as open_viewer
 
@@ -380,6 +381,42 @@ async def test_the_launcher_starts_the_room_prints_its_urls_and_stops_it(tmp_pat
         with socket.socket() as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(("127.0.0.1", port))
+
+
+async def test_ctrl_c_stops_the_launched_room_gracefully(tmp_path: Path) -> None:
+    """Ctrl-C in the launcher's terminal (SIGINT to its process group) reached its nodes too,
+    and the launcher then sent each a SIGTERM: a second signal, which stops a node at once, so
+    viewers lost their Kick "shutdown". The nodes run in sessions of their own: each is
+    stopped once, gracefully, and its viewers are kicked."""
+    base = launcher_base_port()
+    log = tmp_path / "launcher.log"
+    with log.open("wb") as out:
+        launcher = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "examples.liveroom", "--base-port", str(base)],
+            cwd=ROOT,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,  # a terminal's process group, as Ctrl-C signals it
+        )
+    try:
+        with trio.fail_after(120):
+            while "Ctrl-C stops it" not in log.read_text(errors="replace"):  # noqa: ASYNC110 - a log, no event
+                await trio.sleep(0.1)
+        async with open_viewer(f"ws://127.0.0.1:{base + 5}/") as viewer:
+            await join(viewer, "viewer")
+            os.killpg(launcher.pid, signal.SIGINT)
+            with trio.fail_after(60):
+                while viewer.error is None:  # noqa: ASYNC110 - the client sets it, no event
+                    await trio.sleep(0.05)
+            assert isinstance(viewer.error, Kicked), repr(viewer.error)
+            assert viewer.error.reason == "shutdown"
+        with trio.fail_after(60):
+            await launcher.wait()
+    finally:
+        if launcher.returncode is None:
+            launcher.kill()
+            await launcher.wait()
+    assert launcher.returncode == 0, log.read_text(errors="replace")[-2000:]
 
 
 def launcher_base_port() -> int:
