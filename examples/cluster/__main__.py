@@ -29,7 +29,9 @@ def interrupted(signum: int, frame: object) -> None:
 
 
 if args.role == "local":  # the whole cluster on this machine, one process per node
-    for stop in (signal.SIGTERM, signal.SIGHUP):  # the nodes, in sessions of their own, follow
+    # Ctrl-C (even when started with SIGINT ignored, as a shell's background job), SIGTERM, or
+    # the terminal closed: the nodes, in sessions of their own, are stopped by the launcher
+    for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(stop, interrupted)
     me = [sys.executable, "-m", "examples.cluster"]
     commands = [

@@ -80,7 +80,9 @@ def wait_listening(host: str, port: int, process: subprocess.Popen[bytes], secon
 def local() -> int:
     """The whole room, one process per node, until Ctrl-C or SIGTERM (which stop them all: exit
     status 0) or until a node ends (the others are stopped: exit status 1)."""
-    for stop in (signal.SIGTERM, signal.SIGHUP):  # the nodes, in sessions of their own, follow
+    # Ctrl-C (even when started with SIGINT ignored, as a shell's background job), SIGTERM, or
+    # the terminal closed: the nodes, in sessions of their own, are stopped by the launcher
+    for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(stop, interrupted)
     host, base = args.host, args.base_port
     master = f"{host}:{base}"
