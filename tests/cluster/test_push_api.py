@@ -4,6 +4,7 @@ served by Hypercorn's Trio worker on loopback (hostile HTTP never reaches it or 
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -44,25 +45,35 @@ async def call(
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> tuple[int, dict[bytes, bytes], Any]:
     """One request straight into the ASGI app: (status, headers, decoded JSON body)."""
-    chunks = [body] if isinstance(body, bytes) else body
-    incoming = [
-        {"type": "http.request", "body": chunk, "more_body": index < len(chunks) - 1}
-        for index, chunk in enumerate(chunks)
-    ]
     sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
 
     async def send(message: Any) -> None:
         sent.append(message)
 
     scope = {"type": "http", "method": method, "path": path, "headers": JSON if headers is None else headers}
-    await app(scope, receive, send)
+    await app(scope, receiving(body), send)
     start, answer = sent
     assert start["type"] == "http.response.start"
     assert answer["type"] == "http.response.body"
     return start["status"], dict(start["headers"]), json.loads(answer["body"])
+
+
+def receiving(body: bytes | list[bytes]) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """An ASGI ``receive`` giving ``body`` (in those chunks), then ``http.disconnect``."""
+    chunks = [body] if isinstance(body, bytes) else body
+    incoming = [
+        {"type": "http.request", "body": chunk, "more_body": index < len(chunks) - 1}
+        for index, chunk in enumerate(chunks)
+    ]
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    return receive
+
+
+#: a push request's scope (POST /v1/push, JSON)
+PUSH_SCOPE: dict[str, Any] = {"type": "http", "method": "POST", "path": "/v1/push", "headers": JSON}
 
 
 def doc(**fields: object) -> bytes:
@@ -272,19 +283,14 @@ async def test_a_push_made_is_answered_even_if_the_request_is_cancelled_meanwhil
             return super().push(route, value, audience)
 
     app = PushAPI(Signalling())
-    incoming = [{"type": "http.request", "body": doc(route="onX", message=1, everyone=True), "more_body": False}]
     sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
 
     async def send(message: Any) -> None:
         await trio.sleep(0.01)  # a write that waits for the socket
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": "/v1/push", "headers": JSON}
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(app, scope, receive, send)
+        nursery.start_soon(app, PUSH_SCOPE, receiving(doc(route="onX", message=1, everyone=True)), send)
         await pushed.wait()
         nursery.cancel_scope.cancel()  # the server's grace is over
     assert [message["type"] for message in sent] == ["http.response.start", "http.response.body"]
@@ -299,11 +305,7 @@ async def test_a_push_answer_is_not_cut_short_when_the_process_stalls(mock_clock
     no deadline of ours now. The stall is Trio's mock clock jumping 5 s between the answer's
     head and body."""
     app = PushAPI(Recording())
-    incoming = [{"type": "http.request", "body": doc(route="onX", message=1, everyone=True), "more_body": False}]
     sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
 
     async def send(message: Any) -> None:
         await trio.lowlevel.checkpoint()
@@ -311,5 +313,5 @@ async def test_a_push_answer_is_not_cut_short_when_the_process_stalls(mock_clock
         if message["type"] == "http.response.start":
             mock_clock.jump(5)
 
-    await app({"type": "http", "method": "POST", "path": "/v1/push", "headers": JSON}, receive, send)
+    await app(PUSH_SCOPE, receiving(doc(route="onX", message=1, everyone=True)), send)
     assert [message["type"] for message in sent] == ["http.response.start", "http.response.body"]
